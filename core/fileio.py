@@ -1,0 +1,157 @@
+"""Safe file operations: atomic writes, contained paths, filtered archive extraction, downloads.
+
+Every file Flower Probe writes goes through ``atomic_write``: the data lands in a temporary file in
+the same folder and is renamed over the target only when complete, so a crash, a kill -9 or a full
+disk leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .errors import MissingFileError, UnsafePathError, WorkspaceWriteError
+from .progress import ProgressCallback, RateMeter, report
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+
+
+def _workspace_write_error(path: Path, exc: OSError) -> WorkspaceWriteError:
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return WorkspaceWriteError(
+        f"Could not write {path}: {reason}. Free some disk space or make the workspace writable "
+        f"(set FLOWER_PROBE_WORKSPACE to another folder); files saved earlier are unchanged."
+    )
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``.
+
+    On any error the temporary file is removed and ``path`` keeps its previous content.
+    Disk-full and permission errors become ``WorkspaceWriteError`` with a message saying what to do.
+    """
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        if exc.errno in _DISK_ERRNOS:
+            raise _workspace_write_error(target, exc) from exc
+        raise
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in _DISK_ERRNOS:
+            raise _workspace_write_error(target, exc) from exc
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def contained_path(root: str | os.PathLike, candidate: str | os.PathLike) -> Path:
+    """Resolve ``candidate`` (relative to ``root`` or absolute) and insist it stays inside ``root``.
+
+    Symlinks are resolved first, so a link that leads out of ``root`` is refused like ``..`` is.
+    """
+    root_path = Path(root).resolve()
+    raw = Path(candidate).expanduser()
+    resolved = (raw if raw.is_absolute() else root_path / raw).resolve()
+    if resolved != root_path and root_path not in resolved.parents:
+        raise UnsafePathError(
+            f"{str(candidate)!r} is outside the data root {root_path}. "
+            f"Put the dataset folder under the data root (or set FLOWER_PROBE_DATA_ROOT) and choose it from there."
+        )
+    return resolved
+
+
+def _member_filter(destination: Path) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo]:
+    base_filter = tarfile.data_filter
+
+    def member_filter(member: tarfile.TarInfo, dest_path: str) -> tarfile.TarInfo:
+        try:
+            return base_filter(member, dest_path)
+        except tarfile.FilterError as exc:
+            raise UnsafePathError(
+                f"Refusing to extract archive member {member.name!r}: {exc}. The archive is damaged or hostile; "
+                f"download it again from the official source."
+            ) from exc
+
+    return member_filter
+
+
+def safe_extract_tar(archive: str | os.PathLike, destination: str | os.PathLike) -> None:
+    """Extract a tar archive, refusing members with absolute names, ``..``, or links leading out.
+
+    Uses the standard library's ``data`` filter (PEP 706), which also drops device files and
+    set-uid bits, and turns its refusals into ``UnsafePathError``.
+    """
+    dest = Path(destination)
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter=_member_filter(dest))
+
+
+def md5sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(
+    url: str,
+    destination: str | os.PathLike,
+    *,
+    md5: str | None = None,
+    what: str,
+    manual_hint: str,
+    progress: ProgressCallback | None = None,
+    timeout_s: float = 15.0,
+) -> Path:
+    """Download ``url`` to ``destination`` with progress, checksum check and an atomic finish.
+
+    Offline (or on any network error) raise ``MissingFileError`` whose message names the file and
+    ``manual_hint`` (where to put it by hand) instead of hanging or leaving a partial file.
+    """
+    target = Path(destination)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response, atomic_write(target) as tmp:
+            total = int(response.headers.get("Content-Length") or 0)
+            done = 0
+            meter = RateMeter()
+            with open(tmp, "wb") as out:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    done += len(chunk)
+                    report(progress, "download", done, total, message=f"{what}: {done / 1e6:.1f} MB", rate=meter.rate(done))
+            if md5 is not None and (actual := md5sum(tmp)) != md5:
+                raise MissingFileError(
+                    f"{what} downloaded from {url} has MD5 {actual}, expected {md5}: the download is corrupt. "
+                    f"Try again, or {manual_hint}"
+                )
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise MissingFileError(f"Could not download {what} from {url} ({reason}). {manual_hint}") from exc
+    return target
