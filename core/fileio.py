@@ -85,17 +85,23 @@ def contained_path(root: str | os.PathLike, candidate: str | os.PathLike) -> Pat
     return resolved
 
 
-def _member_filter(destination: Path) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo]:
+def _member_filter() -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo]:
     base_filter = tarfile.data_filter
 
+    def refuse(member: tarfile.TarInfo, reason: object) -> UnsafePathError:
+        return UnsafePathError(
+            f"Refusing to extract archive member {member.name!r}: {reason}. The archive is damaged or hostile; "
+            f"download it again from the official source."
+        )
+
     def member_filter(member: tarfile.TarInfo, dest_path: str) -> tarfile.TarInfo:
+        # The data filter would quietly strip a leading "/"; an official archive never has one, so refuse it.
+        if member.name.startswith(("/", "\\")) or ".." in Path(member.name).parts:
+            raise refuse(member, "absolute name or '..' in its path")
         try:
             return base_filter(member, dest_path)
         except tarfile.FilterError as exc:
-            raise UnsafePathError(
-                f"Refusing to extract archive member {member.name!r}: {exc}. The archive is damaged or hostile; "
-                f"download it again from the official source."
-            ) from exc
+            raise refuse(member, exc) from exc
 
     return member_filter
 
@@ -109,7 +115,7 @@ def safe_extract_tar(archive: str | os.PathLike, destination: str | os.PathLike)
     dest = Path(destination)
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter=_member_filter(dest))
+        tar.extractall(dest, filter=_member_filter())
 
 
 def md5sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

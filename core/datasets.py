@@ -1,0 +1,321 @@
+"""Datasets: Oxford 17 flowers, any folder-per-class dataset under the data root, and Synthetic Flowers.
+
+Every dataset becomes one ``Dataset`` record: image paths, integer labels, class names in dataset
+order, and one or more named splits (train/val/test index arrays). A fingerprint over the file list
+lets the feature cache notice when the data changed.
+
+Dataset keys, as the CLI and the pages spell them:
+    ``oxford17``         the VGG Oxford 17-category flowers, three official splits "1", "2", "3"
+    ``synthetic``        the generated offline demo set (Synthetic Flowers), one split "1"
+    ``folder:<name>``    ``<data root>/<name>``: class = subfolder; explicit train/val/test subfolders,
+                         or a seeded stratified split (50/25/25 by default), one split "1"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DatasetError, MissingFileError
+from .fileio import contained_path, download, md5sum, safe_extract_tar
+from .progress import ProgressCallback, report
+from .workspace import Workspace
+
+SPLIT_PARTS = ("train", "val", "test")
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"})
+
+OXFORD17_KEY = "oxford17"
+OXFORD17_DIRNAME = "oxford17"
+OXFORD17_CLASSES = (
+    "Daffodil", "Snowdrop", "Lily Valley", "Bluebell", "Crocus", "Iris", "Tigerlily", "Tulip", "Fritillary",
+    "Sunflower", "Daisy", "Colts' Foot", "Dandelion", "Cowslip", "Buttercup", "Windflower", "Pansy",
+)
+OXFORD17_IMAGES_PER_CLASS = 80
+# (file name, URL, MD5): the MD5s are those a public torchvision-style loader lists (shared/reference).
+OXFORD17_FILES = (
+    ("17flowers.tgz", "https://www.robots.ox.ac.uk/~vgg/data/flowers/17/17flowers.tgz", "b59a65d8d1a99cd66944d474e1289eab"),
+    ("datasplits.mat", "https://www.robots.ox.ac.uk/~vgg/data/flowers/17/datasplits.mat", "4828cddfd0d803c5abbdebcb1e148a1e"),
+)
+SYNTHETIC_KEY = "synthetic"
+FOLDER_PREFIX = "folder:"
+# Aliases users give their validation folder; the first one present wins.
+_VAL_FOLDER_NAMES = ("val", "valid", "validation")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    key: str
+    name: str
+    root: Path
+    class_names: tuple[str, ...]
+    image_paths: tuple[Path, ...]
+    labels: np.ndarray  # shape (n_images,), int64 index into class_names
+    splits: dict[str, dict[str, np.ndarray]]  # split id -> {"train"|"val"|"test": row indices}
+    synthetic: bool = False
+    notes: tuple[str, ...] = field(default=())  # things the user should know (ignored files, ...)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of relative paths, labels, sizes and modification times: changes when the data does."""
+        digest = hashlib.sha256(self.key.encode())
+        for path, label in zip(self.image_paths, self.labels.tolist()):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(self.root)}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()[:16]
+
+    def split(self, split_id: str) -> dict[str, np.ndarray]:
+        if split_id not in self.splits:
+            raise DatasetError(f"split must be one of {sorted(self.splits)} for {self.name}, got {split_id!r}.")
+        return self.splits[split_id]
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def stratified_split(labels: np.ndarray, *, ratios: tuple[float, float, float] = (0.5, 0.25, 0.25), seed: int = 0) -> dict[str, np.ndarray]:
+    """Split row indices per class by ``ratios`` (train, val, test), shuffled with ``seed``.
+
+    Every class gets at least one image in each part, so a class needs at least three images.
+    """
+    if len(ratios) != 3 or any(r <= 0 for r in ratios) or not np.isclose(sum(ratios), 1.0):
+        raise DatasetError(f"ratios must be three positive numbers summing to 1 (train, val, test), got {ratios!r}.")
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {part: [] for part in SPLIT_PARTS}
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        n_val = max(1, round(len(rows) * ratios[1]))
+        n_test = max(1, round(len(rows) * ratios[2]))
+        n_train = len(rows) - n_val - n_test
+        parts["train"].append(rows[:n_train])
+        parts["val"].append(rows[n_train:n_train + n_val])
+        parts["test"].append(rows[n_train + n_val:])
+    return {part: np.sort(np.concatenate(chunks)) for part, chunks in parts.items()}
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _check_classes(name: str, counts: dict[str, int], *, minimum: int) -> None:
+    if len(counts) < 2:
+        raise DatasetError(
+            f"{name} has {len(counts)} class folder(s); a classifier needs at least two. "
+            f"Put each class's images in its own subfolder."
+        )
+    too_small = [cls for cls, count in counts.items() if count < minimum]
+    if too_small:
+        raise DatasetError(
+            f"{name}: class folder(s) {', '.join(repr(c) for c in too_small)} have fewer than {minimum} images "
+            f"(jpg, png, webp, ...). Add images or remove those folders."
+        )
+
+
+# ----------------------------------------------------------------------------------------------- folders
+
+
+def load_folder_dataset(
+    folder: Path, *, key: str, name: str, ratios: tuple[float, float, float] = (0.5, 0.25, 0.25), seed: int = 0, synthetic: bool = False
+) -> Dataset:
+    """Read a folder-per-class dataset; explicit train/val/test subfolders win over a seeded split."""
+    if not folder.is_dir():
+        raise DatasetError(f"Dataset folder {folder} does not exist.")
+    val_dir = next((folder / n for n in _VAL_FOLDER_NAMES if (folder / n).is_dir()), None)
+    explicit = (folder / "train").is_dir() and (folder / "test").is_dir() and val_dir is not None
+    part_dirs = {"train": folder / "train", "val": val_dir, "test": folder / "test"} if explicit else {"all": folder}
+
+    class_names = sorted({c.name for d in part_dirs.values() for c in _class_folders(d)})
+    paths: list[Path] = []
+    labels: list[int] = []
+    part_rows: dict[str, list[int]] = {part: [] for part in part_dirs}
+    for part, part_dir in part_dirs.items():
+        for label, class_name in enumerate(class_names):
+            class_dir = part_dir / class_name
+            for path in _image_files(class_dir) if class_dir.is_dir() else []:
+                part_rows[part].append(len(paths))
+                paths.append(path.resolve())
+                labels.append(label)
+    label_array = np.asarray(labels, dtype=np.int64)
+    counts = {c: int((label_array == i).sum()) for i, c in enumerate(class_names)}
+    if explicit:
+        _check_classes(name, counts, minimum=1)
+        splits = {"1": {part: np.asarray(rows, dtype=np.int64) for part, rows in part_rows.items()}}
+        empty_parts = [p for p, rows in splits["1"].items() if len(rows) == 0]
+        if empty_parts:
+            raise DatasetError(f"{name}: the {', '.join(empty_parts)} folder(s) hold no images.")
+    else:
+        _check_classes(name, counts, minimum=3)
+        splits = {"1": stratified_split(label_array, ratios=ratios, seed=seed)}
+    return Dataset(
+        key=key, name=name, root=folder.resolve(), class_names=tuple(class_names), image_paths=tuple(paths),
+        labels=label_array, splits=splits, synthetic=synthetic,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- oxford 17
+
+
+def _oxford17_manual_hint(folder: Path) -> str:
+    names = " and ".join(f"{file} ({url})" for file, url, _ in OXFORD17_FILES)
+    return f"Download {names} with a browser and put both files in {folder}, then prepare the dataset again."
+
+
+def prepare_oxford17(workspace: Workspace, *, progress: ProgressCallback | None = None) -> Dataset:
+    """Download (if missing), verify, and extract Oxford 17; then load it.
+
+    Files the user placed by hand in ``<data root>/oxford17/`` are used as they are.
+    """
+    folder = workspace.data_root / OXFORD17_DIRNAME
+    folder.mkdir(parents=True, exist_ok=True)
+    for file_name, url, expected_md5 in OXFORD17_FILES:
+        target = folder / file_name
+        if target.exists():
+            if md5sum(target) != expected_md5:
+                raise MissingFileError(
+                    f"{target} does not match the official MD5 {expected_md5}: it is incomplete or a different file. "
+                    f"Delete it so it is downloaded again, or: {_oxford17_manual_hint(folder)}"
+                )
+            continue
+        download(url, target, md5=expected_md5, what=file_name, manual_hint=_oxford17_manual_hint(folder), progress=progress)
+    if not (folder / "jpg").is_dir():
+        report(progress, "extract", 0, 1, message="Extracting 17flowers.tgz")
+        # Extract aside and move jpg/ in last, so an interrupted extraction never looks complete.
+        staging = folder / ".extracting"
+        shutil.rmtree(staging, ignore_errors=True)
+        safe_extract_tar(folder / "17flowers.tgz", staging)
+        if not (staging / "jpg").is_dir():
+            raise DatasetError(f"{folder / '17flowers.tgz'} has no jpg/ folder; it is not the Oxford 17 archive.")
+        os.replace(staging / "jpg", folder / "jpg")
+        shutil.rmtree(staging, ignore_errors=True)
+        report(progress, "extract", 1, 1, message="Extracted 17flowers.tgz")
+    return load_oxford17(workspace)
+
+
+def _read_oxford17_splits(mat_path: Path, n_images: int) -> dict[str, dict[str, np.ndarray]]:
+    from scipy.io import loadmat
+
+    mat = loadmat(mat_path, squeeze_me=True)
+    splits: dict[str, dict[str, np.ndarray]] = {}
+    for split_id in ("1", "2", "3"):
+        parts = {}
+        for part, mat_name in (("train", "trn"), ("val", "val"), ("test", "tst")):
+            ids = np.asarray(mat[f"{mat_name}{split_id}"]).ravel()
+            if not np.all(np.equal(np.mod(ids, 1), 0)) or ids.min() < 1 or ids.max() > n_images:
+                raise DatasetError(f"{mat_path} holds non-integer or out-of-range image ids in {mat_name}{split_id}.")
+            parts[part] = np.sort(ids.astype(np.int64) - 1)  # the file is 1-based (MATLAB)
+        splits[split_id] = parts
+    return splits
+
+
+def load_oxford17(workspace: Workspace) -> Dataset:
+    folder = workspace.data_root / OXFORD17_DIRNAME
+    n_images = len(OXFORD17_CLASSES) * OXFORD17_IMAGES_PER_CLASS
+    image_dir = folder / "jpg"
+    if not (folder / "datasplits.mat").exists() or not image_dir.is_dir():
+        raise MissingFileError(f"Oxford 17 is not prepared. {_oxford17_manual_hint(folder)}")
+    paths = tuple((image_dir / f"image_{i:04d}.jpg").resolve() for i in range(1, n_images + 1))
+    missing = [p.name for p in paths if not p.exists()]
+    if missing:
+        raise DatasetError(f"{image_dir} lacks {len(missing)} of the 1,360 images (first: {missing[0]}). Delete the jpg folder and prepare again.")
+    labels = np.arange(n_images, dtype=np.int64) // OXFORD17_IMAGES_PER_CLASS  # blocks of 80 per class
+    return Dataset(
+        key=OXFORD17_KEY, name="Oxford 17 flowers", root=folder.resolve(), class_names=OXFORD17_CLASSES,
+        image_paths=paths, labels=labels, splits=_read_oxford17_splits(folder / "datasplits.mat", n_images),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- synthetic
+
+
+def synthetic_folder(workspace: Workspace, seed: int = 0) -> Path:
+    from .synthetic import DEFAULT_DIRNAME
+
+    return workspace.data_root / (DEFAULT_DIRNAME if seed == 0 else f"{DEFAULT_DIRNAME}-seed{seed}")
+
+
+def prepare_synthetic(workspace: Workspace, *, seed: int = 0, progress: ProgressCallback | None = None) -> Dataset:
+    from .synthetic import generate_synthetic_flowers
+
+    generate_synthetic_flowers(synthetic_folder(workspace, seed), seed=seed, progress=progress)
+    return load_synthetic(workspace, seed=seed)
+
+
+def load_synthetic(workspace: Workspace, *, seed: int = 0) -> Dataset:
+    folder = synthetic_folder(workspace, seed)
+    if not (folder / "dataset.json").exists():
+        raise MissingFileError(f"Synthetic Flowers is not generated yet: prepare the 'synthetic' dataset first (it takes seconds).")
+    return load_folder_dataset(folder, key=SYNTHETIC_KEY, name="Synthetic Flowers (synthetic)", synthetic=True)
+
+
+# ----------------------------------------------------------------------------------------------- registry
+
+
+def _folder_path(workspace: Workspace, key: str) -> Path:
+    relative = key[len(FOLDER_PREFIX):]
+    if not relative:
+        raise DatasetError("A folder dataset needs a name: folder:<folder under the data root>.")
+    return contained_path(workspace.data_root, relative)
+
+
+def load_dataset(key: str, workspace: Workspace) -> Dataset:
+    """Load a prepared dataset by key, without downloading or generating anything."""
+    if key == OXFORD17_KEY:
+        return load_oxford17(workspace)
+    if key == SYNTHETIC_KEY:
+        return load_synthetic(workspace)
+    if key.startswith(FOLDER_PREFIX):
+        folder = _folder_path(workspace, key)
+        return load_folder_dataset(folder, key=f"{FOLDER_PREFIX}{folder.relative_to(workspace.data_root.resolve())}", name=folder.name)
+    raise DatasetError(f"dataset must be 'oxford17', 'synthetic' or 'folder:<name under {workspace.data_root}>', got {key!r}.")
+
+
+def prepare_dataset(key: str, workspace: Workspace, *, progress: ProgressCallback | None = None) -> Dataset:
+    """Like ``load_dataset``, but downloads Oxford 17 or generates Synthetic Flowers when missing."""
+    if key == OXFORD17_KEY:
+        return prepare_oxford17(workspace, progress=progress)
+    if key == SYNTHETIC_KEY:
+        return prepare_synthetic(workspace, progress=progress)
+    return load_dataset(key, workspace)
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    key: str
+    name: str
+    prepared: bool
+
+
+def list_datasets(workspace: Workspace) -> list[DatasetEntry]:
+    """The datasets the user can pick: the two built-ins (prepared or not) and every folder under the data root."""
+    from .synthetic import DEFAULT_DIRNAME
+
+    entries = [
+        DatasetEntry(OXFORD17_KEY, "Oxford 17 flowers", (workspace.data_root / OXFORD17_DIRNAME / "jpg").is_dir()),
+        DatasetEntry(SYNTHETIC_KEY, "Synthetic Flowers (synthetic)", (synthetic_folder(workspace) / "dataset.json").exists()),
+    ]
+    if workspace.data_root.is_dir():
+        reserved = {OXFORD17_DIRNAME, DEFAULT_DIRNAME}
+        for folder in sorted(p for p in workspace.data_root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if folder.name not in reserved and not folder.name.startswith(DEFAULT_DIRNAME):
+                entries.append(DatasetEntry(f"{FOLDER_PREFIX}{folder.name}", folder.name, True))
+    return entries
+
+
+def dataset_summary(dataset: Dataset) -> dict:
+    """Counts per class and split part, for tables and charts; JSON-friendly."""
+    counts = {}
+    for split_id, parts in dataset.splits.items():
+        counts[split_id] = {part: np.bincount(dataset.labels[rows], minlength=dataset.num_classes).tolist() for part, rows in parts.items()}
+    return {"key": dataset.key, "name": dataset.name, "classes": list(dataset.class_names), "images": len(dataset.image_paths), "counts": counts}

@@ -1,0 +1,284 @@
+"""Feature extraction with a disk cache: each backbone forward over a dataset happens once.
+
+Features are cached per (dataset fingerprint, backbone, weights, preprocessing, precision) for every
+image of the dataset, so all of a dataset's splits (Oxford 17 has three over the same 1,360 images)
+read the same file. A cache file is written atomically and guarded by a lock file, so two processes
+asking for the same missing features compute them once and never read half a file.
+
+Images that cannot be decoded are skipped and listed (``FeatureSet.skipped``); the rest go on.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .backbones import build_backbone, get_config, make_transform, resolve_weights
+from .datasets import Dataset
+from .errors import BadImageError, FlowerProbeError
+from .fileio import atomic_write
+from .images import load_image
+from .progress import ProgressCallback, RateMeter, report
+from .workspace import Workspace
+
+# Bump when the extraction itself changes (token choice, resizing code): old caches then miss.
+FEATURE_FORMAT_VERSION = 1
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cuda", "mps", "cpu")
+
+
+# ----------------------------------------------------------------------------------------------- device
+
+
+def cpu_supports_bf16() -> bool:
+    """True on CPUs with native bf16 dot products (AVX-512 BF16 or AMX), where bf16 inference is fast."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """CUDA, then Apple MPS, then CPU; an explicit preference must be available."""
+    if preference not in DEVICES:
+        raise FlowerProbeError(f"device must be one of {DEVICES}, got {preference!r}.")
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    if preference == "auto":
+        return torch.device(next(name for name in ("cuda", "mps", "cpu") if available[name]))
+    if not available[preference]:
+        raise FlowerProbeError(f"device {preference!r} is not available on this machine; use 'auto' or 'cpu'.")
+    return torch.device(preference)
+
+
+def select_precision(device: torch.device, preference: str = "auto") -> str:
+    """Mixed precision on GPUs; bf16 on CPUs with native bf16 (measured in bench/: cosine >= 0.999 to fp32)."""
+    if preference not in PRECISIONS:
+        raise FlowerProbeError(f"precision must be one of {PRECISIONS}, got {preference!r}.")
+    if preference != "auto":
+        return preference
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "mps":
+        return "fp16"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+# ----------------------------------------------------------------------------------------------- result
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Features of every decodable image of a dataset.
+
+    features : ndarray of shape (n_ok, dim), float32
+    rows : ndarray of shape (n_ok,), the dataset row of each feature
+    """
+
+    features: np.ndarray
+    rows: np.ndarray
+    skipped: tuple[tuple[str, str], ...]  # (file path, reason) of images that could not be read
+    backbone: str
+    weights_tag: str
+    precision: str
+    device: str
+    seconds: float  # extraction wall time when computed (the cached value on a hit)
+    from_cache: bool = False
+    cache_path: Path | None = field(default=None, compare=False)
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.rows) / self.seconds if self.seconds > 0 else 0.0
+
+    def select(self, dataset_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Features of the given dataset rows that decoded, and those rows (skipped rows drop out)."""
+        position = np.full(int(max(self.rows.max(initial=-1), dataset_rows.max(initial=-1))) + 1, -1, dtype=np.int64)
+        position[self.rows] = np.arange(len(self.rows))
+        kept = dataset_rows[position[dataset_rows] >= 0]
+        return self.features[position[kept]], kept
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+class _DatasetImages(torch.utils.data.Dataset):
+    """Decodes and preprocesses images inside DataLoader workers; unreadable ones come back flagged."""
+
+    def __init__(self, paths: tuple[Path, ...], backbone: str) -> None:
+        self.paths = paths
+        self.config = get_config(backbone)
+        self.transform = make_transform(self.config)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, row: int):
+        try:
+            # draft_size: JPEG decoders can skip most of a huge photo's pixels before a 224-px crop.
+            image = load_image(self.paths[row], draft_size=self.config.resize)
+            return self.transform(image), row, ""
+        except BadImageError as exc:
+            return torch.zeros(3, self.config.input_size, self.config.input_size), row, str(exc)
+
+
+def default_num_workers() -> int:
+    # One decode worker per spare core; the main process runs the model on the rest. On a 2-core
+    # machine one worker keeps up with ViT-S/14 (decode is ~10x cheaper than the forward).
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def _cache_key(dataset: Dataset, backbone: str, weights_tag: str, precision: str) -> str:
+    config = get_config(backbone)
+    payload = {
+        "version": FEATURE_FORMAT_VERSION, "dataset": dataset.key, "fingerprint": dataset.fingerprint, "backbone": backbone,
+        "weights": weights_tag, "precision": precision,
+        "preprocessing": [config.resize, config.input_size, list(config.mean), list(config.std), config.interpolation],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel when the process dies, kill -9 too
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _read_cache(path: Path, *, device_used: str) -> FeatureSet | None:
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        return FeatureSet(
+            features=data["features"], rows=data["rows"], skipped=tuple(tuple(s) for s in meta["skipped"]),
+            backbone=meta["backbone"], weights_tag=meta["weights_tag"], precision=meta["precision"],
+            device=meta.get("device", device_used), seconds=meta["seconds"], from_cache=True, cache_path=path,
+        )
+
+
+def _write_cache(path: Path, result: FeatureSet) -> None:
+    meta = {
+        "backbone": result.backbone, "weights_tag": result.weights_tag, "precision": result.precision,
+        "device": result.device, "seconds": result.seconds, "skipped": [list(s) for s in result.skipped],
+    }
+    with atomic_write(path) as tmp:
+        with open(tmp, "wb") as handle:  # a file object stops numpy from appending ".npz" to the temp name
+            np.savez(handle, features=result.features, rows=result.rows, meta=np.asarray(json.dumps(meta)))
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return torch.autocast(device_type=device.type, enabled=False)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+@torch.inference_mode()
+def compute_features(
+    model: torch.nn.Module, loader: DataLoader, *, device: torch.device, precision: str, total: int,
+    progress: ProgressCallback | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """Run ``model`` over ``loader``; returns (features of shape (n_ok, dim), rows, [(row, reason) skipped])."""
+    chunks, rows, skipped = [], [], []
+    meter = RateMeter()
+    done = 0
+    for images, batch_rows, errors in loader:
+        ok = torch.tensor([not e for e in errors], dtype=torch.bool)
+        skipped.extend((int(r), e) for r, e in zip(batch_rows, errors) if e)
+        if ok.any():
+            with _autocast(device, precision):
+                out = model(images[ok].to(device, non_blocking=True))
+            chunks.append(out.float().cpu().numpy())
+            rows.append(batch_rows[ok].numpy())
+        done += len(batch_rows)
+        report(progress, "features", done, total, rate=meter.rate(done), message=f"{meter.rate(done):.1f} images/s")
+    dim = chunks[0].shape[1] if chunks else 0
+    features = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
+    return features.astype(np.float32, copy=False), (np.concatenate(rows) if rows else np.zeros(0, np.int64)), skipped
+
+
+def extract_features(
+    dataset: Dataset,
+    backbone: str,
+    *,
+    workspace: Workspace,
+    weights: str = "pretrained",
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> FeatureSet:
+    """Features of every image in ``dataset`` from ``backbone``, from the cache when present.
+
+    Parameters
+    ----------
+    dataset : Dataset
+    backbone : str
+        A name from ``core.backbones.list_backbones()``.
+    weights : str
+        ``"pretrained"``, ``"random"`` or a checkpoint path (see ``core.backbones.resolve_weights``).
+    device, precision : str
+        ``"auto"`` picks CUDA > MPS > CPU and mixed precision where it is fast and faithful.
+    batch_size : int
+        Images per forward.
+
+    Returns
+    -------
+    FeatureSet
+        ``features`` of shape (n_ok, feature_dim) for the ``rows`` that decoded; ``skipped`` lists the rest.
+    """
+    if batch_size < 1:
+        raise FlowerProbeError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    torch_device = select_device(device)
+    chosen_precision = select_precision(torch_device, precision)
+    source = resolve_weights(backbone, weights=weights, workspace=workspace, progress=progress)
+    cache_path = workspace.features_dir / f"{dataset.key.replace('/', '_').replace(':', '-')}-{backbone}-{_cache_key(dataset, backbone, source.tag, chosen_precision)}.npz"
+
+    with _exclusive(cache_path.with_suffix(".lock")):
+        cached = _read_cache(cache_path, device_used=device_name(torch_device))
+        if cached is not None:
+            report(progress, "features", len(dataset.image_paths), len(dataset.image_paths), message="features from cache")
+            return cached
+        started = time.perf_counter()
+        model, source = build_backbone(backbone, weights=weights, workspace=workspace, progress=progress)
+        model = model.to(torch_device)
+        workers = default_num_workers() if num_workers is None else num_workers
+        loader = DataLoader(
+            _DatasetImages(dataset.image_paths, backbone), batch_size=batch_size, shuffle=False, num_workers=workers,
+            pin_memory=torch_device.type == "cuda", persistent_workers=False, prefetch_factor=4 if workers else None,
+        )
+        features, rows, skipped_rows = compute_features(
+            model, loader, device=torch_device, precision=chosen_precision, total=len(dataset.image_paths), progress=progress
+        )
+        result = FeatureSet(
+            features=features, rows=rows, skipped=tuple((str(dataset.image_paths[r]), reason) for r, reason in skipped_rows),
+            backbone=backbone, weights_tag=source.tag, precision=chosen_precision, device=device_name(torch_device),
+            seconds=time.perf_counter() - started, cache_path=cache_path,
+        )
+        if len(rows) == 0:
+            raise FlowerProbeError(f"None of the {len(dataset.image_paths)} images of {dataset.name} could be read; first reason: {result.skipped[0][1] if result.skipped else 'none'}")
+        _write_cache(cache_path, result)
+        return result

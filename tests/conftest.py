@@ -1,0 +1,39 @@
+"""Shared fixtures: an isolated workspace per test, and a tiny generated dataset."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Two cores: keep torch from oversubscribing when pytest and DataLoader workers share them.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+from core.workspace import Workspace  # noqa: E402
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    monkeypatch.setenv("FLOWER_PROBE_WORKSPACE", str(tmp_path / "workspace"))
+    monkeypatch.delenv("FLOWER_PROBE_DATA_ROOT", raising=False)
+    return Workspace.from_env()
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic Flowers at 8 images a class and 64 px: real images, generated once per session."""
+    from core.synthetic import generate_synthetic_flowers
+
+    return generate_synthetic_flowers(tmp_path_factory.mktemp("tiny") / "synthetic-flowers", seed=0, images_per_class=8, image_size=64)
+
+
+@pytest.fixture
+def tiny_workspace(workspace: Workspace, tiny_synthetic_folder: Path) -> Workspace:
+    """A workspace whose 'synthetic' dataset is the tiny one (a copy, so tests may modify it)."""
+    import shutil
+
+    from core.datasets import synthetic_folder
+
+    shutil.copytree(tiny_synthetic_folder, synthetic_folder(workspace))
+    return workspace

@@ -1,0 +1,378 @@
+"""Tests for core.backbones: registry, weight resolution priority, safe checkpoint loading, preprocessing.
+
+Everything runs on CPU without network: an autouse fixture makes every URL fetch fail, and the checkpoints
+are made here with random values in the official formats (DINOv2 ``*_pretrain.pth``, torchvision
+``resnet50-*.pth``). ViT-L/g are never built (too big); ViT-B only as config.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import urllib.error
+from pathlib import Path
+
+import pytest
+import sklearn.datasets
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.models import ResNet50_Weights, resnet50
+
+from core import backbones
+from core.backbones import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BackboneConfig,
+    CheckpointError,
+    UnknownBackboneError,
+    build_backbone,
+    get_config,
+    list_backbones,
+    make_transform,
+    resolve_weights,
+)
+from core.errors import FlowerProbeError, MissingFileError
+from core.progress import ProgressEvent
+from core.workspace import WORKSPACE_ENV, Workspace
+
+SKLEARN_IMAGES = Path(sklearn.datasets.__file__).parent / "images"  # flower.jpg, china.jpg ship with scikit-learn
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Every download fails fast, as on a machine without internet; records the URLs that were tried."""
+    tried: list[str] = []
+
+    def refuse(url, *args, **kwargs):
+        tried.append(url)
+        raise urllib.error.URLError("network unreachable (test)")
+
+    monkeypatch.setattr("urllib.request.urlopen", refuse)
+    return tried
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch) -> Workspace:
+    monkeypatch.setenv(WORKSPACE_ENV, str(tmp_path / "ws"))
+    return Workspace.from_env()
+
+
+def _images(n: int, *, seed: int) -> torch.Tensor:
+    """A batch of n normalised 224x224 inputs, shape (n, 3, 224, 224)."""
+    return torch.randn(n, 3, 224, 224, generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------------------------- DINOv2 official format
+
+
+def _official_dinov2_vits14_state(seed: int) -> dict[str, torch.Tensor]:
+    """Random tensors under the key names and shapes of dinov2_vits14_pretrain.pth, written out by hand."""
+    gen = torch.Generator().manual_seed(seed)
+    dim, hidden, depth = 384, 1536, 12
+
+    def rand(*shape, std=0.02):
+        return torch.randn(*shape, generator=gen) * std
+
+    state = {
+        "cls_token": rand(1, 1, dim, std=1.0),
+        "pos_embed": rand(1, 1 + 37 * 37, dim, std=1.0),  # 518 px / 14 = 37; large so resampling matters
+        "mask_token": rand(1, dim),
+        "patch_embed.proj.weight": rand(dim, 3, 14, 14),
+        "patch_embed.proj.bias": rand(dim),
+        "norm.weight": 1 + rand(dim, std=0.1),
+        "norm.bias": rand(dim),
+    }
+    for i in range(depth):
+        p = f"blocks.{i}."
+        state |= {
+            p + "norm1.weight": 1 + rand(dim, std=0.1), p + "norm1.bias": rand(dim),
+            p + "attn.qkv.weight": rand(3 * dim, dim), p + "attn.qkv.bias": rand(3 * dim),
+            p + "attn.proj.weight": rand(dim, dim), p + "attn.proj.bias": rand(dim),
+            p + "ls1.gamma": rand(dim, std=0.5),
+            p + "norm2.weight": 1 + rand(dim, std=0.1), p + "norm2.bias": rand(dim),
+            p + "mlp.fc1.weight": rand(hidden, dim), p + "mlp.fc1.bias": rand(hidden),
+            p + "mlp.fc2.weight": rand(dim, hidden), p + "mlp.fc2.bias": rand(dim),
+            p + "ls2.gamma": rand(dim, std=0.5),
+        }
+    return state
+
+
+def _official_dinov2_forward(state: dict[str, torch.Tensor], x: torch.Tensor, *, num_heads: int = 6) -> torch.Tensor:
+    """The official DinoVisionTransformer forward (x_norm_clstoken), written from dinov2/models/vision_transformer.py.
+
+    Includes its run-time position-table interpolation: bicubic, no antialias, scale factor (grid + 0.1) / 37.
+    """
+    n, _, h, w = x.shape
+    tokens = F.conv2d(x, state["patch_embed.proj.weight"], state["patch_embed.proj.bias"], stride=14)
+    tokens = tokens.flatten(2).transpose(1, 2)
+    dim = tokens.shape[-1]
+    tokens = torch.cat([state["cls_token"].expand(n, -1, -1), tokens], dim=1)
+    pos = state["pos_embed"]
+    side = int(math.sqrt(pos.shape[1] - 1))
+    grid = pos[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, scale_factor=((h // 14 + 0.1) / side, (w // 14 + 0.1) / side), mode="bicubic")
+    tokens = tokens + torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
+    depth = sum(1 for key in state if key.endswith(".ls1.gamma"))
+    for i in range(depth):
+        p = f"blocks.{i}."
+        y = F.layer_norm(tokens, (dim,), state[p + "norm1.weight"], state[p + "norm1.bias"], eps=1e-6)
+        qkv = F.linear(y, state[p + "attn.qkv.weight"], state[p + "attn.qkv.bias"])
+        q, k, v = qkv.reshape(n, -1, 3, num_heads, dim // num_heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, -1, dim)
+        tokens = tokens + state[p + "ls1.gamma"] * F.linear(y, state[p + "attn.proj.weight"], state[p + "attn.proj.bias"])
+        y = F.layer_norm(tokens, (dim,), state[p + "norm2.weight"], state[p + "norm2.bias"], eps=1e-6)
+        y = F.linear(F.gelu(F.linear(y, state[p + "mlp.fc1.weight"], state[p + "mlp.fc1.bias"])),
+                     state[p + "mlp.fc2.weight"], state[p + "mlp.fc2.bias"])
+        tokens = tokens + state[p + "ls2.gamma"] * y
+    return F.layer_norm(tokens, (dim,), state["norm.weight"], state["norm.bias"], eps=1e-6)[:, 0]
+
+
+def test_official_dinov2_checkpoint_loads_from_a_path_and_matches_the_official_forward(tmp_path):
+    state = _official_dinov2_vits14_state(seed=1)
+    path = tmp_path / "dinov2_vits14_pretrain.pth"
+    torch.save(state, path)
+
+    model, source = build_backbone("dinov2_vits14", weights=str(path))
+
+    assert source.kind == "file" and source.path == path.resolve() and source.tag.startswith("sha256:")
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    x = _images(2, seed=0)
+    with torch.no_grad():
+        features = model(x)
+    assert features.shape == (2, 384) and features.dtype == torch.float32
+    # Same CLS feature as the official model, including its offset bicubic position-table interpolation.
+    torch.testing.assert_close(features, _official_dinov2_forward(state, x), atol=2e-4, rtol=2e-4)
+
+
+def test_dinov2_position_table_is_resampled_with_the_official_offset():
+    # A table that is a ramp along the rows: bicubic reproduces ramps exactly away from the borders,
+    # so an interior sample lands where the official scale factor (16 + 0.1) / 37 puts it.
+    rows = torch.arange(37.0).repeat_interleave(37)
+    table = torch.cat([torch.tensor([-5.0]), rows]).reshape(1, 1 + 37 * 37, 1)
+
+    out = backbones._resample_dinov2_pos_embed(table, (16, 16))
+
+    assert out.shape == (1, 257, 1) and out[0, 0, 0] == -5.0
+    row_8 = out[0, 1 + 8 * 16 : 1 + 9 * 16, 0]
+    official = (8 + 0.5) * 37 / 16.1 - 0.5  # 19.03; resizing to exactly 16 rows would give 19.16
+    torch.testing.assert_close(row_8, torch.full((16,), official), atol=1e-3, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------ ResNet-50
+
+
+@pytest.fixture(scope="module")
+def resnet_checkpoint(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """An official-format torchvision ResNet-50 state dict (fc.weight/fc.bias included), seed 1."""
+    torch.manual_seed(1)
+    state = resnet50(weights=None).state_dict()
+    path = tmp_path_factory.mktemp("resnet") / "resnet50-0676ba61.pth"
+    torch.save(state, path)
+    return path, state
+
+
+def test_torchvision_resnet50_checkpoint_loads_from_a_path_dropping_the_classifier(resnet_checkpoint):
+    path, state = resnet_checkpoint
+    assert "fc.weight" in state and "fc.bias" in state
+
+    model, source = build_backbone("resnet50", weights=path)
+
+    assert source.kind == "file"
+    torch.testing.assert_close(model.conv1.weight, state["conv1.weight"])
+    torch.testing.assert_close(model.layer4[2].bn3.running_var, state["layer4.2.bn3.running_var"])
+    with torch.no_grad():
+        features = model(_images(2, seed=0))
+    assert features.shape == (2, 2048) and bool((features >= 0).all())  # post-ReLU average pool
+
+
+def test_pretrained_uses_the_file_placed_in_the_workspace(resnet_checkpoint, workspace, offline):
+    path, state = resnet_checkpoint
+    placed = workspace.weights_dir / "resnet50-0676ba61.pth"
+    os.link(path, placed)
+
+    model, source = build_backbone("resnet50", workspace=workspace)
+
+    assert (source.kind, source.path) == ("file", placed)
+    assert source.tag == resolve_weights("resnet50", weights=path).tag  # same bytes, same cache tag
+    torch.testing.assert_close(model.conv1.weight, state["conv1.weight"])
+    assert offline == []  # found locally, nothing fetched
+
+
+def test_wrong_architecture_checkpoint_names_the_file_and_the_backbone(resnet_checkpoint):
+    path, _ = resnet_checkpoint
+    with pytest.raises(CheckpointError) as caught:
+        build_backbone("dinov2_vits14", weights=path)
+    message = str(caught.value)
+    assert str(path) in message and "dinov2_vits14" in message and "missing" in message
+
+
+# ------------------------------------------------------------------------------------ where weights come from
+
+
+def test_offline_without_weights_names_the_file_url_and_folder(workspace, offline):
+    config = get_config("dinov2_vits14")
+    with pytest.raises(MissingFileError) as caught:
+        build_backbone("dinov2_vits14", workspace=workspace)
+    message = str(caught.value)
+    assert config.weights_filename in message
+    assert str(workspace.weights_dir) in message
+    assert config.weights_url in message
+    assert offline == [config.weights_url]
+    assert list(workspace.weights_dir.iterdir()) == []  # no partial file left behind
+
+
+def test_a_download_lands_in_the_workspace_and_is_reused(workspace, monkeypatch):
+    payload = b"checkpoint bytes" * 1000
+
+    class Response:
+        headers = {"Content-Length": str(len(payload))}
+
+        def __init__(self):
+            self._chunks = [payload, b""]
+
+        def read(self, size):
+            return self._chunks.pop(0)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout: Response())
+    events: list[ProgressEvent] = []
+
+    source = resolve_weights("resnet50", workspace=workspace, progress=events.append)
+
+    target = workspace.weights_dir / "resnet50-0676ba61.pth"
+    assert (source.kind, source.path) == ("download", target)
+    assert target.read_bytes() == payload
+    assert any(event.stage == "download" and event.done == len(payload) for event in events)
+    again = resolve_weights("resnet50", workspace=workspace)
+    assert (again.kind, again.tag) == ("file", source.tag)
+
+
+def test_missing_explicit_path_is_reported_with_the_parameter(tmp_path):
+    with pytest.raises(MissingFileError, match="weights must be"):
+        resolve_weights("resnet50", weights=str(tmp_path / "nope.pth"))
+
+
+def test_tag_follows_file_content(tmp_path):
+    path = tmp_path / "w.pth"
+    path.write_bytes(b"one")
+    first = resolve_weights("resnet50", weights=path).tag
+    assert resolve_weights("resnet50", weights=path).tag == first
+    path.write_bytes(b"two!")
+    assert resolve_weights("resnet50", weights=path).tag != first
+    assert first.startswith("sha256:") and len(first) == len("sha256:") + 16
+
+
+def test_random_weights_are_deterministic_and_leave_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a, source = build_backbone("resnet50", weights="random")
+    assert torch.rand(1) == expected_next
+    b, _ = build_backbone("resnet50", weights="random")
+    assert (source.kind, source.path, source.tag) == ("random", None, "random")
+    x = _images(1, seed=0)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x), atol=0, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------- safe loading
+
+
+class _Payload:
+    """Unpickling this creates the marker file: proof the file's code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_pickle_payload_checkpoint_is_refused_without_running_it(tmp_path, writer):
+    marker = tmp_path / "payload_ran"
+    path = tmp_path / "resnet50-0676ba61.pth"
+    state = {"conv1.weight": torch.zeros(1), "evil": _Payload(marker)}
+    if writer == "torch.save":
+        torch.save(state, path)
+    else:
+        path.write_bytes(pickle.dumps(state))
+
+    with pytest.raises(CheckpointError, match="never unpickles") as caught:
+        build_backbone("resnet50", weights=path)
+
+    assert str(path) in str(caught.value)
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------------ registry, config
+
+
+def test_unknown_name_lists_the_valid_names():
+    with pytest.raises(UnknownBackboneError) as caught:
+        get_config("dinov3_vits16")
+    assert isinstance(caught.value, FlowerProbeError) and isinstance(caught.value, KeyError)
+    message = str(caught.value)
+    assert not message.startswith("'")  # not KeyError's quoted form
+    assert "dinov3_vits16" in message and all(name in message for name in list_backbones())
+    with pytest.raises(UnknownBackboneError):
+        build_backbone("nope", weights="random")
+
+
+def test_registry_lists_the_six_backbones_with_their_feature_sizes():
+    dims = {name: get_config(name).feature_dim for name in list_backbones()}
+    assert dims == {
+        "dinov2_vits14": 384, "dinov2_vitb14": 768, "dinov2_vitl14": 1024, "dinov2_vitg14": 1536,
+        "resnet50": 2048, "efficientnet_lite0": 1280,
+    }
+    vitb = get_config("dinov2_vitb14")
+    assert vitb.weights_url == "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth"
+    assert vitb.weights_filename == "dinov2_vitb14_pretrain.pth" and vitb.interpolation == "bicubic"
+    assert get_config("resnet50").interpolation == "bilinear"
+
+
+@pytest.mark.parametrize("name", ["dinov2_vits14", "efficientnet_lite0"])
+def test_transform_gives_a_normalised_crop(name):
+    config = get_config(name)
+    transform = make_transform(config)
+    image = Image.new("L", (400, 300), color=255)  # greyscale, landscape: converted and cropped
+
+    tensor = transform(image)
+
+    assert tensor.shape == (3, 224, 224) and tensor.dtype == torch.float32
+    expected = (1 - torch.tensor(config.mean)) / torch.tensor(config.std)  # white pixels after normalising
+    torch.testing.assert_close(tensor.mean(dim=(1, 2)), expected)
+    assert pickle.loads(pickle.dumps(transform)) is not None  # data-loader workers receive it pickled
+
+
+def test_config_defaults_are_the_imagenet_eval_recipe():
+    config = BackboneConfig(name="x", feature_dim=8, weights_url=None, weights_filename="x.pth", description="", license="")
+    assert (config.input_size, config.resize, config.mean, config.std) == (224, 256, IMAGENET_MEAN, IMAGENET_STD)
+
+
+# -------------------------------------------------------------------------------------------- EfficientNet-Lite0
+
+
+def test_efficientnet_lite0_pretrained_comes_from_the_package_and_classifies_plausibly(workspace, offline):
+    model, source = build_backbone("efficientnet_lite0", workspace=workspace)
+
+    assert source.kind == "package" and source.path.name == "efficientnet-lite0-57934424.pth"
+    assert offline == []
+    transform = make_transform(get_config("efficientnet_lite0"))
+    batch = torch.stack([transform(Image.open(SKLEARN_IMAGES / name)) for name in ("flower.jpg", "china.jpg")])
+    with torch.no_grad():
+        features = model(batch)
+    assert features.shape == (2, 1280)
+    # The package's own ImageNet classifier on our features: real weights plus the right preprocessing give
+    # a daisy and a palace (with ImageNet mean/std and bicubic the flower comes out as a lampshade).
+    head = torch.load(source.path, map_location="cpu", weights_only=True)
+    logits = F.linear(features, head["_fc.weight"], head["_fc.bias"])
+    categories = ResNet50_Weights.IMAGENET1K_V1.meta["categories"]
+    assert [categories[i] for i in logits.argmax(dim=1)] == ["daisy", "palace"]
