@@ -36,8 +36,9 @@ _OPENTSNE_ITERATIONS = 250 + 500
 _OPENTSNE_CALLBACK_EVERY = 50
 # Cosine similarities are computed this many query rows at a time: 1,024 x 20,000 float32 is 80 MB.
 _NEIGHBOUR_CHUNK = 1_024
-# Distances below this count as "the same point" in ``embed_new_points`` (float32 rounding of 1 - cos).
-_SAME_POINT_DISTANCE = 1e-6
+# Distances below this count as "the same image" in ``embed_new_points``: float32 rounding leaves
+# 1 - cos of identical 384-d vectors up to ~1e-6 above zero, while distinct photos are >> 1e-3 apart.
+_SAME_POINT_DISTANCE = 1e-5
 
 
 def _as_matrix(array, *, name: str) -> np.ndarray:

@@ -12,6 +12,7 @@ gets new sheets (and new URLs, which defeats stale browser caches).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -102,12 +103,23 @@ def _encode_webp(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
+def thumbnail_data_url(image: Image.Image, *, size: int) -> str:
+    """A ``data:image/webp;base64,...`` URL of ``image`` as a ``size`` px square thumbnail.
+
+    For the few images that are not in any sheet (uploads on the explorer), sent inline.
+    """
+    return "data:image/webp;base64," + base64.b64encode(_encode_webp(square_thumbnail(image, size=size))).decode()
+
+
 def _load_manifest(directory: Path) -> SpriteSheets | None:
     try:
         data = json.loads((directory / _MANIFEST).read_text())
-    except (OSError, ValueError):
+        complete = data["version"] == _FORMAT_VERSION and all(
+            (directory / name).is_file() for name in data["sheet_files"]
+        )
+    except (OSError, ValueError, KeyError, TypeError):  # absent, half-written by an old crash, or foreign
         return None
-    if data.get("version") != _FORMAT_VERSION or not all((directory / name).is_file() for name in data["sheet_files"]):
+    if not complete:
         return None
     return SpriteSheets(
         directory=directory,
@@ -130,7 +142,7 @@ def build_sprite_sheets(
     columns: int = 16,
     progress: ProgressCallback | None = None,
 ) -> SpriteSheets:
-    """Pack thumbnails of ``paths`` into square WebP sheets of ``columns`` x ``columns`` cells.
+    """Pack thumbnails of ``paths`` into WebP sheets of ``columns`` x ``columns`` cells.
 
     Unreadable or missing files get ``core.images.placeholder_image``, never an error, so one bad
     photo cannot break the explorer. Sheets already built for the same inputs are reused.
@@ -144,7 +156,8 @@ def build_sprite_sheets(
     thumb_px : int
         Cell side in pixels (8-256).
     columns : int
-        Cells per sheet side (1-64); a sheet is ``columns * thumb_px`` pixels square.
+        Cells per sheet side (1-64); a sheet is ``columns * thumb_px`` pixels square (the last
+        one only as tall as its lines of thumbnails).
     progress : ProgressCallback or None
         Receives ``"thumbnails"`` events, ``done`` counting images.
 
@@ -171,8 +184,10 @@ def build_sprite_sheets(
     meter = RateMeter()
     report(progress, "thumbnails", 0, len(paths), message=f"building thumbnails of {len(paths)} images")
     for first in range(0, len(paths), per_sheet):
-        sheet = Image.new("RGBA", (side, side), (0, 0, 0, 0))
-        for index in range(first, min(first + per_sheet, len(paths))):
+        last = min(first + per_sheet, len(paths))
+        # The last sheet keeps only the lines it uses; browsers scale sheets by width alone.
+        sheet = Image.new("RGBA", (side, -(-(last - first) // columns) * thumb_px), (0, 0, 0, 0))
+        for index in range(first, last):
             thumb, is_placeholder = _thumbnail_or_placeholder(paths[index], size=thumb_px)
             n_placeholders += is_placeholder
             _, column, line = sprite_cell(index, columns=columns, per_sheet=per_sheet)

@@ -37,3 +37,31 @@ def tiny_workspace(workspace: Workspace, tiny_synthetic_folder: Path) -> Workspa
 
     shutil.copytree(tiny_synthetic_folder, synthetic_folder(workspace))
     return workspace
+
+
+@pytest.fixture(scope="session")
+def populated_root(tmp_path_factory: pytest.TempPathFactory, tiny_synthetic_folder: Path) -> Path:
+    """A workspace with real runs: tiny Synthetic Flowers, efficientnet_lite0 (pretrained, offline) and
+    resnet50 (random weights), 2 epochs each. Built once per session; use ``populated_workspace``."""
+    import shutil
+
+    from core.datasets import synthetic_folder
+    from core.experiment import run_comparison
+    from core.training import HeadConfig
+
+    root = tmp_path_factory.mktemp("populated") / "workspace"
+    built = Workspace(root=root, data_root=root / "datasets")
+    shutil.copytree(tiny_synthetic_folder, synthetic_folder(built))
+    run_comparison(
+        dataset="synthetic", backbones=["efficientnet_lite0", "resnet50"], random_weights_for=("resnet50",),
+        head=HeadConfig(epochs=2), workspace=built,
+    )
+    return root
+
+
+@pytest.fixture
+def populated_workspace(populated_root: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    """The session's populated workspace, named by FLOWER_PROBE_WORKSPACE for this test. Read-only by convention."""
+    monkeypatch.setenv("FLOWER_PROBE_WORKSPACE", str(populated_root))
+    monkeypatch.delenv("FLOWER_PROBE_DATA_ROOT", raising=False)
+    return Workspace.from_env()

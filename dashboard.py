@@ -1,0 +1,19 @@
+"""Flower Probe: the entry file. `streamlit run dashboard.py`; the pages live in pages/."""
+
+import streamlit as st
+
+from ui.common import sidebar
+
+st.set_page_config(page_title="Flower Probe", page_icon=":material/local_florist:", layout="wide")
+navigation = st.navigation(
+    [
+        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+        st.Page("pages/dataset.py", title="Dataset", icon=":material/photo_library:"),
+        st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+        st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+        st.Page("pages/explorer.py", title="Explorer", icon=":material/scatter_plot:"),
+        st.Page("pages/classify.py", title="Classify", icon=":material/image_search:"),
+    ]
+)
+sidebar()
+navigation.run()
