@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections import defaultdict
 
 import numpy as np
@@ -25,30 +26,42 @@ from .workspace import Workspace
 
 
 class ConsoleProgress:
-    """Prints epochs the way the reference experiment does, and a one-line bar for long steps."""
+    """Prints epochs the way the reference experiment does, and a progress bar for long steps.
+
+    On a terminal the bar redraws in place at most every 0.2 s; in a log file it prints a line per 10%.
+    """
 
     def __init__(self, stream=sys.stderr) -> None:
         self.stream = stream
+        self.interactive = stream.isatty()
+        self._last_draw = 0.0
+        self._last_decile: tuple[str, int] = ("", -1)
 
     def __call__(self, event: ProgressEvent) -> None:
         if event.stage == "train":
             m = event.metrics
-            self._end_bar()
             print(f"Epoch: {m['epoch']} | train loss: {m['train_loss']:.4f} | train acc: {m['train_acc']:.1f} | "
                   f"valid loss: {m['valid_loss']:.4f} | valid acc: {m['valid_acc']:.1f}", flush=True)
             if m["saved_best"]:
                 print(f"Save best model at epoch {m['epoch']}.", flush=True)
             return
+        finished = bool(event.total) and event.done >= event.total
+        if self.interactive:
+            now = time.monotonic()
+            if not finished and now - self._last_draw < 0.2:
+                return
+            self._last_draw = now
+        else:
+            decile = (event.stage, int(event.fraction * 10))
+            if decile == self._last_decile:
+                return
+            self._last_decile = decile
         width = 30
         filled = int(width * event.fraction)
         rate = f" {event.rate:.1f}/s" if event.rate else ""
         total = f"{event.done}/{event.total}" if event.total else f"{event.done}"
-        self.stream.write(f"\r{event.stage:>9} [{'#' * filled}{'.' * (width - filled)}] {total}{rate} {event.message[:40]:<40}")
-        if event.total and event.done >= event.total:
-            self.stream.write("\n")
-        self.stream.flush()
-
-    def _end_bar(self) -> None:
+        line = f"{event.stage:>9} [{'#' * filled}{'.' * (width - filled)}] {total}{rate} {event.message[:40]}"
+        self.stream.write(f"\r{line:<90}" + ("\n" if finished else "") if self.interactive else line + "\n")
         self.stream.flush()
 
 
