@@ -1,7 +1,7 @@
 """2-D maps of cached features for the embedding explorer, plus the nearest-neighbour maths it shares.
 
-- ``tsne_embedding``: PCA to 50 dimensions, then t-SNE (scikit-learn or openTSNE, whichever is faster
-  for the number of points).
+- ``tsne_embedding``: PCA to 50 dimensions, then t-SNE (openTSNE by default: measured faster than
+  scikit-learn at 1,360 and 20,000 points).
 - ``embed_new_points``: places new images (uploads) on an existing map without recomputing it.
 - ``cosine_neighbours``: k nearest reference rows by cosine distance (explorer and Classify page).
 - ``selection_to_rows``: turns Plotly point payloads (hover, click, lasso) into global row ids.
@@ -18,21 +18,27 @@ from .progress import ProgressCallback, report
 
 TsneMethod = Literal["auto", "sklearn", "opentsne"]
 
-# Measured on this project's 2-core CPU machine (shared, so +-30 %), 17 gaussian clusters in 384-d,
-# PCA to 50-d first, perplexity 30, wall seconds for the t-SNE step alone:
+# Measured on this project's 2-core machine while other jobs shared it (load 5-12, so wall times
+# are inflated and noisy; process CPU seconds in brackets are steadier), 17 gaussian clusters in
+# 384-d, PCA to 50-d, perplexity 30, the t-SNE step alone:
 #
-#   points   scikit-learn (Barnes-Hut)   openTSNE (Barnes-Hut)   openTSNE (FFT)
-#    1,360              4.5                      4.4                  10.0
-#   20,000             see _AUTO_OPENTSNE_FROM below
+#   points   scikit-learn BH            openTSNE BH           openTSNE FFT
+#            1 thread     2 threads     1 thread    2         1 thread     2 threads
+#    1,360   6.0 s [4.0]  11.0 s [11.2] 4.4 s [3.0] 11 s [9]  -            10-18 s
+#   20,000   567 s [183]  469 s [203]   162 s [109] -         46 s [31]    78 s [44]
 #
-# openTSNE's FFT gradient has a large constant cost per iteration that only pays off for big maps;
-# "auto" therefore uses scikit-learn below the threshold and openTSNE (FFT) from it.
-_AUTO_OPENTSNE_FROM = 5_000
+# openTSNE wins at both sizes (it also runs 750 iterations to scikit-learn's 1,000), so "auto" means
+# openTSNE, with its own gradient choice: Barnes-Hut below 10,000 points, FFT from there (FFT's
+# fixed cost per iteration only pays off on big maps). One thread beat two in every pair: the
+# iterations are short and a busy second core stalls the other thread at every barrier.
+# End to end (PCA + t-SNE + progress, 1 thread): "auto" 8.4 s [4.5] at 1,360 and 68 s [35] at
+# 20,000; "sklearn" 12.0 s [5.5] at 1,360.
+_TSNE_THREADS = 1
 
 # openTSNE's defaults: 250 early-exaggeration iterations then 500 normal ones; progress counts both.
 _OPENTSNE_ITERATIONS = 250 + 500
-# A callback every 50 iterations makes openTSNE evaluate the KL divergence 15 times per run,
-# which costs well under 1 % of the run and gives the page a moving progress bar.
+# A callback every 50 iterations makes openTSNE evaluate the KL divergence 15 times per run: no
+# measurable cost at 1,360 points (3.9 s CPU with callbacks, 3.7-4.8 s without) for a moving bar.
 _OPENTSNE_CALLBACK_EVERY = 50
 # Cosine similarities are computed this many query rows at a time: 1,024 x 20,000 float32 is 80 MB.
 _NEIGHBOUR_CHUNK = 1_024
@@ -60,20 +66,22 @@ def _pca(features: np.ndarray, *, components: int | None, seed: int) -> np.ndarr
     return PCA(n_components=min(components, n_images), random_state=seed).fit_transform(features)
 
 
-def _resolve_method(method: str, n_images: int) -> str:
+def _resolve_method(method: str) -> str:
     if method not in ("auto", "sklearn", "opentsne"):
         raise ValueError(f"method must be 'auto', 'sklearn' or 'opentsne'; got {method!r}.")
-    if method == "auto":
-        return "opentsne" if n_images >= _AUTO_OPENTSNE_FROM else "sklearn"
-    return method
+    return "opentsne" if method == "auto" else method
 
 
 def _tsne_sklearn(features: np.ndarray, *, perplexity: float, seed: int) -> np.ndarray:
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
-    return TSNE(
-        n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed, n_jobs=2
-    ).fit_transform(features)
+    # scikit-learn's Barnes-Hut gradient runs on OpenMP threads that n_jobs does not limit
+    with threadpool_limits(limits=_TSNE_THREADS):
+        return TSNE(
+            n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed,
+            n_jobs=_TSNE_THREADS,
+        ).fit_transform(features)
 
 
 class _OpenTsneProgress:
@@ -99,8 +107,8 @@ def _tsne_opentsne(
         perplexity=perplexity,
         initialization="pca",
         random_state=seed,
-        n_jobs=2,
-        negative_gradient_method="fft",
+        n_jobs=_TSNE_THREADS,
+        negative_gradient_method="auto",
         callbacks=_OpenTsneProgress(progress) if progress is not None else None,
         callbacks_every_iters=_OPENTSNE_CALLBACK_EVERY,
     )
@@ -131,7 +139,8 @@ def tsne_embedding(
     seed : int
         Seeds PCA and t-SNE: the same inputs and seed give the same map.
     method : {"auto", "sklearn", "opentsne"}
-        ``"auto"`` picks the library measured faster for ``n_images`` (see ``_AUTO_OPENTSNE_FROM``).
+        ``"auto"`` picks the library measured faster (openTSNE at 1,360 and 20,000 points; see the
+        table at the top of this module).
     progress : ProgressCallback or None
         Receives ``"tsne"`` events at start and end (and every 50 iterations with openTSNE).
 
@@ -148,7 +157,7 @@ def tsne_embedding(
         )
     if pca_components is not None and pca_components < 2:
         raise ValueError(f"pca_components must be None or at least 2; got {pca_components}.")
-    resolved = _resolve_method(method, n_images)
+    resolved = _resolve_method(method)
 
     total = _OPENTSNE_ITERATIONS if resolved == "opentsne" else 1
     report(progress, "tsne", 0, total, message=f"t-SNE of {n_images} points ({resolved})")

@@ -1,0 +1,144 @@
+"""Tests for core.projection: t-SNE maps, cosine neighbours, placing new points, Plotly selections."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core import projection
+from core.errors import FlowerProbeError
+from core.projection import cosine_neighbours, embed_new_points, selection_to_rows, tsne_embedding
+
+
+def _clusters(n_per_cluster: int = 30, n_clusters: int = 4, dim: int = 64, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_clusters, dim)) * 4
+    labels = np.repeat(np.arange(n_clusters), n_per_cluster)
+    return (centres[labels] + rng.normal(size=(len(labels), dim))).astype(np.float32), labels
+
+
+def _neighbour_label_agreement(embedding: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of points whose nearest 2-D neighbour has the same label."""
+    distances = np.linalg.norm(embedding[:, None] - embedding[None], axis=-1)
+    np.fill_diagonal(distances, np.inf)
+    return float(np.mean(labels[distances.argmin(axis=1)] == labels))
+
+
+@pytest.mark.parametrize("method", ["sklearn", "opentsne"])
+def test_tsne_is_deterministic_and_keeps_clusters(method):
+    features, labels = _clusters()
+    first = tsne_embedding(features, perplexity=10, method=method, seed=3)
+    second = tsne_embedding(features, perplexity=10, method=method, seed=3)
+    assert first.shape == (len(features), 2)
+    assert np.isfinite(first).all()
+    np.testing.assert_array_equal(first, second)
+    assert _neighbour_label_agreement(first, labels) > 0.95
+
+
+def test_tsne_reports_progress_from_start_to_end():
+    features, _ = _clusters(n_per_cluster=20, dim=8)  # 8-d: PCA is skipped
+    events = []
+    tsne_embedding(features, perplexity=5, method="opentsne", progress=events.append)
+    assert {event.stage for event in events} == {"tsne"}
+    assert events[0].done == 0 and events[-1].done == events[-1].total > 0
+    assert len(events) > 3, "openTSNE callbacks should report during the optimisation"
+    assert [event.done for event in events] == sorted(event.done for event in events)
+
+
+@pytest.mark.parametrize("perplexity", [0, -1.0, 40, 41.5])
+def test_tsne_rejects_perplexity_outside_zero_to_n(perplexity):
+    features, _ = _clusters(n_per_cluster=10)  # 40 points
+    with pytest.raises(FlowerProbeError, match="perplexity") as error:
+        tsne_embedding(features, perplexity=perplexity)
+    assert str(perplexity) in str(error.value) and "40" in str(error.value)
+
+
+def test_tsne_rejects_unknown_method_and_bad_features():
+    features, _ = _clusters(n_per_cluster=10)
+    with pytest.raises(ValueError, match="method"):
+        tsne_embedding(features, method="umap")
+    with pytest.raises(ValueError, match="2-D"):
+        tsne_embedding(features[0])
+    features[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        tsne_embedding(features)
+
+
+def test_auto_method_is_the_measured_faster_library():
+    assert projection._resolve_method("auto") == "opentsne"
+    assert projection._resolve_method("sklearn") == "sklearn"
+
+
+def _brute_force_cosine(reference, query):
+    unit_reference = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    unit_query = query / np.linalg.norm(query, axis=1, keepdims=True)
+    distances = 1 - unit_query @ unit_reference.T
+    order = np.argsort(distances, axis=1)
+    return order, np.take_along_axis(distances, order, axis=1)
+
+
+@pytest.mark.parametrize("chunk", [7, 1_024])
+def test_cosine_neighbours_match_brute_force(monkeypatch, chunk):
+    monkeypatch.setattr(projection, "_NEIGHBOUR_CHUNK", chunk)
+    rng = np.random.default_rng(1)
+    reference = rng.normal(size=(200, 16))
+    query = rng.normal(size=(30, 16))
+    indices, distances = cosine_neighbours(reference, query, k=5)
+    expected_indices, expected_distances = _brute_force_cosine(reference, query)
+    np.testing.assert_array_equal(indices, expected_indices[:, :5])
+    np.testing.assert_allclose(distances, expected_distances[:, :5], atol=1e-5)
+    assert (np.diff(distances, axis=1) >= 0).all()
+
+
+def test_cosine_neighbours_clip_k_and_handle_zero_rows():
+    rng = np.random.default_rng(2)
+    reference = rng.normal(size=(6, 4))
+    query = np.vstack([rng.normal(size=(1, 4)), np.zeros((1, 4))])
+    indices, distances = cosine_neighbours(reference, query, k=50)
+    assert indices.shape == distances.shape == (2, 6)
+    assert sorted(indices[0]) == list(range(6))
+    np.testing.assert_allclose(distances[1], 1.0)  # a zero vector is orthogonal to everything
+    with pytest.raises(ValueError, match="k must be"):
+        cosine_neighbours(reference, query, k=0)
+    with pytest.raises(ValueError, match="dimension"):
+        cosine_neighbours(reference, rng.normal(size=(2, 5)), k=1)
+
+
+def test_embed_new_points_puts_a_duplicate_on_its_original():
+    features, _ = _clusters(n_per_cluster=10, dim=16)
+    embedding = np.random.default_rng(4).normal(size=(len(features), 2)) * 10
+    new = features[[7, 23]] * 3.0  # scaled copies: cosine distance 0
+    placed = embed_new_points(features, embedding, new, k=10)
+    np.testing.assert_allclose(placed, embedding[[7, 23]], atol=1e-9)
+
+
+def test_embed_new_points_lands_among_its_neighbours():
+    features, labels = _clusters(n_per_cluster=15, dim=16)
+    embedding = np.c_[labels * 100.0, np.zeros(len(labels))] + np.random.default_rng(5).normal(size=(len(labels), 2))
+    rng = np.random.default_rng(6)
+    new = features[labels == 2][:3] + rng.normal(size=(3, 16)) * 0.1
+    placed = embed_new_points(features, embedding, new, k=5)
+    assert placed.shape == (3, 2)
+    np.testing.assert_allclose(placed[:, 0], 200.0, atol=5.0)
+    with pytest.raises(ValueError, match="reference_embedding"):
+        embed_new_points(features, embedding[:-1], new)
+
+
+def test_selection_to_rows_uses_customdata_across_traces():
+    points = [
+        {"curveNumber": 0, "pointIndex": 0, "customdata": [12]},
+        {"curveNumber": 1, "pointIndex": 0, "customdata": [40, "extra"]},  # same pointIndex, other trace
+        {"curveNumber": 3, "pointIndex": 5, "customdata": [3]},
+        {"curveNumber": 0, "pointIndex": 0, "customdata": [12]},  # the same row again (second panel)
+        {"curveNumber": 4, "pointIndex": 1, "customdata": 7},
+        {"curveNumber": 9, "pointIndex": 0},  # a helper trace without row ids
+        {"curveNumber": 2, "pointIndex": 2, "customdata": [40.0]},
+    ]
+    assert selection_to_rows(points) == [12, 40, 3, 7]
+    assert selection_to_rows([]) == []
+
+
+@pytest.mark.parametrize("bad", [["a"], [-1], [1.5], [True]])
+def test_selection_to_rows_rejects_non_row_customdata(bad):
+    with pytest.raises(ValueError, match="row id"):
+        selection_to_rows([{"customdata": bad}])

@@ -1,0 +1,1 @@
+"""Shared Streamlit helpers and custom components for the dashboard pages."""
