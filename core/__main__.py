@@ -4,11 +4,13 @@
     python -m core prepare --dataset oxford17
     python -m core runs
     python -m core backbones
+    python -m core predict --run 3 photo.jpg other.heic
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections import defaultdict
@@ -130,6 +132,24 @@ def _cmd_runs(args: argparse.Namespace, workspace: Workspace) -> None:
         print(f"{run['id']:>5} {run['status']:<11} {run['dataset_key']:<22} split {run['split']:<2} {run['backbone']:<18} {run['weights']:<10} test acc {acc}")
 
 
+def _cmd_predict(args: argparse.Namespace, workspace: Workspace) -> None:
+    from .predict import Predictor  # only this command needs it
+
+    predictor = Predictor.from_run(args.run, workspace=workspace, device=args.device, progress=ConsoleProgress())
+    predictions = predictor.predict([(path, path) for path in args.images])
+    if args.json:
+        print(json.dumps([p.to_dict() for p in predictions], indent=2, ensure_ascii=False))
+    else:
+        for prediction in predictions:
+            print(prediction.name)
+            if not prediction.ok:
+                print(f"  error: {prediction.error}")
+            for rank, (class_name, probability) in enumerate(prediction.top, start=1):
+                print(f"  {rank}. {class_name:<30} {probability:.4f}")
+    if not any(p.ok for p in predictions):
+        raise FlowerProbeError(f"None of the {len(predictions)} image(s) could be classified; the reasons are above.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="Flower Probe: how good are a frozen backbone's features for my classes?")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list recorded runs")
     runs.add_argument("--limit", type=int, default=30)
     runs.set_defaults(handler=_cmd_runs)
+
+    predict = sub.add_parser("predict", help="classify images with a trained run (the Classify page's prediction)")
+    predict.add_argument("--run", type=int, required=True, metavar="ID", help="a completed run's id (see `runs`)")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files: JPEG, PNG, WebP, HEIC, ...")
+    predict.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    predict.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    predict.set_defaults(handler=_cmd_predict)
     return parser
 
 

@@ -1,0 +1,87 @@
+"""AppTest of the Classify page: guidance without runs; uploads, test samples and a second run with runs.
+
+The page runs under a small navigation entry (as dashboard.py runs it) so its ``st.page_link`` to the
+Train page resolves; the Train page there is a stub, independent of the real one.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.runs import RunRegistry
+from image_catalogue import HOSTILE_FILE_NAMES, write_catalogue
+
+CLASSIFY_PAGE = Path(__file__).resolve().parents[1] / "pages" / "classify.py"
+
+
+@pytest.fixture
+def app(tmp_path) -> AppTest:
+    entry = tmp_path / "app" / "entry.py"
+    (entry.parent / "pages").mkdir(parents=True)
+    (entry.parent / "pages" / "train.py").write_text("import streamlit as st\nst.title('Train')\n")
+    entry.write_text(
+        "import streamlit as st\n"
+        f"st.navigation([st.Page({str(CLASSIFY_PAGE)!r}, default=True), st.Page('pages/train.py')]).run()\n"
+    )
+    return AppTest.from_file(str(entry), default_timeout=300)
+
+
+def _as_rendered(markdown: str) -> str:
+    """What Markdown shows for text whose punctuation is backslash-escaped."""
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
+def _markdown_texts(at: AppTest) -> list[str]:
+    """Every string the page hands to a Markdown renderer."""
+    texts = [e.value for kind in ("markdown", "caption", "warning", "info", "error", "subheader") for e in getattr(at, kind)]
+    texts += [image.caption for element in at.get("imgs") for image in element.proto.imgs]
+    return texts
+
+
+def test_empty_workspace_shows_how_to_train(app, workspace):
+    app.run()
+    assert not app.exception
+    assert len(app.info) == 1 and "No trained run yet" in app.info[0].value
+    links = app.get("page_link")
+    assert len(links) == 1 and links[0].proto.page == "train"
+
+
+def test_uploads_samples_and_a_second_run(app, populated_workspace, tmp_path):
+    runs = RunRegistry(populated_workspace.registry_path).list_runs(status="completed")
+    best = max(runs, key=lambda r: (r["test_acc"], r["id"]))
+    app.run()
+    assert not app.exception and not app.error
+    assert app.selectbox[0].value == best["id"]
+
+    catalogue = tmp_path / "catalogue"
+    entries = write_catalogue(catalogue)
+    good = (catalogue / entries["rgb_jpeg"].filename).read_bytes()
+    app.file_uploader[0].set_value([
+        ("good.jpg", good, "image/jpeg"),
+        (HOSTILE_FILE_NAMES[2] + ".jpg", good, "image/jpeg"),
+        ("notes.jpg", (catalogue / entries["not_an_image"].filename).read_bytes(), "image/jpeg"),
+    ])
+    app.multiselect[0].set_value([app.multiselect[0].options[0]])
+    app.run()
+    assert not app.exception and not app.error
+    assert len(app.warning) == 1 and _as_rendered(app.warning[0].value).startswith("Cannot load image 'notes.jpg': the content is not")
+    table = app.dataframe[0].value
+    assert list(table["file"])[:3] == ["good.jpg", HOSTILE_FILE_NAMES[2] + ".jpg", "notes.jpg"] and len(table) == 4
+    assert table["confidence"].notna().sum() == 3 and table["error"].notna().sum() == 1
+    # Three classified images, each with a top-5 chart, plus the t-SNE map.
+    assert len(app.get("plotly_chart")) == 3 + 1
+    # Hostile names reach Markdown escaped: no raw tag survives anywhere.
+    texts = _markdown_texts(app)
+    assert all("<script>" not in text and "<img" not in text for text in texts)
+    assert any(HOSTILE_FILE_NAMES[2] + ".jpg" in _as_rendered(text) for text in texts)  # shown, as text
+
+    app.toggle[0].set_value(True)
+    app.run()
+    assert not app.exception and not app.error
+    assert app.selectbox[1].value != app.selectbox[0].value
+    assert len(app.get("plotly_chart")) == 2 * (3 + 1)
+    assert any(column.startswith("confidence (run ") for column in app.dataframe[0].value.columns)
