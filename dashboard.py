@@ -2,9 +2,11 @@
 
 import streamlit as st
 
+from ui.auth import require_access
 from ui.common import sidebar
 
 st.set_page_config(page_title="Flower Probe", page_icon=":material/local_florist:", layout="wide")
+require_access()  # before navigation: a visitor without access gets only the login form
 navigation = st.navigation(
     [
         st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),

@@ -347,6 +347,19 @@ def _file_tag(path: Path, progress: ProgressCallback | None) -> str:
     return _TAG_CACHE[key]
 
 
+def local_weights(name: str, *, workspace: Workspace | None = None) -> Path | None:
+    """The pretrained weights file of backbone ``name`` that is here already, or None if it must be downloaded.
+
+    Cheap (two file checks, no hashing, no network), so a page can say up front what a run would download.
+    Looks where ``resolve_weights`` looks, in the same order: ``<workspace>/weights/``, then a Python package.
+    """
+    entry = _entry(name)
+    target = (workspace or Workspace.from_env()).weights_dir / entry.config.weights_filename
+    if target.is_file():
+        return target
+    return entry.package_weights()
+
+
 def resolve_weights(
     name: str,
     *,
@@ -402,11 +415,9 @@ def resolve_weights(
         return WeightsSource(kind="random", path=None, tag="random")
     weights_dir = (workspace or Workspace.from_env()).weights_dir
     target = weights_dir / config.weights_filename
-    if target.is_file():
-        return WeightsSource(kind="file", path=target, tag=_file_tag(target, progress))
-    packaged = entry.package_weights()
-    if packaged is not None:
-        return WeightsSource(kind="package", path=packaged, tag=_file_tag(packaged, progress))
+    local = local_weights(name, workspace=workspace)
+    if local is not None:
+        return WeightsSource(kind="file" if local == target else "package", path=local, tag=_file_tag(local, progress))
     put_it_there = (
         f"put {config.weights_filename} in {weights_dir} (keep the file name), or pass the file's path as the weights."
     )

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetError, MissingFileError
+from .errors import DatasetError, MissingFileError, UnsafePathError
 from .fileio import contained_path, download, md5sum, safe_extract_tar
 from .progress import ProgressCallback, report
 from .workspace import Workspace
@@ -109,6 +109,17 @@ def _class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _inside(folder: Path, path: Path) -> Path:
+    """``path`` resolved; refused when a symlink leads it out of ``folder`` (pages would show any file it names)."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(folder.resolve()):
+        raise UnsafePathError(
+            f"{path} links to {resolved}, outside the dataset folder {folder.resolve()}. "
+            f"Copy the images into the dataset folder instead of linking to them."
+        )
+    return resolved
+
+
 def _check_classes(name: str, counts: dict[str, int], *, minimum: int) -> None:
     if len(counts) < 2:
         raise DatasetError(
@@ -145,7 +156,7 @@ def load_folder_dataset(
             class_dir = part_dir / class_name
             for path in _image_files(class_dir) if class_dir.is_dir() else []:
                 part_rows[part].append(len(paths))
-                paths.append(path.resolve())
+                paths.append(_inside(folder, path))
                 labels.append(label)
     label_array = np.asarray(labels, dtype=np.int64)
     counts = {c: int((label_array == i).sum()) for i, c in enumerate(class_names)}
@@ -248,7 +259,10 @@ def synthetic_folder(workspace: Workspace, seed: int = 0) -> Path:
 def prepare_synthetic(workspace: Workspace, *, seed: int = 0, progress: ProgressCallback | None = None) -> Dataset:
     from .synthetic import generate_synthetic_flowers
 
-    generate_synthetic_flowers(synthetic_folder(workspace, seed), seed=seed, progress=progress)
+    # A set generated earlier at another size (a small quick one, the tests' tiny one) is used as it is:
+    # redrawing it at full size would silently replace the data that existing runs were made on.
+    if not (synthetic_folder(workspace, seed) / "dataset.json").exists():
+        generate_synthetic_flowers(synthetic_folder(workspace, seed), seed=seed, progress=progress)
     return load_synthetic(workspace, seed=seed)
 
 

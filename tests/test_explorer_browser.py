@@ -1,0 +1,118 @@
+"""The Explorer end to end, in Debian's Chromium: hover a point and see its photo, click it and see its neighbours.
+
+The app runs as a user starts it (``streamlit run dashboard.py``) on a free localhost port, on the
+session's populated workspace (tiny Synthetic Flowers, two runs). The test opens Home, follows the
+sidebar link to the Explorer, moves the mouse onto an isolated point of the first map and checks the
+tooltip (its sprite sheet loaded, the row's class and file name), then clicks the point and checks
+the neighbour galleries. Screenshots go to ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from core.datasets import load_dataset
+from tests.browser import (
+    artifact_path, component_frame, launch_chromium, require_chromium, streamlit_server, wait_for_app_idle,
+)
+from ui.hover_scatter import FRAME_TITLE
+
+pytestmark = pytest.mark.slow
+
+WAIT_S = 90  # longest wait for any one step: the first t-SNE and sprite build run on a shared 2-core CPU
+TOOLTIP_WAIT_S = 10  # hover is handled in the browser; seconds here only cover a busy machine
+VIEWPORT = {"width": 1500, "height": 1000}
+ISOLATION_PX = 12  # no other point this close: Plotly hovers the nearest point, so this one is surely it
+# The tooltip's photo is a cell of a sprite sheet: check that sheet decoded (naturalWidth > 0).
+_THUMB_WIDTH_JS = """() => new Promise((resolve) => {
+    const url = getComputedStyle(document.querySelector('#tooltip .thumb')).backgroundImage.slice(5, -2);
+    const image = new Image();
+    image.onload = () => resolve(image.naturalWidth);
+    image.onerror = () => resolve(0);
+    image.src = url;
+})"""
+
+
+@pytest.fixture
+def chromium() -> None:
+    require_chromium()  # first, so a machine without the browser skips before building the workspace
+
+
+@pytest.fixture
+def server(chromium, populated_workspace, tmp_path):
+    with streamlit_server(workspace_root=populated_workspace.root, log_path=tmp_path / "server.log") as running:
+        yield running
+
+
+@pytest.fixture
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            yield browser.new_page(viewport=VIEWPORT)
+        finally:
+            browser.close()
+
+
+def open_explorer(page, server):
+    """Home first, then the sidebar link, as a user gets there; returns the map's frame, drawn."""
+    page.goto(server.url_for(""), wait_until="domcontentloaded", timeout=WAIT_S * 1000)
+    page.get_by_role("heading", name="Flower Probe").first.wait_for(timeout=WAIT_S * 1000)
+    wait_for_app_idle(page, timeout_s=WAIT_S)
+    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Explorer", exact=True).click()
+    page.get_by_role("heading", name="Explorer").first.wait_for(timeout=WAIT_S * 1000)
+    assert page.url.rstrip("/").endswith("/explorer"), page.url
+    frame = component_frame(page, FRAME_TITLE, timeout_s=WAIT_S)
+    frame.wait_for_function("window.hoverScatter && window.hoverScatter.ready", timeout=WAIT_S * 1000)
+    wait_for_app_idle(page, timeout_s=WAIT_S)
+    return frame
+
+
+def test_hover_shows_the_photo_and_a_click_shows_nearest_neighbours(page, server, populated_workspace):
+    started = time.perf_counter()
+    dataset = load_dataset("synthetic", populated_workspace)
+    frame = open_explorer(page, server)
+    assert frame.evaluate("hoverScatter.rows(0).length") == len(dataset.image_paths)
+    assert not page.locator('[data-testid="stException"]').count(), page.locator('[data-testid="stException"]').all_inner_texts()
+
+    isolated = frame.evaluate(f"hoverScatter.isolatedRows(0, {ISOLATION_PX})")
+    assert isolated, f"no point of the first map is {ISOLATION_PX} px away from all others"
+    row = isolated[len(isolated) // 2]
+    expected_class = dataset.class_names[dataset.labels[row]]
+    point = frame.evaluate(f"hoverScatter.pointClientPosition(0, {row})")
+    box = page.locator(f'iframe[title="{FRAME_TITLE}"]').bounding_box()
+    x, y = box["x"] + point["x"], box["y"] + point["y"]
+
+    page.mouse.move(x, y)
+    frame.wait_for_function(
+        f"hoverScatter.tooltip().visible && hoverScatter.tooltip().row === {row} && hoverScatter.tooltip().thumbState === 'ok'",
+        timeout=TOOLTIP_WAIT_S * 1000,
+    )
+    tooltip = frame.evaluate("hoverScatter.tooltip()")
+    assert (tooltip["className"], tooltip["fileName"]) == (expected_class, dataset.image_paths[row].name)
+    assert frame.locator("#tooltip").is_visible()
+    assert frame.locator("#tooltip .cls").inner_text() == expected_class
+    assert frame.evaluate(_THUMB_WIDTH_JS) > 0, "the tooltip's sprite sheet did not decode"
+    assert all(ring is not None for ring in frame.evaluate("hoverScatter.rings()")), "the row is not marked in both maps"
+    page.screenshot(path=str(artifact_path("explorer_browser_hover.png")))
+
+    k = int(page.get_by_label("Neighbours (k)", exact=True).input_value())
+    page.mouse.click(x, y)
+    page.get_by_role("heading", name="Nearest neighbours").wait_for(timeout=WAIT_S * 1000)
+    wait_for_app_idle(page, timeout_s=WAIT_S)
+    for panel in range(2):
+        images = page.locator(f'.st-key-explorer-neighbours-{panel} [data-testid="stImage"] img')
+        images.nth(k - 1).wait_for(timeout=WAIT_S * 1000)
+        assert images.count() == k, f"map {panel}: {images.count()} neighbour photos, expected {k}"
+        widths = images.evaluate_all("(images) => images.map((image) => image.complete ? image.naturalWidth : -1)")
+        assert all(width > 0 for width in widths), f"map {panel}: neighbour photos not loaded: {widths}"
+    page.get_by_role("heading", name="Selected photos (1)").wait_for(timeout=WAIT_S * 1000)
+    assert dataset.image_paths[row].name in page.locator('[data-testid="stImageCaption"]').first.inner_text()
+    page.get_by_role("heading", name="Nearest neighbours").scroll_into_view_if_needed()
+    page.screenshot(path=str(artifact_path("explorer_browser_neighbours.png")))
+    assert not page.locator('[data-testid="stException"]').count()
+    print(f"explorer browser test: {time.perf_counter() - started:.1f} s after the server answered")

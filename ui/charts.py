@@ -1,0 +1,160 @@
+"""Plotly figures for the dashboard: training curves, confusion matrices, per-class accuracy, class counts.
+
+Pure functions of data (no Streamlit calls), so tests can build and inspect them. Every user-controlled
+string (class names, dataset names) goes through ``plain`` first: Plotly renders a subset of HTML in
+text, so a class folder called ``<b>x</b>`` would otherwise show in bold, and ``&lt;`` is how Plotly
+shows a literal ``<``.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+# Plotly's default qualitative palette; runs keep one colour across every figure of a page.
+RUN_COLOURS = ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880", "#FF97FF", "#FECB52")
+SPLIT_PART_COLOURS = {"train": "#4C78A8", "val": "#F58518", "test": "#54A24B"}
+# Pixels per class row/column: 17 classes stay readable without scrolling.
+_CELL_PX = 20
+# Longer class names are cut on axes (hover shows them whole), so the plots keep their room.
+_TICK_CHARS = 24
+
+
+def plain(text: object) -> str:
+    """``text`` as Plotly shows it literally: HTML special characters become entities."""
+    return html.escape(str(text), quote=False)
+
+
+def run_colour(index: int) -> str:
+    return RUN_COLOURS[index % len(RUN_COLOURS)]
+
+
+def short(text: str, limit: int = _TICK_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _class_axis(class_names: Sequence[str]) -> dict:
+    """Integer positions labelled with the (shortened, escaped) class names: odd names cannot merge categories."""
+    return {"tickmode": "array", "tickvals": list(range(len(class_names))), "ticktext": [plain(short(c)) for c in class_names]}
+
+
+def _label_px(class_names: Sequence[str]) -> int:
+    """Room a 45-degree tick label needs below the plot, from the longest (shortened) name."""
+    return int(7 * max((len(short(c)) for c in class_names), default=0))
+
+
+def class_counts_figure(*, class_names: Sequence[str], counts: Mapping[str, Sequence[int]]) -> go.Figure:
+    """Stacked bars of images per class, one colour per split part.
+
+    Parameters
+    ----------
+    class_names : sequence of str, length n_classes
+    counts : mapping of part name ("train", "val", "test") to sequence of int, length n_classes
+    """
+    figure = go.Figure()
+    positions = list(range(len(class_names)))
+    for part, values in counts.items():
+        figure.add_bar(
+            x=positions, y=list(values), name=part, marker_color=SPLIT_PART_COLOURS.get(part),
+            customdata=[plain(c) for c in class_names], hovertemplate=f"%{{customdata}}<br>{part}: %{{y}} images<extra></extra>",
+        )
+    figure.update_layout(
+        barmode="stack", height=360, margin=dict(l=10, r=10, t=30, b=10), legend_title_text="part",
+        xaxis=_class_axis(class_names) | {"tickangle": -45}, yaxis_title="images",
+    )
+    return figure
+
+
+def curves_figure(curves: Mapping[str, Sequence[Mapping]]) -> go.Figure:
+    """Loss and accuracy per epoch, train solid and valid dashed, one colour per run.
+
+    Parameters
+    ----------
+    curves : mapping of run label to sequence of epoch dicts
+        Each dict has ``epoch``, ``train_loss``, ``train_acc``, ``valid_loss``, ``valid_acc`` (accuracies in percent).
+    """
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("Loss (cross-entropy)", "Accuracy (%)"), horizontal_spacing=0.08)
+    for index, (label, epochs) in enumerate(curves.items()):
+        epochs = list(epochs)
+        x = [e["epoch"] for e in epochs]
+        colour = run_colour(index)
+        for column, metric in ((1, "loss"), (2, "acc")):
+            for part, dash in (("train", "solid"), ("valid", "dash")):
+                figure.add_scatter(
+                    x=x, y=[e[f"{part}_{metric}"] for e in epochs], mode="lines+markers", name=f"{plain(label)} · {part}",
+                    legendgroup=label, showlegend=column == 1, line=dict(color=colour, dash=dash), row=1, col=column,
+                    hovertemplate=f"{plain(label)}<br>{part} {metric}: %{{y:.4g}}<br>epoch %{{x}}<extra></extra>",
+                )
+    figure.update_xaxes(title_text="epoch", dtick=1)
+    figure.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
+    return figure
+
+
+def confusion_figure(*, confusion: np.ndarray, class_names: Sequence[str], title: str = "") -> go.Figure:
+    """Confusion matrix: rows true class, columns predicted class, coloured by the share of each true class.
+
+    Parameters
+    ----------
+    confusion : ndarray of shape (n_classes, n_classes), counts
+    class_names : sequence of str, length n_classes
+
+    A transparent scatter point sits on every cell, because Plotly reports clicks on scatter points
+    but not on heatmap cells; its ``customdata`` is ``[true index, predicted index]``.
+    """
+    confusion = np.asarray(confusion)
+    n = len(class_names)
+    totals = confusion.sum(axis=1, keepdims=True)
+    share = np.divide(confusion, totals, out=np.zeros(confusion.shape, dtype=float), where=totals > 0)
+    names = [plain(c) for c in class_names]
+    true_index, predicted_index = np.indices((n, n))
+    figure = go.Figure()
+    figure.add_heatmap(
+        # Zeros left blank: the few non-zero cells are what the eye should find.
+        z=share, x=list(range(n)), y=list(range(n)), text=np.where(confusion > 0, confusion.astype(str), " "), texttemplate="%{text}",
+        colorscale="Blues",
+        zmin=0, zmax=1, showscale=False, hoverinfo="skip", xgap=1, ygap=1,
+    )
+    figure.add_scatter(
+        x=predicted_index.ravel(), y=true_index.ravel(), mode="markers", showlegend=False,
+        marker=dict(size=_CELL_PX - 4, symbol="square", color="rgba(0,0,0,0)"),
+        selected=dict(marker=dict(color="rgba(255,160,0,0.45)")), unselected=dict(marker=dict(opacity=1)),
+        customdata=np.stack([true_index.ravel(), predicted_index.ravel()], axis=1),
+        hovertext=[f"true: {names[t]}<br>predicted: {names[p]}<br>{confusion[t, p]} image(s)" for t, p in zip(true_index.ravel(), predicted_index.ravel())],
+        hovertemplate="%{hovertext}<br>click to see them<extra></extra>",
+    )
+    side = 100 + _CELL_PX * n + _label_px(class_names)
+    figure.update_layout(
+        title=dict(text=plain(title), font=dict(size=14)), height=side, margin=dict(l=10, r=10, t=40, b=10),
+        xaxis=_class_axis(class_names) | {"title": "predicted", "tickangle": -45, "showgrid": False, "zeroline": False},
+        yaxis=_class_axis(class_names) | {"title": "true", "autorange": "reversed", "showgrid": False, "zeroline": False},
+        clickmode="event+select", dragmode=False, plot_bgcolor="rgba(0,0,0,0)",
+    )
+    return figure
+
+
+def per_class_figure(*, class_names: Sequence[str], accuracies: Mapping[str, Sequence[float | None]]) -> go.Figure:
+    """Horizontal bars of test accuracy per class, one colour per run.
+
+    Parameters
+    ----------
+    class_names : sequence of str, length n_classes
+    accuracies : mapping of run label to sequence of float or None (percent; None: no test image of that class)
+    """
+    figure = go.Figure()
+    positions = list(range(len(class_names)))
+    names = [plain(c) for c in class_names]
+    for index, (label, values) in enumerate(accuracies.items()):
+        figure.add_bar(
+            y=positions, x=[np.nan if v is None else v for v in values], orientation="h", name=plain(label),
+            marker_color=run_colour(index), customdata=names, hovertemplate=f"{plain(label)}<br>%{{customdata}}: %{{x:.1f}} %<extra></extra>",
+        )
+    figure.update_layout(
+        barmode="group", height=120 + len(class_names) * max(18, 9 * len(accuracies)), margin=dict(l=10, r=10, t=30, b=10),
+        yaxis=_class_axis(class_names) | {"autorange": "reversed"}, xaxis=dict(title="test accuracy (%)", range=[0, 100]),
+        legend=dict(orientation="h", y=1.02, yanchor="bottom"),
+    )
+    return figure
