@@ -68,7 +68,7 @@ def _embedding(path: str, stamp: tuple[int, int], rows: np.ndarray, perplexity: 
     """t-SNE of ``_features`` (the features of ``rows`` in file ``path``); the key leaves the array out."""
     # Created inside the cached function so that a cache hit replays it (ending empty) instead of
     # referring to an element of an earlier run.
-    bar = st.progress(0.0, text=f"t-SNE of {len(rows)} points…")
+    bar = st.progress(0.0, text=f"t-SNE of {len(rows):,} points…")
 
     def progress(event: ProgressEvent) -> None:
         bar.progress(event.fraction, text=stage_text(event))
@@ -202,7 +202,7 @@ def _photo_caption(dataset: Dataset, row: int) -> str:
 def _neighbours(dataset: Dataset, row: int, rows: np.ndarray, runs: list[dict], features: list[np.ndarray], k: int) -> None:
     st.subheader("Nearest neighbours")
     name = f"{dataset.image_paths[row].name} ({dataset.class_names[dataset.labels[row]]})"
-    st.caption(md(f"of {name}, by cosine distance between full feature vectors, among the {len(rows)} images on the map"))
+    st.caption(md(f"of {name}, by cosine distance between full feature vectors, among the {len(rows):,} images on the map"))
     position = int(np.searchsorted(rows, row))
     for index, (column, run, matrix) in enumerate(zip(st.columns(len(runs)), runs, features)):
         # k + 1: the photo itself comes back too (distance 0), dropped below
@@ -210,7 +210,7 @@ def _neighbours(dataset: Dataset, row: int, rows: np.ndarray, runs: list[dict], 
         kept = [(int(rows[i]), float(d)) for i, d in zip(found[0], distances[0]) if i != position][:k]
         with column.container(key=f"explorer-neighbours-{index}"):
             st.markdown(f"**{md(run_label(run))}** · {matrix.shape[1]}-d features")
-            _gallery(dataset, [r for r, _ in kept], [f"{d:.3g} · {_photo_caption(dataset, r)}" for r, d in kept])
+            _gallery(dataset, [r for r, _ in kept], [f"{d:#.3g} · {_photo_caption(dataset, r)}" for r, d in kept])
 
 
 def _selection(event: dict | None, view: tuple) -> list[int]:
@@ -330,7 +330,7 @@ def _main() -> None:
     event = hover_scatter(panels, hover_text=hover_text, thumbnails=thumbnails, height=560, key="explorer-map")
     lowered = f" (lowered from {choice.perplexity} for {len(rows)} points)" if perplexity < choice.perplexity else ""
     st.caption(
-        f"{len(rows)} images · t-SNE of {f'PCA-{PCA_COMPONENTS} of ' if choice.pca else ''}the cached features, "
+        f"{len(rows):,} images · t-SNE of {f'PCA-{PCA_COMPONENTS} of ' if choice.pca else ''}the cached features, "
         f"perplexity {perplexity:g}{lowered}. Hover a point for its photo; click one, or box/lasso-select several "
         "(tools at the top right), for a gallery; click a legend entry to hide a class, double-click to show only it."
     )

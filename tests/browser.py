@@ -176,36 +176,47 @@ def launch_chromium(playwright, *, extra_args: tuple[str, ...] = (), **options):
 
 
 def wait_for_app_idle(page, *, timeout_s: float, quiet_s: float = 0.5) -> None:
-    """Wait until the Streamlit app in ``page`` has rendered and no script run is in progress.
+    """Wait until the Streamlit app in ``page`` has finished its script run and stayed idle ``quiet_s`` seconds.
 
-    Streamlit shows its status widget ("Running...") while a script runs; idle means the app's
-    root is there and the widget stayed away for ``quiet_s`` seconds.
+    Streamlit's app root carries ``data-test-script-state`` (``initial`` before the first run,
+    ``running``, ``notRunning``, ...); the quiet period lets a rerun that a component or widget
+    requests right after a run start before this returns.
     """
-    page.locator('[data-testid="stApp"]').wait_for(state="attached", timeout=timeout_s * 1000)
-    running = page.locator('[data-testid="stStatusWidget"]').filter(has_text="Running")
+    idle = page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]')
     deadline = time.monotonic() + timeout_s
     quiet_since = None
     while time.monotonic() < deadline:
-        if running.count():
+        if not idle.count():
             quiet_since = None
         elif quiet_since is None:
             quiet_since = time.monotonic()
         elif time.monotonic() - quiet_since >= quiet_s:
             return
         time.sleep(0.1)
-    raise TimeoutError(f"the app at {page.url} was still running its script after {timeout_s:.0f} s")
+    state = page.locator('[data-testid="stApp"]').first.get_attribute("data-test-script-state") if page.locator('[data-testid="stApp"]').count() else None
+    raise TimeoutError(f"the app at {page.url} was not idle after {timeout_s:.0f} s (script state {state!r})")
 
 
 def component_frame(page, title: str, *, timeout_s: float):
-    """The frame of custom component ``title`` (its iframe's title, e.g. ``ui.hover_scatter.FRAME_TITLE``)."""
-    page.locator(f'iframe[title="{title}"]').first.wait_for(state="attached", timeout=timeout_s * 1000)
+    """The loaded frame of custom component ``title`` (its iframe's title, e.g. ``ui.hover_scatter.FRAME_TITLE``).
+
+    The iframe is looked up afresh on every try: Streamlit may replace it while a rerun settles.
+    """
+    iframe = page.locator(f'iframe[title="{title}"]').first
+    iframe.wait_for(state="attached", timeout=timeout_s * 1000)
     deadline = time.monotonic() + timeout_s
+    frame = None
     while time.monotonic() < deadline:
-        frame = next((f for f in page.frames if f"/component/{title}/" in f.url), None)
-        if frame is not None:
+        handle = iframe.element_handle(timeout=timeout_s * 1000)
+        frame = handle.content_frame() if handle else None
+        if frame is not None and f"/component/{title}/" in frame.url:
             return frame
         time.sleep(0.1)
-    raise TimeoutError(f"component {title!r} has an iframe but its document did not load within {timeout_s:.0f} s")
+    src = iframe.get_attribute("src") if iframe.count() else None
+    raise TimeoutError(
+        f"component {title!r}: its iframe (src {src!r}) did not load within {timeout_s:.0f} s "
+        f"(frame URL {frame.url if frame else None!r})"
+    )
 
 
 def artifact_path(name: str) -> Path:

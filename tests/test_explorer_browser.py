@@ -87,7 +87,7 @@ def test_hover_shows_the_photo_and_a_click_shows_nearest_neighbours(page, server
     box = page.locator(f'iframe[title="{FRAME_TITLE}"]').bounding_box()
     x, y = box["x"] + point["x"], box["y"] + point["y"]
 
-    page.mouse.move(x, y)
+    page.mouse.move(x, y, steps=3)  # several moves: a single one can land before Plotly sees the pointer enter
     frame.wait_for_function(
         f"hoverScatter.tooltip().visible && hoverScatter.tooltip().row === {row} && hoverScatter.tooltip().thumbState === 'ok'",
         timeout=TOOLTIP_WAIT_S * 1000,

@@ -21,7 +21,8 @@ from core.runs import RunRegistry
 from core.workspace import Workspace
 
 ENTRY = Path(__file__).resolve().parents[1] / "dashboard.py"
-PAGE = "pages/explorer.py"
+# The explorer's st.Page path as the entry script names it (so a renamed pages folder needs no edit here).
+PAGE = next(page for page in re.findall(r'st\.Page\("([^"]+)"', ENTRY.read_text(encoding="utf-8")) if page.endswith("explorer.py"))
 MAP_KEY = "explorer-map"
 RENDER_TIMEOUT_S = 120  # t-SNE of 2 x 136 points on a shared 2-core CPU, the first time
 
