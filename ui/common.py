@@ -260,7 +260,7 @@ def job_card(job: Job) -> None:
             st.warning(md(job.error or "Cancelled."), icon=":material/cancel:")
         elif job.run_ids:
             st.success(f"Finished: run(s) {', '.join(f'#{i}' for i in job.run_ids)}.", icon=":material/check_circle:")
-            st.page_link("pages/compare.py", label="Compare the runs", icon=":material/compare_arrows:")
+            st.page_link("app_pages/compare.py", label="Compare the runs", icon=":material/compare_arrows:")
         if job.epochs:
             if job.active:
                 curves: dict[str, list[dict]] = {}

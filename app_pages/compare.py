@@ -110,8 +110,8 @@ if not completed:
         "runs appear here as they finish.",
         icon=":material/info:",
     )
-    st.page_link("pages/train.py", label="Train", icon=":material/model_training:")
-    st.page_link("pages/home.py", label="Home", icon=":material/home:")
+    st.page_link("app_pages/train.py", label="Train", icon=":material/model_training:")
+    st.page_link("app_pages/home.py", label="Home", icon=":material/home:")
     st.stop()
 
 datasets: dict[str, str] = {}

@@ -197,7 +197,7 @@ def _main() -> None:
     if not runs:
         st.info("No trained run yet. Train a head on a backbone's features first (Train page, or "
                 "`python -m core compare`); then come back and classify your photos.", icon=":material/info:")
-        st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+        st.page_link("app_pages/train.py", label="Go to Train", icon=":material/model_training:")
         return
     ws = workspace()
     chosen = _choose_runs(runs)

@@ -108,7 +108,7 @@ columns[1].metric("Images", len(dataset.image_paths))
 columns[2].metric("Splits", len(dataset.splits))
 for note in dataset.notes:
     st.caption(md(note))
-st.page_link("pages/train.py", label=f"Train on {dataset_label(dataset.name, dataset.synthetic)}", icon=":material/model_training:")
+st.page_link("app_pages/train.py", label=f"Train on {dataset_label(dataset.name, dataset.synthetic)}", icon=":material/model_training:")
 
 st.subheader("Images per class")
 split_ids = sorted(dataset.splits)

@@ -249,7 +249,7 @@ def _runs_to_show() -> tuple[Dataset, list[dict]] | None:
             + (f" ({missing} completed run(s) lost their cached features file.)" if missing else ""),
             icon=":material/info:",
         )
-        st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+        st.page_link("app_pages/train.py", label="Go to Train", icon=":material/model_training:")
         return None
     dataset_key, chosen = _choose_runs(runs)
     if not chosen:

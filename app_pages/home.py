@@ -70,7 +70,7 @@ if completed:
         hide_index=True,
         column_config={"test acc %": st.column_config.NumberColumn(format="%.1f")},
     )
-    st.page_link("pages/compare.py", label="Compare runs", icon=":material/compare_arrows:")
+    st.page_link("app_pages/compare.py", label="Compare runs", icon=":material/compare_arrows:")
 else:
     st.info("No runs yet. Start with the button below, or choose your own dataset and backbones on the Train page.", icon=":material/info:")
 
@@ -106,4 +106,4 @@ else:
 launched = st.session_state.pop("home_launched", None)  # shown once; the job itself lives in the runner
 if launched is not None:
     st.success(f"Started as job {launched}.", icon=":material/rocket_launch:")
-    st.page_link("pages/train.py", label="Watch its progress on the Train page", icon=":material/model_training:")
+    st.page_link("app_pages/train.py", label="Watch its progress on the Train page", icon=":material/model_training:")
