@@ -245,9 +245,7 @@ def prepare_model(model: torch.nn.Module, *, device: torch.device, precision: st
     """
     model = model.to(device)
     if device.type == "cpu":
-        model = model.to(memory_format=torch.channels_last)
-        if precision == "bf16":
-            model = model.to(torch.bfloat16)
+        model = model.to(dtype=torch.bfloat16 if precision == "bf16" else torch.float32, memory_format=torch.channels_last)
     return model
 
 

@@ -15,7 +15,6 @@ import time
 import tomllib
 from pathlib import Path
 
-import numpy as np
 import pytest
 import requests
 import torch
@@ -165,9 +164,9 @@ def test_password_gate_holds_for_every_page_url(browser, populated_root, tmp_pat
                 page.close()
             page = context.new_page()
             page.goto(f"{server.url}/{PAGES['classify'][0]}", wait_until="domcontentloaded")
-            page.get_by_label("Password").fill(PASSWORD)
+            page.locator('input[type="password"]').fill(PASSWORD)
             page.get_by_role("button", name="Enter").click()
-            page.get_by_role("heading", name=PAGES["classify"][1]).first.wait_for(timeout=120_000)
+            page.get_by_text(str(root)).first.wait_for(timeout=120_000)  # the sidebar: the app opened
         finally:
             context.close()
 
@@ -261,6 +260,7 @@ def test_head_file_with_a_pickle_payload_is_refused_not_run(tmp_path, populated_
     shutil.copytree(populated_root, root)
     ws = Workspace(root=root, data_root=root / "datasets")
     run = RunRegistry(ws.registry_path).list_runs(status="completed")[0]
+    head = ws.heads_dir / Path(run["head_path"]).name  # this copy's file, never the shared workspace's
     marker = tmp_path / "pwned"
 
     class Payload:
@@ -268,11 +268,11 @@ def test_head_file_with_a_pickle_payload_is_refused_not_run(tmp_path, populated_
             return (Path.touch, (marker,))
 
     # What a hostile "head" looks like: torch.save's zip with a pickle that runs code when unpickled.
-    torch.save({"0.weight": Payload()}, run["head_path"])
+    torch.save({"0.weight": Payload()}, head)
     with pytest.raises(FlowerProbeError, match="not the head"):
         Predictor.from_run(run["id"], workspace=ws)
     assert not marker.exists(), "the pickle payload ran"
-    Path(run["head_path"]).write_bytes(pickle.dumps(Payload()))
+    head.write_bytes(pickle.dumps(Payload()))
     with pytest.raises(FlowerProbeError, match="not the head"):
         Predictor.from_run(run["id"], workspace=ws)
     assert not marker.exists(), "the pickle payload ran"
