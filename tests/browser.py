@@ -35,7 +35,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import pytest
 
@@ -117,6 +117,7 @@ def streamlit_server(
     script: str = "dashboard.py",
     env: Mapping[str, str] | None = None,
     timeout_s: float = 120.0,
+    launcher: Sequence[str] = ("-m", "streamlit"),
 ) -> Iterator[StreamlitServer]:
     """Serve ``script`` with ``FLOWER_PROBE_WORKSPACE=workspace_root`` on a free localhost port; stop it on exit.
 
@@ -137,6 +138,10 @@ def streamlit_server(
         ``FLOWER_PROBE_DATA_ROOT`` and ``FLOWER_PROBE_PASSWORD`` are not passed on otherwise.
     timeout_s : float
         Longest wait for the health check (start-up imports torch: seconds on a busy machine).
+    launcher : sequence of str
+        The Python arguments that start Streamlit's command line, before ``run <script> ...``: a test
+        that instruments the server passes ``("-c", code)``, where ``code`` ends by calling
+        ``streamlit.web.cli.main`` on the arguments that follow (see ``tests/live_server.py``).
 
     Raises
     ------
@@ -147,7 +152,7 @@ def streamlit_server(
     environment = {name: value for name, value in os.environ.items() if name not in _INHERITED_OUT}
     environment.update({"FLOWER_PROBE_WORKSPACE": str(workspace_root), "PYTHONUNBUFFERED": "1", **(env or {})})
     command = [
-        sys.executable, "-m", "streamlit", "run", script, "--server.port", str(port), "--server.address", "127.0.0.1",
+        sys.executable, *launcher, "run", script, "--server.port", str(port), "--server.address", "127.0.0.1",
         "--server.headless", "true", "--browser.gatherUsageStats", "false",
     ]
     log_path = Path(log_path)

@@ -1,38 +1,37 @@
-"""A real Flower Probe server and headless Chromium, for the browser tests (security, load).
+"""The real Flower Probe server instrumented to count backbone builds, and page helpers, for the browser tests.
 
-``live_server(workspace_root)`` runs ``streamlit run dashboard.py`` on a free localhost port, exactly
-as a user starts it (same config file, same entry), in a wrapper that only adds one stderr line per
-backbone build, so a test can count how often the server loaded a model. ``launch_chromium`` starts
-Debian's Chromium through Playwright; ``open_page`` loads a page and waits until it has rendered.
+``live_server(workspace_root)`` is ``tests.browser.streamlit_server`` (``streamlit run dashboard.py`` on
+a free localhost port, exactly as a user starts it) launched through a wrapper that only adds one
+stderr line per backbone build, so a test can count how often the server loaded a model.
+``open_page`` loads a page of ``PAGES`` and waits until it has rendered. The server and browser
+basics (``REPO``, ``CHROMIUM``, ``CHROMIUM_ARGS``, ``launch_chromium``, ...) live in ``tests.browser``
+and are re-exported here for the tests that import them from this module.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import psutil
 
-REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--no-first-run",
+from tests.browser import (
+    CHROMIUM, CHROMIUM_ARGS, REPO, StreamlitServer, launch_chromium, streamlit_server, wait_for_app_idle,
+)
+
+__all__ = [
+    "BUILD_MARK", "CHROMIUM", "CHROMIUM_ARGS", "PAGES", "REPO", "LiveServer", "exceptions_shown", "launch_chromium",
+    "live_server", "open_page", "page_file", "wait_rendered",
 ]
+
 BUILD_MARK = "[live-server] build_backbone "
 # Pages as dashboard.py names them: (URL path, text of the page's title).
 PAGES = {"home": ("", "Flower Probe"), "dataset": ("dataset", "Dataset"), "train": ("train", "Train"),
          "compare": ("compare", "Compare"), "explorer": ("explorer", "Explorer"), "classify": ("classify", "Classify")}
-
 
 
 def page_file(name: str) -> Path:
@@ -56,85 +55,39 @@ sys.exit(main())
 """
 
 
-@dataclass
-class LiveServer:
-    url: str
-    port: int
-    process: subprocess.Popen
-    log_path: Path
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+@dataclass(frozen=True)
+class LiveServer(StreamlitServer):
+    """A ``StreamlitServer`` started through the build-counting wrapper."""
 
     def backbone_builds(self) -> list[str]:
-        return [line[len(BUILD_MARK):] for line in self.log.splitlines() if line.startswith(BUILD_MARK)]
+        """The backbone names the server has built so far, in order, one entry per build."""
+        return [line[len(BUILD_MARK):] for line in self.log().splitlines() if line.startswith(BUILD_MARK)]
 
     def rss_bytes(self) -> int:
+        """The server process's resident memory now, in bytes."""
         return psutil.Process(self.process.pid).memory_info().rss
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
 def live_server(workspace_root: Path, *, log_path: Path, env: dict[str, str] | None = None, timeout_s: float = 180) -> Iterator[LiveServer]:
-    """The dashboard served on 127.0.0.1:<free port> with ``FLOWER_PROBE_WORKSPACE=workspace_root``."""
-    port = free_port()
-    environment = {**os.environ, "FLOWER_PROBE_WORKSPACE": str(workspace_root), "PYTHONUNBUFFERED": "1", **(env or {})}
-    environment.pop("FLOWER_PROBE_DATA_ROOT", None)
-    command = [sys.executable, "-c", _WRAPPER, "run", "dashboard.py", "--server.port", str(port),
-               "--server.address", "127.0.0.1", "--server.headless", "true"]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT)
-    server = LiveServer(url=f"http://127.0.0.1:{port}", port=port, process=process, log_path=log_path)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited with {process.returncode}:\n{server.log}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{server.url}/_stcore/health", timeout=2) as response:
-                    if response.read() == b"ok":
-                        break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not answer within {timeout_s} s:\n{server.log}")
-            time.sleep(0.5)
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+    """The dashboard served on 127.0.0.1:<free port> with ``FLOWER_PROBE_WORKSPACE=workspace_root``.
 
-
-def launch_chromium(playwright):
-    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    ``log_path``, ``env`` and ``timeout_s`` are ``tests.browser.streamlit_server``'s; the longer
+    default timeout leaves room for the wrapper, which imports ``core.backbones`` (torch, timm) before
+    the server answers.
+    """
+    with streamlit_server(workspace_root=workspace_root, log_path=log_path, env=env, timeout_s=timeout_s,
+                          launcher=("-c", _WRAPPER)) as server:
+        yield LiveServer(url=server.url, port=server.port, process=server.process, log_path=server.log_path)
 
 
 def wait_rendered(page, title: str, *, timeout_s: float) -> None:
-    """Wait for the page's title, then for the script run to end (the status widget stops saying Running)."""
+    """Wait for the page's title heading, then for the app's script run to end (``wait_for_app_idle``)."""
     page.get_by_role("heading", name=title).first.wait_for(state="visible", timeout=timeout_s * 1000)
-    deadline = time.monotonic() + timeout_s
-    quiet_since = None
-    while time.monotonic() < deadline:
-        running = page.locator('[data-testid="stStatusWidgetRunningIcon"], [data-testid="stStatusWidgetRunningManIcon"]').count() > 0
-        if running:
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since > 0.5:
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"page {title!r} still running after {timeout_s} s")
+    wait_for_app_idle(page, timeout_s=timeout_s)
 
 
-def open_page(context, server: LiveServer, name: str, *, query: str = "", timeout_s: float = 120):
+def open_page(context, server: StreamlitServer, name: str, *, query: str = "", timeout_s: float = 120):
     """Open page ``name`` of ``PAGES`` in a new tab; returns (page, seconds until rendered)."""
     path, title = PAGES[name]
     page = context.new_page()
@@ -145,4 +98,5 @@ def open_page(context, server: LiveServer, name: str, *, query: str = "", timeou
 
 
 def exceptions_shown(page) -> list[str]:
+    """The texts of the exception boxes the app shows in ``page`` (``[]`` when there are none)."""
     return page.locator('[data-testid="stException"]').all_inner_texts()

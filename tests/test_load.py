@@ -51,11 +51,12 @@ class MemorySampler:
 
 
 async def _until_quiet(page) -> None:
-    running = page.locator('[data-testid="stStatusWidgetRunningIcon"], [data-testid="stStatusWidgetRunningManIcon"]')
+    """The async twin of tests.browser.wait_for_app_idle: the app root reports its script state."""
+    idle = page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]')
     deadline = time.monotonic() + RENDER_TIMEOUT_S
     quiet_since = None
     while time.monotonic() < deadline:
-        if await running.count():
+        if not await idle.count():
             quiet_since = None
         elif quiet_since is None:
             quiet_since = time.monotonic()
@@ -137,6 +138,10 @@ def test_ten_sessions_at_once_while_a_job_runs(tmp_path, populated_root):
 
     with live_server(root, log_path=tmp_path / "server.log") as server:
         warm_up = _warm_up_and_launch_job(server)
+        # The job prepares its dataset before it records its first run: start the wave once a run is running.
+        deadline = time.monotonic() + RENDER_TIMEOUT_S
+        while not _running_runs(root) and time.monotonic() < deadline:
+            time.sleep(0.2)
         builds_warm = Counter(server.backbone_builds())
         rss_before = server.rss_bytes()
         sampler = MemorySampler(server)
