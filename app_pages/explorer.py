@@ -5,6 +5,7 @@ most recently trained backbones on the newest run's dataset); their maps sit sid
 same colour per class. Hovering a point shows its photo, class, file and prediction in the browser
 (``ui.hover_scatter``, no server round trip). A click or a box/lasso selection opens a gallery of the
 selected photos; for a single photo, its nearest neighbours in each backbone's full feature space.
+The selected photos stay ringed in both maps.
 
 Maps are cached per (features file, rows shown, perplexity, PCA): a rerun that does not change them
 costs no t-SNE. Dataset rows are the global row ids everywhere (traces, tooltips, sprite sheets).
@@ -27,7 +28,7 @@ from ui.common import (
     cached_dataset, dataset_label, list_runs, md, run_label, run_predictions, stage_text, thumbnail, user_errors, weights_label,
     workspace,
 )
-from ui.hover_scatter import HoverText, Panel, Trace, hover_scatter, prepare_thumbnails
+from ui.hover_scatter import HoverText, Panel, Trace, hover_scatter, last_event, prepare_thumbnails
 
 MAX_PANELS = 2  # two maps side by side still leave each one wide enough to read clusters
 PARTS = {"all": "all images", "train": "train", "val": "validation", "test": "test"}
@@ -44,6 +45,7 @@ GALLERY_LIMIT = 48  # photos per gallery: enough to see what a lasso caught, few
 _SELECTION_KEY = "explorer_selection"  # rows the last click or selection picked
 _SEQ_KEY = "explorer_seq"  # seq of the last event acted on: the component repeats its value on every rerun
 _VIEW_KEY = "explorer_view"  # what was shown when the selection was made; a new view clears the selection
+_MAP_KEY = "explorer-map"
 
 
 # ----------------------------------------------------------------------------------------------- cached data
@@ -327,7 +329,11 @@ def _main() -> None:
         file_names=[path.name for path in dataset.image_paths],
         predictions=prediction_texts(dataset.class_names, predictions, len(dataset.image_paths)),
     )
-    event = hover_scatter(panels, hover_text=hover_text, thumbnails=thumbnails, height=560, key="explorer-map")
+    on_map = set(rows.tolist())
+    view = (dataset.key, tuple(run["id"] for run in runs), choice.part)
+    # Read before drawing the maps, so that they ring what this rerun's click or selection picked.
+    selected = [row for row in _selection(last_event(_MAP_KEY), view) if row in on_map]
+    hover_scatter(panels, hover_text=hover_text, thumbnails=thumbnails, height=560, selected_rows=selected, key=_MAP_KEY)
     lowered = f" (lowered from {choice.perplexity} for {len(rows)} points)" if perplexity < choice.perplexity else ""
     st.caption(
         f"{len(rows):,} images · t-SNE of {f'PCA-{PCA_COMPONENTS} of ' if choice.pca else ''}the cached features, "
@@ -335,9 +341,6 @@ def _main() -> None:
         "(tools at the top right), for a gallery; click a legend entry to hide a class, double-click to show only it."
     )
 
-    on_map = set(rows.tolist())
-    view = (dataset.key, tuple(run["id"] for run in runs), choice.part)
-    selected = [row for row in _selection(event, view) if row in on_map]
     if selected:
         _show_selection(dataset, selected, choice, runs, features)
 

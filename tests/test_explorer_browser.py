@@ -4,7 +4,8 @@ The app runs as a user starts it (``streamlit run dashboard.py``) on a free loca
 session's populated workspace (tiny Synthetic Flowers, two runs). The test opens Home, follows the
 sidebar link to the Explorer, moves the mouse onto an isolated point of the first map and checks the
 tooltip (its sprite sheet loaded, the row's class and file name), then clicks the point and checks
-the neighbour galleries. Screenshots go to ``test-artifacts/``.
+the neighbour galleries, and that the clicked point stays ringed in both maps without a redraw.
+Screenshots go to ``test-artifacts/``.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def test_hover_shows_the_photo_and_a_click_shows_nearest_neighbours(page, server
     page.screenshot(path=str(artifact_path("explorer_browser_hover.png")))
 
     k = int(page.get_by_label("Neighbours (k)", exact=True).input_value())
+    frame.evaluate("window.plotBeforeClick = document.querySelector('#panels .panel > div')")
     page.mouse.click(x, y)
     page.get_by_role("heading", name="Nearest neighbours").wait_for(timeout=WAIT_S * 1000)
     wait_for_app_idle(page, timeout_s=WAIT_S)
@@ -111,6 +113,13 @@ def test_hover_shows_the_photo_and_a_click_shows_nearest_neighbours(page, server
         widths = images.evaluate_all("(images) => images.map((image) => image.complete ? image.naturalWidth : -1)")
         assert all(width > 0 for width in widths), f"map {panel}: neighbour photos not loaded: {widths}"
     page.get_by_role("heading", name="Selected photos (1)").wait_for(timeout=WAIT_S * 1000)
+    # The clicked photo stays ringed in both maps (selected_rows), not only while hovered.
+    frame.wait_for_function(
+        f"hoverScatter.selectedMarks().every((marks) => marks.length === 1 && marks[0].row === {row})",
+        timeout=TOOLTIP_WAIT_S * 1000,
+    )
+    assert frame.evaluate("document.querySelector('#panels .panel > div') === window.plotBeforeClick"), \
+        "a new selection redrew the maps (zoom would be lost)"
     assert dataset.image_paths[row].name in page.locator('[data-testid="stImageCaption"]').first.inner_text()
     page.get_by_role("heading", name="Nearest neighbours").scroll_into_view_if_needed()
     page.screenshot(path=str(artifact_path("explorer_browser_neighbours.png")))

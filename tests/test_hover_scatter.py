@@ -160,6 +160,17 @@ def test_spec_rejects_mismatched_points_and_unknown_rows():
         build_spec([], hover_text=text, thumbnails=thumbnails)
 
 
+def test_selected_rows_travel_beside_the_spec_and_must_be_on_a_panel():
+    spec = _synthetic_spec(300)
+    digest = hs.spec_digest(spec)
+    on_first = spec["panels"][0]["traces"][2]["rows"][:2]
+    assert hs.selected_spec(spec, [on_first[1], on_first[0], on_first[1]]) == sorted(on_first)
+    assert hs.selected_spec(spec, ()) == []
+    assert hs.spec_digest(spec) == digest, "a selection must not change the digest (the frontend would redraw, losing zoom)"
+    with pytest.raises(ValueError, match=r"selected_rows must be row ids shown on the panels; got 2 .*\[300, 1000\]"):
+        hs.selected_spec(spec, [5, 1000, 300])
+
+
 def test_uploads_travel_inline_and_predictions_may_be_missing():
     thumbnails = ThumbnailSource(web_root=Path("/nonexistent"), sheets=_fake_sheets(2, thumb_px=32))
     with_upload = thumbnails.with_images({2: Image.new("RGB", (50, 40), (200, 10, 10))})
@@ -223,10 +234,14 @@ def test_component_mounts_in_a_streamlit_script(workspace, tmp_path):
         thumbnails = prepare_thumbnails(paths)
         panel = Panel("map", [Trace("a", [0.0, 1.0, 2.0], [0.0, 1.0, 0.5], [0, 1, 2], "#ff0000")])
         text = HoverText(["a"] * 3, [path.name for path in paths])
-        st.session_state["result"] = hover_scatter([panel, panel], hover_text=text, thumbnails=thumbnails, key="map")
+        st.session_state["result"] = hover_scatter(
+            [panel, panel], hover_text=text, thumbnails=thumbnails, selected_rows=[2, 0], key="map"
+        )
 
     _solid_images(tmp_path, 3)
     at = AppTest.from_function(app, args=(str(tmp_path),)).run(timeout=30)
     assert not at.exception, at.exception
     assert at.session_state["result"] is None
+    arguments = json.loads(at.get("component_instance")[0].proto.json_args)
+    assert arguments["selected"] == [0, 2] and "selected" not in arguments["spec"]
     assert (hs.web_root(workspace) / "index.html").is_file()

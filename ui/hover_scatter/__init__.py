@@ -3,7 +3,8 @@
 Why a custom component: Plotly hover labels cannot show images and Streamlit gives Python no hover
 events, so the figure is drawn in the browser with the plotly.js that the installed ``plotly``
 package ships (no CDN: works offline) and hover is handled there, with no server round trip.
-Clicks and box/lasso selections come back to Python as row ids.
+Clicks and box/lasso selections come back to Python as row ids; the rows the page passes back as
+``selected_rows`` stay ringed in every panel.
 
 Why Streamlit's v1 component API (``declare_component(path=...)``): its static folder is served
 over HTTP, so the 4.8 MB ``plotly.min.js`` and the thumbnail sheets are ordinary files the browser
@@ -22,6 +23,10 @@ Payload design (numbers measured with ``tests/test_hover_scatter.py`` and a real
   for two panels (0.1 MB at 1,360 points, 1.5 MB at 20,000). Streamlit sends an unchanged element
   (same JSON) as a hash reference on later reruns, and the frontend skips redrawing when the
   digest is unchanged, so zoom, hidden classes and loaded sheets survive reruns.
+- The selection (``selected_rows``, a few bytes a row) is an argument of its own, outside the spec
+  and its digest: a new selection restyles only the ring trace of each panel, keeping zoom. Streamlit
+  sends a component's arguments as one element, so a rerun whose selection changed re-sends the
+  spec too (0.1 MB at 1,360 points); an unchanged selection costs nothing.
 - Thumbnails are WebP sprite sheets of 16 x 16 cells (96 px cells up to 4,096 images, 64 px
   above), fetched as files, never inlined: ~1.8 kB a photo at 96 px, ~0.9 kB at 64 px. Sheets
   are prefetched in order until ``DEFAULT_PREFETCH_BYTES`` (8 MB) is spent; the rest load when a
@@ -39,6 +44,7 @@ Browser tests: the component is an iframe titled ``FRAME_TITLE``. Inside it ``wi
 offers ``ready`` (true once all panels are drawn), ``pointClientPosition(panel, row)`` (the row's
 point in iframe viewport pixels, or null when hidden or zoomed out), ``tooltip()`` (visible, row,
 className, fileName, prediction, thumbState "ok"/"loading"/..., box), ``rings()``,
+``selectedMarks()`` (per panel, ``{row, x, y}`` of each ring drawn for ``selected_rows``, in data units),
 ``sheetStates()``, ``rows(panel)``, ``isolatedRows(panel, px=8)`` (rows with no other visible point
 within ``px``: Plotly hovers the *closest* point, so only these are sure to be the one hovered),
 ``renderer`` ("scattergl", or "scatter" without WebGL) and ``latencies()`` (per hover: handler
@@ -282,6 +288,21 @@ def spec_digest(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, separators=(",", ":"), sort_keys=True).encode()).hexdigest()[:32]
 
 
+def selected_spec(spec: dict, selected_rows: Sequence[int]) -> list[int]:
+    """``selected_rows`` as sent to the frontend: ascending, each once.
+
+    Raises ``ValueError`` naming the rows that are on no panel of ``spec`` (``build_spec``'s output).
+    """
+    rows = np.unique(np.asarray(selected_rows, dtype=np.int64).reshape(-1))
+    on_panels = [trace["rows"] for panel in spec["panels"] for trace in panel["traces"]]
+    unknown = np.setdiff1d(rows, np.concatenate(on_panels)) if on_panels else rows
+    if len(unknown):
+        raise ValueError(
+            f"selected_rows must be row ids shown on the panels; got {len(unknown)} that are not, e.g. {unknown[:5].tolist()}."
+        )
+    return rows.tolist()
+
+
 def event_from_value(value: dict | None) -> dict | None:
     """The component's raw value -> ``{"event": "click" | "select", "rows": [...], "seq": int}``.
 
@@ -312,18 +333,28 @@ def _sync_frontend(root: Path) -> None:
                 shutil.copyfile(source, tmp)
 
 
+def last_event(key: str) -> dict | None:
+    """The newest click or selection of the component ``key`` (as ``hover_scatter`` returns it), read
+    before the component is drawn, so a page can pass the selection it implies as ``selected_rows``."""
+    import streamlit as st
+
+    return event_from_value(st.session_state.get(key))
+
+
 def hover_scatter(
     panels: Sequence[Panel],
     *,
     hover_text: HoverText,
     thumbnails: ThumbnailSource,
     height: int = 560,
+    selected_rows: Sequence[int] = (),
     key: str,
 ) -> dict | None:
     """Draw ``panels`` side by side; hovering a point shows its photo, class, file and prediction.
 
-    Hovering a point rings the same row in every panel; a legend click hides or shows that class
-    in all panels (double click: only that class).
+    Hovering a point rings the same row in every panel, and so does selecting it (``selected_rows``,
+    a ring that stays); a legend click hides or shows that class in all panels (double click: only
+    that class).
 
     Parameters
     ----------
@@ -335,6 +366,9 @@ def hover_scatter(
         From ``prepare_thumbnails`` (plus ``with_images`` for uploads).
     height : int
         Plot height in pixels.
+    selected_rows : sequence of int
+        Row ids to ring in every panel that shows them, e.g. the last click or selection
+        (``last_event``); each must be on some panel. Changing them keeps zoom and hidden classes.
     key : str
         Streamlit widget key; required so reruns keep the same component (and its zoom).
 
@@ -349,5 +383,6 @@ def hover_scatter(
     spec = build_spec(panels, hover_text=hover_text, thumbnails=thumbnails, height=height)
     _sync_frontend(thumbnails.web_root)
     component = declare_component(_COMPONENT_NAME, path=str(thumbnails.web_root))
-    value = component(spec=spec, digest=spec_digest(spec), key=key, default=None)
+    selected = selected_spec(spec, selected_rows)
+    value = component(spec=spec, digest=spec_digest(spec), selected=selected, key=key, default=None)
     return event_from_value(value)

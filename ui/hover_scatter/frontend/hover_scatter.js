@@ -12,11 +12,15 @@
   const LATENCY_SAMPLES = 200;
   const TOOLTIP_OFFSET = 14;
   const HIGHLIGHT_RADIUS = 8; // half the star marker: anywhere on a star means that star
+  const SELECTED_RING_PX = 13; // just wider than a 6 px point and its x symbol, so both stay visible
 
   const state = {
     renderKey: null,
     spec: null,
-    panels: [], // {div, ring, names: [], positions: Map row -> {x, y, trace}, highlighted: [rows]}
+    panels: [], // {div, ring, names: [], positions: Map row -> {x, y, trace}, highlighted: [rows], marked: [rows]}
+    selected: [], // rows from Python (selected_rows), ringed in every panel that shows them
+    selectedKey: "",
+    ringColour: "#111111",
     hidden: new Set(), // legend names toggled off, shared by all panels, kept across reruns
     sheets: [], // {url, bytes, status: "idle" | "loading" | "ok" | "error", image}
     tipRow: null,
@@ -113,7 +117,15 @@
       font: { color: (theme && theme.textColor) || "#31333f" },
     };
     const config = { displaylogo: false, responsive: true, scrollZoom: true };
-    const panelState = { div: div, ring: ring, names: names, positions: positions, highlighted: highlighted };
+    const panelState = { div: div, ring: ring, names: names, positions: positions, highlighted: highlighted, marked: [] };
+    // Last, so the rings draw on top; its trace index is names.length.
+    traces.push(Object.assign(selectedMarks(panelState), {
+      type: state.renderer,
+      mode: "markers",
+      hoverinfo: "skip", // not hoverable or clickable: the point under the ring answers
+      showlegend: false,
+      marker: { symbol: "circle-open", size: SELECTED_RING_PX, color: state.ringColour, line: { width: 2 } },
+    }));
     const drawn = Plotly.newPlot(div, traces, layout, config).then(() => {
       div.on("plotly_hover", (event) => onHover(event, panelState));
       div.on("plotly_unhover", hideHover);
@@ -138,10 +150,16 @@
     return { panelState: panelState, drawn: drawn };
   }
 
-  function render(spec, digest, theme) {
+  function render(spec, digest, selected, theme) {
     const renderKey = digest + JSON.stringify(theme || {});
-    if (renderKey === state.renderKey) return; // a rerun with the same data keeps zoom and sheets
+    if (renderKey === state.renderKey) {
+      setSelected(selected); // a rerun with the same data keeps zoom and sheets
+      return;
+    }
     state.renderKey = renderKey;
+    state.selected = selected;
+    state.selectedKey = selected.join(",");
+    state.ringColour = (theme && theme.textColor) || "#111111"; // contrasts with the background in any theme
     state.ready = false;
     delete document.body.dataset.ready;
     state.spec = spec;
@@ -387,13 +405,44 @@
     return placed.filter(alone).map((item) => item.row);
   }
 
+  // ---- selected rows ------------------------------------------------------------------------------
+
+  // x and y of the ring trace: the panel's selected rows whose class is not hidden.
+  function selectedMarks(panel) {
+    panel.marked = state.selected.filter((row) => {
+      const position = panel.positions.get(row);
+      return position !== undefined && !state.hidden.has(panel.names[position.trace]);
+    });
+    return {
+      x: panel.marked.map((row) => panel.positions.get(row).x),
+      y: panel.marked.map((row) => panel.positions.get(row).y),
+    };
+  }
+
+  function redrawSelected() {
+    state.panels.forEach((panel) => {
+      const marks = selectedMarks(panel);
+      // restyle, not a redraw: zoom stays
+      Plotly.restyle(panel.div, { x: [marks.x], y: [marks.y] }, [panel.names.length]);
+    });
+  }
+
+  function setSelected(selected) {
+    const key = selected.join(",");
+    if (key === state.selectedKey) return;
+    state.selected = selected;
+    state.selectedKey = key;
+    redrawSelected();
+  }
+
   // ---- legend and events to Python ---------------------------------------------------------------
 
   function applyVisibility() {
     state.panels.forEach((panel) => {
       const visible = panel.names.map((name) => (state.hidden.has(name) ? "legendonly" : true));
-      Plotly.restyle(panel.div, { visible: visible });
+      Plotly.restyle(panel.div, { visible: visible }, panel.names.map((name, index) => index));
     });
+    redrawSelected(); // a hidden class hides its rings too
     hideHover();
   }
 
@@ -442,6 +491,11 @@
       thumbState: tipThumb.dataset.state || null,
       box: tip.hidden ? null : tip.getBoundingClientRect().toJSON(),
     }),
+    selectedMarks: () =>
+      state.panels.map((panel) => {
+        const trace = panel.div.data[panel.names.length];
+        return panel.marked.map((row, i) => ({ row: row, x: trace.x[i], y: trace.y[i] }));
+      }),
     rings: () => state.panels.map((panel) => (panel.ring.hidden ? null : panel.ring.getBoundingClientRect().toJSON())),
     sheetStates: () => state.sheets.map((sheet) => sheet.status),
   };
@@ -450,7 +504,7 @@
     const data = event.data;
     if (event.source !== window.parent || !data || data.type !== "streamlit:render") return;
     try {
-      render(data.args.spec, data.args.digest, data.theme);
+      render(data.args.spec, data.args.digest, data.args.selected || [], data.theme);
     } catch (error) {
       showError(error);
     }
