@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     report["targets"] = [target.to_dict() for target in targets]
     arguments.out.parent.mkdir(parents=True, exist_ok=True)
     arguments.out.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n", encoding="utf-8")
-    print(f"\n{report['machine']['device']}; load average {report['load_average_start']} at start, {report['load_average_end']} at end")
+    described = report["machine"]
+    print(f"\n{described['cpu']}, {described['cpu_count']} cores ({described['device']}); load average {report['load_average_start']} at start, {report['load_average_end']} at end")
     print(format_table(targets))
     print(f"\nReport: {arguments.out}")
     return 1 if any("error" in section for section in report["sections"].values()) else 0

@@ -32,10 +32,10 @@ class Sizes:
     """How much each section measures; ``quick`` shrinks everything to a smoke run of a few minutes."""
 
     matmul_n: int = 4096  # square matmul side: large enough for the BLAS kernels' peak, ~1 s a call on 2 cores
-    matmul_repeats: int = 5  # best of 5 rides out a shared machine's bursts
+    matmul_repeats: int = 10  # best of 10 (~0.4 s each) rides out a shared machine's bursts
     images: int = 128  # images per extraction measurement: two engine batches of 64
     feature_batch: int = 64  # the engine's extraction batch
-    rounds: int = 2  # interleaved rounds of the competing extraction variants
+    rounds: int = 3  # interleaved rounds of the competing extraction variants; the best of each is kept
     images_per_class: int | None = None  # None: the full Synthetic Flowers (80 a class, 1,360 images)
     reference_batches: int = 2  # batches timed per phase of the reference protocol before extrapolating
     head_samples: int = 680  # the reference train split

@@ -3,7 +3,8 @@
 For each backbone: GFLOPs per image (FlopCounterMode, attention counted through SDPA's math kernel);
 model-only images/s on pre-made tensors in fp32, in bf16 (the engine's path) and in the engine's
 previous bf16 path (fp32 weights under autocast); end-to-end images/s through the engine's DataLoader
-(JPEG decode and preprocessing in workers) in the precision the engine picks for the backbone; the
+(JPEG decode and preprocessing in workers; and, for comparison, decoded in the model's own process) in
+the precision the engine picks for the backbone; the
 fraction of the bf16 matmul peak reached; and the cosine similarity between fp32 and bf16 features,
 plain and centred (``cosine_stats``).
 
@@ -75,7 +76,7 @@ def _bf16_available(device: torch.device) -> bool:
 
 def measure_backbone(context: Context, backbone: str) -> dict:
     from core.backbones import build_backbone, get_config
-    from core.features import compute_features, feature_loader, prepare_model, select_device, select_precision
+    from core.features import compute_features, default_num_workers, feature_loader, prepare_model, select_device, select_precision
 
     device = select_device("auto")
     engine_precision = select_precision(device, "auto", backbone=backbone)
@@ -86,8 +87,8 @@ def measure_backbone(context: Context, backbone: str) -> dict:
     model, source = build_backbone(backbone, weights=weights_for(backbone, context.workspace), workspace=context.workspace)
     gflops = gflops_per_image(model, get_config(backbone).input_size)
 
-    decode_s = seconds(lambda: list(feature_loader(paths, backbone, device=device, batch_size=n, num_workers=0)))
     images, rows, errors = next(iter(feature_loader(paths, backbone, device=device, batch_size=n, num_workers=0)))
+    decode_s = seconds(lambda: list(feature_loader(paths, backbone, device=device, batch_size=n, num_workers=0)))  # warm now
     batch = sizes.feature_batch
     batches = [(images[s:s + batch], rows[s:s + batch], errors[s:s + batch]) for s in range(0, n, batch)]
 
@@ -99,14 +100,18 @@ def measure_backbone(context: Context, backbone: str) -> dict:
     def model_only(name: str):
         return lambda: outputs.__setitem__(name, compute_features(prepared[name], batches, device=device, precision=name, total=n)[0])
 
-    def end_to_end():
-        loader = feature_loader(paths, backbone, device=device, batch_size=batch)
-        outputs["end_to_end"] = compute_features(prepared[engine_precision], loader, device=device, precision=engine_precision, total=n)[0]
+    def end_to_end(label: str, workers: int | None):
+        def run():
+            loader = feature_loader(paths, backbone, device=device, batch_size=batch, num_workers=workers)
+            outputs[label] = compute_features(prepared[engine_precision], loader, device=device, precision=engine_precision, total=n)[0]
+
+        return run
 
     variants = {name: model_only(name) for name in precisions}
     if before is not None:
         variants["bf16_autocast_before"] = lambda: outputs.__setitem__("bf16_autocast_before", _autocast_forward(before, batches, device=device))
-    variants["end_to_end"] = end_to_end
+    variants["end_to_end"] = end_to_end("end_to_end", None)  # the engine's default worker count
+    variants["end_to_end_no_workers"] = end_to_end("end_to_end_no_workers", 0)  # decode in the model's process
     warm = batches[:1]  # oneDNN builds its kernels for a shape on the first call: keep that out of the timing
     for name, prepared_model in prepared.items():
         compute_features(prepared_model, warm, device=device, precision=name, total=len(warm[0][0]))
@@ -127,6 +132,8 @@ def measure_backbone(context: Context, backbone: str) -> dict:
         "bf16_peak_gflops_adjacent": round(peak, 1),
         "roofline_fraction": model_rate * gflops / context.peaks["bf16"],
         "end_to_end_fraction": rates["end_to_end"] / model_rate,
+        "end_to_end_no_workers_fraction": rates["end_to_end_no_workers"] / model_rate,
+        "default_num_workers": default_num_workers(),
     }
     if "bf16" in precisions:
         result["bf16_speedup_vs_fp32"] = round(rates["bf16"] / rates["fp32"], 2)

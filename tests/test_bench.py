@@ -86,7 +86,7 @@ def test_page_paths_reads_the_dashboard_navigation():
     source = 'st.navigation([st.Page("app_pages/a.py", title="A"), st.Page( \'app_pages/b.py\', default=True)])'
     assert page_paths(source) == ["app_pages/a.py", "app_pages/b.py"]
     pages = page_paths((REPO / "dashboard.py").read_text(encoding="utf-8"))
-    assert pages[0] == "app_pages/home.py" and len(pages) == len(set(pages)) >= 6
+    assert pages[0].endswith("home.py") and len(pages) == len(set(pages)) >= 6
 
 
 def test_spread_covers_first_to_last_row_evenly():
