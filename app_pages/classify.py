@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+import torch
 
+from core.backbones import build_backbone
 from core.images import SUPPORTED_UPLOAD_TYPES
 from core.predict import Prediction, Predictor, default_run, rows_to_csv, summary_rows
 from core.projection import embed_new_points, tsne_embedding
@@ -32,10 +34,20 @@ _MEMO_KEY = "classify_predictions"
 # ----------------------------------------------------------------------------------------------- caches
 
 
-@st.cache_resource(show_spinner="Loading the run's backbone and head…", max_entries=4)
+@st.cache_resource(show_spinner="Loading the backbone…", max_entries=4)
+def _backbone(_workspace: Workspace, workspace_key: str, backbone: str, weights: str, weights_tag: str, precision: str) -> torch.nn.Module:
+    # One per server process for every run on this backbone and weights, and every user. The precision
+    # is in the key because a predictor casts its backbone's weights to its run's precision in place.
+    model, _ = build_backbone(backbone, weights=weights, workspace=_workspace)
+    return model
+
+
+@st.cache_resource(show_spinner="Loading the run's head and training features…", max_entries=4)
 def _predictor(_workspace: Workspace, workspace_key: str, run_id: int, weights_tag: str) -> Predictor:
-    # One per (workspace, run, weights) per server process: the backbone loads once for every user.
-    return Predictor.from_run(run_id, workspace=_workspace)
+    # One per (workspace, run, weights) per server process; the backbone itself comes from _backbone.
+    return Predictor.from_run(run_id, workspace=_workspace, backbone_loader=lambda run: _backbone(
+        _workspace, workspace_key, run["backbone"], run["weights"], run["weights_tag"], run["precision"]
+    ))
 
 
 @st.cache_data(show_spinner="Computing the run's t-SNE map…", max_entries=8)

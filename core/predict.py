@@ -17,7 +17,7 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from .backbones import build_backbone, get_config, make_transform, resolve_weights
 from .datasets import Dataset, load_dataset
 from .errors import BadImageError, DatasetError, FlowerProbeError, MissingFileError
-from .features import compute_features, extract_features, select_device, select_precision
+from .features import compute_features, extract_features, prepare_model, select_device, select_precision
 from .images import ImageSource, load_image
 from .progress import ProgressCallback
 from .projection import cosine_neighbours
@@ -45,6 +45,8 @@ _CHUNK = 32
 _PREVIEW_PX = 512
 # Cells a spreadsheet would run as a formula (CSV injection through a file name such as "=HYPERLINK(...)").
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+BackboneLoader = Callable[[dict], torch.nn.Module]
 
 
 @dataclass(frozen=True)
@@ -184,13 +186,23 @@ class Predictor:
 
     @classmethod
     def from_run(
-        cls, run_id: int, *, workspace: Workspace, device: str = "auto", progress: ProgressCallback | None = None
+        cls, run_id: int, *, workspace: Workspace, device: str = "auto", progress: ProgressCallback | None = None,
+        backbone_loader: BackboneLoader | None = None,
     ) -> "Predictor":
         """Load completed run ``run_id`` of ``workspace``'s registry.
 
         The backbone is built with the run's weights (refused if the file changed since: its tag must
         match the run's), features are computed at the run's precision with its preprocessing, and
         the training features come from the run's feature cache (recomputed only if it was deleted).
+
+        Parameters
+        ----------
+        backbone_loader : callable, optional
+            Called with the run record, once its weights are checked, to get the backbone instead of
+            building one: lets runs that share a backbone share one copy of it (the Classify page
+            keeps one per backbone, weights tag and precision). It must return ``build_backbone``'s
+            model for the run's backbone and weights; the predictor casts it in place to the run's
+            device and precision, so share one only between runs of equal precision.
 
         Raises
         ------
@@ -212,9 +224,12 @@ class Predictor:
         )
         reference_features, reference_rows = features.select(dataset.split(run["split"])["train"])
         head = _load_head(run, _head_file(run, workspace), feature_dim=features.features.shape[1])
-        model, _ = build_backbone(run["backbone"], weights=run["weights"], workspace=workspace, progress=progress)
+        if backbone_loader is None:
+            model, _ = build_backbone(run["backbone"], weights=run["weights"], workspace=workspace, progress=progress)
+        else:
+            model = backbone_loader(run)
         return cls(
-            run=run, model=model.to(torch_device), head=head, device=torch_device, precision=precision, dataset=dataset,
+            run=run, model=prepare_model(model, device=torch_device, precision=precision), head=head, device=torch_device, precision=precision, dataset=dataset,
             reference_features=reference_features, reference_rows=reference_rows,
         )
 

@@ -85,3 +85,37 @@ def test_uploads_samples_and_a_second_run(app, populated_workspace, tmp_path):
     assert app.selectbox[1].value != app.selectbox[0].value
     assert len(app.get("plotly_chart")) == 2 * (3 + 1)
     assert any(column.startswith("confidence (run ") for column in app.dataframe[0].value.columns)
+
+
+def test_runs_on_one_backbone_share_one_copy_of_it(app, populated_root, tmp_path, monkeypatch):
+    import shutil
+
+    import streamlit as st
+
+    import core.backbones
+    from core.experiment import run_comparison
+    from core.training import HeadConfig
+    from core.workspace import Workspace
+
+    root = tmp_path / "workspace"
+    shutil.copytree(populated_root, root)
+    monkeypatch.setenv("FLOWER_PROBE_WORKSPACE", str(root))
+    monkeypatch.delenv("FLOWER_PROBE_DATA_ROOT", raising=False)
+    # A second head on the same backbone and weights (features cached: no backbone build here).
+    second = run_comparison(
+        dataset="synthetic", backbones=["efficientnet_lite0"], head=HeadConfig(epochs=1, seed=1), workspace=Workspace.from_env(),
+    )[0]
+    builds = []
+    build = core.backbones.build_backbone
+    monkeypatch.setattr(core.backbones, "build_backbone", lambda name, **kw: (builds.append(name), build(name, **kw))[1])
+    st.cache_resource.clear()  # other tests' pages may have cached this backbone already
+
+    app.run()
+    assert not app.exception and len(builds) == 1
+    run_ids = [run["id"] for run in RunRegistry(root / "runs.sqlite").list_runs(status="completed")]
+    assert len(run_ids) == 3 and second["id"] in run_ids
+    for run_id in run_ids:
+        app.selectbox[0].set_value(run_id).run()
+        assert not app.exception and not app.error and app.selectbox[0].value == run_id
+    # Three runs, two backbones: each backbone built once, whichever runs were shown.
+    assert sorted(builds) == ["efficientnet_lite0", "resnet50"]

@@ -4,7 +4,7 @@ One browser session first opens every page once (so the caches every user shares
 launches a comparison from the Train page (the job runner lives in the server process); while it
 trains, ten headless Chromium sessions, driven from this process over localhost, open pages at the
 same time. Every page must render without an exception, the backbone must be loaded once for all
-sessions (the Classify page's predictor is shared through ``st.cache_resource``), and the server's
+sessions (the Classify page keeps one per backbone in ``st.cache_resource``, even as the job adds runs on it), and the server's
 memory may grow only by a small, bounded amount per session. The figures are printed (``pytest -s``).
 """
 
