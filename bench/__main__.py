@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON report path (default {DEFAULT_OUT})")
     parser.add_argument("--only", help=f"comma-separated sections to run, from: {','.join(SECTIONS)} (default: all)")
     parser.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE, help=f"the bench's own workspace folder (default {DEFAULT_WORKSPACE})")
-    parser.add_argument("--reference-full", action="store_true", help="run the whole reference protocol instead of extrapolating it (over an hour on 2 CPU cores)")
+    parser.add_argument("--reference-full", action="store_true", help="run the whole reference protocol instead of extrapolating it (15-30 min on 2 CPU cores)")
     return parser
 
 

@@ -35,9 +35,9 @@ class Sizes:
     matmul_repeats: int = 10  # best of 10 (~0.4 s each) rides out a shared machine's bursts
     images: int = 128  # images per extraction measurement: two engine batches of 64
     feature_batch: int = 64  # the engine's extraction batch
-    rounds: int = 3  # interleaved rounds of the competing extraction variants; the best of each is kept
+    rounds: int = 5  # interleaved rounds of the competing extraction variants (best and per-round ratios kept)
     images_per_class: int | None = None  # None: the full Synthetic Flowers (80 a class, 1,360 images)
-    reference_batches: int = 2  # batches timed per phase of the reference protocol before extrapolating
+    reference_batches: int = 3  # batches timed per phase of the reference protocol before extrapolating
     head_samples: int = 680  # the reference train split
     big_head_samples: int = 20_000  # a large folder dataset's worth of cached features
     tsne_points: tuple[int, ...] = (1_360, 20_000)
@@ -131,6 +131,17 @@ def interleaved(variants: dict[str, Callable[[], object]], *, rounds: int) -> di
     return times
 
 
+def median_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """Median over rounds of ``numerators[i] / denominators[i]``.
+
+    Two variants timed back to back in the same round share that moment's load, so their ratio is
+    steadier than a ratio of two bests that may come from different, unequally loaded, rounds.
+    """
+    if len(numerators) != len(denominators) or not numerators:
+        raise ValueError(f"need equally many numerators and denominators, at least one; got {len(numerators)} and {len(denominators)}.")
+    return float(np.median(np.asarray(numerators, dtype=np.float64) / np.asarray(denominators, dtype=np.float64)))
+
+
 def load_average() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
 
@@ -188,8 +199,10 @@ def extrapolate_phase(*, n_images: int, first_batch: tuple[float, int], later_ba
     """Seconds one pass over ``n_images`` takes, from its first few batches, each ``(seconds, images)``.
 
     The first batch carries the DataLoader's start (workers, first decode) and counts once, as measured;
-    every further image costs the mean per-image time of the later batches measured. A pass measured
-    whole is returned as measured.
+    every further image costs the per-image time of the fastest later batch. The fastest, not the mean:
+    on a shared machine a burst of load during the few timed batches would otherwise be multiplied
+    into the whole extrapolated pass, inflating the reference's cost and so the engine's speed-up.
+    A pass measured whole is returned as measured.
     """
     first_s, first_images = first_batch
     measured = first_images + sum(images for _, images in later_batches)
@@ -199,7 +212,7 @@ def extrapolate_phase(*, n_images: int, first_batch: tuple[float, int], later_ba
         return first_s + sum(s for s, _ in later_batches)
     if not later_batches:
         raise ValueError(f"a partly measured pass ({measured} of {n_images} images) needs at least one batch after the first.")
-    per_image = sum(s for s, _ in later_batches) / sum(images for _, images in later_batches)
+    per_image = min(s / images for s, images in later_batches)
     return first_s + (n_images - first_images) * per_image
 
 

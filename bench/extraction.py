@@ -3,8 +3,9 @@
 For each backbone: GFLOPs per image (FlopCounterMode, attention counted through SDPA's math kernel);
 model-only images/s on pre-made tensors in fp32, in bf16 (the engine's path) and in the engine's
 previous bf16 path (fp32 weights under autocast); end-to-end images/s through the engine's DataLoader
-(JPEG decode and preprocessing in workers; and, for comparison, decoded in the model's own process) in
-the precision the engine picks for the backbone; the
+(JPEG decode and preprocessing with the engine's default worker count, and, for comparison, with the
+other choice: 0 workers, decoding in the model's process, against 1) in the precision the engine picks
+for the backbone; the
 fraction of the bf16 matmul peak reached; and the cosine similarity between fp32 and bf16 features,
 plain and centred (``cosine_stats``).
 
@@ -23,7 +24,7 @@ import copy
 import numpy as np
 import torch
 
-from .common import Context, Target, cosine_stats, interleaved, seconds
+from .common import Context, Target, cosine_stats, interleaved, median_ratio, seconds
 from .roofline import measure_peak
 
 BACKBONES = ("dinov2_vits14", "resnet50", "efficientnet_lite0")
@@ -110,8 +111,10 @@ def measure_backbone(context: Context, backbone: str) -> dict:
     variants = {name: model_only(name) for name in precisions}
     if before is not None:
         variants["bf16_autocast_before"] = lambda: outputs.__setitem__("bf16_autocast_before", _autocast_forward(before, batches, device=device))
-    variants["end_to_end"] = end_to_end("end_to_end", None)  # the engine's default worker count
-    variants["end_to_end_no_workers"] = end_to_end("end_to_end_no_workers", 0)  # decode in the model's process
+    engine_workers = default_num_workers(device)
+    compared_workers = 1 if engine_workers == 0 else 0  # the other side of the engine's choice, as evidence for it
+    for workers in sorted({engine_workers, compared_workers}):
+        variants[f"end_to_end_workers_{workers}"] = end_to_end(f"end_to_end_workers_{workers}", workers)
     warm = batches[:1]  # oneDNN builds its kernels for a shape on the first call: keep that out of the timing
     for name, prepared_model in prepared.items():
         compute_features(prepared_model, warm, device=device, precision=name, total=len(warm[0][0]))
@@ -131,20 +134,24 @@ def measure_backbone(context: Context, backbone: str) -> dict:
         "model_only_gflops": round(model_rate * gflops, 1),
         "bf16_peak_gflops_adjacent": round(peak, 1),
         "roofline_fraction": model_rate * gflops / context.peaks["bf16"],
-        "end_to_end_fraction": rates["end_to_end"] / model_rate,
-        "end_to_end_no_workers_fraction": rates["end_to_end_no_workers"] / model_rate,
-        "default_num_workers": default_num_workers(),
+        # Speed ratios are medians of per-round ratios (variants of one round share its load).
+        "end_to_end_fraction": median_ratio(times[engine_precision], times[f"end_to_end_workers_{engine_workers}"]),
+        "end_to_end_fraction_by_workers": {
+            workers: median_ratio(times[engine_precision], times[f"end_to_end_workers_{workers}"]) for workers in (engine_workers, compared_workers)
+        },
+        "end_to_end_fraction_best_over_best": rates[f"end_to_end_workers_{engine_workers}"] / model_rate,
+        "default_num_workers": engine_workers,
     }
     if "bf16" in precisions:
-        result["bf16_speedup_vs_fp32"] = round(rates["bf16"] / rates["fp32"], 2)
+        result["bf16_speedup_vs_fp32"] = round(median_ratio(times["fp32"], times["bf16"]), 2)
         result["cosine_bf16_vs_fp32"] = cosine_stats(outputs["bf16"], outputs["fp32"])
         result["cosine_bf16_vs_fp32_centred"] = cosine_stats(outputs["bf16"], outputs["fp32"], centre=True)
     if before is not None:
-        result["bf16_speedup_vs_autocast_before"] = round(rates["bf16"] / rates["bf16_autocast_before"], 2)
+        result["bf16_speedup_vs_autocast_before"] = round(median_ratio(times["bf16_autocast_before"], times["bf16"]), 2)
         result["cosine_autocast_before_vs_fp32"] = cosine_stats(outputs["bf16_autocast_before"], outputs["fp32"])
     context.log(
         f"  {backbone}: {gflops:.2f} GFLOPs/img; model-only {engine_precision} {model_rate:.2f} img/s "
-        f"({result['roofline_fraction']:.0%} of bf16 peak); end-to-end {rates['end_to_end']:.2f} img/s "
+        f"({result['roofline_fraction']:.0%} of bf16 peak); end-to-end {rates[f'end_to_end_workers_{engine_workers}']:.2f} img/s "
         f"({result['end_to_end_fraction']:.0%}); " + ", ".join(f"{k} {v:.2f}" for k, v in rates.items())
     )
     return result

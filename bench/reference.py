@@ -7,8 +7,8 @@ part (decode, forward, head evaluation), then one over the test part; a DataLoad
 again on every pass. It is generous to the reference: the backbone runs under ``torch.no_grad`` and the
 DataLoader gets the engine's worker count.
 
-On a 2-core CPU the whole reference takes over an hour, so by default it is timed on its first batches
-and extrapolated (``extrapolate_phase``): epoch 1's train and valid passes are timed for
+On a 2-core CPU the whole reference takes 15-30 minutes, so by default it is timed on its first batches
+and extrapolated (``extrapolate_phase``, which leans low): epoch 1's train and valid passes are timed for
 ``Sizes.reference_batches`` batches each; every epoch costs what epoch 1 does (the same code on the same
 images), and the test pass costs what the valid pass does (the same code: forward and head evaluation,
 no shuffle). The report says so (``extrapolated``, ``method``). ``--reference-full`` runs it all instead.
@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from .common import Context, Target, extrapolate_phase, seconds
+from .common import Context, Target, extrapolate_phase, load_average, seconds
 
 BACKBONES = ("dinov2_vits14", "resnet50")
 EPOCHS = 5
@@ -70,27 +70,30 @@ def _timed_pass(loader: DataLoader, step, max_batches: int | None) -> tuple[tupl
 def reference_backbone(context: Context, backbone: str, *, max_batches: int | None) -> dict:
     """Time the reference protocol for one backbone; extrapolated when ``max_batches`` limits each pass."""
     from core.backbones import build_backbone, get_config, make_transform
-    from core.features import default_num_workers
+    from core.features import default_num_workers, select_device
 
     dataset = context.dataset()
     split = dataset.split("1")
     transform = make_transform(get_config(backbone))
     torch.manual_seed(0)
     built = time.perf_counter()
+    device = select_device("auto")  # the engine's device: the reference runs where the engine does, in fp32
     model, _ = build_backbone(backbone, weights="random", workspace=context.workspace)
+    model.to(device)
     build_s = time.perf_counter() - built
     with torch.no_grad():
-        model(torch.zeros(BATCH_SIZE, 3, 224, 224))  # untimed warm-up: the extrapolation then leans low, not high
-        feature_dim = model(torch.zeros(1, 3, 224, 224)).shape[1]
-    head = nn.Sequential(nn.Linear(feature_dim, 128), nn.ReLU(), nn.Linear(128, dataset.num_classes))
+        model(torch.zeros(BATCH_SIZE, 3, 224, 224, device=device))  # untimed warm-up: the extrapolation then leans low, not high
+        feature_dim = model(torch.zeros(1, 3, 224, 224, device=device)).shape[1]
+    head = nn.Sequential(nn.Linear(feature_dim, 128), nn.ReLU(), nn.Linear(128, dataset.num_classes)).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=LR)
 
     def loader(part: str, shuffle: bool) -> DataLoader:
         rows = split[part]
         images = _ReferenceImages([dataset.image_paths[r] for r in rows], dataset.labels[rows], transform)
-        return DataLoader(images, batch_size=BATCH_SIZE, shuffle=shuffle, num_workers=default_num_workers())
+        return DataLoader(images, batch_size=BATCH_SIZE, shuffle=shuffle, num_workers=default_num_workers(device))
 
     def train_step(images, labels):
+        images, labels = images.to(device), labels.to(device)
         head.train()
         with torch.no_grad():
             features = model(images)
@@ -100,6 +103,7 @@ def reference_backbone(context: Context, backbone: str, *, max_batches: int | No
         optimizer.step()
 
     def eval_step(images, labels):
+        images, labels = images.to(device), labels.to(device)
         head.eval()
         with torch.no_grad():
             logits = head(model(images))
@@ -158,22 +162,26 @@ def engine_way(context: Context) -> dict:
 def run(context: Context, *, full_reference: bool = False) -> tuple[dict, list[Target]]:
     max_batches = None if full_reference else context.sizes.reference_batches
     reference = {}
+    # The two ways run one after the other; the load averages around each let readers judge the ratio.
+    load = {"reference_start": load_average()}
     for backbone in BACKBONES:
         reference[backbone] = reference_backbone(context, backbone, max_batches=max_batches)
         context.log(f"  reference {backbone}: {reference[backbone]['total_s']:.0f} s" + (" (extrapolated)" if max_batches else ""))
     reference_s = sum(r["total_s"] for r in reference.values())
+    load["engine_start"] = load_average()
     engine = engine_way(context)
+    load["engine_end"] = load_average()
     results = {
         "dataset": context.dataset().name, "images": len(context.dataset().image_paths), "backbones": list(BACKBONES),
         "weights": "random", "epochs": EPOCHS, "batch_size": BATCH_SIZE,
         "extrapolated": max_batches is not None,
         "method": None if max_batches is None else (
             f"per backbone: epoch 1's train and valid passes timed on their first {max_batches} batches of {BATCH_SIZE}; "
-            "pass = first batch as measured + remaining images x mean per-image time of the later batches; "
+            "pass = first batch as measured + remaining images x per-image time of the fastest later batch; "
             "total = backbone build + 5 x (train pass + valid pass) + test pass (test costed as valid: same code); "
             "an untimed warm-up forward precedes the timing"
         ),
-        "reference": reference, "reference_total_s": reference_s, "engine": engine,
+        "reference": reference, "reference_total_s": reference_s, "engine": engine, "load_average": load,
         "speedup_first_run": reference_s / engine["first_run"]["total_s"],
         "speedup_cached_rerun": reference_s / engine["cached_rerun"]["total_s"],
     }

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from bench.common import (
-    SECTIONS, Target, bench_workspace, cosine_stats, extrapolate_phase, format_table, matmul_gflops, parse_sections,
+    SECTIONS, Target, bench_workspace, cosine_stats, extrapolate_phase, format_table, matmul_gflops, median_ratio,
+    parse_sections,
 )
 from bench.extraction import spread
 from bench.pages import REPO, page_paths
@@ -63,9 +64,10 @@ def test_matmul_gflops_counts_two_n_cubed():
         matmul_gflops(1000, 0.0)
 
 
-def test_extrapolate_phase_counts_the_first_batch_once_and_later_images_at_their_rate():
-    # 200 images at batch 64, first batch 10 s, later batches 64 images in 6.4 s -> 0.1 s an image.
-    assert extrapolate_phase(n_images=200, first_batch=(10.0, 64), later_batches=[(6.4, 64)]) == pytest.approx(10 + 136 * 0.1)
+def test_extrapolate_phase_counts_the_first_batch_once_and_later_images_at_the_fastest_rate():
+    # 300 images at batch 64, first batch 10 s; later batches at 0.2 s (a burst) and 0.1 s an image.
+    later = [(12.8, 64), (6.4, 64)]
+    assert extrapolate_phase(n_images=300, first_batch=(10.0, 64), later_batches=later) == pytest.approx(10 + 236 * 0.1)
     # A pass measured whole is returned as measured.
     assert extrapolate_phase(n_images=68, first_batch=(3.0, 64), later_batches=[(0.5, 4)]) == pytest.approx(3.5)
     assert extrapolate_phase(n_images=34, first_batch=(2.0, 34), later_batches=[]) == pytest.approx(2.0)
@@ -73,6 +75,15 @@ def test_extrapolate_phase_counts_the_first_batch_once_and_later_images_at_their
         extrapolate_phase(n_images=200, first_batch=(10.0, 64), later_batches=[])
     with pytest.raises(ValueError):
         extrapolate_phase(n_images=10, first_batch=(1.0, 64), later_batches=[])
+
+
+def test_median_ratio_pairs_rounds_instead_of_mixing_bests():
+    # Round 3 ran in a quiet moment for the second variant only: best/best would say 2.0, pairs say 1.0.
+    first, second = [10.0, 10.0, 10.0], [10.0, 10.0, 5.0]
+    assert min(first) / min(second) == pytest.approx(2.0)
+    assert median_ratio(first, second) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        median_ratio([1.0], [1.0, 2.0])
 
 
 def test_parse_sections_keeps_run_order_and_rejects_unknown_names():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from core import features as features_module
 from core.datasets import load_dataset
@@ -68,3 +69,14 @@ def test_failure_midway_is_recorded_as_failed_not_success(tiny_workspace, monkey
         run_experiment(ExperimentConfig(dataset="synthetic", backbone="efficientnet_lite0", weights="random"), workspace=tiny_workspace)
     run = RunRegistry(tiny_workspace.registry_path).list_runs()[0]
     assert run["status"] == "failed" and "disk on fire" in run["error"] and run["test_acc"] is None
+
+
+def test_decode_workers_stay_out_of_a_small_cpus_way_but_feed_a_gpu(monkeypatch):
+    from core.features import default_num_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert default_num_workers(torch.device("cpu")) == 0  # the model uses both cores; decode in its process
+    assert default_num_workers(torch.device("cuda")) == 1
+    monkeypatch.setattr("os.cpu_count", lambda: 32)
+    assert default_num_workers(torch.device("cpu")) == 4
+    assert default_num_workers(torch.device("cuda")) == 8
