@@ -12,7 +12,6 @@ Python objects is refused instead of executed.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import pickle
@@ -30,7 +29,7 @@ from torch import nn
 from torchvision import transforms
 
 from .errors import FlowerProbeError, MissingFileError
-from .fileio import download
+from .fileio import download, file_digest
 from .progress import ProgressCallback, report
 from .workspace import Workspace
 
@@ -40,7 +39,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Seed for weights="random": feature caches key on the tag "random", so every random build must be the same.
 RANDOM_SEED = 0
 
-_HASH_CHUNK = 8 << 20  # bytes per read while hashing; a progress event per chunk
 
 
 class UnknownBackboneError(FlowerProbeError, KeyError):
@@ -328,23 +326,9 @@ def make_transform(config: BackboneConfig) -> Callable[[Image.Image], torch.Tens
     )
 
 
-_TAG_CACHE: dict[tuple[str, int, int], str] = {}  # (resolved path, size, mtime_ns) -> tag
-
-
 def _file_tag(path: Path, progress: ProgressCallback | None) -> str:
-    """``"sha256:<first 16 hex digits>"`` of the file; each (path, size, mtime) is hashed once per process."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _TAG_CACHE:
-        digest = hashlib.sha256()
-        done = 0
-        with open(path, "rb") as handle:
-            while chunk := handle.read(_HASH_CHUNK):
-                digest.update(chunk)
-                done += len(chunk)
-                report(progress, "weights", done, stat.st_size, message=f"Checking {path.name}")
-        _TAG_CACHE[key] = f"sha256:{digest.hexdigest()[:16]}"
-    return _TAG_CACHE[key]
+    """``"sha256:<first 16 hex digits>"`` of the file (hashed once per process while unchanged)."""
+    return f"sha256:{file_digest(path, progress=progress, stage='weights')[:16]}"
 
 
 def local_weights(name: str, *, workspace: Workspace | None = None) -> Path | None:

@@ -2,7 +2,7 @@
 
 Every dataset becomes one ``Dataset`` record: image paths, integer labels, class names in dataset
 order, and one or more named splits (train/val/test index arrays). A fingerprint over the file list
-lets the feature cache notice when the data changed.
+and contents lets the feature cache and the runs notice when the data changed.
 
 Dataset keys, as the CLI and the pages spell them:
     ``oxford17``         the VGG Oxford 17-category flowers, three official splits "1", "2", "3"
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DatasetError, MissingFileError, UnsafePathError
-from .fileio import contained_path, download, md5sum, safe_extract_tar
+from .fileio import contained_path, download, file_digest, safe_extract_tar
 from .progress import ProgressCallback, report
 from .workspace import Workspace
 
@@ -65,11 +65,15 @@ class Dataset:
 
     @property
     def fingerprint(self) -> str:
-        """Hash of relative paths, labels, sizes and modification times: changes when the data does."""
+        """Hash of relative paths, labels and file contents: changes when the data does, and only then.
+
+        Contents, not modification times, so a workspace copied without its file dates (``cp -r``,
+        an unzip, a git checkout) keeps its feature caches and runs. Each file is read once per
+        process; later calls only ``stat`` the files (``file_digest``).
+        """
         digest = hashlib.sha256(self.key.encode())
         for path, label in zip(self.image_paths, self.labels.tolist()):
-            stat = path.stat()
-            digest.update(f"{path.relative_to(self.root)}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{path.relative_to(self.root)}\0{label}\0{file_digest(path)}\n".encode())
         return digest.hexdigest()[:16]
 
     def split(self, split_id: str) -> dict[str, np.ndarray]:
@@ -193,7 +197,7 @@ def prepare_oxford17(workspace: Workspace, *, progress: ProgressCallback | None 
     for file_name, url, expected_md5 in OXFORD17_FILES:
         target = folder / file_name
         if target.exists():
-            if md5sum(target) != expected_md5:
+            if file_digest(target, "md5") != expected_md5:
                 raise MissingFileError(
                     f"{target} does not match the official MD5 {expected_md5}: it is incomplete or a different file. "
                     f"Delete it so it is downloaded again, or: {_oxford17_manual_hint(folder)}"

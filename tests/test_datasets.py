@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tarfile
 import urllib.error
 from pathlib import Path
@@ -135,10 +136,19 @@ def test_folder_dataset_outside_data_root_is_refused(workspace, tmp_path, key):
         load_dataset(key, workspace)
 
 
-def test_fingerprint_changes_when_data_changes(workspace):
-    _write_class_folder(workspace.data_root / "mine", {"a": 3, "b": 3})
+def test_fingerprint_changes_when_data_changes_and_only_then(workspace, tmp_path):
+    import shutil
+
+    mine = workspace.data_root / "mine"
+    _write_class_folder(mine, {"a": 3, "b": 3})
     before = load_dataset("folder:mine", workspace).fingerprint
-    (workspace.data_root / "mine" / "a" / "0.jpg").write_bytes(_tiny_jpeg((1, 2, 3)) + b"\0")
+    # Moved away and back without file dates (cp -r, an unzip), then a file touched: the same data.
+    shutil.move(mine, tmp_path / "away")
+    shutil.copytree(tmp_path / "away", mine, copy_function=shutil.copyfile)
+    os.utime(mine / "a" / "1.jpg", ns=(1, 1))
+    assert (mine / "a" / "0.jpg").stat().st_mtime_ns != (tmp_path / "away" / "a" / "0.jpg").stat().st_mtime_ns
+    assert load_dataset("folder:mine", workspace).fingerprint == before
+    (mine / "a" / "0.jpg").write_bytes(_tiny_jpeg((1, 2, 3)) + b"\0")
     assert load_dataset("folder:mine", workspace).fingerprint != before
 
 

@@ -201,12 +201,14 @@ def test_colour_modes_that_need_predictions_are_offered_only_with_test_images(po
 
 
 def test_an_unreadable_photo_shows_a_placeholder(populated_workspace, tmp_path, monkeypatch):
-    # A copy whose first image is garbage with the same size and date: the dataset still matches the
-    # runs' fingerprint (a file damaged on disk), but the photo cannot be decoded.
+    # A copy whose first image turns to garbage of the same size and date after the server hashed the
+    # dataset (a file damaged on disk): the dataset still matches the runs' fingerprint, as the
+    # server remembers it, but the photo cannot be decoded.
     root = tmp_path / "workspace"
     shutil.copytree(populated_workspace.root, root, ignore=shutil.ignore_patterns("thumbnails"))
     monkeypatch.setenv("FLOWER_PROBE_WORKSPACE", str(root))
     dataset = load_dataset("synthetic", Workspace.from_env())
+    assert dataset.fingerprint  # hashed now, before the damage
     damaged = dataset.image_paths[0]
     stat = damaged.stat()
     damaged.write_bytes(b"\0" * stat.st_size)
