@@ -16,7 +16,7 @@ import streamlit as st
 
 from ui.charts import confusion_figure, curves_figure, per_class_figure
 from ui.common import (
-    dataset_label, format_age, list_runs, md, run_epochs, run_label, run_predictions, thumbnail, weights_label,
+    dataset_label, format_age, head_label, list_runs, md, run_epochs, run_label, run_predictions, thumbnail, weights_label,
 )
 
 THUMB_PX = 112
@@ -47,7 +47,7 @@ def runs_table(runs: list[dict]) -> pd.DataFrame:
         "train s": [r["timings"]["train_s"] for r in runs],
         "device": [r["device"] for r in runs],
         "precision": [r["precision"] for r in runs],
-        "head": [r["config"]["head"]["head"] for r in runs],
+        "head": [head_label(r["config"]["head"]) for r in runs],
         "epochs": [r["config"]["head"]["epochs"] for r in runs],
         "seed": [r["seed"] for r in runs],
         "skipped files": [len(r["skipped"] or []) for r in runs],
@@ -56,8 +56,8 @@ def runs_table(runs: list[dict]) -> pd.DataFrame:
 
 
 def split_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sample std (ddof=1, as the CLI prints) of test metrics per backbone and weights over its splits."""
-    grouped = table.groupby(["backbone", "weights"], sort=False)
+    """Mean and sample std (ddof=1, as the CLI prints) of test metrics per backbone, weights and head over its splits."""
+    grouped = table.groupby(["backbone", "weights", "head"], sort=False)
     summary = grouped.agg(
         splits=("split", lambda s: ", ".join(sorted(s))), runs=("run", "size"),
         acc_mean=("test acc %", "mean"), acc_std=("test acc %", "std"), loss_mean=("test loss", "mean"), loss_std=("test loss", "std"),

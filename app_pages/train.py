@@ -69,6 +69,11 @@ with st.expander("Advanced"):
     precision = columns[1].selectbox("Precision", PRECISIONS, key="train_precision", help="auto: mixed precision on GPU, bf16 on CPUs with native bf16.")
     hidden_dim = columns[2].number_input("Hidden units (MLP)", min_value=1, max_value=8192, value=128, key="train_hidden")
     weight_decay = columns[3].number_input("Weight decay", min_value=0.0, max_value=10.0, value=0.01, format="%.4f", key="train_wd")
+    standardise = st.toggle(
+        "Standardise features", key="train_standardise",
+        help="Centre and scale each feature by the training images' mean and std before the head (off in the reference "
+             "protocol). Helps features of awkward scale, such as a random-weight backbone's.",
+    )
 
 missing = files_to_fetch(dataset=dataset_key, backbones=backbones, random_weights_for=tuple(random_for))
 if missing:
@@ -81,7 +86,7 @@ if missing:
 if st.button("Launch", type="primary", icon=":material/play_arrow:", disabled=not backbones, key="train_launch"):
     with user_errors():
         head = HeadConfig(head=head_type, hidden_dim=int(hidden_dim), epochs=int(epochs), lr=float(lr), weight_decay=float(weight_decay),
-                          batch_size=int(batch_size), seed=int(seed))
+                          batch_size=int(batch_size), seed=int(seed), standardise=standardise)
         names = ", ".join(b + (" (random)" if b in random_for else "") for b in backbones)
         job = job_runner().submit(
             f"{names} on {entries[dataset_key].name}, split {split}",

@@ -96,7 +96,7 @@ def comparison_table(records: list[dict]) -> str:
 
 
 def _cmd_compare(args: argparse.Namespace, workspace: Workspace) -> None:
-    head = HeadConfig(head=args.head, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    head = HeadConfig(head=args.head, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, standardise=args.standardise)
 
     def on_run_start(config) -> None:
         print(f"=== {config.backbone}{' (random weights)' if config.weights == 'random' else ''} on {args.dataset}, split {config.split}", flush=True)
@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--lr", type=float, default=1e-3)
     compare.add_argument("--batch-size", type=int, default=64)
     compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--standardise", action="store_true", help="centre and scale each feature by the training part's mean and std before the head")
     compare.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     compare.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     compare.set_defaults(handler=_cmd_compare)

@@ -80,3 +80,12 @@ def test_decode_workers_stay_out_of_a_small_cpus_way_but_feed_a_gpu(monkeypatch)
     monkeypatch.setattr("os.cpu_count", lambda: 32)
     assert default_num_workers(torch.device("cpu")) == 4
     assert default_num_workers(torch.device("cuda")) == 8
+
+
+def test_cli_standardise_flag_reaches_the_run_record(tiny_workspace, capsys):
+    from core.__main__ import main
+
+    args = ["compare", "--dataset", "synthetic", "--backbones", "efficientnet_lite0", "--random-weights-for", "efficientnet_lite0", "--epochs", "1"]
+    assert main(args) == 0 and main([*args, "--standardise"]) == 0
+    runs = RunRegistry(tiny_workspace.registry_path).list_runs(status="completed")
+    assert sorted(run["config"]["head"]["standardise"] for run in runs) == [False, True]

@@ -13,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -141,6 +142,7 @@ def test_train_page_launches_a_job_that_finishes_and_shows_in_compare(tiny_works
     at.multiselect(key="train_backbones").set_value(["efficientnet_lite0"]).run()
     at.multiselect(key="train_random").set_value(["efficientnet_lite0"])
     at.number_input(key="train_epochs").set_value(2)
+    at.toggle(key="train_standardise").set_value(True)
     at.button(key="train_launch").click().run()
     assert not at.exception
     queued = [t for t in texts(at, "success") if "Queued as job" in t]
@@ -158,6 +160,16 @@ def test_train_page_launches_a_job_that_finishes_and_shows_in_compare(tiny_works
     table = at.dataframe[0].value
     assert table["run"].tolist() == job.run_ids
     assert table["weights"].tolist() == ["random weights"]
+    assert table["head"].tolist() == ["mlp · standardised"]
+
+    # The head file carries the training statistics: predicting the test images again gives the stored answers.
+    from core.predict import Predictor
+    from core.runs import RunRegistry
+
+    stored = RunRegistry(tiny_workspace.registry_path).predictions(job.run_ids[0])
+    predictor = Predictor.from_run(job.run_ids[0], workspace=tiny_workspace)
+    again = predictor.predict([(Path(s["path"]).name, s["path"]) for s in stored])
+    np.testing.assert_allclose([p.probabilities for p in again], [s["probabilities"] for s in stored], atol=1e-5)
 
 
 def test_train_page_shows_bad_input_and_cancels_a_running_job(workspace, entry_script):

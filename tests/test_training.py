@@ -73,7 +73,28 @@ def test_confusion_and_per_class():
     assert per_class_accuracy(confusion) == [50.0, 100.0, 0.0, None]
 
 
-@pytest.mark.parametrize("field, value", [("epochs", 0), ("lr", -1.0), ("head", "transformer"), ("batch_size", 2.5)])
+def test_standardised_head_separates_features_of_awkward_scale_and_carries_its_statistics():
+    # A random-weight backbone's features: a huge shared offset, the classes in small differences, one dead dimension.
+    x, y = _blobs(30, noise=0.5)
+    x = (x * 0.01 + 1000.0).astype(np.float32)
+    x[:, 0] = 7.0
+    raw = train_head((x, y), (x, y), (x, y), num_classes=4, config=HeadConfig())
+    standardised = train_head((x, y), (x, y), (x, y), num_classes=4, config=HeadConfig(standardise=True))
+    assert raw.test.accuracy < 50 and standardised.test.accuracy > 95
+    state = standardised.state_dict
+    np.testing.assert_allclose(state["0.mean"].numpy(), x.mean(axis=0), rtol=1e-6)
+    assert state["0.std"][0] == 1.0  # a constant dimension keeps scale 1 instead of dividing by zero
+    np.testing.assert_allclose(state["0.std"][1:].numpy(), x[:, 1:].std(axis=0), rtol=1e-3)
+    # A head rebuilt from the config and loaded from the state (as Predictor does) gives the same logits.
+    rebuilt = build_head(HeadConfig(standardise=True), feature_dim=x.shape[1], num_classes=4)
+    rebuilt.load_state_dict(state)
+    rebuilt.eval()
+    with torch.no_grad():
+        probabilities = torch.softmax(rebuilt(torch.as_tensor(x)), dim=1).numpy()
+    np.testing.assert_allclose(probabilities, standardised.test.probabilities, atol=1e-6)
+
+
+@pytest.mark.parametrize("field, value", [("epochs", 0), ("lr", -1.0), ("head", "transformer"), ("batch_size", 2.5), ("standardise", "yes")])
 def test_head_config_validation_names_the_parameter(field, value):
     with pytest.raises(FlowerProbeError, match=field):
         HeadConfig(**{field: value})

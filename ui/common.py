@@ -113,6 +113,12 @@ def run_label(run: dict) -> str:
     return f"#{run['id']} {run['backbone']} ({weights_label(run['weights'])}), split {run['split']}"
 
 
+def head_label(head_config: dict) -> str:
+    """``mlp`` or ``linear``, with ``· standardised`` when the head standardised its features."""
+    # .get: runs recorded before the option existed have no "standardise" key, and did not standardise.
+    return head_config["head"] + (" · standardised" if head_config.get("standardise") else "")
+
+
 def dataset_label(name: str, synthetic: bool) -> str:
     """Dataset names carry their synthetic mark wherever they appear."""
     return name if not synthetic or "synthetic" in name.lower() else f"{name} (synthetic)"
