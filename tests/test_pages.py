@@ -161,6 +161,7 @@ def test_train_page_launches_a_job_that_finishes_and_shows_in_compare(tiny_works
     assert table["run"].tolist() == job.run_ids
     assert table["weights"].tolist() == ["random weights"]
     assert table["head"].tolist() == ["mlp · standardised"]
+    assert [tab.label for tab in at.tabs] == [f"#{job.run_ids[0]} efficientnet_lite0 (random weights), split 1, standardised"]
 
     # The head file carries the training statistics: predicting the test images again gives the stored answers.
     from core.predict import Predictor

@@ -109,14 +109,19 @@ def weights_label(weights: str) -> str:
 
 
 def run_label(run: dict) -> str:
-    """``#12 resnet50 (random weights), split 1``: short, unique, plain text."""
-    return f"#{run['id']} {run['backbone']} ({weights_label(run['weights'])}), split {run['split']}"
+    """``#12 resnet50 (random weights), split 1``, then ``, standardised`` if it was: short, unique, plain text."""
+    standardised = ", standardised" if _standardised(run["config"]["head"]) else ""
+    return f"#{run['id']} {run['backbone']} ({weights_label(run['weights'])}), split {run['split']}{standardised}"
 
 
 def head_label(head_config: dict) -> str:
     """``mlp`` or ``linear``, with ``· standardised`` when the head standardised its features."""
+    return head_config["head"] + (" · standardised" if _standardised(head_config) else "")
+
+
+def _standardised(head_config: dict) -> bool:
     # .get: runs recorded before the option existed have no "standardise" key, and did not standardise.
-    return head_config["head"] + (" · standardised" if head_config.get("standardise") else "")
+    return bool(head_config.get("standardise"))
 
 
 def dataset_label(name: str, synthetic: bool) -> str:
