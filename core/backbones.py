@@ -40,7 +40,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_SEED = 0
 
 
-
 class UnknownBackboneError(FlowerProbeError, KeyError):
     """A backbone name that is not in the registry; the message lists the valid names."""
 

@@ -171,7 +171,7 @@ def default_num_workers(device: torch.device) -> int:
 def feature_loader(
     paths: tuple[Path, ...], backbone: str, *, device: torch.device, batch_size: int = 64, num_workers: int | None = None,
 ) -> DataLoader:
-    """Batches ``(images (n, 3, H, W), rows (n,), errors)`` of ``paths``, decoded and preprocessed (in worker processes).
+    """Batches ``(images (n, 3, H, W), rows (n,), errors)`` of ``paths``, decoded and preprocessed.
 
     ``num_workers`` None means ``default_num_workers(device)``; 0 decodes in the calling process.
     """
