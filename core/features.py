@@ -250,8 +250,8 @@ def prepare_model(model: torch.nn.Module, *, device: torch.device, precision: st
     On CPU, bf16 runs with the weights cast once rather than under autocast, which re-casts every
     weight on every forward, and in channels-last, oneDNN's native convolution layout. Measured
     back to back on a 2-core AVX-512-BF16 CPU against fp32 weights under autocast (python -m bench):
-    ResNet-50 1.25-1.4x, EfficientNet-Lite0 ~1.4x, ViT-S/14 ~1.06x (its matmuls were already bf16);
-    against fp32, bf16 is 1.5x (ViT-S/14) to 2x (ResNet-50) faster. Calling it again with the same
+    ResNet-50 1.3-1.4x, EfficientNet-Lite0 1.5-1.6x, ViT-S/14 1.0-1.15x (its matmuls were already bf16);
+    against fp32, bf16 is 1.6-1.8x (ViT-S/14) to 1.8-2x (ResNet-50) faster. Calling it again with the same
     precision changes nothing; with another precision it converts the weights back or forth.
     """
     model = model.to(device)
