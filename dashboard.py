@@ -1,4 +1,4 @@
-"""Flower Probe: the entry file. `streamlit run dashboard.py`; the pages live in app_pages/."""
+"""Flower Probe: the entry file. `streamlit run dashboard.py`; the pages live in pages/ (each enforces the access gate itself too)."""
 
 import streamlit as st
 
@@ -9,12 +9,12 @@ st.set_page_config(page_title="Flower Probe", page_icon=":material/local_florist
 require_access()  # before navigation: a visitor without access gets only the login form
 navigation = st.navigation(
     [
-        st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
-        st.Page("app_pages/dataset.py", title="Dataset", icon=":material/photo_library:"),
-        st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
-        st.Page("app_pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
-        st.Page("app_pages/explorer.py", title="Explorer", icon=":material/scatter_plot:"),
-        st.Page("app_pages/classify.py", title="Classify", icon=":material/image_search:"),
+        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+        st.Page("pages/dataset.py", title="Dataset", icon=":material/photo_library:"),
+        st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+        st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+        st.Page("pages/explorer.py", title="Explorer", icon=":material/scatter_plot:"),
+        st.Page("pages/classify.py", title="Classify", icon=":material/image_search:"),
     ]
 )
 sidebar()

@@ -22,7 +22,7 @@ RENDER_TIMEOUT_S = 120  # a generous cap so a slow page is measured instead of c
 
 
 def page_paths(dashboard_source: str) -> list[str]:
-    """The page files ``st.Page("app_pages/x.py", ...)`` names in the dashboard's source, in order."""
+    """The page files ``st.Page("pages/x.py", ...)`` names in the dashboard's source, in order."""
     return re.findall(r"""st\.Page\(\s*["']([^"']+\.py)["']""", dashboard_source)
 
 

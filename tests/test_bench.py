@@ -33,7 +33,7 @@ def test_table_shows_figure_goal_and_verdict_per_target():
     table = format_table([
         Target("ViT share of peak", 61.23, ">=", 45, "%"),
         Target("Cached rerun", 7.5, "<", 5, "s"),
-        Target("Page app_pages/x.py renders", None, "<", 1, "s", "missing"),
+        Target("Page pages/x.py renders", None, "<", 1, "s", "missing"),
     ])
     lines = table.splitlines()
     assert lines[0].split() == ["Target", "Figure", "Goal", "Met"] and set(lines[1]) <= {"-", " "}
@@ -94,8 +94,8 @@ def test_parse_sections_keeps_run_order_and_rejects_unknown_names():
 
 
 def test_page_paths_reads_the_dashboard_navigation():
-    source = 'st.navigation([st.Page("app_pages/a.py", title="A"), st.Page( \'app_pages/b.py\', default=True)])'
-    assert page_paths(source) == ["app_pages/a.py", "app_pages/b.py"]
+    source = 'st.navigation([st.Page("pages/a.py", title="A"), st.Page( \'pages/b.py\', default=True)])'
+    assert page_paths(source) == ["pages/a.py", "pages/b.py"]
     pages = page_paths((REPO / "dashboard.py").read_text(encoding="utf-8"))
     assert pages[0].endswith("home.py") and len(pages) == len(set(pages)) >= 6
 

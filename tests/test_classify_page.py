@@ -15,17 +15,17 @@ from streamlit.testing.v1 import AppTest
 from core.runs import RunRegistry
 from image_catalogue import HOSTILE_FILE_NAMES, write_catalogue
 
-CLASSIFY_PAGE = Path(__file__).resolve().parents[1] / "app_pages" / "classify.py"
+CLASSIFY_PAGE = Path(__file__).resolve().parents[1] / "pages" / "classify.py"
 
 
 @pytest.fixture
 def app(tmp_path) -> AppTest:
     entry = tmp_path / "app" / "entry.py"
-    (entry.parent / "app_pages").mkdir(parents=True)
-    (entry.parent / "app_pages" / "train.py").write_text("import streamlit as st\nst.title('Train')\n")
+    (entry.parent / "pages").mkdir(parents=True)
+    (entry.parent / "pages" / "train.py").write_text("import streamlit as st\nst.title('Train')\n")
     entry.write_text(
         "import streamlit as st\n"
-        f"st.navigation([st.Page({str(CLASSIFY_PAGE)!r}, default=True), st.Page('app_pages/train.py')]).run()\n"
+        f"st.navigation([st.Page({str(CLASSIFY_PAGE)!r}, default=True), st.Page('pages/train.py')]).run()\n"
     )
     return AppTest.from_file(str(entry), default_timeout=300)
 

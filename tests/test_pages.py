@@ -23,20 +23,20 @@ from core.training import HeadConfig
 from tests.image_catalogue import HOSTILE_FILE_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
-MY_PAGES = ["app_pages/home.py", "app_pages/dataset.py", "app_pages/train.py", "app_pages/compare.py"]
+MY_PAGES = ["pages/home.py", "pages/dataset.py", "pages/train.py", "pages/compare.py"]
 RENDER_TIMEOUT_S = 60  # generous: the shared 2-core CPU; the render times printed are the real measure
 
 
 @pytest.fixture(scope="session")
 def entry_script(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``dashboard.py``; while a page it lists is not written yet, a copy without it (``app_pages/`` linked in)."""
+    """``dashboard.py``; while a page it lists is not written yet, a copy without it (``pages/`` linked in)."""
     source = ROOT / "dashboard.py"
     text = source.read_text(encoding="utf-8")
     missing = [page for page in re.findall(r'st\.Page\("([^"]+)"', text) if not (ROOT / page).exists()]
     if not missing:
         return source
     folder = tmp_path_factory.mktemp("entry")
-    (folder / "app_pages").symlink_to(ROOT / "app_pages")
+    (folder / "pages").symlink_to(ROOT / "pages")
     kept = [line for line in text.splitlines() if not any(f'"{page}"' in line for page in missing)]
     (folder / "dashboard.py").write_text("\n".join(kept) + "\n", encoding="utf-8")
     return folder / "dashboard.py"
@@ -83,20 +83,20 @@ def test_every_page_renders_with_an_empty_workspace(workspace, entry_script):
     for page in all_pages(entry_script):
         at.switch_page(page).run()
         assert not at.exception, f"{page}: {[e.message for e in at.exception]}"
-        if page == "app_pages/home.py":
+        if page == "pages/home.py":
             assert any("No runs yet" in t for t in texts(at, "info"))
             warning = " ".join(texts(at, "warning"))
             for file in ("17flowers.tgz", "datasplits.mat", "dinov2_vits14_pretrain.pth", "resnet50-0676ba61.pth"):
                 assert file in warning, f"the missing-files warning does not name {file}"
             demo = next(b for b in at.button if b.label == "Run the offline demo")
             assert not demo.disabled  # efficientnet_lite0's weights ship in a pip package
-        elif page == "app_pages/dataset.py":
+        elif page == "pages/dataset.py":
             assert any("17flowers.tgz" in t for t in texts(at, "info"))
             assert [b.label for b in at.button] == ["Download and prepare Oxford 17"]
-        elif page == "app_pages/train.py":
+        elif page == "pages/train.py":
             assert at.selectbox(key="train_dataset").value == "synthetic"  # offline: no download needed
             assert at.button(key="train_launch").label == "Launch"
-        elif page == "app_pages/compare.py":
+        elif page == "pages/compare.py":
             assert any("No completed runs yet" in t for t in texts(at, "info"))
             assert "train" in {link.proto.page for link in at.get("page_link")}
 
@@ -112,14 +112,14 @@ def test_every_page_renders_with_a_populated_workspace(populated_workspace, entr
             seconds.append(time.perf_counter() - started)
             assert not at.exception, f"{page}: {[e.message for e in at.exception]}"
         timings[page] = seconds
-        if page == "app_pages/home.py":
+        if page == "pages/home.py":
             assert [m.value for m in at.metric][2] == "2"  # completed runs
             assert len(at.dataframe[0].value) == 2
-        elif page == "app_pages/dataset.py":
+        elif page == "pages/dataset.py":
             assert at.selectbox[0].value == "synthetic"
             assert len(at.get("image")) == 17  # one row of samples per class
             assert any("badge[" in t and "Synthetic data" in t for t in texts(at, "markdown"))
-        elif page == "app_pages/compare.py":
+        elif page == "pages/compare.py":
             table = at.dataframe[0].value
             assert len(table) == 2
             assert set(table["backbone"]) == {"efficientnet_lite0", "resnet50"}
@@ -137,7 +137,7 @@ def test_every_page_renders_with_a_populated_workspace(populated_workspace, entr
 def test_train_page_launches_a_job_that_finishes_and_shows_in_compare(tiny_workspace, entry_script):
     from ui.common import job_runner
 
-    at = open_page(entry_script, "app_pages/train.py")
+    at = open_page(entry_script, "pages/train.py")
     at.selectbox(key="train_dataset").set_value("synthetic").run()
     at.multiselect(key="train_backbones").set_value(["efficientnet_lite0"]).run()
     at.multiselect(key="train_random").set_value(["efficientnet_lite0"])
@@ -155,7 +155,7 @@ def test_train_page_launches_a_job_that_finishes_and_shows_in_compare(tiny_works
 
     at.run()  # the job list shows the finished job
     assert any(f"Job {job_id}" in t and "completed" in t for t in texts(at, "markdown"))
-    at.switch_page("app_pages/compare.py").run()
+    at.switch_page("pages/compare.py").run()
     assert not at.exception
     table = at.dataframe[0].value
     assert table["run"].tolist() == job.run_ids
@@ -176,7 +176,7 @@ def test_train_page_launches_a_job_that_finishes_and_shows_in_compare(tiny_works
 def test_train_page_shows_bad_input_and_cancels_a_running_job(workspace, entry_script):
     from ui.common import job_runner
 
-    at = open_page(entry_script, "app_pages/train.py")
+    at = open_page(entry_script, "pages/train.py")
     at.number_input(key="train_lr").set_value(0.0)
     at.button(key="train_launch").click().run()
     assert any("lr must be a positive number" in t for t in texts(at, "error"))
@@ -213,7 +213,7 @@ def test_bad_dataset_folders_show_a_clear_message(workspace, tiny_synthetic_fold
     (workspace.data_root / "empty-class" / "tulips").mkdir()
     cases = {"folder:one-class": "at least two", "folder:empty-class": "fewer than 3", "folder:../../outside": "data root"}
     for key, expected in cases.items():
-        at = open_page(entry_script, "app_pages/dataset.py", dataset=key)
+        at = open_page(entry_script, "pages/dataset.py", dataset=key)
         errors = unescaped(" ".join(texts(at, "error")))
         assert expected in errors, (key, errors)
         assert any("at least two class folders" in t for t in texts(at, "info"))
@@ -230,7 +230,7 @@ def test_hostile_class_names_show_as_literal_text(workspace, tiny_synthetic_fold
                    head=HeadConfig(epochs=1), workspace=workspace)
 
     raw_html = re.compile(r"(?<!\\)<(img|script)")
-    for page in ("app_pages/dataset.py", "app_pages/compare.py"):
+    for page in ("pages/dataset.py", "pages/compare.py"):
         at = open_page(entry_script, page, dataset="folder:hostile")
         shown = dataframe_strings(at)
         for name in HOSTILE_FILE_NAMES:
@@ -241,7 +241,7 @@ def test_hostile_class_names_show_as_literal_text(workspace, tiny_synthetic_fold
         charts = [json.dumps(json.loads(spec)) for spec in plotly_specs(at)]  # Plotly renders some HTML: names must be entities
         assert not any("<img" in chart or "<script" in chart for chart in charts)
         assert any("&lt;img src=x onerror=alert(1)&gt;" in chart for chart in charts)
-        if page == "app_pages/dataset.py":
+        if page == "pages/dataset.py":
             captions = [c for image in at.get("image") for c in image.captions]
             assert "broken.jpg (unreadable)" in [unescaped(c) for c in captions], captions
         else:

@@ -8,8 +8,11 @@ reaches it. To share the dashboard on a LAN, turn on one of:
 - Streamlit's built-in OpenID Connect login (``st.login``), when ``secrets.toml`` has an ``[auth]``
   section (see Streamlit's authentication docs; it needs the Authlib package).
 
-``require_access()`` runs before navigation: a visitor who has not passed the gate gets the login
-form and ``st.stop()``, so no page script, workspace path, job or run is ever sent to them.
+``require_access()`` runs in ``dashboard.py`` before navigation and again as the first statement of
+every page script: a visitor who has not passed the gate gets the login form and ``st.stop()``, so no
+page script, workspace path, job or run is ever sent to them, whichever way Streamlit reaches a page
+(a fresh server runs a ``pages/`` folder's deep link in its old multipage mode, without the entry file).
+Calling it again once the visitor is through costs nothing and draws nothing.
 """
 
 from __future__ import annotations
@@ -54,10 +57,6 @@ def password_matches(*, entered: str, expected: str) -> bool:
 
 def _oidc_gate(providers: list[str]) -> None:
     if st.user.is_logged_in:
-        with st.sidebar:
-            st.caption(f"Signed in as {st.user.get('email') or st.user.get('name') or 'user'}")
-            if st.button("Log out", icon=":material/logout:"):
-                st.logout()
         return
     st.title("Flower Probe")
     st.write("Sign in to use this dashboard.")
@@ -85,6 +84,14 @@ def _password_gate(expected: str) -> None:
         time.sleep(_FAILED_ATTEMPT_DELAY_S)
         st.error("Wrong password.", icon=":material/lock:")
     st.stop()
+
+
+def access_controls() -> None:
+    """The signed-in user and a log-out button, for the sidebar (drawn once per run by ``ui.common.sidebar``)."""
+    if oidc_providers() is not None and st.user.is_logged_in:
+        st.caption(f"Signed in as {st.user.get('email') or st.user.get('name') or 'user'}")
+        if st.button("Log out", icon=":material/logout:", key="flower-probe-logout"):
+            st.logout()
 
 
 def require_access() -> None:

@@ -28,6 +28,7 @@ from core.jobs import Job, JobRunner
 from core.progress import ProgressEvent
 from core.runs import RunRegistry
 from core.workspace import Workspace
+from ui.auth import access_controls
 from ui.charts import curves_figure
 
 
@@ -90,6 +91,7 @@ def sidebar() -> None:
         st.caption(f"**Workspace**  \n`{workspace().root}`")
         st.caption(f"**Device**  \n{device_label()}")
         _sidebar_jobs()
+        access_controls()
 
 
 # ----------------------------------------------------------------------------------------------- text
@@ -271,7 +273,7 @@ def job_card(job: Job) -> None:
             st.warning(md(job.error or "Cancelled."), icon=":material/cancel:")
         elif job.run_ids:
             st.success(f"Finished: run(s) {', '.join(f'#{i}' for i in job.run_ids)}.", icon=":material/check_circle:")
-            st.page_link("app_pages/compare.py", label="Compare the runs", icon=":material/compare_arrows:")
+            st.page_link("pages/compare.py", label="Compare the runs", icon=":material/compare_arrows:")
         if job.epochs:
             if job.active:
                 curves: dict[str, list[dict]] = {}

@@ -12,10 +12,13 @@ import streamlit as st
 from core.datasets import list_datasets
 from core.jobs import comparison_job
 from core.training import HeadConfig
+from ui.auth import require_access
 from ui.common import (
     dataset_label, files_to_fetch, format_age, format_bytes, job_runner, list_runs, md, missing_files_markdown, user_errors,
     weights_label, workspace,
 )
+
+require_access()  # first: no Streamlit mode runs this page past the access gate
 
 REFERENCE = {"dataset": "oxford17", "backbones": ["dinov2_vits14", "resnet50"], "random_weights_for": ()}
 OFFLINE_DEMO = {"dataset": "synthetic", "backbones": ["efficientnet_lite0", "resnet50"], "random_weights_for": ("resnet50",)}
@@ -70,7 +73,7 @@ if completed:
         hide_index=True,
         column_config={"test acc %": st.column_config.NumberColumn(format="%.1f")},
     )
-    st.page_link("app_pages/compare.py", label="Compare runs", icon=":material/compare_arrows:")
+    st.page_link("pages/compare.py", label="Compare runs", icon=":material/compare_arrows:")
 else:
     st.info("No runs yet. Start with the button below, or choose your own dataset and backbones on the Train page.", icon=":material/info:")
 
@@ -106,4 +109,4 @@ else:
 launched = st.session_state.pop("home_launched", None)  # shown once; the job itself lives in the runner
 if launched is not None:
     st.success(f"Started as job {launched}.", icon=":material/rocket_launch:")
-    st.page_link("app_pages/train.py", label="Watch its progress on the Train page", icon=":material/model_training:")
+    st.page_link("pages/train.py", label="Watch its progress on the Train page", icon=":material/model_training:")

@@ -23,7 +23,10 @@ from core.images import SUPPORTED_UPLOAD_TYPES
 from core.predict import Prediction, Predictor, default_run, rows_to_csv, summary_rows
 from core.projection import embed_new_points, tsne_embedding
 from core.workspace import Workspace
+from ui.auth import require_access
 from ui.common import dataset_label, list_runs, md, run_label, thumbnail, user_errors, workspace
+
+require_access()  # first: no Streamlit mode runs this page past the access gate
 
 DETAIL_LIMIT = 4  # images shown in full at once; with more, a picker chooses which one to show
 THUMB_PX = 128  # neighbour thumbnails: big enough to recognise a flower, six fit a column
@@ -209,7 +212,7 @@ def _main() -> None:
     if not runs:
         st.info("No trained run yet. Train a head on a backbone's features first (Train page, or "
                 "`python -m core compare`); then come back and classify your photos.", icon=":material/info:")
-        st.page_link("app_pages/train.py", label="Go to Train", icon=":material/model_training:")
+        st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
         return
     ws = workspace()
     chosen = _choose_runs(runs)

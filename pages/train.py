@@ -14,9 +14,12 @@ from core.datasets import OXFORD17_KEY, list_datasets
 from core.features import DEVICES, PRECISIONS
 from core.jobs import comparison_job
 from core.training import HEAD_TYPES, HeadConfig
+from ui.auth import require_access
 from ui.common import (
     device_label, files_to_fetch, format_age, job_card, job_runner, list_runs, missing_files_markdown, user_errors, workspace,
 )
+
+require_access()  # first: no Streamlit mode runs this page past the access gate
 
 REFERENCE_BACKBONES = ["dinov2_vits14", "resnet50"]
 # Offline, the default is the "how much does pretraining matter" pair, which needs no download.

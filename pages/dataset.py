@@ -11,10 +11,13 @@ import streamlit as st
 
 from core.datasets import Dataset, dataset_summary, list_datasets, prepare_dataset
 from core.jobs import progress_job
+from ui.auth import require_access
 from ui.charts import class_counts_figure
 from ui.common import (
     cached_dataset, dataset_label, files_to_fetch, job_card, job_runner, md, missing_files_markdown, thumbnail, user_errors, workspace,
 )
+
+require_access()  # first: no Streamlit mode runs this page past the access gate
 
 PREPARE_TITLE = "Prepare {name}"
 THUMB_PX = 96
@@ -108,7 +111,7 @@ columns[1].metric("Images", len(dataset.image_paths))
 columns[2].metric("Splits", len(dataset.splits))
 for note in dataset.notes:
     st.caption(md(note))
-st.page_link("app_pages/train.py", label=f"Train on {dataset_label(dataset.name, dataset.synthetic)}", icon=":material/model_training:")
+st.page_link("pages/train.py", label=f"Train on {dataset_label(dataset.name, dataset.synthetic)}", icon=":material/model_training:")
 
 st.subheader("Images per class")
 split_ids = sorted(dataset.splits)

@@ -14,10 +14,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from ui.auth import require_access
 from ui.charts import confusion_figure, curves_figure, per_class_figure
 from ui.common import (
     dataset_label, format_age, head_label, list_runs, md, run_epochs, run_label, run_predictions, thumbnail, weights_label,
 )
+
+require_access()  # first: no Streamlit mode runs this page past the access gate
 
 THUMB_PX = 112
 GALLERY_LIMIT = 24  # photos per gallery; the full list is in the table and the CSV
@@ -110,8 +113,8 @@ if not completed:
         "runs appear here as they finish.",
         icon=":material/info:",
     )
-    st.page_link("app_pages/train.py", label="Train", icon=":material/model_training:")
-    st.page_link("app_pages/home.py", label="Home", icon=":material/home:")
+    st.page_link("pages/train.py", label="Train", icon=":material/model_training:")
+    st.page_link("pages/home.py", label="Home", icon=":material/home:")
     st.stop()
 
 datasets: dict[str, str] = {}

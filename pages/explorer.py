@@ -24,11 +24,14 @@ from core.datasets import Dataset
 from core.features import FeatureSet, read_features
 from core.progress import ProgressEvent
 from core.projection import cosine_neighbours, tsne_embedding
+from ui.auth import require_access
 from ui.common import (
     cached_dataset, dataset_label, list_runs, md, run_label, run_predictions, stage_text, thumbnail, user_errors, weights_label,
     workspace,
 )
 from ui.hover_scatter import HoverText, Panel, Trace, hover_scatter, last_event, prepare_thumbnails
+
+require_access()  # first: no Streamlit mode runs this page past the access gate
 
 MAX_PANELS = 2  # two maps side by side still leave each one wide enough to read clusters
 PARTS = {"all": "all images", "train": "train", "val": "validation", "test": "test"}
@@ -251,7 +254,7 @@ def _runs_to_show() -> tuple[Dataset, list[dict]] | None:
             + (f" ({missing} completed run(s) lost their cached features file.)" if missing else ""),
             icon=":material/info:",
         )
-        st.page_link("app_pages/train.py", label="Go to Train", icon=":material/model_training:")
+        st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
         return None
     dataset_key, chosen = _choose_runs(runs)
     if not chosen:
