@@ -1,11 +1,14 @@
 """Flower Probe: the entry file. `streamlit run dashboard.py`; the pages live in pages/ (each enforces the access gate itself too)."""
 
+from pathlib import Path
+
 import streamlit as st
 
 from ui.auth import require_access
 from ui.common import sidebar
 
-st.set_page_config(page_title="Flower Probe", page_icon=":material/local_florist:", layout="wide")
+# A committed PNG, served by this server: a ":material/..." page icon makes the browser fetch it from Google's CDN.
+st.set_page_config(page_title="Flower Probe", page_icon=str(Path(__file__).parent / "ui" / "assets" / "favicon.png"), layout="wide")
 require_access()  # before navigation: a visitor without access gets only the login form
 navigation = st.navigation(
     [
@@ -15,6 +18,7 @@ navigation = st.navigation(
         st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
         st.Page("pages/explorer.py", title="Explorer", icon=":material/scatter_plot:"),
         st.Page("pages/classify.py", title="Classify", icon=":material/image_search:"),
+        st.Page("pages/patches.py", title="Patches", icon=":material/grid_on:"),
     ]
 )
 sidebar()

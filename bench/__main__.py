@@ -34,9 +34,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_section(name: str, context: Context, arguments: argparse.Namespace):
-    from . import extraction, heads, pages, reference, roofline, tsne
+    from . import browser_pages, extraction, heads, maps, pages, probes, reference, roofline, tsne
 
-    modules = {"roofline": roofline, "extraction": extraction, "reference": reference, "heads": heads, "tsne": tsne, "pages": pages}
+    modules = {"roofline": roofline, "extraction": extraction, "reference": reference, "heads": heads, "tsne": tsne, "pages": pages,
+               "browser": browser_pages, "probes": probes, "maps": maps}
     if name == "reference":
         return reference.run(context, full_reference=arguments.reference_full)
     return modules[name].run(context)

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-SECTIONS = ("roofline", "extraction", "reference", "heads", "tsne", "pages")
+SECTIONS = ("roofline", "extraction", "reference", "heads", "probes", "tsne", "maps", "pages", "browser")
 OPERATORS = (">=", "<")
 DEFAULT_WORKSPACE = Path("/tmp/flower-probe-bench")
 # Marks a folder the bench created, so it only ever clears caches in a workspace of its own.

@@ -13,16 +13,16 @@ import argparse
 import json
 import sys
 import time
-from collections import defaultdict
 
-import numpy as np
-
-from .backbones import get_config, list_backbones
+from .backbones import TIMM_PREFIX, get_config, list_backbones, list_timm_backbones, parse_weights_overrides
 from .datasets import list_datasets, prepare_dataset
 from .errors import FlowerProbeError
-from .experiment import run_comparison
-from .progress import ProgressEvent
+from .experiment import WEIGHTS_SEPARATOR, parse_backbone, run_comparison
+from .fileio import atomic_write_bytes
+from .presets import HEAD_DEFAULTS, REFERENCE
+from .progress import ProgressEvent, format_duration
 from .runs import RunRegistry
+from .summary import summarise_runs
 from .training import HEAD_TYPES, HeadConfig
 from .workspace import Workspace
 
@@ -61,6 +61,8 @@ class ConsoleProgress:
         width = 30
         filled = int(width * event.fraction)
         rate = f" {event.rate:.1f}/s" if event.rate else ""
+        if event.seconds_left is not None and not finished:
+            rate += f" {format_duration(event.seconds_left)} left"
         total = f"{event.done}/{event.total}" if event.total else f"{event.done}"
         line = f"{event.stage:>9} [{'#' * filled}{'.' * (width - filled)}] {total}{rate} {event.message[:40]}"
         self.stream.write(f"\r{line:<90}" + ("\n" if finished else "") if self.interactive else line + "\n")
@@ -78,20 +80,18 @@ def _print_run(record: dict) -> None:
 
 
 def comparison_table(records: list[dict]) -> str:
-    """Side-by-side table; with several splits per backbone, mean and std over them."""
-    by_backbone: dict[str, list[dict]] = defaultdict(list)
-    for record in records:
-        label = record["backbone"] + (" (random weights)" if record["weights"] == "random" else "")
-        by_backbone[label].append(record)
+    """Side-by-side table, one row per experiment (``core.summary``); with several splits, mean and std over them."""
     lines = [f"{'backbone':<34} {'splits':>6} {'test acc':>15} {'test loss':>15} {'features s':>10} {'train s':>8} device"]
-    for label, runs in by_backbone.items():
-        acc = np.array([r["test_acc"] for r in runs])
-        loss = np.array([r["test_loss"] for r in runs])
-        spread = (lambda v, f: f"{v.mean():{f}} ± {v.std(ddof=1) if len(v) > 1 else 0:{f}}") if len(runs) > 1 else (lambda v, f: f"{v[0]:{f}}")
+    for summary in summarise_runs(records):
+        runs = summary.runs
+        label = summary.first["backbone"] + (" (random weights)" if summary.first["weights"] == "random" else "")
+        if len(runs) > 1:
+            acc, loss = f"{summary.acc_mean:.1f} ± {summary.acc_std:.1f}", f"{summary.loss_mean:.4f} ± {summary.loss_std:.4f}"
+        else:
+            acc, loss = f"{summary.acc_mean:.1f}", f"{summary.loss_mean:.4f}"
         features_s = sum(r["timings"]["features_s"] for r in runs)
         train_s = sum(r["timings"]["train_s"] for r in runs)
-        lines.append(f"{label:<34} {','.join(r['split'] for r in runs):>6} {spread(acc, '.1f'):>15} {spread(loss, '.4f'):>15} "
-                     f"{features_s:>10.1f} {train_s:>8.2f} {runs[0]['device']}")
+        lines.append(f"{label:<34} {','.join(summary.splits):>6} {acc:>15} {loss:>15} {features_s:>10.1f} {train_s:>8.2f} {runs[0]['device']}")
     return "\n".join(lines)
 
 
@@ -102,12 +102,34 @@ def _cmd_compare(args: argparse.Namespace, workspace: Workspace) -> None:
         print(f"=== {config.backbone}{' (random weights)' if config.weights == 'random' else ''} on {args.dataset}, split {config.split}", flush=True)
 
     records = run_comparison(
-        dataset=args.dataset, backbones=args.backbones, split=args.split, head=head, random_weights_for=tuple(args.random_weights_for),
-        device=args.device, precision=args.precision, workspace=workspace, progress=ConsoleProgress(),
-        on_run_start=on_run_start, on_run=_print_run,
+        dataset=args.dataset, backbones=with_weights_overrides(args.backbones, parse_weights_overrides(args.weights)), split=args.split,
+        head=head, random_weights_for=tuple(args.random_weights_for), device=args.device, precision=args.precision, workspace=workspace,
+        progress=ConsoleProgress(), on_run_start=on_run_start, on_run=_print_run,
     )
     print(comparison_table(records))
     print(f"\nRecorded runs {', '.join(str(r['id']) for r in records)} in {workspace.registry_path}")
+
+
+def _cmd_probe(args: argparse.Namespace, workspace: Workspace) -> None:
+    from .fewshot import fewshot_table, parse_shots, protocols_table, result_rows, run_probe_suite
+
+    features = [v.strip() for v in args.features.split(",")] if args.features else None
+    records = run_probe_suite(
+        dataset=args.dataset, backbones=args.backbones, random_weights_for=tuple(args.random_weights_for),
+        protocols=[p.strip() for p in args.protocols.split(",")], features=features, shots=parse_shots(args.shots), seeds=args.seeds,
+        split=args.split, device=args.device, precision=args.precision, workspace=workspace, progress=ConsoleProgress(),
+    )
+    print("Test top-1 % on the whole training part, [95 % bootstrap interval over test images]")
+    print(protocols_table(records))
+    if any(r["shots"] is not None for r in records):
+        print(f"\nFew-shot: test top-1 %, mean ± std over {args.seeds} draws (validation part whole at every level)")
+        print(fewshot_table(records))
+    if args.json:
+        from .fileio import atomic_write_bytes
+
+        atomic_write_bytes(args.json, json.dumps({"results": result_rows(records)}, indent=1).encode("utf-8"))
+        print(f"\nWrote {args.json}")
+    print(f"\nRecorded {len(records)} runs (group {records[0]['group_id']}) in {workspace.registry_path}")
 
 
 def _cmd_prepare(args: argparse.Namespace, workspace: Workspace) -> None:
@@ -120,10 +142,30 @@ def _cmd_datasets(args: argparse.Namespace, workspace: Workspace) -> None:
         print(f"{entry.key:<30} {'prepared' if entry.prepared else 'not prepared':<13} {entry.name}")
 
 
+def with_weights_overrides(backbones: list[str], overrides: dict[str, str]) -> list[str]:
+    """``--weights NAME=PATH`` (``parse_weights_overrides``' dict): each pretrained NAME among ``backbones`` runs with PATH."""
+    plain = {spec for spec in backbones if parse_backbone(spec).weights == "pretrained"}
+    unknown = sorted(set(overrides) - plain)
+    if unknown:
+        raise FlowerProbeError(f"weights names {', '.join(unknown)}, which is not among the backbones {' '.join(backbones)} (with pretrained weights).")
+    return [f"{spec}{WEIGHTS_SEPARATOR}{overrides[spec]}" if spec in overrides else spec for spec in backbones]
+
+
 def _cmd_backbones(args: argparse.Namespace, workspace: Workspace) -> None:
-    for name in list_backbones():
-        config = get_config(name)
-        print(f"{name:<20} {config.feature_dim:>5}-d  {config.description}")
+    if args.timm is None:
+        for name in list_backbones():
+            config = get_config(name)
+            print(f"{name:<20} {config.feature_dim:>5}-d  {config.description}")
+        return
+    configs, more = list_timm_backbones(args.timm, limit=args.limit)
+    if not configs:
+        raise FlowerProbeError(f"No pretrained timm model matches {args.timm!r}; try a shorter pattern (e.g. dinov2, convnext, clip).")
+    width = max(len(c.name) for c in configs)
+    print(f"{'backbone':<{width}} {'features':>8} {'input':>9} {'resize':>6}  interpolation")
+    for config in configs:
+        print(f"{config.name:<{width}} {config.feature_dim:>6}-d {config.input_size:>4}x{config.input_size:<4} {config.resize:>6}  {config.interpolation}")
+    if more:
+        print(f"... and {more} more; narrow the pattern or raise --limit.")
 
 
 def _cmd_runs(args: argparse.Namespace, workspace: Workspace) -> None:
@@ -135,7 +177,8 @@ def _cmd_runs(args: argparse.Namespace, workspace: Workspace) -> None:
 def _cmd_predict(args: argparse.Namespace, workspace: Workspace) -> None:
     from .predict import Predictor  # only this command needs it
 
-    predictor = Predictor.from_run(args.run, workspace=workspace, device=args.device, progress=ConsoleProgress())
+    predictor = Predictor.from_run(args.run, workspace=workspace, device=args.device, progress=ConsoleProgress(),
+                                   extract_missing=True)  # a command line may take its time; a page queues a job
     predictions = predictor.predict([(path, path) for path in args.images])
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2, ensure_ascii=False))
@@ -150,31 +193,120 @@ def _cmd_predict(args: argparse.Namespace, workspace: Workspace) -> None:
         raise FlowerProbeError(f"None of the {len(predictions)} image(s) could be classified; the reasons are above.")
 
 
+def _cmd_map(args: argparse.Namespace, workspace: Workspace) -> None:
+    from .datasets import load_dataset
+    from .features import extract_features
+    from .projection import MAP_METHODS, MapParams, cached_map, map_png
+
+    dataset = load_dataset(args.dataset, workspace)
+    features = extract_features(dataset, args.backbone, workspace=workspace, weights=args.weights, progress=ConsoleProgress())
+    params = MapParams(perplexity=args.perplexity, n_neighbors=args.n_neighbors, min_dist=args.min_dist)
+    feature_map = cached_map(features.features, method=args.method, params=params, cache_dir=workspace.features_dir / "maps",
+                             progress=ConsoleProgress())
+    title = f"{dataset.name} · {args.backbone} ({args.weights}) · {MAP_METHODS[args.method]}, {params.describe(args.method)}"
+    png = map_png(feature_map.embedding, dataset.labels[features.rows], class_names=dataset.class_names, title=title)
+    atomic_write_bytes(args.out, png)
+    print(f"Wrote {args.out} ({len(features.rows)} images)")
+
+
+def _cmd_patches(args: argparse.Namespace, workspace: Workspace) -> None:
+    from pathlib import Path
+
+    from .patches import patch_grids, patch_views, png_bytes, sign_note, view_sheet
+
+    grids = patch_grids([(Path(path).name, path) for path in args.images], backbone=args.backbone, weights=args.weights,
+                        workspace=workspace, progress=ConsoleProgress())
+    views, pca = patch_views(grids, threshold=args.threshold)
+    for index, view in enumerate(views):
+        out = Path(args.out) / f"{index:03d}-{Path(view.name).stem}-patches.png"
+        atomic_write_bytes(out, png_bytes(view_sheet(view)))
+        print(f"Wrote {out}: photo | first component | foreground (> {args.threshold:g}) | RGB of 3 components")
+    print(f"{views[0].kind} on a {views[0].grid[0]} x {views[0].grid[1]} grid. {sign_note(pca)}")
+
+
+def _cmd_extract(args: argparse.Namespace, workspace: Workspace) -> None:
+    from .features import extract_features, read_features
+    from .variants import check_variant
+
+    variants = [check_variant(args.backbone, v) for v in (args.features or [None])]
+    dataset = prepare_dataset(args.dataset, workspace, progress=ConsoleProgress())
+    common = {"workspace": workspace, "weights": args.weights, "precision": args.precision, "batch_size": args.batch_size,
+              "progress": ConsoleProgress(), "variant": variants[0]}
+    if args.engine == "ray":
+        from .ray_extract import extract_features_ray
+
+        result = extract_features_ray(dataset, args.backbone, address=args.ray_address, num_gpus_per_worker=args.num_gpus_per_worker, **common)
+    else:
+        result = extract_features(dataset, args.backbone, device=args.device, **common)
+    how = "read from the cache" if result.from_cache else f"computed in {result.seconds:.1f} s ({result.images_per_second:.1f} images/s)"
+    print(f"{dataset.name} · {args.backbone}: {len(result.rows)} images, {how}, {result.precision} on {result.device}")
+    for variant in variants:  # every variant came from the same pass: the others are read, not computed
+        features = result if variant == result.variant else read_features(result.cache_path, variant=variant)
+        print(f"  {variant}: {features.features.shape[1]}-d")
+    if result.skipped:
+        print(f"Skipped {len(result.skipped)} unreadable image(s), first: {result.skipped[0][0]}: {result.skipped[0][1]}")
+    print(f"Cache: {result.cache_path}")
+
+
+def _backbone_spec(text: str) -> str:
+    """argparse type of ``--backbones``: ``NAME``, ``NAME@random`` or ``NAME@<checkpoint>`` with a known NAME."""
+    try:
+        get_config(parse_backbone(text).backbone)
+    except FlowerProbeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="Flower Probe: how good are a frozen backbone's features for my classes?")
     sub = parser.add_subparsers(dest="command", required=True)
 
     compare = sub.add_parser("compare", help="train a head on each backbone's frozen features and compare them")
-    compare.add_argument("--dataset", default="oxford17", help="oxford17, synthetic, or folder:<name under the data root>")
-    compare.add_argument("--backbones", nargs="+", default=["dinov2_vits14", "resnet50"], choices=list_backbones(), metavar="NAME")
-    compare.add_argument("--random-weights-for", nargs="*", default=[], metavar="NAME", help="use random weights for these backbones")
-    compare.add_argument("--split", default="1", help="1, 2, 3 or all (Oxford 17's official splits; other datasets have split 1)")
-    compare.add_argument("--head", default="mlp", choices=HEAD_TYPES)
-    compare.add_argument("--epochs", type=int, default=5)
-    compare.add_argument("--lr", type=float, default=1e-3)
-    compare.add_argument("--batch-size", type=int, default=64)
-    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--dataset", default=REFERENCE.dataset, help="oxford17, synthetic, or folder:<name under the data root>")
+    compare.add_argument(
+        "--backbones", nargs="+", default=list(REFERENCE.backbones), type=_backbone_spec, metavar="NAME[@random]",
+        help=f"from: {', '.join(list_backbones())}. NAME@random runs it with random weights, NAME@<checkpoint path> with that file; "
+             "the same NAME may appear twice (efficientnet_lite0 efficientnet_lite0@random: how much does pretraining matter?)",
+    )
+    compare.add_argument("--random-weights-for", nargs="*", default=[], metavar="NAME", help="use random weights for these backbones (instead of pretrained)")
+    compare.add_argument("--weights", nargs="+", default=[], metavar="NAME=PATH",
+                         help="run backbone NAME with this checkpoint (.pth state dict or .safetensors): timm:convnext_tiny=/path/ft.safetensors")
+    compare.add_argument("--split", default=REFERENCE.split, help="1, 2, 3 or all (Oxford 17's official splits; other datasets have split 1)")
+    compare.add_argument("--head", default=HEAD_DEFAULTS.head, choices=HEAD_TYPES)
+    compare.add_argument("--epochs", type=int, default=HEAD_DEFAULTS.epochs)
+    compare.add_argument("--lr", type=float, default=HEAD_DEFAULTS.lr)
+    compare.add_argument("--batch-size", type=int, default=HEAD_DEFAULTS.batch_size)
+    compare.add_argument("--seed", type=int, default=HEAD_DEFAULTS.seed)
     compare.add_argument("--standardise", action="store_true", help="centre and scale each feature by the training part's mean and std before the head")
     compare.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     compare.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     compare.set_defaults(handler=_cmd_compare)
+
+    probe = sub.add_parser("probe", help="probe frozen features the field's ways (mlp, linear, logreg, k-NN, NCM), few-shot, with intervals")
+    probe.add_argument("--dataset", default=REFERENCE.dataset, help="oxford17, synthetic, or folder:<name under the data root>")
+    probe.add_argument("--backbones", nargs="+", default=list(REFERENCE.backbones), type=_backbone_spec, metavar="NAME[@random]",
+                       help="as for compare: NAME, NAME@random or NAME@<checkpoint path>")
+    probe.add_argument("--random-weights-for", nargs="*", default=[], metavar="NAME", help="use random weights for these backbones")
+    probe.add_argument("--protocols", default="mlp,linear,logreg,knn,ncm", help="comma-separated, from mlp, linear, logreg, knn, ncm")
+    probe.add_argument("--features", default="", help="comma-separated variants (cls, patch_mean, cls+patch_mean, last4; gap for CNNs); "
+                       "default: each backbone's own (cls for ViTs, gap for CNNs)")
+    probe.add_argument("--shots", default="all", help="training images per class, comma-separated, e.g. 1,2,4,8,16,all")
+    probe.add_argument("--seeds", type=int, default=5, help="random draws per few-shot level (the whole training part runs once)")
+    probe.add_argument("--split", default=REFERENCE.split, help="one split: 1, 2 or 3 (Oxford 17), 1 elsewhere")
+    probe.add_argument("--json", metavar="PATH", help="also write every run's result as JSON")
+    probe.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    probe.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    probe.set_defaults(handler=_cmd_probe)
 
     prepare = sub.add_parser("prepare", help="download Oxford 17 or generate Synthetic Flowers")
     prepare.add_argument("--dataset", required=True)
     prepare.set_defaults(handler=_cmd_prepare)
 
     sub.add_parser("datasets", help="list datasets").set_defaults(handler=_cmd_datasets)
-    sub.add_parser("backbones", help="list backbones").set_defaults(handler=_cmd_backbones)
+    backbones = sub.add_parser("backbones", help="list backbones (built-in, or timm's pretrained models with --timm)")
+    backbones.add_argument("--timm", metavar="PATTERN", help=f"list timm's pretrained models matching PATTERN (e.g. dinov2; wildcards allowed), usable as {TIMM_PREFIX}<name>")
+    backbones.add_argument("--limit", type=int, default=25, help="at most this many models with --timm (each costs a meta-device build)")
+    backbones.set_defaults(handler=_cmd_backbones)
     runs = sub.add_parser("runs", help="list recorded runs")
     runs.add_argument("--limit", type=int, default=30)
     runs.set_defaults(handler=_cmd_runs)
@@ -185,6 +317,38 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print the predictions as JSON")
     predict.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     predict.set_defaults(handler=_cmd_predict)
+
+    map_ = sub.add_parser("map", help="write a static t-SNE, UMAP or PCA map of a backbone's features as a PNG")
+    map_.add_argument("--dataset", required=True, help="oxford17, synthetic, or folder:<name under the data root>")
+    map_.add_argument("--backbone", required=True, metavar="NAME", help="a name from `backbones`, or timm:<tag>")
+    map_.add_argument("--weights", default="pretrained", help="pretrained, random, or a checkpoint path")
+    map_.add_argument("--method", default="tsne", choices=["tsne", "umap", "pca"])
+    map_.add_argument("--perplexity", type=float, default=30.0, help="t-SNE; at most (images - 1) / 3")
+    map_.add_argument("--n-neighbors", type=int, default=15, help="UMAP; from 2 to images - 1")
+    map_.add_argument("--min-dist", type=float, default=0.1, help="UMAP; from 0 to 1")
+    map_.add_argument("--out", required=True, metavar="PNG")
+    map_.set_defaults(handler=_cmd_map)
+
+    patches = sub.add_parser("patches", help="write the patch-PCA view (DINOv2's figure) of images as PNGs")
+    patches.add_argument("--backbone", required=True, metavar="NAME", help="a ViT (patch tokens) or a CNN (last feature map)")
+    patches.add_argument("--weights", default="pretrained", help="pretrained, random, or a checkpoint path")
+    patches.add_argument("--threshold", type=float, default=0.5, help="foreground threshold on the first component, 0-1")
+    patches.add_argument("images", nargs="+", metavar="IMAGE")
+    patches.add_argument("--out", required=True, metavar="DIR")
+    patches.set_defaults(handler=_cmd_patches)
+
+    extract = sub.add_parser("extract", help="extract and cache a backbone's features for a dataset (locally or on Ray)")
+    extract.add_argument("--dataset", required=True, help="oxford17, synthetic, or folder:<name under the data root>")
+    extract.add_argument("--backbone", required=True, metavar="NAME", help="a name from `backbones`, or timm:<tag>")
+    extract.add_argument("--weights", default="pretrained", help="pretrained, random, or a checkpoint path")
+    extract.add_argument("--engine", default="local", choices=["local", "ray"], help="ray: a Ray Data job (pip install 'ray[data]')")
+    extract.add_argument("--ray-address", default=None, metavar="ADDR", help="the Ray cluster (auto, ray://host:10001); default a local one")
+    extract.add_argument("--batch-size", type=int, default=64)
+    extract.add_argument("--num-gpus-per-worker", type=float, default=0.0, metavar="G", help="Ray engine: GPUs per model actor")
+    extract.add_argument("--features", nargs="*", default=None, metavar="VARIANT", help="check these variants exist (all are cached)")
+    extract.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"], help="local engine")
+    extract.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    extract.set_defaults(handler=_cmd_extract)
     return parser
 
 

@@ -57,7 +57,8 @@ class Dataset:
     labels: np.ndarray  # shape (n_images,), int64 index into class_names
     splits: dict[str, dict[str, np.ndarray]]  # split id -> {"train"|"val"|"test": row indices}
     synthetic: bool = False
-    notes: tuple[str, ...] = field(default=())  # things the user should know (ignored files, ...)
+    # Paths (relative to root, POSIX) the user excluded (core.exclusions): left out of every list above.
+    excluded: tuple[str, ...] = field(default=())
 
     @property
     def num_classes(self) -> int:
@@ -182,28 +183,32 @@ def load_folder_dataset(
 # ----------------------------------------------------------------------------------------------- oxford 17
 
 
-def _oxford17_manual_hint(folder: Path) -> str:
-    names = " and ".join(f"{file} ({url})" for file, url, _ in OXFORD17_FILES)
+def _oxford17_manual_hint(folder: Path, files: tuple[tuple[str, str, str], ...] = OXFORD17_FILES) -> str:
+    names = " and ".join(f"{file} ({url})" for file, url, _ in files)
     return f"Download {names} with a browser and put both files in {folder}, then prepare the dataset again."
 
 
-def prepare_oxford17(workspace: Workspace, *, progress: ProgressCallback | None = None) -> Dataset:
+def prepare_oxford17(
+    workspace: Workspace, *, progress: ProgressCallback | None = None, files: tuple[tuple[str, str, str], ...] = OXFORD17_FILES,
+) -> Dataset:
     """Download (if missing), verify, and extract Oxford 17; then load it.
 
-    Files the user placed by hand in ``<data root>/oxford17/`` are used as they are.
+    Files the user placed by hand in ``<data root>/oxford17/`` are used as they are. ``files`` is
+    ``(file name, URL, MD5)`` per file: the official ones; a mirror (or a test's local server) passes its own,
+    and whoever does so answers for its checksums.
     """
     folder = workspace.data_root / OXFORD17_DIRNAME
     folder.mkdir(parents=True, exist_ok=True)
-    for file_name, url, expected_md5 in OXFORD17_FILES:
+    for file_name, url, expected_md5 in files:
         target = folder / file_name
         if target.exists():
             if file_digest(target, "md5") != expected_md5:
                 raise MissingFileError(
                     f"{target} does not match the official MD5 {expected_md5}: it is incomplete or a different file. "
-                    f"Delete it so it is downloaded again, or: {_oxford17_manual_hint(folder)}"
+                    f"Delete it so it is downloaded again, or: {_oxford17_manual_hint(folder, files)}"
                 )
             continue
-        download(url, target, md5=expected_md5, what=file_name, manual_hint=_oxford17_manual_hint(folder), progress=progress)
+        download(url, target, md5=expected_md5, what=file_name, manual_hint=_oxford17_manual_hint(folder, files), progress=progress)
     if not (folder / "jpg").is_dir():
         report(progress, "extract", 0, 1, message="Extracting 17flowers.tgz")
         # Extract aside and move jpg/ in last, so an interrupted extraction never looks complete.
@@ -234,11 +239,17 @@ def _read_oxford17_splits(mat_path: Path, n_images: int) -> dict[str, dict[str, 
     return splits
 
 
+def oxford17_prepared(workspace: Workspace) -> bool:
+    """The one test of whether Oxford 17 is ready to load: its photos are extracted and its split file is there."""
+    folder = workspace.data_root / OXFORD17_DIRNAME
+    return (folder / "jpg").is_dir() and (folder / "datasplits.mat").is_file()
+
+
 def load_oxford17(workspace: Workspace) -> Dataset:
     folder = workspace.data_root / OXFORD17_DIRNAME
     n_images = len(OXFORD17_CLASSES) * OXFORD17_IMAGES_PER_CLASS
     image_dir = folder / "jpg"
-    if not (folder / "datasplits.mat").exists() or not image_dir.is_dir():
+    if not oxford17_prepared(workspace):
         raise MissingFileError(f"Oxford 17 is not prepared. {_oxford17_manual_hint(folder)}")
     paths = tuple((image_dir / f"image_{i:04d}.jpg").resolve() for i in range(1, n_images + 1))
     missing = [p.name for p in paths if not p.exists()]
@@ -273,7 +284,7 @@ def prepare_synthetic(workspace: Workspace, *, seed: int = 0, progress: Progress
 def load_synthetic(workspace: Workspace, *, seed: int = 0) -> Dataset:
     folder = synthetic_folder(workspace, seed)
     if not (folder / "dataset.json").exists():
-        raise MissingFileError(f"Synthetic Flowers is not generated yet: prepare the 'synthetic' dataset first (it takes seconds).")
+        raise MissingFileError("Synthetic Flowers is not generated yet: prepare the 'synthetic' dataset first (it takes seconds).")
     return load_folder_dataset(folder, key=SYNTHETIC_KEY, name="Synthetic Flowers (synthetic)", synthetic=True)
 
 
@@ -287,24 +298,43 @@ def _folder_path(workspace: Workspace, key: str) -> Path:
     return contained_path(workspace.data_root, relative)
 
 
-def load_dataset(key: str, workspace: Workspace) -> Dataset:
-    """Load a prepared dataset by key, without downloading or generating anything."""
+def dataset_folder(key: str, workspace: Workspace) -> Path:
+    """The folder dataset ``key`` lives in (its ``Dataset.root``), found without reading the dataset."""
+    if key == OXFORD17_KEY:
+        return (workspace.data_root / OXFORD17_DIRNAME).resolve()
+    if key == SYNTHETIC_KEY:
+        return synthetic_folder(workspace).resolve()
+    if key.startswith(FOLDER_PREFIX):
+        return _folder_path(workspace, key)
+    raise DatasetError(f"dataset must be 'oxford17', 'synthetic' or 'folder:<name under {workspace.data_root}>', got {key!r}.")
+
+
+def load_dataset(key: str, workspace: Workspace, *, exclusions: bool = True) -> Dataset:
+    """Load a prepared dataset by key, without downloading or generating anything.
+
+    The images the user excluded (``core.exclusions``) are left out unless ``exclusions`` is False.
+    """
+    from .exclusions import apply_exclusions
+
+    dataset = _load_dataset_files(key, workspace)
+    return apply_exclusions(dataset, workspace) if exclusions else dataset
+
+
+def _load_dataset_files(key: str, workspace: Workspace) -> Dataset:
     if key == OXFORD17_KEY:
         return load_oxford17(workspace)
     if key == SYNTHETIC_KEY:
         return load_synthetic(workspace)
-    if key.startswith(FOLDER_PREFIX):
-        folder = _folder_path(workspace, key)
-        return load_folder_dataset(folder, key=f"{FOLDER_PREFIX}{folder.relative_to(workspace.data_root.resolve())}", name=folder.name)
-    raise DatasetError(f"dataset must be 'oxford17', 'synthetic' or 'folder:<name under {workspace.data_root}>', got {key!r}.")
+    folder = dataset_folder(key, workspace)  # a folder dataset's, or the error naming the keys allowed
+    return load_folder_dataset(folder, key=f"{FOLDER_PREFIX}{folder.relative_to(workspace.data_root.resolve())}", name=folder.name)
 
 
 def prepare_dataset(key: str, workspace: Workspace, *, progress: ProgressCallback | None = None) -> Dataset:
     """Like ``load_dataset``, but downloads Oxford 17 or generates Synthetic Flowers when missing."""
     if key == OXFORD17_KEY:
-        return prepare_oxford17(workspace, progress=progress)
-    if key == SYNTHETIC_KEY:
-        return prepare_synthetic(workspace, progress=progress)
+        prepare_oxford17(workspace, progress=progress)
+    elif key == SYNTHETIC_KEY:
+        prepare_synthetic(workspace, progress=progress)
     return load_dataset(key, workspace)
 
 
@@ -314,13 +344,22 @@ class DatasetEntry:
     name: str
     prepared: bool
 
+    @property
+    def state(self) -> str:
+        """The one wording of a dataset's state, on every page and in the CLI."""
+        if self.prepared:
+            return "prepared"
+        if self.key == OXFORD17_KEY:
+            return "not prepared: downloaded (about 60 MB) when first used"
+        return "not prepared: generated (seconds) when first used"
+
 
 def list_datasets(workspace: Workspace) -> list[DatasetEntry]:
     """The datasets the user can pick: the two built-ins (prepared or not) and every folder under the data root."""
     from .synthetic import DEFAULT_DIRNAME
 
     entries = [
-        DatasetEntry(OXFORD17_KEY, "Oxford 17 flowers", (workspace.data_root / OXFORD17_DIRNAME / "jpg").is_dir()),
+        DatasetEntry(OXFORD17_KEY, "Oxford 17 flowers", oxford17_prepared(workspace)),
         DatasetEntry(SYNTHETIC_KEY, "Synthetic Flowers (synthetic)", (synthetic_folder(workspace) / "dataset.json").exists()),
     ]
     if workspace.data_root.is_dir():

@@ -10,26 +10,55 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import http.client
 import os
+import socket
+import sqlite3
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from .errors import MissingFileError, UnsafePathError, WorkspaceWriteError
 from .progress import ProgressCallback, RateMeter, report
 
-_DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+# errno values of a full or read-only disk, a quota, or a folder the process may not write.
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT})
+# SQLite's primary result codes for the same conditions (extended codes carry them in the low byte).
+_DISK_SQLITE_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM,
+                                sqlite3.SQLITE_IOERR})
 
 
-def _workspace_write_error(path: Path, exc: OSError) -> WorkspaceWriteError:
-    reason = os.strerror(exc.errno) if exc.errno else str(exc)
-    return WorkspaceWriteError(
-        f"Could not write {path}: {reason}. Free some disk space or make the workspace writable "
-        f"(set FLOWER_PROBE_WORKSPACE to another folder); files saved earlier are unchanged."
-    )
+def _disk_reason(exc: Exception) -> str | None:
+    """Why ``exc`` is a full or read-only disk, or None when it is some other error."""
+    if isinstance(exc, sqlite3.OperationalError):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return str(exc) if code is not None and code & 0xFF in _DISK_SQLITE_CODES else None
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
+        return os.strerror(exc.errno)
+    return None
+
+
+@contextlib.contextmanager
+def disk_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a full or read-only disk inside the block into ``WorkspaceWriteError`` naming ``path`` and what to do.
+
+    Covers ``OSError`` (disk full, read-only file system, quota, permission) and SQLite's equivalents;
+    every other error passes through unchanged. The one place Flower Probe words this message.
+    """
+    try:
+        yield
+    except (OSError, sqlite3.OperationalError) as exc:
+        reason = _disk_reason(exc)
+        if reason is None:
+            raise
+        raise WorkspaceWriteError(
+            f"Could not write {path}: {reason}. Free some disk space or make the workspace writable "
+            f"(set FLOWER_PROBE_WORKSPACE to another folder); files saved earlier are unchanged."
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -40,28 +69,19 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     Disk-full and permission errors become ``WorkspaceWriteError`` with a message saying what to do.
     """
     target = Path(path)
-    try:
+    with disk_errors(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
-    except OSError as exc:
-        if exc.errno in _DISK_ERRNOS:
-            raise _workspace_write_error(target, exc) from exc
-        raise
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno in _DISK_ERRNOS:
-            raise _workspace_write_error(target, exc) from exc
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        tmp = Path(tmp_name)
+        try:
+            yield tmp
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -146,38 +166,128 @@ def file_digest(
     return _DIGESTS[key]
 
 
+# HTTP statuses worth another try: the server is overloaded or restarting; any other 4xx will not change.
+_RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class _Restart(Exception):
+    """The server does not resume (no 206 for our Range request): start the file again from byte 0."""
+
+
+def _partial_path(target: Path) -> Path:
+    """Where a download in progress lives: beside the target, under a name nothing reads as the finished file."""
+    return target.with_name(f".{target.name}.part")
+
+
+def _fetch_into(url: str, partial: Path, *, timeout_s: float, on_bytes: Callable[[int, int, float], None]) -> None:
+    """Append ``url``'s remaining bytes to ``partial``, asking for them with a Range request when it has some.
+
+    ``on_bytes(done, total, bytes_per_s)`` after every chunk. Raises ``_Restart`` when the server ignores the range.
+    """
+    offset = partial.stat().st_size if partial.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout_s)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset:  # the partial file is not a prefix of this file (or already whole)
+            raise _Restart() from exc
+        raise
+    with response:
+        if offset and response.status != 206:
+            raise _Restart()
+        length = int(response.headers.get("Content-Length") or 0)
+        total = offset + length if length else 0
+        meter = RateMeter()
+        with open(partial, "ab") as out:
+            done = offset
+            # read1 returns what one receive brings, so a server that stalls hits the socket timeout even when it
+            # trickles; read(n) would wait for all n bytes.
+            while chunk := response.read1(1 << 20):
+                out.write(chunk)
+                done += len(chunk)
+                on_bytes(done, total, meter.rate(done - offset))
+            out.flush()
+            os.fsync(out.fileno())
+        if total and done < total:
+            raise ConnectionError(f"the connection closed after {done} of {total} bytes")
+
+
 def download(
     url: str,
     destination: str | os.PathLike,
     *,
     md5: str | None = None,
+    sha256_prefix: str | None = None,
     what: str,
     manual_hint: str,
     progress: ProgressCallback | None = None,
     timeout_s: float = 15.0,
+    retries: int = 4,
+    backoff_s: float = 1.0,
 ) -> Path:
-    """Download ``url`` to ``destination`` with progress, checksum check and an atomic finish.
+    """Download ``url`` to ``destination``: progress, resume, bounded retries, checksum, atomic finish.
 
-    Offline (or on any network error) raise ``MissingFileError`` whose message names the file and
-    ``manual_hint`` (where to put it by hand) instead of hanging or leaving a partial file.
+    The bytes go to a partial file beside the destination (``.<name>.part``); an interrupted download is resumed
+    from it with an HTTP Range request, on the next attempt or the next call. Only a complete file whose checksum
+    (``md5`` and/or ``sha256_prefix``, where known) matches is renamed onto ``destination``, so the destination
+    never holds part of a file.
+
+    Parameters
+    ----------
+    timeout_s : float
+        Stall limit: seconds without a single byte from the server before the attempt fails.
+    retries, backoff_s : int, float
+        Connection errors, stalls and 5xx/429 answers are retried ``retries`` times, waiting ``backoff_s``,
+        then twice as long each time (1, 2, 4, 8 s by default); a 404 or other 4xx is not.
+
+    Raises
+    ------
+    MissingFileError
+        Offline, a missing file, a corrupt download (checksum mismatch: nothing is kept) or retries exhausted
+        (the partial file is kept for the next call): names the file and URL and adds ``manual_hint``.
     """
     target = Path(destination)
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response, atomic_write(target) as tmp:
-            total = int(response.headers.get("Content-Length") or 0)
-            done = 0
-            meter = RateMeter()
-            with open(tmp, "wb") as out:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    done += len(chunk)
-                    report(progress, "download", done, total, message=f"{what}: {done / 1e6:.1f} MB", rate=meter.rate(done))
-            if md5 is not None and (actual := file_digest(tmp, "md5")) != md5:
+    partial = _partial_path(target)
+
+    def on_bytes(done: int, total: int, rate: float) -> None:
+        size = f"{done / 1e6:.1f} of {total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB"
+        report(progress, "download", done, total, rate=rate, message=f"{what}: {size} at {rate / 1e6:.2f} MB/s")
+
+    with disk_errors(target):
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        attempt = 0
+        while True:
+            try:
+                _fetch_into(url, partial, timeout_s=timeout_s, on_bytes=on_bytes)
+                break
+            except _Restart:
+                partial.unlink(missing_ok=True)
+                continue
+            except urllib.error.HTTPError as exc:
+                if exc.code not in _RETRY_STATUSES or attempt >= retries:
+                    partial.unlink(missing_ok=True)  # wrong URL or refused: the bytes so far are of no use
+                    raise MissingFileError(
+                        f"Could not download {what} from {url}: the server answered {exc.code} {exc.reason}. {manual_hint}"
+                    ) from exc
+            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+                # A host name that does not resolve means no network (offline): waiting will not bring it.
+                offline = isinstance(getattr(exc, "reason", None), socket.gaierror)
+                if attempt >= retries or offline:
+                    reason = getattr(exc, "reason", exc) or type(exc).__name__
+                    kept = partial.stat().st_size if partial.exists() else 0
+                    resume = f" {kept / 1e6:.1f} MB are kept in {partial}; trying again resumes from there." if kept else ""
+                    raise MissingFileError(
+                        f"Could not download {what} from {url} ({reason}) after {attempt + 1} attempt(s).{resume} "
+                        f"{manual_hint}"
+                    ) from exc
+            time.sleep(backoff_s * 2**attempt)
+            attempt += 1
+        for algorithm, expected in (("md5", md5), ("sha256", sha256_prefix)):
+            if expected is not None and not (actual := file_digest(partial, algorithm)).startswith(expected):
+                partial.unlink(missing_ok=True)
                 raise MissingFileError(
-                    f"{what} downloaded from {url} has MD5 {actual}, expected {md5}: the download is corrupt. "
-                    f"Try again, or {manual_hint}"
+                    f"{what} downloaded from {url} has {algorithm.upper()} {actual}, expected {expected}: the download "
+                    f"is corrupt and was deleted. Try again, or {manual_hint}"
                 )
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise MissingFileError(f"Could not download {what} from {url} ({reason}). {manual_hint}") from exc
+        os.replace(partial, target)
     return target

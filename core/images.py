@@ -97,7 +97,7 @@ def load_image(
     label = name if name is not None else _source_name(source)
     if isinstance(source, (str, os.PathLike)):
         try:
-            handle = open(source, "rb")
+            handle = open(source, "rb")  # noqa: SIM115 - opened apart, so only its failure reads "could not be opened"
         except OSError as exc:
             raise _refusal(label, f"the file could not be opened ({exc.strerror or exc})") from exc
         with handle:

@@ -3,32 +3,37 @@
 One ``JobRunner`` per server process (the dashboard keeps it in ``st.cache_resource``) owns one
 worker thread and a FIFO queue, so two launches never fight over one GPU; every teammate's page
 sees the same jobs. A page polls ``runner.jobs()`` for snapshots; closing or refreshing a tab
-does not touch the work. Cancelling sets a flag that the job's progress callback turns into
-``CancelledError`` at the next progress report, so the run is recorded as cancelled.
+does not touch the work. Cancelling a running job marks it ``cancelling`` at once (what the job card
+shows) and sets a flag that the job's progress callback turns into ``CancelledError`` at the next
+progress report (feature extraction reports every batch), so the job stops within a batch and its run
+is recorded as cancelled. Job ids come from a counter file in the workspace, so they do not repeat when
+the server restarts (run ids, from the registry, never did).
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
+import fcntl
+import os
 import queue
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 from .errors import CancelledError, FlowerProbeError
-from .progress import ProgressCallback, ProgressEvent
-
-JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+from .fileio import atomic_write_bytes, disk_errors
+from .progress import ProgressEvent
 
 
 @dataclass
 class Job:
     id: int
     title: str
-    status: str = "queued"
+    status: str = "queued"  # queued -> running -> (cancelling ->) completed, failed or cancelled
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
@@ -41,7 +46,7 @@ class Job:
 
     @property
     def active(self) -> bool:
-        return self.status in ("queued", "running")
+        return self.status in ("queued", "running", "cancelling")
 
 
 JobTarget = Callable[["JobContext"], Any]
@@ -50,7 +55,7 @@ JobTarget = Callable[["JobContext"], Any]
 class JobContext:
     """What a job's function gets: a progress callback that also checks for cancellation."""
 
-    def __init__(self, runner: "JobRunner", job: Job, cancel: threading.Event) -> None:
+    def __init__(self, runner: JobRunner, job: Job, cancel: threading.Event) -> None:
         self._runner = runner
         self._job = job
         self._cancel = cancel
@@ -64,6 +69,11 @@ class JobContext:
             else:
                 self._job.stage = event
 
+    @property
+    def cancel_requested(self) -> bool:
+        """True once the user asked to cancel: for long steps that do not report progress often."""
+        return self._cancel.is_set()
+
     def set_current(self, description: str) -> None:
         with self._runner._lock:
             self._job.current = description
@@ -73,28 +83,61 @@ class JobContext:
             self._job.run_ids.append(run_id)
 
 
-class JobRunner:
-    """A FIFO of jobs run one at a time by a daemon worker thread."""
+JOB_COUNTER_FILENAME = "jobs.counter"  # in the workspace: the last job id given
 
-    def __init__(self) -> None:
+
+class JobIds:
+    """Job ids that never repeat: the last one given is kept in ``path``, behind an exclusive lock, so
+    a restarted server (or a second server on the same workspace) carries on from it. Without a path
+    (tests, scripts) ids count from 1 in memory."""
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self.path = None if path is None else Path(path)
+        self._last = 0
+
+    def next(self) -> int:
+        if self.path is None:
+            self._last += 1
+            return self._last
+        with disk_errors(self.path):  # a full or read-only workspace: the message every write gives
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+                try:
+                    last = int(self.path.read_text(encoding="ascii").strip() or 0)
+                except (FileNotFoundError, ValueError):
+                    last = 0  # a first start, or a file edited by hand
+                atomic_write_bytes(self.path, f"{last + 1}\n".encode("ascii"))
+        return last + 1
+
+
+class JobRunner:
+    """A FIFO of jobs run one at a time by a daemon worker thread.
+
+    ``counter_path``: the file keeping the last job id (``<workspace>/jobs.counter`` in the dashboard);
+    None counts from 1 in memory.
+    """
+
+    def __init__(self, *, counter_path: str | os.PathLike | None = None) -> None:
         self._lock = threading.Lock()
         self._jobs: dict[int, Job] = {}
         self._cancels: dict[int, threading.Event] = {}
         self._queue: queue.Queue[tuple[Job, JobTarget]] = queue.Queue()
-        self._ids = itertools.count(1)
+        self._ids = JobIds(counter_path)
         self._worker = threading.Thread(target=self._work, name="flower-probe-jobs", daemon=True)
         self._worker.start()
 
     def submit(self, title: str, target: JobTarget) -> Job:
         """Queue ``target(context)``; returns a snapshot of the queued job."""
         with self._lock:
-            job = Job(id=next(self._ids), title=title)
+            job = Job(id=self._ids.next(), title=title)
             self._jobs[job.id] = job
             self._cancels[job.id] = threading.Event()
         self._queue.put((job, target))
         return self.get(job.id)
 
     def cancel(self, job_id: int) -> None:
+        """Cancel a queued job now, or mark a running one ``cancelling`` until its next progress report stops it."""
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None or not job.active:
@@ -102,6 +145,8 @@ class JobRunner:
             self._cancels[job_id].set()
             if job.status == "queued":
                 job.status, job.finished_at, job.error = "cancelled", time.time(), "Cancelled before it started."
+            elif job.status == "running":
+                job.status = "cancelling"
 
     def get(self, job_id: int) -> Job:
         with self._lock:
@@ -148,17 +193,41 @@ class JobRunner:
 
 def comparison_job(**comparison_kwargs) -> JobTarget:
     """A job target running ``core.experiment.run_comparison`` with live progress and per-run bookkeeping."""
-    from .experiment import run_comparison
+    from .experiment import BackboneChoice, run_comparison
 
     def target(context: JobContext) -> list[int]:
+        started = []
+
         def on_run_start(config) -> None:
-            weights = " (random weights)" if config.weights == "random" else ""
-            context.set_current(f"{config.backbone}{weights}, split {config.split}")
+            started.append(config)
+            label = BackboneChoice(config.backbone, config.weights).label
+            context.set_current(f"{label}, split {config.split} (run {len(started)})")
 
         records = run_comparison(
             **comparison_kwargs, progress=context.progress, on_run_start=on_run_start, on_run=lambda r: context.add_run(r["id"])
         )
         return [r["id"] for r in records]
+
+    return target
+
+
+def extraction_job(
+    *, dataset: str, backbone: str, workspace, weights: str = "pretrained", device: str = "auto", precision: str = "auto",
+) -> JobTarget:
+    """A job target extracting and caching every feature variant of ``backbone`` for ``dataset`` (a dataset key).
+
+    For the Health page and for Classify when a run's features are missing. Returns a summary dict:
+    ``images`` (decoded), ``skipped``, ``from_cache``, ``cache_path``.
+    """
+    from .datasets import load_dataset
+    from .features import extract_features
+
+    def target(context: JobContext) -> dict:
+        context.set_current(f"{backbone} ({weights}) features of {dataset}")
+        result = extract_features(load_dataset(dataset, workspace), backbone, workspace=workspace, weights=weights,
+                                  device=device, precision=precision, progress=context.progress)
+        return {"images": len(result.rows), "skipped": len(result.skipped), "from_cache": result.from_cache,
+                "cache_path": str(result.cache_path)}
 
     return target
 

@@ -2,14 +2,15 @@
 
 Every long step takes ``progress: ProgressCallback | None`` and calls it with a ``ProgressEvent``.
 The CLI prints them; the job runner stores the latest one for the page to poll; the job runner's
-callback raises ``CancelledError`` when the user cancels, which stops the step cleanly.
+callback raises ``CancelledError`` when the user cancels, which stops the step cleanly. An event with a
+``rate`` knows its time left (``seconds_left``), which the job card and the CLI bar show.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,13 @@ class ProgressEvent:
     def fraction(self) -> float:
         return min(1.0, self.done / self.total) if self.total else 0.0
 
+    @property
+    def seconds_left(self) -> float | None:
+        """Time to finish this step at the current rate: ``(total - done) / rate``; None when unknown."""
+        if not self.rate or self.rate <= 0 or not self.total:
+            return None
+        return max(0, self.total - self.done) / self.rate
+
 
 ProgressCallback = Callable[[ProgressEvent], None]
 
@@ -35,8 +43,18 @@ def report(progress: ProgressCallback | None, stage: str, done: int, total: int,
         progress(ProgressEvent(stage=stage, done=done, total=total, **kwargs))
 
 
+def format_duration(seconds: float) -> str:
+    """``"45 s"``, ``"3 min 05 s"`` or ``"1 h 02 min"``: durations for estimates and time left."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
 class RateMeter:
-    """Items per second since construction, for progress events."""
+    """Items per second since construction, for progress events (``ProgressEvent.seconds_left`` follows from it)."""
 
     def __init__(self) -> None:
         self._start = time.perf_counter()

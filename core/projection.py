@@ -1,19 +1,32 @@
 """2-D maps of cached features for the embedding explorer, plus the nearest-neighbour maths it shares.
 
 - ``tsne_embedding``: PCA to 50 dimensions, then t-SNE (openTSNE by default: measured faster than
-  scikit-learn at 1,360 and 20,000 points).
-- ``embed_new_points``: places new images (uploads) on an existing map without recomputing it.
+  scikit-learn at 1,360 and 20,000 points; Barnes-Hut below 10,000 points, FFT from there, which is
+  how a 100,000-point map stays tractable: its cost per iteration grows linearly).
+- ``fit_map`` / ``cached_map``: a map by any of ``MAP_METHODS`` (t-SNE, UMAP, PCA) as a ``FeatureMap``
+  that also places new images on it (``FeatureMap.place``); ``cached_map`` keeps each map per
+  (features, method, parameters) in memory and on disk, so a rerun computes nothing.
+- ``embed_new_points``: places new images (uploads) on an existing t-SNE map without recomputing it.
 - ``cosine_neighbours``: k nearest reference rows by cosine distance (explorer and Classify page).
 - ``selection_to_rows``: turns Plotly point payloads (hover, click, lasso) into global row ids.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from plotly.colors import qualitative
 
 from .errors import FlowerProbeError
+from .fileio import atomic_write
 from .progress import ProgressCallback, report
 
 TsneMethod = Literal["auto", "sklearn", "opentsne"]
@@ -132,7 +145,7 @@ def tsne_embedding(
         Cached backbone features.
     perplexity : float
         t-SNE perplexity, roughly the number of neighbours each point keeps close; must be in
-        (0, n_images).
+        (0, (n_images - 1) / 3]: each point needs 3 x perplexity neighbours.
     pca_components : int or None
         PCA first to this many dimensions (denoises and speeds up the neighbour search); ``None`` or
         a feature dimension at most this large skips it.
@@ -150,11 +163,7 @@ def tsne_embedding(
     """
     matrix = _as_matrix(features, name="features")
     n_images = matrix.shape[0]
-    if not 0 < perplexity < n_images:
-        raise FlowerProbeError(
-            f"perplexity must be greater than 0 and smaller than the number of points ({n_images}); "
-            f"got {perplexity}. Choose a smaller perplexity or include more images."
-        )
+    _check_perplexity(perplexity, n_images)
     if pca_components is not None and pca_components < 2:
         raise ValueError(f"pca_components must be None or at least 2; got {pca_components}.")
     resolved = _resolve_method(method)
@@ -168,6 +177,16 @@ def tsne_embedding(
         embedding = _tsne_opentsne(reduced, perplexity=perplexity, seed=seed, progress=progress)
     report(progress, "tsne", total, total, message="t-SNE done")
     return np.asarray(embedding, dtype=np.float64)
+
+
+def _check_perplexity(perplexity: float, n_points: int) -> None:
+    largest = (n_points - 1) / 3
+    if not 0 < perplexity <= largest:
+        raise FlowerProbeError(
+            f"perplexity must be greater than 0 and at most (points - 1) / 3 = {largest:g} for {n_points} points "
+            f"(t-SNE keeps 3 x perplexity neighbours per point); got {perplexity}. Choose a smaller perplexity "
+            f"or include more images."
+        )
 
 
 def _unit_rows(matrix: np.ndarray) -> np.ndarray:
@@ -284,3 +303,346 @@ def selection_to_rows(points: list[dict]) -> list[int]:
             raise ValueError(f"customdata[0] must be a non-negative integer row id; got {row!r} in {point!r}.")
         rows.setdefault(int(row), None)
     return list(rows)
+
+
+# ----------------------------------------------------------------------------------------------- map methods
+
+# 48 distinct colours (Oxford 17 needs 17), plotly's Dark24 then Light24: class i has colour i on every
+# map of a dataset (Explorer panels, the Classify map, the CLI's figures), whatever the method.
+CLASS_COLOURS = tuple(qualitative.Dark24) + tuple(qualitative.Light24)
+
+
+def class_colours(n_classes: int) -> list[str]:
+    """The colour of each class index, the same on every map (cycling past 48 classes)."""
+    return [CLASS_COLOURS[i % len(CLASS_COLOURS)] for i in range(n_classes)]
+
+
+# Method key -> the name pages and figures show.
+MAP_METHODS = {"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}
+# Below this a 2-D map says nothing, and UMAP's neighbour graph and t-SNE's perplexity have no room.
+MIN_MAP_POINTS = 5
+# Bump when a cached map's arrays change meaning, so old files are recomputed rather than misread.
+_MAP_FORMAT_VERSION = 1
+# Fitted maps kept in this process (UMAP's fitted model cannot go to disk without pickle): two
+# Explorer panels x three methods, plus a Classify map or two.
+_MEMORY_MAPS = 8
+
+
+@dataclass(frozen=True)
+class MapParams:
+    """Parameters of a map; only those of the chosen method enter its cache key (``MapParams.key``)."""
+
+    perplexity: float = 30.0  # t-SNE: openTSNE's and scikit-learn's default
+    n_neighbors: int = 15  # UMAP: umap-learn's default, the local-versus-global balance its authors chose
+    min_dist: float = 0.1  # UMAP: umap-learn's default; smaller packs clusters tighter
+    pca_components: int | None = 50  # before t-SNE and UMAP: denoises and speeds the neighbour search; None skips
+    seed: int = 0  # the same features, method and parameters always give the same map
+
+    def key(self, method: str) -> dict:
+        """The parameters that change ``method``'s map, as a JSON-ready dict."""
+        if method == "pca":
+            return {"seed": self.seed}
+        shared = {"pca_components": self.pca_components, "seed": self.seed}
+        if method == "tsne":
+            return {"perplexity": float(self.perplexity), **shared}
+        return {"n_neighbors": int(self.n_neighbors), "min_dist": float(self.min_dist), **shared}
+
+    def describe(self, method: str) -> str:
+        """One line for captions: ``perplexity 30, PCA to 50 dimensions first``."""
+        pca = f", PCA to {self.pca_components} dimensions first" if self.pca_components else ""
+        if method == "tsne":
+            return f"perplexity {self.perplexity:g}{pca}"
+        if method == "umap":
+            return f"{self.n_neighbors} neighbours, min_dist {self.min_dist:g}{pca}"
+        return "the first two principal components"
+
+
+def check_map_method(method: str) -> str:
+    if method not in MAP_METHODS:
+        raise FlowerProbeError(f"method must be one of {', '.join(MAP_METHODS)}; got {method!r}.")
+    return method
+
+
+def check_map_params(method: str, params: MapParams, n_points: int) -> None:
+    """Raise ``FlowerProbeError`` naming the parameter, its allowed range and the value when out of range."""
+    check_map_method(method)
+    if n_points < MIN_MAP_POINTS:
+        raise FlowerProbeError(
+            f"A map needs at least {MIN_MAP_POINTS} images; got {n_points}. Choose more images."
+        )
+    if params.pca_components is not None and params.pca_components < 2:
+        raise FlowerProbeError(f"pca_components must be None or at least 2; got {params.pca_components}.")
+    if method == "tsne":
+        _check_perplexity(params.perplexity, n_points)
+    elif method == "umap":
+        if isinstance(params.n_neighbors, bool) or not 2 <= params.n_neighbors <= n_points - 1:
+            raise FlowerProbeError(
+                f"n_neighbors must be from 2 to the number of points - 1 ({n_points - 1}) for {n_points} points; "
+                f"got {params.n_neighbors}. Choose fewer neighbours or include more images."
+            )
+        if not 0.0 <= params.min_dist <= 1.0:  # umap-learn requires min_dist <= spread, 1.0 by default
+            raise FlowerProbeError(f"min_dist must be from 0 to 1; got {params.min_dist}.")
+
+
+@dataclass(frozen=True)
+class _Linear:
+    """``(x - mean) @ components.T``: scikit-learn's PCA transform (no whitening), kept as arrays so it can be cached."""
+
+    mean: np.ndarray  # shape (dim,)
+    components: np.ndarray  # shape (k, dim)
+
+    def __call__(self, matrix: np.ndarray) -> np.ndarray:
+        return (np.asarray(matrix, dtype=np.float64) - self.mean) @ self.components.T
+
+
+def _fit_linear(matrix: np.ndarray, *, components: int, seed: int) -> _Linear:
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=min(components, *matrix.shape), random_state=seed).fit(matrix)
+    return _Linear(mean=pca.mean_.astype(np.float64), components=pca.components_.astype(np.float64))
+
+
+class FeatureMap:
+    """A 2-D map of reference features that can also place new images on it.
+
+    ``embedding`` (n_points, 2) holds the reference points' positions. ``place`` puts new features
+    on the map the way its method allows: PCA and UMAP by their own transform (UMAP's fitted model
+    lives only in memory; a map read back from disk refits it once, seeded, to place points), t-SNE
+    by ``embed_new_points`` (a t-SNE map has no transform of its own in scikit-learn, and this works
+    for every t-SNE map, cached or not).
+    """
+
+    def __init__(
+        self, *, method: str, params: MapParams, embedding: np.ndarray, reference: np.ndarray,
+        reducer: _Linear | None = None, model: object | None = None,
+    ) -> None:
+        self.method = method
+        self.params = params
+        self.embedding = embedding
+        self._reference = reference
+        self._reducer = reducer  # the PCA step in front of t-SNE and UMAP, or PCA's own projection
+        self._model = model  # UMAP's fitted model
+        self._lock = threading.Lock()
+
+    @property
+    def label(self) -> str:
+        return MAP_METHODS[self.method]
+
+    def place(self, new_features) -> np.ndarray:
+        """Positions of new images on this map.
+
+        Parameters
+        ----------
+        new_features : ndarray of shape (n_new, dim)
+            Features from the same backbone as the reference features.
+
+        Returns
+        -------
+        ndarray of shape (n_new, 2)
+        """
+        matrix = _as_matrix(new_features, name="new_features")
+        if matrix.shape[1] != self._reference.shape[1]:
+            raise FlowerProbeError(
+                f"new_features must have the map's feature dimension {self._reference.shape[1]}; got {matrix.shape[1]}."
+            )
+        if self.method == "tsne":
+            return embed_new_points(self._reference, self.embedding, matrix)
+        if self.method == "pca":
+            return self._reducer(matrix)
+        with self._lock:  # umap-learn's transform is not documented as thread-safe; pages share this object
+            if self._model is None:
+                self._model = _fit_umap(self._reduced(self._reference), self.params).model
+            return np.asarray(self._model.transform(self._reduced(matrix)), dtype=np.float64)
+
+    def _reduced(self, matrix: np.ndarray) -> np.ndarray:
+        return self._reducer(matrix).astype(np.float32) if self._reducer is not None else matrix
+
+
+@dataclass(frozen=True)
+class _UmapFit:
+    embedding: np.ndarray
+    model: object
+
+
+def _fit_umap(matrix: np.ndarray, params: MapParams) -> _UmapFit:
+    import umap  # imported here: numba compiles it on first import (~15 s), which only UMAP maps should pay
+
+    # random_state makes umap-learn single-threaded (n_jobs=1 says so) and reproducible; cosine as for
+    # every neighbour search here.
+    model = umap.UMAP(
+        n_components=2, n_neighbors=params.n_neighbors, min_dist=params.min_dist, metric="cosine",
+        random_state=params.seed, transform_seed=params.seed, n_jobs=1,
+    )
+    embedding = model.fit_transform(matrix)
+    return _UmapFit(embedding=np.asarray(embedding, dtype=np.float64), model=model)
+
+
+def fit_map(
+    features, *, method: str = "tsne", params: MapParams = MapParams(), progress: ProgressCallback | None = None
+) -> FeatureMap:
+    """Compute a 2-D map of ``features`` with ``method`` (no cache; see ``cached_map``).
+
+    Parameters
+    ----------
+    features : ndarray of shape (n_points, dim)
+    method : {"tsne", "umap", "pca"}
+        t-SNE keeps neighbourhoods and distorts global distances; PCA is linear and instant; UMAP
+        sits between and scales further.
+    params : MapParams
+    progress : ProgressCallback or None
+        Receives ``"map"`` events (and ``"tsne"`` events for t-SNE's iterations).
+
+    Returns
+    -------
+    FeatureMap
+    """
+    matrix = _as_matrix(features, name="features")
+    n_points, dim = matrix.shape
+    check_map_params(method, params, n_points)
+    label = MAP_METHODS[method]
+    report(progress, "map", 0, 2, message=f"{label} of {n_points:,} points")
+    if method == "pca":
+        reducer = _fit_linear(matrix, components=2, seed=params.seed)
+        result = FeatureMap(method=method, params=params, embedding=reducer(matrix), reference=matrix, reducer=reducer)
+    elif method == "tsne":
+        reducer = None
+        if params.pca_components is not None and dim > params.pca_components:
+            reducer = _fit_linear(matrix, components=params.pca_components, seed=params.seed)
+        embedding = tsne_embedding(
+            reducer(matrix) if reducer else matrix, perplexity=params.perplexity, pca_components=None,
+            seed=params.seed, progress=progress,
+        )
+        result = FeatureMap(method=method, params=params, embedding=embedding, reference=matrix, reducer=reducer)
+    else:
+        reducer = None
+        if params.pca_components is not None and dim > params.pca_components:
+            reducer = _fit_linear(matrix, components=params.pca_components, seed=params.seed)
+        reduced = reducer(matrix).astype(np.float32) if reducer else matrix
+        report(progress, "map", 1, 2, message=f"UMAP of {n_points:,} points: neighbour graph and layout")
+        fitted = _fit_umap(reduced, params)
+        result = FeatureMap(
+            method=method, params=params, embedding=fitted.embedding, reference=matrix, reducer=reducer, model=fitted.model
+        )
+    report(progress, "map", 2, 2, message=f"{label} done")
+    return result
+
+
+def map_cache_key(features, *, method: str, params: MapParams) -> str:
+    """Hex digest naming a map: the features' bytes and shape, the method and its parameters."""
+    matrix = np.ascontiguousarray(features, dtype=np.float32)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps({"v": _MAP_FORMAT_VERSION, "method": method, "params": params.key(method),
+                              "shape": list(matrix.shape)}, sort_keys=True).encode())
+    digest.update(memoryview(matrix).cast("B"))
+    return digest.hexdigest()
+
+
+_memory: OrderedDict[str, FeatureMap] = OrderedDict()
+_memory_lock = threading.Lock()
+
+
+def _read_map(path: Path, *, method: str, params: MapParams, reference: np.ndarray) -> FeatureMap | None:
+    try:
+        with np.load(path) as data:
+            embedding = data["embedding"]
+            reducer = _Linear(mean=data["mean"], components=data["components"]) if "mean" in data.files else None
+    except (OSError, ValueError, KeyError):  # absent, or damaged: recompute
+        return None
+    if embedding.shape != (len(reference), 2):
+        return None
+    return FeatureMap(method=method, params=params, embedding=embedding, reference=reference, reducer=reducer)
+
+
+def _write_map(path: Path, feature_map: FeatureMap) -> None:
+    arrays = {"embedding": feature_map.embedding}
+    if feature_map._reducer is not None:
+        arrays |= {"mean": feature_map._reducer.mean, "components": feature_map._reducer.components}
+    # a file object stops numpy from appending ".npz" to the temp name
+    with atomic_write(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def cached_map(
+    features, *, method: str = "tsne", params: MapParams = MapParams(), cache_dir: str | os.PathLike | None,
+    progress: ProgressCallback | None = None,
+) -> FeatureMap:
+    """``fit_map``, remembered per (features, method, parameters) in this process and under ``cache_dir``.
+
+    A map already made is returned at once (a ``"map"`` event says it came from the cache); with
+    ``cache_dir`` None only the in-process copy is kept. Files are ``<cache_dir>/<key>.npz``.
+    """
+    matrix = _as_matrix(features, name="features")
+    check_map_params(method, params, matrix.shape[0])
+    key = map_cache_key(matrix, method=method, params=params)
+    with _memory_lock:
+        found = _memory.get(key)
+        if found is not None:
+            _memory.move_to_end(key)
+    path = Path(cache_dir) / f"{key}.npz" if cache_dir is not None else None
+    if found is None and path is not None:
+        found = _read_map(path, method=method, params=params, reference=matrix)
+    if found is not None:
+        report(progress, "map", 2, 2, message=f"{MAP_METHODS[method]} map from cache")
+    else:
+        found = fit_map(matrix, method=method, params=params, progress=progress)
+        if path is not None:
+            _write_map(path, found)
+    with _memory_lock:
+        _memory[key] = found
+        while len(_memory) > _MEMORY_MAPS:
+            _memory.popitem(last=False)
+    return found
+
+
+
+# ----------------------------------------------------------------------------------------------- static figure
+
+# Pixels of the static map: 1,600 x 1,000 reads well on a slide and in a two-column paper at 300 dpi.
+_FIGURE_SIZE = (1600, 1000)
+_LEGEND_PX = 360  # the legend column on the right: 17 class names of up to ~30 characters
+_POINT_RADIUS = 4
+
+
+def map_png(embedding, labels, *, class_names, title: str) -> bytes:
+    """A static PNG of a map: one dot per image in its class colour (``class_colours``), a legend and a title.
+
+    Drawn with Pillow: this needs nothing but dots, text and a legend, and the project's plotting
+    library, Plotly, needs the kaleido package (not installed) to write images.
+
+    Parameters
+    ----------
+    embedding : ndarray of shape (n_points, 2)
+    labels : ndarray of shape (n_points,), class index of each point
+    class_names : sequence of str
+    title : str
+    """
+    import io
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    positions = np.asarray(embedding, dtype=np.float64)
+    labels = np.asarray(labels)
+    if positions.ndim != 2 or positions.shape[1] != 2 or len(labels) != len(positions):
+        raise ValueError(f"embedding must be (n, 2) and labels (n,); got {positions.shape} and {labels.shape}.")
+    width, height = _FIGURE_SIZE
+    image = Image.new("RGB", _FIGURE_SIZE, "white")
+    draw = ImageDraw.Draw(image)
+    font, title_font = ImageFont.load_default(size=18), ImageFont.load_default(size=26)
+    draw.text((24, 16), title, fill="#222222", font=title_font)
+    top, margin = 70, 24
+    plot_w, plot_h = width - _LEGEND_PX - 2 * margin, height - top - margin
+    low, span = positions.min(axis=0), np.ptp(positions, axis=0)
+    scale = min(plot_w / span[0] if span[0] else 1.0, plot_h / span[1] if span[1] else 1.0)  # equal axes
+    colours = class_colours(len(class_names))
+    for (x, y), label in zip(positions, labels):
+        px = margin + (x - low[0]) * scale + (plot_w - span[0] * scale) / 2
+        py = top + plot_h - ((y - low[1]) * scale + (plot_h - span[1] * scale) / 2)  # y up, as on screen maps
+        draw.ellipse((px - _POINT_RADIUS, py - _POINT_RADIUS, px + _POINT_RADIUS, py + _POINT_RADIUS), fill=colours[label])
+    legend_x = width - _LEGEND_PX + margin
+    for index, name in enumerate(class_names):
+        y = top + index * 28
+        draw.ellipse((legend_x, y + 4, legend_x + 14, y + 18), fill=colours[index])
+        draw.text((legend_x + 24, y), str(name)[:30], fill="#222222", font=font)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()

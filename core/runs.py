@@ -13,13 +13,15 @@ import os
 import socket
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from .errors import FlowerProbeError, WorkspaceWriteError
+from .errors import FlowerProbeError
+from .fileio import disk_errors
+from .variants import default_variant
 
 STATUSES = ("running", "completed", "failed", "cancelled", "interrupted")
 
@@ -76,7 +78,14 @@ CREATE TABLE IF NOT EXISTS predictions (
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status);
 """
 
-_JSON_COLUMNS = ("class_names", "config", "versions", "timings", "per_class_acc", "confusion", "skipped")
+_JSON_COLUMNS = ("class_names", "config", "versions", "timings", "per_class_acc", "confusion", "skipped", "metrics")
+# Columns added since the first schema (the probes, issue 10); a registry that lacks them gains them when opened.
+_ADDED_COLUMNS = (
+    ("protocol", "TEXT NOT NULL DEFAULT 'mlp'"),  # core.probes.PROTOCOLS; runs made before probes were the reference MLP head
+    ("features", "TEXT"),  # the core.variants name; NULL (runs before variants) reads as the backbone's default variant
+    ("shots", "INTEGER"),  # training images per class of a few-shot run; NULL: the whole training part
+    ("metrics", "TEXT"),  # JSON: test_acc_ci, top5, mean_class_acc, valid_acc, hyperparameter, standardised
+)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -94,6 +103,8 @@ def _row_to_dict(row: sqlite3.Row) -> dict:
     for column in _JSON_COLUMNS:
         if column in record and record[column] is not None:
             record[column] = json.loads(record[column])
+    if record.get("features") is None and "backbone" in record:  # a run from before feature variants: the default one
+        record["features"] = default_variant(record["backbone"])
     return record
 
 
@@ -102,12 +113,19 @@ class RunRegistry:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        try:
-            with self._connect() as conn:
-                conn.executescript(_SCHEMA)
-        except sqlite3.OperationalError as exc:
-            raise WorkspaceWriteError(f"Cannot open the run registry {self.path}: {exc}. Check that the workspace is writable and the disk is not full.") from exc
+        with disk_errors(self.path), self._connect() as conn:
+            conn.executescript(_SCHEMA)
+        self._migrate()
         self.reconcile()
+
+    def _migrate(self) -> None:
+        """Add the columns an older registry lacks, in one transaction (two processes opening it race safely)."""
+        with self._transaction() as conn:
+            present = {row["name"] for row in conn.execute("PRAGMA table_info(runs)")}
+            for name, declaration in _ADDED_COLUMNS:
+                if name not in present:
+                    conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {declaration}")
+            conn.execute("CREATE INDEX IF NOT EXISTS runs_by_group ON runs(group_id)")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -123,16 +141,11 @@ class RunRegistry:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as conn:
+        with disk_errors(self.path), self._connect() as conn:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 yield conn
                 conn.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                conn.execute("ROLLBACK") if conn.in_transaction else None
-                if "disk" in str(exc) or "readonly" in str(exc) or "read-only" in str(exc):
-                    raise WorkspaceWriteError(f"Could not write the run registry {self.path}: {exc}. Free disk space or make the workspace writable; saved runs are unchanged.") from exc
-                raise
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -143,38 +156,74 @@ class RunRegistry:
     def create_run(
         self, *, dataset_key: str, dataset_name: str, dataset_fingerprint: str, synthetic: bool, class_names: list[str],
         split: str, backbone: str, weights: str, seed: int, config: dict, versions: dict, group_id: str | None = None,
+        protocol: str = "mlp", features: str | None = None, shots: int | None = None,
     ) -> int:
+        fields = dict(locals())  # every argument, passed on to the insert shared with record_completed_run
+        del fields["self"]
         with self._transaction() as conn:
-            cursor = conn.execute(
-                "INSERT INTO runs (group_id, status, created_at, dataset_key, dataset_name, dataset_fingerprint, synthetic, class_names,"
-                " split, backbone, weights, seed, config, versions, pid, host) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (group_id, time.time(), dataset_key, dataset_name, dataset_fingerprint, int(synthetic), json.dumps(class_names),
-                 split, backbone, weights, seed, json.dumps(config), json.dumps(versions), os.getpid(), socket.gethostname()),
-            )
-            return int(cursor.lastrowid)
+            return self._insert_run(conn, **fields)
+
+    @staticmethod
+    def _insert_run(conn: sqlite3.Connection, *, dataset_key: str, dataset_name: str, dataset_fingerprint: str, synthetic: bool,
+                    class_names: list[str], split: str, backbone: str, weights: str, seed: int, config: dict, versions: dict,
+                    group_id: str | None, protocol: str, features: str | None, shots: int | None) -> int:
+        cursor = conn.execute(
+            "INSERT INTO runs (group_id, status, created_at, dataset_key, dataset_name, dataset_fingerprint, synthetic, class_names,"
+            " split, backbone, weights, seed, config, versions, pid, host, protocol, features, shots)"
+            " VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (group_id, time.time(), dataset_key, dataset_name, dataset_fingerprint, int(synthetic), json.dumps(class_names),
+             split, backbone, weights, seed, json.dumps(config), json.dumps(versions), os.getpid(), socket.gethostname(), protocol, features, shots),
+        )
+        return int(cursor.lastrowid)
 
     def complete_run(
         self, run_id: int, *, weights_tag: str, device: str, precision: str, timings: dict, best_epoch: int, test_acc: float,
         test_loss: float, per_class_acc: list, confusion: np.ndarray, skipped: list, features_path: str, head_path: str,
-        epochs: list[dict], predictions: list[tuple[int, str, int, int, float, list[float]]],
+        epochs: list[dict], predictions: list[tuple[int, str, int, int, float, list[float]]], metrics: dict | None = None,
     ) -> None:
-        """Record a finished run with its epochs and predictions, all in one transaction."""
+        """Record a finished run with its epochs and predictions, all in one transaction.
+
+        ``features_path`` and ``head_path`` are relative to the workspace, each prediction's path relative to
+        the dataset's folder (``core.locate.stored_path``); ``core.locate.RunFiles`` finds the files again.
+        """
+        fields = dict(locals())  # every argument, passed on to the update shared with record_completed_run
+        del fields["self"], fields["run_id"]
         with self._transaction() as conn:
-            conn.execute(
-                "UPDATE runs SET status='completed', finished_at=?, weights_tag=?, device=?, precision=?, timings=?, best_epoch=?,"
-                " test_acc=?, test_loss=?, per_class_acc=?, confusion=?, skipped=?, features_path=?, head_path=?, error=NULL WHERE id=?",
-                (time.time(), weights_tag, device, precision, json.dumps(timings), best_epoch, test_acc, test_loss, json.dumps(per_class_acc),
-                 json.dumps(np.asarray(confusion).tolist()), json.dumps(skipped), features_path, head_path, run_id),
-            )
-            conn.executemany(
-                "INSERT INTO epochs (run_id, epoch, train_loss, train_acc, valid_loss, valid_acc) VALUES (?, ?, ?, ?, ?, ?)",
-                [(run_id, e["epoch"], e["train_loss"], e["train_acc"], e["valid_loss"], e["valid_acc"]) for e in epochs],
-            )
-            conn.executemany(
-                "INSERT INTO predictions (run_id, row, path, label, predicted, confidence, probabilities) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(run_id, row, path, label, predicted, confidence, json.dumps([round(p, 6) for p in probs]))
-                 for row, path, label, predicted, confidence, probs in predictions],
-            )
+            self._complete_run(conn, run_id, **fields)
+
+    @staticmethod
+    def _complete_run(
+        conn: sqlite3.Connection, run_id: int, *, weights_tag: str, device: str, precision: str, timings: dict, best_epoch: int | None,
+        test_acc: float, test_loss: float | None, per_class_acc: list, confusion: np.ndarray, skipped: list, features_path: str,
+        head_path: str | None, epochs: list[dict], predictions: list[tuple[int, str, int, int, float, list[float]]], metrics: dict | None,
+    ) -> None:
+        conn.execute(
+            "UPDATE runs SET status='completed', finished_at=?, weights_tag=?, device=?, precision=?, timings=?, best_epoch=?,"
+            " test_acc=?, test_loss=?, per_class_acc=?, confusion=?, skipped=?, features_path=?, head_path=?, metrics=?, error=NULL WHERE id=?",
+            (time.time(), weights_tag, device, precision, json.dumps(timings), best_epoch, test_acc, test_loss, json.dumps(per_class_acc),
+             json.dumps(np.asarray(confusion).tolist()), json.dumps(skipped), features_path, head_path,
+             None if metrics is None else json.dumps(metrics), run_id),
+        )
+        conn.executemany(
+            "INSERT INTO epochs (run_id, epoch, train_loss, train_acc, valid_loss, valid_acc) VALUES (?, ?, ?, ?, ?, ?)",
+            [(run_id, e["epoch"], e["train_loss"], e["train_acc"], e["valid_loss"], e["valid_acc"]) for e in epochs],
+        )
+        conn.executemany(
+            "INSERT INTO predictions (run_id, row, path, label, predicted, confidence, probabilities) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(run_id, row, path, label, predicted, confidence, json.dumps([round(p, 6) for p in probs]))
+             for row, path, label, predicted, confidence, probs in predictions],
+        )
+
+    def record_completed_run(self, *, run: dict, result: dict, head: Callable[[int], str | None] | None = None) -> int:
+        """Insert a run that is already finished (a probe on cached features) in one transaction; returns its id.
+
+        ``run`` holds ``create_run``'s arguments, ``result`` ``complete_run``'s (``head_path`` aside). ``head(run_id)``,
+        when given, writes the head file inside the transaction and returns its stored path: a failure leaves no run.
+        """
+        with self._transaction() as conn:
+            run_id = self._insert_run(conn, **{"group_id": None, "protocol": "mlp", "features": None, "shots": None, **run})
+            self._complete_run(conn, run_id, **{"metrics": None, **result, "head_path": head(run_id) if head else None})
+            return run_id
 
     def end_run(self, run_id: int, *, status: str, error: str | None = None) -> None:
         """Mark a run that did not complete: failed, cancelled or interrupted."""
@@ -193,15 +242,15 @@ class RunRegistry:
             self.end_run(run_id, status="interrupted", error="The process running this run stopped before it finished (killed or crashed).")
         return len(stale)
 
-    def delete_run(self, run_id: int) -> None:
-        with self._transaction() as conn:
-            conn.execute("DELETE FROM runs WHERE id=?", (run_id,))
-
     # ------------------------------------------------------------------------------------------- reads
 
-    def list_runs(self, *, status: str | None = None, dataset_key: str | None = None, limit: int = 500) -> list[dict]:
-        """Newest first. Each run as a dict with JSON columns decoded."""
-        clauses, params = [], []
+    def list_runs(self, *, status: str | None = None, dataset_key: str | None = None, limit: int = 500, few_shot: bool | None = None) -> list[dict]:
+        """Newest first. Each run as a dict with JSON columns decoded.
+
+        ``few_shot``: None lists every run, False only those trained on the whole training part, True only few-shot
+        runs (a probe suite makes a hundred of them per backbone: lists meant for people ask for False).
+        """
+        clauses, params = [] if few_shot is None else ["shots IS NOT NULL" if few_shot else "shots IS NULL"], []
         if status is not None:
             clauses.append("status=?")
             params.append(status)

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from .errors import DatasetError
-from .fileio import _DISK_ERRNOS, _workspace_write_error, atomic_write
+from .fileio import atomic_write, disk_errors
 from .progress import ProgressCallback, RateMeter, report
 
 DATASET_NAME = "Synthetic Flowers"
@@ -471,26 +471,23 @@ def generate_synthetic_flowers(
     meter = RateMeter()
     report(progress, "generate", 0, len(tasks), message=f"Drawing {len(tasks)} synthetic flower images")
     try:
-        shutil.rmtree(staging, ignore_errors=True)
-        for split in SPLITS:
-            for name in SYNTHETIC_CLASS_NAMES:
-                (staging / split / name).mkdir(parents=True)
-        pool = ThreadPoolExecutor(workers or _DEFAULT_WORKERS, thread_name_prefix="synthetic-flowers")
-        try:
-            for done, (task, jpeg) in enumerate(zip(tasks, pool.map(_render_jpeg, tasks)), start=1):
-                _image_path(staging, task[1], task[2], images_per_class).write_bytes(jpeg)
-                report(progress, "generate", done, len(tasks), message=f"{done}/{len(tasks)} images", rate=meter.rate(done))
-        finally:
-            pool.shutdown(cancel_futures=True)  # a cancel from ``progress`` stops after the images in flight
-        with atomic_write(staging / MANIFEST_NAME) as tmp:
-            tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        if _read_manifest(destination) != manifest:  # another process may have finished the same dataset meanwhile
-            _check_replaceable(destination)
-            _install(staging, destination, token)
-    except OSError as exc:
-        if exc.errno in _DISK_ERRNOS:
-            raise _workspace_write_error(destination, exc) from exc
-        raise
+        with disk_errors(destination):
+            shutil.rmtree(staging, ignore_errors=True)
+            for split in SPLITS:
+                for name in SYNTHETIC_CLASS_NAMES:
+                    (staging / split / name).mkdir(parents=True)
+            pool = ThreadPoolExecutor(workers or _DEFAULT_WORKERS, thread_name_prefix="synthetic-flowers")
+            try:
+                for done, (task, jpeg) in enumerate(zip(tasks, pool.map(_render_jpeg, tasks)), start=1):
+                    _image_path(staging, task[1], task[2], images_per_class).write_bytes(jpeg)
+                    report(progress, "generate", done, len(tasks), message=f"{done}/{len(tasks)} images", rate=meter.rate(done))
+            finally:
+                pool.shutdown(cancel_futures=True)  # a cancel from ``progress`` stops after the images in flight
+            with atomic_write(staging / MANIFEST_NAME) as tmp:
+                tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+            if _read_manifest(destination) != manifest:  # another process may have finished the same dataset meanwhile
+                _check_replaceable(destination)
+                _install(staging, destination, token)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return destination

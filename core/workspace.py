@@ -27,7 +27,7 @@ class Workspace:
     data_root: Path
 
     @classmethod
-    def from_env(cls) -> "Workspace":
+    def from_env(cls) -> Workspace:
         """The workspace named by ``FLOWER_PROBE_WORKSPACE`` (default ``./workspace``).
 
         The data root defaults to ``<workspace>/datasets``; ``FLOWER_PROBE_DATA_ROOT`` moves it, for

@@ -109,8 +109,6 @@ columns = st.columns(3)
 columns[0].metric("Classes", dataset.num_classes)
 columns[1].metric("Images", len(dataset.image_paths))
 columns[2].metric("Splits", len(dataset.splits))
-for note in dataset.notes:
-    st.caption(md(note))
 st.page_link("pages/train.py", label=f"Train on {dataset_label(dataset.name, dataset.synthetic)}", icon=":material/model_training:")
 
 st.subheader("Images per class")

@@ -60,6 +60,21 @@ def populated_root(tmp_path_factory: pytest.TempPathFactory, tiny_synthetic_fold
 
 
 @pytest.fixture
+def populated_copy(populated_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    """A private copy of the populated workspace (the test may change it), named by FLOWER_PROBE_WORKSPACE.
+
+    Its features are cached (efficientnet_lite0 pretrained, resnet50 random), so a run of either trains
+    only a head: engine tests on runs need no extraction of their own."""
+    import shutil
+
+    root = tmp_path / "workspace"
+    shutil.copytree(populated_root, root, ignore=shutil.ignore_patterns("thumbnails"))
+    monkeypatch.setenv("FLOWER_PROBE_WORKSPACE", str(root))
+    monkeypatch.delenv("FLOWER_PROBE_DATA_ROOT", raising=False)
+    return Workspace.from_env()
+
+
+@pytest.fixture
 def populated_workspace(populated_root: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     """The session's populated workspace, named by FLOWER_PROBE_WORKSPACE for this test. Read-only by convention."""
     monkeypatch.setenv("FLOWER_PROBE_WORKSPACE", str(populated_root))

@@ -7,19 +7,24 @@ are made here with random values in the official formats (DINOv2 ``*_pretrain.pt
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import pickle
+import socket
 import urllib.error
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import sklearn.datasets
+import timm
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torchvision.models import ResNet50_Weights, resnet50
 
+from core import backbones
 from core.backbones import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -29,26 +34,37 @@ from core.backbones import (
     build_backbone,
     get_config,
     list_backbones,
+    local_weights,
     make_transform,
+    parse_weights_overrides,
     resolve_weights,
 )
 from core.errors import FlowerProbeError, MissingFileError
-from core.progress import ProgressEvent
 from core.workspace import WORKSPACE_ENV, Workspace
 
 SKLEARN_IMAGES = Path(sklearn.datasets.__file__).parent / "images"  # flower.jpg, china.jpg ship with scikit-learn
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """Every download fails fast, as on a machine without internet; records the URLs that were tried."""
+def offline(monkeypatch, tmp_path):
+    """Every download fails fast, as on a machine without internet; records the URLs that were tried.
+
+    Also points torch's and Hugging Face's caches at empty temporary folders (this machine's own caches
+    must not decide a test) and sets HF_HUB_OFFLINE, for us and for timm's own loader.
+    """
     tried: list[str] = []
 
     def refuse(url, *args, **kwargs):
-        tried.append(url)
-        raise urllib.error.URLError("network unreachable (test)")
+        tried.append(getattr(url, "full_url", url))
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known (test)"))
 
     monkeypatch.setattr("urllib.request.urlopen", refuse)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     return tried
 
 
@@ -211,37 +227,6 @@ def test_offline_without_weights_names_the_file_url_and_folder(workspace, offlin
     assert list(workspace.weights_dir.iterdir()) == []  # no partial file left behind
 
 
-def test_a_download_lands_in_the_workspace_and_is_reused(workspace, monkeypatch):
-    payload = b"checkpoint bytes" * 1000
-
-    class Response:
-        headers = {"Content-Length": str(len(payload))}
-
-        def __init__(self):
-            self._chunks = [payload, b""]
-
-        def read(self, size):
-            return self._chunks.pop(0)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-    monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout: Response())
-    events: list[ProgressEvent] = []
-
-    source = resolve_weights("resnet50", workspace=workspace, progress=events.append)
-
-    target = workspace.weights_dir / "resnet50-0676ba61.pth"
-    assert (source.kind, source.path) == ("download", target)
-    assert target.read_bytes() == payload
-    assert any(event.stage == "download" and event.done == len(payload) for event in events)
-    again = resolve_weights("resnet50", workspace=workspace)
-    assert (again.kind, again.tag) == ("file", source.tag)
-
-
 def test_missing_explicit_path_is_reported_with_the_parameter(tmp_path):
     with pytest.raises(MissingFileError, match="weights must be"):
         resolve_weights("resnet50", weights=str(tmp_path / "nope.pth"))
@@ -367,3 +352,200 @@ def test_efficientnet_lite0_pretrained_comes_from_the_package_and_classifies_pla
     logits = F.linear(features, head["_fc.weight"], head["_fc.bias"])
     categories = ResNet50_Weights.IMAGENET1K_V1.meta["categories"]
     assert [categories[i] for i in logits.argmax(dim=1)] == ["daisy", "palace"]
+
+
+def test_efficientnet_lite0_batchnorm_fold_keeps_the_features_of_the_unfolded_model(workspace):
+    """The build-time BN/padding fold (a CPU speed-up) changes the features by fp32 rounding only."""
+    model, source = build_backbone("efficientnet_lite0", workspace=workspace)
+    entry = backbones._REGISTRY["efficientnet_lite0"]
+    reference = entry.build(entry.config)
+    backbones._load_weights(reference, source.path, entry)
+    reference.eval()
+
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in reference.modules()) == 49
+    x = _images(2, seed=3)
+    with torch.no_grad():
+        assert (model(x) - reference(x)).abs().max() < 1e-4
+
+
+# --------------------------------------------------------------------------------------- torch's hub cache
+
+
+def test_official_dinov2_file_in_the_torch_hub_cache_is_found_without_a_download(workspace, offline, tmp_path):
+    state = _official_dinov2_vits14_state(seed=2)
+    checkpoints = tmp_path / "torch-home" / "hub" / "checkpoints"  # TORCH_HOME is set by the offline fixture
+    checkpoints.mkdir(parents=True)
+    torch.save(state, checkpoints / "dinov2_vits14_pretrain.pth")
+
+    assert local_weights("dinov2_vits14", workspace=workspace) == checkpoints / "dinov2_vits14_pretrain.pth"
+    model, source = build_backbone("dinov2_vits14", workspace=workspace)
+
+    assert (source.kind, source.path) == ("torch-hub-cache", checkpoints / "dinov2_vits14_pretrain.pth")
+    assert offline == [] and list(workspace.weights_dir.iterdir()) == []
+    x = _images(1, seed=0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), _official_dinov2_forward(state, x), atol=2e-4, rtol=2e-4)
+
+
+def test_the_workspace_file_wins_over_the_torch_hub_cache(workspace, resnet_checkpoint, tmp_path):
+    path, _ = resnet_checkpoint
+    checkpoints = tmp_path / "torch-home" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    os.link(path, checkpoints / "resnet50-0676ba61.pth")
+    assert resolve_weights("resnet50", workspace=workspace).kind == "torch-hub-cache"
+    os.link(path, workspace.weights_dir / "resnet50-0676ba61.pth")
+    assert resolve_weights("resnet50", workspace=workspace).kind == "file"
+
+
+# ---------------------------------------------------------------------------------------------- timm models
+
+# One tag per family: DINOv2 with registers, DINOv3 ViT, ConvNeXt, timm ResNet (the smallest of each).
+TIMM_FAMILIES = [
+    "vit_small_patch14_reg4_dinov2.lvd142m",
+    "vit_small_patch16_dinov3.lvd1689m",
+    "convnext_atto.d2_in1k",
+    "resnet18.a1_in1k",
+]
+
+
+def _write_hf_cache(hf_home: Path, repo_id: str, filename: str, data: bytes) -> Path:
+    """Put ``data`` where huggingface_hub's cache keeps ``filename`` of model repo ``repo_id`` (its documented
+    layout: blobs/<sha256>, snapshots/<commit>/<file> as a relative symlink, refs/main naming the commit)."""
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    sha, commit = hashlib.sha256(data).hexdigest(), hashlib.sha1(repo_id.encode()).hexdigest()
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / sha).write_bytes(data)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / filename).symlink_to(Path("..") / ".." / "blobs" / sha)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return repo / "blobs" / sha
+
+
+def _random_timm_state(tag: str, seed: int) -> dict[str, torch.Tensor]:
+    """What the tag's HF repo holds (timm's own state dict, classifier included), with random values."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = timm.create_model(tag, pretrained=False)
+        # Perturb everything (norms and LayerScale too), so a tensor that failed to load changes the features.
+        return {k: (v + 0.05 * torch.randn_like(v)) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("tag", TIMM_FAMILIES)
+def test_timm_tag_from_the_hf_cache_matches_timms_own_model(tag, workspace, offline, tmp_path):
+    from safetensors.torch import save
+
+    state = _random_timm_state(tag, seed=4)
+    blob = _write_hf_cache(tmp_path / "hf-home", f"timm/{tag}", "model.safetensors", save(state))
+    name = f"timm:{tag}"
+
+    model, source = build_backbone(name, workspace=workspace)
+
+    assert source.kind == "hf-cache" and source.path.resolve() == blob
+    assert offline == [] and list(workspace.weights_dir.iterdir()) == []
+    # timm's own: create_model(pretrained=True) finds the same cache through huggingface_hub (offline).
+    reference = timm.create_model(tag, pretrained=True, num_classes=0).eval()
+    assert type(model) is type(reference) and model.num_classes == 0
+    data = timm.data.resolve_model_data_config(reference)
+    config = get_config(name)
+    assert (config.input_size, config.mean, config.std, config.interpolation, config.crop_mode) == (
+        data["input_size"][1], tuple(data["mean"]), tuple(data["std"]), data["interpolation"], data["crop_mode"])
+    image = Image.open(SKLEARN_IMAGES / "flower.jpg")
+    pixels = make_transform(config)(image)
+    torch.testing.assert_close(pixels, timm.data.create_transform(**data)(image), atol=0, rtol=0)
+    with torch.no_grad():
+        features, expected = model(pixels[None]), reference(pixels[None])
+    assert features.shape == (1, config.feature_dim)
+    assert (features - expected).abs().max() <= 1e-4
+    assert features.std() > 1e-3  # real, non-constant features: the comparison above can fail
+
+
+def test_timm_config_downloads_nothing_and_describes_the_tag(offline):
+    config = get_config("timm:vit_small_patch14_reg4_dinov2.lvd142m")
+    assert (config.feature_dim, config.input_size, config.resize) == (384, 518, 518)
+    assert config.hf_hub_id == "timm/vit_small_patch14_reg4_dinov2.lvd142m"
+    assert get_config("timm:resnet18.a1_in1k").resize == 235  # floor(224 / 0.95), timm's eval resize
+    assert offline == []
+
+
+def test_offline_timm_tag_with_nothing_cached_names_repo_url_and_every_folder(workspace, offline, tmp_path):
+    with pytest.raises(MissingFileError) as caught:
+        build_backbone("timm:resnet18.a1_in1k", workspace=workspace)
+    message = str(caught.value)
+    assert "timm/resnet18.a1_in1k" in message
+    assert "https://huggingface.co/timm/resnet18.a1_in1k/resolve/main/model.safetensors" in message
+    assert str(workspace.weights_dir) in message and str(tmp_path / "hf-home" / "hub") in message
+    assert "HF_HUB_OFFLINE" in message
+
+
+def test_own_checkpoint_for_a_timm_architecture_loads_and_a_foreign_one_is_reported(tmp_path):
+    from safetensors.torch import save_file
+
+    state = _random_timm_state("convnext_atto", seed=5)
+    path = tmp_path / "my_finetuned.safetensors"
+    save_file(state, str(path))
+    model, source = build_backbone("timm:convnext_atto", weights=path)
+    assert source.kind == "file"
+    torch.testing.assert_close(model.stem[0].weight, state["stem.0.weight"])
+
+    foreign = tmp_path / "resnet.safetensors"
+    save_file(_random_timm_state("resnet18", seed=5), str(foreign))
+    with pytest.raises(CheckpointError) as caught:
+        build_backbone("timm:convnext_atto", weights=foreign)
+    message = str(caught.value)
+    assert str(foreign) in message and "timm:convnext_atto" in message
+    assert "missing stem.0.weight" in message and "unexpected conv1.weight" in message and len(message) < 1000
+
+    wrong_shape = dict(state, **{"stem.0.weight": torch.zeros(8, 3, 4, 4)})
+    save_file(wrong_shape, str(tmp_path / "shape.safetensors"))
+    with pytest.raises(CheckpointError, match=r"wrong shape \(file vs model\) stem.0.weight \(8, 3, 4, 4\) vs \(40, 3, 4, 4\)"):
+        build_backbone("timm:convnext_atto", weights=tmp_path / "shape.safetensors")
+
+
+@pytest.mark.parametrize("name", ["timm:../../etc/passwd", "timm:https://example.com/x.pth", "timm:hf-hub:org/repo",
+                                  "timm:/abs/path", "timm:", "timm:a b"])
+def test_timm_names_that_are_paths_or_urls_are_refused(name):
+    with pytest.raises(UnknownBackboneError, match="paths and URLs are not names"):
+        get_config(name)
+
+
+def test_unknown_timm_name_suggests_the_closest(offline):
+    with pytest.raises(UnknownBackboneError) as caught:
+        get_config("timm:convnext_tiny.dinov3_lvd168m")
+    message = str(caught.value)
+    assert "timm:convnext_tiny.dinov3_lvd1689m" in message.split("Closest timm names:")[1]
+
+
+def test_a_missing_library_is_named(monkeypatch):
+    def needs_open_clip(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'open_clip'", name="open_clip")
+
+    monkeypatch.setattr(timm, "create_model", needs_open_clip)
+    with pytest.raises(FlowerProbeError, match="needs the Python package 'open_clip'"):
+        build_backbone("timm:resnet18.a1_in1k", weights="random")
+
+
+def test_parse_weights_overrides(tmp_path):
+    path = tmp_path / "w=1.pth"
+    path.write_bytes(b"x")
+    assert parse_weights_overrides([f"timm:convnext_tiny={path}", f"resnet50={path}"]) == {
+        "timm:convnext_tiny": str(path), "resnet50": str(path)}
+    assert parse_weights_overrides(None) == {}
+    with pytest.raises(FlowerProbeError, match="NAME=PATH"):
+        parse_weights_overrides(["resnet50"])
+    with pytest.raises(MissingFileError, match="not a file"):
+        parse_weights_overrides([f"resnet50={tmp_path / 'none.pth'}"])
+    with pytest.raises(UnknownBackboneError):
+        parse_weights_overrides([f"resnet5O={path}"])
+    with pytest.raises(FlowerProbeError, match="twice"):
+        parse_weights_overrides([f"resnet50={path}", f"resnet50={path}"])
+
+
+def test_cli_lists_timm_tags_with_feature_and_input_size(capsys):
+    from core.__main__ import main
+
+    assert main(["backbones", "--timm", "resnet18.a1"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("timm:resnet18.a1_in1k"))
+    assert row.split()[1:3] == ["512-d", "224x224"]

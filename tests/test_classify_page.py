@@ -71,9 +71,13 @@ def test_uploads_samples_and_a_second_run(app, populated_workspace, tmp_path):
     assert len(app.warning) == 1 and _as_rendered(app.warning[0].value).startswith("Cannot load image 'notes.jpg': the content is not")
     table = app.dataframe[0].value
     assert list(table["file"])[:3] == ["good.jpg", HOSTILE_FILE_NAMES[2] + ".jpg", "notes.jpg"] and len(table) == 4
-    assert table["confidence"].notna().sum() == 3 and table["error"].notna().sum() == 1
-    # Three classified images, each with a top-5 chart, plus the t-SNE map.
-    assert len(app.get("plotly_chart")) == 3 + 1
+    assert (table["confidence"] != "").sum() == 3 and (table["error"] != "").sum() == 1
+    assert not table.isin(["None", "nan"]).any().any(), "missing values show as empty cells"
+    # Three classified images, each with a top-5 chart, plus the map.
+    charts = app.get("plotly_chart")
+    assert len(charts) == 3 + 1
+    for chart in charts:  # Plotly labels: markup as entities, quotes left alone (Plotly shows &quot; literally)
+        assert "&quot;" not in chart.proto.spec and "&#x27;" not in chart.proto.spec
     # Hostile names reach Markdown escaped: no raw tag survives anywhere.
     texts = _markdown_texts(app)
     assert all("<script>" not in text and "<img" not in text for text in texts)
@@ -119,3 +123,63 @@ def test_runs_on_one_backbone_share_one_copy_of_it(app, populated_root, tmp_path
         assert not app.exception and not app.error and app.selectbox[0].value == run_id
     # Three runs, two backbones: each backbone built once, whichever runs were shown.
     assert sorted(builds) == ["efficientnet_lite0", "resnet50"]
+
+
+def test_map_methods_place_the_photos_with_the_explorers_class_colours(app, populated_workspace):
+    import json
+
+    from core.datasets import load_dataset
+    from core.projection import class_colours
+
+    dataset = load_dataset("synthetic", populated_workspace)
+    app.run()
+    app.multiselect[0].set_value(app.multiselect[0].options[:2]).run()
+    assert not app.exception and not app.error
+    for method in ("tsne", "pca"):
+        app.radio(key="classify_method").set_value(method).run()
+        assert not app.exception and not app.error
+        figure = json.loads(app.get("plotly_chart")[-1].proto.spec)
+        colours = {trace["name"]: trace["marker"]["color"] for trace in figure["data"] if trace["name"] != "your images"}
+        expected = dict(zip(dataset.class_names, class_colours(dataset.num_classes)))
+        assert colours == {name: expected[name] for name in colours} and colours
+        stars = next(trace for trace in figure["data"] if trace["name"] == "your images")
+        assert len(stars["x"]) == 2
+
+
+def test_a_foreign_photo_is_flagged_in_the_card_and_the_csv(app, populated_workspace):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    board = (np.indices((256, 256)).sum(axis=0) // 32 % 2 * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(board).convert("RGB").save(buffer, format="PNG")
+    app.run()
+    app.file_uploader[0].set_value([("board.png", buffer.getvalue(), "image/png")])
+    app.multiselect[0].set_value([app.multiselect[0].options[0]])  # and one test image of the dataset
+    app.run()
+    assert not app.exception and not app.error
+    warnings = [_as_rendered(w.value) for w in app.warning]
+    assert len(warnings) == 1 and warnings[0].startswith("Looks like no training image"), warnings
+    assert "Q3 + 3 IQR" in warnings[0]  # the threshold and where it comes from
+    table = app.dataframe[0].value  # the CSV is csv_text of the same rows (tests/test_predict.py checks its cells)
+    assert list(table["unfamiliar"]) == ["yes", "no"]
+
+
+def test_missing_training_features_queue_an_extraction_job(app, populated_root, tmp_path, monkeypatch):
+    import shutil
+
+    from core.workspace import Workspace
+
+    root = tmp_path / "workspace"
+    shutil.copytree(populated_root, root)
+    monkeypatch.setenv("FLOWER_PROBE_WORKSPACE", str(root))
+    monkeypatch.delenv("FLOWER_PROBE_DATA_ROOT", raising=False)
+    for path in Workspace.from_env().features_dir.iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    app.run()
+    assert not app.exception and not app.error
+    info = " ".join(_as_rendered(i.value) for i in app.info)
+    assert "no longer cached" in info and "queued as job" in info
+    assert not app.file_uploader, "nothing to classify with until the job has finished"

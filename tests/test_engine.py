@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -27,38 +29,52 @@ def _counting_forwards(monkeypatch) -> list[int]:
     return calls
 
 
-def test_feature_cache_runs_zero_forwards_on_repeat(tiny_workspace, monkeypatch):
+def _few_images(workspace, tiny_synthetic_folder, *, classes: int = 2, per_class: int = 3) -> str:
+    """A folder dataset of ``classes`` x ``per_class`` tiny photos (the fewest a split allows): cheap to extract."""
+    for folder in sorted((tiny_synthetic_folder / "train").iterdir())[:classes]:
+        (workspace.data_root / "few" / folder.name).mkdir(parents=True)
+        for image in sorted(folder.glob("*.jpg"))[:per_class]:
+            shutil.copy(image, workspace.data_root / "few" / folder.name / image.name)
+    return "folder:few"
+
+
+def test_feature_cache_runs_zero_forwards_on_repeat(workspace, tiny_synthetic_folder, monkeypatch):
     calls = _counting_forwards(monkeypatch)
-    dataset = load_dataset("synthetic", tiny_workspace)
-    first = extract_features(dataset, "efficientnet_lite0", workspace=tiny_workspace, weights="random", num_workers=0)
+    dataset = load_dataset(_few_images(workspace, tiny_synthetic_folder), workspace)
+    first = extract_features(dataset, "efficientnet_lite0", workspace=workspace, weights="random", num_workers=0)
     assert calls[0] > 0 and not first.from_cache
     assert first.features.shape == (len(dataset.image_paths), 1280)
     calls[0] = 0
-    again = extract_features(dataset, "efficientnet_lite0", workspace=tiny_workspace, weights="random", num_workers=0)
+    again = extract_features(dataset, "efficientnet_lite0", workspace=workspace, weights="random", num_workers=0)
     assert calls[0] == 0 and again.from_cache
     np.testing.assert_array_equal(first.features, again.features)
 
 
-def test_run_is_reproducible_from_its_seed_and_recorded(tiny_workspace):
-    config = ExperimentConfig(dataset="synthetic", backbone="efficientnet_lite0", weights="random", head=HeadConfig(epochs=3, seed=7))
-    a = run_experiment(config, workspace=tiny_workspace)
-    b = run_experiment(config, workspace=tiny_workspace)
-    assert a["status"] == b["status"] == "completed"
+def _without_run_id(epochs: list[dict]) -> list[dict]:
+    return [{key: value for key, value in epoch.items() if key != "run_id"} for epoch in epochs]
+
+
+def test_run_is_reproducible_from_its_seed_and_recorded(populated_copy):
+    # Cached features (populated_copy): what is reproduced here is the head's training from its seed.
+    config = ExperimentConfig(dataset="synthetic", backbone="efficientnet_lite0", head=HeadConfig(epochs=3, seed=7))
+    a = run_experiment(config, workspace=populated_copy)
+    b = run_experiment(config, workspace=populated_copy)
+    assert a["status"] == b["status"] == "completed" and a["id"] != b["id"]
     assert (a["test_acc"], a["test_loss"], a["best_epoch"]) == (b["test_acc"], b["test_loss"], b["best_epoch"])
-    registry = RunRegistry(tiny_workspace.registry_path)
-    assert registry.epochs(a["id"]) == [{**e, "run_id": a["id"]} for e in registry.epochs(b["id"])] or \
-        [{k: v for k, v in e.items() if k != "run_id"} for e in registry.epochs(a["id"])] == [{k: v for k, v in e.items() if k != "run_id"} for e in registry.epochs(b["id"])]
+    registry = RunRegistry(populated_copy.registry_path)
+    epochs = _without_run_id(registry.epochs(a["id"]))
+    assert len(epochs) == 3 and epochs == _without_run_id(registry.epochs(b["id"]))
     # The record carries what is needed to reproduce it.
     assert a["seed"] == 7 and a["config"]["head"]["seed"] == 7 and a["versions"]["torch"]
     assert a["device"] and a["precision"] and a["timings"]["train_s"] >= 0
     # Accuracy is plain top-1 over the whole test part, recomputed from the stored predictions.
     predictions = registry.predictions(a["id"])
-    dataset = load_dataset("synthetic", tiny_workspace)
+    dataset = load_dataset("synthetic", populated_copy)
     assert len(predictions) == len(dataset.split("1")["test"])
     assert a["test_acc"] == pytest.approx(100 * np.mean([p["label"] == p["predicted"] for p in predictions]))
 
 
-def test_failure_midway_is_recorded_as_failed_not_success(tiny_workspace, monkeypatch):
+def test_failure_midway_is_recorded_as_failed_not_success(populated_copy, monkeypatch):
     import core.experiment as experiment
 
     def explode(*args, **kwargs):
@@ -66,8 +82,8 @@ def test_failure_midway_is_recorded_as_failed_not_success(tiny_workspace, monkey
 
     monkeypatch.setattr(experiment, "train_head", explode)
     with pytest.raises(RuntimeError):
-        run_experiment(ExperimentConfig(dataset="synthetic", backbone="efficientnet_lite0", weights="random"), workspace=tiny_workspace)
-    run = RunRegistry(tiny_workspace.registry_path).list_runs()[0]
+        run_experiment(ExperimentConfig(dataset="synthetic", backbone="efficientnet_lite0"), workspace=populated_copy)
+    run = RunRegistry(populated_copy.registry_path).list_runs()[0]
     assert run["status"] == "failed" and "disk on fire" in run["error"] and run["test_acc"] is None
 
 
@@ -82,10 +98,10 @@ def test_decode_workers_stay_out_of_a_small_cpus_way_but_feed_a_gpu(monkeypatch)
     assert default_num_workers(torch.device("cuda")) == 8
 
 
-def test_cli_standardise_flag_reaches_the_run_record(tiny_workspace, capsys):
+def test_cli_standardise_flag_reaches_the_run_record(populated_copy, capsys):
     from core.__main__ import main
 
-    args = ["compare", "--dataset", "synthetic", "--backbones", "efficientnet_lite0", "--random-weights-for", "efficientnet_lite0", "--epochs", "1"]
+    args = ["compare", "--dataset", "synthetic", "--backbones", "efficientnet_lite0", "--epochs", "1"]
     assert main(args) == 0 and main([*args, "--standardise"]) == 0
-    runs = RunRegistry(tiny_workspace.registry_path).list_runs(status="completed")
-    assert sorted(run["config"]["head"]["standardise"] for run in runs) == [False, True]
+    plain, standardised = reversed(RunRegistry(populated_copy.registry_path).list_runs(status="completed")[:2])
+    assert (plain["config"]["head"]["standardise"], standardised["config"]["head"]["standardise"]) == (False, True)

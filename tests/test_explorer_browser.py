@@ -102,7 +102,7 @@ def test_hover_shows_the_photo_and_a_click_shows_nearest_neighbours(page, server
     page.screenshot(path=str(artifact_path("explorer_browser_hover.png")))
 
     k = int(page.get_by_label("Neighbours (k)", exact=True).input_value())
-    frame.evaluate("window.plotBeforeClick = document.querySelector('#panels .panel > div')")
+    frame.evaluate("window.plotBeforeClick = document.querySelector('#panels .panel .plot > div')")
     page.mouse.click(x, y)
     page.get_by_role("heading", name="Nearest neighbours").wait_for(timeout=WAIT_S * 1000)
     wait_for_app_idle(page, timeout_s=WAIT_S)
@@ -118,7 +118,7 @@ def test_hover_shows_the_photo_and_a_click_shows_nearest_neighbours(page, server
         f"hoverScatter.selectedMarks().every((marks) => marks.length === 1 && marks[0].row === {row})",
         timeout=TOOLTIP_WAIT_S * 1000,
     )
-    assert frame.evaluate("document.querySelector('#panels .panel > div') === window.plotBeforeClick"), \
+    assert frame.evaluate("document.querySelector('#panels .panel .plot > div') === window.plotBeforeClick"), \
         "a new selection redrew the maps (zoom would be lost)"
     assert dataset.image_paths[row].name in page.locator('[data-testid="stImageCaption"]').first.inner_text()
     page.get_by_role("heading", name="Nearest neighbours").scroll_into_view_if_needed()

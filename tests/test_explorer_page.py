@@ -218,3 +218,43 @@ def test_an_unreadable_photo_shows_a_placeholder(populated_workspace, tmp_path, 
     click(at, 0, seq=1)
     captions = galleries(at)[0].captions
     assert len(captions) == 1 and shown(captions[0]).endswith("(unreadable)")
+
+
+def test_pca_map_keeps_the_class_colours_and_is_the_features_pca(populated_workspace):
+    import numpy as np
+    from sklearn.decomposition import PCA
+
+    from core.features import read_features
+    from core.locate import RunFiles
+
+    at = open_explorer()
+    tsne = spec_of(at)
+    at.radio(key="explorer_method").set_value("pca").run()
+    assert_no_exception(at)
+    pca = spec_of(at)
+    assert all("PCA" in panel["title"] for panel in pca["panels"])
+    for before, after in zip(tsne["panels"], pca["panels"]):
+        assert {t["name"]: t["colour"] for t in before["traces"]} == {t["name"]: t["colour"] for t in after["traces"]}
+    # The first panel is the first chosen run: its positions are scikit-learn's PCA of its features.
+    run = RunRegistry(populated_workspace.registry_path).get_run(at.multiselect[0].value[0])
+    features = read_features(RunFiles(run, populated_workspace).features)
+    expected = PCA(n_components=2, random_state=0).fit_transform(features.features)
+    position = {row: (x, y) for trace in pca["panels"][0]["traces"] for row, x, y in zip(trace["rows"], trace["x"], trace["y"])}
+    got = np.array([position[int(row)] for row in features.rows])
+    np.testing.assert_allclose(np.abs(got), np.abs(expected), atol=0.01)
+
+
+def test_colour_by_a_runs_confidence_draws_a_colour_bar(populated_workspace):
+    at = open_explorer()
+    at.selectbox(key="explorer_part").set_value("test").run()
+    other = at.multiselect[0].value[1]  # colour both maps by the second run's predictions
+    at.selectbox(key="explorer_colour_run").set_value(other).run()
+    at.selectbox(key="explorer_colour").set_value(f"score:confidence:{other}").run()
+    assert_no_exception(at)
+    expected = {p["row"]: p["confidence"] for p in RunRegistry(populated_workspace.registry_path).predictions(other)}
+    for panel in spec_of(at)["panels"]:  # both maps coloured by the chosen run's confidence
+        assert panel["colourBar"]["title"] == f"confidence of run #{other}"
+        assert panel["colourBar"]["low"] == pytest.approx(min(expected.values()))
+        assert panel["colourBar"]["high"] == pytest.approx(max(expected.values()))
+        (scored,) = [trace for trace in panel["traces"] if trace["values"] is not None]
+        assert scored["values"] == [round(expected[row], 4) for row in scored["rows"]]

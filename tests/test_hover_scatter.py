@@ -195,8 +195,10 @@ def test_frontend_shows_user_strings_as_text_only():
         assert sink not in code, f"{sink} would let a class or file name inject HTML"
     for field in ("tipClass", "tipFile", "tipPrediction"):
         assert f"{field}.textContent =" in code
-    # Plotly parses a small HTML subset in titles and legend names: both go through the escaper
-    assert "name: plotlyText(trace.name)" in code and "text: plotlyText(panel.title)" in code
+    # Plotly parses a small HTML subset in legend names and colour bar titles: both go through the
+    # escaper; panel titles are HTML text above the plot (clear of Plotly's mode bar)
+    assert "name: plotlyText(trace.name)" in code and "text: plotlyText(colourBar.title)" in code
+    assert "title.textContent = panel.title" in code and "title: { text" not in code.replace("colorbar: { title: { text", "")
 
 
 def test_frontend_loads_plotly_locally(workspace):
@@ -245,3 +247,22 @@ def test_component_mounts_in_a_streamlit_script(workspace, tmp_path):
     arguments = json.loads(at.get("component_instance")[0].proto.json_args)
     assert arguments["selected"] == [0, 2] and "selected" not in arguments["spec"]
     assert (hs.web_root(workspace) / "index.html").is_file()
+
+
+def test_scores_colour_points_on_a_colour_bar(tmp_path):
+    paths, _ = _solid_images(tmp_path, 3)
+    text = HoverText(["a"] * 3, [path.name for path in paths])
+    source = hs.ThumbnailSource(web_root=tmp_path, sheets=None)
+    scored = Trace("score", [0.0, 1.0], [0.0, 1.0], [0, 2], "#888888", values=[0.25, 0.987654])
+    bar = hs.ColourBar(title="label issue <score>", low=0.0, high=1.0)
+    spec = hs.build_spec([Panel("map", [scored], colour_bar=bar)], hover_text=text, thumbnails=source)
+    panel = spec["panels"][0]
+    assert panel["colourBar"] == {"title": "label issue <score>", "low": 0.0, "high": 1.0, "scale": "Viridis"}
+    assert panel["traces"][0]["values"] == [0.25, 0.9877]
+    with pytest.raises(ValueError, match="colour_bar"):
+        hs.build_spec([Panel("map", [scored])], hover_text=text, thumbnails=source)
+    with pytest.raises(ValueError, match="same length"):
+        hs.build_spec([Panel("map", [Trace("s", [0.0], [0.0], [0], "#888", values=[1.0, 2.0])], colour_bar=bar)],
+                      hover_text=text, thumbnails=source)
+    with pytest.raises(ValueError, match="low <= high"):
+        hs.build_spec([Panel("map", [scored], colour_bar=hs.ColourBar("s", 2.0, 1.0))], hover_text=text, thumbnails=source)

@@ -23,27 +23,30 @@ from core.training import HeadConfig
 from tests.image_catalogue import HOSTILE_FILE_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
-MY_PAGES = ["pages/home.py", "pages/dataset.py", "pages/train.py", "pages/compare.py"]
-RENDER_TIMEOUT_S = 60  # generous: the shared 2-core CPU; the render times printed are the real measure
+RENDER_TIMEOUT_S = 60  # a cap so a hung page fails instead of blocking the suite; the speed target is below
+# The README's promise: every page renders in under 1 s once its caches are warm (python -m bench reports it too).
+WARM_RENDER_LIMIT_S = 1.0
+# Warm renders timed per page; the fastest counts. A shared machine's load only ever adds time, so the fastest of
+# three is the page's own cost: measured here at load average 12.5 on 2 cores, the slowest page (Compare) took
+# 0.61 s warm, every other page under 0.14 s, so the limit holds without exempting any page.
+WARM_RENDERS = 3
 
 
 @pytest.fixture(scope="session")
-def entry_script(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``dashboard.py``; while a page it lists is not written yet, a copy without it (``pages/`` linked in)."""
-    source = ROOT / "dashboard.py"
-    text = source.read_text(encoding="utf-8")
-    missing = [page for page in re.findall(r'st\.Page\("([^"]+)"', text) if not (ROOT / page).exists()]
-    if not missing:
-        return source
-    folder = tmp_path_factory.mktemp("entry")
-    (folder / "pages").symlink_to(ROOT / "pages")
-    kept = [line for line in text.splitlines() if not any(f'"{page}"' in line for page in missing)]
-    (folder / "dashboard.py").write_text("\n".join(kept) + "\n", encoding="utf-8")
-    return folder / "dashboard.py"
+def entry_script() -> Path:
+    """``dashboard.py`` itself: a page it lists that does not exist fails these tests, as it would fail the app."""
+    return ROOT / "dashboard.py"
 
 
 def all_pages(entry: Path) -> list[str]:
     return re.findall(r'st\.Page\("([^"]+)"', entry.read_text(encoding="utf-8"))
+
+
+def test_the_navigation_lists_every_page_file_once(entry_script):
+    # The page tests below render what the navigation lists; this makes that every page of pages/.
+    listed = all_pages(entry_script)
+    assert len(listed) == len(set(listed)), f"a page is listed twice: {listed}"
+    assert sorted(listed) == sorted(f"pages/{path.name}" for path in (ROOT / "pages").glob("*.py"))
 
 
 def open_page(entry: Path, page: str, **query: str) -> AppTest:
@@ -106,12 +109,12 @@ def test_every_page_renders_with_a_populated_workspace(populated_workspace, entr
     timings = {}
     for index, page in enumerate(all_pages(entry_script)):
         seconds = []
-        for _ in range(2):  # cold (caches empty), then warm (what a user sees on every click)
+        for _ in range(1 + WARM_RENDERS):  # cold (caches empty), then warm (what a user sees on every click)
             started = time.perf_counter()
             (at if index == 0 and not seconds else at.switch_page(page)).run()  # the first run opens the default page
             seconds.append(time.perf_counter() - started)
             assert not at.exception, f"{page}: {[e.message for e in at.exception]}"
-        timings[page] = seconds
+        timings[page] = (seconds[0], min(seconds[1:]))
         if page == "pages/home.py":
             assert [m.value for m in at.metric][2] == "2"  # completed runs
             assert len(at.dataframe[0].value) == 2
@@ -127,20 +130,20 @@ def test_every_page_renders_with_a_populated_workspace(populated_workspace, entr
             assert all("(synthetic)" in name for name in table["dataset"])
             assert len(plotly_specs(at)) == 1 + 2 + 1  # curves, two confusion matrices, per-class bars
             assert len(at.get("download_button")) == 2
-    print("\nrender seconds with the populated workspace (cold, warm):")
+    print(f"\nrender seconds with the populated workspace (cold, fastest of {WARM_RENDERS} warm):")
     for page, (cold, warm) in timings.items():
         print(f"  {page:<22} {cold:6.3f} {warm:6.3f}")
-    slow = {page: warm for page, (_, warm) in timings.items() if page in MY_PAGES and warm > 3.0}
-    assert not slow, f"pages took over 3 s to rerender with warm caches: {slow}"
+    slow = {page: round(warm, 3) for page, (_, warm) in timings.items() if warm >= WARM_RENDER_LIMIT_S}
+    assert not slow, f"pages over the README's {WARM_RENDER_LIMIT_S} s with warm caches: {slow}"
 
 
-def test_train_page_launches_a_job_that_finishes_and_shows_in_compare(tiny_workspace, entry_script):
+def test_train_page_launches_a_job_that_finishes_and_shows_in_compare(populated_copy, entry_script):
     from ui.common import job_runner
 
+    # resnet50 with random weights: the populated copy has its features cached, so the job trains only the head.
     at = open_page(entry_script, "pages/train.py")
     at.selectbox(key="train_dataset").set_value("synthetic").run()
-    at.multiselect(key="train_backbones").set_value(["efficientnet_lite0"]).run()
-    at.multiselect(key="train_random").set_value(["efficientnet_lite0"])
+    at.multiselect(key="train_backbones").set_value(["resnet50@random"])
     at.number_input(key="train_epochs").set_value(2)
     at.toggle(key="train_standardise").set_value(True)
     at.button(key="train_launch").click().run()
@@ -158,18 +161,21 @@ def test_train_page_launches_a_job_that_finishes_and_shows_in_compare(tiny_works
     at.switch_page("pages/compare.py").run()
     assert not at.exception
     table = at.dataframe[0].value
-    assert table["run"].tolist() == job.run_ids
-    assert table["weights"].tolist() == ["random weights"]
-    assert table["head"].tolist() == ["mlp · standardised"]
-    assert [tab.label for tab in at.tabs] == [f"#{job.run_ids[0]} efficientnet_lite0 (random weights), split 1, standardised"]
+    new = table[table["run"] == job.run_ids[0]]  # shown by default: the newest run
+    assert len(new) == 1
+    assert new["weights"].tolist() == ["random weights"] and new["head"].tolist() == ["mlp · standardised"]
+    assert f"#{job.run_ids[0]} resnet50 (random weights), split 1, standardised" in [tab.label for tab in at.tabs]
 
-    # The head file carries the training statistics: predicting the test images again gives the stored answers.
+    # The head file carries the training statistics: predicting test images again gives the stored answers.
+    from core.locate import RunFiles
     from core.predict import Predictor
     from core.runs import RunRegistry
 
-    stored = RunRegistry(tiny_workspace.registry_path).predictions(job.run_ids[0])
-    predictor = Predictor.from_run(job.run_ids[0], workspace=tiny_workspace)
-    again = predictor.predict([(Path(s["path"]).name, s["path"]) for s in stored])
+    registry = RunRegistry(populated_copy.registry_path)
+    stored = registry.predictions(job.run_ids[0])[:8]  # a few: each is a ResNet-50 forward on the CPU
+    photos = RunFiles(registry.get_run(job.run_ids[0]), populated_copy).images([s["path"] for s in stored])
+    predictor = Predictor.from_run(job.run_ids[0], workspace=populated_copy)
+    again = predictor.predict([(photo.name, photo) for photo in photos])
     np.testing.assert_allclose([p.probabilities for p in again], [s["probabilities"] for s in stored], atol=1e-5)
 
 

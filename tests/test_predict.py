@@ -22,7 +22,9 @@ from core import predict as predict_module
 from core.__main__ import main
 from core.backbones import WeightsSource
 from core.errors import FlowerProbeError, MissingFileError
-from core.predict import NEIGHBOURS, TOP_K, Prediction, Predictor, default_run, rows_to_csv, summary_rows
+from core.export import csv_text
+from core.locate import RunFiles
+from core.predict import NEIGHBOURS, TOP_K, FeaturesMissingError, Prediction, Predictor, default_run, summary_rows
 from core.runs import RunRegistry
 from image_catalogue import HOSTILE_FILE_NAMES, write_catalogue
 
@@ -92,9 +94,11 @@ def test_every_catalogue_file_in_one_batch(populated_workspace, tmp_path, privat
 @pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet50"])
 def test_predictions_on_test_images_reproduce_the_stored_ones(populated_workspace, backbone):
     run_id = _run_id(populated_workspace, backbone)
-    stored = RunRegistry(populated_workspace.registry_path).predictions(run_id)
+    registry = RunRegistry(populated_workspace.registry_path)
+    stored = registry.predictions(run_id)
+    photos = RunFiles(registry.get_run(run_id), populated_workspace).images([s["path"] for s in stored])  # stored relative
     predictor = Predictor.from_run(run_id, workspace=populated_workspace)
-    predictions = predictor.predict([(Path(s["path"]).name, s["path"]) for s in stored])
+    predictions = predictor.predict([(photo.name, photo) for photo in photos])
     assert [predictor.class_names.index(p.predicted_class) for p in predictions] == [s["predicted"] for s in stored]
     # Stored probabilities are rounded to 6 decimals; the forward is the same, so they agree to that.
     np.testing.assert_allclose(np.stack([p.probabilities for p in predictions]), [s["probabilities"] for s in stored], atol=1e-5)
@@ -102,7 +106,8 @@ def test_predictions_on_test_images_reproduce_the_stored_ones(populated_workspac
 
 def test_cli_and_page_give_the_same_prediction(populated_workspace, tmp_path):
     run_id = _run_id(populated_workspace, "efficientnet_lite0")
-    image = Path(RunRegistry(populated_workspace.registry_path).predictions(run_id)[0]["path"])
+    registry = RunRegistry(populated_workspace.registry_path)
+    image = RunFiles(registry.get_run(run_id), populated_workspace).image(registry.predictions(run_id)[0]["path"])
     bad = tmp_path / "notes.jpg"
     bad.write_text("not a photo")
     env = {**os.environ, "FLOWER_PROBE_WORKSPACE": str(populated_workspace.root)}
@@ -172,8 +177,81 @@ def test_default_run_is_the_best_on_the_most_recent_dataset():
     assert default_run([]) is None
 
 
-def test_csv_quotes_formulas_from_file_names():
-    rows = summary_rows([Prediction(name="=HYPERLINK(\"http://x\")"), Prediction(name="ok.jpg", top=(("Iris", 0.5),))])
-    text = rows_to_csv(rows)
-    assert text.splitlines()[0] == "file,predicted class,confidence,error"
-    assert "'=HYPERLINK" in text and "\nok.jpg,Iris,0.5," in text
+def test_csv_quotes_formulas_from_file_names_and_has_no_none_cells():
+    rows = summary_rows([Prediction(name="=HYPERLINK(\"http://x\")", error="not an image"), Prediction(name="ok.jpg", top=(("Iris", 0.5),))])
+    text = csv_text(rows)
+    assert text.splitlines()[0] == "file,predicted class,confidence,nearest training distance,unfamiliar,error"
+    assert "'=HYPERLINK" in text and "\nok.jpg,Iris,0.5,,False," in text
+    assert "None" not in text
+
+
+def test_unfamiliar_threshold_is_the_far_out_fence_of_training_nearest_neighbour_distances():
+    from core.predict import unfamiliar_threshold
+    from core.projection import cosine_neighbours
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(50, 8)).astype(np.float32)
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    distances = 1 - unit @ unit.T
+    np.fill_diagonal(distances, np.inf)
+    nearest = distances.min(axis=1)
+    q1, q3 = np.percentile(nearest, [25, 75])
+    assert unfamiliar_threshold(features) == pytest.approx(q3 + 3 * (q3 - q1), rel=1e-5)
+    assert cosine_neighbours(features, features, k=1)[1].max() < 1e-5  # each image finds itself first
+
+
+def test_a_foreign_photo_is_flagged_unfamiliar_and_a_test_photo_is_not(populated_workspace, tmp_path):
+    from PIL import Image
+
+    predictor = Predictor.from_run(_run_id(populated_workspace, "efficientnet_lite0"), workspace=populated_workspace)
+    dataset = predictor.dataset
+    test_rows = dataset.split(predictor.run["split"])["test"][:6]
+    # A foreign image: a black-and-white checkerboard, nothing like a flower painting.
+    board = (np.indices((256, 256)).sum(axis=0) // 32 % 2 * 255).astype(np.uint8)
+    Image.fromarray(board).convert("RGB").save(tmp_path / "board.png")
+    results = predictor.predict([("board.png", tmp_path / "board.png")] + [(str(r), dataset.image_paths[r]) for r in test_rows])
+    foreign, *in_domain = results
+    assert foreign.unfamiliar and foreign.neighbours[0].distance > predictor.unfamiliar_distance
+    assert not any(p.unfamiliar for p in in_domain), [p.neighbours[0].distance for p in in_domain]
+    assert foreign.to_dict()["unfamiliar"] is True
+
+
+def test_missing_training_features_are_said_not_extracted_in_the_caller(populated_workspace, tmp_path, monkeypatch):
+    moved = tmp_path / "workspace"
+    shutil.copytree(populated_workspace.root, moved)
+    monkeypatch.setenv("FLOWER_PROBE_WORKSPACE", str(moved))
+    from core.workspace import Workspace
+
+    workspace = Workspace.from_env()
+    for path in workspace.features_dir.iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    run_id = _run_id(workspace, "efficientnet_lite0")
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("Predictor.from_run must not extract features unless asked")
+
+    monkeypatch.setattr(predict_module, "extract_features", no_extraction)
+    with pytest.raises(FeaturesMissingError, match="no longer cached") as error:
+        Predictor.from_run(run_id, workspace=workspace)
+    assert error.value.extraction["backbone"] == "efficientnet_lite0"
+    monkeypatch.undo()
+    monkeypatch.setenv("FLOWER_PROBE_WORKSPACE", str(moved))
+    # What the page queues as a job: afterwards the run classifies from the cache.
+    from core.features import extract_features
+
+    extract_features(**error.value.extraction)
+    assert len(Predictor.from_run(run_id, workspace=workspace).reference_features) > 0
+
+
+def test_a_shared_backbone_is_never_changed_by_a_predictor(populated_workspace):
+    import torch
+
+    from core.backbones import build_backbone
+
+    shared, _ = build_backbone("resnet50", weights="random", workspace=populated_workspace)
+    before = {name: (p.dtype, p.data_ptr()) for name, p in shared.named_parameters()}
+    predictor = Predictor.from_run(_run_id(populated_workspace, "resnet50"), workspace=populated_workspace,
+                                   backbone_loader=lambda run: shared)
+    assert {name: (p.dtype, p.data_ptr()) for name, p in shared.named_parameters()} == before
+    assert all(p.dtype == torch.float32 for p in shared.parameters())
+    assert predictor.model is not shared or predictor.precision == "fp32"

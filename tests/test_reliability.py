@@ -22,8 +22,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import psutil
@@ -35,6 +35,7 @@ from core.datasets import load_dataset, synthetic_folder
 from core.errors import WorkspaceWriteError
 from core.experiment import ExperimentConfig, run_experiment
 from core.features import extract_features
+from core.locate import RunFiles
 from core.runs import RunRegistry
 from core.training import HeadConfig
 from core.workspace import Workspace
@@ -169,16 +170,17 @@ def test_two_processes_writing_one_workspace_both_complete_and_share_one_valid_c
     # One computed the features and the other waited for the lock and read them: never both, never half a file.
     assert sorted(r["timings"]["features_cached"] for r in runs) == [False, True]
     caches = _feature_caches(root)
-    assert len(caches) == 1 and a["features_path"] == b["features_path"] == str(caches[0])
+    ws = Workspace(root=root, data_root=root / "datasets")
+    assert len(caches) == 1 and RunFiles(a, ws).features == RunFiles(b, ws).features == caches[0]
     arrays = _load_cache(caches[0])
-    n_images = len(load_dataset("synthetic", Workspace(root=root, data_root=root / "datasets")).image_paths)
+    n_images = len(load_dataset("synthetic", ws).image_paths)
     assert arrays["features"].shape == (n_images, 1280) and np.isfinite(arrays["features"]).all()
     assert np.array_equal(arrays["rows"], np.arange(n_images))
     assert not list((root / "features").glob(".*.tmp")), "a temporary cache file was left behind"
     # Both runs are recorded completely, with identical numbers: same features, same seed.
     for run in runs:
-        assert len(registry.epochs(run["id"])) == EPOCHS and Path(run["head_path"]).is_file()
-        assert len(registry.predictions(run["id"])) == len(load_dataset("synthetic", Workspace(root=root, data_root=root / "datasets")).split("1")["test"])
+        assert len(registry.epochs(run["id"])) == EPOCHS and RunFiles(run, ws).head.is_file()
+        assert len(registry.predictions(run["id"])) == len(load_dataset("synthetic", ws).split("1")["test"])
     assert _numbers(registry, a) == _numbers(registry, b)
     assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-9)
     assert registry.integrity_check() == "ok"
@@ -192,7 +194,7 @@ def test_cli_killed_during_extraction_then_training_loses_nothing_and_reruns_to_
 
     # kill -9 while features are being computed: after the first batch's progress line, before the last.
     cli = Cli(root)
-    line = cli.wait_for(lambda l: bool((m := FEATURES_LINE.match(l)) and int(m[1]) < int(m[2])))
+    line = cli.wait_for(lambda text: bool((m := FEATURES_LINE.match(text)) and int(m[1]) < int(m[2])))
     cli.kill_9()
     assert "Epoch:" not in cli.output, f"killed too late to be during extraction ({line!r}):\n{cli.output}"
     for path in _feature_caches(root):  # a cache file either is complete or does not exist under its final name
@@ -203,7 +205,7 @@ def test_cli_killed_during_extraction_then_training_loses_nothing_and_reruns_to_
 
     # kill -9 while the head trains: the features are complete by then, the run is not.
     cli = Cli(root)
-    cli.wait_for(lambda l: l.startswith("Epoch: 1 "))
+    cli.wait_for(lambda text: text.startswith("Epoch: 1 "))
     cli.kill_9()
     [cache] = _feature_caches(root)
     extracted = _load_cache(cache)
@@ -418,6 +420,41 @@ def test_full_or_read_only_disk_fails_clearly_and_damages_nothing(tmp_path, popu
         # With room again, the same work succeeds: the fault left nothing behind that blocks it.
         assert _small_run(ws)["status"] == "completed"
         assert _completed_records(ws)[1:] == records
+
+
+@pytest.mark.parametrize(
+    "error",
+    [OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EROFS, "Read-only file system"),
+     PermissionError(errno.EACCES, "Permission denied")],
+)
+def test_disk_errors_names_the_path_and_what_to_do(tmp_path, error):
+    with pytest.raises(WorkspaceWriteError) as raised, fileio.disk_errors(tmp_path / "runs.sqlite"):
+        raise error
+    message = str(raised.value)
+    assert str(tmp_path / "runs.sqlite") in message and os.strerror(error.errno) in message and "disk space" in message
+    assert raised.value.__cause__ is error
+
+
+def test_disk_errors_turns_sqlite_full_and_read_only_into_the_same_message(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (x BLOB)")
+    readonly = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    with pytest.raises(WorkspaceWriteError, match="readonly"), fileio.disk_errors(path):
+        readonly.execute("INSERT INTO t VALUES (1)")
+    readonly.close()
+    full = sqlite3.connect(path)
+    full.execute(f"PRAGMA max_page_count={full.execute('PRAGMA page_count').fetchone()[0]}")
+    with pytest.raises(WorkspaceWriteError, match="full"), fileio.disk_errors(path):
+        full.execute("INSERT INTO t VALUES (?)", (b"x" * 100_000,))
+    full.close()
+
+
+def test_disk_errors_lets_other_errors_through(tmp_path):
+    with pytest.raises(FileNotFoundError), fileio.disk_errors(tmp_path):
+        (tmp_path / "missing" / "file").read_bytes()
+    with pytest.raises(sqlite3.OperationalError, match="syntax"), fileio.disk_errors(tmp_path):
+        sqlite3.connect(":memory:").execute("NOT SQL")
 
 
 # ----------------------------------------------------------------------------------------------- 7: bad images in a dataset

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sqlite3
 import subprocess
 import sys
 
@@ -45,7 +46,7 @@ def test_complete_run_round_trip(tmp_path):
 def test_failed_completion_leaves_no_half_success(tmp_path):
     registry = RunRegistry(tmp_path / "runs.sqlite")
     run_id = _create(registry)
-    with pytest.raises(Exception):
+    with pytest.raises(sqlite3.IntegrityError):
         # A duplicate prediction row violates the primary key midway through the transaction.
         registry.complete_run(
             run_id, weights_tag="t", device="cpu", precision="fp32", timings={}, best_epoch=1, test_acc=1.0, test_loss=1.0,
@@ -59,8 +60,8 @@ def test_failed_completion_leaves_no_half_success(tmp_path):
 def test_run_of_a_dead_process_is_marked_interrupted(tmp_path):
     path = tmp_path / "runs.sqlite"
     code = (
-        "import os, sys; sys.path.insert(0, %r); from tests.test_runs import _create; from core.runs import RunRegistry;"
-        "_create(RunRegistry(%r)); os._exit(0)" % (os.getcwd(), str(path))
+        f"import os, sys; sys.path.insert(0, {os.getcwd()!r}); from tests.test_runs import _create; from core.runs import RunRegistry;"
+        f"_create(RunRegistry({str(path)!r})); os._exit(0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     run = RunRegistry(path).list_runs()[0]  # opening the registry reconciles

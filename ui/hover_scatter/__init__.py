@@ -114,12 +114,24 @@ class Trace:
     colour: str  # any CSS colour; give a class the same colour in every panel
     correct: Sequence[bool] | None = None  # circle when True, x when False; None: all circles
     highlight: bool = False  # large outlined stars (uploaded images)
+    values: Sequence[float] | None = None  # per point: coloured on the panel's ColourBar instead of ``colour``
+
+
+@dataclass(frozen=True)
+class ColourBar:
+    """The colour scale of traces that carry ``values`` (per-image scores), drawn beside the last panel."""
+
+    title: str
+    low: float
+    high: float
+    scale: str = "Viridis"  # perceptually uniform and readable by colour-blind users
 
 
 @dataclass(frozen=True)
 class Panel:
     title: str
     traces: Sequence[Trace]
+    colour_bar: ColourBar | None = None  # required when a trace has ``values``
 
 
 @dataclass(frozen=True)
@@ -184,11 +196,11 @@ def prepare_thumbnails(
     return ThumbnailSource(web_root=root, sheets=sheets)
 
 
-def _coordinates(values: Sequence[float], *, name: str) -> list[float]:
+def _coordinates(values: Sequence[float], *, name: str, decimals: int = _COORDINATE_DECIMALS) -> list[float]:
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1 or not np.isfinite(array).all():
         raise ValueError(f"{name} must be a 1-D sequence of finite numbers; got shape {array.shape}.")
-    return np.round(array, _COORDINATE_DECIMALS).tolist()
+    return np.round(array, decimals).tolist()
 
 
 def _trace_spec(trace: Trace, *, n_rows: int, where: str) -> dict:
@@ -196,6 +208,7 @@ def _trace_spec(trace: Trace, *, n_rows: int, where: str) -> dict:
     x = _coordinates(trace.x, name=f"{where}.x")
     y = _coordinates(trace.y, name=f"{where}.y")
     lengths = {len(x), len(y), len(rows)} | ({len(trace.correct)} if trace.correct is not None else set())
+    lengths |= {len(trace.values)} if trace.values is not None else set()
     if len(lengths) != 1:
         raise ValueError(f"{where}: x, y, rows (and correct) must have the same length; got lengths {sorted(lengths)}.")
     if len(rows) and (rows.min() < 0 or rows.max() >= n_rows):
@@ -209,7 +222,19 @@ def _trace_spec(trace: Trace, *, n_rows: int, where: str) -> dict:
         # 0/1 rather than false/true: 3 bytes less per point in the JSON
         "correct": [int(bool(ok)) for ok in trace.correct] if trace.correct is not None else None,
         "highlight": bool(trace.highlight),
+        "values": None if trace.values is None else _coordinates(trace.values, name=f"{where}.values", decimals=4),
     }
+
+
+def _colour_bar_spec(panel: Panel, *, where: str) -> dict | None:
+    bar = panel.colour_bar
+    if bar is None:
+        if any(trace.values is not None for trace in panel.traces):
+            raise ValueError(f"{where}: a trace has values, so the panel needs a colour_bar.")
+        return None
+    if not (np.isfinite([bar.low, bar.high]).all() and bar.low <= bar.high):
+        raise ValueError(f"{where}.colour_bar: low and high must be finite with low <= high; got {bar.low}, {bar.high}.")
+    return {"title": str(bar.title), "low": float(bar.low), "high": float(bar.high), "scale": str(bar.scale)}
 
 
 def _text_spec(hover_text: HoverText) -> dict:
@@ -271,6 +296,7 @@ def build_spec(
         "panels": [
             {
                 "title": str(panel.title),
+                "colourBar": _colour_bar_spec(panel, where=f"panels[{p}]"),
                 "traces": [
                     _trace_spec(trace, n_rows=n_rows, where=f"panels[{p}].traces[{t}]")
                     for t, trace in enumerate(panel.traces)

@@ -12,7 +12,8 @@
   const LATENCY_SAMPLES = 200;
   const TOOLTIP_OFFSET = 14;
   const HIGHLIGHT_RADIUS = 8; // half the star marker: anywhere on a star means that star
-  const SELECTED_RING_PX = 13; // just wider than a 6 px point and its x symbol, so both stay visible
+  const SELECTED_RING_PX = 13;
+  const TITLE_PX = 24; // the HTML title line above each plot (see .panel-title)
 
   const state = {
     renderKey: null,
@@ -63,30 +64,53 @@
     if (theme.font) document.body.style.fontFamily = theme.font;
   }
 
-  function markerOf(trace) {
+  // A trace with values (per-image scores) is coloured on the panel's colour bar; the bar is drawn
+  // once, beside the last panel, where the legend is.
+  function markerOf(trace, colourBar, showScale) {
     if (trace.highlight) {
       return { color: trace.colour, size: 15, symbol: "star", line: { width: 1.5, color: "#111111" } };
     }
     const marker = { color: trace.colour, size: 6, opacity: 0.85 };
     if (trace.correct) marker.symbol = trace.correct.map((ok) => (ok ? "circle" : "x"));
+    if (trace.values && colourBar) {
+      Object.assign(marker, {
+        color: trace.values,
+        colorscale: colourBar.scale,
+        cmin: colourBar.low,
+        cmax: colourBar.high,
+        showscale: showScale,
+        colorbar: { title: { text: plotlyText(colourBar.title), side: "right" }, thickness: 12, len: 0.6, y: 0.3 },
+      });
+    }
     return marker;
   }
 
   function buildPanel(container, panel, index, spec, theme) {
     const last = index === spec.panels.length - 1;
+    const column = document.createElement("div");
+    column.className = last ? "panel with-legend" : "panel";
+    // The title is HTML above the plot, not a Plotly title: the mode bar (top right of the plot on
+    // hover) can then never cover it, however long it is. textContent keeps it literal text.
+    const title = document.createElement("div");
+    title.className = "panel-title";
+    title.textContent = panel.title;
     const wrap = document.createElement("div");
-    wrap.className = last ? "panel with-legend" : "panel";
+    wrap.className = "plot";
     const div = document.createElement("div");
     const ring = document.createElement("div");
     ring.className = "ring";
     ring.hidden = true;
     wrap.append(div, ring);
-    container.append(wrap);
+    column.append(title, wrap);
+    container.append(column);
 
     const positions = new Map();
     const names = panel.traces.map((trace) => trace.name);
     const highlighted = panel.traces.filter((trace) => trace.highlight).flatMap((trace) => trace.rows);
+    let scaleShown = false;
     const traces = panel.traces.map((trace, traceIndex) => {
+      const showScale = last && Boolean(trace.values) && !scaleShown;
+      scaleShown = scaleShown || showScale;
       trace.rows.forEach((row, i) => positions.set(row, { x: trace.x[i], y: trace.y[i], trace: traceIndex }));
       return {
         type: state.renderer,
@@ -98,15 +122,13 @@
         hoverinfo: "none", // our tooltip replaces Plotly's label; "none" still fires plotly_hover
         showlegend: last,
         visible: state.hidden.has(trace.name) ? "legendonly" : true,
-        marker: markerOf(trace),
+        marker: markerOf(trace, panel.colourBar, showScale),
       };
     });
     const background = (theme && theme.backgroundColor) || "#ffffff";
     const layout = {
-      // left-aligned: the mode bar appears at the top right on hover and would cover a centred title
-      title: { text: plotlyText(panel.title), font: { size: 15 }, x: 0.01, xanchor: "left" },
-      height: spec.height,
-      margin: { l: 8, r: 8, t: 36, b: 8 },
+      height: spec.height - TITLE_PX,
+      margin: { l: 8, r: 8, t: 28, b: 8 }, // room for the mode bar above the points
       xaxis: { visible: false }, // t-SNE axes have no meaning, only neighbourhoods do
       yaxis: { visible: false },
       hovermode: "closest",

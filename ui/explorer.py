@@ -1,0 +1,542 @@
+"""The Explorer page's logic: which runs to map, the map controls, the panels, the selection gallery.
+
+``pages/explorer.py`` reads top to bottom (title, ``choose_view()``, ``show_view(view)``); everything
+it draws is decided here, and the pure parts (default runs, common rows, traces per colouring,
+scores) are plain functions tested without a page.
+
+Maps come from ``core.projection.cached_map``: t-SNE, UMAP or PCA, each cached per (features,
+method, parameters) in this process and under ``<workspace>/features/maps/``, so a rerun that does
+not change them computes nothing. Dataset rows are the global row ids everywhere (traces,
+tooltips, sprite sheets). Colour by: true class, predicted class or correct / incorrect of a chosen
+run (any protocol: every run records per-image test predictions), or any per-image score
+(``ImageScore``: a run's prediction confidence, and the data-health scores of ``core.health`` where
+that module offers them), on a colour bar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, replace
+
+import numpy as np
+import streamlit as st
+
+from core.datasets import Dataset
+from core.errors import FlowerProbeError
+from core.exclusions import relative_path
+from core.features import FeatureSet, read_features
+from core.projection import (
+    MAP_METHODS,
+    MIN_MAP_POINTS,
+    FeatureMap,
+    MapParams,
+    cached_map,
+    cosine_neighbours,
+)
+from core.text import markdown_text
+from ui.charts import class_colours
+from ui.common import (
+    cached_dataset,
+    dataset_label,
+    list_runs,
+    run_files,
+    run_label,
+    run_predictions,
+    stage_text,
+    thumbnail,
+    weights_label,
+    workspace,
+)
+from ui.hover_scatter import (
+    ColourBar,
+    HoverText,
+    Panel,
+    Trace,
+    hover_scatter,
+    last_event,
+    prepare_thumbnails,
+)
+
+MAX_PANELS = 2  # two maps side by side still leave each one wide enough to read clusters
+PARTS = {"all": "all images", "train": "train", "val": "validation", "test": "test"}
+COLOUR_MODES = {"class": "true class", "predicted": "predicted class", "correct": "correct / incorrect"}
+OWN_RUN = 0  # "predictions of": each map's own run (run ids start at 1)
+HEALTH_MODE = "health"  # colour-by entry that computes the data-health scores, then offers each of them
+CORRECT_COLOUR, WRONG_COLOUR, UNPREDICTED_COLOUR = "#2CA02C", "#D62728", "#B0B0B0"
+NOT_PREDICTED = "(no prediction)"  # parenthesised so it cannot look like a class name
+NOT_SCORED = "(no score)"
+PCA_COMPONENTS = 50  # before t-SNE and UMAP: 50 dims keep >90 % of these features' variance
+THUMB_PX = 128  # gallery photos: big enough to tell two flowers of a class apart
+GALLERY_LIMIT = 48  # photos per gallery: enough to see what a lasso caught, few enough to load quickly
+_SELECTION_KEY = "explorer_selection"  # rows the last click or selection picked
+_SEQ_KEY = "explorer_seq"  # seq of the last event acted on: the component repeats its value on every rerun
+_VIEW_KEY = "explorer_view"  # what was shown when the selection was made; a new view clears the selection
+MAP_KEY = "explorer-map"
+
+
+# ----------------------------------------------------------------------------------------------- scores
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    """A per-image score to colour a map by: one value per dataset row, NaN where the image has none.
+
+    Any source plugs in as one of these: a run's prediction confidence, a data-health score.
+    """
+
+    key: str  # unique among the scores offered, e.g. "confidence:12"
+    name: str  # shown in the picker and on the colour bar
+    values: np.ndarray  # shape (n_dataset_rows,), float, NaN where not scored
+
+    def __post_init__(self) -> None:
+        if np.asarray(self.values).ndim != 1:
+            raise ValueError(f"ImageScore values must be 1-D (one per dataset row); got shape {np.shape(self.values)}.")
+
+
+def confidence_score(run: dict, predictions: dict[int, tuple[int, float]], n_rows: int) -> ImageScore:
+    """The run's softmax confidence in its prediction, for the images it predicted (its test images)."""
+    values = np.full(n_rows, np.nan)
+    for row, (_, confidence) in predictions.items():
+        values[row] = confidence
+    return ImageScore(key=f"confidence:{run['id']}", name=f"confidence of run #{run['id']}", values=values)
+
+
+def health_scores(report, dataset: Dataset) -> list[ImageScore]:
+    """The label-quality and outlier scores of a ``core.health.HealthReport``, per dataset row.
+
+    The report numbers images by its ``paths`` (dataset-relative); rows it did not analyse (excluded,
+    unreadable, and the test part for label quality) stay NaN.
+    """
+    index_of = {relative_path(dataset, row): row for row in range(len(dataset.image_paths))}
+    rows = np.array([index_of.get(path, -1) for path in report.paths])
+    where = f"{report.backbone} features"
+    scores = []
+    for key, name, entries in (("label", f"label quality, low = likely mislabeled ({where})", report.label_issues),
+                               ("outlier", f"outlier score, high = unusual ({where})", report.outliers)):
+        values = np.full(len(dataset.image_paths), np.nan)
+        for entry in entries:
+            row = rows[entry["image"]]
+            if row >= 0:
+                values[row] = entry["score"]
+        scores.append(ImageScore(key=f"health:{key}:{report.backbone}", name=name, values=values))
+    return scores
+
+
+def score_range(values: np.ndarray) -> tuple[float, float]:
+    """Colour bar range of ``values``: min and max of the finite ones ((0, 1) when none)."""
+    finite = values[np.isfinite(values)]
+    return (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------- pure helpers
+
+
+def default_runs(runs: list[dict]) -> list[dict]:
+    """The newest run of each of the ``MAX_PANELS`` most recently trained backbones, oldest first; ``runs`` newest first.
+
+    Oldest first puts a comparison's backbones in the order it trained them (DINOv2, then ResNet-50).
+    """
+    latest: dict[str, dict] = {}
+    for run in runs:
+        latest.setdefault(run["backbone"], run)
+    return sorted(list(latest.values())[:MAX_PANELS], key=lambda run: run["id"])
+
+
+def common_rows(feature_sets: list[FeatureSet], part_rows: np.ndarray) -> np.ndarray:
+    """Rows of ``part_rows`` that every feature set has (unreadable images drop out), ascending."""
+    rows = np.unique(part_rows)
+    for features in feature_sets:
+        rows = features.select(rows)[1]
+    return rows
+
+
+def predicted_classes(predictions: dict[int, tuple[int, float]], rows: np.ndarray) -> np.ndarray:
+    """Predicted class index of each row, -1 where the run made no prediction (not a test image)."""
+    return np.array([predictions[int(row)][0] if int(row) in predictions else -1 for row in rows], dtype=np.int64)
+
+
+def prediction_texts(class_names: tuple[str, ...], per_run: dict[int, dict[int, tuple[int, float]]], n_rows: int) -> list[str | None] | None:
+    """Tooltip prediction per dataset row: the class when the runs agree, each run's when they differ; None when none predicted."""
+    if not any(per_run.values()):
+        return None
+    texts: list[str | None] = [None] * n_rows
+    for row in set().union(*per_run.values()):
+        guesses = {run_id: predictions[row][0] for run_id, predictions in per_run.items() if row in predictions}
+        if len(set(guesses.values())) == 1:
+            texts[row] = class_names[next(iter(guesses.values()))]
+        else:
+            texts[row] = " · ".join(f"#{run_id} {class_names[guess]}" for run_id, guess in guesses.items())
+    return texts
+
+
+def panel_traces(
+    embedding: np.ndarray, rows: np.ndarray, *, labels: np.ndarray, predicted: np.ndarray, class_names: tuple[str, ...],
+    colour_by: str, score: np.ndarray | None = None,
+) -> list[Trace]:
+    """One trace per legend entry: classes (true or predicted, coloured by class index), correct / incorrect, or a score.
+
+    Parameters
+    ----------
+    embedding : ndarray of shape (n_points, 2)
+    rows : ndarray of shape (n_points,), dataset row of each point
+    labels : ndarray of shape (n_points,), true class index
+    predicted : ndarray of shape (n_points,), predicted class index, -1 where none (for "predicted" and "correct")
+    colour_by : {"class", "predicted", "correct", "score"}
+    score : ndarray of shape (n_points,), NaN where not scored (for "score")
+    """
+    if colour_by == "score":
+        if score is None or len(score) != len(rows):
+            raise ValueError(f"colour_by='score' needs one score per point ({len(rows)}); got {None if score is None else len(score)}.")
+        scored = np.isfinite(score)
+        traces = []
+        if (~scored).any():  # grey, drawn first so scored points sit on top
+            members = np.flatnonzero(~scored)
+            traces.append(Trace(name=NOT_SCORED, x=embedding[members, 0], y=embedding[members, 1], rows=rows[members], colour=UNPREDICTED_COLOUR))
+        if scored.any():
+            members = np.flatnonzero(scored)
+            traces.append(Trace(name="score", x=embedding[members, 0], y=embedding[members, 1], rows=rows[members],
+                                colour=UNPREDICTED_COLOUR, values=score[members]))
+        return traces
+    colours = class_colours(len(class_names))
+    if colour_by == "class":
+        groups, names = labels, list(class_names)
+    elif colour_by == "predicted":
+        groups = np.where(predicted < 0, len(class_names), predicted)
+        names, colours = [*class_names, NOT_PREDICTED], [*colours, UNPREDICTED_COLOUR]
+    elif colour_by == "correct":
+        groups = np.where(predicted < 0, 2, (predicted != labels).astype(np.int64))
+        names, colours = ["correct", "incorrect", NOT_PREDICTED], [CORRECT_COLOUR, WRONG_COLOUR, UNPREDICTED_COLOUR]
+    else:
+        raise ValueError(f"colour_by must be 'class', 'predicted', 'correct' or 'score'; got {colour_by!r}.")
+    traces = []
+    for group, (name, colour) in enumerate(zip(names, colours)):
+        members = np.flatnonzero(groups == group)
+        if len(members) == 0:
+            continue
+        correct = None if colour_by != "correct" else (predicted[members] == labels[members]) | (predicted[members] < 0)
+        traces.append(Trace(name=name, x=embedding[members, 0], y=embedding[members, 1], rows=rows[members], colour=colour, correct=correct))
+    return traces
+
+
+def effective_params(method: str, params: MapParams, n_points: int) -> tuple[MapParams, str]:
+    """``params`` shrunk to what ``n_points`` allows (perplexity <= (n-1)/3, n_neighbors <= n-1), and a note saying so."""
+    if method == "tsne" and params.perplexity > (n_points - 1) / 3:
+        lowered = float((n_points - 1) / 3)
+        return replace(params, perplexity=lowered), f" (perplexity lowered from {params.perplexity:g} for {n_points} points)"
+    if method == "umap" and params.n_neighbors > n_points - 1:
+        return replace(params, n_neighbors=n_points - 1), f" (neighbours lowered from {params.n_neighbors} for {n_points} points)"
+    return params, ""
+
+
+# ----------------------------------------------------------------------------------------------- cached data
+
+
+def _file_stamp(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+def _features_file(run: dict) -> str:
+    """The run's feature cache in this workspace ("" if it recorded none): ``core.locate``, so a moved workspace works."""
+    return str(run_files(run).features or "")
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _features(path: str, stamp: tuple[int, int]) -> FeatureSet:
+    # A resource, not data: 20,000 x 1,280 float32 is 100 MB, which cache_data would copy on every rerun.
+    return read_features(path)
+
+
+def _maps_dir():
+    return workspace().features_dir / "maps"
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _map(path: str, stamp: tuple[int, int], rows_digest: str, method: str, params: MapParams, _features: np.ndarray) -> FeatureMap:
+    """``cached_map`` of ``_features`` (the features of some rows of file ``path``); the key leaves the array out,
+    so a rerun does not even hash the features."""
+    # Created inside the cached function so that a cache hit replays it (ending empty) instead of
+    # referring to an element of an earlier run.
+    bar = st.progress(0.0, text=f"{MAP_METHODS[method]} of {len(_features):,} points…")
+    feature_map = cached_map(
+        _features, method=method, params=params, cache_dir=_maps_dir(),
+        progress=lambda event: bar.progress(event.fraction, text=stage_text(event)),
+    )
+    bar.empty()
+    return feature_map
+
+
+@st.cache_resource(show_spinner="Data health: label issues and outliers from the cached features…", max_entries=8)
+def _health(workspace_key: str, dataset_key: str, fingerprint: str, backbone: str, weights: str, variant: str | None, split: str):
+    from core.health import HealthConfig, dataset_health
+
+    # Cached on disk by core.health too (a second server process reads the report); features are never extracted here.
+    return dataset_health(dataset_key, backbone, workspace=workspace(), weights=weights, variant=variant,
+                          config=HealthConfig(split=split))
+
+
+def _health_scores(dataset: Dataset, run: dict) -> list[ImageScore]:
+    """The data-health scores of ``run``'s features, or none (said on the page) when they cannot be computed."""
+    ws = workspace()
+    try:
+        report = _health(f"{ws.root}|{ws.data_root}", dataset.key, dataset.fingerprint, run["backbone"], run["weights"],
+                         run.get("features"), run["split"])
+    except FlowerProbeError as exc:
+        st.info(markdown_text(f"No data-health scores: {exc}"), icon=":material/info:")
+        return []
+    return health_scores(report, dataset)
+
+
+def _rows_digest(rows: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(rows, dtype=np.int64).tobytes(), digest_size=16).hexdigest()
+
+
+def _thumbnails(dataset: Dataset):
+    """Sprite sheets of every dataset image (built once; later calls only check the files' dates)."""
+    slot = st.empty()
+    source = prepare_thumbnails(
+        dataset.image_paths, workspace=workspace(), progress=lambda e: slot.progress(e.fraction, text=stage_text(e))
+    )
+    slot.empty()
+    return source
+
+
+def _predictions(run: dict) -> dict[int, tuple[int, float]]:
+    """Dataset row -> (predicted class index, confidence), for the run's test images."""
+    frame = run_predictions(run)
+    return dict(zip(frame["row"].astype(int).tolist(), zip(frame["predicted"].astype(int).tolist(), frame["confidence"].astype(float).tolist())))
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class View:
+    """Everything the controls chose: what ``show_view`` draws."""
+
+    dataset: Dataset
+    runs: list[dict]  # one per panel
+    feature_sets: list[FeatureSet]
+    part: str  # key of PARTS
+    rows: np.ndarray  # shape (n_points,): dataset rows on the maps, ascending
+    method: str  # key of MAP_METHODS
+    params: MapParams
+    colour_by: str  # "class", "predicted", "correct" or "score"
+    predictions: dict[int, dict[int, tuple[int, float]]]  # run id -> row -> (class, confidence)
+    colour_runs: list[dict]  # per panel: the run whose predictions colour it
+    score: ImageScore | None
+    k: int  # neighbours shown for a single photo
+
+
+def _choose_runs(runs: list[dict]) -> tuple[str, list[dict], dict[int, dict]]:
+    datasets: dict[str, str] = {}
+    for run in runs:  # newest first, so the default dataset is that of the newest run
+        datasets.setdefault(run["dataset_key"], dataset_label(run["dataset_name"], run["synthetic"]))
+    dataset_key = st.selectbox("Dataset", list(datasets), format_func=datasets.get, key="explorer_dataset")
+    on_dataset = {run["id"]: run for run in runs if run["dataset_key"] == dataset_key}
+    chosen = st.multiselect(
+        "Runs (one map each, side by side)", list(on_dataset), default=[run["id"] for run in default_runs(list(on_dataset.values()))],
+        format_func=lambda i: f"{run_label(on_dataset[i])} · {on_dataset[i]['test_acc']:.1f} %", max_selections=MAX_PANELS,
+        key=f"explorer_runs_{dataset_key}",
+    )
+    return dataset_key, [on_dataset[i] for i in chosen], on_dataset
+
+
+def _runs_to_show() -> tuple[Dataset, list[dict], dict[int, dict]] | None:
+    """The dataset, the one or two runs to map and every run on that dataset, or None after saying why there is nothing to show."""
+    completed = list_runs(status="completed")
+    runs = [run for run in completed if _file_stamp(_features_file(run))]
+    if not runs:
+        missing = len(completed) - len(runs)
+        st.info(
+            "No run with cached features yet. Train a head on the Train page (or the one-click comparison on Home): "
+            "the features it extracts are what this page maps."
+            + (f" ({missing} completed run(s) lost their cached features file.)" if missing else ""),
+            icon=":material/info:",
+        )
+        st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+        return None
+    dataset_key, chosen, on_dataset = _choose_runs(runs)
+    if not chosen:
+        st.info("Choose one run, or two to compare their maps side by side.", icon=":material/info:")
+        return None
+    dataset = cached_dataset(dataset_key)
+    stale = [run for run in chosen if run["dataset_fingerprint"] != dataset.fingerprint]
+    if stale:
+        ids = ", ".join(f"#{run['id']}" for run in stale)
+        st.warning(markdown_text(f"The images of {dataset.name} changed since run(s) {ids} were trained, so their features no "
+                                 "longer match the photos. Train again on the current images."), icon=":material/warning:")
+    chosen = [run for run in chosen if run not in stale]
+    return (dataset, chosen, on_dataset) if chosen else None
+
+
+def _method_controls(column) -> tuple[str, MapParams]:
+    method = column.radio("Map", list(MAP_METHODS), format_func=MAP_METHODS.get, horizontal=True, key="explorer_method",
+                          help="t-SNE keeps neighbourhoods but distorts global distances; PCA is linear and instant; "
+                          "UMAP sits between and scales further.")
+    with column.popover("Map settings", icon=":material/tune:"):
+        pca = st.toggle(f"PCA to {PCA_COMPONENTS} dims first", value=True, key="explorer_pca", disabled=method == "pca",
+                        help="Denoises the features and speeds up t-SNE and UMAP; turn off to map the raw features.")
+        perplexity = st.slider("Perplexity (t-SNE)", 5, 100, 30, step=5, key="explorer_perplexity", disabled=method != "tsne",
+                               help="Roughly how many neighbours each point keeps close; larger values show more global structure.")
+        n_neighbors = st.slider("Neighbours (UMAP)", 2, 100, 15, key="explorer_neighbors", disabled=method != "umap",
+                                help="UMAP's local neighbourhood: small values keep fine detail, large ones global layout.")
+        min_dist = st.slider("Min distance (UMAP)", 0.0, 1.0, 0.1, step=0.05, key="explorer_min_dist", disabled=method != "umap",
+                             help="How tightly UMAP packs points of a cluster.")
+    params = MapParams(perplexity=float(perplexity), n_neighbors=int(n_neighbors), min_dist=float(min_dist),
+                       pca_components=PCA_COMPONENTS if pca else None)
+    return method, params
+
+
+def _colour_controls(column, dataset: Dataset, runs: list[dict], on_dataset: dict[int, dict], rows: np.ndarray):
+    sources = [OWN_RUN] + [i for i in on_dataset]
+    source = column.selectbox(
+        "Predictions of", sources, key="explorer_colour_run",
+        format_func=lambda i: "each map's own run" if i == OWN_RUN else run_label(on_dataset[i]),
+        help="The run whose per-image test predictions colour the maps (any protocol); its test images carry them.",
+    )
+    colour_runs = [run if source == OWN_RUN else on_dataset[source] for run in runs]
+    predictions = {run["id"]: _predictions(run) for run in {r["id"]: r for r in runs + colour_runs}.values()}
+    scores = {score.key: score for run in {r["id"]: r for r in colour_runs}.values()
+              for score in [confidence_score(run, predictions[run["id"]], len(dataset.image_paths))]}
+    has_predictions = any(int(row) in predictions[run["id"]] for run in colour_runs for row in rows)
+    modes = {"class": COLOUR_MODES["class"]}
+    if has_predictions:
+        modes |= {key: label for key, label in COLOUR_MODES.items() if key != "class"}
+        modes |= {f"score:{key}": score.name for key, score in scores.items()}
+    # Data-health scores (core.health) of the first map's features: computed only once chosen (cached after).
+    modes |= {HEALTH_MODE: f"data health: label quality and outlier scores ({runs[0]['backbone']})"}
+    if st.session_state.get("explorer_colour") == HEALTH_MODE or str(st.session_state.get("explorer_colour")).startswith("score:health:"):
+        health = _health_scores(dataset, runs[0])
+        scores |= {score.key: score for score in health}
+        modes |= {f"score:{score.key}": score.name for score in health}
+        if st.session_state.get("explorer_colour") == HEALTH_MODE:  # chosen just now: show its first score
+            st.session_state["explorer_colour"] = f"score:{health[0].key}" if health else "class"
+    if st.session_state.get("explorer_colour") not in modes:  # e.g. "predicted" chosen, then train images
+        st.session_state["explorer_colour"] = "class"
+    colour = column.selectbox("Colour by", list(modes), format_func=modes.get, key="explorer_colour",
+                              help="Predictions and scores need test images: runs predict only those.")
+    score = scores[colour.removeprefix("score:")] if colour.startswith("score:") else None
+    return ("score" if score else colour), colour_runs, predictions, score
+
+
+def choose_view() -> View | None:
+    """Draw the Explorer's inputs and return what they chose, or None after saying why there is nothing to map."""
+    shown = _runs_to_show()
+    if shown is None:
+        return None
+    dataset, runs, on_dataset = shown
+    feature_sets = [_features(_features_file(run), _file_stamp(_features_file(run))) for run in runs]
+    columns = st.columns([1, 1.3, 1.6, 1.6, 0.9])
+    part = columns[0].selectbox("Images", list(PARTS), format_func=PARTS.get, key="explorer_part",
+                                help=f"Which images of split {runs[0]['split']} to map.")
+    part_rows = np.arange(len(dataset.image_paths)) if part == "all" else dataset.split(runs[0]["split"])[part]
+    rows = common_rows(feature_sets, part_rows)
+    method, params = _method_controls(columns[1])
+    colour_by, colour_runs, predictions, score = _colour_controls(columns[2], dataset, runs, on_dataset, rows)
+    k = columns[4].number_input("Neighbours (k)", 1, 32, 8, key="explorer_k", help="Nearest neighbours shown for a clicked photo.")
+    if len(rows) < MIN_MAP_POINTS:
+        st.info(f"Only {len(rows)} readable image(s) here: a map needs at least {MIN_MAP_POINTS}. Choose more images.", icon=":material/info:")
+        return None
+    return View(dataset=dataset, runs=runs, feature_sets=feature_sets, part=part, rows=rows, method=method, params=params,
+                colour_by=colour_by, predictions=predictions, colour_runs=colour_runs, score=score, k=int(k))
+
+
+# ----------------------------------------------------------------------------------------------- output
+
+
+def build_panels(view: View, maps: list[FeatureMap]) -> list[Panel]:
+    """One panel per run: its map's points, coloured as the view says, same class colours in every panel."""
+    dataset, rows = view.dataset, view.rows
+    labels = dataset.labels[rows]
+    panels = []
+    for run, feature_map, colour_run in zip(view.runs, maps, view.colour_runs):
+        predicted = predicted_classes(view.predictions[colour_run["id"]], rows)
+        score = view.score.values[rows] if view.score is not None else None
+        bar = None
+        if score is not None:
+            low, high = score_range(score)
+            bar = ColourBar(title=view.score.name, low=low, high=high)
+        title = f"#{run['id']} {run['backbone']} ({weights_label(run['weights'])}) · {feature_map.label} · test {run['test_acc']:.1f} %"
+        panels.append(Panel(title=title, colour_bar=bar, traces=panel_traces(
+            feature_map.embedding, rows, labels=labels, predicted=predicted, class_names=dataset.class_names,
+            colour_by=view.colour_by, score=score,
+        )))
+    return panels
+
+
+def _gallery(dataset: Dataset, rows: list[int], captions: list[str]) -> None:
+    """Thumbnails of ``rows`` with plain-text captions; unreadable files show the placeholder, said so."""
+    thumbs = [thumbnail(dataset.image_paths[row], size=THUMB_PX) for row in rows]
+    st.image([data for data, _ in thumbs], width=THUMB_PX, output_format="JPEG",
+             caption=[markdown_text(text + ("" if ok else " (unreadable)")) for text, (_, ok) in zip(captions, thumbs)])
+
+
+def _photo_caption(dataset: Dataset, row: int) -> str:
+    """Class, then file name on its own line (markdown_text keeps the line break)."""
+    return f"{dataset.class_names[dataset.labels[row]]}\n{dataset.image_paths[row].name}"
+
+
+def _neighbours(view: View, row: int, features: list[np.ndarray]) -> None:
+    dataset, rows = view.dataset, view.rows
+    st.subheader("Nearest neighbours")
+    name = f"{dataset.image_paths[row].name} ({dataset.class_names[dataset.labels[row]]})"
+    st.caption(markdown_text(f"of {name}, by cosine distance between full feature vectors, among the {len(rows):,} images on the map"))
+    position = int(np.searchsorted(rows, row))
+    for index, (column, run, matrix) in enumerate(zip(st.columns(len(view.runs)), view.runs, features)):
+        # k + 1: the photo itself comes back too (distance 0), dropped below
+        found, distances = cosine_neighbours(matrix, matrix[position:position + 1], k=view.k + 1)
+        kept = [(int(rows[i]), float(d)) for i, d in zip(found[0], distances[0]) if i != position][:view.k]
+        with column.container(key=f"explorer-neighbours-{index}"):
+            st.markdown(f"**{markdown_text(run_label(run))}** · {matrix.shape[1]}-d features")
+            _gallery(dataset, [r for r, _ in kept], [f"{d:#.3g} · {_photo_caption(dataset, r)}" for r, d in kept])
+
+
+def _selection(event: dict | None, view_key: tuple) -> list[int]:
+    """The rows picked by the newest click or selection; an event is acted on once, a new view starts empty."""
+    if st.session_state.get(_VIEW_KEY) != view_key:
+        st.session_state[_VIEW_KEY] = view_key
+        st.session_state[_SELECTION_KEY] = []
+    if event is not None and event["seq"] != st.session_state.get(_SEQ_KEY):
+        st.session_state[_SEQ_KEY] = event["seq"]
+        st.session_state[_SELECTION_KEY] = event["rows"]
+    return st.session_state.get(_SELECTION_KEY, [])
+
+
+def show_view(view: View) -> None:
+    """Compute (or reuse) the maps, draw them with photo-on-hover, then the gallery of what a click or lasso picked."""
+    dataset, rows = view.dataset, view.rows
+    params, lowered = effective_params(view.method, view.params, len(rows))
+    features = [feature_set.select(rows)[0] for feature_set in view.feature_sets]
+    digest = _rows_digest(rows)
+    maps = [_map(_features_file(run), _file_stamp(_features_file(run)), digest, view.method, params, matrix)
+            for run, matrix in zip(view.runs, features)]
+    hover_text = HoverText(
+        class_names=[dataset.class_names[label] for label in dataset.labels],
+        file_names=[path.name for path in dataset.image_paths],
+        predictions=prediction_texts(dataset.class_names, {run["id"]: view.predictions[run["id"]] for run in view.colour_runs},
+                                     len(dataset.image_paths)),
+    )
+    on_map = set(rows.tolist())
+    view_key = (dataset.key, tuple(run["id"] for run in view.runs), view.part)
+    # Read before drawing the maps, so that they ring what this rerun's click or selection picked.
+    selected = [row for row in _selection(last_event(MAP_KEY), view_key) if row in on_map]
+    hover_scatter(build_panels(view, maps), hover_text=hover_text, thumbnails=_thumbnails(dataset), height=560,
+                  selected_rows=selected, key=MAP_KEY)
+    st.caption(
+        f"{len(rows):,} images · {MAP_METHODS[view.method]} of the cached features, {params.describe(view.method)}{lowered}. "
+        "Hover a point for its photo; click one, or box/lasso-select several (tools at the top right), for a gallery; "
+        "click a legend entry to hide a class, double-click to show only it."
+    )
+    if selected:
+        st.subheader(f"Selected photos ({len(selected)})")
+        shown = selected[:GALLERY_LIMIT]
+        _gallery(dataset, shown, [_photo_caption(dataset, row) for row in shown])
+        if len(selected) > GALLERY_LIMIT:
+            st.caption(f"Showing the first {GALLERY_LIMIT} of {len(selected)}.")
+        if len(selected) == 1:
+            _neighbours(view, selected[0], features)
