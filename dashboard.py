@@ -18,6 +18,7 @@ navigation = st.navigation(
         st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
         st.Page("pages/explorer.py", title="Explorer", icon=":material/scatter_plot:"),
         st.Page("pages/classify.py", title="Classify", icon=":material/image_search:"),
+        st.Page("pages/health.py", title="Health", icon=":material/health_and_safety:"),
         st.Page("pages/patches.py", title="Patches", icon=":material/grid_on:"),
     ]
 )

@@ -26,6 +26,7 @@ DEFAULT_OUT = Path("bench/results/latest.json")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes everywhere: a smoke run of a few minutes")
+    parser.add_argument("--gpu-sizes", action="store_true", help="inputs sized for a datacentre GPU (bench/gpu_check.sh)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON report path (default {DEFAULT_OUT})")
     parser.add_argument("--only", help=f"comma-separated sections to run, from: {','.join(SECTIONS)} (default: all)")
     parser.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE, help=f"the bench's own workspace folder (default {DEFAULT_WORKSPACE})")
@@ -34,10 +35,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_section(name: str, context: Context, arguments: argparse.Namespace):
-    from . import browser_pages, extraction, heads, maps, pages, probes, reference, roofline, tsne
+    from . import browser_pages, extraction, heads, maps, pages, probes, reference, roofline, scale, tsne
 
     modules = {"roofline": roofline, "extraction": extraction, "reference": reference, "heads": heads, "tsne": tsne, "pages": pages,
-               "browser": browser_pages, "probes": probes, "maps": maps}
+               "browser": browser_pages, "probes": probes, "maps": maps, "scale": scale}
     if name == "reference":
         return reference.run(context, full_reference=arguments.reference_full)
     return modules[name].run(context)
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    context = Context(sizes=Sizes.quick() if arguments.quick else Sizes(), workspace_root=root, quick=arguments.quick)
+    sizes = Sizes.quick() if arguments.quick else Sizes.gpu() if arguments.gpu_sizes else Sizes()
+    context = Context(sizes=sizes, workspace_root=root, quick=arguments.quick)
     report: dict = {
         "command": "python -m bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-SECTIONS = ("roofline", "extraction", "reference", "heads", "probes", "tsne", "maps", "pages", "browser")
+SECTIONS = ("roofline", "extraction", "reference", "heads", "probes", "tsne", "maps", "pages", "browser", "scale")
 OPERATORS = (">=", "<")
 DEFAULT_WORKSPACE = Path("/tmp/flower-probe-bench")
 # Marks a folder the bench created, so it only ever clears caches in a workspace of its own.
@@ -42,6 +42,11 @@ class Sizes:
     big_head_samples: int = 20_000  # a large folder dataset's worth of cached features
     tsne_points: tuple[int, ...] = (1_360, 20_000)
     head_repeats: int = 3
+
+    @classmethod
+    def gpu(cls) -> "Sizes":
+        """Inputs sized for a datacentre GPU: a matmul big enough for its tensor cores, batches that fill it."""
+        return cls(matmul_n=16384, matmul_repeats=5, images=2048, feature_batch=256, rounds=3)
 
     @classmethod
     def quick(cls) -> "Sizes":

@@ -77,8 +77,10 @@ def run(context: Context) -> tuple[dict, list[Target]]:
     recording = time_recording(context, suite.pop("results"))
     context.log(f"  probe suite: {suite['runs']} runs in {suite['seconds']:.1f} s "
                 + ", ".join(f"{p} {s:.1f} s" for p, s in suite["per_protocol_s"].items()))
-    context.log(f"  recording {recording['runs']} runs: {recording['seconds']:.1f} s, registry {recording['registry_bytes'] / 1e6:.1f} MB")
+    megabytes = recording["registry_bytes"] / 1e6
+    context.log(f"  recording {recording['runs']} runs: {recording['seconds']:.1f} s, registry {megabytes:.1f} MB")
     results = {"suite": suite, "recording": recording, "levels": ["all" if s is None else s for s in levels], "seeds": seeds}
-    name = f"Probe suite, {suite['runs']} runs (5 protocols x {len(levels)} shots levels x {seeds} seeds) on {IMAGES} x {DIM} features"
+    grid = f"5 protocols x {len(levels)} shots levels x {seeds} seeds"
+    name = f"Probe suite, {suite['runs']} runs ({grid}) on {IMAGES} x {DIM} features"
     targets = [Target(name, suite["seconds"], "<", 60, "s", note=f"recording them: {recording['seconds']:.1f} s more")]
     return results, targets

@@ -18,6 +18,7 @@ from .backbones import TIMM_PREFIX, get_config, list_backbones, list_timm_backbo
 from .datasets import list_datasets, prepare_dataset
 from .errors import FlowerProbeError
 from .experiment import WEIGHTS_SEPARATOR, parse_backbone, run_comparison
+from .fewshot import DEFAULT_SEEDS, fewshot_table, parse_shots, protocols_table, result_rows, run_probe_suite
 from .fileio import atomic_write_bytes
 from .presets import HEAD_DEFAULTS, REFERENCE
 from .progress import ProgressEvent, format_duration
@@ -111,13 +112,11 @@ def _cmd_compare(args: argparse.Namespace, workspace: Workspace) -> None:
 
 
 def _cmd_probe(args: argparse.Namespace, workspace: Workspace) -> None:
-    from .fewshot import fewshot_table, parse_shots, protocols_table, result_rows, run_probe_suite
-
     features = [v.strip() for v in args.features.split(",")] if args.features else None
     records = run_probe_suite(
-        dataset=args.dataset, backbones=args.backbones, random_weights_for=tuple(args.random_weights_for),
-        protocols=[p.strip() for p in args.protocols.split(",")], features=features, shots=parse_shots(args.shots), seeds=args.seeds,
-        split=args.split, device=args.device, precision=args.precision, workspace=workspace, progress=ConsoleProgress(),
+        dataset=args.dataset, backbones=with_weights_overrides(args.backbones, parse_weights_overrides(args.weights)),
+        random_weights_for=tuple(args.random_weights_for), protocols=[p.strip() for p in args.protocols.split(",")], features=features,
+        shots=parse_shots(args.shots), seeds=args.seeds, split=args.split, device=args.device, precision=args.precision, workspace=workspace, progress=ConsoleProgress(),
     )
     print("Test top-1 % on the whole training part, [95 % bootstrap interval over test images]")
     print(protocols_table(records))
@@ -125,8 +124,6 @@ def _cmd_probe(args: argparse.Namespace, workspace: Workspace) -> None:
         print(f"\nFew-shot: test top-1 %, mean ± std over {args.seeds} draws (validation part whole at every level)")
         print(fewshot_table(records))
     if args.json:
-        from .fileio import atomic_write_bytes
-
         atomic_write_bytes(args.json, json.dumps({"results": result_rows(records)}, indent=1).encode("utf-8"))
         print(f"\nWrote {args.json}")
     print(f"\nRecorded {len(records)} runs (group {records[0]['group_id']}) in {workspace.registry_path}")
@@ -139,7 +136,20 @@ def _cmd_prepare(args: argparse.Namespace, workspace: Workspace) -> None:
 
 def _cmd_datasets(args: argparse.Namespace, workspace: Workspace) -> None:
     for entry in list_datasets(workspace):
-        print(f"{entry.key:<30} {'prepared' if entry.prepared else 'not prepared':<13} {entry.name}")
+        print(f"{entry.key:<30} {entry.name:<32} {entry.state}")
+
+
+def _cmd_health(args: argparse.Namespace, workspace: Workspace) -> None:
+    from .export import csv_text
+    from .health import CSV_COLUMNS, HealthConfig, dataset_health, report_text  # only this command needs them
+
+    config = HealthConfig(split=args.split, folds=args.folds, duplicate_threshold=args.duplicate_threshold)
+    report = dataset_health(args.dataset, args.backbone, workspace=workspace, weights=args.weights, variant=args.features, config=config,
+                            extract=args.extract, progress=ConsoleProgress())
+    print(report_text(report, top=args.top))
+    if args.csv:
+        atomic_write_bytes(args.csv, csv_text(report.flagged_rows(), columns=CSV_COLUMNS).encode("utf-8"))
+        print(f"\nWrote {len(report.flagged_rows())} flagged row(s) to {args.csv}")
 
 
 def with_weights_overrides(backbones: list[str], overrides: dict[str, str]) -> list[str]:
@@ -265,10 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--dataset", default=REFERENCE.dataset, help="oxford17, synthetic, or folder:<name under the data root>")
     compare.add_argument(
         "--backbones", nargs="+", default=list(REFERENCE.backbones), type=_backbone_spec, metavar="NAME[@random]",
-        help=f"from: {', '.join(list_backbones())}. NAME@random runs it with random weights, NAME@<checkpoint path> with that file; "
-             "the same NAME may appear twice (efficientnet_lite0 efficientnet_lite0@random: how much does pretraining matter?)",
+        help=f"from: {', '.join(list_backbones())}. NAME@random runs it with random weights, NAME@<checkpoint path> "
+             "with that file; the same NAME may appear twice (efficientnet_lite0 efficientnet_lite0@random: "
+             "how much does pretraining matter?)",
     )
-    compare.add_argument("--random-weights-for", nargs="*", default=[], metavar="NAME", help="use random weights for these backbones (instead of pretrained)")
+    compare.add_argument("--random-weights-for", nargs="*", default=[], metavar="NAME", help="use random weights for these backbones")
     compare.add_argument("--weights", nargs="+", default=[], metavar="NAME=PATH",
                          help="run backbone NAME with this checkpoint (.pth state dict or .safetensors): timm:convnext_tiny=/path/ft.safetensors")
     compare.add_argument("--split", default=REFERENCE.split, help="1, 2, 3 or all (Oxford 17's official splits; other datasets have split 1)")
@@ -287,11 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--backbones", nargs="+", default=list(REFERENCE.backbones), type=_backbone_spec, metavar="NAME[@random]",
                        help="as for compare: NAME, NAME@random or NAME@<checkpoint path>")
     probe.add_argument("--random-weights-for", nargs="*", default=[], metavar="NAME", help="use random weights for these backbones")
+    probe.add_argument("--weights", nargs="+", default=[], metavar="NAME=PATH", help="as for compare: run backbone NAME with this checkpoint")
     probe.add_argument("--protocols", default="mlp,linear,logreg,knn,ncm", help="comma-separated, from mlp, linear, logreg, knn, ncm")
     probe.add_argument("--features", default="", help="comma-separated variants (cls, patch_mean, cls+patch_mean, last4; gap for CNNs); "
                        "default: each backbone's own (cls for ViTs, gap for CNNs)")
     probe.add_argument("--shots", default="all", help="training images per class, comma-separated, e.g. 1,2,4,8,16,all")
-    probe.add_argument("--seeds", type=int, default=5, help="random draws per few-shot level (the whole training part runs once)")
+    probe.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="random draws per few-shot level (the whole training part runs once)")
     probe.add_argument("--split", default=REFERENCE.split, help="one split: 1, 2 or 3 (Oxford 17), 1 elsewhere")
     probe.add_argument("--json", metavar="PATH", help="also write every run's result as JSON")
     probe.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
@@ -349,6 +361,19 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"], help="local engine")
     extract.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     extract.set_defaults(handler=_cmd_extract)
+
+    health = sub.add_parser("health", help="likely label errors, duplicates and train/test leakage, outliers, from cached features")
+    health.add_argument("--dataset", required=True, help="oxford17, synthetic, or folder:<name under the data root>")
+    health.add_argument("--backbone", required=True, metavar="NAME", help="a name from `backbones`, or timm:<tag>")
+    health.add_argument("--weights", default="pretrained", help="pretrained, random, or a checkpoint path")
+    health.add_argument("--features", default=None, metavar="VARIANT", help="a feature variant (default: the backbone's own)")
+    health.add_argument("--split", default="1", help="the split whose train/val/test parts are used (Oxford 17: 1, 2 or 3)")
+    health.add_argument("--folds", type=int, default=5, help="cross-validation folds for the label check")
+    health.add_argument("--duplicate-threshold", type=float, default=None, metavar="COSINE", help="default: from the dataset's own similarities")
+    health.add_argument("--top", type=int, default=5, help="candidates printed per issue type")
+    health.add_argument("--csv", default=None, metavar="PATH", help="write one row per flagged image")
+    health.add_argument("--extract", action="store_true", help="extract the features first when they are not cached")
+    health.set_defaults(handler=_cmd_health)
     return parser
 
 

@@ -742,9 +742,10 @@ def _read_state_dict(path: Path, name: str) -> StateDict:
 
 def _state_dict_problems(expected: StateDict, given: StateDict) -> list[str]:
     """Human-readable differences in keys and shapes between the model's and a checkpoint's state dicts."""
-    # BatchNorm's step counter is absent from pre-0.4 files such as resnet50-0676ba61.pth and unused in eval.
+    # BatchNorm's step counter is absent from pre-0.4 files such as resnet50-0676ba61.pth and unused in eval;
+    # it is never worth reporting (the parameters next to it are reported).
     missing = [key for key in expected if key not in given and not key.endswith("num_batches_tracked")]
-    unexpected = [key for key in given if key not in expected]
+    unexpected = [key for key in given if key not in expected and not key.endswith("num_batches_tracked")]
     mismatched = [
         f"{key} {tuple(given[key].shape)} vs {tuple(value.shape)}"
         for key, value in expected.items()

@@ -14,20 +14,22 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
-from typing import Callable
 
 import numpy as np
 from safetensors.torch import save_file
 
 from . import __version__
+from .backbones import get_config
 from .datasets import Dataset, prepare_dataset
 from .errors import CancelledError, FlowerProbeError
 from .features import extract_features
 from .fileio import atomic_write, atomic_write_bytes
 from .locate import stored_path
 from .presets import HEAD_DEFAULTS
+from .probes import metrics_record, test_metrics
 from .progress import ProgressCallback, ProgressEvent
 from .runs import RunRegistry
 from .training import HeadConfig, train_head
@@ -113,6 +115,12 @@ def run_experiment(
             record_rate(workspace, what=config.backbone, device=features.device, images_per_s=watched.final_rate)
         train, valid, test = (_part(features, dataset, parts[p]) for p in ("train", "val", "test"))
         result = train_head(train[:2], valid[:2], test[:2], num_classes=dataset.num_classes, config=config.head, progress=progress)
+        # Beyond top-1 (unchanged): its 95 % bootstrap interval, top-5 and mean per-class accuracy (core.probes).
+        metrics = metrics_record(
+            test_metrics(result.test.probabilities, result.test.labels, num_classes=dataset.num_classes, seed=config.head.seed),
+            valid_accuracy=result.epochs[result.best_epoch - 1].valid_acc, hyperparameter={"name": "epoch", "value": result.best_epoch},
+            standardised=config.head.standardise,
+        )
         head_path = workspace.heads_dir / f"run-{run_id}.safetensors"
         with atomic_write(head_path) as tmp:
             save_file({k: v.contiguous() for k, v in result.state_dict.items()}, str(tmp), metadata={"run_id": str(run_id), "config": str(config.to_dict())})
@@ -129,14 +137,14 @@ def run_experiment(
             per_class_acc=result.test.per_class_accuracy, confusion=result.test.confusion, skipped=[list(s) for s in features.skipped],
             # Relative to the workspace and the dataset's folder (core.locate), so a moved workspace keeps its runs.
             features_path=stored_path(features.cache_path, base=workspace.root), head_path=stored_path(head_path, base=workspace.root),
-            epochs=[asdict(e) for e in result.epochs], predictions=predictions,
+            epochs=[asdict(e) for e in result.epochs], predictions=predictions, metrics=metrics,
         )
     except CancelledError:
         registry.end_run(run_id, status="cancelled", error="Cancelled by the user.")
         raise
     except (KeyboardInterrupt, _TerminatedError):
         registry.end_run(run_id, status="interrupted", error="Interrupted (Ctrl-C or SIGTERM) before it finished.")
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt from None  # SIGTERM too: callers stop the way they do for Ctrl-C
     except BaseException as exc:
         registry.end_run(run_id, status="failed", error=str(exc) if isinstance(exc, FlowerProbeError) else f"{type(exc).__name__}: {exc}")
         raise
@@ -164,7 +172,7 @@ class BackboneChoice:
 
     @property
     def spec(self) -> str:
-        """``name`` for pretrained weights, ``name@random`` / ``name@<checkpoint>`` otherwise (``parse_backbone``'s inverse)."""
+        """``name`` when pretrained, else ``name@random`` / ``name@<checkpoint>`` (``parse_backbone``'s inverse)."""
         return self.backbone if self.weights == "pretrained" else f"{self.backbone}{WEIGHTS_SEPARATOR}{self.weights}"
 
     @property
@@ -174,7 +182,7 @@ class BackboneChoice:
 
 
 def parse_backbone(spec: str) -> BackboneChoice:
-    """``"resnet50"`` -> pretrained; ``"resnet50@random"`` -> random weights; ``"resnet50@/path/to.pth"`` -> that checkpoint."""
+    """``"resnet50"``: pretrained; ``"resnet50@random"``: random weights; ``"resnet50@/w/r50.pth"``: that file."""
     name, separator, weights = str(spec).partition(WEIGHTS_SEPARATOR)
     if not name or (separator and not weights):
         raise FlowerProbeError(f"backbones must be written NAME, NAME@random or NAME@<checkpoint path>; got {spec!r}.")
@@ -191,6 +199,8 @@ def backbone_choices(backbones: list[str], random_weights_for: tuple[str, ...] =
     if not backbones:
         raise FlowerProbeError("backbones must name at least one backbone.")
     choices = [parse_backbone(spec) for spec in backbones]
+    for choice in choices:  # an unknown name fails now, with the closest names, not after the dataset is prepared
+        get_config(choice.backbone)
     plain = {c.backbone for c in choices if c.weights == "pretrained"}
     unknown_random = set(random_weights_for) - plain
     if unknown_random:
@@ -244,7 +254,7 @@ def record_rate(workspace: Workspace, *, what: str, device: str, images_per_s: f
 
 
 class _RateWatcher:
-    """A progress callback passing every event on, keeping the rate of ``stage``'s last event when it completed the step."""
+    """A progress callback passing every event on; keeps the rate of ``stage``'s event that completed the step."""
 
     def __init__(self, progress: ProgressCallback | None, *, stage: str) -> None:
         self._progress, self._stage = progress, stage

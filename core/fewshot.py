@@ -49,7 +49,8 @@ def parse_shots(text: str) -> list[int | None]:
         elif item.isdigit() and int(item) >= 1:
             levels.append(int(item))
         else:
-            raise FlowerProbeError(f"shots must be positive whole numbers or 'all', separated by commas (e.g. 1,4,16,all); got {item!r} in {text!r}.")
+            raise FlowerProbeError(f"shots must be positive whole numbers or 'all', separated by commas (e.g. 1,4,16,all); "
+                                   f"got {item!r} in {text!r}.")
     return list(dict.fromkeys(levels))
 
 
@@ -94,7 +95,7 @@ class SuitePlan:
 
 def plan_suite(*, backbones: list[str], random_weights_for: tuple[str, ...] = (), protocols: list[str], features: list[str] | None,
                shots: list[int | None], seeds: int) -> SuitePlan:
-    """Validate the suite's arguments (before any work or record); ``features`` None: each backbone's default variant."""
+    """Validate the suite's arguments before any work or record; ``features`` None: each backbone's default variant."""
     if not isinstance(seeds, int) or seeds < 1:
         raise FlowerProbeError(f"seeds must be a whole number >= 1, got {seeds!r}.")
     if not shots:
@@ -127,13 +128,6 @@ def _predictions(dataset: Dataset, rows: np.ndarray, result: ProbeResult) -> lis
         (int(row), stored_path(dataset.image_paths[row], base=dataset.root), int(label), int(predicted), float(scores[predicted]), scores.tolist())
         for row, label, predicted, scores in zip(rows, result.labels, result.predictions, result.scores)
     ]
-
-
-def _metrics(result: ProbeResult) -> dict:
-    return {
-        "test_acc_ci": list(result.test.accuracy_interval), "top5": result.test.top5, "mean_class_acc": result.test.mean_class_accuracy,
-        "valid_acc": result.valid_accuracy, "hyperparameter": result.hyperparameter, "standardised": result.standardised,
-    }
 
 
 def run_probe_suite(
@@ -200,7 +194,7 @@ def _record(registry: RunRegistry, *, workspace: Workspace, dataset: Dataset, ch
         "best_epoch": result.hyperparameter["value"] if result.protocol == "mlp" else None, "test_acc": result.test.accuracy,
         "test_loss": result.test_loss, "per_class_acc": result.test.per_class_accuracy, "confusion": result.test.confusion,
         "skipped": [list(s) for s in feature_set.skipped], "features_path": stored_path(feature_set.cache_path, base=workspace.root),
-        "epochs": result.epochs, "predictions": _predictions(dataset, test_rows, result), "metrics": _metrics(result),
+        "epochs": result.epochs, "predictions": _predictions(dataset, test_rows, result), "metrics": result.record_metrics(),
     }
     keep_head = result.head_state is not None and level is ALL and variant == default_variant(choice.backbone)
 
@@ -232,7 +226,7 @@ def _row_label(run: dict) -> str:
 
 
 def protocols_table(records: list[dict]) -> str:
-    """Rows backbone x features, columns protocols, cells test top-1 on the whole training part with its 95 % interval."""
+    """Rows backbone x features, columns protocols, cells test top-1 on the whole training part with its interval."""
     full = [r for r in records if r["shots"] is None]
     protocols = list(dict.fromkeys(r["protocol"] for r in full))
     rows: dict[str, dict[str, str]] = {}

@@ -196,10 +196,13 @@ def out_of_sample_probabilities(features: np.ndarray, labels: np.ndarray, *, fol
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     # Standardised: a random-weight backbone's raw features are nearly parallel vectors of norm ~1,000.
     model = make_pipeline(StandardScaler(), LogisticRegression(C=regularisation, max_iter=500))
-    with warnings.catch_warnings():
+    # One BLAS/OpenMP thread: these fits are small (a few hundred x 1,280), and threads spinning on a busy
+    # machine made one fit 20 s of CPU instead of 0.26 s (measured: 270 x 1,280, 17 classes, 2 loaded cores).
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
         # An unconverged fold still ranks images usefully; the warning would only flood the log.
         warnings.simplefilter("ignore", ConvergenceWarning)
         return cross_val_predict(
@@ -225,8 +228,9 @@ def _check_folds(labels: np.ndarray, class_names: tuple[str, ...], folds: int) -
     if small:
         fewest = min(count for _, count in small)
         raise DatasetError(
-            f"The dataset is too small for folds={folds}: class(es) {', '.join(f'{name!r} ({count})' for name, count in small)} "
-            f"have fewer training and validation images than folds. Use folds={max(2, fewest)} or fewer (--folds), or add images."
+            f"The dataset is too small for folds={folds}: class(es) "
+            f"{', '.join(f'{name!r} ({count})' for name, count in small)} have fewer training and validation images "
+            f"than folds. Use folds={max(2, fewest)} or fewer (--folds), or add images."
         )
 
 
@@ -264,8 +268,10 @@ def label_issues(features: np.ndarray, labels: np.ndarray, *, class_names: tuple
 class HealthReport:
     """One health analysis. Images are numbered by position in ``paths`` (the analysed images).
 
-    label_issues : training and validation images, ``{"image", "given", "suggested", "score", "flagged"}``, lowest score first
-    pairs : duplicate candidates ``{"a", "b", "similarity", "exact"}`` (each image's nearest neighbours and every byte copy)
+    label_issues : training and validation images, ``{"image", "given", "suggested", "score", "flagged"}``,
+        lowest score first
+    pairs : duplicate candidates ``{"a", "b", "similarity", "exact"}`` (each image's nearest neighbours and
+        every byte copy)
     outliers : every image, ``{"image", "score", "flagged"}``, highest distance first
     """
 
@@ -408,8 +414,8 @@ def analyse(dataset: Dataset, features: np.ndarray, rows: np.ndarray, *, config:
     pairs = [{"a": x, "b": y, "similarity": s, "exact": (x, y) in exact} for (x, y), s in sorted(candidates.items())]
     if config.duplicate_threshold is None:
         threshold = auto_duplicate_threshold(nearest, z=config.duplicate_z)
-        source = (f"auto: nearest-neighbour distances (1 - cosine) more than {config.duplicate_z:g} robust standard deviations "
-                  f"below their median on a log scale")
+        source = (f"auto: nearest-neighbour distances (1 - cosine) more than {config.duplicate_z:g} robust "
+                  "standard deviations below their median on a log scale")
     else:
         threshold, source = float(config.duplicate_threshold), "given"
     timings["hashes_s"] = time.perf_counter() - started
@@ -418,7 +424,10 @@ def analyse(dataset: Dataset, features: np.ndarray, rows: np.ndarray, *, config:
     report(progress, "health", 2, 3, message="Outliers: distance to the k-th nearest training image")
     train = parts == "train"
     if train.sum() < 2:
-        raise DatasetError(f"Split {config.split} of {dataset.name} has {int(train.sum())} training image(s); outliers need at least two.")
+        raise DatasetError(
+            f"Split {config.split} of {dataset.name} has {int(train.sum())} training image(s); "
+            "outliers need at least two."
+        )
     distance = kth_training_distance(unit, train, k=config.outlier_k)
     centre, spread = _robust_centre_spread(np.log(np.clip(distance, _MIN_DISTANCE, None)))
     cutoff = float(np.exp(centre + config.outlier_z * spread))
@@ -461,8 +470,8 @@ def _cache_path(workspace: Workspace, dataset: Dataset, payload: dict):
 def dataset_health(
     dataset_key: str, backbone: str, *, workspace: Workspace, weights: str = "pretrained", variant: str | None = None,
     config: HealthConfig = HealthConfig(), device: str = "auto", precision: str = "auto", extract: bool = False,
-    progress: ProgressCallback | None = None,
-) -> HealthReport:
+    compute: bool = True, progress: ProgressCallback | None = None,
+) -> HealthReport | None:
     """The health report of a dataset from one backbone's features; from ``<workspace>/health`` when computed before.
 
     Parameters
@@ -474,6 +483,8 @@ def dataset_health(
     config : HealthConfig
     extract : bool
         Compute the features when they are not cached (minutes) instead of raising ``MissingFileError``.
+    compute : bool
+        False: only look the report up; None when it was not computed yet (a page render must not compute).
 
     Raises
     ------
@@ -489,15 +500,22 @@ def dataset_health(
     whole = load_dataset(dataset_key, workspace, exclusions=False)
     dataset = apply_exclusions(whole, workspace)
     started = time.perf_counter()
-    features = cached_features(whole, backbone, workspace=workspace, weights=weights, variant=variant, device=device, precision=precision)
+    # The whole dataset's features serve every set of exclusions; those of the dataset as analysed (an extraction
+    # made after excluding) serve it too.
+    for source in [whole] if dataset is whole else [whole, dataset]:
+        features = cached_features(source, backbone, workspace=workspace, weights=weights, variant=variant, device=device,
+                                   precision=precision)
+        if features is not None:
+            break
     if features is None:
+        source = whole
         if not extract:
             weights_flag = "" if weights == "pretrained" else f" --weights {weights}"
-            variant_flag = "" if variant is None else f" --features {variant}"
             raise MissingFileError(
                 f"No cached {backbone} features for {whole.name} yet. Extract them first: on the Health page press "
-                f"'Extract features', or run `python -m core health --dataset {dataset_key} --backbone {backbone}{weights_flag}"
-                f"{variant_flag} --extract` (a forward pass over {len(whole.image_paths)} images)."
+                f"'Extract features', or run "
+                f"`python -m core extract --dataset {dataset_key} --backbone {backbone}{weights_flag}` "
+                f"or add --extract to `python -m core health` (a forward pass over {len(whole.image_paths)} images)."
             )
         features = extract_features(whole, backbone, workspace=workspace, weights=weights, variant=variant, device=device,
                                     precision=precision, progress=progress)
@@ -512,13 +530,15 @@ def dataset_health(
     if path.exists():
         report(progress, "health", 1, 1, message="health report from cache")
         return HealthReport.from_dict(json.loads(path.read_text(encoding="utf-8")), from_cache=True)
+    if not compute:
+        return None
 
-    # Features of the whole dataset, rows of the dataset as analysed: map the kept rows onto the whole one's.
-    kept_in_whole = np.flatnonzero(~np.isin([relative_path(whole, r) for r in range(len(whole.image_paths))], dataset.excluded))
-    x, whole_rows = features.select(kept_in_whole)
-    rows = np.searchsorted(kept_in_whole, whole_rows)
+    # Feature rows are the source's; the analysis numbers the dataset's rows: map the kept ones across (same order).
+    kept = np.flatnonzero(~np.isin([relative_path(source, r) for r in range(len(source.image_paths))], dataset.excluded))
+    x, source_rows = features.select(kept)
+    rows = np.searchsorted(kept, source_rows)
     analysis = analyse(dataset, np.asarray(x), rows, config=config, progress=progress)
-    unreadable = [[relative_path(whole, r), "unreadable"] for r in np.setdiff1d(kept_in_whole, whole_rows)]
+    unreadable = [[relative_path(source, r), "unreadable"] for r in np.setdiff1d(kept, source_rows)]
     analysis["timings"] = {"features_s": features_seconds, **analysis["timings"], "total_s": time.perf_counter() - total_started}
     result = HealthReport(
         dataset_key=dataset.key, dataset_name=dataset.name, fingerprint=dataset.fingerprint, backbone=backbone, weights=weights,
@@ -596,3 +616,34 @@ def compare_health(reports: Mapping[str, HealthReport], *, planted: Mapping[str,
         rows.append(row)
     return rows
 
+
+
+def report_text(report: HealthReport, *, top: int = 5, threshold: float | None = None) -> str:
+    """What ``python -m core health`` prints: the inputs, counts per issue type and the top candidates of each."""
+    names = report.class_names
+    weights = "" if report.weights == "pretrained" else f" ({report.weights} weights)"
+    counts = report.counts(threshold)
+    cut = report.duplicate_threshold if threshold is None else threshold
+    lines = [
+        f"{report.dataset_name}: {len(report.paths)} images, split {report.config['split']}, "
+        f"{report.backbone}{weights}, features {report.variant or 'default'}, fingerprint {report.fingerprint}" + (" (from cache)" if report.from_cache else ""),
+        f"skipped {len(report.skipped)} image(s) (excluded or unreadable); "
+        f"computed in {report.timings['total_s']:.1f} s",
+        "",
+        *(f"{name:<16} {count:>6}" for name, count in counts.items()),
+        "",
+        f"Label issues (cleanlab, {report.config['folds']}-fold logistic regression on train+val), "
+        "lowest label quality first:",
+        *(f"  {i['score']:.4f}  {report.paths[i['image']]}  "
+          f"given {names[i['given']]!r}, suggested {names[i['suggested']]!r}"
+          + ("" if i["flagged"] else "  (not flagged)") for i in report.label_issues[:top]),
+        f"Duplicate pairs at cosine >= {cut:.4f} ({report.threshold_source}), most similar first:",
+        *(f"  {p['similarity']:.4f}  {report.paths[p['a']]} ({p['part_a']})  <->  "
+          f"{report.paths[p['b']]} ({p['part_b']})"
+          + ("  exact copy" if p["exact"] else "") + ("  LEAKAGE" if p["leakage"] else "") for p in report.duplicates(threshold)[:top]),
+        f"Outliers (cosine distance to the {report.config['outlier_k']}-th nearest training image; flagged above "
+        f"{report.outlier_cutoff:.4f}), farthest first:",
+        *(f"  {o['score']:.4f}  {report.paths[o['image']]} ({report.parts[o['image']]})" + ("" if o["flagged"] else "  (not flagged)")
+          for o in report.outliers[:top]),
+    ]
+    return "\n".join(lines)

@@ -64,10 +64,15 @@ def hf_cached_file(repo_id: str, filenames: tuple[str, ...]) -> Path | None:
     return None
 
 
+def hf_endpoint() -> str | None:
+    """``HF_ENDPOINT`` (a mirror of the hub) read on each call; None means huggingface_hub's default."""
+    return os.environ.get("HF_ENDPOINT", "").rstrip("/") or None
+
+
 def hf_url(repo_id: str, filename: str) -> str:
     from huggingface_hub import hf_hub_url
 
-    return hf_hub_url(repo_id, filename)
+    return hf_hub_url(repo_id, filename, endpoint=hf_endpoint())
 
 
 def _progress_bar_class(progress: ProgressCallback | None, what: str):
@@ -117,7 +122,8 @@ def hf_download(
     for filename in filenames:
         try:
             return Path(hf_hub_download(
-                repo_id, filename, cache_dir=hf_cache_dir(), tqdm_class=_progress_bar_class(progress, what)
+                repo_id, filename, cache_dir=hf_cache_dir(), endpoint=hf_endpoint(),
+                tqdm_class=_progress_bar_class(progress, what),
             ))
         except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:  # offline: the other file will not come either
             last_error = exc

@@ -232,6 +232,18 @@ def extraction_job(
     return target
 
 
+def probe_job(**suite_kwargs) -> JobTarget:
+    """A job target running ``core.fewshot.run_probe_suite`` (every run recorded as it finishes) with live progress."""
+    from .fewshot import run_probe_suite
+
+    def target(context: JobContext) -> list[int]:
+        context.set_current("probe suite")
+        records = run_probe_suite(**suite_kwargs, progress=context.progress, on_run=lambda r: context.add_run(r["id"]))
+        return [r["id"] for r in records]
+
+    return target
+
+
 def progress_job(function: Callable[..., Any], **kwargs) -> JobTarget:
     """A job target calling ``function(**kwargs, progress=...)``, for dataset preparation and the like."""
 

@@ -76,8 +76,8 @@ class RunFiles:
             return contained_path(self.dataset_root, path)
         # An old absolute record: the part below the dataset's folder (found by the folder's own path under
         # the data root, e.g. ``synthetic-flowers`` or ``oxford17``), placed under this workspace's copy of it.
-        root = self.dataset_root
-        anchor = root.relative_to(self.workspace.data_root.resolve()).parts if root.is_relative_to(self.workspace.data_root.resolve()) else (root.name,)
+        root, data_root = self.dataset_root, self.workspace.data_root.resolve()
+        anchor = root.relative_to(data_root).parts if root.is_relative_to(data_root) else (root.name,)
         parts = path.parts
         starts = [i for i in range(len(parts) - len(anchor)) if parts[i:i + len(anchor)] == anchor]
         return _legacy(path, root.joinpath(*parts[starts[-1] + len(anchor):])) if starts else path

@@ -106,6 +106,16 @@ class ProbeResult:
     head_config: HeadConfig | None = None  # the head as core.training builds it, when the probe is one (mlp, linear, logreg)
     head_state: dict | None = None  # its weights (safetensors-ready tensors)
 
+    def record_metrics(self) -> dict:
+        """What a run record keeps beyond top-1 (the registry's ``metrics``)."""
+        return metrics_record(self.test, valid_accuracy=self.valid_accuracy, hyperparameter=self.hyperparameter, standardised=self.standardised)
+
+
+def metrics_record(test: TestMetrics, *, valid_accuracy: float, hyperparameter: dict, standardised: bool) -> dict:
+    """The registry's ``metrics`` of a run: top-1's interval, top-5, mean per-class accuracy, the validation choice."""
+    return {"test_acc_ci": list(test.accuracy_interval), "top5": test.top5, "mean_class_acc": test.mean_class_accuracy,
+            "valid_acc": valid_accuracy, "hyperparameter": hyperparameter, "standardised": standardised}
+
 
 Part = tuple[np.ndarray, np.ndarray]
 
@@ -199,7 +209,7 @@ def _log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
 def mlp_probe(train: Part, valid: Part, test: Part, *, num_classes: int, config: HeadConfig = HeadConfig(), seed: int = 0,
               progress: ProgressCallback | None = None) -> ProbeResult:
-    """The reference head (``core.training.train_head``) unchanged; its hyperparameter is the best epoch on validation."""
+    """The reference head (``core.training.train_head``) unchanged; its hyperparameter: the best epoch on validation."""
     check_parts(train, valid, test, num_classes=num_classes)
     with _one_thread():
         result = train_head(train, valid, test, num_classes=num_classes, config=config, progress=progress)
@@ -279,7 +289,8 @@ def linear_probe(train: Part, valid: Part, test: Part, *, num_classes: int, conf
         keys.append((_accuracy(logits, y_valid), -_log_loss(_softmax(logits), y_valid)) if finite else (-1.0, -np.inf))
     best = max(range(len(keys)), key=lambda i: keys[i])  # highest valid accuracy, ties to the lower valid loss
     if keys[best][0] < 0:
-        raise FlowerProbeError("every learning rate of the linear probe diverged on these features; try the logreg probe (it standardises).")
+        raise FlowerProbeError("every learning rate of the linear probe diverged on these features; "
+                               "try the logreg probe (it standardises).")
     scores = _softmax(x_test @ weight[best] + bias[best])
     labels = np.asarray(test[1])
     # Stored as nn.Linear's (classes, dim) weight, so core.training's linear head loads it for predictions.

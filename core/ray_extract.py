@@ -188,7 +188,8 @@ def extract_features_ray(
                 ray.data.from_items(items)
                 .map_batches(_decode, batch_size=DECODE_BATCH, num_cpus=1, fn_kwargs={"backbone": backbone})
                 .map_batches(
-                    _ModelActor, batch_size=batch_size, concurrency=workers, num_gpus=num_gpus_per_worker or None,
+                    _ModelActor, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
+                    num_gpus=num_gpus_per_worker or None,
                     fn_constructor_kwargs={
                         "backbone": backbone, "weights": actor_weights, "workspace_root": str(workspace.root),
                         "data_root": str(workspace.data_root), "precision": chosen_precision, "device": device,

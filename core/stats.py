@@ -132,4 +132,5 @@ def comparison_sentence(comparison: PairedComparison, *, name_a: str, name_b: st
         head = f"{name_b} beats {name_a} by {-difference:.1f} points"
         low, high = -high, -low
     return (f"{head}, {CONFIDENCE * 100:.0f} % CI {low:.1f} to {high:.1f}, McNemar {format_p_value(comparison.p_value)} "
-            f"({comparison.n_images} test images; {comparison.only_a_right} only {name_a} got right, {comparison.only_b_right} only {name_b})")
+            f"({comparison.n_images} test images; {comparison.only_a_right} only {name_a} got right, "
+            f"{comparison.only_b_right} only {name_b})")

@@ -175,7 +175,8 @@ def train_head(
     """
     for name, (features, labels) in (("train", train), ("valid", valid), ("test", test)):
         if len(features) == 0 or len(features) != len(labels):
-            raise FlowerProbeError(f"the {name} part needs at least one image with one label each, got {len(features)} features and {len(labels)} labels.")
+            raise FlowerProbeError(f"the {name} part needs at least one image with one label each, "
+                f"got {len(features)} features and {len(labels)} labels.")
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)

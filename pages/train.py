@@ -9,6 +9,7 @@ in ``ui.train``.
 import streamlit as st
 
 from ui.auth import require_access
+from ui.probe_form import probe_section
 from ui.train import form, job_list, launch_section, unfinished_runs
 
 require_access()  # first: no Streamlit mode runs this page past the access gate
@@ -17,6 +18,7 @@ st.title(":material/model_training: Train")
 st.caption("Frozen backbone → cached features → a small head trained on them → test accuracy. Each backbone is one run.")
 choice = form()
 launch_section(choice)
+probe_section(choice)
 st.subheader("Jobs")
 job_list()
 unfinished_runs()

@@ -68,7 +68,8 @@ def test_uploads_samples_and_a_second_run(app, populated_workspace, tmp_path):
     app.multiselect[0].set_value([app.multiselect[0].options[0]])
     app.run()
     assert not app.exception and not app.error
-    assert len(app.warning) == 1 and _as_rendered(app.warning[0].value).startswith("Cannot load image 'notes.jpg': the content is not")
+    broken = [w for w in app.warning if w.icon == ":material/broken_image:"]  # others: "looks like no training image"
+    assert len(broken) == 1 and _as_rendered(broken[0].value).startswith("Cannot load image 'notes.jpg': the content is not")
     table = app.dataframe[0].value
     assert list(table["file"])[:3] == ["good.jpg", HOSTILE_FILE_NAMES[2] + ".jpg", "notes.jpg"] and len(table) == 4
     assert (table["confidence"] != "").sum() == 3 and (table["error"] != "").sum() == 1
@@ -160,7 +161,7 @@ def test_a_foreign_photo_is_flagged_in_the_card_and_the_csv(app, populated_works
     app.multiselect[0].set_value([app.multiselect[0].options[0]])  # and one test image of the dataset
     app.run()
     assert not app.exception and not app.error
-    warnings = [_as_rendered(w.value) for w in app.warning]
+    warnings = [_as_rendered(w.value) for w in app.warning if w.icon == ":material/help:"]
     assert len(warnings) == 1 and warnings[0].startswith("Looks like no training image"), warnings
     assert "Q3 + 3 IQR" in warnings[0]  # the threshold and where it comes from
     table = app.dataframe[0].value  # the CSV is csv_text of the same rows (tests/test_predict.py checks its cells)

@@ -17,6 +17,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import huggingface_hub.constants
 import numpy as np
 import pytest
 from PIL import Image
@@ -47,6 +48,21 @@ class _Server:
             def log_message(self, *args):  # keep pytest's output clean
                 pass
 
+            def do_HEAD(self):  # huggingface_hub asks for a file's metadata first
+                data = server.files.get(self.path)
+                if data is None:
+                    self.send_error(404, "Not Found")
+                    return
+                self.send_response(200)
+                self._hub_headers(data)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+
+            def _hub_headers(self, data: bytes) -> None:
+                # What the Hugging Face hub adds to a file: the commit it belongs to and the file's hash as ETag.
+                self.send_header("X-Repo-Commit", hashlib.sha1(self.path.encode()).hexdigest())
+                self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+
             def do_GET(self):
                 server.requests.append((self.path, self.headers.get("Range")))
                 data = server.files.get(self.path)
@@ -67,6 +83,7 @@ class _Server:
                 else:
                     self.send_response(200)
                 body = data[start:]
+                self._hub_headers(data)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
@@ -174,7 +191,8 @@ def test_checksum_mismatch_is_reported_and_nothing_is_kept(server, tmp_path):
     with pytest.raises(MissingFileError) as caught:
         download(server.url("/w.bin"), tmp_path / "w.bin", md5=wrong, what="w.bin", manual_hint="hint")
     message = str(caught.value)
-    assert "MD5" in message and wrong in message and hashlib.md5(PAYLOAD).hexdigest() in message and "corrupt" in message
+    assert "MD5" in message and wrong in message and "corrupt" in message
+    assert hashlib.md5(PAYLOAD).hexdigest() in message
     assert _leftovers(tmp_path) == []
 
 
@@ -226,6 +244,29 @@ def test_a_hash_in_the_file_name_is_checked(server, workspace, monkeypatch):
     with pytest.raises(MissingFileError, match="SHA256 .* expected 0676ba61"):
         backbones.resolve_weights("resnet50", workspace=workspace)
     assert _leftovers(workspace.weights_dir) == []
+
+
+def test_timm_weights_download_through_huggingface_hub_into_its_cache(server, workspace, monkeypatch, tmp_path):
+    """A timm tag's weights come through huggingface_hub (HF_ENDPOINT: this server) into the HF cache, with our
+    progress events, and are found there the next time without a request."""
+    server.files["/timm/resnet18.a1_in1k/resolve/main/model.safetensors"] = PAYLOAD
+    monkeypatch.setenv("HF_ENDPOINT", server.url(""))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    events: list[ProgressEvent] = []
+
+    source = backbones.resolve_weights("timm:resnet18.a1_in1k", workspace=workspace, progress=events.append)
+
+    assert source.kind == "download" and source.path.read_bytes() == PAYLOAD
+    assert (tmp_path / "hf-home" / "hub") in source.path.parents and list(workspace.weights_dir.iterdir()) == []
+    downloads = [e for e in events if e.stage == "download"]
+    assert downloads and downloads[-1].done == downloads[-1].total == len(PAYLOAD) and downloads[-1].rate > 0
+    fetched = len(server.requests)
+    again = backbones.resolve_weights("timm:resnet18.a1_in1k", workspace=workspace)
+    assert (again.kind, again.tag) == ("hf-cache", source.tag) and len(server.requests) == fetched
 
 
 # ------------------------------------------------------------------------------------------------ Oxford 17
@@ -284,7 +325,7 @@ def test_oxford17_is_fetched_extracted_and_loaded_through_the_real_download_code
 
 
 def test_oxford17_offline_names_both_files_and_the_folder(server, workspace):
-    files = (("17flowers.tgz", server.url("/gone/17flowers.tgz"), "0" * 32), ("datasplits.mat", server.url("/gone/datasplits.mat"), "0" * 32))
+    files = tuple((name, server.url(f"/gone/{name}"), "0" * 32) for name in ("17flowers.tgz", "datasplits.mat"))
     with pytest.raises(MissingFileError) as caught:
         prepare_oxford17(workspace, files=files)
     message = str(caught.value)

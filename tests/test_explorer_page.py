@@ -258,3 +258,29 @@ def test_colour_by_a_runs_confidence_draws_a_colour_bar(populated_workspace):
         assert panel["colourBar"]["high"] == pytest.approx(max(expected.values()))
         (scored,) = [trace for trace in panel["traces"] if trace["values"] is not None]
         assert scored["values"] == [round(expected[row], 4) for row in scored["rows"]]
+
+
+def test_colour_by_data_health_scores_of_the_first_maps_features(populated_workspace, tmp_path, monkeypatch):
+    import math
+
+    from core.health import HealthConfig, dataset_health
+
+    root = tmp_path / "workspace"  # core.health writes its report into the workspace: use a copy
+    shutil.copytree(populated_workspace.root, root)
+    monkeypatch.setenv("FLOWER_PROBE_WORKSPACE", str(root))
+    at = open_explorer()
+    first = RunRegistry(root / "runs.sqlite").get_run(at.multiselect[0].value[0])
+    at.selectbox(key="explorer_colour").set_value("health").run()
+    assert_no_exception(at)
+    report = dataset_health("synthetic", first["backbone"], workspace=Workspace.from_env(), weights=first["weights"],
+                            config=HealthConfig(split=first["split"]))
+    assert report.from_cache, "the page computed and cached the same report"
+    chosen = at.selectbox(key="explorer_colour").value
+    assert chosen.startswith("score:health:label")
+    dataset = load_dataset("synthetic", Workspace.from_env())
+    expected = {dataset.image_paths.index(dataset.root / report.paths[issue["image"]]): issue["score"] for issue in report.label_issues}
+    panel = spec_of(at)["panels"][0]
+    assert panel["colourBar"]["title"].startswith("label quality")
+    (scored,) = [trace for trace in panel["traces"] if trace["values"] is not None]
+    assert {row: value for row, value in zip(scored["rows"], scored["values"])} == {
+        row: round(score, 4) for row, score in expected.items() if not math.isnan(score)}

@@ -206,3 +206,49 @@ def test_cancel_stops_a_running_extraction_within_two_seconds(workspace, tiny_sy
     assert finished.status == "cancelled"
     assert stopped_after < 2.0, f"took {stopped_after:.2f} s to stop"
     assert finished.stage.done < len(dataset.image_paths)  # it stopped mid-way, inside one 64-image batch
+
+
+def test_extraction_job_caches_the_features_later_steps_read(workspace, tiny_synthetic_folder, monkeypatch):
+    from core.jobs import extraction_job
+
+    dataset = _mini_dataset(workspace, tiny_synthetic_folder, per_class=3)
+    runner = JobRunner()
+    job = runner.submit("features", extraction_job(dataset="folder:mini", backbone="efficientnet_lite0", workspace=workspace,
+                                                   weights="random"))
+    finished = runner.wait(job.id, timeout_s=300)
+    assert finished.status == "completed", finished.error
+    assert finished.result["images"] == len(dataset.image_paths) and not finished.result["from_cache"]
+    seen = _counting_images(monkeypatch)
+    again = extract_features(dataset, "efficientnet_lite0", workspace=workspace, weights="random")
+    assert seen[0] == 0 and str(again.cache_path) == finished.result["cache_path"]
+
+
+def test_file_digests_are_remembered_on_disk_and_stay_right_for_copies(tmp_path, monkeypatch):
+    import hashlib
+
+    from core import fileio
+    from core.fileio import file_digests
+
+    originals = tmp_path / "originals"
+    originals.mkdir()
+    contents = [f"photo {i}".encode() * (i + 1) for i in range(5)]
+    files = [originals / f"{i}.jpg" for i in range(5)]
+    for path, content in zip(files, contents, strict=True):
+        path.write_bytes(content)
+    cache = tmp_path / "digests.sqlite"
+    expected = [hashlib.sha256(c).hexdigest() for c in contents]
+    events = []
+    assert file_digests(files, cache_path=cache, progress=events.append) == expected
+    assert events[-1].done == events[-1].total == 5 and events[-1].stage == "fingerprint"
+
+    reads = []
+    real = fileio.file_digest
+    monkeypatch.setattr(fileio, "file_digest", lambda path, *a, **k: reads.append(path) or real(path, *a, **k))
+    monkeypatch.setattr(fileio, "_DIGESTS", {})  # what a new process starts with
+    assert file_digests(files, cache_path=cache) == expected and reads == []  # only stats
+
+    copies = tmp_path / "copies"
+    shutil.copytree(originals, copies, copy_function=shutil.copy)  # new modification times
+    assert file_digests([copies / p.name for p in files], cache_path=cache) == expected and len(reads) == 5
+    os.utime(files[0], ns=(1, 1))
+    assert file_digests(files, cache_path=cache) == expected and len(reads) == 6

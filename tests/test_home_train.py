@@ -1,4 +1,4 @@
-"""ui/home.py and ui/train.py without a page, and the two pages under AppTest: presets, backbone specs, expected durations.
+"""ui/home.py and ui/train.py without a page, and both pages under AppTest: presets, backbone specs, durations.
 
 The helpers are plain functions of their inputs; the page tests check what a new user meets: the offline
 demo offered with its expected duration before the click (measured once the workspace has timed a backbone,

@@ -35,7 +35,7 @@ from tests.image_catalogue import HOSTILE_FILE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 RENDER_TIMEOUT_S = 120
-FORMULA_NAMES = ['=HYPERLINK("http://x.invalid","y")', "+cmd", "-2+3", "@SUM(A1)"]
+FORMULA_NAMES = ['=HYPERLINK("x.invalid","y")', "+cmd", "-2+3", "@SUM(A1)"]
 DIRECTIVE_NAMES = [":red[x] $x$"]
 CLASSES = [*HOSTILE_FILE_NAMES, *FORMULA_NAMES, *DIRECTIVE_NAMES]
 DATASET_NAME = "=1+1 **ds** <img src=x onerror=alert(2)>"
@@ -155,16 +155,14 @@ def test_hostile_names_are_text_in_every_label_and_safe_in_every_csv(page, hosti
 
     charts = [json.dumps(json.loads(element.proto.spec)) for element in at.get("plotly_chart")]
     for chart in charts:
-        assert "<img" not in chart and "<script" not in chart and ":red[" not in chart.replace("\\", ""), f"{page}: a chart label is markup"
+        for tag in ("<img", "<script", "<b>"):  # Plotly renders these tags; Markdown and directives mean nothing to it
+            assert tag not in chart, f"{page}: a chart label holds the tag {tag}"
     if any("class" in chart for chart in charts) and page.endswith(("dataset.py", "compare.py")):
         assert any("&lt;img src=x onerror=alert(1)&gt;" in chart for chart in charts), f"{page}: class names are missing from its charts"
 
-    for file_name, text in downloads:
-        rows = _check_csv(file_name, text)
-        cells = {cell for row in rows for cell in row}
-        hostile_cells = [name for name in FORMULA_NAMES if "'" + name in cells]
-        if any(name.lstrip("'") in {c.lstrip("'") for c in cells} for name in FORMULA_NAMES):
-            assert hostile_cells, f"{file_name}: formula-looking names are not quoted"
+    csv_cells = {cell for file_name, text in downloads for row in _check_csv(file_name, text) for cell in row}
+    if downloads and page.endswith(("compare.py", "classify.py")):  # their CSVs name classes: neutralised, still readable
+        assert any("'" + name in csv_cells for name in FORMULA_NAMES), f"{page}: no formula-looking class name in its CSVs"
 
     if page.endswith("dataset.py"):
         shown_names = {_unescaped(c) for image in at.get("image") for c in image.captions}

@@ -266,3 +266,15 @@ def test_scores_colour_points_on_a_colour_bar(tmp_path):
                       hover_text=text, thumbnails=source)
     with pytest.raises(ValueError, match="low <= high"):
         hs.build_spec([Panel("map", [scored], colour_bar=hs.ColourBar("s", 2.0, 1.0))], hover_text=text, thumbnails=source)
+
+
+def test_planned_thumbnails_name_the_sheets_prepare_thumbnails_then_writes(workspace, tmp_path):
+    paths, _ = _solid_images(tmp_path, 3)
+    planned, ready = hs.planned_thumbnails(paths, workspace=workspace)
+    assert not ready and not planned.sheets.directory.exists(), "planning builds nothing"
+    built = hs.prepare_thumbnails(paths, workspace=workspace)
+    assert (planned.sheets.key, planned.sheets.sheet_files, planned.sheets.thumb_px) == (
+        built.sheets.key, built.sheets.sheet_files, built.sheets.thumb_px)
+    assert all((built.sheets.directory / name).is_file() for name in planned.sheets.sheet_files)
+    again, ready = hs.planned_thumbnails(paths, workspace=workspace)
+    assert ready and again == planned, "the layout the browser got does not change when the sheets appear"

@@ -133,7 +133,7 @@ def test_cancel_stops_a_real_extraction_within_two_seconds(tiny_workspace):
     assert [(r["backbone"], r["weights"], r["status"]) for r in runs] == [("resnet50", "random", "cancelled")]
 
 
-# ----------------------------------------------------------------------------------------------- one backbone, two weights
+# ------------------------------------------------------------------------------------------ one backbone, two weights
 
 
 def test_backbone_specs_name_the_weights():

@@ -96,6 +96,11 @@ def test_every_page_renders_with_an_empty_workspace(workspace, entry_script):
         elif page == "pages/dataset.py":
             assert any("17flowers.tgz" in t for t in texts(at, "info"))
             assert [b.label for b in at.button] == ["Download and prepare Oxford 17"]
+            # One wording for Oxford 17's state (core.datasets.DatasetEntry.state), in the list and the explanation.
+            assert at.selectbox[0].options[0] == "Oxford 17 flowers (not prepared: downloaded (about 60 MB) when first used)"
+            assert any("is not prepared: downloaded (about 60 MB) when first used" in t for t in texts(at, "info"))
+        elif page == "pages/health.py":
+            assert any("No dataset is prepared yet" in t for t in texts(at, "info"))
         elif page == "pages/train.py":
             assert at.selectbox(key="train_dataset").value == "synthetic"  # offline: no download needed
             assert at.button(key="train_launch").label == "Launch"

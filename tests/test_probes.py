@@ -11,11 +11,32 @@ import torch
 
 from core.errors import FlowerProbeError
 from core.fewshot import (
-    check_shots, draw_shots, fewshot_points, fewshot_table, parse_shots, plan_suite, protocols_table, result_rows, run_probe_suite,
+    check_shots,
+    draw_shots,
+    fewshot_points,
+    fewshot_table,
+    parse_shots,
+    plan_suite,
+    protocols_table,
+    result_rows,
+    run_probe_suite,
 )
 from core.probes import (
-    KNN_TEMPERATURE, LOGREG_C_GRID, PROTOCOLS, LinearConfig, LogregConfig, cross_entropy_gradient, knn_probe, knn_votes, linear_probe,
-    logreg_probe, mlp_probe, ncm_probe, ProbeConfig, run_probe, top_k_accuracy,
+    KNN_TEMPERATURE,
+    LOGREG_C_GRID,
+    PROTOCOLS,
+    LinearConfig,
+    LogregConfig,
+    ProbeConfig,
+    cross_entropy_gradient,
+    knn_probe,
+    knn_votes,
+    linear_probe,
+    logreg_probe,
+    mlp_probe,
+    ncm_probe,
+    run_probe,
+    top_k_accuracy,
 )
 from core.runs import RunRegistry
 from core.training import HeadConfig, train_head

@@ -49,7 +49,7 @@ FEATURES_LINE = re.compile(r"^\s*features \[[#.]*\] (\d+)/(\d+)")
 PROCESS_TIMEOUT_S = 420  # a whole CLI run on a loaded 2-core machine stays well under this
 
 
-# ----------------------------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------------------------------------- helpers
 
 
 class Cli:
@@ -148,7 +148,7 @@ def _numbers(registry: RunRegistry, run: dict) -> dict:
     }
 
 
-# ----------------------------------------------------------------------------------------------- 1, 2: kill -9 and two writers
+# ------------------------------------------------------------------------------------- 1, 2: kill -9 and two writers
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +233,7 @@ def test_cli_killed_during_extraction_then_training_loses_nothing_and_reruns_to_
     assert registry.integrity_check() == "ok"
 
 
-# ----------------------------------------------------------------------------------------------- 4: full or read-only disk
+# ----------------------------------------------------------------------------------------- 4: full or read-only disk
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
@@ -408,7 +408,7 @@ def test_full_or_read_only_disk_fails_clearly_and_damages_nothing(tmp_path, popu
             assert str(ws.root) in str(error) and ("disk" in str(error) or "writable" in str(error)), str(error)
         after = _snapshot(ws.root)
         registry = RunRegistry(ws.registry_path)
-        # Where SQLite could still write, the failed run is recorded with its reason; otherwise the registry is untouched.
+        # Where SQLite could still write, the failed run is recorded with its reason; else the registry is untouched.
         new_runs = registry.list_runs()[: len(registry.list_runs()) - len(records)]
         assert all(r["status"] == "failed" and "disk space" in r["error"] for r in new_runs), new_runs
         changed = [name for name, data in before.items() if after.get(name) != data]
@@ -457,7 +457,7 @@ def test_disk_errors_lets_other_errors_through(tmp_path):
         sqlite3.connect(":memory:").execute("NOT SQL")
 
 
-# ----------------------------------------------------------------------------------------------- 7: bad images in a dataset
+# ---------------------------------------------------------------------------------------- 7: bad images in a dataset
 
 
 def test_bad_images_inside_a_dataset_are_skipped_listed_and_the_rest_finish(workspace):

@@ -60,25 +60,31 @@ def test_failed_completion_leaves_no_half_success(tmp_path):
 def test_run_of_a_dead_process_is_marked_interrupted(tmp_path):
     path = tmp_path / "runs.sqlite"
     code = (
-        f"import os, sys; sys.path.insert(0, {os.getcwd()!r}); from tests.test_runs import _create; from core.runs import RunRegistry;"
-        f"_create(RunRegistry({str(path)!r})); os._exit(0)"
+        f"import os, sys; sys.path.insert(0, {os.getcwd()!r}); from tests.test_runs import _create; "
+        f"from core.runs import RunRegistry; _create(RunRegistry({str(path)!r})); os._exit(0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     run = RunRegistry(path).list_runs()[0]  # opening the registry reconciles
     assert run["status"] == "interrupted" and "stopped before it finished" in run["error"]
 
 
-def _writer(path: str, count: int) -> None:
+def _writer(path: str, count: int, start) -> None:
     registry = RunRegistry(path)
+    start.wait(timeout=120)  # both processes imported and connected: their writes overlap
     for _ in range(count):
         _complete(registry, _create(registry), n_predictions=50)
+
+
+# Per writer process; they start together (a barrier), so their transactions contend for the lock from the first.
+RUNS_PER_WRITER = 5
 
 
 def test_concurrent_writers_both_recorded(tmp_path):
     path = str(tmp_path / "runs.sqlite")
     RunRegistry(path)
     ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_writer, args=(path, 10)) for _ in range(2)]
+    start = ctx.Barrier(2)
+    workers = [ctx.Process(target=_writer, args=(path, RUNS_PER_WRITER, start)) for _ in range(2)]
     for w in workers:
         w.start()
     for w in workers:
@@ -86,6 +92,7 @@ def test_concurrent_writers_both_recorded(tmp_path):
         assert w.exitcode == 0
     registry = RunRegistry(path)
     runs = registry.list_runs()
-    assert len(runs) == 20 and all(r["status"] == "completed" for r in runs)
+    assert len(runs) == 2 * RUNS_PER_WRITER and all(r["status"] == "completed" for r in runs)
+    assert len({r["pid"] for r in runs}) == 2
     assert all(len(registry.predictions(r["id"])) == 50 for r in runs)
     assert registry.integrity_check() == "ok"

@@ -1,4 +1,4 @@
-"""core.stats: bootstrap intervals that cover, McNemar's exact test on a hand-made table, paired comparisons, bad input."""
+"""core.stats: bootstrap intervals that cover, McNemar's exact test on a hand-made table, paired comparisons."""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def test_bootstrap_interval_of_a_perfect_run_is_a_point():
 
 
 def test_mcnemar_exact_on_a_hand_made_table():
-    # 2x2 table of (run A, run B) right/wrong on 100 images: both right 70, only A right 10, only B right 2, both wrong 18.
+    # 2x2 table of (run A, run B) right/wrong on 100 images:
+    # both right 70, only A right 10, only B right 2, both wrong 18.
     # Exact McNemar: under H0 the 12 discordant images split Binomial(12, 1/2); two-sided p = 2 * P(X <= 2).
     expected = 2 * sum(math.comb(12, k) for k in range(3)) / 2**12
     assert mcnemar_exact(10, 2) == pytest.approx(expected, rel=1e-12)

@@ -215,3 +215,36 @@ def placed_map_figure(
         legend={"itemsizing": "constant"}, modebar={"orientation": "v"},
     )
     return figure
+
+
+def fewshot_figure(points: Sequence[Mapping]) -> go.Figure:
+    """Test accuracy against labelled images per class (log x), one line per label, a band of +- one std over draws.
+
+    Parameters
+    ----------
+    points : sequence of mappings with ``label``, ``x`` (images per class), ``mean`` and ``std`` (percent; std None
+        for a single run, e.g. the whole training part)
+    """
+    figure = go.Figure()
+    by_label: dict[str, list[Mapping]] = {}
+    for point in points:
+        by_label.setdefault(point["label"], []).append(point)
+    for index, (label, members) in enumerate(by_label.items()):
+        members = sorted(members, key=lambda p: p["x"])
+        x, mean = [p["x"] for p in members], [p["mean"] for p in members]
+        std = [p["std"] or 0.0 for p in members]
+        colour, name = run_colour(index), html_text(label)
+        figure.add_scatter(  # the band first, so the line draws over it: mean + std forward, mean - std back
+            x=x + x[::-1], y=[m + s for m, s in zip(mean, std)] + [m - s for m, s in zip(mean[::-1], std[::-1])], fill="toself",
+            fillcolor=colour, opacity=0.15, line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=label,
+        )
+        figure.add_scatter(
+            x=x, y=mean, mode="lines+markers", name=name, legendgroup=label, line=dict(color=colour),
+            customdata=[[s, p["draws"]] for s, p in zip(std, members)],
+            hovertemplate=f"{name}<br>%{{x:.3g}} images per class: %{{y:.1f}} % ± %{{customdata[0]:.1f}} (%{{customdata[1]}} draws)<extra></extra>",
+        )
+    figure.update_layout(
+        height=420, margin=dict(l=10, r=10, t=30, b=10), xaxis=dict(type="log", title="labelled training images per class (log)"),
+        yaxis=dict(title="test accuracy (%)", range=[0, 100]), legend=dict(orientation="h", y=-0.2),
+    )
+    return figure

@@ -185,10 +185,18 @@ def run_epochs(run: dict) -> list[dict]:
 
 def run_predictions(run: dict) -> pd.DataFrame:
     """Per-image test predictions of a run: row, path (the photo in this workspace), label, predicted, confidence, probabilities."""
-    rows = _run_rows(str(workspace().registry_path), run["id"], run["created_at"], "predictions")
+    ws = workspace()
+    rows = _run_rows(str(ws.registry_path), run["id"], run["created_at"], "predictions")
     frame = pd.DataFrame(rows, columns=["run_id", "row", "path", "label", "predicted", "confidence", "probabilities"])
-    frame["path"] = [str(path) for path in run_files(run).images(frame["path"].tolist())]
+    frame["path"] = _photos(str(ws.registry_path), str(ws.data_root), run["id"], run["created_at"], run)
     return frame
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _photos(path: str, data_root: str, run_id: int, created_at: float, _run: dict) -> list[str]:
+    """Each stored prediction's photo, located in this workspace; cached: locating resolves every path (symlinks)."""
+    stored = [row["path"] for row in _run_rows(path, run_id, created_at, "predictions")]
+    return [str(photo) for photo in run_files(_run).images(stored)]
 
 
 def run_files(run: dict) -> RunFiles:
@@ -270,6 +278,15 @@ def epochs_frame(epochs: list[dict]) -> pd.DataFrame:
     return frame[[c for c in columns if c in frame.columns]].rename(columns=columns)
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def _job_curves(epochs: list[dict]):
+    """The live curves of a job's epochs so far: built once per new epoch, not on every one-second refresh."""
+    curves: dict[str, list[dict]] = {}
+    for epoch in epochs:
+        curves.setdefault(epoch["run"], []).append(epoch)
+    return curves_figure(curves)
+
+
 def job_card(job: Job) -> None:
     """One job: status, current step, progress, live per-epoch metrics, Cancel, and the error if it failed."""
     with st.container(border=True):
@@ -293,10 +310,7 @@ def job_card(job: Job) -> None:
             st.page_link("pages/compare.py", label="Compare the runs", icon=":material/compare_arrows:")
         if job.epochs:
             if job.active:
-                curves: dict[str, list[dict]] = {}
-                for epoch in job.epochs:
-                    curves.setdefault(epoch["run"], []).append(epoch)
-                st.plotly_chart(curves_figure(curves), key=f"job-curves-{job.id}", config={"displayModeBar": False})
+                st.plotly_chart(_job_curves(job.epochs), key=f"job-curves-{job.id}", config={"displayModeBar": False})
                 st.dataframe(epochs_frame(job.epochs), hide_index=True, height=min(400, 38 + 35 * len(job.epochs)))
             else:
                 with st.expander(f"Per-epoch metrics ({len(job.epochs)} epochs)"):
@@ -337,9 +351,10 @@ def missing_files_markdown(missing: list[dict]) -> str:
 
 
 def _cached_features(dataset: str) -> set[tuple[str, str]]:
-    """(backbone, weights) pairs with a completed run on ``dataset`` whose feature file is still on disk."""
+    """(backbone, weights) pairs with a completed run on ``dataset`` whose feature cache is still on disk."""
+    # exists, not is_file: a cache is a folder of shards (core.features), older ones a single .npz file.
     return {(run["backbone"], run["weights"]) for run in list_runs(status="completed")
-            if run["dataset_key"] == dataset and (path := run_files(run).features) is not None and path.is_file()}
+            if run["dataset_key"] == dataset and (path := run_files(run).features) is not None and path.exists()}
 
 
 def _dataset_size(dataset: str) -> tuple[int, bool]:
@@ -355,7 +370,7 @@ def _dataset_size(dataset: str) -> tuple[int, bool]:
 
 
 def expected_duration(*, dataset: str, backbones: list[str], random_weights_for: tuple[str, ...] = (), split: str = "1") -> DurationEstimate | None:
-    """How long the comparison should take here (``core.experiment.estimate_comparison``); None for an impossible choice.
+    """How long the comparison should take here (``core.experiment.estimate_comparison``); None if it is impossible.
 
     Rates come from past extractions in this workspace on this device, else conservative constants
     (the estimate says which). Features already cached cost nothing.
@@ -372,7 +387,7 @@ def expected_duration(*, dataset: str, backbones: list[str], random_weights_for:
 
 
 def duration_text(estimate: DurationEstimate | None) -> str:
-    """``Expected duration: about 1 min 40 s here, from rates measured in this workspace.`` (or marked as an estimate)."""
+    """``Expected duration: about 1 min 40 s here (from extraction rates measured ...).``, or marked as an estimate."""
     if estimate is None:
         return ""
     basis = ("from extraction rates measured in this workspace" if estimate.measured

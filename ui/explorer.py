@@ -26,6 +26,7 @@ from core.datasets import Dataset
 from core.errors import FlowerProbeError
 from core.exclusions import relative_path
 from core.features import FeatureSet, read_features
+from core.jobs import progress_job
 from core.projection import (
     MAP_METHODS,
     MIN_MAP_POINTS,
@@ -39,6 +40,7 @@ from ui.charts import class_colours
 from ui.common import (
     cached_dataset,
     dataset_label,
+    job_runner,
     list_runs,
     run_files,
     run_label,
@@ -49,12 +51,14 @@ from ui.common import (
     workspace,
 )
 from ui.hover_scatter import (
+    BACKGROUND_FROM,
     ColourBar,
     HoverText,
     Panel,
     Trace,
     hover_scatter,
     last_event,
+    planned_thumbnails,
     prepare_thumbnails,
 )
 
@@ -296,7 +300,20 @@ def _rows_digest(rows: np.ndarray) -> str:
 
 
 def _thumbnails(dataset: Dataset):
-    """Sprite sheets of every dataset image (built once; later calls only check the files' dates)."""
+    """Sprite sheets of every dataset image (built once; later calls only check the files' dates).
+
+    From ``BACKGROUND_FROM`` images on, the map does not wait for them: they are built by a job while the
+    browser fetches each hovered point's sheet as soon as it exists.
+    """
+    if len(dataset.image_paths) >= BACKGROUND_FROM:
+        source, ready = planned_thumbnails(dataset.image_paths, workspace=workspace())
+        title = f"Thumbnails of {dataset.name}"
+        if not ready and not any(job.title == title and job.active for job in job_runner().jobs()):
+            job_runner().submit(title, progress_job(prepare_thumbnails, paths=dataset.image_paths, workspace=workspace()))
+        if not ready:
+            st.caption(markdown_text(f"{title}: being built in the background (sidebar); photos appear on hover as their "
+                                     "sheets are written."))
+        return source
     slot = st.empty()
     source = prepare_thumbnails(
         dataset.image_paths, workspace=workspace(), progress=lambda e: slot.progress(e.fraction, text=stage_text(e))
@@ -431,14 +448,14 @@ def choose_view() -> View | None:
         return None
     dataset, runs, on_dataset = shown
     feature_sets = [_features(_features_file(run), _file_stamp(_features_file(run))) for run in runs]
-    columns = st.columns([1, 1.3, 1.6, 1.6, 0.9])
+    columns = st.columns([1, 1.2, 1.8, 0.8])
     part = columns[0].selectbox("Images", list(PARTS), format_func=PARTS.get, key="explorer_part",
                                 help=f"Which images of split {runs[0]['split']} to map.")
     part_rows = np.arange(len(dataset.image_paths)) if part == "all" else dataset.split(runs[0]["split"])[part]
     rows = common_rows(feature_sets, part_rows)
     method, params = _method_controls(columns[1])
     colour_by, colour_runs, predictions, score = _colour_controls(columns[2], dataset, runs, on_dataset, rows)
-    k = columns[4].number_input("Neighbours (k)", 1, 32, 8, key="explorer_k", help="Nearest neighbours shown for a clicked photo.")
+    k = columns[3].number_input("Neighbours (k)", 1, 32, 8, key="explorer_k", help="Nearest neighbours shown for a clicked photo.")
     if len(rows) < MIN_MAP_POINTS:
         st.info(f"Only {len(rows)} readable image(s) here: a map needs at least {MIN_MAP_POINTS}. Choose more images.", icon=":material/info:")
         return None

@@ -1,4 +1,4 @@
-"""The Home page's parts: the workspace summary, recent runs, and the two ready-made comparisons with their expected duration.
+"""The Home page's parts: the workspace summary, recent runs, and the ready-made comparisons with their expected duration.
 
 The reference comparison (``core.presets.REFERENCE``) needs two dataset files and two weights files; they
 are checked on disk only (never on the network: a render must not block). When some are missing the
@@ -79,30 +79,28 @@ def _estimate_caption(preset: ComparisonPreset) -> None:
     st.caption(duration_text(expected_duration(dataset=preset.dataset, backbones=list(preset.backbones), split=preset.split)))
 
 
-def ready_made_comparisons() -> None:
-    """The reference comparison's button, or what it is missing and the offline demo."""
-    st.subheader("The reference comparison")
+def _reference_text() -> None:
     oxford = next(entry for entry in list_datasets(workspace()) if entry.key == OXFORD17_KEY)
     st.markdown(
         "DINOv2 ViT-S/14 vs ResNet-50, each with a small head on frozen features, on the Oxford 17 flowers "
         f"(official split {REFERENCE.split}, {REFERENCE.head.epochs} epochs; Oxford 17 is {oxford.state}). "
         "It runs in the background: follow it on the Train page."
     )
+
+
+def ready_made_comparisons() -> None:
+    """The reference comparison's button; when its files are missing, the offline demo first, then what is missing."""
     missing = files_to_fetch(dataset=REFERENCE.dataset, backbones=list(REFERENCE.backbones))
     if not missing:
+        st.subheader("The reference comparison")
+        _reference_text()
         _estimate_caption(REFERENCE)
         st.button("Run the reference comparison", type="primary", icon=":material/play_arrow:", on_click=launch, args=(REFERENCE,))
         return
-    st.warning(
-        "The reference comparison needs files that are not in this workspace yet:\n\n" + missing_files_markdown(missing)
-        + "\n\nA run downloads them first, which needs internet access. On an offline machine, download them "
-        "elsewhere and put them in those folders, or try the offline demo below.",
-        icon=":material/cloud_off:",
-    )
+    st.subheader("Offline demo: how much does pretraining matter?")
     st.markdown(
-        "**Offline demo: how much does pretraining matter?** Synthetic Flowers (17 procedurally drawn classes, "
-        "generated on this machine) with the same architecture twice: EfficientNet-Lite0 with its ImageNet weights and "
-        "with random weights. Needs no network."
+        "Synthetic Flowers (17 procedurally drawn classes, generated on this machine) with the same architecture "
+        "twice: EfficientNet-Lite0 with its ImageNet weights and with random weights. Needs no network."
     )
     with_resnet = st.checkbox("Also a random-weight ResNet-50 (a bigger architecture, several times slower here)", key="home_demo_resnet")
     demo = OFFLINE_DEMO_RANDOM_RESNET if with_resnet else OFFLINE_DEMO
@@ -110,10 +108,16 @@ def ready_made_comparisons() -> None:
     if demo_missing:
         st.error("The offline demo needs these files too:\n\n" + missing_files_markdown(demo_missing), icon=":material/error:")
     _estimate_caption(demo)
-    buttons = st.container(horizontal=True)
-    buttons.button("Run the offline demo", type="primary", icon=":material/play_arrow:", disabled=bool(demo_missing),
-                   on_click=launch, args=(demo,))
-    buttons.button("Download and run the reference comparison", icon=":material/cloud_download:", on_click=launch, args=(REFERENCE,))
+    st.button("Run the offline demo", type="primary", icon=":material/play_arrow:", disabled=bool(demo_missing), on_click=launch, args=(demo,))
+    st.subheader("The reference comparison")
+    _reference_text()
+    st.warning(
+        "It needs files that are not in this workspace yet:\n\n" + missing_files_markdown(missing)
+        + "\n\nA run downloads them first, which needs internet access. On an offline machine, download them "
+        "elsewhere and put them in those folders, or run the offline demo above.",
+        icon=":material/cloud_off:",
+    )
+    st.button("Download and run the reference comparison", icon=":material/cloud_download:", on_click=launch, args=(REFERENCE,))
 
 
 def launched_message() -> None:

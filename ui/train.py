@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from core.backbones import get_config, list_backbones
+from core.backbones import get_config, list_backbones, parse_weights_overrides
 from core.datasets import OXFORD17_KEY, list_datasets
-from core.experiment import BackboneChoice, parse_backbone
+from core.experiment import WEIGHTS_SEPARATOR, BackboneChoice, parse_backbone
 from core.features import DEVICES, PRECISIONS
 from core.jobs import comparison_job
 from core.presets import HEAD_DEFAULTS, OFFLINE_DEMO, REFERENCE
@@ -91,14 +91,16 @@ def form() -> TrainForm:
         st.caption("Split 1: the dataset's train/val/test folders, or a seeded stratified 50/25/25 split.")
     backbones = st.multiselect(
         "Backbones", backbone_options(), default=default_backbones(reference_ready), key="train_backbones",
-        format_func=lambda spec: parse_backbone(spec).label,
+        format_func=lambda spec: parse_backbone(spec).label, accept_new_options=True,
         help="Each backbone pretrained or with random weights (the baseline that shows how much pretraining matters); "
-             "pick both to compare one architecture both ways.\n\n" + "\n".join(f"- {name}: {get_config(name).description}" for name in list_backbones()),
+             "pick both to compare one architecture both ways. Type timm:<model name> for any timm model "
+             "(timm:vit_small_patch14_reg4_dinov2.lvd142m; `python -m core backbones --timm dinov2` lists them).\n\n" + "\n".join(f"- {name}: {get_config(name).description}" for name in list_backbones()),
     )
     columns = st.columns(5)
     head = {
         "head": columns[0].selectbox("Head", HEAD_TYPES, index=HEAD_TYPES.index(HEAD_DEFAULTS.head), format_func=HEAD_LABELS.get, key="train_head",
-                                     help="MLP: Linear(features, hidden) → ReLU → Linear(hidden, classes), the reference head. Linear probe: one Linear layer."),
+                                     help="MLP: Linear(features, hidden) → ReLU → Linear(hidden, classes), the reference head. "
+                                          "Linear probe: one Linear layer."),
         "epochs": int(columns[1].number_input("Epochs", min_value=1, max_value=1000, value=HEAD_DEFAULTS.epochs, key="train_epochs")),
         "lr": float(columns[2].number_input("Learning rate", min_value=0.0, max_value=1.0, value=HEAD_DEFAULTS.lr, step=1e-4, format="%.4f", key="train_lr")),
         "batch_size": int(columns[3].number_input("Batch size", min_value=1, max_value=4096, value=HEAD_DEFAULTS.batch_size, key="train_batch")),
@@ -112,9 +114,16 @@ def form() -> TrainForm:
         head["weight_decay"] = float(columns[3].number_input("Weight decay", min_value=0.0, max_value=10.0, value=HEAD_DEFAULTS.weight_decay, format="%.4f", key="train_wd"))
         head["standardise"] = st.toggle(
             "Standardise features", value=HEAD_DEFAULTS.standardise, key="train_standardise",
-            help="Centre and scale each feature by the training images' mean and std before the head (off in the reference "
-                 "protocol). Helps features of awkward scale, such as a random-weight backbone's.",
+            help="Centre and scale each feature by the training images' mean and std before the head "
+                 "(off in the reference protocol). Helps features of awkward scale, such as a random-weight backbone's.",
         )
+        checkpoint = st.text_input(
+            "Own checkpoint (NAME=PATH)", key="train_checkpoint", placeholder="timm:convnext_tiny=/data/my_finetuned.safetensors",
+            help="Adds a run of backbone NAME with this .pth state dict or .safetensors file (on the server's disk).",
+        ).strip()
+        if checkpoint:
+            with user_errors():
+                backbones = [*backbones, *(f"{name}{WEIGHTS_SEPARATOR}{path}" for name, path in parse_weights_overrides([checkpoint]).items())]
     return TrainForm(dataset=dataset_key, dataset_name=entries[dataset_key].name, split=split, backbones=list(backbones), head=head,
                      device=device, precision=precision)
 
@@ -146,7 +155,8 @@ def job_list() -> None:
     """The server's jobs, newest first, redrawn every second on its own (the form above is not rerun)."""
     shown = job_runner().jobs()[:JOBS_SHOWN]
     if not shown:
-        st.caption("No jobs since the server started. Launched jobs show here with live progress; every finished run is on the Compare page.")
+        st.caption("No jobs since the server started. Launched jobs show here with live progress; "
+                   "every finished run is on the Compare page.")
     for job in shown:
         job_card(job)
 

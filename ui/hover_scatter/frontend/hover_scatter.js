@@ -14,6 +14,7 @@
   const HIGHLIGHT_RADIUS = 8; // half the star marker: anywhere on a star means that star
   const SELECTED_RING_PX = 13;
   const TITLE_PX = 24; // the HTML title line above each plot (see .panel-title)
+  const SHEET_RETRY_MS = 3000; // a missing sheet is asked for again on a hover this long after it failed
 
   const state = {
     renderKey: null,
@@ -216,8 +217,10 @@
     }));
   }
 
+  // A sheet still being built in the background (big datasets) answers 404: ask again after a pause.
   function loadSheet(index) {
     const sheet = state.sheets[index];
+    if (sheet.status === "error" && performance.now() - sheet.failedAt > SHEET_RETRY_MS) sheet.status = "idle";
     if (sheet.status !== "idle") return sheet;
     sheet.status = "loading";
     const image = new Image();
@@ -227,6 +230,7 @@
     };
     image.onerror = () => {
       sheet.status = "error";
+      sheet.failedAt = performance.now();
       sheetSettled(index);
     };
     image.src = sheet.url;

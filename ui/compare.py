@@ -1,0 +1,400 @@
+"""The Compare page's parts: run choice, the runs table, summaries, protocols table, few-shot curves, paired
+comparison, confusion matrices with a cell gallery, per-class accuracy, misclassified photos, CSV downloads.
+
+Frames and sentences are built by pure functions (tested without a page); the ``show_*`` functions draw
+them. Runs are named by ``run_name`` everywhere on the page: the same backbone with two weights (pretrained
+and random, or two checkpoint files), protocols and feature variants never read alike. Few-shot runs (a
+probe suite makes a hundred per backbone) stay out of the run list and feed the few-shot curves instead.
+Every export goes through ``core.export.csv_text`` (formula-safe cells, ISO timestamps).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.export import csv_text, iso_time
+from core.fewshot import fewshot_points
+from core.probes import PROTOCOLS
+from core.stats import comparison_sentence, paired_comparison
+from core.summary import summarise_runs
+from core.text import markdown_text
+from core.variants import default_variant
+from ui.charts import confusion_figure, curves_figure, fewshot_figure, per_class_figure
+from ui.common import dataset_label, head_label, registry, registry_stamp, run_epochs, run_label, run_predictions, thumbnail, weights_label
+
+THUMB_PX = 112
+GALLERY_LIMIT = 24  # photos per gallery; the full list is in the table and the CSV
+MATRICES_PER_ROW = 2  # wide enough for 17 readable class names
+GALLERY_ANCHOR = "cell-gallery"
+# The runs table's visible columns (the CSV has them all): few enough to fit a wide page without scrolling.
+SHOWN_COLUMNS = ["run", "backbone", "weights", "features", "protocol", "head", "split", "test acc %", "95 % CI", "top-5 %", "test loss",
+                 "chosen", "seed", "finished"]
+
+
+# ----------------------------------------------------------------------------------------------- reads
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _completed(path: str, stamp: tuple, few_shot: bool) -> list[dict]:
+    return registry().list_runs(status="completed", few_shot=few_shot, limit=100_000)
+
+
+def completed_runs(*, few_shot: bool = False) -> list[dict]:
+    """Completed runs on the whole training part (or only few-shot runs), newest first; re-read after a registry write."""
+    return _completed(str(registry().path), registry_stamp(), few_shot)
+
+
+# ----------------------------------------------------------------------------------------------- names
+
+
+def _reference(run: dict) -> bool:
+    return run["protocol"] == "mlp" and run["features"] == default_variant(run["backbone"])
+
+
+def run_name(run: dict) -> str:
+    """``run_label`` (``#12 resnet50 (random weights), split 1``), with a checkpoint's file name, and the protocol and
+    feature variant when they are not the reference (the MLP head on the backbone's default feature)."""
+    name = run_label(run)
+    if run["weights"] not in ("pretrained", "random"):
+        name = name.replace(f"({weights_label(run['weights'])})", f"(checkpoint {Path(run['weights']).name})", 1)
+    if run["features"] != default_variant(run["backbone"]):
+        name += f", {run['features']}"
+    if run["protocol"] != "mlp":
+        name += f", {run['protocol']}"
+    return name
+
+
+def weights_text(weights: str) -> str:
+    """``pretrained``, ``random weights``, or ``checkpoint <file name>`` (two checkpoints stay apart)."""
+    return weights_label(weights) if weights in ("pretrained", "random") else f"checkpoint {Path(weights).name}"
+
+
+def default_runs(runs: list[dict]) -> list[dict]:
+    """The newest reference run (MLP head, default feature) of each backbone, weights and split, or the newest run
+    of those when none is the reference; ``runs`` newest first."""
+    latest: dict[tuple, dict] = {}
+    for run in runs:
+        key = (run["backbone"], run["weights"], run["split"])
+        if key not in latest or (_reference(run) and not _reference(latest[key])):
+            latest[key] = run
+    return list(latest.values())
+
+
+# ----------------------------------------------------------------------------------------------- frames
+
+
+def _interval(run: dict) -> tuple[float, float] | None:
+    metrics = run.get("metrics") or {}
+    return tuple(metrics["test_acc_ci"]) if "test_acc_ci" in metrics else None
+
+
+def _chosen(run: dict) -> str:
+    hyperparameter = (run.get("metrics") or {}).get("hyperparameter")
+    if not hyperparameter:
+        return f"epoch {run['best_epoch']}" if run["best_epoch"] else ""
+    return "" if hyperparameter["name"] is None else f"{hyperparameter['name']} {hyperparameter['value']:g}"
+
+
+def runs_table(runs: list[dict]) -> pd.DataFrame:
+    """One row per run: what it was, its test metrics with the 95 % interval, timings; plain values for the CSV."""
+    intervals = [_interval(r) for r in runs]
+    metrics = [r.get("metrics") or {} for r in runs]
+    return pd.DataFrame({
+        "run": [r["id"] for r in runs],
+        "backbone": [r["backbone"] for r in runs],
+        "weights": [weights_text(r["weights"]) for r in runs],
+        "features": [r["features"] for r in runs],
+        "protocol": [r["protocol"] for r in runs],
+        "dataset": [dataset_label(r["dataset_name"], r["synthetic"]) for r in runs],
+        "split": [r["split"] for r in runs],
+        "test acc %": [r["test_acc"] for r in runs],
+        "95 % CI": [f"{i[0]:.1f} to {i[1]:.1f}" if i else "" for i in intervals],
+        "top-5 %": [m.get("top5") for m in metrics],
+        "mean per-class %": [m.get("mean_class_acc") for m in metrics],
+        "test loss": [r["test_loss"] for r in runs],
+        "chosen": [_chosen(r) for r in runs],
+        "best epoch": [r["best_epoch"] for r in runs],
+        "features s": [r["timings"]["features_s"] for r in runs],
+        "features cached": [bool(r["timings"].get("features_cached")) for r in runs],
+        "train s": [r["timings"]["train_s"] for r in runs],
+        "device": [r["device"] for r in runs],
+        "precision": [r["precision"] for r in runs],
+        "head": [head_label(r["config"]["head"]) for r in runs],
+        "epochs": [r["config"]["head"].get("epochs") for r in runs],
+        "seed": [r["seed"] for r in runs],
+        "skipped files": [len(r["skipped"] or []) for r in runs],
+        "finished": [iso_time(r["finished_at"]) for r in runs],
+    })
+
+
+def split_summary(runs: list[dict]) -> pd.DataFrame:
+    """Mean and sample std of test metrics per experiment over its runs (``core.summary``, as the CLI groups)."""
+    summaries = summarise_runs(runs)
+    return pd.DataFrame({
+        "backbone": [s.first["backbone"] for s in summaries],
+        "weights": [weights_text(s.first["weights"]) for s in summaries],
+        "features": [s.first["features"] for s in summaries],
+        "protocol": [s.first["protocol"] for s in summaries],
+        "head": [head_label(s.first["config"]["head"]) for s in summaries],
+        "splits": [", ".join(sorted(set(s.splits))) for s in summaries],
+        "runs": [len(s.runs) for s in summaries],
+        "test acc % mean": [s.acc_mean for s in summaries],
+        "test acc % std": [s.acc_std for s in summaries],
+        "test loss mean": [s.loss_mean for s in summaries],
+        "test loss std": [s.loss_std for s in summaries],
+    })
+
+
+def protocols_frame(runs: list[dict]) -> pd.DataFrame:
+    """Rows backbone (weights) x feature variant, columns protocols: test top-1 % with its 95 % interval.
+
+    Several runs of one cell (other splits or repeats) show their mean ± std and how many there are.
+    """
+    rows: dict[tuple, dict] = {}
+    protocols: list[str] = []
+    for summary in summarise_runs(runs):
+        run = summary.first
+        if run["protocol"] not in protocols:
+            protocols.append(run["protocol"])
+        interval = _interval(run)
+        if len(summary.runs) > 1:
+            cell = f"{summary.acc_mean:.1f} ± {summary.acc_std:.1f} ({len(summary.runs)} runs)"
+        else:
+            cell = f"{run['test_acc']:.1f} ({interval[0]:.1f} to {interval[1]:.1f})" if interval else f"{run['test_acc']:.1f}"
+        row = rows.setdefault((run["backbone"], run["weights"], run["features"]), {
+            "backbone": run["backbone"], "weights": weights_text(run["weights"]), "features": run["features"]})
+        row[run["protocol"]] = cell
+    frame = pd.DataFrame(list(rows.values()))
+    return frame.reindex(columns=["backbone", "weights", "features", *(p for p in PROTOCOLS if p in protocols)]).fillna("")
+
+
+def fewshot_plot_points(few_shot: list[dict], full: list[dict]) -> list[dict]:
+    """Points of the few-shot plot: each few-shot level, and the whole training part of the same experiments
+    placed at its images per class. ``x`` is images per class, ``label`` names backbone, weights, variant, protocol."""
+    curves = {(r["backbone"], r["weights"], r["features"], r["protocol"]) for r in few_shot}
+    ends = [r for r in full if (r["backbone"], r["weights"], r["features"], r["protocol"]) in curves]
+    points = []
+    for point in fewshot_points(few_shot + ends):
+        classes = len((few_shot + ends)[0]["class_names"])
+        x = point["shots"] if point["shots"] is not None else point["train_images"] / classes
+        label = f"{point['backbone']} ({weights_text(point['weights'])}) · {point['features']} · {point['protocol']}"
+        points.append({**point, "label": label, "x": x})
+    return points
+
+
+def predictions_frame(run: dict, predictions: pd.DataFrame) -> pd.DataFrame:
+    names = run["class_names"]
+    return pd.DataFrame({
+        "run": run["id"], "backbone": run["backbone"], "weights": weights_text(run["weights"]), "features": run["features"],
+        "protocol": run["protocol"], "split": run["split"], "row": predictions["row"],
+        "file": predictions["path"], "true class": [names[i] for i in predictions["label"]],
+        "predicted class": [names[i] for i in predictions["predicted"]], "confidence": predictions["confidence"],
+        "correct": predictions["label"] == predictions["predicted"], "true index": predictions["label"], "predicted index": predictions["predicted"],
+    })
+
+
+def paired_text(run_a: dict, run_b: dict, frame_a: pd.DataFrame, frame_b: pd.DataFrame) -> str:
+    """The paired comparison in words, or why there is none (the runs were scored on different test images)."""
+    if run_a["id"] == run_b["id"]:
+        return "Choose two different runs."
+    a, b = frame_a.set_index("row"), frame_b.set_index("row")
+    if run_a["dataset_fingerprint"] != run_b["dataset_fingerprint"] or set(a.index) != set(b.index):
+        return ("These two runs were not scored on the same test images (another split or dataset version), "
+                "so they cannot be paired.")
+    comparison = paired_comparison(a["correct"].to_numpy(), b.loc[a.index, "correct"].to_numpy())
+    return comparison_sentence(comparison, name_a=run_name(run_a), name_b=run_name(run_b)) + "."
+
+
+def most_confused_cell(confusion: np.ndarray) -> tuple[int, int]:
+    """The off-diagonal (true, predicted) cell with the most images; the first diagonal cell if none is wrong."""
+    off = np.array(confusion, dtype=float)
+    np.fill_diagonal(off, -1)
+    true, predicted = np.unravel_index(int(off.argmax()), off.shape)
+    return (int(true), int(predicted)) if off[true, predicted] > 0 else (0, 0)
+
+
+# ----------------------------------------------------------------------------------------------- drawing
+
+
+def choose_runs(completed: list[dict]) -> tuple[str, list[dict]] | None:
+    """Dataset and runs pickers (``?dataset=<key>`` preselects one); returns (dataset key, chosen runs) or None."""
+    datasets: dict[str, str] = {}
+    for run in completed:  # newest first, so the default dataset is that of the newest run
+        datasets.setdefault(run["dataset_key"], dataset_label(run["dataset_name"], run["synthetic"]))
+    requested = st.query_params.get("dataset")
+    dataset_key = st.selectbox("Dataset", list(datasets), index=list(datasets).index(requested) if requested in datasets else 0,
+                               format_func=datasets.get, key="compare_dataset")
+    runs = {run["id"]: run for run in completed if run["dataset_key"] == dataset_key}
+    chosen_ids = st.multiselect(
+        "Runs", list(runs), default=[run["id"] for run in default_runs(list(runs.values()))], key=f"compare_runs_{dataset_key}",
+        format_func=lambda i: f"{run_name(runs[i])} · {runs[i]['test_acc']:.1f} % · {iso_time(runs[i]['finished_at'])}",
+        help="Runs on the whole training part; few-shot runs are summarised in the few-shot curves below.",
+    )
+    if not chosen_ids:
+        st.info("Choose at least one run.", icon=":material/info:")
+        return None
+    return dataset_key, [runs[i] for i in chosen_ids]
+
+
+def show_runs_table(table: pd.DataFrame, runs: list[dict]) -> None:
+    number = st.column_config.NumberColumn
+    st.dataframe(table, hide_index=True, column_order=SHOWN_COLUMNS,
+                 column_config={"test acc %": number(format="%.1f"), "top-5 %": number(format="%.1f"), "test loss": number(format="%.4f")})
+    summary = split_summary(runs)
+    if (summary["runs"] > 1).any():
+        st.markdown("**Mean and std per experiment** (sample std over its chosen runs: the splits, or repeats with other seeds)")
+        st.dataframe(summary, hide_index=True, column_config={c: number(format="%.2f") for c in summary.columns if "mean" in c or "std" in c})
+
+
+def show_downloads(table: pd.DataFrame, predictions: dict[int, pd.DataFrame]) -> None:
+    downloads = st.container(horizontal=True)
+    downloads.download_button("Table as CSV", data=csv_text(table), file_name="flower-probe-runs.csv", mime="text/csv", on_click="ignore",
+                              icon=":material/download:")
+    downloads.download_button("Per-image predictions as CSV", data=lambda: csv_text(pd.concat(predictions.values())),
+                              file_name="flower-probe-predictions.csv", mime="text/csv", on_click="ignore", icon=":material/download:")
+
+
+def show_skipped(runs: list[dict]) -> None:
+    for run in runs:
+        if run["skipped"]:
+            with st.expander(f"{markdown_text(run_name(run))} skipped {len(run['skipped'])} unreadable file(s)", icon=":material/broken_image:"):
+                st.dataframe(pd.DataFrame(run["skipped"], columns=["file", "reason"]), hide_index=True)
+
+
+def show_protocols(full: list[dict]) -> None:
+    """The protocols table over every completed full run of the dataset."""
+    if len({r["protocol"] for r in full}) < 2 and all(_reference(r) for r in full):
+        return  # only reference runs: the runs table says it all
+    st.subheader("Protocols")
+    st.caption("Test top-1 % on the whole training part, with its 95 % bootstrap interval over test images; each probe's "
+               "hyperparameter was chosen on the validation part. Every completed run of this dataset.")
+    st.dataframe(protocols_frame(full), hide_index=True)
+
+
+def show_fewshot(few_shot: list[dict], full: list[dict]) -> None:
+    if not few_shot:
+        return
+    st.subheader("Few-shot curves")
+    st.caption("Test accuracy against labelled training images per class, mean over the random draws with a ± 1 std band; "
+               "the validation part stays whole at every level. The last point of each line is the whole training part.")
+    st.plotly_chart(fewshot_figure(fewshot_plot_points(few_shot, full)), config={"displayModeBar": False})
+
+
+def show_paired(runs: list[dict], predictions: dict[int, pd.DataFrame]) -> None:
+    if len(runs) < 2:
+        return
+    st.subheader("Paired comparison")
+    columns = st.columns(2)
+    by_id = {run["id"]: run for run in runs}
+    ids = list(by_id)
+    a = columns[0].selectbox("Run A", ids, index=0, format_func=lambda i: run_name(by_id[i]), key="paired_a")
+    b = columns[1].selectbox("Run B", ids, index=1, format_func=lambda i: run_name(by_id[i]), key="paired_b")
+    st.markdown(markdown_text(paired_text(by_id[a], by_id[b], predictions[a], predictions[b])))
+    st.caption("On the same test images: the accuracy difference with a 95 % paired-bootstrap interval, "
+               "and McNemar's exact test on the images exactly one of the two runs got right.")
+
+
+def show_curves(runs: list[dict]) -> None:
+    trained = [run for run in runs if run["protocol"] == "mlp"]  # the others have no epochs
+    if trained:
+        st.subheader("Training curves")
+        st.plotly_chart(curves_figure({run_name(run): run_epochs(run) for run in trained}), config={"displayModeBar": False})
+
+
+def select_cell(run_id: int, chart_key: str) -> None:
+    """A click on a confusion matrix cell sets the cell gallery's run and classes (scatter x = predicted, y = true)."""
+    points = st.session_state[chart_key]["selection"]["points"]
+    if points:
+        st.session_state["cell_run"] = run_id
+        st.session_state["cell_true"] = int(points[0]["y"])
+        st.session_state["cell_predicted"] = int(points[0]["x"])
+        st.session_state["cell_scroll"] = True
+
+
+def gallery(frame: pd.DataFrame, captions: list[str]) -> None:
+    """Thumbnails of the first GALLERY_LIMIT rows of a predictions frame, with plain-text captions."""
+    shown = frame.head(GALLERY_LIMIT)
+    thumbs = [thumbnail(path, size=THUMB_PX) for path in shown["file"]]
+    st.image([data for data, _ in thumbs], width=THUMB_PX, output_format="JPEG",
+             caption=[markdown_text(text + ("" if ok else " (unreadable)")) for text, (_, ok) in zip(captions, thumbs)])
+    if len(frame) > GALLERY_LIMIT:
+        st.caption(f"Showing {GALLERY_LIMIT} of {len(frame)}; the predictions CSV lists every test photo.")
+
+
+def show_confusions(runs: list[dict], predictions: dict[int, pd.DataFrame]) -> None:
+    st.subheader("Confusion matrices")
+    st.caption("Rows: true class; columns: predicted class; colour: share of the true class. "
+               "Click a cell to see its test photos below.")
+    for start in range(0, len(runs), MATRICES_PER_ROW):
+        for column, run in zip(st.columns(MATRICES_PER_ROW), runs[start:start + MATRICES_PER_ROW]):
+            chart_key = f"confusion-{run['id']}"
+            column.plotly_chart(
+                confusion_figure(confusion=np.array(run["confusion"]), class_names=run["class_names"], title=run_name(run)),
+                key=chart_key, on_select=partial(select_cell, run["id"], chart_key), selection_mode="points", config={"displayModeBar": False},
+            )
+    show_cell_gallery(runs, predictions)
+
+
+def show_cell_gallery(runs: list[dict], predictions: dict[int, pd.DataFrame]) -> None:
+    """The photos of one confusion cell; scrolled into view when a click on a matrix opened it."""
+    by_id = {run["id"]: run for run in runs}
+    st.markdown("**Test photos in one cell**")
+    st.html(f'<div id="{GALLERY_ANCHOR}"></div>')
+    if st.session_state.get("cell_run") not in by_id:
+        st.session_state["cell_run"] = runs[0]["id"]
+        st.session_state["cell_true"], st.session_state["cell_predicted"] = most_confused_cell(runs[0]["confusion"])
+    columns = st.columns(3)
+    cell_run = by_id[columns[0].selectbox("Run", list(by_id), format_func=lambda i: run_name(by_id[i]), key="cell_run")]
+    class_names = cell_run["class_names"]
+    for key in ("cell_true", "cell_predicted"):
+        if st.session_state.get(key) not in range(len(class_names)):
+            st.session_state[key] = 0
+    true_class = columns[1].selectbox("True class", range(len(class_names)), format_func=class_names.__getitem__, key="cell_true")
+    predicted_class = columns[2].selectbox("Predicted class", range(len(class_names)), format_func=class_names.__getitem__, key="cell_predicted")
+    frame = predictions[cell_run["id"]]
+    cell = frame[(frame["true index"] == true_class) & (frame["predicted index"] == predicted_class)].sort_values("confidence", ascending=False)
+    if cell.empty:
+        st.caption("No test photo in this cell.")
+    else:
+        gallery(cell, [f"{confidence:.0%} · {Path(file).name}" for file, confidence in zip(cell["file"], cell["confidence"])])
+    if st.session_state.pop("cell_scroll", False):
+        # A constant script (no user text): bring the gallery the click just filled into view, below the matrices.
+        script = f'document.getElementById("{GALLERY_ANCHOR}")?.scrollIntoView({{behavior: "smooth", block: "start"}});'
+        st.html(f"<script>{script}</script>", unsafe_allow_javascript=True)
+
+
+def show_per_class(runs: list[dict]) -> None:
+    st.subheader("Per-class accuracy")
+    first_classes = runs[0]["class_names"]
+    same_classes = [run for run in runs if run["class_names"] == first_classes]
+    st.plotly_chart(per_class_figure(class_names=first_classes, accuracies={run_name(run): run["per_class_acc"] for run in same_classes}),
+                    config={"displayModeBar": False})
+    with st.expander("As a table"):
+        st.dataframe(pd.DataFrame({"class": first_classes, **{run_name(run): run["per_class_acc"] for run in same_classes}}), hide_index=True)
+    if len(same_classes) < len(runs):
+        st.caption("Runs made when the dataset had other classes are left out of this chart.")
+
+
+def show_misclassified(runs: list[dict], predictions: dict[int, pd.DataFrame]) -> None:
+    st.subheader("Misclassified test photos")
+    for tab, run in zip(st.tabs([run_name(run) for run in runs]), runs):
+        with tab:
+            frame = predictions[run["id"]]
+            wrong = frame[~frame["correct"]].sort_values("confidence", ascending=False)
+            st.caption(f"{len(wrong)} of {len(frame)} test photos misclassified, most confident mistakes first.")
+            if not wrong.empty:
+                gallery(wrong, [f"{true} → {predicted} ({confidence:.0%})"
+                                for true, predicted, confidence in zip(wrong["true class"], wrong["predicted class"], wrong["confidence"])])
+                with st.expander("As a table"):
+                    st.dataframe(wrong[["file", "true class", "predicted class", "confidence"]], hide_index=True,
+                                 column_config={"confidence": st.column_config.NumberColumn(format="percent")})
+
+
+def load_predictions(runs: list[dict]) -> dict[int, pd.DataFrame]:
+    """Each run's per-image test predictions, as ``predictions_frame``."""
+    return {run["id"]: predictions_frame(run, run_predictions(run)) for run in runs}
