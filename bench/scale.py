@@ -35,8 +35,11 @@ LOW_RES_ENV = "FLOWER_PROBE_BENCH_LOW_RES"
 CLASSES = 10
 JPEG_SIDE = 40  # generated photo size: decodes in ~0.1 ms
 RAY_IMAGES = 2_000
-SIZES = (10_000, 100_000)
+LISTING_IMAGES = 100_000  # the folder listed and fingerprinted
+SIZES = (10_000, 100_000)  # extraction memory is compared between these
 QUICK_SIZES = (1_000, 4_000)
+# Override SIZES ("10000,30000"): a loaded 2-core machine decodes ~30 images/s, so 100k images take an hour.
+SIZES_ENV = "FLOWER_PROBE_BENCH_SCALE_SIZES"
 
 
 def generate_folder(folder: Path, n_images: int, *, classes: int = CLASSES, seed: int = 0) -> Path:
@@ -133,11 +136,12 @@ def _measure(job: dict) -> dict:
 
 
 def run(context: Context) -> tuple[dict, list[Target]]:
-    sizes = QUICK_SIZES if context.quick else SIZES
+    sizes = QUICK_SIZES if context.quick else tuple(int(n) for n in os.environ.get(SIZES_ENV, "").split(",") if n) or SIZES
+    listed = sizes[-1] if context.quick else LISTING_IMAGES
     root = SCALE_ROOT / ("quick" if context.quick else "full")
     data_root = root / "datasets"
     results: dict = {"backbone": BACKBONE, "weights": "random", "input_px": LOW_RES, "jpeg_px": JPEG_SIDE, "sizes": list(sizes)}
-    for n in sizes:
+    for n in sorted({*sizes, listed}):
         started = time.perf_counter()
         generate_folder(data_root / f"scale{n}", n)
         context.log(f"  generated {n:,} images in {time.perf_counter() - started:.1f} s")
@@ -148,7 +152,7 @@ def run(context: Context) -> tuple[dict, list[Target]]:
         shutil.rmtree(path, ignore_errors=True)  # every measured step starts from an empty cache
         return str(path)
 
-    big = f"folder:scale{sizes[-1]}"
+    big = f"folder:scale{listed}"
     fingerprint_ws = workspace("fingerprint")
     for label in ("cold", "warm"):  # warm: a second process, same workspace, same files
         figures = _measure({"step": "fingerprint", "dataset": big, "workspace": fingerprint_ws, "data_root": str(data_root)})
@@ -172,7 +176,7 @@ def run(context: Context) -> tuple[dict, list[Target]]:
     cold, warm = results["fingerprint_cold"], results["fingerprint_warm"]
     targets = [
         Target(f"extraction peak RSS, {sizes[-1]:,} vs {sizes[0]:,} images (growth)", growth, "<", 10, "%"),
-        Target(f"listing + fingerprint of {sizes[-1]:,} files, warm", warm["listing_s"] + warm["fingerprint_s"], "<",
+        Target(f"listing + fingerprint of {listed:,} files, warm", warm["listing_s"] + warm["fingerprint_s"], "<",
                0.5 * (cold["listing_s"] + cold["fingerprint_s"]), "s", "goal: under half the cold time"),
     ]
     return results, targets

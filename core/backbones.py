@@ -264,8 +264,10 @@ def _fold_efficientnet_lite0(model: nn.Module) -> nn.Module:
     ``Conv2dStaticSamePadding`` is one more pass over the activations. Folding BN (w * gamma / sigma,
     beta - mean * gamma / sigma, torch's ``fuse_conv_bn_eval``) and letting the convolution pad symmetric
     borders itself removes 49 BatchNorms and 12 of the 17 pads; the asymmetric pads of the stride-2 convolutions stay.
-    Measured on the 2-core AVX-512 CPU, fp32 channels-last, batch 64, interleaved rounds (loadavg 12-15 from
-    other jobs): 5.4 -> 7.7 images/s median; features within 1.3e-5 (max abs) of the unfolded model.
+    Measured on the 2-core AVX-512 CPU, fp32 channels-last, interleaved rounds on a machine loaded by other
+    jobs: 5.4 -> 7.7 images/s median (batch 64, loadavg 12-15), 1.8 -> 2.9 (batch 32, loadavg 22-29); features
+    within 1.3e-5 (max abs) of the unfolded model. ``torch.compile`` on top gave 3.7 but its first call took
+    323 s, longer than extracting a 1,360-image dataset, so it is not used.
     """
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -698,7 +700,9 @@ def resolve_weights(
             f"no Python package ships it. Reinstall requirements.txt, or {put_it_there}"
         )
     target = weights_dir / config.weights_filename
-    sha256_prefix = match.group(1) if (match := _HASH_IN_NAME.search(Path(config.weights_url).name)) else None
+    # Built-in URLs follow torch.hub's convention (checked against torchvision's files); other hosts' names may not.
+    match = _HASH_IN_NAME.search(Path(config.weights_url).name) if entry.timm_name is None else None
+    sha256_prefix = match.group(1) if match else None
     download(
         config.weights_url,
         target,

@@ -19,6 +19,7 @@ Images that cannot be decoded are skipped and listed (``FeatureSet.skipped``); t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -535,8 +536,9 @@ class CacheEntry:
     legacy_path: Path  # the single-file cache of the default variant, from before shards
 
     @classmethod
-    def of(cls, dataset: Dataset, backbone: str, *, workspace: Workspace, weights_tag: str, precision: str) -> CacheEntry:
-        fingerprint = dataset.fingerprint  # stats every file: computed once for both names
+    def of(cls, dataset: Dataset, backbone: str, *, workspace: Workspace, weights_tag: str, precision: str,
+           progress: ProgressCallback | None = None) -> CacheEntry:
+        fingerprint = dataset.compute_fingerprint(progress=progress)  # stats every file: once for both names
         variants = available_variants(backbone)
         stem = f"{dataset.key.replace('/', '_').replace(':', '-')}-{backbone}"
         legacy_key = _cache_key(dataset.key, fingerprint, backbone, weights_tag, precision)
@@ -591,7 +593,7 @@ def cached_extraction(
             raise FlowerProbeError(f"None of the {n} images of {entry.dataset.name} could be read; first reason: "
                                    f"{first[0][1] if first else 'none'}")
         cache.finish(device=device)
-    return entry.read(variant)
+    return dataclasses.replace(entry.read(variant), from_cache=False)  # read back from the joined files, computed now
 
 
 def _local_filler(
@@ -608,7 +610,6 @@ def _local_filler(
         batches = [list(rows[s:s + batch_size]) for i in missing for rows in [cache.shard_rows(i)] for s in range(0, len(rows), batch_size)]
         loader = feature_loader(paths, entry.backbone, device=device, num_workers=num_workers, batches=batches)
         done_before = len(paths) - sum(len(cache.shard_rows(i)) for i in missing)
-        shard_of = {i: list(cache.shard_rows(i)) for i in missing}
         pending: dict[str, list] = {"features": [], "rows": [], "skipped": [], "seen": 0}
         started = time.perf_counter()
         batches_out = iter_feature_batches(
@@ -621,7 +622,7 @@ def _local_filler(
             pending["rows"].append(rows)
             pending["skipped"].extend((str(paths[r]), reason) for r, reason in skipped)
             pending["seen"] += len(rows) + len(skipped)
-            if pending["seen"] == len(shard_of[index]):
+            if pending["seen"] == len(cache.shard_rows(index)):
                 shard_features = {v: np.concatenate([f[v] for f in pending["features"] if v in f]) for v in entry.variants
                                   if any(v in f for f in pending["features"])}
                 cache.write_shard(index, shard_features, np.concatenate(pending["rows"]), pending["skipped"],
@@ -679,6 +680,7 @@ def extract_features(
     torch_device = select_device(device)
     chosen_precision = select_precision(torch_device, precision, backbone=backbone)
     source = resolve_weights(backbone, weights=weights, workspace=workspace, progress=progress)
-    entry = CacheEntry.of(dataset, backbone, workspace=workspace, weights_tag=source.tag, precision=chosen_precision)
+    entry = CacheEntry.of(dataset, backbone, workspace=workspace, weights_tag=source.tag, precision=chosen_precision,
+                          progress=progress)
     fill = _local_filler(entry, workspace=workspace, weights=weights, device=torch_device, batch_size=batch_size, num_workers=num_workers)
     return cached_extraction(entry, variant, fill=fill, shard_size=shard_size, progress=progress)

@@ -248,8 +248,14 @@ def fewshot_points(records: list[dict]) -> list[dict]:
         points.append({"label": f"{_row_label(run)} · {run['protocol']}", "backbone": run["backbone"], "weights": run["weights"],
                        "features": run["features"], "protocol": run["protocol"], "shots": run["shots"], "mean": summary.acc_mean,
                        "std": summary.acc_std, "draws": len(summary.runs),
-                       "train_images": float(np.mean([r["config"].get("train_images", np.nan) for r in summary.runs]))})
+                       "train_images": _mean_train_images(summary.runs)})
     return points
+
+
+def _mean_train_images(runs: tuple[dict, ...]) -> float | None:
+    """Mean training images of runs the suite made (it records them); None for runs made otherwise."""
+    known = [r["config"]["train_images"] for r in runs if "train_images" in r["config"]]
+    return float(np.mean(known)) if known else None
 
 
 def fewshot_table(records: list[dict]) -> str:

@@ -143,6 +143,25 @@ _HASH_CHUNK = 8 << 20  # bytes per read while hashing; a progress event per chun
 _DIGESTS: dict[tuple[str, str, int, int], str] = {}
 
 
+def _digest_key(path: str | os.PathLike, algorithm: str) -> tuple[str, str, int, int]:
+    """``(algorithm, absolute path, size, mtime_ns)``: one ``stat``, no path parsing for an absolute path."""
+    text = os.fspath(path)
+    stat = os.stat(text)
+    return algorithm, text if os.path.isabs(text) else os.path.abspath(text), stat.st_size, stat.st_mtime_ns
+
+
+def _hash_file(path: str | os.PathLike, algorithm: str, size: int, progress: ProgressCallback | None, stage: str) -> str:
+    digest = hashlib.new(algorithm, usedforsecurity=False)
+    done = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+            done += len(chunk)
+            if progress is not None:  # the message costs a path parse: 100k small files feel it
+                report(progress, stage, done, size, message=f"Checking {Path(path).name}")
+    return digest.hexdigest()
+
+
 def file_digest(
     path: str | os.PathLike, algorithm: str = "sha256", *, progress: ProgressCallback | None = None, stage: str = "hash",
 ) -> str:
@@ -152,18 +171,62 @@ def file_digest(
     touched file is read again and, its bytes unchanged, gives the same digest. Reports ``stage``
     progress every 8 MiB (weights files run to hundreds of MB).
     """
-    stat = os.stat(path)
-    key = (algorithm, os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    key = _digest_key(path, algorithm)
     if key not in _DIGESTS:
-        digest = hashlib.new(algorithm, usedforsecurity=False)
-        done = 0
-        with open(path, "rb") as handle:
-            while chunk := handle.read(_HASH_CHUNK):
-                digest.update(chunk)
-                done += len(chunk)
-                report(progress, stage, done, stat.st_size, message=f"Checking {Path(path).name}")
-        _DIGESTS[key] = digest.hexdigest()
+        _DIGESTS[key] = _hash_file(path, algorithm, key[2], progress, stage)
     return _DIGESTS[key]
+
+
+def file_digests(
+    paths: Sequence[str | os.PathLike], *, cache_path: str | os.PathLike | None = None,
+    progress: ProgressCallback | None = None, stage: str = "fingerprint",
+) -> list[str]:
+    """SHA-256 hex digests of many files, remembered on disk per (path, size, mtime) in ``cache_path`` (SQLite).
+
+    A repeat in another process (a restarted server, the CLI) then only ``stat``s each file instead of
+    reading it. A copied or touched file misses and is read again and, its bytes unchanged, gives the same
+    digest, so content hashes stay right. The on-disk cache is an optimisation only: a missing, damaged or
+    read-only one means files are read. ``progress`` gets ``stage`` events about every 1 %.
+    """
+    keys = [_digest_key(path, "sha256") for path in paths]
+    missing = [i for i, key in enumerate(keys) if key not in _DIGESTS]
+    if missing and cache_path is not None:
+        with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(cache_path, timeout=10)) as db:
+            db.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT, size INTEGER, mtime_ns INTEGER, sha256 TEXT, "
+                       "PRIMARY KEY (path, size, mtime_ns))")
+            known = {(p, size, mtime): digest for p, size, mtime, digest in db.execute("SELECT * FROM digests")}
+            for i in missing:
+                if (digest := known.get(keys[i][1:])) is not None:
+                    _DIGESTS[keys[i]] = digest
+            missing = [i for i in missing if keys[i] not in _DIGESTS]
+    total, known_count = len(keys), len(keys) - len(missing)
+    meter, step = RateMeter(), max(1, total // 100)
+    report(progress, stage, known_count, total, message=f"{known_count} file(s) known, {len(missing)} to read")
+    for done, i in enumerate(missing, start=1):
+        _DIGESTS[keys[i]] = _hash_file(paths[i], "sha256", keys[i][2], None, stage)
+        if done % step == 0 or done == len(missing):
+            report(progress, stage, known_count + done, total, rate=meter.rate(done), message="reading new or changed files")
+    if missing and cache_path is not None:
+        with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(cache_path, timeout=10)) as db, db:
+            db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?)", [(*keys[i][1:], _DIGESTS[keys[i]]) for i in missing])
+    return [_DIGESTS[key] for key in keys]
+
+
+def remembered(cache_path: str | os.PathLike, key: str, compute: Callable[[], str]) -> str:
+    """``compute()``, kept in the SQLite file ``cache_path`` under ``key`` and returned from there next time.
+
+    For results that follow from ``key`` alone (a dataset's fingerprint from its files' sizes and times). The
+    cache is an optimisation only: when it cannot be read or written, ``compute()`` runs and its value is returned.
+    """
+    with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(cache_path, timeout=10)) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS remembered (key TEXT PRIMARY KEY, value TEXT)")
+        row = db.execute("SELECT value FROM remembered WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            return row[0]
+    value = compute()
+    with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(cache_path, timeout=10)) as db, db:
+        db.execute("INSERT OR REPLACE INTO remembered VALUES (?, ?)", (key, value))
+    return value
 
 
 # Socket errors of a machine without a network (as opposed to a server that is busy or restarting).
@@ -212,43 +275,6 @@ def _fetch_into(url: str, partial: Path, *, timeout_s: float, on_bytes: Callable
             os.fsync(out.fileno())
         if total and done < total:
             raise ConnectionError(f"the connection closed after {done} of {total} bytes")
-
-
-def file_digests(
-    paths: Sequence[str | os.PathLike], *, cache_path: str | os.PathLike | None = None,
-    progress: ProgressCallback | None = None, stage: str = "fingerprint",
-) -> list[str]:
-    """SHA-256 hex digests of many files, remembered on disk per (path, size, mtime) in ``cache_path`` (SQLite).
-
-    A repeat (another process, a restarted server) then only ``stat``s each file: 100k files in seconds
-    rather than a read of every byte. A copied or touched file misses and is read again, and, its bytes
-    unchanged, gives the same digest, so content hashes stay right. The cache is an optimisation only: a
-    missing, damaged or read-only one means files are read. ``progress`` gets ``stage`` events every 1 %.
-    """
-    known: dict[tuple[str, int, int], str] = {}
-    if cache_path is not None:
-        with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(cache_path, timeout=10)) as db:
-            db.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT, size INTEGER, mtime_ns INTEGER, sha256 TEXT, "
-                       "PRIMARY KEY (path, size, mtime_ns))")
-            known = {(p, size, mtime): digest for p, size, mtime, digest in db.execute("SELECT * FROM digests")}
-    digests, new, total = [], [], len(paths)
-    meter = RateMeter()
-    step = max(1, total // 100)
-    for done, path in enumerate(paths, start=1):
-        stat = os.stat(path)
-        key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
-        if key in known:
-            _DIGESTS.setdefault(("sha256", *key), known[key])  # later file_digest calls in this process hit too
-            digests.append(known[key])
-        else:
-            digests.append(file_digest(path))
-            new.append((*key, digests[-1]))
-        if done % step == 0 or done == total:
-            report(progress, stage, done, total, rate=meter.rate(done), message=f"{len(new)} file(s) read, the rest known")
-    if new and cache_path is not None:
-        with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(cache_path, timeout=10)) as db, db:
-            db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?)", new)  # one transaction
-    return digests
 
 
 def download(

@@ -16,9 +16,9 @@ summary rows; their CSV goes through ``core.export.csv_text``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

@@ -13,8 +13,8 @@ dataset and any weights file at the same paths as the driver (a shared file syst
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -171,7 +171,8 @@ def extract_features_ray(
     source = resolve_weights(backbone, weights=weights, workspace=workspace, progress=progress)
     # Actors load the very file the driver resolved (no second download, the same weights tag).
     actor_weights = "random" if source.path is None else str(source.path)
-    entry = CacheEntry.of(dataset, backbone, workspace=workspace, weights_tag=source.tag, precision=chosen_precision)
+    entry = CacheEntry.of(dataset, backbone, workspace=workspace, weights_tag=source.tag, precision=chosen_precision,
+                          progress=progress)
     if workers is None:
         gpus = ray.cluster_resources().get("GPU", 0)
         workers = max(1, int(gpus // num_gpus_per_worker)) if num_gpus_per_worker > 0 else 1

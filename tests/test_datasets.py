@@ -77,6 +77,7 @@ def test_oxford17_offline_error_names_both_files_and_folder(workspace, monkeypat
         raise urllib.error.URLError("network unreachable")
 
     monkeypatch.setattr(fileio.urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(fileio.time, "sleep", lambda seconds: None)  # the retries' back-off: 15 s of waiting otherwise
     with pytest.raises(MissingFileError) as excinfo:
         prepare_dataset("oxford17", workspace)
     message = str(excinfo.value)

@@ -70,7 +70,8 @@ def _model_output(dataset, backbone: str, precision: str) -> np.ndarray:
         return model(images.to(dtype=dtype, memory_format=torch.channels_last)).float().numpy()
 
 
-@pytest.mark.parametrize("backbone", ["dinov2_vits14", "efficientnet_lite0"])
+# dinov2_vits14 is slow for -m "not slow" (under 3 min on 2 cores); efficientnet_lite0 checks the same thing fast.
+@pytest.mark.parametrize("backbone", [pytest.param("dinov2_vits14", marks=pytest.mark.slow), "efficientnet_lite0"])
 def test_default_variant_is_bit_identical_to_the_model_output(workspace, tiny_synthetic_folder, backbone):
     dataset = _mini_dataset(workspace, tiny_synthetic_folder, per_class=3)
     result = extract_features(dataset, backbone, workspace=workspace, weights="random", num_workers=0)
@@ -242,8 +243,8 @@ def test_file_digests_are_remembered_on_disk_and_stay_right_for_copies(tmp_path,
     assert events[-1].done == events[-1].total == 5 and events[-1].stage == "fingerprint"
 
     reads = []
-    real = fileio.file_digest
-    monkeypatch.setattr(fileio, "file_digest", lambda path, *a, **k: reads.append(path) or real(path, *a, **k))
+    real = fileio._hash_file
+    monkeypatch.setattr(fileio, "_hash_file", lambda path, *a, **k: reads.append(path) or real(path, *a, **k))
     monkeypatch.setattr(fileio, "_DIGESTS", {})  # what a new process starts with
     assert file_digests(files, cache_path=cache) == expected and reads == []  # only stats
 
@@ -252,3 +253,37 @@ def test_file_digests_are_remembered_on_disk_and_stay_right_for_copies(tmp_path,
     assert file_digests([copies / p.name for p in files], cache_path=cache) == expected and len(reads) == 5
     os.utime(files[0], ns=(1, 1))
     assert file_digests(files, cache_path=cache) == expected and len(reads) == 6
+
+
+def test_extract_command_caches_once_and_refuses_a_variant_the_backbone_lacks(workspace, tiny_synthetic_folder, capsys):
+    from core.__main__ import main
+
+    _mini_dataset(workspace, tiny_synthetic_folder, per_class=3)
+    args = ["extract", "--dataset", "folder:mini", "--backbone", "efficientnet_lite0", "--weights", "random"]
+    assert main([*args, "--features", "gap"]) == 0
+    first = capsys.readouterr().out
+    assert "6 images, computed in" in first and "gap: 1280-d" in first
+    assert main(args) == 0
+    assert "6 images, read from the cache" in capsys.readouterr().out
+    assert main([*args, "--features", "patch_mean"]) == 2
+    assert "features must be one of gap for efficientnet_lite0, got 'patch_mean'" in capsys.readouterr().err
+
+
+def test_a_repeat_fingerprint_only_stats_and_a_copy_keeps_it(workspace, tiny_synthetic_folder, tmp_path, monkeypatch):
+    from core import fileio
+
+    dataset = _mini_dataset(workspace, tiny_synthetic_folder, per_class=3)
+    assert dataset.digest_cache is not None
+    first = dataset.compute_fingerprint()
+    reads = []
+    monkeypatch.setattr(fileio, "_DIGESTS", {})  # a new process
+    real = fileio._hash_file
+    monkeypatch.setattr(fileio, "_hash_file", lambda path, *a, **k: reads.append(path) or real(path, *a, **k))
+    assert load_dataset("folder:mini", workspace).fingerprint == first and reads == []
+
+    copy_root = tmp_path / "copy"
+    copied = Workspace(root=copy_root, data_root=copy_root / "datasets")
+    shutil.copytree(workspace.data_root / "mini", copied.data_root / "mini", copy_function=shutil.copy)  # new mtimes
+    assert load_dataset("folder:mini", copied).fingerprint == first and len(reads) == len(dataset.image_paths)
+    (copied.data_root / "mini" / dataset.image_paths[0].parent.name / dataset.image_paths[0].name).write_bytes(b"changed")
+    assert load_dataset("folder:mini", copied).fingerprint != first

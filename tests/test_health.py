@@ -131,6 +131,8 @@ def test_missing_features_say_how_to_compute_them(tiny_workspace):
         dataset_health("synthetic", "efficientnet_lite0", workspace=tiny_workspace, weights="random")
 
 
+# heavy for -m "not slow" (under 3 min on 2 cores): extraction and reports through the CLI
+@pytest.mark.slow
 def test_report_is_cached_and_lists_exclusions(tiny_workspace, capsys):
     from core.__main__ import main
     from core.exclusions import exclude_images

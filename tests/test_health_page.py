@@ -85,6 +85,8 @@ def test_empty_workspace_says_to_prepare_a_dataset(workspace):
     assert any("No dataset is prepared yet" in t for t in texts(at, "info"))
 
 
+# heavy for -m "not slow" (under 3 min on 2 cores): an extraction and a health report in AppTest
+@pytest.mark.slow
 def test_extract_then_check_then_exclude_and_undo(tiny_workspace):
     from ui.common import job_runner
 
@@ -126,3 +128,21 @@ def test_extract_then_check_then_exclude_and_undo(tiny_workspace):
     assert excluded_images(tiny_workspace, "synthetic") == {}
     assert not at.exception
     assert [t.label for t in at.tabs][0].startswith("Label issues")  # the earlier report is back
+
+
+def _show_hand_made_report() -> None:
+    from pathlib import Path
+
+    from tests.test_health_page import _report
+    from ui.health import show_report
+
+    show_report(_report(duplicate_threshold=0.6), Path("/nonexistent"))  # missing photos show as placeholders
+
+
+def test_report_renders_pairs_that_share_an_image(workspace):
+    at = AppTest.from_function(_show_hand_made_report, default_timeout=TIMEOUT_S).run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert [t.label for t in at.tabs][:3] == ["Label issues (1)", "Duplicates and leakage (3)", "Outliers (1)"]
+    pair_boxes = [c for c in at.checkbox if c.key.startswith("pair-")]
+    assert len(pair_boxes) == 6  # image 0 and image 1 each sit in two pairs: one checkbox per pair side
+    assert at.get("download_button")

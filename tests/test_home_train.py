@@ -100,3 +100,15 @@ def test_train_defaults_to_one_architecture_pretrained_and_random(workspace):
     assert at.multiselect(key="train_backbones").value == list(OFFLINE_DEMO.backbones)
     assert at.number_input(key="train_epochs").value == REFERENCE.head.epochs
     assert len(_duration_captions(at)) == 1
+
+
+def test_feature_cache_entries_count_sharded_folders_and_older_files(tmp_path):
+    from ui.home import feature_cache_entries
+
+    (tmp_path / "a-sharded").mkdir()
+    (tmp_path / "a-sharded" / "manifest.json").write_text("{}")
+    (tmp_path / "b-unfinished").mkdir()  # no manifest yet: an extraction in progress
+    (tmp_path / "c-old.npz").write_bytes(b"x")
+    (tmp_path / "c-old.lock").write_bytes(b"")
+    assert [p.name for p in feature_cache_entries(tmp_path)] == ["a-sharded", "c-old.npz"]
+    assert feature_cache_entries(tmp_path / "missing") == []

@@ -159,6 +159,8 @@ def test_backbone_choices_keep_the_older_spelling_and_refuse_repeats():
         backbone_choices([])
 
 
+# heavy for -m "not slow" (under 3 min on 2 cores): two extractions through the CLI
+@pytest.mark.slow
 def test_cli_runs_one_backbone_pretrained_and_random(tiny_workspace, capsys):
     args = ["compare", "--dataset", "synthetic", "--backbones", "efficientnet_lite0", "efficientnet_lite0@random", "--epochs", "1"]
     assert main(args) == 0

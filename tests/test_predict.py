@@ -104,6 +104,8 @@ def test_predictions_on_test_images_reproduce_the_stored_ones(populated_workspac
     np.testing.assert_allclose(np.stack([p.probabilities for p in predictions]), [s["probabilities"] for s in stored], atol=1e-5)
 
 
+# heavy for -m "not slow" (under 3 min on 2 cores): a CLI subprocess building the backbone again
+@pytest.mark.slow
 def test_cli_and_page_give_the_same_prediction(populated_workspace, tmp_path):
     run_id = _run_id(populated_workspace, "efficientnet_lite0")
     registry = RunRegistry(populated_workspace.registry_path)
@@ -216,6 +218,8 @@ def test_a_foreign_photo_is_flagged_unfamiliar_and_a_test_photo_is_not(populated
     assert foreign.to_dict()["unfamiliar"] is True
 
 
+# heavy for -m "not slow" (under 3 min on 2 cores): a re-extraction
+@pytest.mark.slow
 def test_missing_training_features_are_said_not_extracted_in_the_caller(populated_workspace, tmp_path, monkeypatch):
     moved = tmp_path / "workspace"
     shutil.copytree(populated_workspace.root, moved)

@@ -268,6 +268,8 @@ def test_bad_suite_input_records_nothing(probe_workspace):
     assert len(registry.list_runs()) == before
 
 
+# heavy for -m "not slow" (under 3 min on 2 cores): a whole suite of runs
+@pytest.mark.slow
 def test_a_small_suite_is_recorded_run_by_run(probe_workspace):
     events = []
     records = run_probe_suite(

@@ -79,6 +79,8 @@ def _writer(path: str, count: int, start) -> None:
 RUNS_PER_WRITER = 5
 
 
+# heavy for -m "not slow" (under 3 min on 2 cores): two spawned processes; runs in the full suite
+@pytest.mark.slow
 def test_concurrent_writers_both_recorded(tmp_path):
     path = str(tmp_path / "runs.sqlite")
     RunRegistry(path)

@@ -9,7 +9,11 @@ import pytest
 
 from core.errors import FlowerProbeError
 from core.stats import (
-    bootstrap_interval, comparison_sentence, format_p_value, mcnemar_exact, paired_comparison,
+    bootstrap_interval,
+    comparison_sentence,
+    format_p_value,
+    mcnemar_exact,
+    paired_comparison,
 )
 
 

@@ -163,7 +163,9 @@ def registry_stamp() -> tuple:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _list_runs(path: str, stamp: tuple) -> list[dict]:
-    return _registry(path).list_runs()
+    # Few-shot runs (a probe suite makes a hundred per backbone, without heads) are points of Compare's few-shot
+    # curves (ui.compare reads them itself), not runs to pick on a page.
+    return _registry(path).list_runs(few_shot=False)
 
 
 def list_runs(*, status: str | None = None) -> list[dict]:

@@ -25,7 +25,17 @@ from core.summary import summarise_runs
 from core.text import markdown_text
 from core.variants import default_variant
 from ui.charts import confusion_figure, curves_figure, fewshot_figure, per_class_figure
-from ui.common import dataset_label, head_label, registry, registry_stamp, run_epochs, run_label, run_predictions, thumbnail, weights_label
+from ui.common import (
+    dataset_label,
+    head_label,
+    registry,
+    registry_stamp,
+    run_epochs,
+    run_label,
+    run_predictions,
+    thumbnail,
+    weights_label,
+)
 
 THUMB_PX = 112
 GALLERY_LIMIT = 24  # photos per gallery; the full list is in the table and the CSV
@@ -177,7 +187,8 @@ def fewshot_plot_points(few_shot: list[dict], full: list[dict]) -> list[dict]:
     """Points of the few-shot plot: each few-shot level, and the whole training part of the same experiments
     placed at its images per class. ``x`` is images per class, ``label`` names backbone, weights, variant, protocol."""
     curves = {(r["backbone"], r["weights"], r["features"], r["protocol"]) for r in few_shot}
-    ends = [r for r in full if (r["backbone"], r["weights"], r["features"], r["protocol"]) in curves]
+    # The suite's own runs on the whole training part (they record how many training images they had).
+    ends = [r for r in full if (r["backbone"], r["weights"], r["features"], r["protocol"]) in curves and "train_images" in r["config"]]
     points = []
     for point in fewshot_points(few_shot + ends):
         classes = len((few_shot + ends)[0]["class_names"])

@@ -134,8 +134,6 @@ def overview(dataset: Dataset) -> None:
     columns[1].metric("Images", len(dataset.image_paths))
     columns[2].metric("Splits", len(dataset.splits))
     columns[3].metric("Excluded", len(dataset.excluded))
-    for note in dataset.notes:
-        st.caption(md(note))
     st.page_link("pages/train.py", label=f"Train on {dataset_label(dataset.name, dataset.synthetic)}", icon=":material/model_training:")
 
 

@@ -178,7 +178,7 @@ def _gallery(dataset_root, items: list[dict], *, key: str) -> list[str]:
 
 def _pairs(dataset_root, items: list[dict], *, key: str) -> list[str]:
     chosen = []
-    for item in items:
+    for number, item in enumerate(items):  # one image can sit in several pairs: the pair's number keeps keys unique
         with st.container(border=True):
             kind = "exact copy" if item["exact"] else f"cosine {item['similarity']:.4f}"
             st.markdown(f"**{kind}**" + (" · :red[leakage: the copies sit in different parts]" if item["leakage"] else ""))
@@ -186,7 +186,7 @@ def _pairs(dataset_root, items: list[dict], *, key: str) -> list[str]:
                 data, _ = thumbnail(dataset_root / path, size=THUMB_PX)
                 column.image(data, width=THUMB_PX, caption=md(path))
                 column.caption(md(caption))
-                if column.checkbox("Exclude", key=f"{key}-{path}"):
+                if column.checkbox("Exclude", key=f"{key}-{number}-{path}") and path not in chosen:
                     chosen.append(path)
     return chosen
 

@@ -1,4 +1,4 @@
-"""The Home page's parts: the workspace summary, recent runs, and the ready-made comparisons with their expected duration.
+"""The Home page's parts: the workspace summary, recent runs, and the ready-made comparisons with their duration.
 
 The reference comparison (``core.presets.REFERENCE``) needs two dataset files and two weights files; they
 are checked on disk only (never on the network: a render must not block). When some are missing the
@@ -9,10 +9,13 @@ its run should take before the click (``ui.common.expected_duration``).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
 from core.datasets import OXFORD17_KEY, list_datasets
+from core.features import ShardedCache
 from core.jobs import comparison_job
 from core.presets import OFFLINE_DEMO, OFFLINE_DEMO_RANDOM_RESNET, REFERENCE, ComparisonPreset
 from core.text import markdown_text
@@ -51,21 +54,32 @@ def recent_runs_frame(runs: list[dict]) -> pd.DataFrame:
     })
 
 
+def feature_cache_entries(folder: Path) -> list[Path]:
+    """The feature cache's entries: sharded folders with a manifest (``core.features.ShardedCache``), old .npz files."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if (p.suffix == ".npz" and p.is_file()) or (p / ShardedCache.MANIFEST).is_file())
+
+
+def _size(entry: Path) -> int:
+    return entry.stat().st_size if entry.is_file() else sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+
+
 def workspace_summary() -> None:
     ws = workspace()
     datasets = [d for d in list_datasets(ws) if d.prepared]
     completed = list_runs(status="completed")
-    feature_files = list(ws.features_dir.glob("*.npz"))
+    entries = feature_cache_entries(ws.features_dir)
     st.subheader("Workspace")
     st.caption(f"`{ws.root}`")
     columns = st.columns(3)
     columns[0].metric("Datasets ready", len(datasets))
-    columns[1].metric("Cached feature sets", len(feature_files), help="One file per (dataset, backbone, weights); reused by every later run.")
+    columns[1].metric("Cached feature sets", len(entries), help="One per (dataset, backbone, weights); reused by every later run.")
     columns[2].metric("Completed runs", len(completed))
     if datasets:
         st.markdown("Datasets: " + ", ".join(markdown_text(d.name) for d in datasets))
-    if feature_files:
-        st.caption(f"Feature cache: {format_bytes(sum(f.stat().st_size for f in feature_files))} in `{ws.features_dir}`")
+    if entries:
+        st.caption(f"Feature cache: {format_bytes(sum(_size(e) for e in entries))} in `{ws.features_dir}`")
     if completed:
         st.markdown("**Recent runs**")
         st.dataframe(recent_runs_frame(completed[:RECENT_RUNS]), hide_index=True,
