@@ -51,7 +51,10 @@ def time_recording(context: Context, results: list) -> dict:
     """Seconds to record ``results`` as runs, one transaction each (the suite's way), into the bench workspace."""
     from core.runs import RunRegistry
 
-    registry = RunRegistry(context.workspace_root / "probe-bench-runs.sqlite")
+    path = context.workspace_root / "probe-bench-runs.sqlite"
+    for stale in context.workspace_root.glob("probe-bench-runs.sqlite*"):  # the size reported is one suite's
+        stale.unlink()
+    registry = RunRegistry(path)
     run = {"dataset_key": "bench", "dataset_name": "bench features", "dataset_fingerprint": "bench", "synthetic": True,
            "class_names": [f"class {i}" for i in range(CLASSES)], "split": "1", "backbone": "dinov2_vits14", "weights": "pretrained",
            "seed": 0, "config": {"head": {"head": "bench"}}, "versions": {}, "features": "cls"}

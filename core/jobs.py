@@ -69,11 +69,6 @@ class JobContext:
             else:
                 self._job.stage = event
 
-    @property
-    def cancel_requested(self) -> bool:
-        """True once the user asked to cancel: for long steps that do not report progress often."""
-        return self._cancel.is_set()
-
     def set_current(self, description: str) -> None:
         with self._runner._lock:
             self._job.current = description

@@ -168,7 +168,8 @@ class RunRegistry:
                     class_names: list[str], split: str, backbone: str, weights: str, seed: int, config: dict, versions: dict,
                     group_id: str | None, protocol: str, features: str | None, shots: int | None) -> int:
         cursor = conn.execute(
-            "INSERT INTO runs (group_id, status, created_at, dataset_key, dataset_name, dataset_fingerprint, synthetic, class_names,"
+            "INSERT INTO runs (group_id, status, created_at, dataset_key, dataset_name, dataset_fingerprint, synthetic,"
+            " class_names,"
             " split, backbone, weights, seed, config, versions, pid, host, protocol, features, shots)"
             " VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (group_id, time.time(), dataset_key, dataset_name, dataset_fingerprint, int(synthetic), json.dumps(class_names),
@@ -198,18 +199,22 @@ class RunRegistry:
         head_path: str | None, epochs: list[dict], predictions: list[tuple[int, str, int, int, float, list[float]]], metrics: dict | None,
     ) -> None:
         conn.execute(
-            "UPDATE runs SET status='completed', finished_at=?, weights_tag=?, device=?, precision=?, timings=?, best_epoch=?,"
-            " test_acc=?, test_loss=?, per_class_acc=?, confusion=?, skipped=?, features_path=?, head_path=?, metrics=?, error=NULL WHERE id=?",
+            "UPDATE runs SET status='completed', finished_at=?, weights_tag=?, device=?, precision=?, timings=?,"
+            " best_epoch=?,"
+            " test_acc=?, test_loss=?, per_class_acc=?, confusion=?, skipped=?, features_path=?, head_path=?, metrics=?,"
+            " error=NULL WHERE id=?",
             (time.time(), weights_tag, device, precision, json.dumps(timings), best_epoch, test_acc, test_loss, json.dumps(per_class_acc),
              json.dumps(np.asarray(confusion).tolist()), json.dumps(skipped), features_path, head_path,
              None if metrics is None else json.dumps(metrics), run_id),
         )
         conn.executemany(
-            "INSERT INTO epochs (run_id, epoch, train_loss, train_acc, valid_loss, valid_acc) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO epochs (run_id, epoch, train_loss, train_acc, valid_loss, valid_acc)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
             [(run_id, e["epoch"], e["train_loss"], e["train_acc"], e["valid_loss"], e["valid_acc"]) for e in epochs],
         )
         conn.executemany(
-            "INSERT INTO predictions (run_id, row, path, label, predicted, confidence, probabilities) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO predictions (run_id, row, path, label, predicted, confidence, probabilities)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             [(run_id, row, path, label, predicted, confidence, json.dumps([round(p, 6) for p in probs]))
              for row, path, label, predicted, confidence, probs in predictions],
         )

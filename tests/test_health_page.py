@@ -33,7 +33,7 @@ def texts(at: AppTest, *kinds: str) -> list[str]:
 def _report(**changes) -> HealthReport:
     """A hand-made report: 4 images, class names that look like spreadsheet formulas."""
     base = HealthReport(
-        dataset_key="folder:x", dataset_name="x", fingerprint="f", backbone="b", weights="random", weights_tag="random", precision="fp32",
+        dataset_key="folder:x", dataset_name="x", fingerprint="f", backbone="efficientnet_lite0", weights="random", weights_tag="random", precision="fp32",
         variant="gap", features_file="", config={"split": "1", "folds": 2, "outlier_k": 1}, class_names=["=HYPERLINK(1)", "tulip"],
         paths=["train/a.jpg", "train/b.jpg", "test/c.jpg", "val/d.jpg"], parts=["train", "train", "test", "val"], labels=[0, 1, 1, 0],
         label_issues=[{"image": 1, "given": 1, "suggested": 0, "score": 0.1, "flagged": True},

@@ -243,8 +243,10 @@ def fewshot_figure(points: Sequence[Mapping]) -> go.Figure:
             customdata=[[s, p["draws"]] for s, p in zip(std, members)],
             hovertemplate=f"{name}<br>%{{x:.3g}} images per class: %{{y:.1f}} % ± %{{customdata[0]:.1f}} (%{{customdata[1]}} draws)<extra></extra>",
         )
+    ticks = sorted({round(p["x"], 1) for p in points})  # the levels measured, not Plotly's 2-3-5 minor labels
     figure.update_layout(
-        height=420, margin=dict(l=10, r=10, t=30, b=10), xaxis=dict(type="log", title="labelled training images per class (log)"),
-        yaxis=dict(title="test accuracy (%)", range=[0, 100]), legend=dict(orientation="h", y=-0.2),
+        height=460, margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=-0.25, yanchor="top"),
+        xaxis=dict(type="log", title="labelled training images per class (log)", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks]),
+        yaxis=dict(title="test accuracy (%)", range=[0, 100]),
     )
     return figure

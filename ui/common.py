@@ -94,7 +94,7 @@ def _sidebar_jobs() -> None:
         st.caption("No jobs running.")
         return
     for job in active:
-        fraction = job.stage.fraction if job.stage and job.status == "running" else 0.0
+        fraction = job.stage.fraction if job.stage and job.status in ("running", "cancelling") else 0.0
         st.progress(fraction, text=f"{job.title} ({job.status})")
 
 
@@ -186,7 +186,8 @@ def run_epochs(run: dict) -> list[dict]:
 
 
 def run_predictions(run: dict) -> pd.DataFrame:
-    """Per-image test predictions of a run: row, path (the photo in this workspace), label, predicted, confidence, probabilities."""
+    """Per-image test predictions of a run: row, path (the photo's file in this workspace), label, predicted,
+    confidence, probabilities."""
     ws = workspace()
     rows = _run_rows(str(ws.registry_path), run["id"], run["created_at"], "predictions")
     frame = pd.DataFrame(rows, columns=["run_id", "row", "path", "label", "predicted", "confidence", "probabilities"])

@@ -54,11 +54,11 @@ def prepare(key: str, name: str) -> None:
     job_runner().submit(PREPARE_TITLE.format(name=name), progress_job(prepare_dataset, key=key, workspace=workspace()))
 
 
-@st.fragment(run_every=1.0)
-def preparation_jobs() -> None:
-    """Live progress of dataset preparation; when one finishes, the whole page reruns to show the dataset."""
-    jobs = [job for job in job_runner().jobs() if job.title.startswith(PREPARE_TITLE.format(name=""))][:3]
-    watched = st.session_state.setdefault("dataset_watched_jobs", set())
+def watch_jobs(prefixes: tuple[str, ...], *, state_key: str, shown: int = 3) -> None:
+    """Cards of the newest jobs whose titles start with ``prefixes``; when one this session watched finishes, the
+    whole page reruns to show its result. Call it from a ``st.fragment(run_every=...)``."""
+    jobs = [job for job in job_runner().jobs() if job.title.startswith(prefixes)][:shown]
+    watched = st.session_state.setdefault(state_key, set())
     finished = {job.id for job in jobs if not job.active} & watched
     watched.difference_update(finished)
     watched.update(job.id for job in jobs if job.active)
@@ -66,6 +66,12 @@ def preparation_jobs() -> None:
         job_card(job)
     if finished:
         st.rerun(scope="app")
+
+
+@st.fragment(run_every=1.0)
+def preparation_jobs() -> None:
+    """Live progress of dataset preparation; when one finishes, the page shows the dataset."""
+    watch_jobs((PREPARE_TITLE.format(name=""),), state_key="dataset_watched_jobs")
 
 
 def choose(requested: str | None) -> tuple[str, DatasetEntry | None]:

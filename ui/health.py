@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from core.backbones import list_backbones
+from core.backbones import list_backbones, local_weights
 from core.datasets import list_datasets
 from core.errors import FlowerProbeError, MissingFileError
 from core.exclusions import can_undo, exclude_images, undo_exclusions
@@ -23,12 +23,12 @@ from core.export import csv_text
 from core.health import CSV_COLUMNS, HealthConfig, HealthReport, compare_health, dataset_health
 from core.jobs import extraction_job, progress_job
 from core.variants import available_variants, default_variant
-from ui.common import job_card, job_runner, md, thumbnail, user_errors, workspace
+from ui.common import job_runner, md, thumbnail, user_errors, workspace
+from ui.dataset import watch_jobs
 
 THUMB_PX = 128
 PER_ROW = 6
 JOB_PREFIXES = ("Health check: ", "Features for health: ")
-ISSUE_TABS = ("label", "duplicate", "outlier")
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,14 @@ def backbone_specs() -> list[str]:
 
 
 def lookup(choice: HealthChoice) -> tuple[HealthReport | None, bool]:
-    """(the cached report or None, whether the features are cached); raises FlowerProbeError for other problems."""
+    """(the cached report or None, whether the features are cached); raises FlowerProbeError for other problems.
+
+    Never downloads: pretrained weights that are not here mean no cached features (the extraction job then
+    downloads them, or says where to put them).
+    """
     backbone = choice.choice
+    if backbone.weights == "pretrained" and local_weights(backbone.backbone, workspace=workspace()) is None:
+        return None, False
     try:
         report = dataset_health(choice.dataset, backbone.backbone, workspace=workspace(), weights=backbone.weights,
                                 variant=choice.variant, compute=False)
@@ -151,16 +157,8 @@ def form() -> HealthChoice | None:
 
 @st.fragment(run_every=1.0)
 def health_jobs() -> None:
-    """This page's jobs; when one finishes, the whole page reruns to show its result."""
-    jobs = [job for job in job_runner().jobs() if job.title.startswith(JOB_PREFIXES)][:3]
-    watched = st.session_state.setdefault("health_watched_jobs", set())
-    finished = {job.id for job in jobs if not job.active} & watched
-    watched.difference_update(finished)
-    watched.update(job.id for job in jobs if job.active)
-    for job in jobs:
-        job_card(job)
-    if finished:
-        st.rerun(scope="app")
+    """This page's jobs; when one finishes, the page shows its result."""
+    watch_jobs(JOB_PREFIXES, state_key="health_watched_jobs")
 
 
 def _gallery(dataset_root, items: list[dict], *, key: str) -> list[str]:
@@ -247,7 +245,9 @@ def show_report(report: HealthReport, dataset_root) -> None:
 
 def compare_section(report: HealthReport) -> None:
     """A second backbone's cached report on the same data, side by side with this one."""
-    specs = [s for s in backbone_specs() if s != BackboneChoice(report.backbone, report.weights).spec]
+    # The same architecture with the other weights first: how much does pretraining find?
+    flipped = BackboneChoice(report.backbone, "random" if report.weights == "pretrained" else "pretrained").spec
+    specs = [flipped] + [s for s in backbone_specs() if s not in (flipped, BackboneChoice(report.backbone, report.weights).spec)]
     other = st.selectbox("Second backbone", specs, format_func=lambda spec: parse_backbone(spec).label, key="health_other")
     second = HealthChoice(dataset=report.dataset_key, backbone=other, variant=default_variant(parse_backbone(other).backbone))
     found, has_features = None, False
