@@ -10,10 +10,10 @@ import re
 from pathlib import Path
 
 import pytest
+from image_catalogue import HOSTILE_FILE_NAMES, write_catalogue
 from streamlit.testing.v1 import AppTest
 
 from core.runs import RunRegistry
-from image_catalogue import HOSTILE_FILE_NAMES, write_catalogue
 
 CLASSIFY_PAGE = Path(__file__).resolve().parents[1] / "pages" / "classify.py"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from image_catalogue import HOSTILE_FILE_NAMES, write_catalogue
 
 from core import predict as predict_module
 from core.__main__ import main
@@ -26,7 +27,6 @@ from core.export import csv_text
 from core.locate import RunFiles
 from core.predict import NEIGHBOURS, TOP_K, FeaturesMissingError, Prediction, Predictor, default_run, summary_rows
 from core.runs import RunRegistry
-from image_catalogue import HOSTILE_FILE_NAMES, write_catalogue
 
 REPO = Path(__file__).resolve().parents[1]
 

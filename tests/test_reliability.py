@@ -31,10 +31,10 @@ import pytest
 from PIL import Image
 
 from core import fileio
-from core.datasets import load_dataset, synthetic_folder
+from core.datasets import DIGEST_CACHE_NAME, load_dataset, synthetic_folder
 from core.errors import WorkspaceWriteError
 from core.experiment import ExperimentConfig, run_experiment
-from core.features import extract_features
+from core.features import ShardedCache, extract_features, read_features
 from core.locate import RunFiles
 from core.runs import RunRegistry
 from core.training import HeadConfig
@@ -117,13 +117,15 @@ def _tiny_workspace_root(root: Path, tiny_synthetic_folder: Path) -> Path:
 
 
 def _feature_caches(root: Path) -> list[Path]:
-    return sorted((root / "features").glob("*.npz"))
+    """The complete feature cache entries (core.features: a folder of shards whose manifest says complete)."""
+    folders = (p for p in (root / "features").iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in folders if (ShardedCache.read_manifest(p) or {}).get("complete"))
 
 
 def _load_cache(path: Path) -> dict[str, np.ndarray]:
-    """Every array of a cache file, read in full: a half-written file fails here."""
-    with np.load(path, allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}
+    """The cache's features and rows, read in full: a half-written entry fails here."""
+    features = read_features(path)
+    return {"features": np.array(features.features), "rows": np.array(features.rows)}
 
 
 def _lock_is_free(lock_path: Path) -> bool:
@@ -176,7 +178,7 @@ def test_two_processes_writing_one_workspace_both_complete_and_share_one_valid_c
     n_images = len(load_dataset("synthetic", ws).image_paths)
     assert arrays["features"].shape == (n_images, 1280) and np.isfinite(arrays["features"]).all()
     assert np.array_equal(arrays["rows"], np.arange(n_images))
-    assert not list((root / "features").glob(".*.tmp")), "a temporary cache file was left behind"
+    assert not list((root / "features").rglob(".*.tmp")), "a temporary cache file was left behind"
     # Both runs are recorded completely, with identical numbers: same features, same seed.
     for run in runs:
         assert len(registry.epochs(run["id"])) == EPOCHS and RunFiles(run, ws).head.is_file()
@@ -197,7 +199,7 @@ def test_cli_killed_during_extraction_then_training_loses_nothing_and_reruns_to_
     line = cli.wait_for(lambda text: bool((m := FEATURES_LINE.match(text)) and int(m[1]) < int(m[2])))
     cli.kill_9()
     assert "Epoch:" not in cli.output, f"killed too late to be during extraction ({line!r}):\n{cli.output}"
-    for path in _feature_caches(root):  # a cache file either is complete or does not exist under its final name
+    for path in _feature_caches(root):  # an entry is complete or not served (resumable shards are not a cache)
         assert _load_cache(path)["features"].shape[0] == int(FEATURES_LINE.match(line)[2])
     registry = RunRegistry(root / "runs.sqlite")  # opening it reconciles runs whose process is gone
     assert [(r["status"], r["test_acc"]) for r in registry.list_runs()] == [("interrupted", None)]
@@ -209,7 +211,7 @@ def test_cli_killed_during_extraction_then_training_loses_nothing_and_reruns_to_
     cli.kill_9()
     [cache] = _feature_caches(root)
     extracted = _load_cache(cache)
-    assert _lock_is_free(cache.with_suffix(".lock"))
+    assert _lock_is_free(cache.with_name(cache.name + ".lock"))
     registry = RunRegistry(root / "runs.sqlite")
     runs = registry.list_runs()
     assert [r["status"] for r in runs] == ["interrupted", "interrupted"]
@@ -411,8 +413,10 @@ def test_full_or_read_only_disk_fails_clearly_and_damages_nothing(tmp_path, popu
         # Where SQLite could still write, the failed run is recorded with its reason; else the registry is untouched.
         new_runs = registry.list_runs()[: len(registry.list_runs()) - len(records)]
         assert all(r["status"] == "failed" and "disk space" in r["error"] for r in new_runs), new_runs
-        changed = [name for name, data in before.items() if after.get(name) != data]
-        assert changed == (["runs.sqlite"] if new_runs else []), "files saved before the fault changed"
+        # Besides the registry, only the file-digest cache may change (SQLite writes it within its pages where it can):
+        # a cache of what the image files hold, rebuilt from them whenever it is missing or stale.
+        changed = {name for name, data in before.items() if after.get(name) != data} - {DIGEST_CACHE_NAME}
+        assert changed == ({"runs.sqlite"} if new_runs else set()), "files saved before the fault changed"
         # Lock files and SQLite's own journal may appear; nothing else may (no half-written cache or head).
         assert [n for n in set(after) - set(before) if not n.endswith((".lock", "-wal", "-shm"))] == [], "partial files were left"
         assert _completed_records(ws) == records
