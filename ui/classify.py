@@ -20,6 +20,7 @@ from core.export import csv_text
 from core.features import extract_features
 from core.images import SUPPORTED_UPLOAD_TYPES
 from core.jobs import progress_job
+from core.variants import default_variant
 from core.predict import FeaturesMissingError, Prediction, Predictor, default_run, summary_rows
 from core.projection import MAP_METHODS, MIN_MAP_POINTS, FeatureMap, MapParams, cached_map
 from core.text import markdown_text
@@ -73,8 +74,16 @@ def choice_label(run: dict) -> str:
 
 
 def classifiable(runs: list[dict]) -> list[dict]:
-    """Completed runs with a trained head (probes such as k-NN have none) and a test accuracy."""
-    return [run for run in runs if run["status"] == "completed" and run["test_acc"] is not None and run.get("head_path")]
+    """Completed runs with a trained head (probes such as k-NN have none) on the backbone's default features.
+
+    ``Predictor`` computes an upload's features with the backbone's own forward, i.e. its default variant; a head
+    trained on another variant (patch mean, last 4 CLS tokens) expects features this page does not compute.
+    """
+    return [
+        run for run in runs
+        if run["status"] == "completed" and run["test_acc"] is not None and run.get("head_path")
+        and run.get("features") in (None, default_variant(run["backbone"]))
+    ]
 
 
 def batch_rows(names: list[str], per_run: list[tuple[Predictor, list[Prediction]]]) -> list[dict]:

@@ -109,7 +109,6 @@ def sidebar() -> None:
 
 # ----------------------------------------------------------------------------------------------- text
 
-md = markdown_text  # the older name, until the last page still using it has moved to core.text.markdown_text
 
 
 def weights_label(weights: str) -> str:

@@ -2,7 +2,7 @@
 counts per split, sample photos per class, and the images the user excluded (``core.exclusions``).
 
 Every dataset's state reads the same words everywhere (``core.datasets.DatasetEntry.state``). Class and file
-names are shown as text, never as HTML or Markdown (``md``).
+names are shown as text, never as HTML or Markdown (``core.text.markdown_text``).
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from core.datasets import OXFORD17_KEY, Dataset, DatasetEntry, dataset_summary, 
 from core.exclusions import can_undo, excluded_images, include_images, undo_exclusions
 from core.jobs import progress_job
 from ui.charts import class_counts_figure
+from core.text import markdown_text
 from ui.common import (
     cached_dataset,
     dataset_label,
     files_to_fetch,
     job_card,
     job_runner,
-    md,
     missing_files_markdown,
     thumbnail,
     user_errors,
@@ -171,10 +171,10 @@ def sample_photos(dataset: Dataset) -> None:
             rows = sample_rows(dataset, label, count=per_class)
             thumbs = [thumbnail(dataset.image_paths[row], size=THUMB_PX) for row in rows]
             unreadable += [dataset.image_paths[row] for row, (_, ok) in zip(rows, thumbs) if not ok]
-            column.markdown(f"**{md(dataset.class_names[label])}** · {int((dataset.labels == label).sum())} images")
+            column.markdown(f"**{markdown_text(dataset.class_names[label])}** · {int((dataset.labels == label).sum())} images")
             column.image(
                 [data for data, _ in thumbs], width=THUMB_PX, output_format="JPEG",
-                caption=[md(dataset.image_paths[row].name + ("" if ok else " (unreadable)")) for row, (_, ok) in zip(rows, thumbs)],
+                caption=[markdown_text(dataset.image_paths[row].name + ("" if ok else " (unreadable)")) for row, (_, ok) in zip(rows, thumbs)],
             )
     if unreadable:
         st.warning(

@@ -2,7 +2,7 @@
 label issues, duplicates (with leakage) and outliers as photo galleries, with exclusions and a CSV download.
 
 The engine is ``core.health``; a page render only reads cached reports (``dataset_health(..., compute=False)``),
-the extraction and the check itself run in the job runner. Names and paths are shown through ``md`` (text, never
+the extraction and the check itself run in the job runner. Names and paths are shown through ``markdown_text`` (text, never
 markup). Pure helpers (``gallery_items``, ``pair_items``, ``health_csv``, ``comparison_frame``) carry the logic
 the tests check without a browser.
 """
@@ -23,7 +23,8 @@ from core.export import csv_text
 from core.health import CSV_COLUMNS, HealthConfig, HealthReport, compare_health, dataset_health
 from core.jobs import extraction_job, progress_job
 from core.variants import available_variants, default_variant
-from ui.common import job_runner, md, thumbnail, user_errors, workspace
+from core.text import markdown_text
+from ui.common import job_runner, thumbnail, user_errors, workspace
 from ui.dataset import watch_jobs
 
 THUMB_PX = 128
@@ -167,8 +168,8 @@ def _gallery(dataset_root, items: list[dict], *, key: str) -> list[str]:
     for start in range(0, len(items), PER_ROW):
         for column, item in zip(st.columns(PER_ROW), items[start:start + PER_ROW]):
             data, ok = thumbnail(dataset_root / item["path"], size=THUMB_PX)
-            column.image(data, width=THUMB_PX, caption=md(item["path"] + ("" if ok else " (unreadable)")))
-            column.caption(md(item["caption"]) + ("" if item["flagged"] else " · not flagged"))
+            column.image(data, width=THUMB_PX, caption=markdown_text(item["path"] + ("" if ok else " (unreadable)")))
+            column.caption(markdown_text(item["caption"]) + ("" if item["flagged"] else " · not flagged"))
             if column.checkbox("Exclude", key=f"{key}-{item['path']}"):
                 chosen.append(item["path"])
     return chosen
@@ -182,8 +183,8 @@ def _pairs(dataset_root, items: list[dict], *, key: str) -> list[str]:
             st.markdown(f"**{kind}**" + (" · :red[leakage: the copies sit in different parts]" if item["leakage"] else ""))
             for column, path, caption in zip(st.columns(4), item["paths"], item["captions"]):
                 data, _ = thumbnail(dataset_root / path, size=THUMB_PX)
-                column.image(data, width=THUMB_PX, caption=md(path))
-                column.caption(md(caption))
+                column.image(data, width=THUMB_PX, caption=markdown_text(path))
+                column.caption(markdown_text(caption))
                 if column.checkbox("Exclude", key=f"{key}-{number}-{path}") and path not in chosen:
                     chosen.append(path)
     return chosen
@@ -204,7 +205,7 @@ def _exclusion_controls(dataset_key: str, chosen: list[str], *, reason: str, key
 
 def show_report(report: HealthReport, dataset_root) -> None:
     counts = report.counts()
-    st.caption(md(f"{report.dataset_name} · {report.backbone} ({report.weights}) · features {report.variant} · "
+    st.caption(markdown_text(f"{report.dataset_name} · {report.backbone} ({report.weights}) · features {report.variant} · "
                   f"{len(report.paths)} images · fingerprint {report.fingerprint} · "
                   f"computed in {report.timings['total_s']:.1f} s"
                   + (f" · {len(report.skipped)} skipped (excluded or unreadable)" if report.skipped else "")))
