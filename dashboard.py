@@ -1,4 +1,5 @@
-"""Flower Probe: the entry file. `streamlit run dashboard.py`; the pages live in pages/ (each enforces the access gate itself too)."""
+"""Flower Probe: the entry file. `streamlit run dashboard.py`; the pages live in pages/
+(each enforces the access gate itself too)."""
 
 from pathlib import Path
 
@@ -8,7 +9,9 @@ from ui.auth import require_access
 from ui.common import sidebar
 
 # A committed PNG, served by this server: a ":material/..." page icon makes the browser fetch it from Google's CDN.
-st.set_page_config(page_title="Flower Probe", page_icon=str(Path(__file__).parent / "ui" / "assets" / "favicon.png"), layout="wide")
+st.set_page_config(
+    page_title="Flower Probe", page_icon=str(Path(__file__).parent / "ui" / "assets" / "favicon.png"), layout="wide"
+)
 require_access()  # before navigation: a visitor without access gets only the login form
 navigation = st.navigation(
     [

@@ -15,10 +15,20 @@ import shlex
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from .common import DEFAULT_WORKSPACE, SECTIONS, Context, Sizes, bench_workspace, format_table, load_average, machine, parse_sections
+from .common import (
+    DEFAULT_WORKSPACE,
+    SECTIONS,
+    Context,
+    Sizes,
+    bench_workspace,
+    format_table,
+    load_average,
+    machine,
+    parse_sections,
+)
 
 DEFAULT_OUT = Path("bench/results/latest.json")
 
@@ -26,19 +36,40 @@ DEFAULT_OUT = Path("bench/results/latest.json")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes everywhere: a smoke run of a few minutes")
-    parser.add_argument("--gpu-sizes", action="store_true", help="inputs sized for a datacentre GPU (bench/gpu_check.sh)")
+    parser.add_argument(
+        "--gpu-sizes", action="store_true", help="inputs sized for a datacentre GPU (bench/gpu_check.sh)"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON report path (default {DEFAULT_OUT})")
     parser.add_argument("--only", help=f"comma-separated sections to run, from: {','.join(SECTIONS)} (default: all)")
-    parser.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE, help=f"the bench's own workspace folder (default {DEFAULT_WORKSPACE})")
-    parser.add_argument("--reference-full", action="store_true", help="run the whole reference protocol instead of extrapolating it (15-30 min on 2 CPU cores)")
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        default=DEFAULT_WORKSPACE,
+        help=f"the bench's own workspace folder (default {DEFAULT_WORKSPACE})",
+    )
+    parser.add_argument(
+        "--reference-full",
+        action="store_true",
+        help="run the whole reference protocol instead of extrapolating it (15-30 min on 2 CPU cores)",
+    )
     return parser
 
 
 def _run_section(name: str, context: Context, arguments: argparse.Namespace):
     from . import browser_pages, extraction, heads, maps, pages, probes, reference, roofline, scale, tsne
 
-    modules = {"roofline": roofline, "extraction": extraction, "reference": reference, "heads": heads, "tsne": tsne, "pages": pages,
-               "browser": browser_pages, "probes": probes, "maps": maps, "scale": scale}
+    modules = {
+        "roofline": roofline,
+        "extraction": extraction,
+        "reference": reference,
+        "heads": heads,
+        "tsne": tsne,
+        "pages": pages,
+        "browser": browser_pages,
+        "probes": probes,
+        "maps": maps,
+        "scale": scale,
+    }
     if name == "reference":
         return reference.run(context, full_reference=arguments.reference_full)
     return modules[name].run(context)
@@ -56,9 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     context = Context(sizes=sizes, workspace_root=root, quick=arguments.quick)
     report: dict = {
         "command": "python -m bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "quick": arguments.quick, "machine": machine(), "sizes": context.sizes.__dict__, "workspace": str(root),
-        "load_average_start": load_average(), "sections": {}, "targets": [],
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "quick": arguments.quick,
+        "machine": machine(),
+        "sizes": context.sizes.__dict__,
+        "workspace": str(root),
+        "load_average_start": load_average(),
+        "sections": {},
+        "targets": [],
     }
     targets = []
     for name in sections:
@@ -74,12 +110,15 @@ def main(argv: list[str] | None = None) -> int:
         report["sections"][name] = results
         targets.extend(section_targets)
     report["load_average_end"] = load_average()
-    report["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    report["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     report["targets"] = [target.to_dict() for target in targets]
     arguments.out.parent.mkdir(parents=True, exist_ok=True)
     arguments.out.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n", encoding="utf-8")
     described = report["machine"]
-    print(f"\n{described['cpu']}, {described['cpu_count']} cores ({described['device']}); load average {report['load_average_start']} at start, {report['load_average_end']} at end")
+    print(
+        f"\n{described['cpu']}, {described['cpu_count']} cores ({described['device']}); "
+        f"load average {report['load_average_start']} at start, {report['load_average_end']} at end"
+    )
     print(format_table(targets))
     print(f"\nReport: {arguments.out}")
     return 1 if any("error" in section for section in report["sections"].values()) else 0

@@ -122,7 +122,11 @@ def _populate(context: Context) -> int:
     registry = RunRegistry(context.workspace.registry_path)
     if len(registry.list_runs(status="completed")) < 2:
         context.dataset()
-        run_comparison(dataset="synthetic", backbones=["efficientnet_lite0", "efficientnet_lite0@random"], workspace=context.workspace)
+        run_comparison(
+            dataset="synthetic",
+            backbones=["efficientnet_lite0", "efficientnet_lite0@random"],
+            workspace=context.workspace,
+        )
     return len(registry.list_runs(status="completed"))
 
 
@@ -136,11 +140,16 @@ def run(context: Context) -> tuple[dict, list[Target]]:
     results: dict = {"completed_runs": _populate(context), "rounds": ROUNDS, "quiet_s": QUIET_S, "pages": {}}
     targets = []
     log_path = context.workspace_root / "browser-bench-server.log"
-    with streamlit_server(workspace_root=context.workspace.root, log_path=log_path) as server, sync_playwright() as playwright:
+    with (
+        streamlit_server(workspace_root=context.workspace.root, log_path=log_path) as server,
+        sync_playwright() as playwright,
+    ):
         browser = launch_chromium(playwright)
         try:
             tab_context = browser.new_context(viewport={"width": 1400, "height": 900})
-            paths = url_paths((REPO / "dashboard.py").read_text(encoding="utf-8"))  # read once: the file may change meanwhile
+            paths = url_paths(
+                (REPO / "dashboard.py").read_text(encoding="utf-8")
+            )  # read once: the file may change meanwhile
             for page_file, path in paths.items():
                 url = server.url_for(path)
                 try:
@@ -148,13 +157,21 @@ def run(context: Context) -> tuple[dict, list[Target]]:
                     rounds = [time_page(tab_context, url) for _ in range(ROUNDS)]
                 except Exception as exc:  # one page that never settles must not lose the others' figures
                     results["pages"][page_file] = {"error": f"{type(exc).__name__}: {exc}"}
-                    targets.append(Target(f"Page {page_file} settled in Chromium (warm)", None, "<", GOAL_S, "s", "error"))
+                    targets.append(
+                        Target(f"Page {page_file} settled in Chromium (warm)", None, "<", GOAL_S, "s", "error")
+                    )
                     context.log(f"  browser {page_file}: error {exc}")
                     continue
                 best, median = min(rounds), statistics.median(rounds)
                 results["pages"][page_file] = {"first_s": first, "rounds_s": rounds, "best_s": best, "median_s": median}
-                targets.append(Target(f"Page {page_file} settled in Chromium (warm)", best, "<", GOAL_S, "s", f"median {median:.2f} s"))
-                context.log(f"  browser {page_file}: first {first:.2f} s, warm best {best:.2f} s, median {median:.2f} s")
+                targets.append(
+                    Target(
+                        f"Page {page_file} settled in Chromium (warm)", best, "<", GOAL_S, "s", f"median {median:.2f} s"
+                    )
+                )
+                context.log(
+                    f"  browser {page_file}: first {first:.2f} s, warm best {best:.2f} s, median {median:.2f} s"
+                )
             # In-app navigation, as a user clicks through: one tab, each page reached from the sidebar.
             tab = tab_context.new_page()
             pending = _Pending(tab)
@@ -172,9 +189,19 @@ def run(context: Context) -> tuple[dict, list[Target]]:
                     results["pages"][page_file]["click_error"] = f"{type(exc).__name__}: {exc}"
                     continue
                 results["pages"][page_file]["click_s"] = clicks
-                targets.append(Target(f"Page {page_file} settled after a sidebar click", min(clicks), "<", GOAL_S, "s",
-                                      f"median {statistics.median(clicks):.2f} s"))
-                context.log(f"  browser {page_file}: click best {min(clicks):.2f} s, median {statistics.median(clicks):.2f} s")
+                targets.append(
+                    Target(
+                        f"Page {page_file} settled after a sidebar click",
+                        min(clicks),
+                        "<",
+                        GOAL_S,
+                        "s",
+                        f"median {statistics.median(clicks):.2f} s",
+                    )
+                )
+                context.log(
+                    f"  browser {page_file}: click best {min(clicks):.2f} s, median {statistics.median(clicks):.2f} s"
+                )
         finally:
             browser.close()
     return results, targets

@@ -14,9 +14,9 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -44,15 +44,23 @@ class Sizes:
     head_repeats: int = 3
 
     @classmethod
-    def gpu(cls) -> "Sizes":
+    def gpu(cls) -> Sizes:
         """Inputs sized for a datacentre GPU: a matmul big enough for its tensor cores, batches that fill it."""
         return cls(matmul_n=16384, matmul_repeats=5, images=2048, feature_batch=256, rounds=3)
 
     @classmethod
-    def quick(cls) -> "Sizes":
+    def quick(cls) -> Sizes:
         return cls(
-            matmul_n=1024, matmul_repeats=2, images=16, feature_batch=8, rounds=1, images_per_class=8,
-            reference_batches=2, big_head_samples=2_000, tsne_points=(1_360,), head_repeats=1,
+            matmul_n=1024,
+            matmul_repeats=2,
+            images=16,
+            feature_batch=8,
+            rounds=1,
+            images_per_class=8,
+            reference_batches=2,
+            big_head_samples=2_000,
+            tsne_points=(1_360,),
+            head_repeats=1,
         )
 
 
@@ -143,7 +151,10 @@ def median_ratio(numerators: list[float], denominators: list[float]) -> float:
     steadier than a ratio of two bests that may come from different, unequally loaded, rounds.
     """
     if len(numerators) != len(denominators) or not numerators:
-        raise ValueError(f"need equally many numerators and denominators, at least one; got {len(numerators)} and {len(denominators)}.")
+        raise ValueError(
+            "need equally many numerators and denominators, at least one; "
+            f"got {len(numerators)} and {len(denominators)}."
+        )
     return float(np.median(np.asarray(numerators, dtype=np.float64) / np.asarray(denominators, dtype=np.float64)))
 
 
@@ -166,9 +177,15 @@ def machine() -> dict:
         pass
     device = select_device("auto")
     return {
-        "cpu": model, "cpu_count": os.cpu_count(), "cpu_bf16": cpu_supports_bf16(), "torch_threads": torch.get_num_threads(),
-        "device": device_name(device), "device_type": device.type, "torch": torch.__version__,
-        "python": sys.version.split()[0], "platform": platform.platform(),
+        "cpu": model,
+        "cpu_count": os.cpu_count(),
+        "cpu_bf16": cpu_supports_bf16(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
     }
 
 
@@ -191,7 +208,9 @@ def cosine_stats(a: np.ndarray, b: np.ndarray, *, centre: bool = False) -> dict[
     """
     a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a64.shape != b64.shape or a64.ndim != 2 or len(a64) == 0:
-        raise ValueError(f"a and b must be non-empty arrays of the same shape (n, dim); got {a64.shape} and {b64.shape}.")
+        raise ValueError(
+            f"a and b must be non-empty arrays of the same shape (n, dim); got {a64.shape} and {b64.shape}."
+        )
     if centre:
         mean = b64.mean(axis=0)
         a64, b64 = a64 - mean, b64 - mean
@@ -200,7 +219,9 @@ def cosine_stats(a: np.ndarray, b: np.ndarray, *, centre: bool = False) -> dict[
     return {"min": float(cosine.min()), "mean": float(cosine.mean())}
 
 
-def extrapolate_phase(*, n_images: int, first_batch: tuple[float, int], later_batches: list[tuple[float, int]]) -> float:
+def extrapolate_phase(
+    *, n_images: int, first_batch: tuple[float, int], later_batches: list[tuple[float, int]]
+) -> float:
     """Seconds one pass over ``n_images`` takes, from its first few batches, each ``(seconds, images)``.
 
     The first batch carries the DataLoader's start (workers, first decode) and counts once, as measured;
@@ -212,11 +233,16 @@ def extrapolate_phase(*, n_images: int, first_batch: tuple[float, int], later_ba
     first_s, first_images = first_batch
     measured = first_images + sum(images for _, images in later_batches)
     if n_images < 1 or first_images < 1 or measured > n_images:
-        raise ValueError(f"need 1 <= first batch images <= measured images ({measured}) <= n_images ({n_images}); got first batch {first_batch}.")
+        raise ValueError(
+            f"need 1 <= first batch images <= measured images ({measured}) <= n_images ({n_images}); "
+            f"got first batch {first_batch}."
+        )
     if measured == n_images:
         return first_s + sum(s for s, _ in later_batches)
     if not later_batches:
-        raise ValueError(f"a partly measured pass ({measured} of {n_images} images) needs at least one batch after the first.")
+        raise ValueError(
+            f"a partly measured pass ({measured} of {n_images} images) needs at least one batch after the first."
+        )
     per_image = min(s / images for s, images in later_batches)
     return first_s + (n_images - first_images) * per_image
 

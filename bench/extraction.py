@@ -36,7 +36,7 @@ ACCURACY_TOLERANCE_PP = 0.5
 
 
 def weights_for(backbone: str, workspace) -> str:
-    """"pretrained" where the weights are here without a download, else "random"."""
+    """ "pretrained" where the weights are here without a download, else "random"."""
     from core.backbones import get_config
 
     here = backbone == PACKAGED_PRETRAINED or (workspace.weights_dir / get_config(backbone).weights_filename).is_file()
@@ -77,7 +77,14 @@ def _bf16_available(device: torch.device) -> bool:
 
 def measure_backbone(context: Context, backbone: str) -> dict:
     from core.backbones import build_backbone, get_config
-    from core.features import compute_features, default_num_workers, feature_loader, prepare_model, select_device, select_precision
+    from core.features import (
+        compute_features,
+        default_num_workers,
+        feature_loader,
+        prepare_model,
+        select_device,
+        select_precision,
+    )
 
     device = select_device("auto")
     engine_precision = select_precision(device, "auto", backbone=backbone)
@@ -85,13 +92,17 @@ def measure_backbone(context: Context, backbone: str) -> dict:
     dataset = context.dataset()
     paths = [dataset.image_paths[row] for row in spread(sizes.images, len(dataset.image_paths))]
     n = len(paths)
-    model, source = build_backbone(backbone, weights=weights_for(backbone, context.workspace), workspace=context.workspace)
+    model, source = build_backbone(
+        backbone, weights=weights_for(backbone, context.workspace), workspace=context.workspace
+    )
     gflops = gflops_per_image(model, get_config(backbone).input_size)
 
     images, rows, errors = next(iter(feature_loader(paths, backbone, device=device, batch_size=n, num_workers=0)))
-    decode_s = seconds(lambda: list(feature_loader(paths, backbone, device=device, batch_size=n, num_workers=0)))  # warm now
+    decode_s = seconds(
+        lambda: list(feature_loader(paths, backbone, device=device, batch_size=n, num_workers=0))
+    )  # warm now
     batch = sizes.feature_batch
-    batches = [(images[s:s + batch], rows[s:s + batch], errors[s:s + batch]) for s in range(0, n, batch)]
+    batches = [(images[s : s + batch], rows[s : s + batch], errors[s : s + batch]) for s in range(0, n, batch)]
 
     precisions = ("fp32", "bf16") if _bf16_available(device) else ("fp32",)
     prepared = {name: prepare_model(copy.deepcopy(model), device=device, precision=name) for name in precisions}
@@ -99,18 +110,24 @@ def measure_backbone(context: Context, backbone: str) -> dict:
     outputs: dict[str, np.ndarray] = {}
 
     def model_only(name: str):
-        return lambda: outputs.__setitem__(name, compute_features(prepared[name], batches, device=device, precision=name, total=n)[0])
+        return lambda: outputs.__setitem__(
+            name, compute_features(prepared[name], batches, device=device, precision=name, total=n)[0]
+        )
 
     def end_to_end(label: str, workers: int | None):
         def run():
             loader = feature_loader(paths, backbone, device=device, batch_size=batch, num_workers=workers)
-            outputs[label] = compute_features(prepared[engine_precision], loader, device=device, precision=engine_precision, total=n)[0]
+            outputs[label] = compute_features(
+                prepared[engine_precision], loader, device=device, precision=engine_precision, total=n
+            )[0]
 
         return run
 
     variants = {name: model_only(name) for name in precisions}
     if before is not None:
-        variants["bf16_autocast_before"] = lambda: outputs.__setitem__("bf16_autocast_before", _autocast_forward(before, batches, device=device))
+        variants["bf16_autocast_before"] = lambda: outputs.__setitem__(
+            "bf16_autocast_before", _autocast_forward(before, batches, device=device)
+        )
     engine_workers = default_num_workers(device)
     compared_workers = 1 if engine_workers == 0 else 0  # the other side of the engine's choice, as evidence for it
     for workers in sorted({engine_workers, compared_workers}):
@@ -126,8 +143,13 @@ def measure_backbone(context: Context, backbone: str) -> dict:
     peak = measure_peak(context, "bf16")  # measured next to the forwards; the fraction uses the run's best peak
     model_rate = rates[engine_precision]
     result = {
-        "weights": weights_for(backbone, context.workspace), "weights_tag": source.tag, "engine_precision": engine_precision,
-        "images": n, "batch_size": batch, "rounds": sizes.rounds, "gflops_per_image": round(gflops, 3),
+        "weights": weights_for(backbone, context.workspace),
+        "weights_tag": source.tag,
+        "engine_precision": engine_precision,
+        "images": n,
+        "batch_size": batch,
+        "rounds": sizes.rounds,
+        "gflops_per_image": round(gflops, 3),
         "images_per_s": {name: round(rate, 2) for name, rate in rates.items()},
         "seconds_per_round": {name: [round(t, 3) for t in values] for name, values in times.items()},
         "decode_preprocess_images_per_s_one_process": round(n / decode_s, 1),
@@ -137,7 +159,8 @@ def measure_backbone(context: Context, backbone: str) -> dict:
         # Speed ratios are medians of per-round ratios (variants of one round share its load).
         "end_to_end_fraction": median_ratio(times[engine_precision], times[f"end_to_end_workers_{engine_workers}"]),
         "end_to_end_fraction_by_workers": {
-            workers: median_ratio(times[engine_precision], times[f"end_to_end_workers_{workers}"]) for workers in (engine_workers, compared_workers)
+            workers: median_ratio(times[engine_precision], times[f"end_to_end_workers_{workers}"])
+            for workers in (engine_workers, compared_workers)
         },
         "end_to_end_fraction_best_over_best": rates[f"end_to_end_workers_{engine_workers}"] / model_rate,
         "default_num_workers": engine_workers,
@@ -151,7 +174,8 @@ def measure_backbone(context: Context, backbone: str) -> dict:
         result["cosine_autocast_before_vs_fp32"] = cosine_stats(outputs["bf16_autocast_before"], outputs["fp32"])
     context.log(
         f"  {backbone}: {gflops:.2f} GFLOPs/img; model-only {engine_precision} {model_rate:.2f} img/s "
-        f"({result['roofline_fraction']:.0%} of bf16 peak); end-to-end {rates[f'end_to_end_workers_{engine_workers}']:.2f} img/s "
+        f"({result['roofline_fraction']:.0%} of bf16 peak); "
+        f"end-to-end {rates[f'end_to_end_workers_{engine_workers}']:.2f} img/s "
         f"({result['end_to_end_fraction']:.0%}); " + ", ".join(f"{k} {v:.2f}" for k, v in rates.items())
     )
     return result
@@ -167,13 +191,19 @@ def accuracy_check(context: Context, backbone: str) -> dict:
     result: dict = {"seeds": list(ACCURACY_SEEDS)}
     sets = {}
     for precision in ("fp32", "bf16"):
-        sets[precision] = extract_features(dataset, backbone, workspace=context.workspace, weights="pretrained", precision=precision)
+        sets[precision] = extract_features(
+            dataset, backbone, workspace=context.workspace, weights="pretrained", precision=precision
+        )
         result[f"{precision}_extract_images_per_s"] = round(sets[precision].images_per_second, 2)
         accuracies = []
         for seed in ACCURACY_SEEDS:
             parts = [sets[precision].select(split[part]) for part in ("train", "val", "test")]
             train, valid, test = ((features, dataset.labels[rows]) for features, rows in parts)
-            accuracies.append(train_head(train, valid, test, num_classes=dataset.num_classes, config=HeadConfig(seed=seed)).test.accuracy)
+            accuracies.append(
+                train_head(
+                    train, valid, test, num_classes=dataset.num_classes, config=HeadConfig(seed=seed)
+                ).test.accuracy
+            )
         result[f"{precision}_test_acc"] = accuracies
     np.testing.assert_array_equal(sets["fp32"].rows, sets["bf16"].rows)
     result["images"] = len(sets["fp32"].rows)
@@ -182,7 +212,8 @@ def accuracy_check(context: Context, backbone: str) -> dict:
     result["test_acc_difference_pp"] = float(np.mean(result["bf16_test_acc"]) - np.mean(result["fp32_test_acc"]))
     context.log(
         f"  bf16 check on {backbone}: cosine min {result['cosine_bf16_vs_fp32']['min']:.5f} "
-        f"mean {result['cosine_bf16_vs_fp32']['mean']:.5f}, test acc fp32 {result['fp32_test_acc']} vs bf16 {result['bf16_test_acc']}"
+        f"mean {result['cosine_bf16_vs_fp32']['mean']:.5f}, "
+        f"test acc fp32 {result['fp32_test_acc']} vs bf16 {result['bf16_test_acc']}"
     )
     return result
 
@@ -209,10 +240,32 @@ def run(context: Context) -> tuple[dict, list[Target]]:
         check = accuracy_check(context, backbone)
         check["engine_precision"] = select_precision(device, "auto", backbone=backbone)
         results["accuracy_check"][backbone] = check
-        faithful = check["cosine_bf16_vs_fp32"]["min"] >= 0.999 and abs(check["test_acc_difference_pp"]) < ACCURACY_TOLERANCE_PP
-        verdict = "bf16 kept" if faithful else "engine uses fp32" if check["engine_precision"] == "fp32" else "ENGINE STILL USES BF16"
+        faithful = (
+            check["cosine_bf16_vs_fp32"]["min"] >= 0.999
+            and abs(check["test_acc_difference_pp"]) < ACCURACY_TOLERANCE_PP
+        )
+        verdict = (
+            "bf16 kept"
+            if faithful
+            else "engine uses fp32"
+            if check["engine_precision"] == "fp32"
+            else "ENGINE STILL USES BF16"
+        )
         targets += [
-            Target(f"{backbone} bf16 vs fp32 features, min cosine ({check['images']} images)", check["cosine_bf16_vs_fp32"]["min"], ">=", 0.999, "", verdict),
-            Target(f"{backbone} bf16 vs fp32 head test accuracy, |difference|", abs(check["test_acc_difference_pp"]), "<", ACCURACY_TOLERANCE_PP, "pp"),
+            Target(
+                f"{backbone} bf16 vs fp32 features, min cosine ({check['images']} images)",
+                check["cosine_bf16_vs_fp32"]["min"],
+                ">=",
+                0.999,
+                "",
+                verdict,
+            ),
+            Target(
+                f"{backbone} bf16 vs fp32 head test accuracy, |difference|",
+                abs(check["test_acc_difference_pp"]),
+                "<",
+                ACCURACY_TOLERANCE_PP,
+                "pp",
+            ),
         ]
     return results, targets

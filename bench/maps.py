@@ -111,8 +111,12 @@ def _tsne_big(context: Context, n: int) -> dict:
     fit_map(features, method="tsne", params=MapParams(), progress=events.append)
     elapsed = time.perf_counter() - started
     context.log(f"  t-SNE of {n:,} points (openTSNE FFT): {elapsed:.1f} s, {len(events)} progress events (load {load})")
-    return {"seconds": round(elapsed, 1), "progress_events": len(events), "load_average_before": load,
-            "load_average_after": load_average()}
+    return {
+        "seconds": round(elapsed, 1),
+        "progress_events": len(events),
+        "load_average_before": load,
+        "load_average_after": load_average(),
+    }
 
 
 def _one_sheet(workspace, folder: Path) -> Path:
@@ -131,9 +135,16 @@ def _one_sheet(workspace, folder: Path) -> Path:
     source = prepare_thumbnails(paths, workspace=workspace, thumb_px=64)
     _sync_frontend(web_root(workspace))
     sheets = source.sheets
-    layout = {"directory": str(sheets.directory), "key": sheets.key, "thumb_px": sheets.thumb_px, "columns": sheets.columns,
-              "per_sheet": sheets.per_sheet, "file": sheets.sheet_files[0], "bytes": sheets.sheet_bytes[0],
-              "web_root": str(source.web_root)}
+    layout = {
+        "directory": str(sheets.directory),
+        "key": sheets.key,
+        "thumb_px": sheets.thumb_px,
+        "columns": sheets.columns,
+        "per_sheet": sheets.per_sheet,
+        "file": sheets.sheet_files[0],
+        "bytes": sheets.sheet_bytes[0],
+        "web_root": str(source.web_root),
+    }
     out = folder / "sheet.json"
     out.write_text(json.dumps(layout))
     return out
@@ -173,14 +184,25 @@ def _hover_latency(context: Context, map_path: Path, folder: Path) -> dict:
     app = folder / "hover_app.py"
     app.write_text(textwrap.dedent(_APP))
     env = {"BENCH_REPO": str(REPO), "BENCH_MAP": str(map_path), "BENCH_SHEET": str(sheet)}
-    with streamlit_server(workspace_root=workspace.root, log_path=folder / "server.log", script=str(app), env=env) as server, \
-            sync_playwright() as playwright:
+    with (
+        streamlit_server(
+            workspace_root=workspace.root, log_path=folder / "server.log", script=str(app), env=env
+        ) as server,
+        sync_playwright() as playwright,
+    ):
         browser = launch_chromium(playwright)
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 1000})
             payload = {"bytes": 0}
-            page.on("websocket", lambda ws: ws.on("framereceived", lambda frame: payload.__setitem__(
-                "bytes", payload["bytes"] + (len(frame) if isinstance(frame, (bytes, str)) else 0))))
+            page.on(
+                "websocket",
+                lambda ws: ws.on(
+                    "framereceived",
+                    lambda frame: payload.__setitem__(
+                        "bytes", payload["bytes"] + (len(frame) if isinstance(frame, (bytes, str)) else 0)
+                    ),
+                ),
+            )
             started = time.perf_counter()
             page.goto(server.url, wait_until="domcontentloaded", timeout=_WAIT_S * 1000)
             frame = component_frame(page, FRAME_TITLE, timeout_s=_WAIT_S)
@@ -218,17 +240,34 @@ def _hover_latency(context: Context, map_path: Path, folder: Path) -> dict:
     frames = [s["inputToFrameMs"] for s in samples if s["inputToFrameMs"] is not None]
     handler = [s["handlerMs"] for s in samples]
     results = {
-        "renderer": renderer, "first_draw_s": round(drawn_s, 1), "websocket_bytes": payload["bytes"],
-        "points": n_rows, "hovered": visited, "samples": len(samples),
-        "input_to_tooltip_ms": {"median": round(statistics.median(shown), 1), "p95": round(_percentile(shown, 0.95), 1),
-                                "max": round(max(shown), 1)} if shown else None,
-        "input_to_next_frame_ms": {"median": round(statistics.median(frames), 1), "p95": round(_percentile(frames, 0.95), 1),
-                                   "max": round(max(frames), 1)} if frames else None,
+        "renderer": renderer,
+        "first_draw_s": round(drawn_s, 1),
+        "websocket_bytes": payload["bytes"],
+        "points": n_rows,
+        "hovered": visited,
+        "samples": len(samples),
+        "input_to_tooltip_ms": {
+            "median": round(statistics.median(shown), 1),
+            "p95": round(_percentile(shown, 0.95), 1),
+            "max": round(max(shown), 1),
+        }
+        if shown
+        else None,
+        "input_to_next_frame_ms": {
+            "median": round(statistics.median(frames), 1),
+            "p95": round(_percentile(frames, 0.95), 1),
+            "max": round(max(frames), 1),
+        }
+        if frames
+        else None,
         "handler_ms_median": round(statistics.median(handler), 2) if handler else None,
-        "load_average": load_average(), "screenshot": str(folder / "hover_100k.png"),
+        "load_average": load_average(),
+        "screenshot": str(folder / "hover_100k.png"),
     }
-    context.log(f"  hover at {len(samples)} samples: {results['input_to_tooltip_ms']} to the tooltip, "
-                f"{results['input_to_next_frame_ms']} to the next frame ({renderer}, load {results['load_average']})")
+    context.log(
+        f"  hover at {len(samples)} samples: {results['input_to_tooltip_ms']} to the tooltip, "
+        f"{results['input_to_next_frame_ms']} to the next frame ({renderer}, load {results['load_average']})"
+    )
     return results
 
 
@@ -246,7 +285,12 @@ def run(context: Context) -> tuple[dict, list[Target]]:
     results["big"] = {"points": big, **_tsne_big(context, big)}
     hover_ms = (results["hover"].get("input_to_tooltip_ms") or {}).get("p95")
     targets = [
-        Target(f"Explorer hover at {big:,} points, input to tooltip (p95)", None if hover_ms is None else hover_ms / 1000,
-               "<", HOVER_GOAL_S, "s"),
+        Target(
+            f"Explorer hover at {big:,} points, input to tooltip (p95)",
+            None if hover_ms is None else hover_ms / 1000,
+            "<",
+            HOVER_GOAL_S,
+            "s",
+        ),
     ]
     return results, targets

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .common import Context, Target, seconds
 
@@ -85,6 +85,17 @@ def run(context: Context) -> tuple[dict, list[Target]]:
                 continue
             errors = cold_errors + warm_errors
             results["pages"][page] = {"cold_s": cold, "warm_s": warm, "errors": errors}
-            targets.append(Target(f"Page {page} renders (warm)", None if errors else warm, "<", 1, "s", "raised an error" if errors else ""))
-            context.log(f"  page {page}: cold {cold:.2f} s, warm {warm:.2f} s" + (f", errors: {errors}" if errors else ""))
+            targets.append(
+                Target(
+                    f"Page {page} renders (warm)",
+                    None if errors else warm,
+                    "<",
+                    1,
+                    "s",
+                    "raised an error" if errors else "",
+                )
+            )
+            context.log(
+                f"  page {page}: cold {cold:.2f} s, warm {warm:.2f} s" + (f", errors: {errors}" if errors else "")
+            )
     return results, targets

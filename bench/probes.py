@@ -25,8 +25,11 @@ def _parts(seed: int = 0):
     features, labels = clustered_features(IMAGES, DIM, classes=CLASSES, seed=seed)
     features = features + np.random.default_rng(seed + 1).normal(scale=NOISE, size=features.shape).astype(np.float32)
     half, three_quarters = IMAGES // 2, IMAGES * 3 // 4
-    return ((features[:half], labels[:half]), (features[half:three_quarters], labels[half:three_quarters]),
-            (features[three_quarters:], labels[three_quarters:]))
+    return (
+        (features[:half], labels[:half]),
+        (features[half:three_quarters], labels[half:three_quarters]),
+        (features[three_quarters:], labels[three_quarters:]),
+    )
 
 
 def time_suite(*, levels: list[int | None], seeds: int) -> dict:
@@ -43,8 +46,13 @@ def time_suite(*, levels: list[int | None], seeds: int) -> dict:
         per_protocol[result.protocol] += now - last
         last, runs = now, runs + 1
         results.append(result)
-    return {"runs": runs, "seconds": time.perf_counter() - started, "per_protocol_s": per_protocol, "results": results,
-            "test_n": len(test[1])}
+    return {
+        "runs": runs,
+        "seconds": time.perf_counter() - started,
+        "per_protocol_s": per_protocol,
+        "results": results,
+        "test_n": len(test[1]),
+    }
 
 
 def time_recording(context: Context, results: list) -> dict:
@@ -55,19 +63,44 @@ def time_recording(context: Context, results: list) -> dict:
     for stale in context.workspace_root.glob("probe-bench-runs.sqlite*"):  # the size reported is one suite's
         stale.unlink()
     registry = RunRegistry(path)
-    run = {"dataset_key": "bench", "dataset_name": "bench features", "dataset_fingerprint": "bench", "synthetic": True,
-           "class_names": [f"class {i}" for i in range(CLASSES)], "split": "1", "backbone": "dinov2_vits14", "weights": "pretrained",
-           "seed": 0, "config": {"head": {"head": "bench"}}, "versions": {}, "features": "cls"}
+    run = {
+        "dataset_key": "bench",
+        "dataset_name": "bench features",
+        "dataset_fingerprint": "bench",
+        "synthetic": True,
+        "class_names": [f"class {i}" for i in range(CLASSES)],
+        "split": "1",
+        "backbone": "dinov2_vits14",
+        "weights": "pretrained",
+        "seed": 0,
+        "config": {"head": {"head": "bench"}},
+        "versions": {},
+        "features": "cls",
+    }
     started = time.perf_counter()
     for result in results:
-        predictions = [(row, f"test/{row}.jpg", int(label), int(predicted), float(scores[predicted]), scores.tolist())
-                       for row, (label, predicted, scores) in enumerate(zip(result.labels, result.predictions, result.scores))]
+        predictions = [
+            (row, f"test/{row}.jpg", int(label), int(predicted), float(scores[predicted]), scores.tolist())
+            for row, (label, predicted, scores) in enumerate(zip(result.labels, result.predictions, result.scores))
+        ]
         registry.record_completed_run(
             run={**run, "protocol": result.protocol},
-            result={"weights_tag": "bench", "device": "cpu", "precision": "fp32", "timings": {}, "best_epoch": None,
-                    "test_acc": result.test.accuracy, "test_loss": result.test_loss, "per_class_acc": result.test.per_class_accuracy,
-                    "confusion": result.test.confusion, "skipped": [], "features_path": "features/bench", "epochs": result.epochs,
-                    "predictions": predictions, "metrics": {"test_acc_ci": list(result.test.accuracy_interval)}},
+            result={
+                "weights_tag": "bench",
+                "device": "cpu",
+                "precision": "fp32",
+                "timings": {},
+                "best_epoch": None,
+                "test_acc": result.test.accuracy,
+                "test_loss": result.test_loss,
+                "per_class_acc": result.test.per_class_accuracy,
+                "confusion": result.test.confusion,
+                "skipped": [],
+                "features_path": "features/bench",
+                "epochs": result.epochs,
+                "predictions": predictions,
+                "metrics": {"test_acc_ci": list(result.test.accuracy_interval)},
+            },
         )
     seconds = time.perf_counter() - started
     size = sum(p.stat().st_size for p in context.workspace_root.glob("probe-bench-runs.sqlite*"))
@@ -78,11 +111,18 @@ def run(context: Context) -> tuple[dict, list[Target]]:
     levels, seeds = ([1, None], 2) if context.quick else ([1, 2, 4, 8, 16, None], 5)
     suite = time_suite(levels=levels, seeds=seeds)
     recording = time_recording(context, suite.pop("results"))
-    context.log(f"  probe suite: {suite['runs']} runs in {suite['seconds']:.1f} s "
-                + ", ".join(f"{p} {s:.1f} s" for p, s in suite["per_protocol_s"].items()))
+    context.log(
+        f"  probe suite: {suite['runs']} runs in {suite['seconds']:.1f} s "
+        + ", ".join(f"{p} {s:.1f} s" for p, s in suite["per_protocol_s"].items())
+    )
     megabytes = recording["registry_bytes"] / 1e6
     context.log(f"  recording {recording['runs']} runs: {recording['seconds']:.1f} s, registry {megabytes:.1f} MB")
-    results = {"suite": suite, "recording": recording, "levels": ["all" if s is None else s for s in levels], "seeds": seeds}
+    results = {
+        "suite": suite,
+        "recording": recording,
+        "levels": ["all" if s is None else s for s in levels],
+        "seeds": seeds,
+    }
     grid = f"5 protocols x {len(levels)} shots levels x {seeds} seeds"
     name = f"Probe suite, {suite['runs']} runs ({grid}) on {IMAGES} x {DIM} features"
     targets = [Target(name, suite["seconds"], "<", 60, "s", note=f"recording them: {recording['seconds']:.1f} s more")]

@@ -82,7 +82,9 @@ def reference_backbone(context: Context, backbone: str, *, max_batches: int | No
     model.to(device)
     build_s = time.perf_counter() - built
     with torch.no_grad():
-        model(torch.zeros(BATCH_SIZE, 3, 224, 224, device=device))  # untimed warm-up: the extrapolation then leans low, not high
+        model(
+            torch.zeros(BATCH_SIZE, 3, 224, 224, device=device)
+        )  # untimed warm-up: the extrapolation then leans low, not high
         feature_dim = model(torch.zeros(1, 3, 224, 224, device=device)).shape[1]
     head = nn.Sequential(nn.Linear(feature_dim, 128), nn.ReLU(), nn.Linear(128, dataset.num_classes)).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=LR)
@@ -117,7 +119,12 @@ def reference_backbone(context: Context, backbone: str, *, max_batches: int | No
             _timed_pass(loader("train", True), train_step, None)
             _timed_pass(loader("val", False), eval_step, None)
         _timed_pass(loader("test", False), eval_step, None)
-        return {"extrapolated": False, "build_s": build_s, "total_s": build_s + time.perf_counter() - started, "images": sizes}
+        return {
+            "extrapolated": False,
+            "build_s": build_s,
+            "total_s": build_s + time.perf_counter() - started,
+            "images": sizes,
+        }
     train = _timed_pass(loader("train", True), train_step, max_batches)
     valid = _timed_pass(loader("val", False), eval_step, max_batches)
     passes = {
@@ -128,9 +135,14 @@ def reference_backbone(context: Context, backbone: str, *, max_batches: int | No
     total = build_s + EPOCHS * (passes["train"] + passes["val"]) + passes["test"]
     measured = sum(images for _, images in [train[0], *train[1], valid[0], *valid[1]])
     return {
-        "extrapolated": True, "build_s": build_s, "total_s": total, "images": sizes, "forwards_measured": measured,
+        "extrapolated": True,
+        "build_s": build_s,
+        "total_s": total,
+        "images": sizes,
+        "forwards_measured": measured,
         "forwards_total": EPOCHS * (sizes["train"] + sizes["val"]) + sizes["test"],
-        "pass_s": passes, "measured_batches": {"train": [train[0], *train[1]], "val": [valid[0], *valid[1]]},
+        "pass_s": passes,
+        "measured_batches": {"train": [train[0], *train[1]], "val": [valid[0], *valid[1]]},
     }
 
 
@@ -143,15 +155,26 @@ def engine_way(context: Context) -> dict:
     for backbone in BACKBONES:  # the first run must extract: drop any features an earlier section cached
         for path in workspace.features_dir.glob(f"synthetic-{backbone}-*"):
             path.unlink()
-    kwargs = dict(dataset="synthetic", backbones=list(BACKBONES), random_weights_for=BACKBONES, head=HeadConfig(epochs=EPOCHS), workspace=workspace)
+    kwargs = dict(
+        dataset="synthetic",
+        backbones=list(BACKBONES),
+        random_weights_for=BACKBONES,
+        head=HeadConfig(epochs=EPOCHS),
+        workspace=workspace,
+    )
     results = {}
     for label in ("first_run", "cached_rerun"):
         records = []
-        elapsed = seconds(lambda: records.extend(run_comparison(**kwargs)))
+        elapsed = seconds(lambda records=records: records.extend(run_comparison(**kwargs)))
         results[label] = {
             "total_s": elapsed,
             "runs": [
-                {"backbone": r["backbone"], "precision": r["precision"], "test_acc": r["test_acc"], **{k: r["timings"][k] for k in ("features_s", "features_cached", "train_s", "total_s")}}
+                {
+                    "backbone": r["backbone"],
+                    "precision": r["precision"],
+                    "test_acc": r["test_acc"],
+                    **{k: r["timings"][k] for k in ("features_s", "features_cached", "train_s", "total_s")},
+                }
                 for r in records
             ],
         }
@@ -166,22 +189,35 @@ def run(context: Context, *, full_reference: bool = False) -> tuple[dict, list[T
     load = {"reference_start": load_average()}
     for backbone in BACKBONES:
         reference[backbone] = reference_backbone(context, backbone, max_batches=max_batches)
-        context.log(f"  reference {backbone}: {reference[backbone]['total_s']:.0f} s" + (" (extrapolated)" if max_batches else ""))
+        context.log(
+            f"  reference {backbone}: {reference[backbone]['total_s']:.0f} s"
+            + (" (extrapolated)" if max_batches else "")
+        )
     reference_s = sum(r["total_s"] for r in reference.values())
     load["engine_start"] = load_average()
     engine = engine_way(context)
     load["engine_end"] = load_average()
     results = {
-        "dataset": context.dataset().name, "images": len(context.dataset().image_paths), "backbones": list(BACKBONES),
-        "weights": "random", "epochs": EPOCHS, "batch_size": BATCH_SIZE,
+        "dataset": context.dataset().name,
+        "images": len(context.dataset().image_paths),
+        "backbones": list(BACKBONES),
+        "weights": "random",
+        "epochs": EPOCHS,
+        "batch_size": BATCH_SIZE,
         "extrapolated": max_batches is not None,
-        "method": None if max_batches is None else (
-            f"per backbone: epoch 1's train and valid passes timed on their first {max_batches} batches of {BATCH_SIZE}; "
+        "method": None
+        if max_batches is None
+        else (
+            "per backbone: epoch 1's train and valid passes timed on their "
+            f"first {max_batches} batches of {BATCH_SIZE}; "
             "pass = first batch as measured + remaining images x per-image time of the fastest later batch; "
             "total = backbone build + 5 x (train pass + valid pass) + test pass (test costed as valid: same code); "
             "an untimed warm-up forward precedes the timing"
         ),
-        "reference": reference, "reference_total_s": reference_s, "engine": engine, "load_average": load,
+        "reference": reference,
+        "reference_total_s": reference_s,
+        "engine": engine,
+        "load_average": load,
         "speedup_first_run": reference_s / engine["first_run"]["total_s"],
         "speedup_cached_rerun": reference_s / engine["cached_rerun"]["total_s"],
     }

@@ -107,9 +107,15 @@ def _child(job: dict) -> dict:
 
         from core.ray_extract import extract_features_ray
 
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 runtime_env={"worker_process_setup_hook": "bench.scale.low_res_hook",
-                              "env_vars": {LOW_RES_ENV: os.environ[LOW_RES_ENV], "PYTHONPATH": os.getcwd()}})
+        ray.init(
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={
+                "worker_process_setup_hook": "bench.scale.low_res_hook",
+                "env_vars": {LOW_RES_ENV: os.environ[LOW_RES_ENV], "PYTHONPATH": os.getcwd()},
+            },
+        )
         result = extract_features_ray(dataset, BACKBONE, workspace=workspace, weights="random", precision="fp32")
         ray.shutdown()
     else:
@@ -117,8 +123,13 @@ def _child(job: dict) -> dict:
 
         result = extract_features(dataset, BACKBONE, workspace=workspace, weights="random", precision="fp32")
     elapsed = time.perf_counter() - started
-    return {"images": len(result.rows), "listing_s": listed, "extract_s": elapsed, "images_per_s": len(result.rows) / elapsed,
-            "device": result.device}
+    return {
+        "images": len(result.rows),
+        "listing_s": listed,
+        "extract_s": elapsed,
+        "images_per_s": len(result.rows) / elapsed,
+        "device": result.device,
+    }
 
 
 def _measure(job: dict) -> dict:
@@ -131,16 +142,28 @@ def _measure(job: dict) -> dict:
     if child.returncode != 0:
         raise RuntimeError(f"bench child {job['step']} on {job['dataset']} exited with {child.returncode}")
     figures = json.loads(output.strip().splitlines()[-1])
-    return {**figures, "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "wall_s": round(time.perf_counter() - started, 2),
-            "load_average": load_average()}
+    return {
+        **figures,
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "wall_s": round(time.perf_counter() - started, 2),
+        "load_average": load_average(),
+    }
 
 
 def run(context: Context) -> tuple[dict, list[Target]]:
-    sizes = QUICK_SIZES if context.quick else tuple(int(n) for n in os.environ.get(SIZES_ENV, "").split(",") if n) or SIZES
+    sizes = (
+        QUICK_SIZES if context.quick else tuple(int(n) for n in os.environ.get(SIZES_ENV, "").split(",") if n) or SIZES
+    )
     listed = sizes[-1] if context.quick else LISTING_IMAGES
     root = SCALE_ROOT / ("quick" if context.quick else "full")
     data_root = root / "datasets"
-    results: dict = {"backbone": BACKBONE, "weights": "random", "input_px": LOW_RES, "jpeg_px": JPEG_SIDE, "sizes": list(sizes)}
+    results: dict = {
+        "backbone": BACKBONE,
+        "weights": "random",
+        "input_px": LOW_RES,
+        "jpeg_px": JPEG_SIDE,
+        "sizes": list(sizes),
+    }
     for n in sorted({*sizes, listed}):
         started = time.perf_counter()
         generate_folder(data_root / f"scale{n}", n)
@@ -155,20 +178,42 @@ def run(context: Context) -> tuple[dict, list[Target]]:
     big = f"folder:scale{listed}"
     fingerprint_ws = workspace("fingerprint")
     for label in ("cold", "warm"):  # warm: a second process, same workspace, same files
-        figures = _measure({"step": "fingerprint", "dataset": big, "workspace": fingerprint_ws, "data_root": str(data_root)})
+        figures = _measure(
+            {"step": "fingerprint", "dataset": big, "workspace": fingerprint_ws, "data_root": str(data_root)}
+        )
         results[f"fingerprint_{label}"] = figures
-        context.log(f"  listing {figures['listing_s']:.1f} s + fingerprint {figures['fingerprint_s']:.1f} s ({label}, {figures['images']:,} files)")
+        context.log(
+            f"  listing {figures['listing_s']:.1f} s + fingerprint {figures['fingerprint_s']:.1f} s "
+            f"({label}, {figures['images']:,} files)"
+        )
 
     for n in sizes:
-        figures = _measure({"step": "local", "dataset": f"folder:scale{n}", "workspace": workspace(f"extract{n}"), "data_root": str(data_root)})
+        figures = _measure(
+            {
+                "step": "local",
+                "dataset": f"folder:scale{n}",
+                "workspace": workspace(f"extract{n}"),
+                "data_root": str(data_root),
+            }
+        )
         results[f"extract_{n}"] = figures
-        context.log(f"  extraction of {n:,}: peak RSS {figures['peak_rss_mb']:.0f} MB, {figures['images_per_s']:.0f} images/s")
+        context.log(
+            f"  extraction of {n:,}: peak RSS {figures['peak_rss_mb']:.0f} MB, {figures['images_per_s']:.0f} images/s"
+        )
 
     for engine in ("local", "ray"):
-        figures = _measure({"step": engine, "dataset": f"folder:scale{RAY_IMAGES}", "workspace": workspace(f"engine-{engine}"),
-                            "data_root": str(data_root)})
+        figures = _measure(
+            {
+                "step": engine,
+                "dataset": f"folder:scale{RAY_IMAGES}",
+                "workspace": workspace(f"engine-{engine}"),
+                "data_root": str(data_root),
+            }
+        )
         results[f"engine_{engine}"] = figures
-        context.log(f"  {engine} engine, {RAY_IMAGES:,} images: {figures['images_per_s']:.0f} images/s ({figures['device']})")
+        context.log(
+            f"  {engine} engine, {RAY_IMAGES:,} images: {figures['images_per_s']:.0f} images/s ({figures['device']})"
+        )
 
     small, large = (results[f"extract_{n}"]["peak_rss_mb"] for n in sizes)
     growth = 100 * (large - small) / small
@@ -176,8 +221,14 @@ def run(context: Context) -> tuple[dict, list[Target]]:
     cold, warm = results["fingerprint_cold"], results["fingerprint_warm"]
     targets = [
         Target(f"extraction peak RSS, {sizes[-1]:,} vs {sizes[0]:,} images (growth)", growth, "<", 10, "%"),
-        Target(f"listing + fingerprint of {listed:,} files, warm", warm["listing_s"] + warm["fingerprint_s"], "<",
-               0.5 * (cold["listing_s"] + cold["fingerprint_s"]), "s", "goal: under half the cold time"),
+        Target(
+            f"listing + fingerprint of {listed:,} files, warm",
+            warm["listing_s"] + warm["fingerprint_s"],
+            "<",
+            0.5 * (cold["listing_s"] + cold["fingerprint_s"]),
+            "s",
+            "goal: under half the cold time",
+        ),
     ]
     return results, targets
 

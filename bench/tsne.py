@@ -25,7 +25,11 @@ def run(context: Context) -> tuple[dict, list[Target]]:
         methods = METHODS + (("auto",) if points == TARGET_POINTS else ())
         results[str(points)] = {}
         for method in methods:
-            elapsed = seconds(lambda: tsne_embedding(features, perplexity=30.0, pca_components=50, seed=0, method=method))
+            elapsed = seconds(
+                lambda features=features, method=method: tsne_embedding(
+                    features, perplexity=30.0, pca_components=50, seed=0, method=method
+                )
+            )
             results[str(points)][method] = elapsed
             context.log(f"  t-SNE {points} points, {method}: {elapsed:.2f} s")
     auto = results.get(str(TARGET_POINTS), {}).get("auto")

@@ -1,10 +1,10 @@
 """Command line: ``python -m core --help``.
 
-    python -m core compare --dataset synthetic --backbones efficientnet_lite0 resnet50 --random-weights-for resnet50
-    python -m core prepare --dataset oxford17
-    python -m core runs
-    python -m core backbones
-    python -m core predict --run 3 photo.jpg other.heic
+python -m core compare --dataset synthetic --backbones efficientnet_lite0 resnet50 --random-weights-for resnet50
+python -m core prepare --dataset oxford17
+python -m core runs
+python -m core backbones
+python -m core predict --run 3 photo.jpg other.heic
 """
 
 from __future__ import annotations
@@ -43,8 +43,11 @@ class ConsoleProgress:
     def __call__(self, event: ProgressEvent) -> None:
         if event.stage == "train":
             m = event.metrics
-            print(f"Epoch: {m['epoch']} | train loss: {m['train_loss']:.4f} | train acc: {m['train_acc']:.1f} | "
-                  f"valid loss: {m['valid_loss']:.4f} | valid acc: {m['valid_acc']:.1f}", flush=True)
+            print(
+                f"Epoch: {m['epoch']} | train loss: {m['train_loss']:.4f} | train acc: {m['train_acc']:.1f} | "
+                f"valid loss: {m['valid_loss']:.4f} | valid acc: {m['valid_acc']:.1f}",
+                flush=True,
+            )
             if m["saved_best"]:
                 print(f"Save best model at epoch {m['epoch']}.", flush=True)
             return
@@ -82,30 +85,57 @@ def _print_run(record: dict) -> None:
 
 def comparison_table(records: list[dict]) -> str:
     """Side-by-side table, one row per experiment (``core.summary``); with several splits, mean and std over them."""
-    lines = [f"{'backbone':<34} {'splits':>6} {'test acc':>15} {'test loss':>15} {'features s':>10} {'train s':>8} device"]
+    lines = [
+        f"{'backbone':<34} {'splits':>6} {'test acc':>15} {'test loss':>15} {'features s':>10} {'train s':>8} device"
+    ]
     for summary in summarise_runs(records):
         runs = summary.runs
         label = summary.first["backbone"] + (" (random weights)" if summary.first["weights"] == "random" else "")
         if len(runs) > 1:
-            acc, loss = f"{summary.acc_mean:.1f} ± {summary.acc_std:.1f}", f"{summary.loss_mean:.4f} ± {summary.loss_std:.4f}"
+            acc, loss = (
+                f"{summary.acc_mean:.1f} ± {summary.acc_std:.1f}",
+                f"{summary.loss_mean:.4f} ± {summary.loss_std:.4f}",
+            )
         else:
             acc, loss = f"{summary.acc_mean:.1f}", f"{summary.loss_mean:.4f}"
         features_s = sum(r["timings"]["features_s"] for r in runs)
         train_s = sum(r["timings"]["train_s"] for r in runs)
-        lines.append(f"{label:<34} {','.join(summary.splits):>6} {acc:>15} {loss:>15} {features_s:>10.1f} {train_s:>8.2f} {runs[0]['device']}")
+        lines.append(
+            f"{label:<34} {','.join(summary.splits):>6} {acc:>15} {loss:>15} {features_s:>10.1f} {train_s:>8.2f} "
+            f"{runs[0]['device']}"
+        )
     return "\n".join(lines)
 
 
 def _cmd_compare(args: argparse.Namespace, workspace: Workspace) -> None:
-    head = HeadConfig(head=args.head, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, standardise=args.standardise)
+    head = HeadConfig(
+        head=args.head,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        standardise=args.standardise,
+    )
 
     def on_run_start(config) -> None:
-        print(f"=== {config.backbone}{' (random weights)' if config.weights == 'random' else ''} on {args.dataset}, split {config.split}", flush=True)
+        print(
+            f"=== {config.backbone}{' (random weights)' if config.weights == 'random' else ''} "
+            f"on {args.dataset}, split {config.split}",
+            flush=True,
+        )
 
     records = run_comparison(
-        dataset=args.dataset, backbones=with_weights_overrides(args.backbones, parse_weights_overrides(args.weights)), split=args.split,
-        head=head, random_weights_for=tuple(args.random_weights_for), device=args.device, precision=args.precision, workspace=workspace,
-        progress=ConsoleProgress(), on_run_start=on_run_start, on_run=_print_run,
+        dataset=args.dataset,
+        backbones=with_weights_overrides(args.backbones, parse_weights_overrides(args.weights)),
+        split=args.split,
+        head=head,
+        random_weights_for=tuple(args.random_weights_for),
+        device=args.device,
+        precision=args.precision,
+        workspace=workspace,
+        progress=ConsoleProgress(),
+        on_run_start=on_run_start,
+        on_run=_print_run,
     )
     print(comparison_table(records))
     print(f"\nRecorded runs {', '.join(str(r['id']) for r in records)} in {workspace.registry_path}")
@@ -114,9 +144,18 @@ def _cmd_compare(args: argparse.Namespace, workspace: Workspace) -> None:
 def _cmd_probe(args: argparse.Namespace, workspace: Workspace) -> None:
     features = [v.strip() for v in args.features.split(",")] if args.features else None
     records = run_probe_suite(
-        dataset=args.dataset, backbones=with_weights_overrides(args.backbones, parse_weights_overrides(args.weights)),
-        random_weights_for=tuple(args.random_weights_for), protocols=[p.strip() for p in args.protocols.split(",")], features=features,
-        shots=parse_shots(args.shots), seeds=args.seeds, split=args.split, device=args.device, precision=args.precision, workspace=workspace, progress=ConsoleProgress(),
+        dataset=args.dataset,
+        backbones=with_weights_overrides(args.backbones, parse_weights_overrides(args.weights)),
+        random_weights_for=tuple(args.random_weights_for),
+        protocols=[p.strip() for p in args.protocols.split(",")],
+        features=features,
+        shots=parse_shots(args.shots),
+        seeds=args.seeds,
+        split=args.split,
+        device=args.device,
+        precision=args.precision,
+        workspace=workspace,
+        progress=ConsoleProgress(),
     )
     print("Test top-1 % on the whole training part, [95 % bootstrap interval over test images]")
     print(protocols_table(records))
@@ -131,7 +170,10 @@ def _cmd_probe(args: argparse.Namespace, workspace: Workspace) -> None:
 
 def _cmd_prepare(args: argparse.Namespace, workspace: Workspace) -> None:
     dataset = prepare_dataset(args.dataset, workspace, progress=ConsoleProgress())
-    print(f"{dataset.name}: {len(dataset.image_paths)} images, {dataset.num_classes} classes, splits {sorted(dataset.splits)} in {dataset.root}")
+    print(
+        f"{dataset.name}: {len(dataset.image_paths)} images, {dataset.num_classes} classes, "
+        f"splits {sorted(dataset.splits)} in {dataset.root}"
+    )
 
 
 def _cmd_datasets(args: argparse.Namespace, workspace: Workspace) -> None:
@@ -144,8 +186,16 @@ def _cmd_health(args: argparse.Namespace, workspace: Workspace) -> None:
     from .health import CSV_COLUMNS, HealthConfig, dataset_health, report_text  # only this command needs them
 
     config = HealthConfig(split=args.split, folds=args.folds, duplicate_threshold=args.duplicate_threshold)
-    report = dataset_health(args.dataset, args.backbone, workspace=workspace, weights=args.weights, variant=args.features, config=config,
-                            extract=args.extract, progress=ConsoleProgress())
+    report = dataset_health(
+        args.dataset,
+        args.backbone,
+        workspace=workspace,
+        weights=args.weights,
+        variant=args.features,
+        config=config,
+        extract=args.extract,
+        progress=ConsoleProgress(),
+    )
     print(report_text(report, top=args.top))
     if args.csv:
         atomic_write_bytes(args.csv, csv_text(report.flagged_rows(), columns=CSV_COLUMNS).encode("utf-8"))
@@ -153,11 +203,15 @@ def _cmd_health(args: argparse.Namespace, workspace: Workspace) -> None:
 
 
 def with_weights_overrides(backbones: list[str], overrides: dict[str, str]) -> list[str]:
-    """``--weights NAME=PATH`` (``parse_weights_overrides``' dict): each pretrained NAME among ``backbones`` runs with PATH."""
+    """``--weights NAME=PATH`` (``parse_weights_overrides``' dict): each pretrained NAME among ``backbones``
+    runs with PATH."""
     plain = {spec for spec in backbones if parse_backbone(spec).weights == "pretrained"}
     unknown = sorted(set(overrides) - plain)
     if unknown:
-        raise FlowerProbeError(f"weights names {', '.join(unknown)}, which is not among the backbones {' '.join(backbones)} (with pretrained weights).")
+        raise FlowerProbeError(
+            f"weights names {', '.join(unknown)}, which is not among the backbones {' '.join(backbones)} "
+            "(with pretrained weights)."
+        )
     return [f"{spec}{WEIGHTS_SEPARATOR}{overrides[spec]}" if spec in overrides else spec for spec in backbones]
 
 
@@ -169,11 +223,16 @@ def _cmd_backbones(args: argparse.Namespace, workspace: Workspace) -> None:
         return
     configs, more = list_timm_backbones(args.timm, limit=args.limit)
     if not configs:
-        raise FlowerProbeError(f"No pretrained timm model matches {args.timm!r}; try a shorter pattern (e.g. dinov2, convnext, clip).")
+        raise FlowerProbeError(
+            f"No pretrained timm model matches {args.timm!r}; try a shorter pattern (e.g. dinov2, convnext, clip)."
+        )
     width = max(len(c.name) for c in configs)
     print(f"{'backbone':<{width}} {'features':>8} {'input':>9} {'resize':>6}  interpolation")
     for config in configs:
-        print(f"{config.name:<{width}} {config.feature_dim:>6}-d {config.input_size:>4}x{config.input_size:<4} {config.resize:>6}  {config.interpolation}")
+        print(
+            f"{config.name:<{width}} {config.feature_dim:>6}-d {config.input_size:>4}x{config.input_size:<4} "
+            f"{config.resize:>6}  {config.interpolation}"
+        )
     if more:
         print(f"... and {more} more; narrow the pattern or raise --limit.")
 
@@ -181,14 +240,18 @@ def _cmd_backbones(args: argparse.Namespace, workspace: Workspace) -> None:
 def _cmd_runs(args: argparse.Namespace, workspace: Workspace) -> None:
     for run in RunRegistry(workspace.registry_path).list_runs(limit=args.limit):
         acc = f"{run['test_acc']:.1f}" if run["test_acc"] is not None else "-"
-        print(f"{run['id']:>5} {run['status']:<11} {run['dataset_key']:<22} split {run['split']:<2} {run['backbone']:<18} {run['weights']:<10} test acc {acc}")
+        print(
+            f"{run['id']:>5} {run['status']:<11} {run['dataset_key']:<22} split {run['split']:<2} "
+            f"{run['backbone']:<18} {run['weights']:<10} test acc {acc}"
+        )
 
 
 def _cmd_predict(args: argparse.Namespace, workspace: Workspace) -> None:
     from .predict import Predictor  # only this command needs it
 
-    predictor = Predictor.from_run(args.run, workspace=workspace, device=args.device, progress=ConsoleProgress(),
-                                   extract_missing=True)  # a command line may take its time; a page queues a job
+    predictor = Predictor.from_run(
+        args.run, workspace=workspace, device=args.device, progress=ConsoleProgress(), extract_missing=True
+    )  # a command line may take its time; a page queues a job
     predictions = predictor.predict([(path, path) for path in args.images])
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2, ensure_ascii=False))
@@ -209,11 +272,21 @@ def _cmd_map(args: argparse.Namespace, workspace: Workspace) -> None:
     from .projection import MAP_METHODS, MapParams, cached_map, map_png
 
     dataset = load_dataset(args.dataset, workspace)
-    features = extract_features(dataset, args.backbone, workspace=workspace, weights=args.weights, progress=ConsoleProgress())
+    features = extract_features(
+        dataset, args.backbone, workspace=workspace, weights=args.weights, progress=ConsoleProgress()
+    )
     params = MapParams(perplexity=args.perplexity, n_neighbors=args.n_neighbors, min_dist=args.min_dist)
-    feature_map = cached_map(features.features, method=args.method, params=params, cache_dir=workspace.features_dir / "maps",
-                             progress=ConsoleProgress())
-    title = f"{dataset.name} · {args.backbone} ({args.weights}) · {MAP_METHODS[args.method]}, {params.describe(args.method)}"
+    feature_map = cached_map(
+        features.features,
+        method=args.method,
+        params=params,
+        cache_dir=workspace.features_dir / "maps",
+        progress=ConsoleProgress(),
+    )
+    title = (
+        f"{dataset.name} · {args.backbone} ({args.weights}) · {MAP_METHODS[args.method]}, "
+        f"{params.describe(args.method)}"
+    )
     png = map_png(feature_map.embedding, dataset.labels[features.rows], class_names=dataset.class_names, title=title)
     atomic_write_bytes(args.out, png)
     print(f"Wrote {args.out} ({len(features.rows)} images)")
@@ -224,8 +297,13 @@ def _cmd_patches(args: argparse.Namespace, workspace: Workspace) -> None:
 
     from .patches import patch_grids, patch_views, png_bytes, sign_note, view_sheet
 
-    grids = patch_grids([(Path(path).name, path) for path in args.images], backbone=args.backbone, weights=args.weights,
-                        workspace=workspace, progress=ConsoleProgress())
+    grids = patch_grids(
+        [(Path(path).name, path) for path in args.images],
+        backbone=args.backbone,
+        weights=args.weights,
+        workspace=workspace,
+        progress=ConsoleProgress(),
+    )
     views, pca = patch_views(grids, threshold=args.threshold)
     for index, view in enumerate(views):
         out = Path(args.out) / f"{index:03d}-{Path(view.name).stem}-patches.png"
@@ -240,21 +318,35 @@ def _cmd_extract(args: argparse.Namespace, workspace: Workspace) -> None:
 
     variants = [check_variant(args.backbone, v) for v in (args.features or [None])]
     dataset = prepare_dataset(args.dataset, workspace, progress=ConsoleProgress())
-    common = {"workspace": workspace, "weights": args.weights, "precision": args.precision, "batch_size": args.batch_size,
-              "progress": ConsoleProgress(), "variant": variants[0]}
+    common = {
+        "workspace": workspace,
+        "weights": args.weights,
+        "precision": args.precision,
+        "batch_size": args.batch_size,
+        "progress": ConsoleProgress(),
+        "variant": variants[0],
+    }
     if args.engine == "ray":
         from .ray_extract import extract_features_ray
 
-        result = extract_features_ray(dataset, args.backbone, address=args.ray_address, num_gpus_per_worker=args.num_gpus_per_worker, **common)
+        result = extract_features_ray(
+            dataset, args.backbone, address=args.ray_address, num_gpus_per_worker=args.num_gpus_per_worker, **common
+        )
     else:
         result = extract_features(dataset, args.backbone, device=args.device, **common)
-    how = "read from the cache" if result.from_cache else f"computed in {result.seconds:.1f} s ({result.images_per_second:.1f} images/s)"
+    how = (
+        "read from the cache"
+        if result.from_cache
+        else f"computed in {result.seconds:.1f} s ({result.images_per_second:.1f} images/s)"
+    )
     print(f"{dataset.name} · {args.backbone}: {len(result.rows)} images, {how}, {result.precision} on {result.device}")
     for variant in variants:  # every variant came from the same pass: the others are read, not computed
         features = result if variant == result.variant else read_features(result.cache_path, variant=variant)
         print(f"  {variant}: {features.features.shape[1]}-d")
     if result.skipped:
-        print(f"Skipped {len(result.skipped)} unreadable image(s), first: {result.skipped[0][0]}: {result.skipped[0][1]}")
+        print(
+            f"Skipped {len(result.skipped)} unreadable image(s), first: {result.skipped[0][0]}: {result.skipped[0][1]}"
+        )
     print(f"Cache: {result.cache_path}")
 
 
@@ -268,42 +360,98 @@ def _backbone_spec(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core", description="Flower Probe: how good are a frozen backbone's features for my classes?")
+    parser = argparse.ArgumentParser(
+        prog="python -m core", description="Flower Probe: how good are a frozen backbone's features for my classes?"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     compare = sub.add_parser("compare", help="train a head on each backbone's frozen features and compare them")
-    compare.add_argument("--dataset", default=REFERENCE.dataset, help="oxford17, synthetic, or folder:<name under the data root>")
     compare.add_argument(
-        "--backbones", nargs="+", default=list(REFERENCE.backbones), type=_backbone_spec, metavar="NAME[@random]",
-        help=f"from: {', '.join(list_backbones())}. NAME@random runs it with random weights, NAME@<checkpoint path> "
-             "with that file; the same NAME may appear twice (efficientnet_lite0 efficientnet_lite0@random: "
-             "how much does pretraining matter?)",
+        "--dataset", default=REFERENCE.dataset, help="oxford17, synthetic, or folder:<name under the data root>"
     )
-    compare.add_argument("--random-weights-for", nargs="*", default=[], metavar="NAME", help="use random weights for these backbones")
-    compare.add_argument("--weights", nargs="+", default=[], metavar="NAME=PATH",
-                         help="run backbone NAME with this checkpoint (.pth state dict or .safetensors): timm:convnext_tiny=/path/ft.safetensors")
-    compare.add_argument("--split", default=REFERENCE.split, help="1, 2, 3 or all (Oxford 17's official splits; other datasets have split 1)")
+    compare.add_argument(
+        "--backbones",
+        nargs="+",
+        default=list(REFERENCE.backbones),
+        type=_backbone_spec,
+        metavar="NAME[@random]",
+        help=f"from: {', '.join(list_backbones())}. NAME@random runs it with random weights, NAME@<checkpoint path> "
+        "with that file; the same NAME may appear twice (efficientnet_lite0 efficientnet_lite0@random: "
+        "how much does pretraining matter?)",
+    )
+    compare.add_argument(
+        "--random-weights-for", nargs="*", default=[], metavar="NAME", help="use random weights for these backbones"
+    )
+    compare.add_argument(
+        "--weights",
+        nargs="+",
+        default=[],
+        metavar="NAME=PATH",
+        help=(
+            "run backbone NAME with this checkpoint (.pth state dict or .safetensors): "
+            "timm:convnext_tiny=/path/ft.safetensors"
+        ),
+    )
+    compare.add_argument(
+        "--split",
+        default=REFERENCE.split,
+        help="1, 2, 3 or all (Oxford 17's official splits; other datasets have split 1)",
+    )
     compare.add_argument("--head", default=HEAD_DEFAULTS.head, choices=HEAD_TYPES)
     compare.add_argument("--epochs", type=int, default=HEAD_DEFAULTS.epochs)
     compare.add_argument("--lr", type=float, default=HEAD_DEFAULTS.lr)
     compare.add_argument("--batch-size", type=int, default=HEAD_DEFAULTS.batch_size)
     compare.add_argument("--seed", type=int, default=HEAD_DEFAULTS.seed)
-    compare.add_argument("--standardise", action="store_true", help="centre and scale each feature by the training part's mean and std before the head")
+    compare.add_argument(
+        "--standardise",
+        action="store_true",
+        help="centre and scale each feature by the training part's mean and std before the head",
+    )
     compare.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     compare.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     compare.set_defaults(handler=_cmd_compare)
 
-    probe = sub.add_parser("probe", help="probe frozen features the field's ways (mlp, linear, logreg, k-NN, NCM), few-shot, with intervals")
-    probe.add_argument("--dataset", default=REFERENCE.dataset, help="oxford17, synthetic, or folder:<name under the data root>")
-    probe.add_argument("--backbones", nargs="+", default=list(REFERENCE.backbones), type=_backbone_spec, metavar="NAME[@random]",
-                       help="as for compare: NAME, NAME@random or NAME@<checkpoint path>")
-    probe.add_argument("--random-weights-for", nargs="*", default=[], metavar="NAME", help="use random weights for these backbones")
-    probe.add_argument("--weights", nargs="+", default=[], metavar="NAME=PATH", help="as for compare: run backbone NAME with this checkpoint")
-    probe.add_argument("--protocols", default="mlp,linear,logreg,knn,ncm", help="comma-separated, from mlp, linear, logreg, knn, ncm")
-    probe.add_argument("--features", default="", help="comma-separated variants (cls, patch_mean, cls+patch_mean, last4; gap for CNNs); "
-                       "default: each backbone's own (cls for ViTs, gap for CNNs)")
+    probe = sub.add_parser(
+        "probe",
+        help="probe frozen features the field's ways (mlp, linear, logreg, k-NN, NCM), few-shot, with intervals",
+    )
+    probe.add_argument(
+        "--dataset", default=REFERENCE.dataset, help="oxford17, synthetic, or folder:<name under the data root>"
+    )
+    probe.add_argument(
+        "--backbones",
+        nargs="+",
+        default=list(REFERENCE.backbones),
+        type=_backbone_spec,
+        metavar="NAME[@random]",
+        help="as for compare: NAME, NAME@random or NAME@<checkpoint path>",
+    )
+    probe.add_argument(
+        "--random-weights-for", nargs="*", default=[], metavar="NAME", help="use random weights for these backbones"
+    )
+    probe.add_argument(
+        "--weights",
+        nargs="+",
+        default=[],
+        metavar="NAME=PATH",
+        help="as for compare: run backbone NAME with this checkpoint",
+    )
+    probe.add_argument(
+        "--protocols", default="mlp,linear,logreg,knn,ncm", help="comma-separated, from mlp, linear, logreg, knn, ncm"
+    )
+    probe.add_argument(
+        "--features",
+        default="",
+        help="comma-separated variants (cls, patch_mean, cls+patch_mean, last4; gap for CNNs); "
+        "default: each backbone's own (cls for ViTs, gap for CNNs)",
+    )
     probe.add_argument("--shots", default="all", help="training images per class, comma-separated, e.g. 1,2,4,8,16,all")
-    probe.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="random draws per few-shot level (the whole training part runs once)")
+    probe.add_argument(
+        "--seeds",
+        type=int,
+        default=DEFAULT_SEEDS,
+        help="random draws per few-shot level (the whole training part runs once)",
+    )
     probe.add_argument("--split", default=REFERENCE.split, help="one split: 1, 2 or 3 (Oxford 17), 1 elsewhere")
     probe.add_argument("--json", metavar="PATH", help="also write every run's result as JSON")
     probe.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
@@ -316,8 +464,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("datasets", help="list datasets").set_defaults(handler=_cmd_datasets)
     backbones = sub.add_parser("backbones", help="list backbones (built-in, or timm's pretrained models with --timm)")
-    backbones.add_argument("--timm", metavar="PATTERN", help=f"list timm's pretrained models matching PATTERN (e.g. dinov2; wildcards allowed), usable as {TIMM_PREFIX}<name>")
-    backbones.add_argument("--limit", type=int, default=25, help="at most this many models with --timm (each costs a meta-device build)")
+    backbones.add_argument(
+        "--timm",
+        metavar="PATTERN",
+        help=(
+            "list timm's pretrained models matching PATTERN (e.g. dinov2; wildcards allowed), "
+            f"usable as {TIMM_PREFIX}<name>"
+        ),
+    )
+    backbones.add_argument(
+        "--limit", type=int, default=25, help="at most this many models with --timm (each costs a meta-device build)"
+    )
     backbones.set_defaults(handler=_cmd_backbones)
     runs = sub.add_parser("runs", help="list recorded runs")
     runs.add_argument("--limit", type=int, default=30)
@@ -342,34 +499,63 @@ def build_parser() -> argparse.ArgumentParser:
     map_.set_defaults(handler=_cmd_map)
 
     patches = sub.add_parser("patches", help="write the patch-PCA view (DINOv2's figure) of images as PNGs")
-    patches.add_argument("--backbone", required=True, metavar="NAME", help="a ViT (patch tokens) or a CNN (last feature map)")
+    patches.add_argument(
+        "--backbone", required=True, metavar="NAME", help="a ViT (patch tokens) or a CNN (last feature map)"
+    )
     patches.add_argument("--weights", default="pretrained", help="pretrained, random, or a checkpoint path")
-    patches.add_argument("--threshold", type=float, default=0.5, help="foreground threshold on the first component, 0-1")
+    patches.add_argument(
+        "--threshold", type=float, default=0.5, help="foreground threshold on the first component, 0-1"
+    )
     patches.add_argument("images", nargs="+", metavar="IMAGE")
     patches.add_argument("--out", required=True, metavar="DIR")
     patches.set_defaults(handler=_cmd_patches)
 
-    extract = sub.add_parser("extract", help="extract and cache a backbone's features for a dataset (locally or on Ray)")
+    extract = sub.add_parser(
+        "extract", help="extract and cache a backbone's features for a dataset (locally or on Ray)"
+    )
     extract.add_argument("--dataset", required=True, help="oxford17, synthetic, or folder:<name under the data root>")
     extract.add_argument("--backbone", required=True, metavar="NAME", help="a name from `backbones`, or timm:<tag>")
     extract.add_argument("--weights", default="pretrained", help="pretrained, random, or a checkpoint path")
-    extract.add_argument("--engine", default="local", choices=["local", "ray"], help="ray: a Ray Data job (pip install 'ray[data]')")
-    extract.add_argument("--ray-address", default=None, metavar="ADDR", help="the Ray cluster (auto, ray://host:10001); default a local one")
+    extract.add_argument(
+        "--engine", default="local", choices=["local", "ray"], help="ray: a Ray Data job (pip install 'ray[data]')"
+    )
+    extract.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="the Ray cluster (auto, ray://host:10001); default a local one",
+    )
     extract.add_argument("--batch-size", type=int, default=64)
-    extract.add_argument("--num-gpus-per-worker", type=float, default=0.0, metavar="G", help="Ray engine: GPUs per model actor")
-    extract.add_argument("--features", nargs="*", default=None, metavar="VARIANT", help="check these variants exist (all are cached)")
+    extract.add_argument(
+        "--num-gpus-per-worker", type=float, default=0.0, metavar="G", help="Ray engine: GPUs per model actor"
+    )
+    extract.add_argument(
+        "--features", nargs="*", default=None, metavar="VARIANT", help="check these variants exist (all are cached)"
+    )
     extract.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"], help="local engine")
     extract.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     extract.set_defaults(handler=_cmd_extract)
 
-    health = sub.add_parser("health", help="likely label errors, duplicates and train/test leakage, outliers, from cached features")
+    health = sub.add_parser(
+        "health", help="likely label errors, duplicates and train/test leakage, outliers, from cached features"
+    )
     health.add_argument("--dataset", required=True, help="oxford17, synthetic, or folder:<name under the data root>")
     health.add_argument("--backbone", required=True, metavar="NAME", help="a name from `backbones`, or timm:<tag>")
     health.add_argument("--weights", default="pretrained", help="pretrained, random, or a checkpoint path")
-    health.add_argument("--features", default=None, metavar="VARIANT", help="a feature variant (default: the backbone's own)")
-    health.add_argument("--split", default="1", help="the split whose train/val/test parts are used (Oxford 17: 1, 2 or 3)")
+    health.add_argument(
+        "--features", default=None, metavar="VARIANT", help="a feature variant (default: the backbone's own)"
+    )
+    health.add_argument(
+        "--split", default="1", help="the split whose train/val/test parts are used (Oxford 17: 1, 2 or 3)"
+    )
     health.add_argument("--folds", type=int, default=5, help="cross-validation folds for the label check")
-    health.add_argument("--duplicate-threshold", type=float, default=None, metavar="COSINE", help="default: from the dataset's own similarities")
+    health.add_argument(
+        "--duplicate-threshold",
+        type=float,
+        default=None,
+        metavar="COSINE",
+        help="default: from the dataset's own similarities",
+    )
     health.add_argument("--top", type=int, default=5, help="candidates printed per issue type")
     health.add_argument("--csv", default=None, metavar="PATH", help="write one row per flagged image")
     health.add_argument("--extract", action="store_true", help="extract the features first when they are not cached")

@@ -357,7 +357,7 @@ def _missing_package(name: str, exc: ImportError) -> FlowerProbeError:
 
 def _timm_model_name(name: str) -> str:
     """``timm:<model name>`` -> ``<model name>``; UnknownBackboneError (closest names) for anything timm lacks."""
-    model_name = name[len(TIMM_PREFIX):]
+    model_name = name[len(TIMM_PREFIX) :]
     if not _TIMM_NAME.fullmatch(model_name) or ".." in model_name:
         raise UnknownBackboneError(
             f"Backbone {name!r} is not a timm model name: after 'timm:' a name holds only letters, digits, '_', '-' "
@@ -690,8 +690,11 @@ def resolve_weights(
     )
     if config.hf_hub_id:
         path = hub.hf_download(
-            config.hf_hub_id, entry.hf_filenames, what=f"{name} weights",
-            manual_hint=f"On a computer with internet access download it and {put_it_there}", progress=progress,
+            config.hf_hub_id,
+            entry.hf_filenames,
+            what=f"{name} weights",
+            manual_hint=f"On a computer with internet access download it and {put_it_there}",
+            progress=progress,
         )
         return WeightsSource(kind="download", path=path, tag=_file_tag(path, progress))
     if config.weights_url is None:

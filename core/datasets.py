@@ -34,14 +34,37 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", 
 OXFORD17_KEY = "oxford17"
 OXFORD17_DIRNAME = "oxford17"
 OXFORD17_CLASSES = (
-    "Daffodil", "Snowdrop", "Lily Valley", "Bluebell", "Crocus", "Iris", "Tigerlily", "Tulip", "Fritillary",
-    "Sunflower", "Daisy", "Colts' Foot", "Dandelion", "Cowslip", "Buttercup", "Windflower", "Pansy",
+    "Daffodil",
+    "Snowdrop",
+    "Lily Valley",
+    "Bluebell",
+    "Crocus",
+    "Iris",
+    "Tigerlily",
+    "Tulip",
+    "Fritillary",
+    "Sunflower",
+    "Daisy",
+    "Colts' Foot",
+    "Dandelion",
+    "Cowslip",
+    "Buttercup",
+    "Windflower",
+    "Pansy",
 )
 OXFORD17_IMAGES_PER_CLASS = 80
 # (file name, URL, MD5): the MD5s are those a public torchvision-style loader lists (shared/reference).
 OXFORD17_FILES = (
-    ("17flowers.tgz", "https://www.robots.ox.ac.uk/~vgg/data/flowers/17/17flowers.tgz", "b59a65d8d1a99cd66944d474e1289eab"),
-    ("datasplits.mat", "https://www.robots.ox.ac.uk/~vgg/data/flowers/17/datasplits.mat", "4828cddfd0d803c5abbdebcb1e148a1e"),
+    (
+        "17flowers.tgz",
+        "https://www.robots.ox.ac.uk/~vgg/data/flowers/17/17flowers.tgz",
+        "b59a65d8d1a99cd66944d474e1289eab",
+    ),
+    (
+        "datasplits.mat",
+        "https://www.robots.ox.ac.uk/~vgg/data/flowers/17/datasplits.mat",
+        "4828cddfd0d803c5abbdebcb1e148a1e",
+    ),
 )
 SYNTHETIC_KEY = "synthetic"
 FOLDER_PREFIX = "folder:"
@@ -106,8 +129,10 @@ class Dataset:
     def _relative_paths(self) -> list[str]:
         root = f"{self.root}{os.sep}"
         # Slicing the root off: Path.relative_to costs 10x more, which 100k files feel.
-        return [text[len(root):] if (text := str(path)).startswith(root) else str(path.relative_to(self.root))
-                for path in self.image_paths]
+        return [
+            text[len(root) :] if (text := str(path)).startswith(root) else str(path.relative_to(self.root))
+            for path in self.image_paths
+        ]
 
     def split(self, split_id: str) -> dict[str, np.ndarray]:
         if split_id not in self.splits:
@@ -118,7 +143,9 @@ class Dataset:
 # ----------------------------------------------------------------------------------------------- helpers
 
 
-def stratified_split(labels: np.ndarray, *, ratios: tuple[float, float, float] = (0.5, 0.25, 0.25), seed: int = 0) -> dict[str, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, *, ratios: tuple[float, float, float] = (0.5, 0.25, 0.25), seed: int = 0
+) -> dict[str, np.ndarray]:
     """Split row indices per class by ``ratios`` (train, val, test), shuffled with ``seed``.
 
     Every class gets at least one image in each part, so a class needs at least three images.
@@ -133,8 +160,8 @@ def stratified_split(labels: np.ndarray, *, ratios: tuple[float, float, float] =
         n_test = max(1, round(len(rows) * ratios[2]))
         n_train = len(rows) - n_val - n_test
         parts["train"].append(rows[:n_train])
-        parts["val"].append(rows[n_train:n_train + n_val])
-        parts["test"].append(rows[n_train + n_val:])
+        parts["val"].append(rows[n_train : n_train + n_val])
+        parts["test"].append(rows[n_train + n_val :])
     return {part: np.sort(np.concatenate(chunks)) for part, chunks in parts.items()}
 
 
@@ -143,8 +170,13 @@ def _image_files(folder: Path) -> list[os.DirEntry]:
     # which at 100k files is 10x faster than comparing Path objects.
     with os.scandir(folder) as entries:
         return sorted(
-            (e for e in entries
-             if not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and e.is_file()),
+            (
+                e
+                for e in entries
+                if not e.name.startswith(".")
+                and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+                and e.is_file()
+            ),
             key=lambda e: e.name,
         )
 
@@ -182,7 +214,13 @@ def _check_classes(name: str, counts: dict[str, int], *, minimum: int) -> None:
 
 
 def load_folder_dataset(
-    folder: Path, *, key: str, name: str, ratios: tuple[float, float, float] = (0.5, 0.25, 0.25), seed: int = 0, synthetic: bool = False
+    folder: Path,
+    *,
+    key: str,
+    name: str,
+    ratios: tuple[float, float, float] = (0.5, 0.25, 0.25),
+    seed: int = 0,
+    synthetic: bool = False,
 ) -> Dataset:
     """Read a folder-per-class dataset; explicit train/val/test subfolders win over a seeded split."""
     if not folder.is_dir():
@@ -218,8 +256,14 @@ def load_folder_dataset(
         _check_classes(name, counts, minimum=3)
         splits = {"1": stratified_split(label_array, ratios=ratios, seed=seed)}
     return Dataset(
-        key=key, name=name, root=folder.resolve(), class_names=tuple(class_names), image_paths=tuple(paths),
-        labels=label_array, splits=splits, synthetic=synthetic,
+        key=key,
+        name=name,
+        root=folder.resolve(),
+        class_names=tuple(class_names),
+        image_paths=tuple(paths),
+        labels=label_array,
+        splits=splits,
+        synthetic=synthetic,
     )
 
 
@@ -232,7 +276,10 @@ def _oxford17_manual_hint(folder: Path, files: tuple[tuple[str, str, str], ...] 
 
 
 def prepare_oxford17(
-    workspace: Workspace, *, progress: ProgressCallback | None = None, files: tuple[tuple[str, str, str], ...] | None = None,
+    workspace: Workspace,
+    *,
+    progress: ProgressCallback | None = None,
+    files: tuple[tuple[str, str, str], ...] | None = None,
 ) -> Dataset:
     """Download (if missing), verify, and extract Oxford 17; then load it.
 
@@ -252,7 +299,14 @@ def prepare_oxford17(
                     f"Delete it so it is downloaded again, or: {_oxford17_manual_hint(folder, files)}"
                 )
             continue
-        download(url, target, md5=expected_md5, what=file_name, manual_hint=_oxford17_manual_hint(folder, files), progress=progress)
+        download(
+            url,
+            target,
+            md5=expected_md5,
+            what=file_name,
+            manual_hint=_oxford17_manual_hint(folder, files),
+            progress=progress,
+        )
     if not (folder / "jpg").is_dir():
         report(progress, "extract", 0, 1, message="Extracting 17flowers.tgz")
         # Extract aside and move jpg/ in last, so an interrupted extraction never looks complete.
@@ -298,11 +352,19 @@ def load_oxford17(workspace: Workspace) -> Dataset:
     paths = tuple((image_dir / f"image_{i:04d}.jpg").resolve() for i in range(1, n_images + 1))
     missing = [p.name for p in paths if not p.exists()]
     if missing:
-        raise DatasetError(f"{image_dir} lacks {len(missing)} of the 1,360 images (first: {missing[0]}). Delete the jpg folder and prepare again.")
+        raise DatasetError(
+            f"{image_dir} lacks {len(missing)} of the 1,360 images (first: {missing[0]}). "
+            "Delete the jpg folder and prepare again."
+        )
     labels = np.arange(n_images, dtype=np.int64) // OXFORD17_IMAGES_PER_CLASS  # blocks of 80 per class
     return Dataset(
-        key=OXFORD17_KEY, name="Oxford 17 flowers", root=folder.resolve(), class_names=OXFORD17_CLASSES,
-        image_paths=paths, labels=labels, splits=_read_oxford17_splits(folder / "datasplits.mat", n_images),
+        key=OXFORD17_KEY,
+        name="Oxford 17 flowers",
+        root=folder.resolve(),
+        class_names=OXFORD17_CLASSES,
+        image_paths=paths,
+        labels=labels,
+        splits=_read_oxford17_splits(folder / "datasplits.mat", n_images),
     )
 
 
@@ -328,7 +390,9 @@ def prepare_synthetic(workspace: Workspace, *, seed: int = 0, progress: Progress
 def load_synthetic(workspace: Workspace, *, seed: int = 0) -> Dataset:
     folder = synthetic_folder(workspace, seed)
     if not (folder / "dataset.json").exists():
-        raise MissingFileError("Synthetic Flowers is not generated yet: prepare the 'synthetic' dataset first (it takes seconds).")
+        raise MissingFileError(
+            "Synthetic Flowers is not generated yet: prepare the 'synthetic' dataset first (it takes seconds)."
+        )
     return load_folder_dataset(folder, key=SYNTHETIC_KEY, name="Synthetic Flowers (synthetic)", synthetic=True)
 
 
@@ -336,7 +400,7 @@ def load_synthetic(workspace: Workspace, *, seed: int = 0) -> Dataset:
 
 
 def _folder_path(workspace: Workspace, key: str) -> Path:
-    relative = key[len(FOLDER_PREFIX):]
+    relative = key[len(FOLDER_PREFIX) :]
     if not relative:
         raise DatasetError("A folder dataset needs a name: folder:<folder under the data root>.")
     return contained_path(workspace.data_root, relative)
@@ -350,7 +414,9 @@ def dataset_folder(key: str, workspace: Workspace) -> Path:
         return synthetic_folder(workspace).resolve()
     if key.startswith(FOLDER_PREFIX):
         return _folder_path(workspace, key)
-    raise DatasetError(f"dataset must be 'oxford17', 'synthetic' or 'folder:<name under {workspace.data_root}>', got {key!r}.")
+    raise DatasetError(
+        f"dataset must be 'oxford17', 'synthetic' or 'folder:<name under {workspace.data_root}>', got {key!r}."
+    )
 
 
 def load_dataset(key: str, workspace: Workspace, *, exclusions: bool = True) -> Dataset:
@@ -370,7 +436,9 @@ def _load_dataset_files(key: str, workspace: Workspace) -> Dataset:
     if key == SYNTHETIC_KEY:
         return load_synthetic(workspace)
     folder = dataset_folder(key, workspace)  # a folder dataset's, or the error naming the keys allowed
-    return load_folder_dataset(folder, key=f"{FOLDER_PREFIX}{folder.relative_to(workspace.data_root.resolve())}", name=folder.name)
+    return load_folder_dataset(
+        folder, key=f"{FOLDER_PREFIX}{folder.relative_to(workspace.data_root.resolve())}", name=folder.name
+    )
 
 
 def prepare_dataset(key: str, workspace: Workspace, *, progress: ProgressCallback | None = None) -> Dataset:
@@ -404,7 +472,9 @@ def list_datasets(workspace: Workspace) -> list[DatasetEntry]:
 
     entries = [
         DatasetEntry(OXFORD17_KEY, "Oxford 17 flowers", oxford17_prepared(workspace)),
-        DatasetEntry(SYNTHETIC_KEY, "Synthetic Flowers (synthetic)", (synthetic_folder(workspace) / "dataset.json").exists()),
+        DatasetEntry(
+            SYNTHETIC_KEY, "Synthetic Flowers (synthetic)", (synthetic_folder(workspace) / "dataset.json").exists()
+        ),
     ]
     if workspace.data_root.is_dir():
         reserved = {OXFORD17_DIRNAME, DEFAULT_DIRNAME}
@@ -418,5 +488,14 @@ def dataset_summary(dataset: Dataset) -> dict:
     """Counts per class and split part, for tables and charts; JSON-friendly."""
     counts = {}
     for split_id, parts in dataset.splits.items():
-        counts[split_id] = {part: np.bincount(dataset.labels[rows], minlength=dataset.num_classes).tolist() for part, rows in parts.items()}
-    return {"key": dataset.key, "name": dataset.name, "classes": list(dataset.class_names), "images": len(dataset.image_paths), "counts": counts}
+        counts[split_id] = {
+            part: np.bincount(dataset.labels[rows], minlength=dataset.num_classes).tolist()
+            for part, rows in parts.items()
+        }
+    return {
+        "key": dataset.key,
+        "name": dataset.name,
+        "classes": list(dataset.class_names),
+        "images": len(dataset.image_paths),
+        "counts": counts,
+    }

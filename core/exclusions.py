@@ -40,8 +40,14 @@ def _read(workspace, dataset_key: str) -> dict:
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise DatasetError(f"The exclusions file {path} cannot be read ({exc}); delete it to include every image again.") from exc
-    return {"dataset": dataset_key, "excluded": dict(state.get("excluded", {})), "history": list(state.get("history", []))}
+        raise DatasetError(
+            f"The exclusions file {path} cannot be read ({exc}); delete it to include every image again."
+        ) from exc
+    return {
+        "dataset": dataset_key,
+        "excluded": dict(state.get("excluded", {})),
+        "history": list(state.get("history", [])),
+    }
 
 
 def _write(workspace, dataset_key: str, state: dict) -> None:
@@ -134,10 +140,16 @@ def without_rows(dataset, drop: np.ndarray):
     if keep.all():
         return dataset
     new_row = np.cumsum(keep) - 1  # old row -> new row, valid where keep
-    splits = {split_id: {part: new_row[rows[keep[rows]]] for part, rows in parts.items()} for split_id, parts in dataset.splits.items()}
+    splits = {
+        split_id: {part: new_row[rows[keep[rows]]] for part, rows in parts.items()}
+        for split_id, parts in dataset.splits.items()
+    }
     dropped = tuple(relative_path(dataset, row) for row in np.flatnonzero(~keep))
     return replace(
-        dataset, image_paths=tuple(p for p, k in zip(dataset.image_paths, keep) if k), labels=dataset.labels[keep], splits=splits,
+        dataset,
+        image_paths=tuple(p for p, k in zip(dataset.image_paths, keep) if k),
+        labels=dataset.labels[keep],
+        splits=splits,
         excluded=tuple(sorted(set(dataset.excluded) | set(dropped))),
     )
 

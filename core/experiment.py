@@ -85,8 +85,13 @@ def _raise_terminated(signum, frame):
 
 
 def run_experiment(
-    config: ExperimentConfig, *, workspace: Workspace, registry: RunRegistry | None = None, dataset: Dataset | None = None,
-    group_id: str | None = None, progress: ProgressCallback | None = None,
+    config: ExperimentConfig,
+    *,
+    workspace: Workspace,
+    registry: RunRegistry | None = None,
+    dataset: Dataset | None = None,
+    group_id: str | None = None,
+    progress: ProgressCallback | None = None,
 ) -> dict:
     """Run one (dataset, split, backbone, head) experiment and record it; returns the run record.
 
@@ -96,9 +101,17 @@ def run_experiment(
     dataset = dataset or prepare_dataset(config.dataset, workspace, progress=progress)
     parts = dataset.split(config.split)
     run_id = registry.create_run(
-        dataset_key=dataset.key, dataset_name=dataset.name, dataset_fingerprint=dataset.fingerprint, synthetic=dataset.synthetic,
-        class_names=list(dataset.class_names), split=config.split, backbone=config.backbone, weights=config.weights,
-        seed=config.head.seed, versions=library_versions(), group_id=group_id,
+        dataset_key=dataset.key,
+        dataset_name=dataset.name,
+        dataset_fingerprint=dataset.fingerprint,
+        synthetic=dataset.synthetic,
+        class_names=list(dataset.class_names),
+        split=config.split,
+        backbone=config.backbone,
+        weights=config.weights,
+        seed=config.head.seed,
+        versions=library_versions(),
+        group_id=group_id,
         # The images the user excluded (core.exclusions) are part of what the run was made on.
         config={**config.to_dict(), "excluded_images": list(dataset.excluded)},
     )
@@ -107,37 +120,76 @@ def run_experiment(
         started = time.perf_counter()
         watched = _RateWatcher(progress, stage="features")
         features = extract_features(
-            dataset, config.backbone, workspace=workspace, weights=config.weights, device=config.device,
-            precision=config.precision, batch_size=config.feature_batch_size, progress=watched,
+            dataset,
+            config.backbone,
+            workspace=workspace,
+            weights=config.weights,
+            device=config.device,
+            precision=config.precision,
+            batch_size=config.feature_batch_size,
+            progress=watched,
         )
         features_seconds = time.perf_counter() - started
         if watched.final_rate:  # computed here, not read from the cache
             record_rate(workspace, what=config.backbone, device=features.device, images_per_s=watched.final_rate)
         train, valid, test = (_part(features, dataset, parts[p]) for p in ("train", "val", "test"))
-        result = train_head(train[:2], valid[:2], test[:2], num_classes=dataset.num_classes, config=config.head, progress=progress)
+        result = train_head(
+            train[:2], valid[:2], test[:2], num_classes=dataset.num_classes, config=config.head, progress=progress
+        )
         # Beyond top-1 (unchanged): its 95 % bootstrap interval, top-5 and mean per-class accuracy (core.probes).
         metrics = metrics_record(
-            test_metrics(result.test.probabilities, result.test.labels, num_classes=dataset.num_classes, seed=config.head.seed),
-            valid_accuracy=result.epochs[result.best_epoch - 1].valid_acc, hyperparameter={"name": "epoch", "value": result.best_epoch},
+            test_metrics(
+                result.test.probabilities, result.test.labels, num_classes=dataset.num_classes, seed=config.head.seed
+            ),
+            valid_accuracy=result.epochs[result.best_epoch - 1].valid_acc,
+            hyperparameter={"name": "epoch", "value": result.best_epoch},
             standardised=config.head.standardise,
         )
         head_path = workspace.heads_dir / f"run-{run_id}.safetensors"
         with atomic_write(head_path) as tmp:
-            save_file({k: v.contiguous() for k, v in result.state_dict.items()}, str(tmp), metadata={"run_id": str(run_id), "config": str(config.to_dict())})
+            save_file(
+                {k: v.contiguous() for k, v in result.state_dict.items()},
+                str(tmp),
+                metadata={"run_id": str(run_id), "config": str(config.to_dict())},
+            )
         test_rows = test[2]
         predictions = [
-            (int(row), stored_path(dataset.image_paths[row], base=dataset.root), int(label), int(pred), float(probs[pred]), probs.tolist())
-            for row, label, pred, probs in zip(test_rows, result.test.labels, result.test.predictions, result.test.probabilities)
+            (
+                int(row),
+                stored_path(dataset.image_paths[row], base=dataset.root),
+                int(label),
+                int(pred),
+                float(probs[pred]),
+                probs.tolist(),
+            )
+            for row, label, pred, probs in zip(
+                test_rows, result.test.labels, result.test.predictions, result.test.probabilities
+            )
         ]
         registry.complete_run(
-            run_id, weights_tag=features.weights_tag, device=features.device, precision=features.precision,
-            timings={"features_s": features_seconds, "features_cached": features.from_cache, "extraction_s": features.seconds,
-                     "train_s": result.seconds, "total_s": time.perf_counter() - started},
-            best_epoch=result.best_epoch, test_acc=result.test.accuracy, test_loss=result.test.loss,
-            per_class_acc=result.test.per_class_accuracy, confusion=result.test.confusion, skipped=[list(s) for s in features.skipped],
+            run_id,
+            weights_tag=features.weights_tag,
+            device=features.device,
+            precision=features.precision,
+            timings={
+                "features_s": features_seconds,
+                "features_cached": features.from_cache,
+                "extraction_s": features.seconds,
+                "train_s": result.seconds,
+                "total_s": time.perf_counter() - started,
+            },
+            best_epoch=result.best_epoch,
+            test_acc=result.test.accuracy,
+            test_loss=result.test.loss,
+            per_class_acc=result.test.per_class_accuracy,
+            confusion=result.test.confusion,
+            skipped=[list(s) for s in features.skipped],
             # Relative to the workspace and the dataset's folder (core.locate), so a moved workspace keeps its runs.
-            features_path=stored_path(features.cache_path, base=workspace.root), head_path=stored_path(head_path, base=workspace.root),
-            epochs=[asdict(e) for e in result.epochs], predictions=predictions, metrics=metrics,
+            features_path=stored_path(features.cache_path, base=workspace.root),
+            head_path=stored_path(head_path, base=workspace.root),
+            epochs=[asdict(e) for e in result.epochs],
+            predictions=predictions,
+            metrics=metrics,
         )
     except CancelledError:
         registry.end_run(run_id, status="cancelled", error="Cancelled by the user.")
@@ -146,7 +198,11 @@ def run_experiment(
         registry.end_run(run_id, status="interrupted", error="Interrupted (Ctrl-C or SIGTERM) before it finished.")
         raise KeyboardInterrupt from None  # SIGTERM too: callers stop the way they do for Ctrl-C
     except BaseException as exc:
-        registry.end_run(run_id, status="failed", error=str(exc) if isinstance(exc, FlowerProbeError) else f"{type(exc).__name__}: {exc}")
+        registry.end_run(
+            run_id,
+            status="failed",
+            error=str(exc) if isinstance(exc, FlowerProbeError) else f"{type(exc).__name__}: {exc}",
+        )
         raise
     finally:
         if previous_handler is not None:
@@ -178,7 +234,13 @@ class BackboneChoice:
     @property
     def label(self) -> str:
         """How tables name it: ``resnet50`` or ``resnet50 (random weights)`` (the CLI's existing wording)."""
-        return self.backbone + ("" if self.weights == "pretrained" else " (random weights)" if self.weights == "random" else " (checkpoint file)")
+        return self.backbone + (
+            ""
+            if self.weights == "pretrained"
+            else " (random weights)"
+            if self.weights == "random"
+            else " (checkpoint file)"
+        )
 
 
 def parse_backbone(spec: str) -> BackboneChoice:
@@ -204,22 +266,36 @@ def backbone_choices(backbones: list[str], random_weights_for: tuple[str, ...] =
     plain = {c.backbone for c in choices if c.weights == "pretrained"}
     unknown_random = set(random_weights_for) - plain
     if unknown_random:
-        raise FlowerProbeError(f"random_weights_for names {sorted(unknown_random)}, which are not among the backbones {list(backbones)}.")
-    choices = [BackboneChoice(c.backbone, "random") if c.weights == "pretrained" and c.backbone in random_weights_for else c for c in choices]
+        raise FlowerProbeError(
+            f"random_weights_for names {sorted(unknown_random)}, which are not among the backbones {list(backbones)}."
+        )
+    choices = [
+        BackboneChoice(c.backbone, "random") if c.weights == "pretrained" and c.backbone in random_weights_for else c
+        for c in choices
+    ]
     repeated = sorted({c.spec for c in choices if choices.count(c) > 1})
     if repeated:
-        raise FlowerProbeError(f"backbones lists {repeated} twice with the same weights; give each backbone once per weights.")
+        raise FlowerProbeError(
+            f"backbones lists {repeated} twice with the same weights; give each backbone once per weights."
+        )
     return choices
 
 
 # ----------------------------------------------------------------------------------------------- duration estimates
 
-RATES_FILENAME = "measured-rates.json"  # in the workspace: images/s measured by past extractions, per backbone and device
+RATES_FILENAME = (
+    "measured-rates.json"  # in the workspace: images/s measured by past extractions, per backbone and device
+)
 # Before this workspace has measured a backbone: conservative CPU rates (images/s end to end), about half of what
 # `python -m bench` measured on a 2-core AVX-512 CPU (bench/results/cpu-2core.json), because a plain AVX2 CPU ran
 # 2-3x slower (issue 14). Labelled as estimates wherever shown; a GPU is faster, so they only overstate there.
 ESTIMATED_CPU_IMAGES_PER_S = {
-    "dinov2_vits14": 8.0, "dinov2_vitb14": 3.0, "dinov2_vitl14": 1.0, "dinov2_vitg14": 0.3, "resnet50": 10.0, "efficientnet_lite0": 15.0,
+    "dinov2_vits14": 8.0,
+    "dinov2_vitb14": 3.0,
+    "dinov2_vitl14": 1.0,
+    "dinov2_vitg14": 0.3,
+    "resnet50": 10.0,
+    "efficientnet_lite0": 15.0,
 }
 ESTIMATED_UNKNOWN_IMAGES_PER_S = 2.0  # a backbone not listed above: assume a large one
 GENERATE_KEY = "generate"  # the rates file's entry for drawing Synthetic Flowers (CPU only, any device)
@@ -233,7 +309,10 @@ def measured_rates(workspace: Workspace) -> dict[str, dict[str, float]]:
         data = json.loads((workspace.root / RATES_FILENAME).read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
         return {}
-    return {what: {device: float(entry["images_per_s"]) for device, entry in devices.items()} for what, devices in data.items()}
+    return {
+        what: {device: float(entry["images_per_s"]) for device, entry in devices.items()}
+        for what, devices in data.items()
+    }
 
 
 def record_rate(workspace: Workspace, *, what: str, device: str, images_per_s: float) -> None:
@@ -284,8 +363,14 @@ class DurationEstimate:
 
 
 def estimate_comparison(
-    *, choices: list[BackboneChoice], n_images: int, runs_per_backbone: int, cached: set[tuple[str, str]], generate: bool,
-    device: str, rates: dict[str, dict[str, float]],
+    *,
+    choices: list[BackboneChoice],
+    n_images: int,
+    runs_per_backbone: int,
+    cached: set[tuple[str, str]],
+    generate: bool,
+    device: str,
+    rates: dict[str, dict[str, float]],
 ) -> DurationEstimate:
     """Expected duration of a comparison from measured rates, or conservative constants where none was measured.
 
@@ -302,22 +387,45 @@ def estimate_comparison(
     steps = []
     if generate:
         rate = rates.get(GENERATE_KEY, {}).get("cpu")
-        steps.append(("generating the images", n_images / (rate or ESTIMATED_GENERATE_IMAGES_PER_S), "measured" if rate else "estimate"))
+        steps.append(
+            (
+                "generating the images",
+                n_images / (rate or ESTIMATED_GENERATE_IMAGES_PER_S),
+                "measured" if rate else "estimate",
+            )
+        )
     for choice in choices:
         if (choice.backbone, choice.weights) in cached:
             steps.append((f"{choice.label}: features from the cache", 0.0, "cached"))
             continue
         rate = rates.get(choice.backbone, {}).get(device)
         fallback = ESTIMATED_CPU_IMAGES_PER_S.get(choice.backbone, ESTIMATED_UNKNOWN_IMAGES_PER_S)
-        steps.append((f"{choice.label}: features of {n_images} images", n_images / (rate or fallback), "measured" if rate else "estimate"))
-    steps.append(("loading backbones, training heads", ESTIMATED_RUN_OVERHEAD_S * len(choices) * runs_per_backbone, "overhead"))
+        steps.append(
+            (
+                f"{choice.label}: features of {n_images} images",
+                n_images / (rate or fallback),
+                "measured" if rate else "estimate",
+            )
+        )
+    steps.append(
+        ("loading backbones, training heads", ESTIMATED_RUN_OVERHEAD_S * len(choices) * runs_per_backbone, "overhead")
+    )
     return DurationEstimate(seconds=sum(s for _, s, _ in steps), steps=tuple(steps))
 
 
 def run_comparison(
-    *, dataset: str, backbones: list[str], split: str = "1", head: HeadConfig = HEAD_DEFAULTS, random_weights_for: tuple[str, ...] = (),
-    device: str = "auto", precision: str = "auto", workspace: Workspace, progress: ProgressCallback | None = None,
-    on_run_start: Callable[[ExperimentConfig], None] | None = None, on_run: Callable[[dict], None] | None = None,
+    *,
+    dataset: str,
+    backbones: list[str],
+    split: str = "1",
+    head: HeadConfig = HEAD_DEFAULTS,
+    random_weights_for: tuple[str, ...] = (),
+    device: str = "auto",
+    precision: str = "auto",
+    workspace: Workspace,
+    progress: ProgressCallback | None = None,
+    on_run_start: Callable[[ExperimentConfig], None] | None = None,
+    on_run: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Run every backbone on every requested split; returns the run records in order.
 
@@ -336,11 +444,19 @@ def run_comparison(
     for choice in choices:
         for split_id in splits_to_run(prepared, split):
             config = ExperimentConfig(
-                dataset=dataset, split=split_id, backbone=choice.backbone, weights=choice.weights, head=head, device=device, precision=precision,
+                dataset=dataset,
+                split=split_id,
+                backbone=choice.backbone,
+                weights=choice.weights,
+                head=head,
+                device=device,
+                precision=precision,
             )
             if on_run_start is not None:
                 on_run_start(config)
-            record = run_experiment(config, workspace=workspace, registry=registry, dataset=prepared, group_id=group_id, progress=progress)
+            record = run_experiment(
+                config, workspace=workspace, registry=registry, dataset=prepared, group_id=group_id, progress=progress
+            )
             records.append(record)
             if on_run is not None:
                 on_run(record)

@@ -11,7 +11,7 @@ import csv
 import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
@@ -31,7 +31,7 @@ def iso_time(unix_seconds: float | None) -> str:
     """A Unix time as an ISO 8601 UTC timestamp (``2026-12-01T08:03:49+00:00``); '' for None."""
     if unix_seconds is None:
         return ""
-    return datetime.fromtimestamp(float(unix_seconds), tz=timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(float(unix_seconds), tz=UTC).isoformat(timespec="seconds")
 
 
 def csv_text(rows: Iterable[Mapping] | object, *, columns: Sequence[str] | None = None) -> str:

@@ -189,7 +189,12 @@ def default_num_workers(device: torch.device) -> int:
 
 
 def feature_loader(
-    paths: tuple[Path, ...], backbone: str, *, device: torch.device, batch_size: int = 64, num_workers: int | None = None,
+    paths: tuple[Path, ...],
+    backbone: str,
+    *,
+    device: torch.device,
+    batch_size: int = 64,
+    num_workers: int | None = None,
     batches: Sequence[Sequence[int]] | None = None,
 ) -> DataLoader:
     """Batches ``(images (n, 3, H, W), rows (n,), errors)`` of ``paths``, decoded and preprocessed.
@@ -201,18 +206,32 @@ def feature_loader(
     workers = default_num_workers(device) if num_workers is None else num_workers
     sizing = {"batch_sampler": batches} if batches is not None else {"batch_size": batch_size, "shuffle": False}
     return DataLoader(
-        _DatasetImages(tuple(paths), backbone), **sizing, num_workers=workers,
-        pin_memory=device.type == "cuda", persistent_workers=False, prefetch_factor=4 if workers else None,
+        _DatasetImages(tuple(paths), backbone),
+        **sizing,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
     )
 
 
-def _cache_key(dataset_key: str, fingerprint: str, backbone: str, weights_tag: str, precision: str,
-               variants: Sequence[str] | None = None) -> str:
+def _cache_key(
+    dataset_key: str,
+    fingerprint: str,
+    backbone: str,
+    weights_tag: str,
+    precision: str,
+    variants: Sequence[str] | None = None,
+) -> str:
     """Hash of everything the features depend on; without ``variants``, the single-file (version 1) cache's key."""
     config = get_config(backbone)
     payload = {
-        "version": FEATURE_FORMAT_VERSION, "dataset": dataset_key, "fingerprint": fingerprint, "backbone": backbone,
-        "weights": weights_tag, "precision": precision,
+        "version": FEATURE_FORMAT_VERSION,
+        "dataset": dataset_key,
+        "fingerprint": fingerprint,
+        "backbone": backbone,
+        "weights": weights_tag,
+        "precision": precision,
         "preprocessing": [config.resize, config.input_size, list(config.mean), list(config.std), config.interpolation],
     }
     if variants is not None:
@@ -223,7 +242,7 @@ def _cache_key(dataset_key: str, fingerprint: str, backbone: str, weights_tag: s
 @contextmanager
 def _exclusive(lock_path: Path) -> Iterator[None]:
     with disk_errors(lock_path):  # full or read-only workspace: say so, as every other write does
-        handle = open(lock_path, "a")
+        handle = open(lock_path, "a")  # noqa: SIM115 - lock handle outlives this block; `with handle` closes it
     with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel when the process dies, kill -9 too
         try:
@@ -244,9 +263,16 @@ def _read_legacy_cache(path: Path, *, device_used: str) -> FeatureSet | None:
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
         return FeatureSet(
-            features=data["features"], rows=data["rows"], skipped=tuple(tuple(s) for s in meta["skipped"]),
-            backbone=meta["backbone"], weights_tag=meta["weights_tag"], precision=meta["precision"],
-            device=meta.get("device", device_used), seconds=meta["seconds"], from_cache=True, cache_path=path,
+            features=data["features"],
+            rows=data["rows"],
+            skipped=tuple(tuple(s) for s in meta["skipped"]),
+            backbone=meta["backbone"],
+            weights_tag=meta["weights_tag"],
+            precision=meta["precision"],
+            device=meta.get("device", device_used),
+            seconds=meta["seconds"],
+            from_cache=True,
+            cache_path=path,
             variant=available_variants(meta["backbone"])[0],
         )
 
@@ -264,8 +290,13 @@ class ShardedCache:
         self.folder = folder
         self.identity = identity  # backbone, weights_tag, precision, variants: what the entry holds
         self.manifest = self.read_manifest(folder) or {
-            "format": SHARDED_FORMAT_VERSION, **identity, "n_images": n_images, "shard_size": shard_size,
-            "shards": {}, "seconds": 0.0, "complete": False,
+            "format": SHARDED_FORMAT_VERSION,
+            **identity,
+            "n_images": n_images,
+            "shard_size": shard_size,
+            "shards": {},
+            "seconds": 0.0,
+            "complete": False,
         }
         # A resumed entry keeps the shard size it started with, so its shards still line up.
         self.n_images, self.shard_size = self.manifest["n_images"], self.manifest["shard_size"]
@@ -286,13 +317,22 @@ class ShardedCache:
 
     def missing_shards(self) -> list[int]:
         done = self.manifest["shards"]
-        return [i for i in range(self.n_shards) if str(i) not in done or not (self.folder / done[str(i)]["file"]).is_file()]
+        return [
+            i for i in range(self.n_shards) if str(i) not in done or not (self.folder / done[str(i)]["file"]).is_file()
+        ]
 
     def _save_manifest(self) -> None:
         atomic_write_bytes(self.folder / self.MANIFEST, json.dumps(self.manifest, indent=1).encode("utf-8"))
 
-    def write_shard(self, index: int, features: dict[str, np.ndarray], rows: np.ndarray, skipped: list[tuple[str, str]],
-                    *, seconds: float) -> None:
+    def write_shard(
+        self,
+        index: int,
+        features: dict[str, np.ndarray],
+        rows: np.ndarray,
+        skipped: list[tuple[str, str]],
+        *,
+        seconds: float,
+    ) -> None:
         """Store one finished shard.
 
         features : {variant: ndarray of shape (len(rows), dim)}; rows : ndarray of shape (n_decoded,), dataset rows;
@@ -331,7 +371,13 @@ class ShardedCache:
                             handles[key] = stack.enter_context(open(tmp, "wb"))
                             shape = (total,) + piece.shape[1:]
                             np.lib.format.write_array_header_1_0(
-                                handles[key], {"descr": np.lib.format.dtype_to_descr(piece.dtype), "fortran_order": False, "shape": shape})
+                                handles[key],
+                                {
+                                    "descr": np.lib.format.dtype_to_descr(piece.dtype),
+                                    "fortran_order": False,
+                                    "shape": shape,
+                                },
+                            )
                         handles[key].write(np.ascontiguousarray(piece).tobytes())
         self.manifest.update(complete=True, files=names if total else {}, decoded=total, device=device, skipped=skipped)
         self._save_manifest()
@@ -347,15 +393,25 @@ def _read_sharded(folder: Path, variant: str | None) -> FeatureSet | None:
     variants = manifest["variants"]
     variant = variants[0] if variant is None else variant
     if variant not in variants:
-        raise FlowerProbeError(f"features must be one of {', '.join(variants)} for {manifest['backbone']}, got {variant!r}.")
+        raise FlowerProbeError(
+            f"features must be one of {', '.join(variants)} for {manifest['backbone']}, got {variant!r}."
+        )
     files = manifest["files"]
     features = _load_array(folder / files[variant]) if files else np.zeros((0, 0), np.float32)
     rows = np.load(folder / files["rows"], allow_pickle=False) if files else np.zeros(0, np.int64)
     skipped = tuple((str(path), str(reason)) for path, reason in manifest["skipped"])
     return FeatureSet(
-        features=features, rows=rows, skipped=skipped, backbone=manifest["backbone"], weights_tag=manifest["weights_tag"],
-        precision=manifest["precision"], device=manifest["device"], seconds=manifest["seconds"], from_cache=True,
-        cache_path=folder, variant=variant,
+        features=features,
+        rows=rows,
+        skipped=skipped,
+        backbone=manifest["backbone"],
+        weights_tag=manifest["weights_tag"],
+        precision=manifest["precision"],
+        device=manifest["device"],
+        seconds=manifest["seconds"],
+        from_cache=True,
+        cache_path=folder,
+        variant=variant,
     )
 
 
@@ -376,17 +432,21 @@ def read_features(path: str | os.PathLike, *, variant: str | None = None) -> Fea
     folder = path.parent if path.name == ShardedCache.MANIFEST else path
     cached = _read_sharded(folder, variant) if folder.is_dir() else _read_legacy_cache(path, device_used="unknown")
     if cached is None:
-        raise MissingFileError(f"Cached features {path} are missing; train a run with this backbone again to recompute them.")
+        raise MissingFileError(
+            f"Cached features {path} are missing; train a run with this backbone again to recompute them."
+        )
     if variant is not None and cached.variant != variant:
         raise FlowerProbeError(
-            f"features must be {cached.variant!r} for the cache {path.name} (written before feature variants existed), got "
+            f"features must be {cached.variant!r} for the cache {path.name} "
+            "(written before feature variants existed), got "
             f"{variant!r}; extract the features again (python -m core extract) to get every variant."
         )
     return cached
 
 
 def _is_prepared(model: torch.nn.Module, *, device: torch.device, dtype: torch.dtype | None) -> bool:
-    """Whether every parameter already has ``device`` (and ``dtype``, in channels-last where 4-D): nothing to convert."""
+    """Whether every parameter already has ``device`` (and ``dtype``, in channels-last where 4-D):
+    nothing to convert."""
     for parameter in model.parameters():
         if parameter.device.type != device.type or (dtype is not None and parameter.dtype != dtype):
             return False
@@ -395,7 +455,9 @@ def _is_prepared(model: torch.nn.Module, *, device: torch.device, dtype: torch.d
     return True
 
 
-def prepare_model(model: torch.nn.Module, *, device: torch.device, precision: str, in_place: bool = False) -> torch.nn.Module:
+def prepare_model(
+    model: torch.nn.Module, *, device: torch.device, precision: str, in_place: bool = False
+) -> torch.nn.Module:
     """``model`` on ``device`` in the dtype and memory layout its forward is fastest in.
 
     The model given is returned as it is when nothing needs converting. Otherwise a converted copy is
@@ -417,7 +479,9 @@ def prepare_model(model: torch.nn.Module, *, device: torch.device, precision: st
         model = copy.deepcopy(model)
     model = model.to(device)
     if device.type == "cpu":
-        model = model.to(dtype=torch.bfloat16 if precision == "bf16" else torch.float32, memory_format=torch.channels_last)
+        model = model.to(
+            dtype=torch.bfloat16 if precision == "bf16" else torch.float32, memory_format=torch.channels_last
+        )
     return model
 
 
@@ -440,7 +504,9 @@ HEARTBEAT_SECONDS = 0.2
 
 
 @contextmanager
-def _heartbeat(model: torch.nn.Module, beat: Callable[[], None], *, every_s: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+def _heartbeat(
+    model: torch.nn.Module, beat: Callable[[], None], *, every_s: float = HEARTBEAT_SECONDS
+) -> Iterator[None]:
     """Call ``beat()`` from inside ``model``'s forward, at most every ``every_s`` seconds, while in the block."""
     last = [time.monotonic()]
 
@@ -462,8 +528,15 @@ FeatureBatch = tuple[dict[str, np.ndarray], np.ndarray, list[tuple[int, str]]]
 
 @torch.inference_mode()
 def iter_feature_batches(
-    model: torch.nn.Module, loader: Iterable, *, device: torch.device, precision: str, total: int,
-    variants: Sequence[str] | None = None, progress: ProgressCallback | None = None, done: int = 0,
+    model: torch.nn.Module,
+    loader: Iterable,
+    *,
+    device: torch.device,
+    precision: str,
+    total: int,
+    variants: Sequence[str] | None = None,
+    progress: ProgressCallback | None = None,
+    done: int = 0,
 ) -> Iterator[FeatureBatch]:
     """Run ``model`` over ``loader``'s ``(images, rows, errors)`` batches, one forward pass for all ``variants``.
 
@@ -501,7 +574,12 @@ def iter_feature_batches(
 
 
 def compute_features(
-    model: torch.nn.Module, loader: Iterable, *, device: torch.device, precision: str, total: int,
+    model: torch.nn.Module,
+    loader: Iterable,
+    *,
+    device: torch.device,
+    precision: str,
+    total: int,
     progress: ProgressCallback | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
     """Run ``model`` over ``loader``; returns (default-variant features of shape (n_ok, dim), rows, [(row, reason)]).
@@ -537,16 +615,29 @@ class CacheEntry:
     legacy_path: Path  # the single-file cache of the default variant, from before shards
 
     @classmethod
-    def of(cls, dataset: Dataset, backbone: str, *, workspace: Workspace, weights_tag: str, precision: str,
-           progress: ProgressCallback | None = None) -> CacheEntry:
+    def of(
+        cls,
+        dataset: Dataset,
+        backbone: str,
+        *,
+        workspace: Workspace,
+        weights_tag: str,
+        precision: str,
+        progress: ProgressCallback | None = None,
+    ) -> CacheEntry:
         fingerprint = dataset.compute_fingerprint(progress=progress)  # stats every file: once for both names
         variants = available_variants(backbone)
         stem = f"{dataset.key.replace('/', '_').replace(':', '-')}-{backbone}"
         legacy_key = _cache_key(dataset.key, fingerprint, backbone, weights_tag, precision)
         key = _cache_key(dataset.key, fingerprint, backbone, weights_tag, precision, variants)
         return cls(
-            dataset=dataset, backbone=backbone, weights_tag=weights_tag, precision=precision, variants=variants,
-            folder=workspace.features_dir / f"{stem.replace(':', '-')}-{key}", legacy_path=workspace.features_dir / f"{stem}-{legacy_key}.npz",
+            dataset=dataset,
+            backbone=backbone,
+            weights_tag=weights_tag,
+            precision=precision,
+            variants=variants,
+            folder=workspace.features_dir / f"{stem.replace(':', '-')}-{key}",
+            legacy_path=workspace.features_dir / f"{stem}-{legacy_key}.npz",
         )
 
     def read(self, variant: str) -> FeatureSet | None:
@@ -557,9 +648,15 @@ class CacheEntry:
         return cached
 
     def open(self, *, shard_size: int) -> ShardedCache:
-        identity = {"backbone": self.backbone, "weights_tag": self.weights_tag, "precision": self.precision,
-                    "variants": list(self.variants)}
-        return ShardedCache(self.folder, n_images=len(self.dataset.image_paths), shard_size=shard_size, identity=identity)
+        identity = {
+            "backbone": self.backbone,
+            "weights_tag": self.weights_tag,
+            "precision": self.precision,
+            "variants": list(self.variants),
+        }
+        return ShardedCache(
+            self.folder, n_images=len(self.dataset.image_paths), shard_size=shard_size, identity=identity
+        )
 
 
 # fill(cache, missing shard indices, progress) computes and writes those shards: the local engine's or Ray's.
@@ -567,7 +664,12 @@ ShardFiller = Callable[[ShardedCache, list[int], "ProgressCallback | None"], str
 
 
 def cached_extraction(
-    entry: CacheEntry, variant: str, *, fill: ShardFiller, shard_size: int, progress: ProgressCallback | None,
+    entry: CacheEntry,
+    variant: str,
+    *,
+    fill: ShardFiller,
+    shard_size: int,
+    progress: ProgressCallback | None,
 ) -> FeatureSet:
     """``entry``'s features of ``variant``: from the cache, else after ``fill`` computes the missing shards.
 
@@ -591,14 +693,22 @@ def cached_extraction(
         if sum(shard["decoded"] for shard in cache.manifest["shards"].values()) == 0:
             with np.load(cache.folder / cache.manifest["shards"]["0"]["file"], allow_pickle=False) as data:
                 first = json.loads(str(data["skipped"]))
-            raise FlowerProbeError(f"None of the {n} images of {entry.dataset.name} could be read; first reason: "
-                                   f"{first[0][1] if first else 'none'}")
+            raise FlowerProbeError(
+                f"None of the {n} images of {entry.dataset.name} could be read; first reason: "
+                f"{first[0][1] if first else 'none'}"
+            )
         cache.finish(device=device)
     return dataclasses.replace(entry.read(variant), from_cache=False)  # read back from the joined files, computed now
 
 
 def _local_filler(
-    entry: CacheEntry, *, workspace: Workspace, weights: str, device: torch.device, batch_size: int, num_workers: int | None,
+    entry: CacheEntry,
+    *,
+    workspace: Workspace,
+    weights: str,
+    device: torch.device,
+    batch_size: int,
+    num_workers: int | None,
 ) -> ShardFiller:
     """Fill missing shards in this process: one model, one loader over the missing rows in shard order."""
 
@@ -608,14 +718,25 @@ def _local_filler(
         paths = entry.dataset.image_paths
         model, _ = build_backbone(entry.backbone, weights=weights, workspace=workspace, progress=progress)
         # Batches never straddle two shards, so each shard is written as soon as its last batch is done.
-        batches = [list(rows[s:s + batch_size]) for i in missing for rows in [cache.shard_rows(i)] for s in range(0, len(rows), batch_size)]
+        batches = [
+            list(rows[s : s + batch_size])
+            for i in missing
+            for rows in [cache.shard_rows(i)]
+            for s in range(0, len(rows), batch_size)
+        ]
         loader = feature_loader(paths, entry.backbone, device=device, num_workers=num_workers, batches=batches)
         done_before = len(paths) - sum(len(cache.shard_rows(i)) for i in missing)
         pending: dict[str, list] = {"features": [], "rows": [], "skipped": [], "seen": 0}
         started = time.perf_counter()
         batches_out = iter_feature_batches(
-            model, loader, device=device, precision=entry.precision, total=len(paths), variants=entry.variants,
-            progress=progress, done=done_before,
+            model,
+            loader,
+            device=device,
+            precision=entry.precision,
+            total=len(paths),
+            variants=entry.variants,
+            progress=progress,
+            done=done_before,
         )
         for features, rows, skipped in batches_out:
             index = (rows[0] if len(rows) else skipped[0][0]) // cache.shard_size
@@ -624,10 +745,18 @@ def _local_filler(
             pending["skipped"].extend((str(paths[r]), reason) for r, reason in skipped)
             pending["seen"] += len(rows) + len(skipped)
             if pending["seen"] == len(cache.shard_rows(index)):
-                shard_features = {v: np.concatenate([f[v] for f in pending["features"] if v in f]) for v in entry.variants
-                                  if any(v in f for f in pending["features"])}
-                cache.write_shard(index, shard_features, np.concatenate(pending["rows"]), pending["skipped"],
-                                  seconds=time.perf_counter() - started)
+                shard_features = {
+                    v: np.concatenate([f[v] for f in pending["features"] if v in f])
+                    for v in entry.variants
+                    if any(v in f for f in pending["features"])
+                }
+                cache.write_shard(
+                    index,
+                    shard_features,
+                    np.concatenate(pending["rows"]),
+                    pending["skipped"],
+                    seconds=time.perf_counter() - started,
+                )
                 pending = {"features": [], "rows": [], "skipped": [], "seen": 0}
                 started = time.perf_counter()
         return device_name(device)
@@ -681,7 +810,10 @@ def extract_features(
     torch_device = select_device(device)
     chosen_precision = select_precision(torch_device, precision, backbone=backbone)
     source = resolve_weights(backbone, weights=weights, workspace=workspace, progress=progress)
-    entry = CacheEntry.of(dataset, backbone, workspace=workspace, weights_tag=source.tag, precision=chosen_precision,
-                          progress=progress)
-    fill = _local_filler(entry, workspace=workspace, weights=weights, device=torch_device, batch_size=batch_size, num_workers=num_workers)
+    entry = CacheEntry.of(
+        dataset, backbone, workspace=workspace, weights_tag=source.tag, precision=chosen_precision, progress=progress
+    )
+    fill = _local_filler(
+        entry, workspace=workspace, weights=weights, device=torch_device, batch_size=batch_size, num_workers=num_workers
+    )
     return cached_extraction(entry, variant, fill=fill, shard_size=shard_size, progress=progress)

@@ -28,8 +28,9 @@ from .progress import ProgressCallback, RateMeter, report
 # errno values of a full or read-only disk, a quota, or a folder the process may not write.
 _DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT})
 # SQLite's primary result codes for the same conditions (extended codes carry them in the low byte).
-_DISK_SQLITE_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM,
-                                sqlite3.SQLITE_IOERR})
+_DISK_SQLITE_CODES = frozenset(
+    {sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_IOERR}
+)
 
 
 def _disk_reason(exc: Exception) -> str | None:
@@ -150,7 +151,9 @@ def _digest_key(path: str | os.PathLike, algorithm: str) -> tuple[str, str, int,
     return algorithm, text if os.path.isabs(text) else os.path.abspath(text), stat.st_size, stat.st_mtime_ns
 
 
-def _hash_file(path: str | os.PathLike, algorithm: str, size: int, progress: ProgressCallback | None, stage: str) -> str:
+def _hash_file(
+    path: str | os.PathLike, algorithm: str, size: int, progress: ProgressCallback | None, stage: str
+) -> str:
     digest = hashlib.new(algorithm, usedforsecurity=False)
     done = 0
     with open(path, "rb") as handle:
@@ -163,7 +166,11 @@ def _hash_file(path: str | os.PathLike, algorithm: str, size: int, progress: Pro
 
 
 def file_digest(
-    path: str | os.PathLike, algorithm: str = "sha256", *, progress: ProgressCallback | None = None, stage: str = "hash",
+    path: str | os.PathLike,
+    algorithm: str = "sha256",
+    *,
+    progress: ProgressCallback | None = None,
+    stage: str = "hash",
 ) -> str:
     """Hex digest of the file's bytes, remembered per (path, size, modification time) in this process.
 
@@ -178,8 +185,11 @@ def file_digest(
 
 
 def file_digests(
-    paths: Sequence[str | os.PathLike], *, cache_path: str | os.PathLike | None = None,
-    progress: ProgressCallback | None = None, stage: str = "fingerprint",
+    paths: Sequence[str | os.PathLike],
+    *,
+    cache_path: str | os.PathLike | None = None,
+    progress: ProgressCallback | None = None,
+    stage: str = "fingerprint",
 ) -> list[str]:
     """SHA-256 hex digests of many files, remembered on disk per (path, size, mtime) in ``cache_path`` (SQLite).
 
@@ -192,8 +202,10 @@ def file_digests(
     missing = [i for i, key in enumerate(keys) if key not in _DIGESTS]
     if missing and cache_path is not None:
         with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(cache_path, timeout=10)) as db:
-            db.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT, size INTEGER, mtime_ns INTEGER, sha256 TEXT, "
-                       "PRIMARY KEY (path, size, mtime_ns))")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS digests (path TEXT, size INTEGER, mtime_ns INTEGER, sha256 TEXT, "
+                "PRIMARY KEY (path, size, mtime_ns))"
+            )
             known = {(p, size, mtime): digest for p, size, mtime, digest in db.execute("SELECT * FROM digests")}
             for i in missing:
                 if (digest := known.get(keys[i][1:])) is not None:
@@ -205,10 +217,20 @@ def file_digests(
     for done, i in enumerate(missing, start=1):
         _DIGESTS[keys[i]] = _hash_file(paths[i], "sha256", keys[i][2], None, stage)
         if done % step == 0 or done == len(missing):
-            report(progress, stage, known_count + done, total, rate=meter.rate(done), message="reading new or changed files")
+            report(
+                progress,
+                stage,
+                known_count + done,
+                total,
+                rate=meter.rate(done),
+                message="reading new or changed files",
+            )
     if missing and cache_path is not None:
         with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(cache_path, timeout=10)) as db, db:
-            db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?)", [(*keys[i][1:], _DIGESTS[keys[i]]) for i in missing])
+            db.executemany(
+                "INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?)",
+                [(*keys[i][1:], _DIGESTS[keys[i]]) for i in missing],
+            )
     return [_DIGESTS[key] for key in keys]
 
 
@@ -332,7 +354,8 @@ def download(
                 if exc.code not in _RETRY_STATUSES or attempt >= retries:
                     partial.unlink(missing_ok=True)  # wrong URL or refused: the bytes so far are of no use
                     raise MissingFileError(
-                        f"Could not download {what} from {url}: the server answered {exc.code} {exc.reason}. {manual_hint}"
+                        f"Could not download {what} from {url}: "
+                        f"the server answered {exc.code} {exc.reason}. {manual_hint}"
                     ) from exc
             except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
                 # A host name that does not resolve, or no route to any network, means offline: waiting will not help.
@@ -341,7 +364,9 @@ def download(
                 if attempt >= retries or offline:
                     reason = getattr(exc, "reason", exc) or type(exc).__name__
                     kept = partial.stat().st_size if partial.exists() else 0
-                    resume = f" {kept / 1e6:.1f} MB are kept in {partial}; trying again resumes from there." if kept else ""
+                    resume = (
+                        f" {kept / 1e6:.1f} MB are kept in {partial}; trying again resumes from there." if kept else ""
+                    )
                     raise MissingFileError(
                         f"Could not download {what} from {url} ({reason}) after {attempt + 1} attempt(s).{resume} "
                         f"{manual_hint}"

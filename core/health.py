@@ -69,10 +69,24 @@ class HealthConfig:
         checks = (
             ("folds", self.folds, isinstance(self.folds, int) and self.folds >= 2, "an integer of at least 2"),
             ("regularisation", self.regularisation, self.regularisation > 0, "a positive number"),
-            ("neighbours", self.neighbours, isinstance(self.neighbours, int) and self.neighbours >= 1, "a positive integer"),
-            ("outlier_k", self.outlier_k, isinstance(self.outlier_k, int) and self.outlier_k >= 1, "a positive integer"),
-            ("duplicate_threshold", self.duplicate_threshold,
-             self.duplicate_threshold is None or -1.0 <= self.duplicate_threshold <= 1.0, "a cosine similarity in [-1, 1] or None (auto)"),
+            (
+                "neighbours",
+                self.neighbours,
+                isinstance(self.neighbours, int) and self.neighbours >= 1,
+                "a positive integer",
+            ),
+            (
+                "outlier_k",
+                self.outlier_k,
+                isinstance(self.outlier_k, int) and self.outlier_k >= 1,
+                "a positive integer",
+            ),
+            (
+                "duplicate_threshold",
+                self.duplicate_threshold,
+                self.duplicate_threshold is None or -1.0 <= self.duplicate_threshold <= 1.0,
+                "a cosine similarity in [-1, 1] or None (auto)",
+            ),
         )
         for name, value, ok, allowed in checks:
             if not ok:
@@ -180,7 +194,9 @@ def kth_training_distance(unit: np.ndarray, train: np.ndarray, *, k: int) -> np.
     return np.sort(others, axis=1)[:, k - 1]
 
 
-def out_of_sample_probabilities(features: np.ndarray, labels: np.ndarray, *, folds: int, seed: int, regularisation: float) -> np.ndarray:
+def out_of_sample_probabilities(
+    features: np.ndarray, labels: np.ndarray, *, folds: int, seed: int, regularisation: float
+) -> np.ndarray:
     """Class probabilities of each image from a logistic regression that never saw it (K-fold cross-validation).
 
     Parameters
@@ -207,7 +223,11 @@ def out_of_sample_probabilities(features: np.ndarray, labels: np.ndarray, *, fol
         # An unconverged fold still ranks images usefully; the warning would only flood the log.
         warnings.simplefilter("ignore", ConvergenceWarning)
         return cross_val_predict(
-            model, features, labels, cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed), method="predict_proba",
+            model,
+            features,
+            labels,
+            cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed),
+            method="predict_proba",
         )
 
 
@@ -235,8 +255,15 @@ def _check_folds(labels: np.ndarray, class_names: tuple[str, ...], folds: int) -
         )
 
 
-def label_issues(features: np.ndarray, labels: np.ndarray, *, class_names: tuple[str, ...], folds: int, seed: int,
-                 regularisation: float) -> dict[str, np.ndarray]:
+def label_issues(
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    class_names: tuple[str, ...],
+    folds: int,
+    seed: int,
+    regularisation: float,
+) -> dict[str, np.ndarray]:
     """cleanlab's label issues from out-of-sample probabilities.
 
     Parameters
@@ -256,10 +283,16 @@ def label_issues(features: np.ndarray, labels: np.ndarray, *, class_names: tuple
     _check_folds(labels, class_names, folds)
     # cleanlab wants labels 0..K-1 with every class present: renumber the classes that have images here.
     present, compact = np.unique(labels, return_inverse=True)
-    probabilities = out_of_sample_probabilities(features, compact, folds=folds, seed=seed, regularisation=regularisation)
+    probabilities = out_of_sample_probabilities(
+        features, compact, folds=folds, seed=seed, regularisation=regularisation
+    )
     score = get_label_quality_scores(compact, probabilities)
     flagged = find_label_issues(compact, probabilities, n_jobs=1)  # n_jobs=1: no process pool inside a server thread
-    return {"score": score, "suggested": present[probabilities.argmax(axis=1)], "flagged": np.asarray(flagged, dtype=bool)}
+    return {
+        "score": score,
+        "suggested": present[probabilities.argmax(axis=1)],
+        "flagged": np.asarray(flagged, dtype=bool),
+    }
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -351,26 +384,61 @@ class HealthReport:
         rows = []
         for issue in self.flagged_labels():
             i = issue["image"]
-            rows.append({"path": self.paths[i], "issue": "label", "score": round(issue["score"], 6), "given": names[issue["given"]],
-                         "suggested": names[issue["suggested"]], "part": self.parts[i], "partner": "", "partner_part": ""})
+            rows.append(
+                {
+                    "path": self.paths[i],
+                    "issue": "label",
+                    "score": round(issue["score"], 6),
+                    "given": names[issue["given"]],
+                    "suggested": names[issue["suggested"]],
+                    "part": self.parts[i],
+                    "partner": "",
+                    "partner_part": "",
+                }
+            )
         for pair in self.duplicates(threshold):
             issue = "leakage" if pair["leakage"] else "duplicate"
             for me, other in ((pair["a"], pair["b"]), (pair["b"], pair["a"])):
-                rows.append({"path": self.paths[me], "issue": issue + (" (exact copy)" if pair["exact"] else ""),
-                             "score": round(pair["similarity"], 6), "given": names[self.labels[me]], "suggested": "",
-                             "part": self.parts[me], "partner": self.paths[other], "partner_part": self.parts[other]})
+                rows.append(
+                    {
+                        "path": self.paths[me],
+                        "issue": issue + (" (exact copy)" if pair["exact"] else ""),
+                        "score": round(pair["similarity"], 6),
+                        "given": names[self.labels[me]],
+                        "suggested": "",
+                        "part": self.parts[me],
+                        "partner": self.paths[other],
+                        "partner_part": self.parts[other],
+                    }
+                )
         for outlier in self.flagged_outliers():
             i = outlier["image"]
-            rows.append({"path": self.paths[i], "issue": "outlier", "score": round(outlier["score"], 6), "given": names[self.labels[i]],
-                         "suggested": "", "part": self.parts[i], "partner": "", "partner_part": ""})
+            rows.append(
+                {
+                    "path": self.paths[i],
+                    "issue": "outlier",
+                    "score": round(outlier["score"], 6),
+                    "given": names[self.labels[i]],
+                    "suggested": "",
+                    "part": self.parts[i],
+                    "partner": "",
+                    "partner_part": "",
+                }
+            )
         return rows
 
 
 CSV_COLUMNS = ("path", "issue", "score", "given", "suggested", "part", "partner", "partner_part")
 
 
-def analyse(dataset: Dataset, features: np.ndarray, rows: np.ndarray, *, config: HealthConfig,
-            progress: ProgressCallback | None = None) -> dict:
+def analyse(
+    dataset: Dataset,
+    features: np.ndarray,
+    rows: np.ndarray,
+    *,
+    config: HealthConfig,
+    progress: ProgressCallback | None = None,
+) -> dict:
     """The three checks on ``features`` of dataset ``rows``; returns the report's analysis fields and timings.
 
     Parameters
@@ -392,11 +460,25 @@ def analyse(dataset: Dataset, features: np.ndarray, rows: np.ndarray, *, config:
     started = time.perf_counter()
     report(progress, "health", 0, 3, message="Label issues: cross-validated logistic regression")
     fit = np.flatnonzero((parts == "train") | (parts == "val"))
-    found = label_issues(features[fit], labels[fit], class_names=dataset.class_names, folds=config.folds, seed=config.seed,
-                         regularisation=config.regularisation)
+    found = label_issues(
+        features[fit],
+        labels[fit],
+        class_names=dataset.class_names,
+        folds=config.folds,
+        seed=config.seed,
+        regularisation=config.regularisation,
+    )
     order = np.argsort(found["score"], kind="stable")
-    issues = [{"image": int(fit[j]), "given": int(labels[fit[j]]), "suggested": int(found["suggested"][j]),
-               "score": float(found["score"][j]), "flagged": bool(found["flagged"][j])} for j in order]
+    issues = [
+        {
+            "image": int(fit[j]),
+            "given": int(labels[fit[j]]),
+            "suggested": int(found["suggested"][j]),
+            "score": float(found["score"][j]),
+            "flagged": bool(found["flagged"][j]),
+        }
+        for j in order
+    ]
     timings["label_issues_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -409,14 +491,16 @@ def analyse(dataset: Dataset, features: np.ndarray, rows: np.ndarray, *, config:
     digests = [file_digest(dataset.image_paths[row]) for row in rows]
     exact: set[tuple[int, int]] = set()
     for group in byte_duplicate_groups(digests):
-        exact.update((x, y) for i, x in enumerate(group) for y in group[i + 1:])
+        exact.update((x, y) for i, x in enumerate(group) for y in group[i + 1 :])
     for x, y in exact - candidates.keys():  # copies beyond the k nearest (more than k copies of one image)
         candidates[(x, y)] = float(unit[x] @ unit[y])
     pairs = [{"a": x, "b": y, "similarity": s, "exact": (x, y) in exact} for (x, y), s in sorted(candidates.items())]
     if config.duplicate_threshold is None:
         threshold = auto_duplicate_threshold(nearest, z=config.duplicate_z)
-        source = (f"auto: nearest-neighbour distances (1 - cosine) more than {config.duplicate_z:g} robust "
-                  "standard deviations below their median on a log scale")
+        source = (
+            f"auto: nearest-neighbour distances (1 - cosine) more than {config.duplicate_z:g} robust "
+            "standard deviations below their median on a log scale"
+        )
     else:
         threshold, source = float(config.duplicate_threshold), "given"
     timings["hashes_s"] = time.perf_counter() - started
@@ -432,21 +516,39 @@ def analyse(dataset: Dataset, features: np.ndarray, rows: np.ndarray, *, config:
     distance = kth_training_distance(unit, train, k=config.outlier_k)
     centre, spread = _robust_centre_spread(np.log(np.clip(distance, _MIN_DISTANCE, None)))
     cutoff = float(np.exp(centre + config.outlier_z * spread))
-    outliers = [{"image": int(i), "score": float(distance[i]), "flagged": bool(distance[i] > cutoff)} for i in np.argsort(-distance, kind="stable")]
+    outliers = [
+        {"image": int(i), "score": float(distance[i]), "flagged": bool(distance[i] > cutoff)}
+        for i in np.argsort(-distance, kind="stable")
+    ]
     timings["outliers_s"] = time.perf_counter() - started
     report(progress, "health", 3, 3, message="Health check done")
     return {
-        "paths": [relative_path(dataset, row) for row in rows], "parts": [str(p) for p in parts], "labels": [int(x) for x in labels],
-        "label_issues": issues, "pairs": pairs, "duplicate_threshold": threshold, "threshold_source": source,
-        "outliers": outliers, "outlier_cutoff": cutoff, "timings": timings,
+        "paths": [relative_path(dataset, row) for row in rows],
+        "parts": [str(p) for p in parts],
+        "labels": [int(x) for x in labels],
+        "label_issues": issues,
+        "pairs": pairs,
+        "duplicate_threshold": threshold,
+        "threshold_source": source,
+        "outliers": outliers,
+        "outlier_cutoff": cutoff,
+        "timings": timings,
     }
 
 
 # ----------------------------------------------------------------------------------------------- cached entry point
 
 
-def cached_features(dataset: Dataset, backbone: str, *, workspace: Workspace, weights: str = "pretrained", variant: str | None = None,
-                    device: str = "auto", precision: str = "auto"):
+def cached_features(
+    dataset: Dataset,
+    backbone: str,
+    *,
+    workspace: Workspace,
+    weights: str = "pretrained",
+    variant: str | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+):
     """The FeatureSet ``core.features.extract_features`` would return from its cache, or None when it would compute.
 
     Resolves the weights and precision exactly as ``extract_features`` does, then reads the cache entry only.
@@ -464,14 +566,25 @@ def cached_features(dataset: Dataset, backbone: str, *, workspace: Workspace, we
 
 def _cache_path(workspace: Workspace, dataset: Dataset, payload: dict):
     key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
-    stem = f"{dataset.key.replace('/', '_').replace(':', '-')}-{payload['backbone'].replace(':', '-').replace('/', '_')}"
+    stem = (
+        f"{dataset.key.replace('/', '_').replace(':', '-')}-{payload['backbone'].replace(':', '-').replace('/', '_')}"
+    )
     return workspace.root / HEALTH_DIRNAME / f"{stem}-{key}.json"
 
 
 def dataset_health(
-    dataset_key: str, backbone: str, *, workspace: Workspace, weights: str = "pretrained", variant: str | None = None,
-    config: HealthConfig = HealthConfig(), device: str = "auto", precision: str = "auto", extract: bool = False,
-    compute: bool = True, progress: ProgressCallback | None = None,
+    dataset_key: str,
+    backbone: str,
+    *,
+    workspace: Workspace,
+    weights: str = "pretrained",
+    variant: str | None = None,
+    config: HealthConfig = HealthConfig(),
+    device: str = "auto",
+    precision: str = "auto",
+    extract: bool = False,
+    compute: bool = True,
+    progress: ProgressCallback | None = None,
 ) -> HealthReport | None:
     """The health report of a dataset from one backbone's features; from ``<workspace>/health`` when computed before.
 
@@ -504,8 +617,9 @@ def dataset_health(
     # The whole dataset's features serve every set of exclusions; those of the dataset as analysed (an extraction
     # made after excluding) serve it too.
     for source in [whole] if dataset is whole else [whole, dataset]:
-        features = cached_features(source, backbone, workspace=workspace, weights=weights, variant=variant, device=device,
-                                   precision=precision)
+        features = cached_features(
+            source, backbone, workspace=workspace, weights=weights, variant=variant, device=device, precision=precision
+        )
         if features is not None:
             break
     if features is None:
@@ -518,14 +632,28 @@ def dataset_health(
                 f"`python -m core extract --dataset {dataset_key} --backbone {backbone}{weights_flag}` "
                 f"or add --extract to `python -m core health` (a forward pass over {len(whole.image_paths)} images)."
             )
-        features = extract_features(whole, backbone, workspace=workspace, weights=weights, variant=variant, device=device,
-                                    precision=precision, progress=progress)
+        features = extract_features(
+            whole,
+            backbone,
+            workspace=workspace,
+            weights=weights,
+            variant=variant,
+            device=device,
+            precision=precision,
+            progress=progress,
+        )
     features_seconds = time.perf_counter() - started
 
     payload = {
-        "version": HEALTH_FORMAT_VERSION, "dataset": dataset.key, "fingerprint": dataset.fingerprint, "backbone": backbone,
-        "weights_tag": features.weights_tag, "precision": features.precision, "variant": features.variant,
-        "features_file": features.cache_path.name if features.cache_path else "", "config": asdict(config),
+        "version": HEALTH_FORMAT_VERSION,
+        "dataset": dataset.key,
+        "fingerprint": dataset.fingerprint,
+        "backbone": backbone,
+        "weights_tag": features.weights_tag,
+        "precision": features.precision,
+        "variant": features.variant,
+        "features_file": features.cache_path.name if features.cache_path else "",
+        "config": asdict(config),
     }
     path = _cache_path(workspace, dataset, payload)
     if path.exists():
@@ -535,17 +663,33 @@ def dataset_health(
         return None
 
     # Feature rows are the source's; the analysis numbers the dataset's rows: map the kept ones across (same order).
-    kept = np.flatnonzero(~np.isin([relative_path(source, r) for r in range(len(source.image_paths))], dataset.excluded))
+    kept = np.flatnonzero(
+        ~np.isin([relative_path(source, r) for r in range(len(source.image_paths))], dataset.excluded)
+    )
     x, source_rows = features.select(kept)
     rows = np.searchsorted(kept, source_rows)
     analysis = analyse(dataset, np.asarray(x), rows, config=config, progress=progress)
     unreadable = [[relative_path(source, r), "unreadable"] for r in np.setdiff1d(kept, source_rows)]
-    analysis["timings"] = {"features_s": features_seconds, **analysis["timings"], "total_s": time.perf_counter() - total_started}
+    analysis["timings"] = {
+        "features_s": features_seconds,
+        **analysis["timings"],
+        "total_s": time.perf_counter() - total_started,
+    }
     result = HealthReport(
-        dataset_key=dataset.key, dataset_name=dataset.name, fingerprint=dataset.fingerprint, backbone=backbone, weights=weights,
-        weights_tag=features.weights_tag, precision=features.precision, variant=features.variant,
-        features_file=payload["features_file"], config=asdict(config), class_names=list(dataset.class_names),
-        skipped=[[p, "excluded by the user"] for p in dataset.excluded] + unreadable, created_at=time.time(), **analysis,
+        dataset_key=dataset.key,
+        dataset_name=dataset.name,
+        fingerprint=dataset.fingerprint,
+        backbone=backbone,
+        weights=weights,
+        weights_tag=features.weights_tag,
+        precision=features.precision,
+        variant=features.variant,
+        features_file=payload["features_file"],
+        config=asdict(config),
+        class_names=list(dataset.class_names),
+        skipped=[[p, "excluded by the user"] for p in dataset.excluded] + unreadable,
+        created_at=time.time(),
+        **analysis,
     )
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(result.to_dict()), encoding="utf-8")
@@ -555,7 +699,9 @@ def dataset_health(
 # ----------------------------------------------------------------------------------------------- comparing backbones
 
 
-def planted_scores(report: HealthReport, planted: Mapping[str, Collection], *, threshold: float | None = None, top_outliers: int = 20) -> dict:
+def planted_scores(
+    report: HealthReport, planted: Mapping[str, Collection], *, threshold: float | None = None, top_outliers: int = 20
+) -> dict:
     """How many planted problems a report finds.
 
     Parameters
@@ -574,29 +720,44 @@ def planted_scores(report: HealthReport, planted: Mapping[str, Collection], *, t
     scores: dict[str, float | int] = {}
     labels = set(planted.get("label", ()))
     if labels:
-        top = [report.paths[i["image"]] for i in report.label_issues[:2 * len(labels)]]
+        top = [report.paths[i["image"]] for i in report.label_issues[: 2 * len(labels)]]
         flagged = {report.paths[i["image"]] for i in report.flagged_labels()}
         hits = len(labels & set(top))
-        scores |= {"label_planted": len(labels), "label_recall_at_2n": hits / len(labels), "label_precision_at_2n": hits / max(1, len(top)),
-                   "label_flagged": len(flagged), "label_flagged_recall": len(labels & flagged) / len(labels),
-                   "label_flagged_precision": len(labels & flagged) / max(1, len(flagged))}
+        scores |= {
+            "label_planted": len(labels),
+            "label_recall_at_2n": hits / len(labels),
+            "label_precision_at_2n": hits / max(1, len(top)),
+            "label_flagged": len(flagged),
+            "label_flagged_recall": len(labels & flagged) / len(labels),
+            "label_flagged_precision": len(labels & flagged) / max(1, len(flagged)),
+        }
     duplicates = [frozenset(pair) for pair in planted.get("duplicate", ())]
     if duplicates:
         found = {frozenset((report.paths[p["a"]], report.paths[p["b"]])): p for p in report.duplicates(threshold)}
         hit = [found[pair] for pair in duplicates if pair in found]
-        scores |= {"duplicate_planted": len(duplicates), "duplicate_recall": len(hit) / len(duplicates),
-                   "duplicate_leakage_flagged": sum(p["leakage"] for p in hit), "duplicate_pairs_flagged": len(found),
-                   "duplicate_precision": len(hit) / max(1, len(found))}
+        scores |= {
+            "duplicate_planted": len(duplicates),
+            "duplicate_recall": len(hit) / len(duplicates),
+            "duplicate_leakage_flagged": sum(p["leakage"] for p in hit),
+            "duplicate_pairs_flagged": len(found),
+            "duplicate_precision": len(hit) / max(1, len(found)),
+        }
     outliers = set(planted.get("outlier", ()))
     if outliers:
         top = {report.paths[o["image"]] for o in report.outliers[:top_outliers]}
         flagged = {report.paths[o["image"]] for o in report.flagged_outliers()}
-        scores |= {"outlier_planted": len(outliers), f"outlier_recall_top{top_outliers}": len(outliers & top) / len(outliers),
-                   "outlier_flagged": len(flagged), "outlier_flagged_precision": len(outliers & flagged) / max(1, len(flagged))}
+        scores |= {
+            "outlier_planted": len(outliers),
+            f"outlier_recall_top{top_outliers}": len(outliers & top) / len(outliers),
+            "outlier_flagged": len(flagged),
+            "outlier_flagged_precision": len(outliers & flagged) / max(1, len(flagged)),
+        }
     return scores
 
 
-def compare_health(reports: Mapping[str, HealthReport], *, planted: Mapping[str, Collection] | None = None) -> list[dict]:
+def compare_health(
+    reports: Mapping[str, HealthReport], *, planted: Mapping[str, Collection] | None = None
+) -> list[dict]:
     """One row per backbone (keyed by a label of the caller's choosing): what each flags, and what they agree on.
 
     ``agreed_label_issues`` counts the flagged label issues every report flags; with ``planted``, each row also
@@ -606,7 +767,9 @@ def compare_health(reports: Mapping[str, HealthReport], *, planted: Mapping[str,
         raise FlowerProbeError("reports must hold at least one health report.")
     fingerprints = {r.fingerprint for r in reports.values()}
     if len(fingerprints) > 1:
-        raise FlowerProbeError("The reports are of different data (fingerprints differ); compare reports of the same dataset.")
+        raise FlowerProbeError(
+            "The reports are of different data (fingerprints differ); compare reports of the same dataset."
+        )
     flagged = [{r.paths[i["image"]] for i in r.flagged_labels()} for r in reports.values()]
     agreed = len(set.intersection(*flagged))
     rows = []
@@ -618,7 +781,6 @@ def compare_health(reports: Mapping[str, HealthReport], *, planted: Mapping[str,
     return rows
 
 
-
 def report_text(report: HealthReport, *, top: int = 5, threshold: float | None = None) -> str:
     """What ``python -m core health`` prints: the inputs, counts per issue type and the top candidates of each."""
     names = report.class_names
@@ -627,7 +789,8 @@ def report_text(report: HealthReport, *, top: int = 5, threshold: float | None =
     cut = report.duplicate_threshold if threshold is None else threshold
     lines = [
         f"{report.dataset_name}: {len(report.paths)} images, split {report.config['split']}, "
-        f"{report.backbone}{weights}, features {report.variant or 'default'}, fingerprint {report.fingerprint}" + (" (from cache)" if report.from_cache else ""),
+        f"{report.backbone}{weights}, features {report.variant or 'default'}, fingerprint {report.fingerprint}"
+        + (" (from cache)" if report.from_cache else ""),
         f"skipped {len(report.skipped)} image(s) (excluded or unreadable); "
         f"computed in {report.timings['total_s']:.1f} s",
         "",
@@ -635,16 +798,26 @@ def report_text(report: HealthReport, *, top: int = 5, threshold: float | None =
         "",
         f"Label issues (cleanlab, {report.config['folds']}-fold logistic regression on train+val), "
         "lowest label quality first:",
-        *(f"  {i['score']:.4f}  {report.paths[i['image']]}  "
-          f"given {names[i['given']]!r}, suggested {names[i['suggested']]!r}"
-          + ("" if i["flagged"] else "  (not flagged)") for i in report.label_issues[:top]),
+        *(
+            f"  {i['score']:.4f}  {report.paths[i['image']]}  "
+            f"given {names[i['given']]!r}, suggested {names[i['suggested']]!r}"
+            + ("" if i["flagged"] else "  (not flagged)")
+            for i in report.label_issues[:top]
+        ),
         f"Duplicate pairs at cosine >= {cut:.4f} ({report.threshold_source}), most similar first:",
-        *(f"  {p['similarity']:.4f}  {report.paths[p['a']]} ({p['part_a']})  <->  "
-          f"{report.paths[p['b']]} ({p['part_b']})"
-          + ("  exact copy" if p["exact"] else "") + ("  LEAKAGE" if p["leakage"] else "") for p in report.duplicates(threshold)[:top]),
+        *(
+            f"  {p['similarity']:.4f}  {report.paths[p['a']]} ({p['part_a']})  <->  "
+            f"{report.paths[p['b']]} ({p['part_b']})"
+            + ("  exact copy" if p["exact"] else "")
+            + ("  LEAKAGE" if p["leakage"] else "")
+            for p in report.duplicates(threshold)[:top]
+        ),
         f"Outliers (cosine distance to the {report.config['outlier_k']}-th nearest training image; flagged above "
         f"{report.outlier_cutoff:.4f}), farthest first:",
-        *(f"  {o['score']:.4f}  {report.paths[o['image']]} ({report.parts[o['image']]})" + ("" if o["flagged"] else "  (not flagged)")
-          for o in report.outliers[:top]),
+        *(
+            f"  {o['score']:.4f}  {report.paths[o['image']]} ({report.parts[o['image']]})"
+            + ("" if o["flagged"] else "  (not flagged)")
+            for o in report.outliers[:top]
+        ),
     ]
     return "\n".join(lines)

@@ -90,14 +90,25 @@ def _progress_bar_class(progress: ProgressCallback | None, what: str):
             self._done += int(n or 0)
             total = int(self.total or 0)
             rate = self._meter.rate(self._done - self._resumed_at)
-            report(progress, "download", self._done, total, rate=rate,
-                   message=f"{what}: {self._done / 1e6:.1f} of {total / 1e6:.1f} MB at {rate / 1e6:.1f} MB/s")
+            report(
+                progress,
+                "download",
+                self._done,
+                total,
+                rate=rate,
+                message=f"{what}: {self._done / 1e6:.1f} of {total / 1e6:.1f} MB at {rate / 1e6:.1f} MB/s",
+            )
 
     return _ProgressEvents
 
 
 def hf_download(
-    repo_id: str, filenames: tuple[str, ...], *, what: str, manual_hint: str, progress: ProgressCallback | None = None,
+    repo_id: str,
+    filenames: tuple[str, ...],
+    *,
+    what: str,
+    manual_hint: str,
+    progress: ProgressCallback | None = None,
 ) -> Path:
     """Download the first of ``filenames`` that repo ``repo_id`` has, into the HF hub cache, with progress.
 
@@ -121,10 +132,15 @@ def hf_download(
     last_error: Exception | None = None
     for filename in filenames:
         try:
-            return Path(hf_hub_download(
-                repo_id, filename, cache_dir=hf_cache_dir(), endpoint=hf_endpoint(),
-                tqdm_class=_progress_bar_class(progress, what),
-            ))
+            return Path(
+                hf_hub_download(
+                    repo_id,
+                    filename,
+                    cache_dir=hf_cache_dir(),
+                    endpoint=hf_endpoint(),
+                    tqdm_class=_progress_bar_class(progress, what),
+                )
+            )
         except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:  # offline: the other file will not come either
             last_error = exc
             break

@@ -39,9 +39,7 @@ DEFAULT_MAX_PIXELS = 120_000_000
 # Formats are recognised from the content but only these decoders may run: exotic Pillow plugins
 # add attack surface for no benefit (EPS even runs Ghostscript), and photos come in these. Phone
 # multi-picture JPEGs (MPO) open through the JPEG entry.
-_ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF") + (
-    ("HEIF",) if HEIF_AVAILABLE else ()
-)
+_ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF") + (("HEIF",) if HEIF_AVAILABLE else ())
 _FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF" + (" or HEIC" if HEIF_AVAILABLE else "")
 
 SUPPORTED_UPLOAD_TYPES: list[str] = ["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"] + (
@@ -112,14 +110,11 @@ def load_image(
             raise _refusal(label, f"the file could not be read ({exc})") from exc
         return _decode(stream, label=label, max_pixels=max_pixels, draft_size=draft_size)
     raise TypeError(
-        "source must be a path, bytes or a binary file-like object; "
-        f"got {type(source).__name__}: {source!r:.80}"
+        f"source must be a path, bytes or a binary file-like object; got {type(source).__name__}: {source!r:.80}"
     )
 
 
-def thumbnail_bytes(
-    image: Image.Image, *, size: int = 96, format: str = "WEBP", quality: int = 80
-) -> bytes:
+def thumbnail_bytes(image: Image.Image, *, size: int = 96, format: str = "WEBP", quality: int = 80) -> bytes:
     """Encode a small aspect-preserving copy of ``image`` whose longest side is ``size`` pixels.
 
     Parameters
@@ -144,9 +139,7 @@ def thumbnail_bytes(
         raise ValueError(f"quality must be a whole number from 1 to 100; got {quality!r}")
     Image.init()
     if not isinstance(format, str) or format.upper() not in Image.SAVE:
-        raise ValueError(
-            f"format must be one Pillow can write (e.g. WEBP, JPEG, PNG); got {format!r}"
-        )
+        raise ValueError(f"format must be one Pillow can write (e.g. WEBP, JPEG, PNG); got {format!r}")
     rgb = _to_rgb(image)
     thumb = rgb.resize(_fit_within(*rgb.size, size=size), Image.Resampling.LANCZOS, reducing_gap=3.0)
     out = io.BytesIO()
@@ -176,12 +169,14 @@ def placeholder_image(size: int = 96) -> Image.Image:
     left, top, right, bottom = size * 0.2, size * 0.25, size * 0.8, size * 0.75
     draw.rectangle((left, top, right, bottom), outline=ink, width=line)
     # A mountain and a sun say "picture"; the zigzag crack through the frame says "broken".
-    draw.polygon(
-        [(left + line, bottom - line), (size * 0.4, size * 0.5), (size * 0.55, bottom - line)], fill=ink
-    )
+    draw.polygon([(left + line, bottom - line), (size * 0.4, size * 0.5), (size * 0.55, bottom - line)], fill=ink)
     draw.ellipse((size * 0.62, size * 0.32, size * 0.72, size * 0.42), fill=ink)
-    crack = [(size * 0.55, top - line), (size * 0.48, size * 0.45), (size * 0.58, size * 0.55),
-             (size * 0.5, bottom + line)]
+    crack = [
+        (size * 0.55, top - line),
+        (size * 0.48, size * 0.45),
+        (size * 0.58, size * 0.55),
+        (size * 0.5, bottom + line),
+    ]
     draw.line(crack, fill=background, width=max(2, line * 2), joint="curve")
     return image
 

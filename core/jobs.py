@@ -199,7 +199,10 @@ def comparison_job(**comparison_kwargs) -> JobTarget:
             context.set_current(f"{label}, split {config.split} (run {len(started)})")
 
         records = run_comparison(
-            **comparison_kwargs, progress=context.progress, on_run_start=on_run_start, on_run=lambda r: context.add_run(r["id"])
+            **comparison_kwargs,
+            progress=context.progress,
+            on_run_start=on_run_start,
+            on_run=lambda r: context.add_run(r["id"]),
         )
         return [r["id"] for r in records]
 
@@ -207,7 +210,13 @@ def comparison_job(**comparison_kwargs) -> JobTarget:
 
 
 def extraction_job(
-    *, dataset: str, backbone: str, workspace, weights: str = "pretrained", device: str = "auto", precision: str = "auto",
+    *,
+    dataset: str,
+    backbone: str,
+    workspace,
+    weights: str = "pretrained",
+    device: str = "auto",
+    precision: str = "auto",
 ) -> JobTarget:
     """A job target extracting and caching every feature variant of ``backbone`` for ``dataset`` (a dataset key).
 
@@ -219,10 +228,21 @@ def extraction_job(
 
     def target(context: JobContext) -> dict:
         context.set_current(f"{backbone} ({weights}) features of {dataset}")
-        result = extract_features(load_dataset(dataset, workspace), backbone, workspace=workspace, weights=weights,
-                                  device=device, precision=precision, progress=context.progress)
-        return {"images": len(result.rows), "skipped": len(result.skipped), "from_cache": result.from_cache,
-                "cache_path": str(result.cache_path)}
+        result = extract_features(
+            load_dataset(dataset, workspace),
+            backbone,
+            workspace=workspace,
+            weights=weights,
+            device=device,
+            precision=precision,
+            progress=context.progress,
+        )
+        return {
+            "images": len(result.rows),
+            "skipped": len(result.skipped),
+            "from_cache": result.from_cache,
+            "cache_path": str(result.cache_path),
+        }
 
     return target
 

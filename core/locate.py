@@ -79,8 +79,8 @@ class RunFiles:
         root, data_root = self.dataset_root, self.workspace.data_root.resolve()
         anchor = root.relative_to(data_root).parts if root.is_relative_to(data_root) else (root.name,)
         parts = path.parts
-        starts = [i for i in range(len(parts) - len(anchor)) if parts[i:i + len(anchor)] == anchor]
-        return _legacy(path, root.joinpath(*parts[starts[-1] + len(anchor):])) if starts else path
+        starts = [i for i in range(len(parts) - len(anchor)) if parts[i : i + len(anchor)] == anchor]
+        return _legacy(path, root.joinpath(*parts[starts[-1] + len(anchor) :])) if starts else path
 
     def images(self, recorded: list[str]) -> list[Path]:
         """``image`` of each recorded path, in order."""

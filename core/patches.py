@@ -234,16 +234,20 @@ def patch_pca(grids: list[PatchGrid]) -> PatchPca:
     first, start = [], 0
     for g in grids:
         size = g.grid[0] * g.grid[1]
-        first.append(scaled[start:start + size].reshape(g.grid))
+        first.append(scaled[start : start + size].reshape(g.grid))
         start += size
     inner = scaled[~borders] if (~borders).any() else scaled
-    return PatchPca(first=first, flipped=flipped, border_mean=float(scaled[borders].mean()), inner_mean=float(inner.mean()))
+    return PatchPca(
+        first=first, flipped=flipped, border_mean=float(scaled[borders].mean()), inner_mean=float(inner.mean())
+    )
 
 
 def foreground_masks(pca: PatchPca, *, threshold: float) -> list[np.ndarray]:
     """Per image, boolean (rows, cols): patches whose scaled first component is above ``threshold`` (0-1)."""
     if not 0.0 <= threshold <= 1.0:
-        raise FlowerProbeError(f"threshold must be from 0 to 1 (the first component scaled to that range); got {threshold}.")
+        raise FlowerProbeError(
+            f"threshold must be from 0 to 1 (the first component scaled to that range); got {threshold}."
+        )
     return [first > threshold for first in pca.first]
 
 
@@ -259,7 +263,7 @@ def foreground_rgb(grids: list[PatchGrid], masks: list[np.ndarray]) -> list[np.n
     start = 0
     for rgb, mask in zip(out, masks):
         count = int(mask.sum())
-        rgb[mask] = colours[start:start + count]
+        rgb[mask] = colours[start : start + count]
         start += count
     return out
 
@@ -304,19 +308,28 @@ def patch_views(grids: list[PatchGrid], *, threshold: float = DEFAULT_THRESHOLD)
     for grid, first, mask, rgb in zip(grids, pca.first, masks, colours):
         size = grid.crop.size
         dim = np.asarray(_upsample(np.where(mask[..., None], 255, 64).astype(np.uint8).repeat(3, axis=2), size)) / 255
-        views.append(PatchView(
-            name=grid.name, crop=grid.crop, heat=_upsample(_heat_colours(first), size),
-            mask=Image.fromarray((np.asarray(grid.crop) * dim).round().astype(np.uint8)),
-            rgb=_upsample((rgb * 255).round().astype(np.uint8), size), foreground=mask, grid=grid.grid, kind=grid.kind,
-        ))
+        views.append(
+            PatchView(
+                name=grid.name,
+                crop=grid.crop,
+                heat=_upsample(_heat_colours(first), size),
+                mask=Image.fromarray((np.asarray(grid.crop) * dim).round().astype(np.uint8)),
+                rgb=_upsample((rgb * 255).round().astype(np.uint8), size),
+                foreground=mask,
+                grid=grid.grid,
+                kind=grid.kind,
+            )
+        )
     return views, pca
 
 
 def sign_note(pca: PatchPca) -> str:
     """One sentence on the sign check, for captions and the CLI."""
     turned = "reversed" if pca.flipped else "kept"
-    return (f"Sign check: the first component's sign was {turned} so that border patches score low (background): "
-            f"border mean {pca.border_mean:.2f}, inner mean {pca.inner_mean:.2f} on a 0-1 scale.")
+    return (
+        f"Sign check: the first component's sign was {turned} so that border patches score low (background): "
+        f"border mean {pca.border_mean:.2f}, inner mean {pca.inner_mean:.2f} on a 0-1 scale."
+    )
 
 
 def view_sheet(view: PatchView) -> Image.Image:

@@ -9,8 +9,8 @@ One unreadable file never fails a batch: it comes back as a ``Prediction`` whose
 one-line reason, and the other files are classified. Each prediction also says whether the image looks
 like no training image (``Prediction.unfamiliar``): its nearest training neighbour is farther than
 ``Predictor.unfamiliar_distance``, the far-out fence of the training-to-training nearest-neighbour
-distances, so a confident top class on a foreign photo comes with a warning. Nothing is written anywhere; uploads stay in
-memory. Also here: small pure helpers the page uses on run records and results (default run,
+distances, so a confident top class on a foreign photo comes with a warning. Nothing is written
+anywhere; uploads stay in memory. Also here: small pure helpers the page uses on run records and results (default run,
 summary rows; their CSV goes through ``core.export.csv_text``).
 """
 
@@ -117,7 +117,9 @@ class Prediction:
 
 def _check_run_id(run_id: object) -> int:
     if isinstance(run_id, bool) or not isinstance(run_id, (int, np.integer)) or run_id < 1:
-        raise FlowerProbeError(f"run_id must be a positive whole number (a run id from the Compare page), got {run_id!r}.")
+        raise FlowerProbeError(
+            f"run_id must be a positive whole number (a run id from the Compare page), got {run_id!r}."
+        )
     return int(run_id)
 
 
@@ -126,7 +128,8 @@ def _head_file(run: dict, workspace: Workspace) -> Path:
     path = RunFiles(run, workspace).head
     if path is None or not path.is_file():
         raise MissingFileError(
-            f"The head of run {run['id']} ({path.name if path else 'no file recorded'}) is not in {workspace.heads_dir}; it was "
+            f"The head of run {run['id']} ({path.name if path else 'no file recorded'}) "
+            f"is not in {workspace.heads_dir}; it was "
             f"deleted or the workspace is incomplete. Train the run again."
         )
     return path
@@ -196,7 +199,9 @@ def unfamiliar_threshold(reference_features: np.ndarray) -> float:
 
 def _training_features(run: dict, dataset: Dataset, workspace: Workspace, precision: str):
     """The run's cached features: its recorded file, else the cache an extraction of its settings writes now."""
-    entry = CacheEntry.of(dataset, run["backbone"], workspace=workspace, weights_tag=run["weights_tag"], precision=precision)
+    entry = CacheEntry.of(
+        dataset, run["backbone"], workspace=workspace, weights_tag=run["weights_tag"], precision=precision
+    )
     for path in (RunFiles(run, workspace).features, entry.folder):
         if path is None:
             continue
@@ -207,8 +212,14 @@ def _training_features(run: dict, dataset: Dataset, workspace: Workspace, precis
     raise FeaturesMissingError(
         f"Run {run['id']}'s training features ({run['backbone']} on {dataset.name}) are no longer cached; they must be "
         f"extracted again before it can classify.",
-        extraction={"dataset": dataset, "backbone": run["backbone"], "workspace": workspace, "weights": run["weights"],
-                    "precision": precision, "variant": run.get("features")},
+        extraction={
+            "dataset": dataset,
+            "backbone": run["backbone"],
+            "workspace": workspace,
+            "weights": run["weights"],
+            "precision": precision,
+            "variant": run.get("features"),
+        },
     )
 
 
@@ -221,8 +232,16 @@ class Predictor:
     """
 
     def __init__(
-        self, *, run: dict, model: torch.nn.Module, head: torch.nn.Module, device: torch.device, precision: str,
-        dataset: Dataset, reference_features: np.ndarray, reference_rows: np.ndarray,
+        self,
+        *,
+        run: dict,
+        model: torch.nn.Module,
+        head: torch.nn.Module,
+        device: torch.device,
+        precision: str,
+        dataset: Dataset,
+        reference_features: np.ndarray,
+        reference_rows: np.ndarray,
     ) -> None:
         self.run = run
         self.model = model
@@ -240,8 +259,14 @@ class Predictor:
 
     @classmethod
     def from_run(
-        cls, run_id: int, *, workspace: Workspace, device: str = "auto", progress: ProgressCallback | None = None,
-        backbone_loader: BackboneLoader | None = None, extract_missing: bool = False,
+        cls,
+        run_id: int,
+        *,
+        workspace: Workspace,
+        device: str = "auto",
+        progress: ProgressCallback | None = None,
+        backbone_loader: BackboneLoader | None = None,
+        extract_missing: bool = False,
     ) -> Predictor:
         """Load completed run ``run_id`` of ``workspace``'s registry.
 
@@ -269,7 +294,9 @@ class Predictor:
         """
         run = RunRegistry(workspace.registry_path).get_run(_check_run_id(run_id))
         if run["status"] != "completed":
-            raise FlowerProbeError(f"Run {run['id']} is {run['status']}; only a completed run has a trained head to classify with.")
+            raise FlowerProbeError(
+                f"Run {run['id']} is {run['status']}; only a completed run has a trained head to classify with."
+            )
         _check_weights(run, workspace, progress)
         dataset = load_dataset(run["dataset_key"], workspace)
         _check_dataset(run, dataset)
@@ -289,8 +316,14 @@ class Predictor:
         else:
             model = backbone_loader(run)
         return cls(
-            run=run, model=prepare_model(model, device=torch_device, precision=precision), head=head, device=torch_device, precision=precision, dataset=dataset,
-            reference_features=reference_features, reference_rows=reference_rows,
+            run=run,
+            model=prepare_model(model, device=torch_device, precision=precision),
+            head=head,
+            device=torch_device,
+            precision=precision,
+            dataset=dataset,
+            reference_features=reference_features,
+            reference_rows=reference_rows,
         )
 
     @property
@@ -330,7 +363,7 @@ class Predictor:
             raise FlowerProbeError(f"neighbours must be a positive whole number, got {neighbours!r}.")
         results: list[Prediction] = []
         for start in range(0, len(images), _CHUNK):
-            results.extend(self._predict_chunk(images[start:start + _CHUNK], neighbours=neighbours))
+            results.extend(self._predict_chunk(images[start : start + _CHUNK], neighbours=neighbours))
         return results
 
     def _predict_chunk(self, images: Sequence[tuple[str, ImageSource]], *, neighbours: int) -> list[Prediction]:
@@ -361,8 +394,11 @@ class Predictor:
         # compute_features takes any iterable of (images, rows, errors) batches: one in-memory batch
         # goes through the very forward (device, autocast, dtype) that made the training features.
         features, _, _ = compute_features(
-            self.model, [(batch, torch.arange(len(batch)), [""] * len(batch))], device=self.device,
-            precision=self.precision, total=len(batch),
+            self.model,
+            [(batch, torch.arange(len(batch)), [""] * len(batch))],
+            device=self.device,
+            precision=self.precision,
+            total=len(batch),
         )
         return features
 
@@ -374,7 +410,12 @@ class Predictor:
         return torch.softmax(logits, dim=1).numpy()
 
     def _prediction(
-        self, name: str, features: np.ndarray, probabilities: np.ndarray, nearest: np.ndarray, distances: np.ndarray,
+        self,
+        name: str,
+        features: np.ndarray,
+        probabilities: np.ndarray,
+        nearest: np.ndarray,
+        distances: np.ndarray,
         preview: Image.Image,
     ) -> Prediction:
         order = np.argsort(-probabilities, kind="stable")[:TOP_K]
@@ -386,8 +427,10 @@ class Predictor:
             features=features,
             neighbours=tuple(
                 Neighbour(
-                    path=self.dataset.image_paths[self.reference_rows[j]], class_name=self.class_names[labels[j]],
-                    distance=float(d), row=int(self.reference_rows[j]),
+                    path=self.dataset.image_paths[self.reference_rows[j]],
+                    class_name=self.class_names[labels[j]],
+                    distance=float(d),
+                    row=int(self.reference_rows[j]),
                 )
                 for j, d in zip(nearest, distances)
             ),
@@ -415,10 +458,12 @@ def summary_rows(predictions: Sequence[Prediction]) -> list[dict]:
     distance, whether it looks unfamiliar, error. Values are None where an unreadable image has none."""
     return [
         {
-            "file": p.name, "predicted class": p.predicted_class, "confidence": p.confidence,
+            "file": p.name,
+            "predicted class": p.predicted_class,
+            "confidence": p.confidence,
             "nearest training distance": p.neighbours[0].distance if p.neighbours else None,
-            "unfamiliar": p.unfamiliar if p.ok else None, "error": p.error,
+            "unfamiliar": p.unfamiliar if p.ok else None,
+            "error": p.error,
         }
         for p in predictions
     ]
-

@@ -38,12 +38,16 @@ class ComparisonPreset:
 
 
 REFERENCE = ComparisonPreset(
-    title="Reference: DINOv2 ViT-S/14 vs ResNet-50 on Oxford 17", dataset="oxford17", backbones=("dinov2_vits14", "resnet50"),
+    title="Reference: DINOv2 ViT-S/14 vs ResNet-50 on Oxford 17",
+    dataset="oxford17",
+    backbones=("dinov2_vits14", "resnet50"),
 )
 OFFLINE_DEMO = ComparisonPreset(
-    title="Offline demo: EfficientNet-Lite0 pretrained vs random weights on Synthetic Flowers", dataset="synthetic",
+    title="Offline demo: EfficientNet-Lite0 pretrained vs random weights on Synthetic Flowers",
+    dataset="synthetic",
     backbones=("efficientnet_lite0", "efficientnet_lite0@random"),
 )
 OFFLINE_DEMO_RANDOM_RESNET = OFFLINE_DEMO.with_backbones(
-    "resnet50@random", title="Offline demo: EfficientNet-Lite0 pretrained vs random, and a random ResNet-50, on Synthetic Flowers",
+    "resnet50@random",
+    title="Offline demo: EfficientNet-Lite0 pretrained vs random, and a random ResNet-50, on Synthetic Flowers",
 )

@@ -103,18 +103,31 @@ class ProbeResult:
     seconds: float
     test_loss: float | None = None  # cross-entropy where the probe has probabilities (mlp, linear, logreg)
     epochs: list[dict] = field(default_factory=list)  # per-epoch metrics (mlp)
-    head_config: HeadConfig | None = None  # the head as core.training builds it, when the probe is one (mlp, linear, logreg)
+    head_config: HeadConfig | None = (
+        None  # the head as core.training builds it, when the probe is one (mlp, linear, logreg)
+    )
     head_state: dict | None = None  # its weights (safetensors-ready tensors)
 
     def record_metrics(self) -> dict:
         """What a run record keeps beyond top-1 (the registry's ``metrics``)."""
-        return metrics_record(self.test, valid_accuracy=self.valid_accuracy, hyperparameter=self.hyperparameter, standardised=self.standardised)
+        return metrics_record(
+            self.test,
+            valid_accuracy=self.valid_accuracy,
+            hyperparameter=self.hyperparameter,
+            standardised=self.standardised,
+        )
 
 
 def metrics_record(test: TestMetrics, *, valid_accuracy: float, hyperparameter: dict, standardised: bool) -> dict:
     """The registry's ``metrics`` of a run: top-1's interval, top-5, mean per-class accuracy, the validation choice."""
-    return {"test_acc_ci": list(test.accuracy_interval), "top5": test.top5, "mean_class_acc": test.mean_class_accuracy,
-            "valid_acc": valid_accuracy, "hyperparameter": hyperparameter, "standardised": standardised}
+    return {
+        "test_acc_ci": list(test.accuracy_interval),
+        "top5": test.top5,
+        "mean_class_acc": test.mean_class_accuracy,
+        "valid_acc": valid_accuracy,
+        "hyperparameter": hyperparameter,
+        "standardised": standardised,
+    }
 
 
 Part = tuple[np.ndarray, np.ndarray]
@@ -138,8 +151,11 @@ def test_metrics(scores: np.ndarray, labels: np.ndarray, *, num_classes: int, se
     present = [a for a in per_class if a is not None]
     correct = predictions == labels
     return TestMetrics(
-        accuracy=float(correct.mean() * 100), accuracy_interval=bootstrap_interval(correct, seed=seed),
-        top5=top_k_accuracy(scores, labels, TOP_K), mean_class_accuracy=float(np.mean(present)), per_class_accuracy=per_class,
+        accuracy=float(correct.mean() * 100),
+        accuracy_interval=bootstrap_interval(correct, seed=seed),
+        top5=top_k_accuracy(scores, labels, TOP_K),
+        mean_class_accuracy=float(np.mean(present)),
+        per_class_accuracy=per_class,
         confusion=confusion,
     )
 
@@ -159,10 +175,14 @@ def check_parts(train: Part, valid: Part, test: Part, *, num_classes: int) -> No
     for name, (features, labels) in (("train", train), ("valid", valid), ("test", test)):
         features, labels = np.asarray(features), np.asarray(labels)
         if features.ndim != 2 or len(features) == 0 or len(features) != len(labels):
-            raise FlowerProbeError(f"the {name} part needs features of shape (n, dim) with n >= 1 and one label each, "
-                                   f"got features {features.shape} and {labels.shape} labels.")
+            raise FlowerProbeError(
+                f"the {name} part needs features of shape (n, dim) with n >= 1 and one label each, "
+                f"got features {features.shape} and {labels.shape} labels."
+            )
         if labels.min() < 0 or labels.max() >= num_classes:
-            raise FlowerProbeError(f"{name} labels must lie in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}.")
+            raise FlowerProbeError(
+                f"{name} labels must lie in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}."
+            )
         if not np.isfinite(features).all():
             raise FlowerProbeError(f"the {name} features hold NaN or infinite values; the backbone's output is broken.")
         dims.add(features.shape[1])
@@ -207,20 +227,39 @@ def _log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
 # ----------------------------------------------------------------------------------------------- probes
 
 
-def mlp_probe(train: Part, valid: Part, test: Part, *, num_classes: int, config: HeadConfig = HeadConfig(), seed: int = 0,
-              progress: ProgressCallback | None = None) -> ProbeResult:
+def mlp_probe(
+    train: Part,
+    valid: Part,
+    test: Part,
+    *,
+    num_classes: int,
+    config: HeadConfig = HeadConfig(),
+    seed: int = 0,
+    progress: ProgressCallback | None = None,
+) -> ProbeResult:
     """The reference head (``core.training.train_head``) unchanged; its hyperparameter: the best epoch on validation."""
     check_parts(train, valid, test, num_classes=num_classes)
     with _one_thread():
         result = train_head(train, valid, test, num_classes=num_classes, config=config, progress=progress)
     best = result.epochs[result.best_epoch - 1]
     return ProbeResult(
-        protocol="mlp", hyperparameter={"name": "epoch", "value": result.best_epoch}, valid_accuracy=best.valid_acc,
-        scores=result.test.probabilities, predictions=result.test.predictions, labels=result.test.labels,
+        protocol="mlp",
+        hyperparameter={"name": "epoch", "value": result.best_epoch},
+        valid_accuracy=best.valid_acc,
+        scores=result.test.probabilities,
+        predictions=result.test.predictions,
+        labels=result.test.labels,
         # The reference's own top-1 (torch, float32) is the number recorded: the reference's numbers do not move.
-        test=replace(test_metrics(result.test.probabilities, result.test.labels, num_classes=num_classes, seed=seed), accuracy=result.test.accuracy),
-        standardised=config.standardise, seconds=result.seconds, test_loss=result.test.loss,
-        epochs=[e.__dict__ for e in result.epochs], head_config=config, head_state=result.state_dict,
+        test=replace(
+            test_metrics(result.test.probabilities, result.test.labels, num_classes=num_classes, seed=seed),
+            accuracy=result.test.accuracy,
+        ),
+        standardised=config.standardise,
+        seconds=result.seconds,
+        test_loss=result.test.loss,
+        epochs=[e.__dict__ for e in result.epochs],
+        head_config=config,
+        head_state=result.state_dict,
     )
 
 
@@ -242,7 +281,9 @@ def cross_entropy_gradient(logits: np.ndarray, labels: np.ndarray) -> np.ndarray
     return gradient / len(labels)
 
 
-def _stacked_linear_training(x: np.ndarray, y: np.ndarray, *, num_classes: int, config: LinearConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _stacked_linear_training(
+    x: np.ndarray, y: np.ndarray, *, num_classes: int, config: LinearConfig, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Train one linear head per learning rate at once; returns weights (n_lr, dim, classes) and biases (n_lr, classes).
 
     The heads sit side by side in one (dim, n_lr * classes) matrix, so a batch's forward for all of them is one
@@ -254,13 +295,15 @@ def _stacked_linear_training(x: np.ndarray, y: np.ndarray, *, num_classes: int, 
     bound = 1 / math.sqrt(dim)  # nn.Linear's initialisation
     weight = rng.uniform(-bound, bound, size=(dim, n_heads * num_classes)).astype(np.float32)
     bias = rng.uniform(-bound, bound, size=n_heads * num_classes).astype(np.float32)
-    base_lr = np.repeat(np.asarray(config.learning_rates, np.float32) * config.batch_size / 256, num_classes)  # DINOv2's scaling
+    base_lr = np.repeat(
+        np.asarray(config.learning_rates, np.float32) * config.batch_size / 256, num_classes
+    )  # DINOv2's scaling
     velocity_weight, velocity_bias = np.zeros_like(weight), np.zeros_like(bias)
     total_steps, step = config.epochs * math.ceil(len(x) / config.batch_size), 0
     for _ in range(config.epochs):
         order = rng.permutation(len(x))
         for start in range(0, len(x), config.batch_size):
-            batch = order[start:start + config.batch_size]
+            batch = order[start : start + config.batch_size]
             logits = (x[batch] @ weight + bias).reshape(len(batch), n_heads, num_classes)
             gradient = cross_entropy_gradient(logits, y[batch]).reshape(len(batch), -1)
             lr = base_lr * np.float32(0.5 * (1 + math.cos(math.pi * step / total_steps)))
@@ -272,7 +315,9 @@ def _stacked_linear_training(x: np.ndarray, y: np.ndarray, *, num_classes: int, 
     return weight.reshape(dim, n_heads, num_classes).transpose(1, 0, 2), bias.reshape(n_heads, num_classes)
 
 
-def linear_probe(train: Part, valid: Part, test: Part, *, num_classes: int, config: LinearConfig = LinearConfig(), seed: int = 0) -> ProbeResult:
+def linear_probe(
+    train: Part, valid: Part, test: Part, *, num_classes: int, config: LinearConfig = LinearConfig(), seed: int = 0
+) -> ProbeResult:
     """Linear layers for a grid of learning rates trained together; the best on validation is tested once."""
     check_parts(train, valid, test, num_classes=num_classes)
     if not config.learning_rates or any(not lr > 0 for lr in config.learning_rates):
@@ -280,7 +325,9 @@ def linear_probe(train: Part, valid: Part, test: Part, *, num_classes: int, conf
     started = time.perf_counter()
     x_train, x_valid, x_test = (np.ascontiguousarray(p[0], dtype=np.float32) for p in (train, valid, test))
     with _one_thread(), np.errstate(over="ignore", invalid="ignore"):  # a diverging rate overflows; it is dropped below
-        weight, bias = _stacked_linear_training(x_train, np.asarray(train[1]), num_classes=num_classes, config=config, seed=seed)
+        weight, bias = _stacked_linear_training(
+            x_train, np.asarray(train[1]), num_classes=num_classes, config=config, seed=seed
+        )
         valid_logits = np.einsum("nd,hdc->hnc", x_valid, weight) + bias[:, None, :]
     y_valid = np.asarray(valid[1])
     keys = []
@@ -289,21 +336,36 @@ def linear_probe(train: Part, valid: Part, test: Part, *, num_classes: int, conf
         keys.append((_accuracy(logits, y_valid), -_log_loss(_softmax(logits), y_valid)) if finite else (-1.0, -np.inf))
     best = max(range(len(keys)), key=lambda i: keys[i])  # highest valid accuracy, ties to the lower valid loss
     if keys[best][0] < 0:
-        raise FlowerProbeError("every learning rate of the linear probe diverged on these features; "
-                               "try the logreg probe (it standardises).")
+        raise FlowerProbeError(
+            "every learning rate of the linear probe diverged on these features; "
+            "try the logreg probe (it standardises)."
+        )
     scores = _softmax(x_test @ weight[best] + bias[best])
     labels = np.asarray(test[1])
     # Stored as nn.Linear's (classes, dim) weight, so core.training's linear head loads it for predictions.
-    head_state = {"weight": torch.as_tensor(np.ascontiguousarray(weight[best].T)), "bias": torch.as_tensor(np.ascontiguousarray(bias[best]))}
+    head_state = {
+        "weight": torch.as_tensor(np.ascontiguousarray(weight[best].T)),
+        "bias": torch.as_tensor(np.ascontiguousarray(bias[best])),
+    }
     return ProbeResult(
-        protocol="linear", hyperparameter={"name": "lr", "value": config.learning_rates[best]}, valid_accuracy=keys[best][0],
-        scores=scores, predictions=scores.argmax(axis=1), labels=labels, test=test_metrics(scores, labels, num_classes=num_classes, seed=seed),
-        standardised=False, seconds=time.perf_counter() - started, test_loss=_log_loss(scores, labels),
-        head_config=HeadConfig(head="linear"), head_state=head_state,
+        protocol="linear",
+        hyperparameter={"name": "lr", "value": config.learning_rates[best]},
+        valid_accuracy=keys[best][0],
+        scores=scores,
+        predictions=scores.argmax(axis=1),
+        labels=labels,
+        test=test_metrics(scores, labels, num_classes=num_classes, seed=seed),
+        standardised=False,
+        seconds=time.perf_counter() - started,
+        test_loss=_log_loss(scores, labels),
+        head_config=HeadConfig(head="linear"),
+        head_state=head_state,
     )
 
 
-def logreg_probe(train: Part, valid: Part, test: Part, *, num_classes: int, config: LogregConfig = LogregConfig(), seed: int = 0) -> ProbeResult:
+def logreg_probe(
+    train: Part, valid: Part, test: Part, *, num_classes: int, config: LogregConfig = LogregConfig(), seed: int = 0
+) -> ProbeResult:
     """scikit-learn L-BFGS logistic regression on standardised features, C chosen on validation, test once."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
@@ -336,13 +398,25 @@ def logreg_probe(train: Part, valid: Part, test: Part, *, num_classes: int, conf
     else:
         weight[best_model.classes_], bias[best_model.classes_] = best_model.coef_, best_model.intercept_
     # The same model as core.training's standardised linear head, so predictions can load it.
-    head_state = {"0.mean": torch.as_tensor(scaler.mean_, dtype=torch.float32), "0.std": torch.as_tensor(scaler.scale_, dtype=torch.float32),
-                  "1.weight": torch.as_tensor(weight), "1.bias": torch.as_tensor(bias)}
+    head_state = {
+        "0.mean": torch.as_tensor(scaler.mean_, dtype=torch.float32),
+        "0.std": torch.as_tensor(scaler.scale_, dtype=torch.float32),
+        "1.weight": torch.as_tensor(weight),
+        "1.bias": torch.as_tensor(bias),
+    }
     return ProbeResult(
-        protocol="logreg", hyperparameter={"name": "C", "value": float(best_model.C)}, valid_accuracy=best_key[0],
-        scores=scores, predictions=scores.argmax(axis=1), labels=labels, test=test_metrics(scores, labels, num_classes=num_classes, seed=seed),
-        standardised=True, seconds=time.perf_counter() - started, test_loss=_log_loss(scores, labels),
-        head_config=HeadConfig(head="linear", standardise=True), head_state=head_state,
+        protocol="logreg",
+        hyperparameter={"name": "C", "value": float(best_model.C)},
+        valid_accuracy=best_key[0],
+        scores=scores,
+        predictions=scores.argmax(axis=1),
+        labels=labels,
+        test=test_metrics(scores, labels, num_classes=num_classes, seed=seed),
+        standardised=True,
+        seconds=time.perf_counter() - started,
+        test_loss=_log_loss(scores, labels),
+        head_config=HeadConfig(head="linear", standardise=True),
+        head_state=head_state,
     )
 
 
@@ -353,18 +427,32 @@ def _expand_classes(probabilities: np.ndarray, classes: np.ndarray, num_classes:
     return full
 
 
-def knn_votes(train_features: np.ndarray, train_labels: np.ndarray, query_features: np.ndarray, *, num_classes: int,
-              ks: tuple[int, ...], temperature: float) -> dict[int, np.ndarray]:
+def knn_votes(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    query_features: np.ndarray,
+    *,
+    num_classes: int,
+    ks: tuple[int, ...],
+    temperature: float,
+) -> dict[int, np.ndarray]:
     """DINOv2's weighted vote for each k: ``{k: votes of shape (n_query, num_classes)}``, each row summing to 1.
 
     The top ``max(ks)`` neighbours are found once; each smaller k uses their prefix.
     """
     similarity = _l2_normalised(query_features) @ _l2_normalised(train_features).T  # cosine, (n_query, n_train)
     k_max = max(ks)
-    neighbours = np.argpartition(-similarity, k_max - 1, axis=1)[:, :k_max] if k_max < similarity.shape[1] else np.tile(np.arange(similarity.shape[1]), (len(similarity), 1))
+    neighbours = (
+        np.argpartition(-similarity, k_max - 1, axis=1)[:, :k_max]
+        if k_max < similarity.shape[1]
+        else np.tile(np.arange(similarity.shape[1]), (len(similarity), 1))
+    )
     top_similarity = np.take_along_axis(similarity, neighbours, axis=1)
     order = np.argsort(-top_similarity, axis=1, kind="stable")
-    neighbours, top_similarity = np.take_along_axis(neighbours, order, axis=1), np.take_along_axis(top_similarity, order, axis=1)
+    neighbours, top_similarity = (
+        np.take_along_axis(neighbours, order, axis=1),
+        np.take_along_axis(top_similarity, order, axis=1),
+    )
     # Weights exp(s / T) relative to the nearest neighbour's: the same vote, without overflow at T = 0.07.
     weights = np.exp((top_similarity - top_similarity[:, :1]) / temperature)
     one_hot = np.eye(num_classes)[train_labels[neighbours]]  # (n_query, k_max, classes)
@@ -372,32 +460,54 @@ def knn_votes(train_features: np.ndarray, train_labels: np.ndarray, query_featur
     return {k: cumulative[:, k - 1] / cumulative[:, k - 1].sum(axis=1, keepdims=True) for k in ks}
 
 
-def knn_probe(train: Part, valid: Part, test: Part, *, num_classes: int, ks: tuple[int, ...] = KNN_KS, temperature: float = KNN_TEMPERATURE,
-              seed: int = 0) -> ProbeResult:
+def knn_probe(
+    train: Part,
+    valid: Part,
+    test: Part,
+    *,
+    num_classes: int,
+    ks: tuple[int, ...] = KNN_KS,
+    temperature: float = KNN_TEMPERATURE,
+    seed: int = 0,
+) -> ProbeResult:
     """DINOv2's weighted k-NN; k chosen on validation (ties to the smaller k), test once."""
     check_parts(train, valid, test, num_classes=num_classes)
     if not ks or any(not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
         raise FlowerProbeError(f"ks must be positive integers, got {ks!r}.")
     too_many = [k for k in ks if k > len(train[0])]
     if too_many:
-        raise FlowerProbeError(f"k must be at most the training set's size ({len(train[0])} images), got k = {too_many}.")
+        raise FlowerProbeError(
+            f"k must be at most the training set's size ({len(train[0])} images), got k = {too_many}."
+        )
     if not temperature > 0:
         raise FlowerProbeError(f"temperature must be a positive number, got {temperature!r}.")
     started = time.perf_counter()
     train_labels = np.asarray(train[1])
     with _one_thread():
-        valid_votes = knn_votes(train[0], train_labels, valid[0], num_classes=num_classes, ks=tuple(ks), temperature=temperature)
+        valid_votes = knn_votes(
+            train[0], train_labels, valid[0], num_classes=num_classes, ks=tuple(ks), temperature=temperature
+        )
         best = max(sorted(ks), key=lambda k: (_accuracy(valid_votes[k], np.asarray(valid[1])), -k))
-        scores = knn_votes(train[0], train_labels, test[0], num_classes=num_classes, ks=(best,), temperature=temperature)[best]
+        scores = knn_votes(
+            train[0], train_labels, test[0], num_classes=num_classes, ks=(best,), temperature=temperature
+        )[best]
     labels = np.asarray(test[1])
     return ProbeResult(
-        protocol="knn", hyperparameter={"name": "k", "value": int(best)}, valid_accuracy=_accuracy(valid_votes[best], np.asarray(valid[1])),
-        scores=scores, predictions=scores.argmax(axis=1), labels=labels, test=test_metrics(scores, labels, num_classes=num_classes, seed=seed),
-        standardised=False, seconds=time.perf_counter() - started,
+        protocol="knn",
+        hyperparameter={"name": "k", "value": int(best)},
+        valid_accuracy=_accuracy(valid_votes[best], np.asarray(valid[1])),
+        scores=scores,
+        predictions=scores.argmax(axis=1),
+        labels=labels,
+        test=test_metrics(scores, labels, num_classes=num_classes, seed=seed),
+        standardised=False,
+        seconds=time.perf_counter() - started,
     )
 
 
-def ncm_scores(train_features: np.ndarray, train_labels: np.ndarray, query_features: np.ndarray, *, num_classes: int) -> np.ndarray:
+def ncm_scores(
+    train_features: np.ndarray, train_labels: np.ndarray, query_features: np.ndarray, *, num_classes: int
+) -> np.ndarray:
     """Softmax over classes of minus the squared distance from each L2-normalised query to each class mean.
 
     Distances rank the classes (the nearest mean is the prediction); the softmax only makes rows sum to 1
@@ -422,9 +532,15 @@ def ncm_probe(train: Part, valid: Part, test: Part, *, num_classes: int, seed: i
         scores = ncm_scores(train[0], train_labels, test[0], num_classes=num_classes)
     labels = np.asarray(test[1])
     return ProbeResult(
-        protocol="ncm", hyperparameter={"name": None, "value": None}, valid_accuracy=_accuracy(valid_scores, np.asarray(valid[1])),
-        scores=scores, predictions=scores.argmax(axis=1), labels=labels, test=test_metrics(scores, labels, num_classes=num_classes, seed=seed),
-        standardised=False, seconds=time.perf_counter() - started,
+        protocol="ncm",
+        hyperparameter={"name": None, "value": None},
+        valid_accuracy=_accuracy(valid_scores, np.asarray(valid[1])),
+        scores=scores,
+        predictions=scores.argmax(axis=1),
+        labels=labels,
+        test=test_metrics(scores, labels, num_classes=num_classes, seed=seed),
+        standardised=False,
+        seconds=time.perf_counter() - started,
     )
 
 
@@ -432,12 +548,23 @@ def check_protocols(protocols: list[str] | tuple[str, ...]) -> list[str]:
     """The protocol names, validated; an unknown one names the allowed ones."""
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown or not protocols:
-        raise FlowerProbeError(f"protocols must be among {', '.join(PROTOCOLS)}, got {', '.join(map(str, protocols)) or 'none'}.")
+        raise FlowerProbeError(
+            f"protocols must be among {', '.join(PROTOCOLS)}, got {', '.join(map(str, protocols)) or 'none'}."
+        )
     return list(dict.fromkeys(protocols))
 
 
-def run_probe(protocol: str, train: Part, valid: Part, test: Part, *, num_classes: int, config: ProbeConfig = ProbeConfig(), seed: int = 0,
-              progress: ProgressCallback | None = None) -> ProbeResult:
+def run_probe(
+    protocol: str,
+    train: Part,
+    valid: Part,
+    test: Part,
+    *,
+    num_classes: int,
+    config: ProbeConfig = ProbeConfig(),
+    seed: int = 0,
+    progress: ProgressCallback | None = None,
+) -> ProbeResult:
     """Run one probe by name with ``seed`` (the training seed of mlp and linear, the bootstrap's seed for all)."""
     check_protocols([protocol])
     if protocol == "mlp":
@@ -450,5 +577,7 @@ def run_probe(protocol: str, train: Part, valid: Part, test: Part, *, num_classe
     if protocol == "knn":
         # The grid's k values that fit this training set (few-shot sets are small); all of it when none does.
         ks = tuple(k for k in config.knn_ks if k <= len(train[0])) or (len(train[0]),)
-        return knn_probe(train, valid, test, num_classes=num_classes, ks=ks, temperature=config.knn_temperature, seed=seed)
+        return knn_probe(
+            train, valid, test, num_classes=num_classes, ks=ks, temperature=config.knn_temperature, seed=seed
+        )
     return ncm_probe(train, valid, test, num_classes=num_classes, seed=seed)

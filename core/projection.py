@@ -92,7 +92,11 @@ def _tsne_sklearn(features: np.ndarray, *, perplexity: float, seed: int) -> np.n
     # scikit-learn's Barnes-Hut gradient runs on OpenMP threads that n_jobs does not limit
     with threadpool_limits(limits=_TSNE_THREADS):
         return TSNE(
-            n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed,
+            n_components=2,
+            perplexity=perplexity,
+            init="pca",
+            learning_rate="auto",
+            random_state=seed,
             n_jobs=_TSNE_THREADS,
         ).fit_transform(features)
 
@@ -367,9 +371,7 @@ def check_map_params(method: str, params: MapParams, n_points: int) -> None:
     """Raise ``FlowerProbeError`` naming the parameter, its allowed range and the value when out of range."""
     check_map_method(method)
     if n_points < MIN_MAP_POINTS:
-        raise FlowerProbeError(
-            f"A map needs at least {MIN_MAP_POINTS} images; got {n_points}. Choose more images."
-        )
+        raise FlowerProbeError(f"A map needs at least {MIN_MAP_POINTS} images; got {n_points}. Choose more images.")
     if params.pca_components is not None and params.pca_components < 2:
         raise FlowerProbeError(f"pca_components must be None or at least 2; got {params.pca_components}.")
     if method == "tsne":
@@ -386,7 +388,8 @@ def check_map_params(method: str, params: MapParams, n_points: int) -> None:
 
 @dataclass(frozen=True)
 class _Linear:
-    """``(x - mean) @ components.T``: scikit-learn's PCA transform (no whitening), kept as arrays so it can be cached."""
+    """``(x - mean) @ components.T``: scikit-learn's PCA transform (no whitening), kept as arrays
+    so it can be cached."""
 
     mean: np.ndarray  # shape (dim,)
     components: np.ndarray  # shape (k, dim)
@@ -413,8 +416,14 @@ class FeatureMap:
     """
 
     def __init__(
-        self, *, method: str, params: MapParams, embedding: np.ndarray, reference: np.ndarray,
-        reducer: _Linear | None = None, model: object | None = None,
+        self,
+        *,
+        method: str,
+        params: MapParams,
+        embedding: np.ndarray,
+        reference: np.ndarray,
+        reducer: _Linear | None = None,
+        model: object | None = None,
     ) -> None:
         self.method = method
         self.params = params
@@ -470,8 +479,13 @@ def _fit_umap(matrix: np.ndarray, params: MapParams) -> _UmapFit:
     # random_state makes umap-learn single-threaded (n_jobs=1 says so) and reproducible; cosine as for
     # every neighbour search here.
     model = umap.UMAP(
-        n_components=2, n_neighbors=params.n_neighbors, min_dist=params.min_dist, metric="cosine",
-        random_state=params.seed, transform_seed=params.seed, n_jobs=1,
+        n_components=2,
+        n_neighbors=params.n_neighbors,
+        min_dist=params.min_dist,
+        metric="cosine",
+        random_state=params.seed,
+        transform_seed=params.seed,
+        n_jobs=1,
     )
     embedding = model.fit_transform(matrix)
     return _UmapFit(embedding=np.asarray(embedding, dtype=np.float64), model=model)
@@ -509,8 +523,11 @@ def fit_map(
         if params.pca_components is not None and dim > params.pca_components:
             reducer = _fit_linear(matrix, components=params.pca_components, seed=params.seed)
         embedding = tsne_embedding(
-            reducer(matrix) if reducer else matrix, perplexity=params.perplexity, pca_components=None,
-            seed=params.seed, progress=progress,
+            reducer(matrix) if reducer else matrix,
+            perplexity=params.perplexity,
+            pca_components=None,
+            seed=params.seed,
+            progress=progress,
         )
         result = FeatureMap(method=method, params=params, embedding=embedding, reference=matrix, reducer=reducer)
     else:
@@ -521,7 +538,12 @@ def fit_map(
         report(progress, "map", 1, 2, message=f"UMAP of {n_points:,} points: neighbour graph and layout")
         fitted = _fit_umap(reduced, params)
         result = FeatureMap(
-            method=method, params=params, embedding=fitted.embedding, reference=matrix, reducer=reducer, model=fitted.model
+            method=method,
+            params=params,
+            embedding=fitted.embedding,
+            reference=matrix,
+            reducer=reducer,
+            model=fitted.model,
         )
     report(progress, "map", 2, 2, message=f"{label} done")
     return result
@@ -531,8 +553,12 @@ def map_cache_key(features, *, method: str, params: MapParams) -> str:
     """Hex digest naming a map: the features' bytes and shape, the method and its parameters."""
     matrix = np.ascontiguousarray(features, dtype=np.float32)
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(json.dumps({"v": _MAP_FORMAT_VERSION, "method": method, "params": params.key(method),
-                              "shape": list(matrix.shape)}, sort_keys=True).encode())
+    digest.update(
+        json.dumps(
+            {"v": _MAP_FORMAT_VERSION, "method": method, "params": params.key(method), "shape": list(matrix.shape)},
+            sort_keys=True,
+        ).encode()
+    )
     digest.update(memoryview(matrix).cast("B"))
     return digest.hexdigest()
 
@@ -563,7 +589,11 @@ def _write_map(path: Path, feature_map: FeatureMap) -> None:
 
 
 def cached_map(
-    features, *, method: str = "tsne", params: MapParams = MapParams(), cache_dir: str | os.PathLike | None,
+    features,
+    *,
+    method: str = "tsne",
+    params: MapParams = MapParams(),
+    cache_dir: str | os.PathLike | None,
     progress: ProgressCallback | None = None,
 ) -> FeatureMap:
     """``fit_map``, remembered per (features, method, parameters) in this process and under ``cache_dir``.
@@ -592,7 +622,6 @@ def cached_map(
         while len(_memory) > _MEMORY_MAPS:
             _memory.popitem(last=False)
     return found
-
 
 
 # ----------------------------------------------------------------------------------------------- static figure
@@ -637,7 +666,9 @@ def map_png(embedding, labels, *, class_names, title: str) -> bytes:
     for (x, y), label in zip(positions, labels):
         px = margin + (x - low[0]) * scale + (plot_w - span[0] * scale) / 2
         py = top + plot_h - ((y - low[1]) * scale + (plot_h - span[1] * scale) / 2)  # y up, as on screen maps
-        draw.ellipse((px - _POINT_RADIUS, py - _POINT_RADIUS, px + _POINT_RADIUS, py + _POINT_RADIUS), fill=colours[label])
+        draw.ellipse(
+            (px - _POINT_RADIUS, py - _POINT_RADIUS, px + _POINT_RADIUS, py + _POINT_RADIUS), fill=colours[label]
+        )
     legend_x = width - _LEGEND_PX + margin
     for index, name in enumerate(class_names):
         y = top + index * 28

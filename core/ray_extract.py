@@ -73,8 +73,17 @@ def _decode(batch: dict[str, np.ndarray], *, backbone: str) -> dict[str, np.ndar
 class _ModelActor:
     """Ray Data actor: one backbone, kept for the actor's life; images -> every variant's features."""
 
-    def __init__(self, *, backbone: str, weights: str, workspace_root: str, data_root: str, precision: str,
-                 device: str, variants: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        *,
+        backbone: str,
+        weights: str,
+        workspace_root: str,
+        data_root: str,
+        precision: str,
+        device: str,
+        variants: tuple[str, ...],
+    ) -> None:
         from pathlib import Path
 
         from .backbones import build_backbone, get_config
@@ -86,13 +95,21 @@ class _ModelActor:
         # Every output batch carries every variant's column with its width, even a batch where no image decoded:
         # one forward on a blank image learns the widths.
         size = get_config(backbone).input_size
-        self.dims = {name: array.shape[1] for name, array in self._forward(np.zeros((1, 3, size, size), np.float32), [""]).items()}
+        self.dims = {
+            name: array.shape[1]
+            for name, array in self._forward(np.zeros((1, 3, size, size), np.float32), [""]).items()
+        }
 
     def _forward(self, images: np.ndarray, errors: list[str]) -> dict[str, np.ndarray]:
         rows = torch.arange(len(errors))
         loader = [(torch.from_numpy(np.ascontiguousarray(images)), rows, errors)]
         ((features, _, _),) = iter_feature_batches(
-            self.model, loader, device=self.device, precision=self.precision, total=len(errors), variants=self.variants,
+            self.model,
+            loader,
+            device=self.device,
+            precision=self.precision,
+            total=len(errors),
+            variants=self.variants,
         )
         return features
 
@@ -171,8 +188,9 @@ def extract_features_ray(
     source = resolve_weights(backbone, weights=weights, workspace=workspace, progress=progress)
     # Actors load the very file the driver resolved (no second download, the same weights tag).
     actor_weights = "random" if source.path is None else str(source.path)
-    entry = CacheEntry.of(dataset, backbone, workspace=workspace, weights_tag=source.tag, precision=chosen_precision,
-                          progress=progress)
+    entry = CacheEntry.of(
+        dataset, backbone, workspace=workspace, weights_tag=source.tag, precision=chosen_precision, progress=progress
+    )
     if workers is None:
         gpus = ray.cluster_resources().get("GPU", 0)
         workers = max(1, int(gpus // num_gpus_per_worker)) if num_gpus_per_worker > 0 else 1
@@ -183,17 +201,25 @@ def extract_features_ray(
         if not missing:
             return cache.manifest.get("device", described)
         n = len(dataset.image_paths)
-        items = [{"row": row, "path": str(dataset.image_paths[row])} for index in missing for row in cache.shard_rows(index)]
+        items = [
+            {"row": row, "path": str(dataset.image_paths[row])} for index in missing for row in cache.shard_rows(index)
+        ]
         with _ordered(ray):
             pipeline = (
                 ray.data.from_items(items)
                 .map_batches(_decode, batch_size=DECODE_BATCH, num_cpus=1, fn_kwargs={"backbone": backbone})
                 .map_batches(
-                    _ModelActor, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
+                    _ModelActor,
+                    batch_size=batch_size,
+                    compute=ray.data.ActorPoolStrategy(size=workers),
                     num_gpus=num_gpus_per_worker or None,
                     fn_constructor_kwargs={
-                        "backbone": backbone, "weights": actor_weights, "workspace_root": str(workspace.root),
-                        "data_root": str(workspace.data_root), "precision": chosen_precision, "device": device,
+                        "backbone": backbone,
+                        "weights": actor_weights,
+                        "workspace_root": str(workspace.root),
+                        "data_root": str(workspace.data_root),
+                        "precision": chosen_precision,
+                        "device": device,
                         "variants": entry.variants,
                     },
                 )
@@ -239,7 +265,9 @@ class _ShardBuffer:
         rows = np.concatenate([p["row"] for p in self.parts]).astype(np.int64)
         errors = [str(e) for p in self.parts for e in p["error"]]
         ok = np.asarray([not e for e in errors])
-        features = {name: np.concatenate([p[f"features-{k}"] for p in self.parts])[ok] for k, name in enumerate(self.variants)}
+        features = {
+            name: np.concatenate([p[f"features-{k}"] for p in self.parts])[ok] for k, name in enumerate(self.variants)
+        }
         skipped = [(str(self.dataset.image_paths[r]), e) for r, e in zip(rows, errors, strict=True) if e]
         self.cache.write_shard(index, features, rows[ok], skipped, seconds=seconds)
         self.parts, self.count = [], 0

@@ -81,7 +81,10 @@ CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status);
 _JSON_COLUMNS = ("class_names", "config", "versions", "timings", "per_class_acc", "confusion", "skipped", "metrics")
 # Columns added since the first schema (the probes, issue 10); a registry that lacks them gains them when opened.
 _ADDED_COLUMNS = (
-    ("protocol", "TEXT NOT NULL DEFAULT 'mlp'"),  # core.probes.PROTOCOLS; runs made before probes were the reference MLP head
+    (
+        "protocol",
+        "TEXT NOT NULL DEFAULT 'mlp'",
+    ),  # core.probes.PROTOCOLS; runs made before probes were the reference MLP head
     ("features", "TEXT"),  # the core.variants name; NULL (runs before variants) reads as the backbone's default variant
     ("shots", "INTEGER"),  # training images per class of a few-shot run; NULL: the whole training part
     ("metrics", "TEXT"),  # JSON: test_acc_ci, top5, mean_class_acc, valid_acc, hyperparameter, standardised
@@ -154,9 +157,23 @@ class RunRegistry:
     # ------------------------------------------------------------------------------------------- writes
 
     def create_run(
-        self, *, dataset_key: str, dataset_name: str, dataset_fingerprint: str, synthetic: bool, class_names: list[str],
-        split: str, backbone: str, weights: str, seed: int, config: dict, versions: dict, group_id: str | None = None,
-        protocol: str = "mlp", features: str | None = None, shots: int | None = None,
+        self,
+        *,
+        dataset_key: str,
+        dataset_name: str,
+        dataset_fingerprint: str,
+        synthetic: bool,
+        class_names: list[str],
+        split: str,
+        backbone: str,
+        weights: str,
+        seed: int,
+        config: dict,
+        versions: dict,
+        group_id: str | None = None,
+        protocol: str = "mlp",
+        features: str | None = None,
+        shots: int | None = None,
     ) -> int:
         fields = dict(locals())  # every argument, passed on to the insert shared with record_completed_run
         del fields["self"]
@@ -164,23 +181,72 @@ class RunRegistry:
             return self._insert_run(conn, **fields)
 
     @staticmethod
-    def _insert_run(conn: sqlite3.Connection, *, dataset_key: str, dataset_name: str, dataset_fingerprint: str, synthetic: bool,
-                    class_names: list[str], split: str, backbone: str, weights: str, seed: int, config: dict, versions: dict,
-                    group_id: str | None, protocol: str, features: str | None, shots: int | None) -> int:
+    def _insert_run(
+        conn: sqlite3.Connection,
+        *,
+        dataset_key: str,
+        dataset_name: str,
+        dataset_fingerprint: str,
+        synthetic: bool,
+        class_names: list[str],
+        split: str,
+        backbone: str,
+        weights: str,
+        seed: int,
+        config: dict,
+        versions: dict,
+        group_id: str | None,
+        protocol: str,
+        features: str | None,
+        shots: int | None,
+    ) -> int:
         cursor = conn.execute(
             "INSERT INTO runs (group_id, status, created_at, dataset_key, dataset_name, dataset_fingerprint, synthetic,"
             " class_names,"
             " split, backbone, weights, seed, config, versions, pid, host, protocol, features, shots)"
             " VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (group_id, time.time(), dataset_key, dataset_name, dataset_fingerprint, int(synthetic), json.dumps(class_names),
-             split, backbone, weights, seed, json.dumps(config), json.dumps(versions), os.getpid(), socket.gethostname(), protocol, features, shots),
+            (
+                group_id,
+                time.time(),
+                dataset_key,
+                dataset_name,
+                dataset_fingerprint,
+                int(synthetic),
+                json.dumps(class_names),
+                split,
+                backbone,
+                weights,
+                seed,
+                json.dumps(config),
+                json.dumps(versions),
+                os.getpid(),
+                socket.gethostname(),
+                protocol,
+                features,
+                shots,
+            ),
         )
         return int(cursor.lastrowid)
 
     def complete_run(
-        self, run_id: int, *, weights_tag: str, device: str, precision: str, timings: dict, best_epoch: int, test_acc: float,
-        test_loss: float, per_class_acc: list, confusion: np.ndarray, skipped: list, features_path: str, head_path: str,
-        epochs: list[dict], predictions: list[tuple[int, str, int, int, float, list[float]]], metrics: dict | None = None,
+        self,
+        run_id: int,
+        *,
+        weights_tag: str,
+        device: str,
+        precision: str,
+        timings: dict,
+        best_epoch: int,
+        test_acc: float,
+        test_loss: float,
+        per_class_acc: list,
+        confusion: np.ndarray,
+        skipped: list,
+        features_path: str,
+        head_path: str,
+        epochs: list[dict],
+        predictions: list[tuple[int, str, int, int, float, list[float]]],
+        metrics: dict | None = None,
     ) -> None:
         """Record a finished run with its epochs and predictions, all in one transaction.
 
@@ -194,18 +260,48 @@ class RunRegistry:
 
     @staticmethod
     def _complete_run(
-        conn: sqlite3.Connection, run_id: int, *, weights_tag: str, device: str, precision: str, timings: dict, best_epoch: int | None,
-        test_acc: float, test_loss: float | None, per_class_acc: list, confusion: np.ndarray, skipped: list, features_path: str,
-        head_path: str | None, epochs: list[dict], predictions: list[tuple[int, str, int, int, float, list[float]]], metrics: dict | None,
+        conn: sqlite3.Connection,
+        run_id: int,
+        *,
+        weights_tag: str,
+        device: str,
+        precision: str,
+        timings: dict,
+        best_epoch: int | None,
+        test_acc: float,
+        test_loss: float | None,
+        per_class_acc: list,
+        confusion: np.ndarray,
+        skipped: list,
+        features_path: str,
+        head_path: str | None,
+        epochs: list[dict],
+        predictions: list[tuple[int, str, int, int, float, list[float]]],
+        metrics: dict | None,
     ) -> None:
         conn.execute(
             "UPDATE runs SET status='completed', finished_at=?, weights_tag=?, device=?, precision=?, timings=?,"
             " best_epoch=?,"
-            " test_acc=?, test_loss=?, per_class_acc=?, confusion=?, skipped=?, features_path=?, head_path=?, metrics=?,"
+            " test_acc=?, test_loss=?, per_class_acc=?, confusion=?, skipped=?,"
+            " features_path=?, head_path=?, metrics=?,"
             " error=NULL WHERE id=?",
-            (time.time(), weights_tag, device, precision, json.dumps(timings), best_epoch, test_acc, test_loss, json.dumps(per_class_acc),
-             json.dumps(np.asarray(confusion).tolist()), json.dumps(skipped), features_path, head_path,
-             None if metrics is None else json.dumps(metrics), run_id),
+            (
+                time.time(),
+                weights_tag,
+                device,
+                precision,
+                json.dumps(timings),
+                best_epoch,
+                test_acc,
+                test_loss,
+                json.dumps(per_class_acc),
+                json.dumps(np.asarray(confusion).tolist()),
+                json.dumps(skipped),
+                features_path,
+                head_path,
+                None if metrics is None else json.dumps(metrics),
+                run_id,
+            ),
         )
         conn.executemany(
             "INSERT INTO epochs (run_id, epoch, train_loss, train_acc, valid_loss, valid_acc)"
@@ -215,8 +311,10 @@ class RunRegistry:
         conn.executemany(
             "INSERT INTO predictions (run_id, row, path, label, predicted, confidence, probabilities)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(run_id, row, path, label, predicted, confidence, json.dumps([round(p, 6) for p in probs]))
-             for row, path, label, predicted, confidence, probs in predictions],
+            [
+                (run_id, row, path, label, predicted, confidence, json.dumps([round(p, 6) for p in probs]))
+                for row, path, label, predicted, confidence, probs in predictions
+            ],
         )
 
     def record_completed_run(self, *, run: dict, result: dict, head: Callable[[int], str | None] | None = None) -> int:
@@ -226,7 +324,9 @@ class RunRegistry:
         when given, writes the head file inside the transaction and returns its stored path: a failure leaves no run.
         """
         with self._transaction() as conn:
-            run_id = self._insert_run(conn, **{"group_id": None, "protocol": "mlp", "features": None, "shots": None, **run})
+            run_id = self._insert_run(
+                conn, **{"group_id": None, "protocol": "mlp", "features": None, "shots": None, **run}
+            )
             self._complete_run(conn, run_id, **{"metrics": None, **result, "head_path": head(run_id) if head else None})
             return run_id
 
@@ -235,21 +335,38 @@ class RunRegistry:
         if status not in STATUSES or status in ("running", "completed"):
             raise FlowerProbeError(f"status must be 'failed', 'cancelled' or 'interrupted', got {status!r}.")
         with self._transaction() as conn:
-            conn.execute("UPDATE runs SET status=?, finished_at=?, error=? WHERE id=? AND status='running'", (status, time.time(), error, run_id))
+            conn.execute(
+                "UPDATE runs SET status=?, finished_at=?, error=? WHERE id=? AND status='running'",
+                (status, time.time(), error, run_id),
+            )
 
     def reconcile(self) -> int:
         """Mark runs of this host whose process is gone as interrupted; returns how many."""
         host = socket.gethostname()
         with self._connect() as conn:
-            stale = [r["id"] for r in conn.execute("SELECT id, pid FROM runs WHERE status='running' AND host=?", (host,))
-                     if r["pid"] is not None and not _pid_alive(r["pid"])]
+            stale = [
+                r["id"]
+                for r in conn.execute("SELECT id, pid FROM runs WHERE status='running' AND host=?", (host,))
+                if r["pid"] is not None and not _pid_alive(r["pid"])
+            ]
         for run_id in stale:
-            self.end_run(run_id, status="interrupted", error="The process running this run stopped before it finished (killed or crashed).")
+            self.end_run(
+                run_id,
+                status="interrupted",
+                error="The process running this run stopped before it finished (killed or crashed).",
+            )
         return len(stale)
 
     # ------------------------------------------------------------------------------------------- reads
 
-    def list_runs(self, *, status: str | None = None, dataset_key: str | None = None, limit: int = 500, few_shot: bool | None = None) -> list[dict]:
+    def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        dataset_key: str | None = None,
+        limit: int = 500,
+        few_shot: bool | None = None,
+    ) -> list[dict]:
         """Newest first. Each run as a dict with JSON columns decoded.
 
         ``few_shot``: None lists every run, False only those trained on the whole training part, True only few-shot

@@ -26,7 +26,9 @@ N_RESAMPLES = 2000
 def _correct_vector(correct: np.ndarray, name: str) -> np.ndarray:
     correct = np.asarray(correct)
     if correct.ndim != 1 or len(correct) == 0:
-        raise FlowerProbeError(f"{name} must be a non-empty 1-d array of right/wrong per test image, got shape {correct.shape}.")
+        raise FlowerProbeError(
+            f"{name} must be a non-empty 1-d array of right/wrong per test image, got shape {correct.shape}."
+        )
     return correct.astype(float)
 
 
@@ -54,8 +56,15 @@ def bootstrap_interval(correct: np.ndarray, *, seed: int = 0, n_resamples: int =
     if np.all(data == data[0]):  # every image right (or every one wrong): no resample can differ
         value = float(data[0] * 100)
         return value, value
-    result = stats.bootstrap((data,), _mean_percent, n_resamples=n_resamples, confidence_level=CONFIDENCE, method="percentile",
-                             vectorized=True, rng=np.random.default_rng(seed))
+    result = stats.bootstrap(
+        (data,),
+        _mean_percent,
+        n_resamples=n_resamples,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        vectorized=True,
+        rng=np.random.default_rng(seed),
+    )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
@@ -87,7 +96,9 @@ def mcnemar_exact(only_a_right: int, only_b_right: int) -> float:
     return float(stats.binomtest(int(only_a_right), discordant, 0.5, alternative="two-sided").pvalue)
 
 
-def paired_comparison(correct_a: np.ndarray, correct_b: np.ndarray, *, seed: int = 0, n_resamples: int = N_RESAMPLES) -> PairedComparison:
+def paired_comparison(
+    correct_a: np.ndarray, correct_b: np.ndarray, *, seed: int = 0, n_resamples: int = N_RESAMPLES
+) -> PairedComparison:
     """Accuracy difference A - B with a paired bootstrap interval, and McNemar's exact p-value.
 
     Parameters
@@ -98,18 +109,34 @@ def paired_comparison(correct_a: np.ndarray, correct_b: np.ndarray, *, seed: int
     a = _correct_vector(correct_a, "correct_a")
     b = _correct_vector(correct_b, "correct_b")
     if len(a) != len(b):
-        raise FlowerProbeError(f"the two runs must be scored on the same test images, got {len(a)} and {len(b)} images.")
+        raise FlowerProbeError(
+            f"the two runs must be scored on the same test images, got {len(a)} and {len(b)} images."
+        )
     only_a, only_b = int(np.sum((a == 1) & (b == 0))), int(np.sum((a == 0) & (b == 1)))
     difference = float(_difference_percent(a, b))
     if only_a + only_b == 0:  # identical on every image: every paired resample has difference 0
         interval = (difference, difference)
     else:
-        result = stats.bootstrap((a, b), _difference_percent, paired=True, n_resamples=n_resamples, confidence_level=CONFIDENCE,
-                                 method="percentile", vectorized=True, rng=np.random.default_rng(seed))
+        result = stats.bootstrap(
+            (a, b),
+            _difference_percent,
+            paired=True,
+            n_resamples=n_resamples,
+            confidence_level=CONFIDENCE,
+            method="percentile",
+            vectorized=True,
+            rng=np.random.default_rng(seed),
+        )
         interval = (float(result.confidence_interval.low), float(result.confidence_interval.high))
     return PairedComparison(
-        n_images=len(a), accuracy_a=float(a.mean() * 100), accuracy_b=float(b.mean() * 100), difference=difference, interval=interval,
-        only_a_right=only_a, only_b_right=only_b, p_value=mcnemar_exact(only_a, only_b),
+        n_images=len(a),
+        accuracy_a=float(a.mean() * 100),
+        accuracy_b=float(b.mean() * 100),
+        difference=difference,
+        interval=interval,
+        only_a_right=only_a,
+        only_b_right=only_b,
+        p_value=mcnemar_exact(only_a, only_b),
     )
 
 
@@ -131,6 +158,8 @@ def comparison_sentence(comparison: PairedComparison, *, name_a: str, name_b: st
     else:
         head = f"{name_b} beats {name_a} by {-difference:.1f} points"
         low, high = -high, -low
-    return (f"{head}, {CONFIDENCE * 100:.0f} % CI {low:.1f} to {high:.1f}, McNemar {format_p_value(comparison.p_value)} "
-            f"({comparison.n_images} test images; {comparison.only_a_right} only {name_a} got right, "
-            f"{comparison.only_b_right} only {name_b})")
+    return (
+        f"{head}, {CONFIDENCE * 100:.0f} % CI {low:.1f} to {high:.1f}, McNemar {format_p_value(comparison.p_value)} "
+        f"({comparison.n_images} test images; {comparison.only_a_right} only {name_a} got right, "
+        f"{comparison.only_b_right} only {name_b})"
+    )

@@ -17,8 +17,15 @@ def experiment_key(run: dict) -> tuple:
     """What makes two runs the same experiment: (backbone, weights, features, protocol, head, standardised, shots)."""
     head = run["config"].get("head") or {}
     # .get: runs recorded before these fields existed were MLP heads on the default variant, not standardised.
-    return (run["backbone"], run["weights"], run.get("features"), run.get("protocol") or "mlp", head.get("head"),
-            bool(head.get("standardise")), run.get("shots"))
+    return (
+        run["backbone"],
+        run["weights"],
+        run.get("features"),
+        run.get("protocol") or "mlp",
+        head.get("head"),
+        bool(head.get("standardise")),
+        run.get("shots"),
+    )
 
 
 @dataclass(frozen=True)
@@ -61,5 +68,9 @@ def summarise_runs(runs: list[dict]) -> list[RunSummary]:
     for key, members in groups.items():
         acc_mean, acc_std = _mean_std([r["test_acc"] for r in members])
         loss_mean, loss_std = _mean_std([r["test_loss"] for r in members])
-        summaries.append(RunSummary(key=key, runs=tuple(members), acc_mean=acc_mean, acc_std=acc_std, loss_mean=loss_mean, loss_std=loss_std))
+        summaries.append(
+            RunSummary(
+                key=key, runs=tuple(members), acc_mean=acc_mean, acc_std=acc_std, loss_mean=loss_mean, loss_std=loss_std
+            )
+        )
     return summaries

@@ -82,23 +82,203 @@ class FlowerClass:
 
 
 _CLASSES: tuple[FlowerClass, ...] = (
-    FlowerClass("Golden Ray", 22, "ray", 0.09, (42, 52), (0.85, 1.0), (0.85, 1.0), 0.38, (95, 55, 20), "dots", (45, 25, 10), layers=2),
-    FlowerClass("Ivory Daisy", 18, "ray", 0.13, (40, 60), (0.0, 0.08), (0.9, 1.0), 0.22, (240, 195, 40), "dots", (200, 140, 20)),
-    FlowerClass("Coral Star", 5, "pointed", 0.38, (5, 22), (0.7, 0.9), (0.9, 1.0), 0.15, (245, 215, 60), "stamens", (250, 240, 170)),
-    FlowerClass("Violet Star", 5, "pointed", 0.38, (265, 285), (0.55, 0.8), (0.7, 0.95), 0.14, (250, 240, 200), "stamens", (240, 200, 40)),
-    FlowerClass("Rose Heart", 5, "notched", 0.5, (330, 350), (0.4, 0.65), (0.9, 1.0), 0.18, (230, 200, 60), "dots", (170, 120, 30), eye=0.7),
-    FlowerClass("Lilac Heart", 4, "notched", 0.55, (280, 300), (0.3, 0.5), (0.85, 1.0), 0.13, (250, 250, 245), "ring", (240, 200, 50)),
-    FlowerClass("Crimson Cup", 6, "round", 0.45, (350, 368), (0.8, 1.0), (0.65, 0.9), 0.2, (30, 22, 28), "dots", (90, 70, 40), eye=0.5),
-    FlowerClass("Butter Cup", 5, "round", 0.45, (48, 58), (0.85, 1.0), (0.9, 1.0), 0.16, (150, 170, 40), "solid", (110, 130, 30)),
-    FlowerClass("Azure Spark", 8, "pointed", 0.3, (210, 228), (0.6, 0.85), (0.75, 0.95), 0.14, (245, 215, 50), "solid", (220, 170, 30)),
-    FlowerClass("Sky Wheel", 12, "ellipse", 0.22, (195, 212), (0.35, 0.6), (0.9, 1.0), 0.2, (30, 40, 90), "dots", (90, 110, 180)),
-    FlowerClass("Tangerine Wheel", 12, "ellipse", 0.22, (18, 32), (0.8, 1.0), (0.9, 1.0), 0.22, (80, 45, 20), "ring", (200, 120, 30)),
-    FlowerClass("Snow Trefoil", 3, "pointed", 0.5, (80, 120), (0.0, 0.1), (0.88, 1.0), 0.12, (200, 210, 80), "stamens", (240, 220, 90)),
-    FlowerClass("Magenta Burst", 30, "ray", 0.07, (300, 322), (0.6, 0.85), (0.8, 1.0), 0.25, (240, 190, 30), "dots", (190, 120, 20)),
-    FlowerClass("Peach Double", 8, "ellipse", 0.3, (12, 28), (0.35, 0.55), (0.95, 1.0), 0.14, (230, 180, 60), "stamens", (250, 230, 150), layers=2),
-    FlowerClass("Lemon Spike", 6, "pointed", 0.18, (52, 68), (0.7, 0.9), (0.9, 1.0), 0.1, (230, 120, 20), "stamens", (150, 60, 10)),
-    FlowerClass("Plum Bell", 6, "notched", 0.45, (268, 284), (0.6, 0.85), (0.4, 0.6), 0.15, (240, 210, 60), "solid", (200, 160, 30), eye=0.6),
-    FlowerClass("Scarlet Pinwheel", 5, "ellipse", 0.3, (355, 370), (0.85, 1.0), (0.85, 1.0), 0.12, (245, 245, 235), "solid", (230, 220, 200), skew=0.35),
+    FlowerClass(
+        "Golden Ray",
+        22,
+        "ray",
+        0.09,
+        (42, 52),
+        (0.85, 1.0),
+        (0.85, 1.0),
+        0.38,
+        (95, 55, 20),
+        "dots",
+        (45, 25, 10),
+        layers=2,
+    ),
+    FlowerClass(
+        "Ivory Daisy", 18, "ray", 0.13, (40, 60), (0.0, 0.08), (0.9, 1.0), 0.22, (240, 195, 40), "dots", (200, 140, 20)
+    ),
+    FlowerClass(
+        "Coral Star",
+        5,
+        "pointed",
+        0.38,
+        (5, 22),
+        (0.7, 0.9),
+        (0.9, 1.0),
+        0.15,
+        (245, 215, 60),
+        "stamens",
+        (250, 240, 170),
+    ),
+    FlowerClass(
+        "Violet Star",
+        5,
+        "pointed",
+        0.38,
+        (265, 285),
+        (0.55, 0.8),
+        (0.7, 0.95),
+        0.14,
+        (250, 240, 200),
+        "stamens",
+        (240, 200, 40),
+    ),
+    FlowerClass(
+        "Rose Heart",
+        5,
+        "notched",
+        0.5,
+        (330, 350),
+        (0.4, 0.65),
+        (0.9, 1.0),
+        0.18,
+        (230, 200, 60),
+        "dots",
+        (170, 120, 30),
+        eye=0.7,
+    ),
+    FlowerClass(
+        "Lilac Heart",
+        4,
+        "notched",
+        0.55,
+        (280, 300),
+        (0.3, 0.5),
+        (0.85, 1.0),
+        0.13,
+        (250, 250, 245),
+        "ring",
+        (240, 200, 50),
+    ),
+    FlowerClass(
+        "Crimson Cup",
+        6,
+        "round",
+        0.45,
+        (350, 368),
+        (0.8, 1.0),
+        (0.65, 0.9),
+        0.2,
+        (30, 22, 28),
+        "dots",
+        (90, 70, 40),
+        eye=0.5,
+    ),
+    FlowerClass(
+        "Butter Cup", 5, "round", 0.45, (48, 58), (0.85, 1.0), (0.9, 1.0), 0.16, (150, 170, 40), "solid", (110, 130, 30)
+    ),
+    FlowerClass(
+        "Azure Spark",
+        8,
+        "pointed",
+        0.3,
+        (210, 228),
+        (0.6, 0.85),
+        (0.75, 0.95),
+        0.14,
+        (245, 215, 50),
+        "solid",
+        (220, 170, 30),
+    ),
+    FlowerClass(
+        "Sky Wheel", 12, "ellipse", 0.22, (195, 212), (0.35, 0.6), (0.9, 1.0), 0.2, (30, 40, 90), "dots", (90, 110, 180)
+    ),
+    FlowerClass(
+        "Tangerine Wheel",
+        12,
+        "ellipse",
+        0.22,
+        (18, 32),
+        (0.8, 1.0),
+        (0.9, 1.0),
+        0.22,
+        (80, 45, 20),
+        "ring",
+        (200, 120, 30),
+    ),
+    FlowerClass(
+        "Snow Trefoil",
+        3,
+        "pointed",
+        0.5,
+        (80, 120),
+        (0.0, 0.1),
+        (0.88, 1.0),
+        0.12,
+        (200, 210, 80),
+        "stamens",
+        (240, 220, 90),
+    ),
+    FlowerClass(
+        "Magenta Burst",
+        30,
+        "ray",
+        0.07,
+        (300, 322),
+        (0.6, 0.85),
+        (0.8, 1.0),
+        0.25,
+        (240, 190, 30),
+        "dots",
+        (190, 120, 20),
+    ),
+    FlowerClass(
+        "Peach Double",
+        8,
+        "ellipse",
+        0.3,
+        (12, 28),
+        (0.35, 0.55),
+        (0.95, 1.0),
+        0.14,
+        (230, 180, 60),
+        "stamens",
+        (250, 230, 150),
+        layers=2,
+    ),
+    FlowerClass(
+        "Lemon Spike",
+        6,
+        "pointed",
+        0.18,
+        (52, 68),
+        (0.7, 0.9),
+        (0.9, 1.0),
+        0.1,
+        (230, 120, 20),
+        "stamens",
+        (150, 60, 10),
+    ),
+    FlowerClass(
+        "Plum Bell",
+        6,
+        "notched",
+        0.45,
+        (268, 284),
+        (0.6, 0.85),
+        (0.4, 0.6),
+        0.15,
+        (240, 210, 60),
+        "solid",
+        (200, 160, 30),
+        eye=0.6,
+    ),
+    FlowerClass(
+        "Scarlet Pinwheel",
+        5,
+        "ellipse",
+        0.3,
+        (355, 370),
+        (0.85, 1.0),
+        (0.85, 1.0),
+        0.12,
+        (245, 245, 235),
+        "solid",
+        (230, 220, 200),
+        skew=0.35,
+    ),
 )
 
 SYNTHETIC_CLASS_NAMES: tuple[str, ...] = tuple(flower.name for flower in _CLASSES)
@@ -246,7 +426,9 @@ def _draw_background(rng: np.random.Generator, size: int) -> Image.Image:
     return canvas
 
 
-def _draw_centre(draw, rng: np.random.Generator, flower: FlowerClass, centre, radius: float, linear: np.ndarray) -> None:
+def _draw_centre(
+    draw, rng: np.random.Generator, flower: FlowerClass, centre, radius: float, linear: np.ndarray
+) -> None:
     disc = radius * flower.centre_size * rng.uniform(0.85, 1.15)
     base = _shade(flower.centre_rgb, rng.uniform(0.85, 1.1))
     if flower.centre_texture == "stamens":
@@ -268,7 +450,10 @@ def _draw_centre(draw, rng: np.random.Generator, flower: FlowerClass, centre, ra
         seeds = np.stack([np.cos(angles), np.sin(angles)], axis=1) * (0.88 * disc * np.sqrt(index / count))[:, None]
         dot = max(1.0, disc * 0.06)
         for seed_point in _place(seeds, linear, centre):
-            draw.ellipse([seed_point[0] - dot, seed_point[1] - dot, seed_point[0] + dot, seed_point[1] + dot], fill=flower.accent_rgb)
+            draw.ellipse(
+                [seed_point[0] - dot, seed_point[1] - dot, seed_point[0] + dot, seed_point[1] + dot],
+                fill=flower.accent_rgb,
+            )
 
 
 def _draw_flower(draw, rng: np.random.Generator, flower: FlowerClass, centre, radius: float) -> None:
@@ -480,7 +665,14 @@ def generate_synthetic_flowers(
             try:
                 for done, (task, jpeg) in enumerate(zip(tasks, pool.map(_render_jpeg, tasks)), start=1):
                     _image_path(staging, task[1], task[2], images_per_class).write_bytes(jpeg)
-                    report(progress, "generate", done, len(tasks), message=f"{done}/{len(tasks)} images", rate=meter.rate(done))
+                    report(
+                        progress,
+                        "generate",
+                        done,
+                        len(tasks),
+                        message=f"{done}/{len(tasks)} images",
+                        rate=meter.rate(done),
+                    )
             finally:
                 pool.shutdown(cancel_futures=True)  # a cancel from ``progress`` stops after the images in flight
             with atomic_write(staging / MANIFEST_NAME) as tmp:

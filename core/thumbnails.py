@@ -135,7 +135,12 @@ def _load_manifest(directory: Path) -> SpriteSheets | None:
 
 
 def planned_sprite_sheets(
-    paths: Sequence[str | os.PathLike], *, out_dir: str | os.PathLike, thumb_px: int, columns: int, bytes_per_pixel: float,
+    paths: Sequence[str | os.PathLike],
+    *,
+    out_dir: str | os.PathLike,
+    thumb_px: int,
+    columns: int,
+    bytes_per_pixel: float,
 ) -> tuple[SpriteSheets, bool]:
     """The sheets ``build_sprite_sheets`` writes for ``paths`` (same key, names and layout) before they exist,
     and whether they are all built already.
@@ -149,8 +154,14 @@ def planned_sprite_sheets(
     n_sheets = -(-len(paths) // per_sheet)
     estimate = int(per_sheet * thumb_px * thumb_px * bytes_per_pixel)
     planned = SpriteSheets(
-        directory=Path(out_dir) / key, key=key, n_images=len(paths), thumb_px=thumb_px, columns=columns, per_sheet=per_sheet,
-        sheet_files=tuple(f"sheet_{index:04d}.webp" for index in range(n_sheets)), sheet_bytes=(estimate,) * n_sheets,
+        directory=Path(out_dir) / key,
+        key=key,
+        n_images=len(paths),
+        thumb_px=thumb_px,
+        columns=columns,
+        per_sheet=per_sheet,
+        sheet_files=tuple(f"sheet_{index:04d}.webp" for index in range(n_sheets)),
+        sheet_bytes=(estimate,) * n_sheets,
         n_placeholders=0,
     )
     return planned, _load_manifest(planned.directory) is not None

@@ -85,7 +85,9 @@ def build_head(config: HeadConfig, *, feature_dim: int, num_classes: int) -> nn.
     if config.head == "linear":
         classifier = nn.Linear(feature_dim, num_classes)
     else:
-        classifier = nn.Sequential(nn.Linear(feature_dim, config.hidden_dim), nn.ReLU(), nn.Linear(config.hidden_dim, num_classes))
+        classifier = nn.Sequential(
+            nn.Linear(feature_dim, config.hidden_dim), nn.ReLU(), nn.Linear(config.hidden_dim, num_classes)
+        )
     return nn.Sequential(FeatureStandardiser(feature_dim), classifier) if config.standardise else classifier
 
 
@@ -132,7 +134,9 @@ def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
-    return np.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    return np.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes
+    )
 
 
 def per_class_accuracy(confusion: np.ndarray) -> list[float | None]:
@@ -148,7 +152,9 @@ def _evaluate(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> 
 
 
 def _as_tensors(features: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.as_tensor(np.ascontiguousarray(features), dtype=torch.float32), torch.as_tensor(labels, dtype=torch.long)
+    return torch.as_tensor(np.ascontiguousarray(features), dtype=torch.float32), torch.as_tensor(
+        labels, dtype=torch.long
+    )
 
 
 def train_head(
@@ -175,8 +181,10 @@ def train_head(
     """
     for name, (features, labels) in (("train", train), ("valid", valid), ("test", test)):
         if len(features) == 0 or len(features) != len(labels):
-            raise FlowerProbeError(f"the {name} part needs at least one image with one label each, "
-                f"got {len(features)} features and {len(labels)} labels.")
+            raise FlowerProbeError(
+                f"the {name} part needs at least one image with one label each, "
+                f"got {len(features)} features and {len(labels)} labels."
+            )
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -194,7 +202,7 @@ def train_head(
         order = torch.randperm(len(x_train), generator=generator)
         loss_sum, correct = 0.0, 0
         for start in range(0, len(order), config.batch_size):
-            batch = order[start:start + config.batch_size]
+            batch = order[start : start + config.batch_size]
             logits = head(x_train[batch])
             loss = F.cross_entropy(logits, y_train[batch])
             optimizer.zero_grad(set_to_none=True)
@@ -219,9 +227,17 @@ def train_head(
     predictions = logits.argmax(dim=1).numpy()
     confusion = confusion_matrix(y_test.numpy(), predictions, num_classes)
     return TrainResult(
-        epochs=history, best_epoch=best_epoch, state_dict=best_state, seconds=time.perf_counter() - started,
+        epochs=history,
+        best_epoch=best_epoch,
+        state_dict=best_state,
+        seconds=time.perf_counter() - started,
         test=TestResult(
-            loss=test_loss, accuracy=test_acc, per_class_accuracy=per_class_accuracy(confusion), confusion=confusion,
-            labels=y_test.numpy(), predictions=predictions, probabilities=torch.softmax(logits, dim=1).numpy(),
+            loss=test_loss,
+            accuracy=test_acc,
+            per_class_accuracy=per_class_accuracy(confusion),
+            confusion=confusion,
+            labels=y_test.numpy(),
+            predictions=predictions,
+            probabilities=torch.softmax(logits, dim=1).numpy(),
         ),
     )

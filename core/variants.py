@@ -102,7 +102,9 @@ def variant_forward(model: nn.Module, variants: Sequence[str]) -> Iterator[Varia
     """
     unknown = [v for v in variants if v not in model_variants(model)]
     if unknown:
-        raise FlowerProbeError(f"features must be among {', '.join(model_variants(model))} for this model, got {unknown!r}.")
+        raise FlowerProbeError(
+            f"features must be among {', '.join(model_variants(model))} for this model, got {unknown!r}."
+        )
     default = model_variants(model)[0]
     kept: dict[str, torch.Tensor] = {}
     handles = []
@@ -111,7 +113,9 @@ def variant_forward(model: nn.Module, variants: Sequence[str]) -> Iterator[Varia
     if "last4" in variants:
         # The last block's output goes through model.norm anyway ("tokens"); the three before it are kept here.
         for offset, block in enumerate(model.blocks[-LAST_BLOCKS:-1]):
-            handles.append(block.register_forward_hook(lambda _m, _i, out, k=offset: kept.__setitem__(f"block{k}", out)))
+            handles.append(
+                block.register_forward_hook(lambda _m, _i, out, k=offset: kept.__setitem__(f"block{k}", out))
+            )
 
     def forward(images: torch.Tensor) -> dict[str, torch.Tensor]:
         kept.clear()
@@ -158,7 +162,7 @@ def patch_token_grid(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         model(images)
     finally:
         handle.remove()
-    patches = kept["tokens"][:, model.num_prefix_tokens:].float()
+    patches = kept["tokens"][:, model.num_prefix_tokens :].float()
     patch_h, patch_w = model.patch_embed.patch_size
     rows, cols = images.shape[2] // patch_h, images.shape[3] // patch_w
     return patches.reshape(patches.shape[0], rows, cols, patches.shape[2])

@@ -18,8 +18,10 @@ from ui.common import user_errors
 require_access()  # first: no Streamlit mode runs this page past the access gate
 
 st.title("Classify")
-st.caption("Drop in photos and see what a trained run says: top-5 classes, the training images nearest "
-           "in its feature space, and where each photo lands on the run's map.")
+st.caption(
+    "Drop in photos and see what a trained run says: top-5 classes, the training images nearest "
+    "in its feature space, and where each photo lands on the run's map."
+)
 with user_errors():
     runs = classify.choose_runs()
     predictors = classify.load_predictors(runs) if runs else None

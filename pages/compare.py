@@ -31,7 +31,12 @@ if picked is None:
     st.stop()
 dataset_key, chosen = picked
 if any(run["synthetic"] for run in chosen):
-    st.badge("Synthetic data", icon=":material/auto_awesome:", color="orange", help="These runs are on a generated dataset, not real photos.")
+    st.badge(
+        "Synthetic data",
+        icon=":material/auto_awesome:",
+        color="orange",
+        help="These runs are on a generated dataset, not real photos.",
+    )
 
 table = compare.runs_table(chosen)
 compare.show_runs_table(table, chosen)

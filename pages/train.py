@@ -15,7 +15,9 @@ from ui.train import form, job_list, launch_section, unfinished_runs
 require_access()  # first: no Streamlit mode runs this page past the access gate
 
 st.title(":material/model_training: Train")
-st.caption("Frozen backbone → cached features → a small head trained on them → test accuracy. Each backbone is one run.")
+st.caption(
+    "Frozen backbone → cached features → a small head trained on them → test accuracy. Each backbone is one run."
+)
 choice = form()
 launch_section(choice)
 probe_section(choice)

@@ -33,9 +33,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import pytest
 
@@ -45,7 +45,11 @@ CHROMIUM = Path("/usr/bin/chromium")
 # No sandbox: CI containers run as root, where Chromium's sandbox refuses to start. The rest keep a
 # headless browser from reaching out to Google's services (there is no network here) or the GPU.
 CHROMIUM_ARGS = (
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     "--no-first-run",
 )
 # Variables of the test process that would change what the served app does; a test passes its own in ``env``.
@@ -57,7 +61,10 @@ def require_chromium() -> None:
     """Skip the calling test when Chromium is missing; in CI (``CI=true``) fail instead, saying how to install it."""
     if CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK):
         return
-    message = f"{CHROMIUM} is missing: the real-browser tests need Debian's Chromium (apt-get install chromium; .ci/run does this)."
+    message = (
+        f"{CHROMIUM} is missing: the real-browser tests need Debian's Chromium "
+        "(apt-get install chromium; .ci/run does this)."
+    )
     if os.environ.get("CI") == "true":
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
@@ -152,8 +159,18 @@ def streamlit_server(
     environment = {name: value for name, value in os.environ.items() if name not in _INHERITED_OUT}
     environment.update({"FLOWER_PROBE_WORKSPACE": str(workspace_root), "PYTHONUNBUFFERED": "1", **(env or {})})
     command = [
-        sys.executable, *launcher, "run", script, "--server.port", str(port), "--server.address", "127.0.0.1",
-        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        sys.executable,
+        *launcher,
+        "run",
+        script,
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
     ]
     log_path = Path(log_path)
     with open(log_path, "wb") as log:
@@ -163,9 +180,14 @@ def streamlit_server(
         deadline = time.monotonic() + timeout_s
         while not _healthy(server.url):
             if process.poll() is not None:
-                raise RuntimeError(f"streamlit exited with status {process.returncode} before answering; its log:\n{server.log_tail()}")
+                raise RuntimeError(
+                    f"streamlit exited with status {process.returncode} before answering; its log:\n{server.log_tail()}"
+                )
             if time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not answer {server.url}/_stcore/health within {timeout_s:.0f} s; its log:\n{server.log_tail()}")
+                raise RuntimeError(
+                    f"streamlit did not answer {server.url}/_stcore/health within {timeout_s:.0f} s; "
+                    f"its log:\n{server.log_tail()}"
+                )
             time.sleep(0.25)
         yield server
     finally:
@@ -198,7 +220,11 @@ def wait_for_app_idle(page, *, timeout_s: float, quiet_s: float = 0.5) -> None:
         elif time.monotonic() - quiet_since >= quiet_s:
             return
         time.sleep(0.1)
-    state = page.locator('[data-testid="stApp"]').first.get_attribute("data-test-script-state") if page.locator('[data-testid="stApp"]').count() else None
+    state = (
+        page.locator('[data-testid="stApp"]').first.get_attribute("data-test-script-state")
+        if page.locator('[data-testid="stApp"]').count()
+        else None
+    )
     raise TimeoutError(f"the app at {page.url} was not idle after {timeout_s:.0f} s (script state {state!r})")
 
 

@@ -25,7 +25,9 @@ def tiny_synthetic_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Synthetic Flowers at 8 images a class and 64 px: real images, generated once per session."""
     from core.synthetic import generate_synthetic_flowers
 
-    return generate_synthetic_flowers(tmp_path_factory.mktemp("tiny") / "synthetic-flowers", seed=0, images_per_class=8, image_size=64)
+    return generate_synthetic_flowers(
+        tmp_path_factory.mktemp("tiny") / "synthetic-flowers", seed=0, images_per_class=8, image_size=64
+    )
 
 
 @pytest.fixture
@@ -53,8 +55,11 @@ def populated_root(tmp_path_factory: pytest.TempPathFactory, tiny_synthetic_fold
     built = Workspace(root=root, data_root=root / "datasets")
     shutil.copytree(tiny_synthetic_folder, synthetic_folder(built))
     run_comparison(
-        dataset="synthetic", backbones=["efficientnet_lite0", "resnet50"], random_weights_for=("resnet50",),
-        head=HeadConfig(epochs=2), workspace=built,
+        dataset="synthetic",
+        backbones=["efficientnet_lite0", "resnet50"],
+        random_weights_for=("resnet50",),
+        head=HeadConfig(epochs=2),
+        workspace=built,
     )
     return root
 

@@ -14,9 +14,9 @@ import io
 import random
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -30,7 +30,7 @@ RGB = tuple[int, int, int]
 
 HOSTILE_NAMES: list[str] = [
     "<img src=x onerror=alert(1)>",
-    "quotes' and \"double\"",
+    'quotes\' and "double"',
     "<script>alert(1)</script>",
     "Löwenzahn 蒲公英",
     "**bold** [link](javascript:alert(1))",
@@ -136,12 +136,7 @@ def _blank_1bit_png(width: int, height: int) -> bytes:
     compressor = zlib.compressobj(9)
     row = bytes(1 + (width + 7) // 8)  # filter byte + packed bits
     data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", data)
-        + _png_chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
 
 
 def _corrupt_png() -> bytes:
@@ -156,48 +151,107 @@ def _cases() -> dict[str, _Case]:
         return _Case(CatalogueEntry(filename, False, description), content)
 
     cases = {
-        "rgb_jpeg": ok("good.jpg", "plain RGB JPEG", (64, 32),
-                       lambda: _encode(_halves(RED, BLUE), "JPEG", quality=95),
-                       [((8, 16), RED), ((56, 16), BLUE)]),
-        "exif_rotated": ok("rotated.jpg", "JPEG with EXIF orientation 6 (stored sideways)", (32, 64),
-                           _exif_rotated_jpeg, [((16, 8), RED), ((16, 56), BLUE)]),
-        "grey_png": ok("grey.png", "8-bit greyscale PNG (mode L)", (16, 16),
-                       lambda: _encode(Image.new("L", (16, 16), 90), "PNG"), [((4, 4), (90, 90, 90))]),
-        "palette_png": ok("palette.png", "palette PNG with a transparent index (mode P)", (16, 16),
-                          _palette_png, [((2, 8), WHITE), ((12, 8), RED)]),
-        "rgba_png": ok("rgba.png", "RGBA PNG, left half fully transparent black", (16, 16),
-                       _rgba_png, [((2, 8), WHITE), ((12, 8), BLUE)]),
-        "la_png": ok("grey_alpha.png", "greyscale + alpha PNG (mode LA)", (16, 16),
-                     _la_png, [((2, 8), WHITE), ((12, 8), (100, 100, 100))]),
-        "cmyk_jpeg": ok("cmyk.jpg", "CMYK JPEG (Pillow writes the Adobe inverted kind)", (16, 16),
-                        lambda: _encode(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), "JPEG", quality=95),
-                        [((8, 8), (255, 0, 0))]),
-        "grey16_png": ok("grey16.png", "16-bit greyscale PNG (mode I;16), black-to-white gradient",
-                         (256, 16), _grey16_png, [((0, 8), (0, 0, 0)), ((255, 8), WHITE)]),
-        "webp": ok("photo.webp", "lossy WebP", (64, 32),
-                   lambda: _encode(_halves(RED, BLUE), "WEBP", quality=90),
-                   [((8, 16), RED), ((56, 16), BLUE)]),
-        "one_pixel": ok("dot.png", "1 x 1 PNG", (1, 1),
-                        lambda: _encode(Image.new("RGB", (1, 1), GREEN), "PNG"), [((0, 0), GREEN)]),
-        "animated_gif": ok("animated.gif", "two-frame GIF: the first (red) frame is used", (16, 16),
-                           _animated_gif, [((8, 8), RED)]),
-        "huge_jpeg": ok("huge.jpg", "10000 x 10000 solid JPEG (100 MP, under the default limit)",
-                        (10000, 10000),
-                        lambda: _encode(Image.new("RGB", (10000, 10000), GREEN), "JPEG", quality=50),
-                        [((5000, 5000), GREEN)]),
-        "wrong_extension": ok("really_a_png.jpg", "PNG content behind a .jpg name", (16, 16),
-                              lambda: _encode(Image.new("RGB", (16, 16), BLUE), "PNG"), [((8, 8), BLUE)]),
-        "not_an_image": bad("notes.jpg", "plain text named .jpg",
-                            lambda: b"These are my notes about flowers, not a photo.\n" * 20),
+        "rgb_jpeg": ok(
+            "good.jpg",
+            "plain RGB JPEG",
+            (64, 32),
+            lambda: _encode(_halves(RED, BLUE), "JPEG", quality=95),
+            [((8, 16), RED), ((56, 16), BLUE)],
+        ),
+        "exif_rotated": ok(
+            "rotated.jpg",
+            "JPEG with EXIF orientation 6 (stored sideways)",
+            (32, 64),
+            _exif_rotated_jpeg,
+            [((16, 8), RED), ((16, 56), BLUE)],
+        ),
+        "grey_png": ok(
+            "grey.png",
+            "8-bit greyscale PNG (mode L)",
+            (16, 16),
+            lambda: _encode(Image.new("L", (16, 16), 90), "PNG"),
+            [((4, 4), (90, 90, 90))],
+        ),
+        "palette_png": ok(
+            "palette.png",
+            "palette PNG with a transparent index (mode P)",
+            (16, 16),
+            _palette_png,
+            [((2, 8), WHITE), ((12, 8), RED)],
+        ),
+        "rgba_png": ok(
+            "rgba.png",
+            "RGBA PNG, left half fully transparent black",
+            (16, 16),
+            _rgba_png,
+            [((2, 8), WHITE), ((12, 8), BLUE)],
+        ),
+        "la_png": ok(
+            "grey_alpha.png",
+            "greyscale + alpha PNG (mode LA)",
+            (16, 16),
+            _la_png,
+            [((2, 8), WHITE), ((12, 8), (100, 100, 100))],
+        ),
+        "cmyk_jpeg": ok(
+            "cmyk.jpg",
+            "CMYK JPEG (Pillow writes the Adobe inverted kind)",
+            (16, 16),
+            lambda: _encode(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), "JPEG", quality=95),
+            [((8, 8), (255, 0, 0))],
+        ),
+        "grey16_png": ok(
+            "grey16.png",
+            "16-bit greyscale PNG (mode I;16), black-to-white gradient",
+            (256, 16),
+            _grey16_png,
+            [((0, 8), (0, 0, 0)), ((255, 8), WHITE)],
+        ),
+        "webp": ok(
+            "photo.webp",
+            "lossy WebP",
+            (64, 32),
+            lambda: _encode(_halves(RED, BLUE), "WEBP", quality=90),
+            [((8, 16), RED), ((56, 16), BLUE)],
+        ),
+        "one_pixel": ok(
+            "dot.png", "1 x 1 PNG", (1, 1), lambda: _encode(Image.new("RGB", (1, 1), GREEN), "PNG"), [((0, 0), GREEN)]
+        ),
+        "animated_gif": ok(
+            "animated.gif", "two-frame GIF: the first (red) frame is used", (16, 16), _animated_gif, [((8, 8), RED)]
+        ),
+        "huge_jpeg": ok(
+            "huge.jpg",
+            "10000 x 10000 solid JPEG (100 MP, under the default limit)",
+            (10000, 10000),
+            lambda: _encode(Image.new("RGB", (10000, 10000), GREEN), "JPEG", quality=50),
+            [((5000, 5000), GREEN)],
+        ),
+        "wrong_extension": ok(
+            "really_a_png.jpg",
+            "PNG content behind a .jpg name",
+            (16, 16),
+            lambda: _encode(Image.new("RGB", (16, 16), BLUE), "PNG"),
+            [((8, 8), BLUE)],
+        ),
+        "not_an_image": bad(
+            "notes.jpg", "plain text named .jpg", lambda: b"These are my notes about flowers, not a photo.\n" * 20
+        ),
         "zero_bytes": bad("empty.jpg", "zero-byte file", lambda: b""),
-        "truncated_jpeg": bad("truncated.jpg", "valid JPEG cut in half",
-                              lambda: (lambda data: data[: len(data) // 2])(_noise_jpeg())),
+        "truncated_jpeg": bad(
+            "truncated.jpg", "valid JPEG cut in half", lambda: (lambda data: data[: len(data) // 2])(_noise_jpeg())
+        ),
         "corrupt_png": bad("corrupt.png", "PNG signature followed by random bytes", _corrupt_png),
-        "over_limit_png": bad("over_limit.png",
-                              "12000 x 11000 1-bit PNG: 132 MP, over our 120 MP limit, under Pillow's",
-                              lambda: _blank_1bit_png(12000, 11000)),
-        "bomb_png": bad("bomb.png", "30000 x 30000 1-bit PNG decompression bomb (900 MP, ~110 kB)",
-                        lambda: _blank_1bit_png(30000, 30000)),
+        "over_limit_png": bad(
+            "over_limit.png",
+            "12000 x 11000 1-bit PNG: 132 MP, over our 120 MP limit, under Pillow's",
+            lambda: _blank_1bit_png(12000, 11000),
+        ),
+        "bomb_png": bad(
+            "bomb.png",
+            "30000 x 30000 1-bit PNG decompression bomb (900 MP, ~110 kB)",
+            lambda: _blank_1bit_png(30000, 30000),
+        ),
     }
     if pillow_heif is not None:
         cases["heic"] = ok("photo.heic", "HEIC from a phone", (64, 48), _heic, [((32, 24), GREEN)])

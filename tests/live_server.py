@@ -13,25 +13,47 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 
 from tests.browser import (
-    CHROMIUM, CHROMIUM_ARGS, REPO, StreamlitServer, launch_chromium, streamlit_server, wait_for_app_idle,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    REPO,
+    StreamlitServer,
+    launch_chromium,
+    streamlit_server,
+    wait_for_app_idle,
 )
 
 __all__ = [
-    "BUILD_MARK", "CHROMIUM", "CHROMIUM_ARGS", "PAGES", "REPO", "LiveServer", "exceptions_shown", "launch_chromium",
-    "live_server", "open_page", "page_file", "wait_rendered",
+    "BUILD_MARK",
+    "CHROMIUM",
+    "CHROMIUM_ARGS",
+    "PAGES",
+    "REPO",
+    "LiveServer",
+    "exceptions_shown",
+    "launch_chromium",
+    "live_server",
+    "open_page",
+    "page_file",
+    "wait_rendered",
 ]
 
 BUILD_MARK = "[live-server] build_backbone "
 # Pages as dashboard.py names them: (URL path, text of the page's title).
-PAGES = {"home": ("", "Flower Probe"), "dataset": ("dataset", "Dataset"), "train": ("train", "Train"),
-         "compare": ("compare", "Compare"), "explorer": ("explorer", "Explorer"), "classify": ("classify", "Classify")}
+PAGES = {
+    "home": ("", "Flower Probe"),
+    "dataset": ("dataset", "Dataset"),
+    "train": ("train", "Train"),
+    "compare": ("compare", "Compare"),
+    "explorer": ("explorer", "Explorer"),
+    "classify": ("classify", "Classify"),
+}
 
 
 def page_file(name: str) -> Path:
@@ -61,7 +83,7 @@ class LiveServer(StreamlitServer):
 
     def backbone_builds(self) -> list[str]:
         """The backbone names the server has built so far, in order, one entry per build."""
-        return [line[len(BUILD_MARK):] for line in self.log().splitlines() if line.startswith(BUILD_MARK)]
+        return [line[len(BUILD_MARK) :] for line in self.log().splitlines() if line.startswith(BUILD_MARK)]
 
     def rss_bytes(self) -> int:
         """The server process's resident memory now, in bytes."""
@@ -69,15 +91,18 @@ class LiveServer(StreamlitServer):
 
 
 @contextlib.contextmanager
-def live_server(workspace_root: Path, *, log_path: Path, env: dict[str, str] | None = None, timeout_s: float = 180) -> Iterator[LiveServer]:
+def live_server(
+    workspace_root: Path, *, log_path: Path, env: dict[str, str] | None = None, timeout_s: float = 180
+) -> Iterator[LiveServer]:
     """The dashboard served on 127.0.0.1:<free port> with ``FLOWER_PROBE_WORKSPACE=workspace_root``.
 
     ``log_path``, ``env`` and ``timeout_s`` are ``tests.browser.streamlit_server``'s; the longer
     default timeout leaves room for the wrapper, which imports ``core.backbones`` (torch, timm) before
     the server answers.
     """
-    with streamlit_server(workspace_root=workspace_root, log_path=log_path, env=env, timeout_s=timeout_s,
-                          launcher=("-c", _WRAPPER)) as server:
+    with streamlit_server(
+        workspace_root=workspace_root, log_path=log_path, env=env, timeout_s=timeout_s, launcher=("-c", _WRAPPER)
+    ) as server:
         yield LiveServer(url=server.url, port=server.port, process=server.process, log_path=server.log_path)
 
 
@@ -92,7 +117,9 @@ def open_page(context, server: StreamlitServer, name: str, *, query: str = "", t
     path, title = PAGES[name]
     page = context.new_page()
     started = time.perf_counter()
-    page.goto(f"{server.url}/{path}{'?' + query if query else ''}", wait_until="domcontentloaded", timeout=timeout_s * 1000)
+    page.goto(
+        f"{server.url}/{path}{'?' + query if query else ''}", wait_until="domcontentloaded", timeout=timeout_s * 1000
+    )
     wait_rendered(page, title, timeout_s=timeout_s)
     return page, time.perf_counter() - started
 

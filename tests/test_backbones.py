@@ -102,13 +102,19 @@ def _official_dinov2_vits14_state(seed: int) -> dict[str, torch.Tensor]:
     for i in range(depth):
         p = f"blocks.{i}."
         state |= {
-            p + "norm1.weight": 1 + rand(dim, std=0.1), p + "norm1.bias": rand(dim),
-            p + "attn.qkv.weight": rand(3 * dim, dim), p + "attn.qkv.bias": rand(3 * dim),
-            p + "attn.proj.weight": rand(dim, dim), p + "attn.proj.bias": rand(dim),
+            p + "norm1.weight": 1 + rand(dim, std=0.1),
+            p + "norm1.bias": rand(dim),
+            p + "attn.qkv.weight": rand(3 * dim, dim),
+            p + "attn.qkv.bias": rand(3 * dim),
+            p + "attn.proj.weight": rand(dim, dim),
+            p + "attn.proj.bias": rand(dim),
             p + "ls1.gamma": rand(dim, std=0.5),
-            p + "norm2.weight": 1 + rand(dim, std=0.1), p + "norm2.bias": rand(dim),
-            p + "mlp.fc1.weight": rand(hidden, dim), p + "mlp.fc1.bias": rand(hidden),
-            p + "mlp.fc2.weight": rand(dim, hidden), p + "mlp.fc2.bias": rand(dim),
+            p + "norm2.weight": 1 + rand(dim, std=0.1),
+            p + "norm2.bias": rand(dim),
+            p + "mlp.fc1.weight": rand(hidden, dim),
+            p + "mlp.fc1.bias": rand(hidden),
+            p + "mlp.fc2.weight": rand(dim, hidden),
+            p + "mlp.fc2.bias": rand(dim),
             p + "ls2.gamma": rand(dim, std=0.5),
         }
     return state
@@ -139,8 +145,11 @@ def _official_dinov2_forward(state: dict[str, torch.Tensor], x: torch.Tensor, *,
         y = F.linear(y, state[p + "attn.proj.weight"], state[p + "attn.proj.bias"])
         tokens = tokens + state[p + "ls1.gamma"] * y
         y = F.layer_norm(tokens, (dim,), state[p + "norm2.weight"], state[p + "norm2.bias"], eps=1e-6)
-        y = F.linear(F.gelu(F.linear(y, state[p + "mlp.fc1.weight"], state[p + "mlp.fc1.bias"])),
-                     state[p + "mlp.fc2.weight"], state[p + "mlp.fc2.bias"])
+        y = F.linear(
+            F.gelu(F.linear(y, state[p + "mlp.fc1.weight"], state[p + "mlp.fc1.bias"])),
+            state[p + "mlp.fc2.weight"],
+            state[p + "mlp.fc2.bias"],
+        )
         tokens = tokens + state[p + "ls2.gamma"] * y
     return F.layer_norm(tokens, (dim,), state["norm.weight"], state["norm.bias"], eps=1e-6)[:, 0]
 
@@ -303,8 +312,12 @@ def test_unknown_name_lists_the_valid_names():
 def test_registry_lists_the_six_backbones_with_their_feature_sizes():
     dims = {name: get_config(name).feature_dim for name in list_backbones()}
     assert dims == {
-        "dinov2_vits14": 384, "dinov2_vitb14": 768, "dinov2_vitl14": 1024, "dinov2_vitg14": 1536,
-        "resnet50": 2048, "efficientnet_lite0": 1280,
+        "dinov2_vits14": 384,
+        "dinov2_vitb14": 768,
+        "dinov2_vitl14": 1024,
+        "dinov2_vitg14": 1536,
+        "resnet50": 2048,
+        "efficientnet_lite0": 1280,
     }
     vitb = get_config("dinov2_vitb14")
     assert vitb.weights_url == "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth"
@@ -434,11 +447,15 @@ def _random_timm_state(tag: str, seed: int) -> dict[str, torch.Tensor]:
         return {k: (v + 0.05 * torch.randn_like(v)) if v.is_floating_point() else v for k, v in state.items()}
 
 
-@pytest.mark.parametrize("tag", [
-    # The two ViTs run at their fixed 518/256-px inputs (timm builds them so): seconds idle, minutes on a busy CPU.
-    pytest.param(TIMM_FAMILIES[0], marks=pytest.mark.slow), pytest.param(TIMM_FAMILIES[1], marks=pytest.mark.slow),
-    *TIMM_FAMILIES[2:],
-])
+@pytest.mark.parametrize(
+    "tag",
+    [
+        # The two ViTs run at their fixed 518/256-px inputs (timm builds them so): seconds idle, minutes on a busy CPU.
+        pytest.param(TIMM_FAMILIES[0], marks=pytest.mark.slow),
+        pytest.param(TIMM_FAMILIES[1], marks=pytest.mark.slow),
+        *TIMM_FAMILIES[2:],
+    ],
+)
 def test_timm_tag_from_the_hf_cache_matches_timms_own_model(tag, workspace, offline, tmp_path):
     from safetensors.torch import save
 
@@ -456,7 +473,12 @@ def test_timm_tag_from_the_hf_cache_matches_timms_own_model(tag, workspace, offl
     data = timm.data.resolve_model_data_config(reference)
     config = get_config(name)
     assert (config.input_size, config.mean, config.std, config.interpolation, config.crop_mode) == (
-        data["input_size"][1], tuple(data["mean"]), tuple(data["std"]), data["interpolation"], data["crop_mode"])
+        data["input_size"][1],
+        tuple(data["mean"]),
+        tuple(data["std"]),
+        data["interpolation"],
+        data["crop_mode"],
+    )
     image = Image.open(SKLEARN_IMAGES / "flower.jpg")
     pixels = make_transform(config)(image)
     torch.testing.assert_close(pixels, timm.data.create_transform(**data)(image), atol=0, rtol=0)
@@ -511,8 +533,17 @@ def test_own_checkpoint_for_a_timm_architecture_loads_and_a_foreign_one_is_repor
         build_backbone("timm:convnext_atto", weights=tmp_path / "shape.safetensors")
 
 
-@pytest.mark.parametrize("name", ["timm:../../etc/passwd", "timm:https://example.com/x.pth", "timm:hf-hub:org/repo",
-                                  "timm:/abs/path", "timm:", "timm:a b"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "timm:../../etc/passwd",
+        "timm:https://example.com/x.pth",
+        "timm:hf-hub:org/repo",
+        "timm:/abs/path",
+        "timm:",
+        "timm:a b",
+    ],
+)
 def test_timm_names_that_are_paths_or_urls_are_refused(name):
     with pytest.raises(UnknownBackboneError, match="paths and URLs are not names"):
         get_config(name)
@@ -538,7 +569,9 @@ def test_parse_weights_overrides(tmp_path):
     path = tmp_path / "w=1.pth"
     path.write_bytes(b"x")
     assert parse_weights_overrides([f"timm:convnext_tiny={path}", f"resnet50={path}"]) == {
-        "timm:convnext_tiny": str(path), "resnet50": str(path)}
+        "timm:convnext_tiny": str(path),
+        "resnet50": str(path),
+    }
     assert parse_weights_overrides(None) == {}
     with pytest.raises(FlowerProbeError, match="NAME=PATH"):
         parse_weights_overrides(["resnet50"])

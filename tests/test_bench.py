@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from bench.common import (
-    SECTIONS, Target, bench_workspace, cosine_stats, extrapolate_phase, format_table, matmul_gflops, median_ratio,
+    SECTIONS,
+    Target,
+    bench_workspace,
+    cosine_stats,
+    extrapolate_phase,
+    format_table,
+    matmul_gflops,
+    median_ratio,
     parse_sections,
 )
 from bench.extraction import spread
@@ -30,11 +37,13 @@ def test_target_met_follows_its_operator_and_is_unknown_without_a_figure():
 
 
 def test_table_shows_figure_goal_and_verdict_per_target():
-    table = format_table([
-        Target("ViT share of peak", 61.23, ">=", 45, "%"),
-        Target("Cached rerun", 7.5, "<", 5, "s"),
-        Target("Page pages/x.py renders", None, "<", 1, "s", "missing"),
-    ])
+    table = format_table(
+        [
+            Target("ViT share of peak", 61.23, ">=", 45, "%"),
+            Target("Cached rerun", 7.5, "<", 5, "s"),
+            Target("Page pages/x.py renders", None, "<", 1, "s", "missing"),
+        ]
+    )
     lines = table.splitlines()
     assert lines[0].split() == ["Target", "Figure", "Goal", "Met"] and set(lines[1]) <= {"-", " "}
     assert "61.2 %" in lines[2] and ">= 45.0 %" in lines[2] and lines[2].endswith("yes")

@@ -37,7 +37,9 @@ def _as_rendered(markdown: str) -> str:
 
 def _markdown_texts(at: AppTest) -> list[str]:
     """Every string the page hands to a Markdown renderer."""
-    texts = [e.value for kind in ("markdown", "caption", "warning", "info", "error", "subheader") for e in getattr(at, kind)]
+    texts = [
+        e.value for kind in ("markdown", "caption", "warning", "info", "error", "subheader") for e in getattr(at, kind)
+    ]
     texts += [image.caption for element in at.get("imgs") for image in element.proto.imgs]
     return texts
 
@@ -60,16 +62,20 @@ def test_uploads_samples_and_a_second_run(app, populated_workspace, tmp_path):
     catalogue = tmp_path / "catalogue"
     entries = write_catalogue(catalogue)
     good = (catalogue / entries["rgb_jpeg"].filename).read_bytes()
-    app.file_uploader[0].set_value([
-        ("good.jpg", good, "image/jpeg"),
-        (HOSTILE_FILE_NAMES[2] + ".jpg", good, "image/jpeg"),
-        ("notes.jpg", (catalogue / entries["not_an_image"].filename).read_bytes(), "image/jpeg"),
-    ])
+    app.file_uploader[0].set_value(
+        [
+            ("good.jpg", good, "image/jpeg"),
+            (HOSTILE_FILE_NAMES[2] + ".jpg", good, "image/jpeg"),
+            ("notes.jpg", (catalogue / entries["not_an_image"].filename).read_bytes(), "image/jpeg"),
+        ]
+    )
     app.multiselect[0].set_value([app.multiselect[0].options[0]])
     app.run()
     assert not app.exception and not app.error
     broken = [w for w in app.warning if w.icon == ":material/broken_image:"]  # others: "looks like no training image"
-    assert len(broken) == 1 and _as_rendered(broken[0].value).startswith("Cannot load image 'notes.jpg': the content is not")
+    assert len(broken) == 1 and _as_rendered(broken[0].value).startswith(
+        "Cannot load image 'notes.jpg': the content is not"
+    )
     table = app.dataframe[0].value
     assert list(table["file"])[:3] == ["good.jpg", HOSTILE_FILE_NAMES[2] + ".jpg", "notes.jpg"] and len(table) == 4
     assert (table["confidence"] != "").sum() == 3 and (table["error"] != "").sum() == 1
@@ -108,11 +114,16 @@ def test_runs_on_one_backbone_share_one_copy_of_it(app, populated_root, tmp_path
     monkeypatch.delenv("FLOWER_PROBE_DATA_ROOT", raising=False)
     # A second head on the same backbone and weights (features cached: no backbone build here).
     second = run_comparison(
-        dataset="synthetic", backbones=["efficientnet_lite0"], head=HeadConfig(epochs=1, seed=1), workspace=Workspace.from_env(),
+        dataset="synthetic",
+        backbones=["efficientnet_lite0"],
+        head=HeadConfig(epochs=1, seed=1),
+        workspace=Workspace.from_env(),
     )[0]
     builds = []
     build = core.backbones.build_backbone
-    monkeypatch.setattr(core.backbones, "build_backbone", lambda name, **kw: (builds.append(name), build(name, **kw))[1])
+    monkeypatch.setattr(
+        core.backbones, "build_backbone", lambda name, **kw: (builds.append(name), build(name, **kw))[1]
+    )
     st.cache_resource.clear()  # other tests' pages may have cached this backbone already
 
     app.run()
@@ -140,7 +151,9 @@ def test_map_methods_place_the_photos_with_the_explorers_class_colours(app, popu
         app.radio(key="classify_method").set_value(method).run()
         assert not app.exception and not app.error
         figure = json.loads(app.get("plotly_chart")[-1].proto.spec)
-        colours = {trace["name"]: trace["marker"]["color"] for trace in figure["data"] if trace["name"] != "your images"}
+        colours = {
+            trace["name"]: trace["marker"]["color"] for trace in figure["data"] if trace["name"] != "your images"
+        }
         expected = dict(zip(dataset.class_names, class_colours(dataset.num_classes)))
         assert colours == {name: expected[name] for name in colours} and colours
         stars = next(trace for trace in figure["data"] if trace["name"] == "your images")

@@ -29,8 +29,14 @@ def probe_root(populated_root, tmp_path_factory) -> Path:
     (the cheap protocols: logreg's 15 fits per run are tested in test_probes)."""
     root = tmp_path_factory.mktemp("probed") / "workspace"
     shutil.copytree(populated_root, root)
-    run_probe_suite(dataset="synthetic", backbones=["efficientnet_lite0", "resnet50@random"], protocols=["mlp", "knn", "ncm"], shots=[1, 2, None], seeds=2,
-                    workspace=Workspace(root=root, data_root=root / "datasets"))
+    run_probe_suite(
+        dataset="synthetic",
+        backbones=["efficientnet_lite0", "resnet50@random"],
+        protocols=["mlp", "knn", "ncm"],
+        shots=[1, 2, None],
+        seeds=2,
+        workspace=Workspace(root=root, data_root=root / "datasets"),
+    )
     return root
 
 
@@ -86,7 +92,14 @@ def test_the_page_summary_groups_as_the_cli_does(probed):
     from ui.compare import split_summary
 
     runs = [r for r in full_runs(probed) if r["protocol"] == "mlp"]
-    mlp, other = runs[0], {**runs[0], "id": 999, "config": {**runs[0]["config"], "head": {**runs[0]["config"]["head"], "standardise": True}}}
+    mlp, other = (
+        runs[0],
+        {
+            **runs[0],
+            "id": 999,
+            "config": {**runs[0]["config"], "head": {**runs[0]["config"]["head"], "standardise": True}},
+        },
+    )
     assert len(summarise_runs([mlp, other])) == 2
     assert len(split_summary([mlp, other])) == 2
     assert len(comparison_table([mlp, other]).splitlines()) == 1 + 2
@@ -98,7 +111,10 @@ def test_protocols_frame_and_fewshot_points(probed):
     full = full_runs(probed)
     frame = protocols_frame(full)
     assert list(frame.columns) == ["backbone", "weights", "features", "mlp", "knn", "ncm"]
-    assert set(zip(frame["backbone"], frame["weights"])) == {("efficientnet_lite0", "pretrained"), ("resnet50", "random weights")}
+    assert set(zip(frame["backbone"], frame["weights"])) == {
+        ("efficientnet_lite0", "pretrained"),
+        ("resnet50", "random weights"),
+    }
     knn = [r for r in full if r["protocol"] == "knn" and r["backbone"] == "resnet50"][0]
     low, high = knn["metrics"]["test_acc_ci"]
     assert frame[frame["backbone"] == "resnet50"]["knn"].item() == f"{knn['test_acc']:.1f} ({low:.1f} to {high:.1f})"
@@ -111,7 +127,9 @@ def test_protocols_frame_and_fewshot_points(probed):
     assert len(lines) == 2 * 3
     for label in lines:
         xs = sorted(p["x"] for p in points if p["label"] == label)
-        assert xs[:2] == [1, 2] and xs[2] == pytest.approx(4.0)  # the whole training part: 4 images a class in the tiny set
+        assert xs[:2] == [1, 2] and xs[2] == pytest.approx(
+            4.0
+        )  # the whole training part: 4 images a class in the tiny set
 
 
 def test_paired_text_needs_the_same_test_images(probed):
@@ -189,5 +207,7 @@ def test_the_train_page_launches_a_probe_suite_through_the_job_runner(probe_root
     at.multiselect(key="probe_features").set_value(["patch_mean"])
     at.button(key="probe_launch").click().run()
     assert not at.exception
-    assert any("features must be one of gap for resnet50, got 'patch_mean'" in e.value.replace("\\", "") for e in at.error)
+    assert any(
+        "features must be one of gap for resnet50, got 'patch_mean'" in e.value.replace("\\", "") for e in at.error
+    )
     assert len(job_runner().jobs()) == jobs

@@ -40,8 +40,12 @@ def _fake_oxford17(folder: Path) -> dict[str, str]:
         trn, val, tst = [], [], []
         for c in range(17):
             ids = rng.permutation(np.arange(c * 80 + 1, c * 80 + 81))  # 1-based, as in MATLAB
-            trn += list(ids[:40]); val += list(ids[40:60]); tst += list(ids[60:])
-        mat[f"trn{split}"], mat[f"val{split}"], mat[f"tst{split}"] = (np.array(v, dtype=np.float64) for v in (trn, val, tst))
+            trn += list(ids[:40])
+            val += list(ids[40:60])
+            tst += list(ids[60:])
+        mat[f"trn{split}"], mat[f"val{split}"], mat[f"tst{split}"] = (
+            np.array(v, dtype=np.float64) for v in (trn, val, tst)
+        )
     savemat(folder / "datasplits.mat", mat)
     return {name: hashlib.md5((folder / name).read_bytes()).hexdigest() for name in ("17flowers.tgz", "datasplits.mat")}
 

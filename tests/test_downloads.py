@@ -126,8 +126,15 @@ def test_full_download_reports_bytes_and_rate(server, tmp_path):
     server.files["/w.bin"] = PAYLOAD
     events: list[ProgressEvent] = []
 
-    path = download(server.url("/w.bin"), tmp_path / "w.bin", what="w.bin", manual_hint="hint", progress=events.append,
-                    md5=hashlib.md5(PAYLOAD).hexdigest(), sha256_prefix=hashlib.sha256(PAYLOAD).hexdigest()[:8])
+    path = download(
+        server.url("/w.bin"),
+        tmp_path / "w.bin",
+        what="w.bin",
+        manual_hint="hint",
+        progress=events.append,
+        md5=hashlib.md5(PAYLOAD).hexdigest(),
+        sha256_prefix=hashlib.sha256(PAYLOAD).hexdigest()[:8],
+    )
 
     assert path.read_bytes() == PAYLOAD
     assert _leftovers(tmp_path) == ["w.bin"]  # the partial file was renamed, not copied
@@ -204,8 +211,15 @@ def test_a_stalling_server_times_out_within_the_limit(server, tmp_path, retries)
 
     started = time.monotonic()
     with pytest.raises(MissingFileError, match="timed out|TimeoutError|timeout"):
-        download(server.url("/w.bin"), tmp_path / "w.bin", what="w.bin", manual_hint="hint", timeout_s=timeout_s,
-                 retries=retries, backoff_s=backoff_s)
+        download(
+            server.url("/w.bin"),
+            tmp_path / "w.bin",
+            what="w.bin",
+            manual_hint="hint",
+            timeout_s=timeout_s,
+            retries=retries,
+            backoff_s=backoff_s,
+        )
     elapsed = time.monotonic() - started
 
     attempts = retries + 1

@@ -73,7 +73,9 @@ def test_loading_skips_excluded_images_and_renumbers_the_splits(tiny_workspace):
             # Every remaining image keeps its label and its part.
             expected = [relative_path(whole, r) for r in whole.split("1")[part] if r not in rows]
             assert [relative_path(dataset, r) for r in part_rows] == expected
-            assert np.array_equal(dataset.labels[part_rows], whole.labels[[r for r in whole.split("1")[part] if r not in rows]])
+            assert np.array_equal(
+                dataset.labels[part_rows], whole.labels[[r for r in whole.split("1")[part] if r not in rows]]
+            )
     assert load_dataset("synthetic", tiny_workspace, exclusions=False).fingerprint == whole.fingerprint
 
 
@@ -91,7 +93,9 @@ def test_exclusion_round_trip_through_a_run(tiny_workspace):
     assert dataset.fingerprint != whole.fingerprint
     assert sum(map(sum, dataset_summary(dataset)["counts"]["1"].values())) == len(whole.image_paths) - 3
 
-    config = ExperimentConfig(dataset="synthetic", split="1", backbone="efficientnet_lite0", weights="random", head=HeadConfig(epochs=1))
+    config = ExperimentConfig(
+        dataset="synthetic", split="1", backbone="efficientnet_lite0", weights="random", head=HeadConfig(epochs=1)
+    )
     run = run_experiment(config, workspace=tiny_workspace)
     assert run["status"] == "completed"
     assert sorted(run["config"]["excluded_images"]) == sorted(paths)

@@ -16,7 +16,12 @@ import pytest
 
 from core.datasets import load_dataset
 from tests.browser import (
-    artifact_path, component_frame, launch_chromium, require_chromium, streamlit_server, wait_for_app_idle,
+    artifact_path,
+    component_frame,
+    launch_chromium,
+    require_chromium,
+    streamlit_server,
+    wait_for_app_idle,
 )
 from ui.hover_scatter import FRAME_TITLE
 
@@ -78,7 +83,9 @@ def test_hover_shows_the_photo_and_a_click_shows_nearest_neighbours(page, server
     dataset = load_dataset("synthetic", populated_workspace)
     frame = open_explorer(page, server)
     assert frame.evaluate("hoverScatter.rows(0).length") == len(dataset.image_paths)
-    assert not page.locator('[data-testid="stException"]').count(), page.locator('[data-testid="stException"]').all_inner_texts()
+    assert not page.locator('[data-testid="stException"]').count(), page.locator(
+        '[data-testid="stException"]'
+    ).all_inner_texts()
 
     isolated = frame.evaluate(f"hoverScatter.isolatedRows(0, {ISOLATION_PX})")
     assert isolated, f"no point of the first map is {ISOLATION_PX} px away from all others"
@@ -90,7 +97,8 @@ def test_hover_shows_the_photo_and_a_click_shows_nearest_neighbours(page, server
 
     page.mouse.move(x, y, steps=3)  # several moves: a single one can land before Plotly sees the pointer enter
     frame.wait_for_function(
-        f"hoverScatter.tooltip().visible && hoverScatter.tooltip().row === {row} && hoverScatter.tooltip().thumbState === 'ok'",
+        f"hoverScatter.tooltip().visible && hoverScatter.tooltip().row === {row} "
+        "&& hoverScatter.tooltip().thumbState === 'ok'",
         timeout=TOOLTIP_WAIT_S * 1000,
     )
     tooltip = frame.evaluate("hoverScatter.tooltip()")
@@ -98,7 +106,9 @@ def test_hover_shows_the_photo_and_a_click_shows_nearest_neighbours(page, server
     assert frame.locator("#tooltip").is_visible()
     assert frame.locator("#tooltip .cls").inner_text() == expected_class
     assert frame.evaluate(_THUMB_WIDTH_JS) > 0, "the tooltip's sprite sheet did not decode"
-    assert all(ring is not None for ring in frame.evaluate("hoverScatter.rings()")), "the row is not marked in both maps"
+    assert all(ring is not None for ring in frame.evaluate("hoverScatter.rings()")), (
+        "the row is not marked in both maps"
+    )
     page.screenshot(path=str(artifact_path("explorer_browser_hover.png")))
 
     k = int(page.get_by_label("Neighbours (k)", exact=True).input_value())
@@ -118,8 +128,9 @@ def test_hover_shows_the_photo_and_a_click_shows_nearest_neighbours(page, server
         f"hoverScatter.selectedMarks().every((marks) => marks.length === 1 && marks[0].row === {row})",
         timeout=TOOLTIP_WAIT_S * 1000,
     )
-    assert frame.evaluate("document.querySelector('#panels .panel .plot > div') === window.plotBeforeClick"), \
+    assert frame.evaluate("document.querySelector('#panels .panel .plot > div') === window.plotBeforeClick"), (
         "a new selection redrew the maps (zoom would be lost)"
+    )
     assert dataset.image_paths[row].name in page.locator('[data-testid="stImageCaption"]').first.inner_text()
     page.get_by_role("heading", name="Nearest neighbours").scroll_into_view_if_needed()
     page.screenshot(path=str(artifact_path("explorer_browser_neighbours.png")))

@@ -22,7 +22,11 @@ from core.workspace import Workspace
 
 ENTRY = Path(__file__).resolve().parents[1] / "dashboard.py"
 # The explorer's st.Page path as the entry script names it (so a renamed pages folder needs no edit here).
-PAGE = next(page for page in re.findall(r'st\.Page\("([^"]+)"', ENTRY.read_text(encoding="utf-8")) if page.endswith("explorer.py"))
+PAGE = next(
+    page
+    for page in re.findall(r'st\.Page\("([^"]+)"', ENTRY.read_text(encoding="utf-8"))
+    if page.endswith("explorer.py")
+)
 MAP_KEY = "explorer-map"
 RENDER_TIMEOUT_S = 120  # t-SNE of 2 x 136 points on a shared 2-core CPU, the first time
 
@@ -147,8 +151,9 @@ def test_click_shows_the_photo_and_its_nearest_neighbours_per_backbone(populated
         captions = [shown(caption) for caption in gallery.captions]
         distances = [float(caption.split(" · ")[0]) for caption in captions]
         assert distances == sorted(distances) and all(0 <= d <= 2 for d in distances)
-        assert not any(caption.endswith("\n" + dataset.image_paths[row].name) for caption in captions), \
+        assert not any(caption.endswith("\n" + dataset.image_paths[row].name) for caption in captions), (
             "the clicked photo is not its own neighbour"
+        )
 
 
 def test_an_old_event_is_not_handled_again_after_the_view_changes(populated_workspace):
@@ -240,7 +245,9 @@ def test_pca_map_keeps_the_class_colours_and_is_the_features_pca(populated_works
     run = RunRegistry(populated_workspace.registry_path).get_run(at.multiselect[0].value[0])
     features = read_features(RunFiles(run, populated_workspace).features)
     expected = PCA(n_components=2, random_state=0).fit_transform(features.features)
-    position = {row: (x, y) for trace in pca["panels"][0]["traces"] for row, x, y in zip(trace["rows"], trace["x"], trace["y"])}
+    position = {
+        row: (x, y) for trace in pca["panels"][0]["traces"] for row, x, y in zip(trace["rows"], trace["x"], trace["y"])
+    }
     got = np.array([position[int(row)] for row in features.rows])
     np.testing.assert_allclose(np.abs(got), np.abs(expected), atol=0.01)
 
@@ -273,15 +280,24 @@ def test_colour_by_data_health_scores_of_the_first_maps_features(populated_works
     first = RunRegistry(root / "runs.sqlite").get_run(at.multiselect[0].value[0])
     at.selectbox(key="explorer_colour").set_value("health").run()
     assert_no_exception(at)
-    report = dataset_health("synthetic", first["backbone"], workspace=Workspace.from_env(), weights=first["weights"],
-                            config=HealthConfig(split=first["split"]))
+    report = dataset_health(
+        "synthetic",
+        first["backbone"],
+        workspace=Workspace.from_env(),
+        weights=first["weights"],
+        config=HealthConfig(split=first["split"]),
+    )
     assert report.from_cache, "the page computed and cached the same report"
     chosen = at.selectbox(key="explorer_colour").value
     assert chosen.startswith("score:health:label")
     dataset = load_dataset("synthetic", Workspace.from_env())
-    expected = {dataset.image_paths.index(dataset.root / report.paths[issue["image"]]): issue["score"] for issue in report.label_issues}
+    expected = {
+        dataset.image_paths.index(dataset.root / report.paths[issue["image"]]): issue["score"]
+        for issue in report.label_issues
+    }
     panel = spec_of(at)["panels"][0]
     assert panel["colourBar"]["title"].startswith("label quality")
     (scored,) = [trace for trace in panel["traces"] if trace["values"] is not None]
     assert {row: value for row, value in zip(scored["rows"], scored["values"])} == {
-        row: round(score, 4) for row, score in expected.items() if not math.isnan(score)}
+        row: round(score, 4) for row, score in expected.items() if not math.isnan(score)
+    }

@@ -63,7 +63,13 @@ def _model_output(dataset, backbone: str, precision: str) -> np.ndarray:
     model, _ = build_backbone(backbone, weights="random")
     device = torch.device("cpu")
     model = prepare_model(model, device=device, precision=precision)
-    images, _, errors = next(iter(feature_loader(dataset.image_paths, backbone, device=device, batch_size=len(dataset.image_paths), num_workers=0)))
+    images, _, errors = next(
+        iter(
+            feature_loader(
+                dataset.image_paths, backbone, device=device, batch_size=len(dataset.image_paths), num_workers=0
+            )
+        )
+    )
     assert not any(errors)
     dtype = next(model.parameters()).dtype
     with torch.inference_mode():
@@ -81,19 +87,27 @@ def test_default_variant_is_bit_identical_to_the_model_output(workspace, tiny_sy
     np.testing.assert_array_equal(result.rows, np.arange(len(dataset.image_paths)))
 
 
-def test_every_variant_comes_from_one_pass_and_another_variant_runs_zero_forwards(workspace, tiny_synthetic_folder, monkeypatch):
+def test_every_variant_comes_from_one_pass_and_another_variant_runs_zero_forwards(
+    workspace, tiny_synthetic_folder, monkeypatch
+):
     seen = _counting_images(monkeypatch)
     dataset = _mini_dataset(workspace, tiny_synthetic_folder, per_class=3)
     n = len(dataset.image_paths)
     cls = extract_features(dataset, "dinov2_vits14", workspace=workspace, weights="random", num_workers=0)
     assert seen[0] == n  # each image forwarded once for all four variants
     seen[0] = 0
-    variants = {v: extract_features(dataset, "dinov2_vits14", workspace=workspace, weights="random", variant=v)
-                for v in ("patch_mean", "cls+patch_mean", "last4")}
+    variants = {
+        v: extract_features(dataset, "dinov2_vits14", workspace=workspace, weights="random", variant=v)
+        for v in ("patch_mean", "cls+patch_mean", "last4")
+    }
     assert seen[0] == 0 and all(v.from_cache for v in variants.values())
     assert variants["patch_mean"].features.shape == (n, 384) and variants["last4"].features.shape == (n, 4 * 384)
-    np.testing.assert_array_equal(variants["cls+patch_mean"].features, np.concatenate([cls.features, variants["patch_mean"].features], 1))
-    np.testing.assert_array_equal(variants["last4"].features[:, -384:], cls.features)  # the last block's CLS is the default
+    np.testing.assert_array_equal(
+        variants["cls+patch_mean"].features, np.concatenate([cls.features, variants["patch_mean"].features], 1)
+    )
+    np.testing.assert_array_equal(
+        variants["last4"].features[:, -384:], cls.features
+    )  # the last block's CLS is the default
     assert variants["last4"].cache_path == cls.cache_path
     again = read_features(cls.cache_path, variant="last4")
     np.testing.assert_array_equal(again.features, variants["last4"].features)
@@ -105,7 +119,14 @@ def test_a_single_file_cache_from_before_variants_reads_as_the_default(workspace
     dataset = _mini_dataset(workspace, tiny_synthetic_folder, per_class=3)
     entry = CacheEntry.of(dataset, "resnet50", workspace=workspace, weights_tag="random", precision="bf16")
     old = np.random.default_rng(0).normal(size=(len(dataset.image_paths), 2048)).astype(np.float32)
-    meta = {"backbone": "resnet50", "weights_tag": "random", "precision": "bf16", "device": "old CPU", "seconds": 1.5, "skipped": []}
+    meta = {
+        "backbone": "resnet50",
+        "weights_tag": "random",
+        "precision": "bf16",
+        "device": "old CPU",
+        "seconds": 1.5,
+        "skipped": [],
+    }
     with open(entry.legacy_path, "wb") as handle:  # the version-1 format, as extract_features wrote it then
         np.savez(handle, features=old, rows=np.arange(len(old)), meta=np.asarray(json.dumps(meta)))
     seen = _counting_images(monkeypatch)
@@ -150,11 +171,14 @@ _CHILD = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_killed_sharded_extraction_resumes_with_only_the_missing_shards(workspace, tiny_synthetic_folder, tmp_path, monkeypatch):
+def test_killed_sharded_extraction_resumes_with_only_the_missing_shards(
+    workspace, tiny_synthetic_folder, tmp_path, monkeypatch
+):
     dataset = _mini_dataset(workspace, tiny_synthetic_folder, per_class=4, classes=4)  # 16 images, 4 shards of 4
     entry = CacheEntry.of(dataset, "efficientnet_lite0", workspace=workspace, weights_tag="random", precision="fp32")
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(workspace.root)], cwd=REPO,
-                             env={**os.environ, "PYTHONPATH": str(REPO)})  # same threads: same bits
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(workspace.root)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )  # same threads: same bits
     deadline = time.monotonic() + 240
     done: dict = {}
     while time.monotonic() < deadline and child.poll() is None:
@@ -170,14 +194,22 @@ def test_killed_sharded_extraction_resumes_with_only_the_missing_shards(workspac
     assert 2 <= finished < 4 and not manifest["complete"]
 
     seen = _counting_images(monkeypatch)
-    resumed = extract_features(dataset, "efficientnet_lite0", workspace=workspace, weights="random", num_workers=0, shard_size=4)
+    resumed = extract_features(
+        dataset, "efficientnet_lite0", workspace=workspace, weights="random", num_workers=0, shard_size=4
+    )
     assert seen[0] == len(dataset.image_paths) - 4 * finished  # only the missing shards were computed
 
     fresh_root = tmp_path / "fresh"
     fresh = Workspace(root=fresh_root, data_root=fresh_root / "datasets")
     shutil.copytree(workspace.data_root / "mini", fresh.data_root / "mini", copy_function=shutil.copy2)
-    uninterrupted = extract_features(load_dataset("folder:mini", fresh), "efficientnet_lite0", workspace=fresh, weights="random",
-                                     num_workers=0, shard_size=4)
+    uninterrupted = extract_features(
+        load_dataset("folder:mini", fresh),
+        "efficientnet_lite0",
+        workspace=fresh,
+        weights="random",
+        num_workers=0,
+        shard_size=4,
+    )
     assert np.array_equal(resumed.features, uninterrupted.features)
     np.testing.assert_array_equal(resumed.rows, uninterrupted.rows)
     assert not list(entry.folder.glob("shard-*"))  # joined into one file per variant
@@ -188,8 +220,15 @@ def test_cancel_stops_a_running_extraction_within_two_seconds(workspace, tiny_sy
     runner = JobRunner()
 
     def target(context):
-        return extract_features(dataset, "efficientnet_lite0", workspace=workspace, weights="random", num_workers=0,
-                                batch_size=64, progress=context.progress)
+        return extract_features(
+            dataset,
+            "efficientnet_lite0",
+            workspace=workspace,
+            weights="random",
+            num_workers=0,
+            batch_size=64,
+            progress=context.progress,
+        )
 
     job = runner.submit("extract", target)
     deadline = time.monotonic() + 120
@@ -214,8 +253,10 @@ def test_extraction_job_caches_the_features_later_steps_read(workspace, tiny_syn
 
     dataset = _mini_dataset(workspace, tiny_synthetic_folder, per_class=3)
     runner = JobRunner()
-    job = runner.submit("features", extraction_job(dataset="folder:mini", backbone="efficientnet_lite0", workspace=workspace,
-                                                   weights="random"))
+    job = runner.submit(
+        "features",
+        extraction_job(dataset="folder:mini", backbone="efficientnet_lite0", workspace=workspace, weights="random"),
+    )
     finished = runner.wait(job.id, timeout_s=300)
     assert finished.status == "completed", finished.error
     assert finished.result["images"] == len(dataset.image_paths) and not finished.result["from_cache"]
@@ -285,5 +326,7 @@ def test_a_repeat_fingerprint_only_stats_and_a_copy_keeps_it(workspace, tiny_syn
     copied = Workspace(root=copy_root, data_root=copy_root / "datasets")
     shutil.copytree(workspace.data_root / "mini", copied.data_root / "mini", copy_function=shutil.copy)  # new mtimes
     assert load_dataset("folder:mini", copied).fingerprint == first and len(reads) == len(dataset.image_paths)
-    (copied.data_root / "mini" / dataset.image_paths[0].parent.name / dataset.image_paths[0].name).write_bytes(b"changed")
+    (copied.data_root / "mini" / dataset.image_paths[0].parent.name / dataset.image_paths[0].name).write_bytes(
+        b"changed"
+    )
     assert load_dataset("folder:mini", copied).fingerprint != first

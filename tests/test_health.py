@@ -104,7 +104,9 @@ def test_analyse_finds_a_flipped_label_and_a_copy(tiny_workspace):
     result = analyse(wrong, features, np.arange(len(labels)), config=HealthConfig(folds=3))
     assert result["label_issues"][0]["image"] == flipped and result["label_issues"][0]["flagged"]
     assert result["label_issues"][0]["suggested"] == dataset.labels[flipped]
-    assert all(issue["image"] not in dataset.split("1")["test"] for issue in result["label_issues"])  # test stays untouched
+    assert all(
+        issue["image"] not in dataset.split("1")["test"] for issue in result["label_issues"]
+    )  # test stays untouched
     near = [p for p in result["pairs"] if {p["a"], p["b"]} == {int(train[5]), test_row}]
     assert near and near[0]["similarity"] >= result["duplicate_threshold"]
 
@@ -137,24 +139,47 @@ def test_report_is_cached_and_lists_exclusions(tiny_workspace, capsys):
     from core.__main__ import main
     from core.exclusions import exclude_images
 
-    first = dataset_health("synthetic", "efficientnet_lite0", workspace=tiny_workspace, weights="random", extract=True,
-                           config=HealthConfig(folds=3))
+    first = dataset_health(
+        "synthetic",
+        "efficientnet_lite0",
+        workspace=tiny_workspace,
+        weights="random",
+        extract=True,
+        config=HealthConfig(folds=3),
+    )
     assert not first.from_cache and first.backbone == "efficientnet_lite0" and first.weights == "random"
     assert set(first.timings) >= {"features_s", "label_issues_s", "neighbours_s", "outliers_s", "total_s"}
-    again = dataset_health("synthetic", "efficientnet_lite0", workspace=tiny_workspace, weights="random", config=HealthConfig(folds=3))
+    again = dataset_health(
+        "synthetic", "efficientnet_lite0", workspace=tiny_workspace, weights="random", config=HealthConfig(folds=3)
+    )
     assert again.from_cache and again.to_dict() == first.to_dict()
     assert list((tiny_workspace.root / "health").glob("*.json"))
 
     excluded = first.paths[:2]
     exclude_images(tiny_workspace, "synthetic", excluded, reason="test")
-    after = dataset_health("synthetic", "efficientnet_lite0", workspace=tiny_workspace, weights="random", config=HealthConfig(folds=3))
+    after = dataset_health(
+        "synthetic", "efficientnet_lite0", workspace=tiny_workspace, weights="random", config=HealthConfig(folds=3)
+    )
     assert not after.from_cache and after.fingerprint != first.fingerprint
     assert [p for p, _ in after.skipped] == sorted(excluded) and not set(excluded) & set(after.paths)
     assert len(after.paths) == len(first.paths) - 2
 
     csv_path = tiny_workspace.root / "health.csv"
-    code = main(["health", "--dataset", "synthetic", "--backbone", "efficientnet_lite0", "--weights", "random", "--folds", "3",
-                 "--csv", str(csv_path)])
+    code = main(
+        [
+            "health",
+            "--dataset",
+            "synthetic",
+            "--backbone",
+            "efficientnet_lite0",
+            "--weights",
+            "random",
+            "--folds",
+            "3",
+            "--csv",
+            str(csv_path),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "label issues" in out and "outliers" in out
@@ -167,7 +192,9 @@ def test_report_is_cached_and_lists_exclusions(tiny_workspace, capsys):
 
 # ----------------------------------------------------------------------------------------------- planted problems
 
-IMAGES_PER_CLASS = 20  # 10 train / 5 val / 5 test a class: enough for 5 folds, a quarter of the full set's extraction time
+IMAGES_PER_CLASS = (
+    20  # 10 train / 5 val / 5 test a class: enough for 5 folds, a quarter of the full set's extraction time
+)
 
 
 def _foreign_image(index: int, rng: np.random.Generator) -> Image.Image:
@@ -181,7 +208,9 @@ def _foreign_image(index: int, rng: np.random.Generator) -> Image.Image:
         array = np.repeat(stripes[..., None], 3, axis=2)
     else:
         ramp = np.linspace(0, 255, size, dtype=np.float32)
-        array = np.stack([np.add.outer(ramp, ramp) / 2, np.full((size, size), 40.0 * index), np.add.outer(ramp, -ramp) % 255], axis=2)
+        array = np.stack(
+            [np.add.outer(ramp, ramp) / 2, np.full((size, size), 40.0 * index), np.add.outer(ramp, -ramp) % 255], axis=2
+        )
         array = array.clip(0, 255).astype(np.uint8)
     return Image.fromarray(array)
 
@@ -233,8 +262,10 @@ def planted_reports(tmp_path_factory):
     ws = Workspace(root=root, data_root=root / "datasets")
     clean = generate_synthetic_flowers(root / "clean", seed=0, images_per_class=IMAGES_PER_CLASS, image_size=256)
     planted = plant_problems(clean, ws.data_root / "planted")
-    reports = {weights: dataset_health("folder:planted", "efficientnet_lite0", workspace=ws, weights=weights, extract=True)
-               for weights in ("pretrained", "random")}
+    reports = {
+        weights: dataset_health("folder:planted", "efficientnet_lite0", workspace=ws, weights=weights, extract=True)
+        for weights in ("pretrained", "random")
+    }
     return ws, planted, reports
 
 
@@ -247,7 +278,7 @@ def test_planted_problems_are_found_with_pretrained_features(planted_reports):
 
     # Flipped labels: recall >= 0.8 among the top 2 x (number flipped) candidates.
     assert len(planted["label"]) == round(0.05 * (IMAGES_PER_CLASS // 2) * 17)
-    top = {report.paths[i["image"]] for i in report.label_issues[:2 * len(planted["label"])]}
+    top = {report.paths[i["image"]] for i in report.label_issues[: 2 * len(planted["label"])]}
     assert len(top & set(planted["label"])) >= 0.8 * len(planted["label"])
 
     duplicates = {frozenset((report.paths[p["a"]], report.paths[p["b"]])): p for p in report.duplicates()}
@@ -271,5 +302,8 @@ def test_random_weights_are_reported_and_compared(planted_reports):
         assert row["label issues"] == sum(i["flagged"] for i in report.label_issues)
         assert 0 <= row["label_recall_at_2n"] <= 1
     # Byte copies are found from the hashes whatever the backbone.
-    random_pairs = {frozenset((reports["random"].paths[p["a"]], reports["random"].paths[p["b"]])) for p in reports["random"].duplicates()}
+    random_pairs = {
+        frozenset((reports["random"].paths[p["a"]], reports["random"].paths[p["b"]]))
+        for p in reports["random"].duplicates()
+    }
     assert all(frozenset(pair) in random_pairs for pair in planted["byte"])

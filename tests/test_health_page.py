@@ -33,16 +33,36 @@ def texts(at: AppTest, *kinds: str) -> list[str]:
 def _report(**changes) -> HealthReport:
     """A hand-made report: 4 images, class names that look like spreadsheet formulas."""
     base = HealthReport(
-        dataset_key="folder:x", dataset_name="x", fingerprint="f", backbone="efficientnet_lite0", weights="random", weights_tag="random", precision="fp32",
-        variant="gap", features_file="", config={"split": "1", "folds": 2, "outlier_k": 1}, class_names=["=HYPERLINK(1)", "tulip"],
-        paths=["train/a.jpg", "train/b.jpg", "test/c.jpg", "val/d.jpg"], parts=["train", "train", "test", "val"], labels=[0, 1, 1, 0],
-        label_issues=[{"image": 1, "given": 1, "suggested": 0, "score": 0.1, "flagged": True},
-                      {"image": 3, "given": 0, "suggested": 0, "score": 0.9, "flagged": False}],
-        pairs=[{"a": 0, "b": 2, "similarity": 0.99, "exact": False}, {"a": 1, "b": 3, "similarity": 0.5, "exact": True},
-               {"a": 0, "b": 1, "similarity": 0.7, "exact": False}],
-        duplicate_threshold=0.95, threshold_source="given",
-        outliers=[{"image": 2, "score": 0.8, "flagged": True}, {"image": 0, "score": 0.2, "flagged": False}], outlier_cutoff=0.5,
-        skipped=[], timings={"total_s": 1.0}, created_at=0.0,
+        dataset_key="folder:x",
+        dataset_name="x",
+        fingerprint="f",
+        backbone="efficientnet_lite0",
+        weights="random",
+        weights_tag="random",
+        precision="fp32",
+        variant="gap",
+        features_file="",
+        config={"split": "1", "folds": 2, "outlier_k": 1},
+        class_names=["=HYPERLINK(1)", "tulip"],
+        paths=["train/a.jpg", "train/b.jpg", "test/c.jpg", "val/d.jpg"],
+        parts=["train", "train", "test", "val"],
+        labels=[0, 1, 1, 0],
+        label_issues=[
+            {"image": 1, "given": 1, "suggested": 0, "score": 0.1, "flagged": True},
+            {"image": 3, "given": 0, "suggested": 0, "score": 0.9, "flagged": False},
+        ],
+        pairs=[
+            {"a": 0, "b": 2, "similarity": 0.99, "exact": False},
+            {"a": 1, "b": 3, "similarity": 0.5, "exact": True},
+            {"a": 0, "b": 1, "similarity": 0.7, "exact": False},
+        ],
+        duplicate_threshold=0.95,
+        threshold_source="given",
+        outliers=[{"image": 2, "score": 0.8, "flagged": True}, {"image": 0, "score": 0.2, "flagged": False}],
+        outlier_cutoff=0.5,
+        skipped=[],
+        timings={"total_s": 1.0},
+        created_at=0.0,
     )
     return replace(base, **changes)
 
@@ -58,7 +78,8 @@ def test_gallery_and_pair_items_follow_the_report():
     assert [i["path"] for i in gallery_items(report, "outlier", limit=1)] == ["test/c.jpg"]
     pairs = pair_items(report, threshold=0.95, limit=10)
     assert [(p["paths"], p["exact"], p["leakage"]) for p in pairs] == [
-        (["train/b.jpg", "val/d.jpg"], True, True), (["train/a.jpg", "test/c.jpg"], False, True),
+        (["train/b.jpg", "val/d.jpg"], True, True),
+        (["train/a.jpg", "test/c.jpg"], False, True),
     ]
     assert len(pair_items(report, threshold=0.6, limit=10)) == 3  # the slider lowers the threshold
     with pytest.raises(Exception, match="issue must be"):
@@ -107,12 +128,21 @@ def test_extract_then_check_then_exclude_and_undo(tiny_workspace):
     at.run()
     assert not at.exception, [e.message for e in at.exception]
 
-    report = dataset_health("synthetic", "efficientnet_lite0", workspace=tiny_workspace, weights="random", config=HealthConfig(), compute=False)
+    report = dataset_health(
+        "synthetic",
+        "efficientnet_lite0",
+        workspace=tiny_workspace,
+        weights="random",
+        config=HealthConfig(),
+        compute=False,
+    )
     assert report is not None
     counts = report.counts()
     assert [t.label for t in at.tabs] == [
-        f"Label issues ({counts['label issues']})", f"Duplicates and leakage ({counts['duplicate pairs']})",
-        f"Outliers ({counts['outliers']})", "Compare backbones",
+        f"Label issues ({counts['label issues']})",
+        f"Duplicates and leakage ({counts['duplicate pairs']})",
+        f"Outliers ({counts['outliers']})",
+        "Compare backbones",
     ]
     assert at.slider(key="health_threshold").value == pytest.approx(report.duplicate_threshold, abs=1e-3)
     label_paths = [item for item in report.label_issues[:18]]

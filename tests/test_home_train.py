@@ -33,31 +33,55 @@ def test_every_backbone_is_offered_pretrained_and_random():
 def test_defaults_follow_what_is_on_disk():
     assert default_backbones(reference_ready=True) == list(REFERENCE.backbones)
     assert default_backbones(reference_ready=False) == list(OFFLINE_DEMO.backbones)
-    entries = {OXFORD17_KEY: DatasetEntry(OXFORD17_KEY, "Oxford", False), SYNTHETIC_KEY: DatasetEntry(SYNTHETIC_KEY, "Synthetic", False)}
+    entries = {
+        OXFORD17_KEY: DatasetEntry(OXFORD17_KEY, "Oxford", False),
+        SYNTHETIC_KEY: DatasetEntry(SYNTHETIC_KEY, "Synthetic", False),
+    }
     assert default_dataset(entries, reference_ready=False) == SYNTHETIC_KEY  # no download needed
     assert default_dataset(entries, reference_ready=True) == OXFORD17_KEY
 
 
 def test_train_form_title_names_each_backbone_with_its_weights():
-    form = TrainForm(dataset="synthetic", dataset_name="Synthetic Flowers", split="1", backbones=["efficientnet_lite0", "efficientnet_lite0@random"],
-                     head={}, device="auto", precision="auto")
+    form = TrainForm(
+        dataset="synthetic",
+        dataset_name="Synthetic Flowers",
+        split="1",
+        backbones=["efficientnet_lite0", "efficientnet_lite0@random"],
+        head={},
+        device="auto",
+        precision="auto",
+    )
     assert form.title == "efficientnet_lite0, efficientnet_lite0 (random weights) on Synthetic Flowers, split 1"
 
 
 def test_recent_runs_frame_labels_weights_and_synthetic_data():
-    run = {"id": 7, "backbone": "resnet50", "weights": "random", "dataset_name": "Synthetic Flowers", "synthetic": True,
-           "split": "1", "test_acc": 12.5, "finished_at": None}
-    frame = recent_runs_frame([run, {**run, "id": 8, "weights": "pretrained", "dataset_name": "mine", "synthetic": True}])
+    run = {
+        "id": 7,
+        "backbone": "resnet50",
+        "weights": "random",
+        "dataset_name": "Synthetic Flowers",
+        "synthetic": True,
+        "split": "1",
+        "test_acc": 12.5,
+        "finished_at": None,
+    }
+    frame = recent_runs_frame(
+        [run, {**run, "id": 8, "weights": "pretrained", "dataset_name": "mine", "synthetic": True}]
+    )
     assert frame["run"].tolist() == [7, 8]
     assert frame["weights"].tolist() == ["random weights", "pretrained"]
     assert frame["dataset"].tolist() == ["Synthetic Flowers", "mine (synthetic)"]
 
 
 def test_duration_text_says_whether_it_was_measured():
-    measured = DurationEstimate(seconds=95, steps=(("a", 60.0, "measured"), ("b", 0.0, "cached"), ("c", 35.0, "overhead")))
+    measured = DurationEstimate(
+        seconds=95, steps=(("a", 60.0, "measured"), ("b", 0.0, "cached"), ("c", 35.0, "overhead"))
+    )
     guessed = DurationEstimate(seconds=300, steps=(("a", 300.0, "estimate"),))
-    assert duration_text(measured) == ("Expected duration: about 1 min 35 s here (from extraction rates measured in this workspace; "
-                                       "reuses 1 cached feature set(s)).")
+    assert duration_text(measured) == (
+        "Expected duration: about 1 min 35 s here (from extraction rates measured in this workspace; "
+        "reuses 1 cached feature set(s))."
+    )
     assert "an estimate" in duration_text(guessed) and "5 min 00 s" in duration_text(guessed)
     assert duration_text(None) == ""
 
@@ -82,7 +106,9 @@ def test_home_states_the_offline_demos_duration_before_the_click(workspace):
     record_rate(workspace, what=GENERATE_KEY, device="cpu", images_per_s=1360 / 20)
     after = _duration_captions(at.run())
     # 20 s drawing + 2 x 40 s of features + 2 runs' overhead (core.experiment.ESTIMATED_RUN_OVERHEAD_S = 5 s each).
-    assert after == ["Expected duration: about 1 min 50 s here (from extraction rates measured in this workspace)."], after
+    assert after == ["Expected duration: about 1 min 50 s here (from extraction rates measured in this workspace)."], (
+        after
+    )
 
 
 def test_home_offers_the_random_resnet_as_an_option(workspace):

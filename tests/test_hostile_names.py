@@ -58,9 +58,13 @@ def hostile_root(tmp_path_factory) -> Path:
         folder = ws.data_root / DATASET_NAME / name
         folder.mkdir(parents=True)
         for index in range(IMAGES_PER_CLASS):
-            Image.new("RGB", (48, 48), (40 * label % 256, 90 * index % 256, 120)).save(folder / _file_name(label, index))
+            Image.new("RGB", (48, 48), (40 * label % 256, 90 * index % 256, 120)).save(
+                folder / _file_name(label, index)
+            )
     (ws.data_root / DATASET_NAME / CLASSES[0] / UNREADABLE).write_bytes(b"not a jpeg at all")
-    run = run_experiment(ExperimentConfig(dataset=DATASET_KEY, backbone="efficientnet_lite0", head=HeadConfig(epochs=1)), workspace=ws)
+    run = run_experiment(
+        ExperimentConfig(dataset=DATASET_KEY, backbone="efficientnet_lite0", head=HeadConfig(epochs=1)), workspace=ws
+    )
     assert run["status"] == "completed" and sorted(run["class_names"]) == sorted(CLASSES)
     return root
 
@@ -86,7 +90,9 @@ def downloads(monkeypatch) -> list[tuple[str, str]]:
     import streamlit
 
     monkeypatch.setattr(DeltaGenerator, "download_button", recording)
-    monkeypatch.setattr(streamlit, "download_button", lambda *args, **kwargs: recording(streamlit._main, *args, **kwargs))
+    monkeypatch.setattr(
+        streamlit, "download_button", lambda *args, **kwargs: recording(streamlit._main, *args, **kwargs)
+    )
     return captured
 
 
@@ -100,10 +106,25 @@ def _unescaped(markdown: str) -> str:
 
 def _markdown_sources(at: AppTest) -> list[str]:
     """Everything Streamlit parses as Markdown: text elements, alerts, image captions and every label."""
-    sources = [str(e.value) for kind in ("markdown", "caption", "info", "warning", "error", "success", "title", "header", "subheader")
-               for e in at.get(kind)]
+    sources = [
+        str(e.value)
+        for kind in ("markdown", "caption", "info", "warning", "error", "success", "title", "header", "subheader")
+        for e in at.get(kind)
+    ]
     sources += [caption for image in at.get("image") for caption in image.captions]
-    for kind in ("selectbox", "multiselect", "button", "toggle", "checkbox", "number_input", "text_input", "radio", "expander", "tab", "metric"):
+    for kind in (
+        "selectbox",
+        "multiselect",
+        "button",
+        "toggle",
+        "checkbox",
+        "number_input",
+        "text_input",
+        "radio",
+        "expander",
+        "tab",
+        "metric",
+    ):
         sources += [str(getattr(e, "label", "") or "") for e in at.get(kind)]
     sources += [str(getattr(e.proto, "label", "")) for e in at.get("download_button")]
     return sources
@@ -144,25 +165,35 @@ def test_hostile_names_are_text_in_every_label_and_safe_in_every_csv(page, hosti
         from ui.common import job_runner
 
         runner = job_runner()
-        job = runner.submit(f"efficientnet_lite0 on {DATASET_NAME}, split 1", lambda context: context.set_current(CLASSES[0]))
+        job = runner.submit(
+            f"efficientnet_lite0 on {DATASET_NAME}, split 1", lambda context: context.set_current(CLASSES[0])
+        )
         runner.wait(job.id, timeout_s=30)
     at = _open(page)
     sources = _markdown_sources(at)
     for source in sources:
         assert not RAW_MARKUP.search(source), f"{page}: markup reaches Markdown unescaped in {source!r}"
     shown = " ".join(_plain_texts(at)) + " " + " ".join(_unescaped(s) for s in sources)
-    assert DATASET_NAME in shown or any(name in shown for name in CLASSES), f"{page}: no hostile name is shown literally"
+    assert DATASET_NAME in shown or any(name in shown for name in CLASSES), (
+        f"{page}: no hostile name is shown literally"
+    )
 
     charts = [json.dumps(json.loads(element.proto.spec)) for element in at.get("plotly_chart")]
     for chart in charts:
         for tag in ("<img", "<script", "<b>"):  # Plotly renders these tags; Markdown and directives mean nothing to it
             assert tag not in chart, f"{page}: a chart label holds the tag {tag}"
     if page.endswith(("dataset.py", "compare.py")):  # their charts name every class
-        assert any("&lt;img src=x onerror=alert(1)&gt;" in chart for chart in charts), f"{page}: class names are missing from its charts"
+        assert any("&lt;img src=x onerror=alert(1)&gt;" in chart for chart in charts), (
+            f"{page}: class names are missing from its charts"
+        )
 
     csv_cells = {cell for file_name, text in downloads for row in _check_csv(file_name, text) for cell in row}
-    if downloads and page.endswith(("compare.py", "classify.py")):  # their CSVs name classes: neutralised, still readable
-        assert any("'" + name in csv_cells for name in FORMULA_NAMES), f"{page}: no formula-looking class name in its CSVs"
+    if downloads and page.endswith(
+        ("compare.py", "classify.py")
+    ):  # their CSVs name classes: neutralised, still readable
+        assert any("'" + name in csv_cells for name in FORMULA_NAMES), (
+            f"{page}: no formula-looking class name in its CSVs"
+        )
 
     if page.endswith("dataset.py"):
         shown_names = {_unescaped(c) for image in at.get("image") for c in image.captions}

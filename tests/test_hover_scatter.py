@@ -91,9 +91,15 @@ def test_sprite_sheets_validate_layout(tmp_path):
 def _fake_sheets(n_images: int, thumb_px: int = 64) -> SpriteSheets:
     count = -(-n_images // 256)
     return SpriteSheets(
-        directory=Path("/nonexistent"), key="ab" * 12, n_images=n_images, thumb_px=thumb_px, columns=16,
-        per_sheet=256, sheet_files=tuple(f"sheet_{i:04d}.webp" for i in range(count)),
-        sheet_bytes=(400_000,) * count, n_placeholders=0,
+        directory=Path("/nonexistent"),
+        key="ab" * 12,
+        n_images=n_images,
+        thumb_px=thumb_px,
+        columns=16,
+        per_sheet=256,
+        sheet_files=tuple(f"sheet_{i:04d}.webp" for i in range(count)),
+        sheet_bytes=(400_000,) * count,
+        n_placeholders=0,
     )
 
 
@@ -106,8 +112,12 @@ def _synthetic_spec(n_points: int, *, n_classes: int = 17, seed: int = 0) -> dic
         positions = rng.normal(size=(n_classes, 2))[labels] * 40 + rng.normal(size=(n_points, 2)) * 3
         traces = [
             Trace(
-                name=names[c], x=positions[labels == c, 0], y=positions[labels == c, 1],
-                rows=np.flatnonzero(labels == c), colour=f"#{c:02x}8040", correct=rng.random((labels == c).sum()) > 0.2,
+                name=names[c],
+                x=positions[labels == c, 0],
+                y=positions[labels == c, 1],
+                rows=np.flatnonzero(labels == c),
+                colour=f"#{c:02x}8040",
+                correct=rng.random((labels == c).sum()) > 0.2,
             )
             for c in range(n_classes)
         ]
@@ -166,7 +176,9 @@ def test_selected_rows_travel_beside_the_spec_and_must_be_on_a_panel():
     on_first = spec["panels"][0]["traces"][2]["rows"][:2]
     assert hs.selected_spec(spec, [on_first[1], on_first[0], on_first[1]]) == sorted(on_first)
     assert hs.selected_spec(spec, ()) == []
-    assert hs.spec_digest(spec) == digest, "a selection must not change the digest (the frontend would redraw, losing zoom)"
+    assert hs.spec_digest(spec) == digest, (
+        "a selection must not change the digest (the frontend would redraw, losing zoom)"
+    )
     with pytest.raises(ValueError, match=r"selected_rows must be row ids shown on the panels; got 2 .*\[300, 1000\]"):
         hs.selected_spec(spec, [5, 1000, 300])
 
@@ -174,8 +186,12 @@ def test_selected_rows_travel_beside_the_spec_and_must_be_on_a_panel():
 def test_uploads_travel_inline_and_predictions_may_be_missing():
     thumbnails = ThumbnailSource(web_root=Path("/nonexistent"), sheets=_fake_sheets(2, thumb_px=32))
     with_upload = thumbnails.with_images({2: Image.new("RGB", (50, 40), (200, 10, 10))})
-    text = HoverText(class_names=["a", "b", "uploaded"], file_names=["a.jpg", "b.jpg", "me.png"], predictions=["b", None, "a"])
-    panel = Panel("p", [Trace("a", [0, 1], [0, 1], [0, 1], "red"), Trace("uploads", [2], [2], [2], "black", highlight=True)])
+    text = HoverText(
+        class_names=["a", "b", "uploaded"], file_names=["a.jpg", "b.jpg", "me.png"], predictions=["b", None, "a"]
+    )
+    panel = Panel(
+        "p", [Trace("a", [0, 1], [0, 1], [0, 1], "red"), Trace("uploads", [2], [2], [2], "black", highlight=True)]
+    )
     spec = build_spec([panel], hover_text=text, thumbnails=with_upload)
     assert spec["thumbs"]["inline"]["2"].startswith("data:image/webp;base64,")
     assert spec["text"]["pred"] == [1, -1, 0]
@@ -184,7 +200,11 @@ def test_uploads_travel_inline_and_predictions_may_be_missing():
 
 def test_event_from_value_maps_points_to_rows():
     assert event_from_value(None) is None
-    value = {"event": "select", "points": [{"customdata": [5]}, {"customdata": [2]}, {"customdata": [5]}, {"customdata": None}], "seq": 17}
+    value = {
+        "event": "select",
+        "points": [{"customdata": [5]}, {"customdata": [2]}, {"customdata": [5]}, {"customdata": None}],
+        "seq": 17,
+    }
     assert event_from_value(value) == {"event": "select", "rows": [5, 2], "seq": 17}
 
 
@@ -198,7 +218,9 @@ def test_frontend_shows_user_strings_as_text_only():
     # Plotly parses a small HTML subset in legend names and colour bar titles: both go through the
     # escaper; panel titles are HTML text above the plot (clear of Plotly's mode bar)
     assert "name: plotlyText(trace.name)" in code and "text: plotlyText(colourBar.title)" in code
-    assert "title.textContent = panel.title" in code and "title: { text" not in code.replace("colorbar: { title: { text", "")
+    assert "title.textContent = panel.title" in code and "title: { text" not in code.replace(
+        "colorbar: { title: { text", ""
+    )
 
 
 def test_frontend_loads_plotly_locally(workspace):
@@ -262,10 +284,15 @@ def test_scores_colour_points_on_a_colour_bar(tmp_path):
     with pytest.raises(ValueError, match="colour_bar"):
         hs.build_spec([Panel("map", [scored])], hover_text=text, thumbnails=source)
     with pytest.raises(ValueError, match="same length"):
-        hs.build_spec([Panel("map", [Trace("s", [0.0], [0.0], [0], "#888", values=[1.0, 2.0])], colour_bar=bar)],
-                      hover_text=text, thumbnails=source)
+        hs.build_spec(
+            [Panel("map", [Trace("s", [0.0], [0.0], [0], "#888", values=[1.0, 2.0])], colour_bar=bar)],
+            hover_text=text,
+            thumbnails=source,
+        )
     with pytest.raises(ValueError, match="low <= high"):
-        hs.build_spec([Panel("map", [scored], colour_bar=hs.ColourBar("s", 2.0, 1.0))], hover_text=text, thumbnails=source)
+        hs.build_spec(
+            [Panel("map", [scored], colour_bar=hs.ColourBar("s", 2.0, 1.0))], hover_text=text, thumbnails=source
+        )
 
 
 def test_planned_thumbnails_name_the_sheets_prepare_thumbnails_then_writes(workspace, tmp_path):
@@ -274,7 +301,10 @@ def test_planned_thumbnails_name_the_sheets_prepare_thumbnails_then_writes(works
     assert not ready and not planned.sheets.directory.exists(), "planning builds nothing"
     built = hs.prepare_thumbnails(paths, workspace=workspace)
     assert (planned.sheets.key, planned.sheets.sheet_files, planned.sheets.thumb_px) == (
-        built.sheets.key, built.sheets.sheet_files, built.sheets.thumb_px)
+        built.sheets.key,
+        built.sheets.sheet_files,
+        built.sheets.thumb_px,
+    )
     assert all((built.sheets.directory / name).is_file() for name in planned.sheets.sheet_files)
     again, ready = hs.planned_thumbnails(paths, workspace=workspace)
     assert ready and again == planned, "the layout the browser got does not change when the sheets appear"

@@ -53,7 +53,9 @@ def test_seconds_left_is_the_remaining_work_at_the_current_rate():
     assert ProgressEvent("features", 5, 0, rate=3.0).seconds_left is None  # unknown total
 
 
-@pytest.mark.parametrize(("seconds", "text"), [(0, "0 s"), (44.6, "45 s"), (60, "1 min 00 s"), (185, "3 min 05 s"), (3720, "1 h 02 min")])
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0, "0 s"), (44.6, "45 s"), (60, "1 min 00 s"), (185, "3 min 05 s"), (3720, "1 h 02 min")]
+)
 def test_format_duration(seconds, text):
     assert format_duration(seconds) == text
 
@@ -113,9 +115,16 @@ def test_job_ids_do_not_repeat_across_restarts(tmp_path):
 def test_cancel_stops_a_real_extraction_within_two_seconds(tiny_workspace):
     """A real comparison in the JobRunner: cancelled while extracting, it stops within 2 s, recorded cancelled."""
     runner = JobRunner()
-    job = runner.submit("cancel me", comparison_job(
-        dataset="synthetic", backbones=["resnet50@random"], head=HeadConfig(epochs=1), device="cpu", workspace=tiny_workspace,
-    ))
+    job = runner.submit(
+        "cancel me",
+        comparison_job(
+            dataset="synthetic",
+            backbones=["resnet50@random"],
+            head=HeadConfig(epochs=1),
+            device="cpu",
+            workspace=tiny_workspace,
+        ),
+    )
 
     def extracting():
         stage = runner.get(job.id).stage
@@ -139,7 +148,9 @@ def test_cancel_stops_a_real_extraction_within_two_seconds(tiny_workspace):
 def test_backbone_specs_name_the_weights():
     assert parse_backbone("resnet50") == BackboneChoice("resnet50", "pretrained")
     assert parse_backbone("resnet50@random") == BackboneChoice("resnet50", "random")
-    assert parse_backbone("resnet50@/w/r50@v2.pth") == BackboneChoice("resnet50", "/w/r50@v2.pth")  # a path may hold "@"
+    assert parse_backbone("resnet50@/w/r50@v2.pth") == BackboneChoice(
+        "resnet50", "/w/r50@v2.pth"
+    )  # a path may hold "@"
     for bad in ("", "@random", "resnet50@"):
         with pytest.raises(FlowerProbeError, match="NAME@random"):
             parse_backbone(bad)
@@ -162,16 +173,27 @@ def test_backbone_choices_keep_the_older_spelling_and_refuse_repeats():
 # heavy for -m "not slow" (under 3 min on 2 cores): two extractions through the CLI
 @pytest.mark.slow
 def test_cli_runs_one_backbone_pretrained_and_random(tiny_workspace, capsys):
-    args = ["compare", "--dataset", "synthetic", "--backbones", "efficientnet_lite0", "efficientnet_lite0@random", "--epochs", "1"]
+    args = [
+        "compare",
+        "--dataset",
+        "synthetic",
+        "--backbones",
+        "efficientnet_lite0",
+        "efficientnet_lite0@random",
+        "--epochs",
+        "1",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "=== efficientnet_lite0 on synthetic, split 1" in out
     assert "=== efficientnet_lite0 (random weights) on synthetic, split 1" in out
-    table = out[out.index("backbone "):].splitlines()
+    table = out[out.index("backbone ") :].splitlines()
     assert [line.split("  ")[0] for line in table[1:3]] == ["efficientnet_lite0", "efficientnet_lite0 (random weights)"]
     runs = RunRegistry(tiny_workspace.registry_path).list_runs()
     assert sorted((r["backbone"], r["weights"], r["status"]) for r in runs) == [
-        ("efficientnet_lite0", "pretrained", "completed"), ("efficientnet_lite0", "random", "completed")]
+        ("efficientnet_lite0", "pretrained", "completed"),
+        ("efficientnet_lite0", "random", "completed"),
+    ]
     assert len({r["weights_tag"] for r in runs}) == 2  # two feature sets, not one cache entry reused
     rates = measured_rates(tiny_workspace)
     assert set(rates) == {"efficientnet_lite0"} and all(rate > 0 for rate in rates["efficientnet_lite0"].values())
@@ -188,11 +210,23 @@ def test_cli_refuses_an_unknown_backbone_spec(capsys):
 
 def test_presets_are_what_the_cli_defaults_to():
     args = build_parser().parse_args(["compare"])
-    assert args.backbones == list(REFERENCE.backbones) and args.dataset == REFERENCE.dataset and args.split == REFERENCE.split
+    assert (
+        args.backbones == list(REFERENCE.backbones)
+        and args.dataset == REFERENCE.dataset
+        and args.split == REFERENCE.split
+    )
     assert (args.head, args.epochs, args.lr, args.batch_size, args.seed) == (
-        HEAD_DEFAULTS.head, HEAD_DEFAULTS.epochs, HEAD_DEFAULTS.lr, HEAD_DEFAULTS.batch_size, HEAD_DEFAULTS.seed)
+        HEAD_DEFAULTS.head,
+        HEAD_DEFAULTS.epochs,
+        HEAD_DEFAULTS.lr,
+        HEAD_DEFAULTS.batch_size,
+        HEAD_DEFAULTS.seed,
+    )
     demo = backbone_choices(list(OFFLINE_DEMO.backbones))
-    assert {c.backbone for c in demo} == {"efficientnet_lite0"} and {c.weights for c in demo} == {"pretrained", "random"}
+    assert {c.backbone for c in demo} == {"efficientnet_lite0"} and {c.weights for c in demo} == {
+        "pretrained",
+        "random",
+    }
 
 
 def test_estimate_uses_measured_rates_and_labels_constants_as_estimates(workspace):
@@ -200,15 +234,29 @@ def test_estimate_uses_measured_rates_and_labels_constants_as_estimates(workspac
     record_rate(workspace, what="efficientnet_lite0", device="cpu-x", images_per_s=40.0)
     record_rate(workspace, what=GENERATE_KEY, device="cpu", images_per_s=68.0)
     rates = measured_rates(workspace)
-    estimate = estimate_comparison(choices=choices, n_images=1360, runs_per_backbone=1, cached={("efficientnet_lite0", "pretrained")},
-                                   generate=True, device="cpu-x", rates=rates)
+    estimate = estimate_comparison(
+        choices=choices,
+        n_images=1360,
+        runs_per_backbone=1,
+        cached={("efficientnet_lite0", "pretrained")},
+        generate=True,
+        device="cpu-x",
+        rates=rates,
+    )
     steps = {what.split(":")[0]: (seconds, basis) for what, seconds, basis in estimate.steps}
     assert steps["generating the images"] == (pytest.approx(1360 / 68.0), "measured")
     assert steps["efficientnet_lite0"] == (0.0, "cached")
-    assert steps["efficientnet_lite0 (random weights)"] == (pytest.approx(1360 / 40.0), "measured")  # same architecture, same rate
-    assert steps["resnet50 (random weights)"] == (pytest.approx(1360 / ESTIMATED_CPU_IMAGES_PER_S["resnet50"]), "estimate")
+    assert steps["efficientnet_lite0 (random weights)"] == (
+        pytest.approx(1360 / 40.0),
+        "measured",
+    )  # same architecture, same rate
+    assert steps["resnet50 (random weights)"] == (
+        pytest.approx(1360 / ESTIMATED_CPU_IMAGES_PER_S["resnet50"]),
+        "estimate",
+    )
     assert not estimate.measured
     assert estimate.seconds == pytest.approx(sum(seconds for _, seconds, _ in estimate.steps))
-    on_other_device = estimate_comparison(choices=choices[:1], n_images=100, runs_per_backbone=1, cached=set(), generate=False,
-                                          device="cuda", rates=rates)
+    on_other_device = estimate_comparison(
+        choices=choices[:1], n_images=100, runs_per_backbone=1, cached=set(), generate=False, device="cuda", rates=rates
+    )
     assert [basis for _, _, basis in on_other_device.steps][0] == "estimate"  # a CPU rate says nothing about a GPU

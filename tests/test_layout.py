@@ -27,7 +27,11 @@ def test_every_page_script_is_in_the_navigation_and_enforces_the_gate_first():
     for script in scripts:
         body = ast.parse((ROOT / script).read_text()).body
         statements = [node for node in body if not isinstance(node, (ast.Import, ast.ImportFrom))]
-        first = statements[1] if isinstance(statements[0], ast.Expr) and isinstance(statements[0].value, ast.Constant) else statements[0]
+        first = (
+            statements[1]
+            if isinstance(statements[0], ast.Expr) and isinstance(statements[0].value, ast.Constant)
+            else statements[0]
+        )
         assert ast.unparse(first) == "require_access()", f"{script} starts with {ast.unparse(first)!r}"
 
 
@@ -45,7 +49,8 @@ def test_engine_never_imports_streamlit():
     # Any spelling: `import streamlit as st`, `from streamlit import ...`, `import streamlit.components.v1`,
     # also inside functions (ast.walk visits every node).
     offenders = [
-        str(p.relative_to(ROOT)) for p in (ROOT / "core").rglob("*.py")
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "core").rglob("*.py")
         if any(name == "streamlit" or name.startswith("streamlit.") for name in _imported_modules(p))
     ]
     assert offenders == []
@@ -53,7 +58,8 @@ def test_engine_never_imports_streamlit():
 
 def test_core_never_imports_pages_or_ui():
     offenders = [
-        str(p.relative_to(ROOT)) for p in (ROOT / "core").rglob("*.py")
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "core").rglob("*.py")
         if any(name.split(".")[0] in ("ui", "pages") for name in _imported_modules(p))
     ]
     assert offenders == []

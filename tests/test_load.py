@@ -4,8 +4,8 @@ One browser session first opens every page once (so the caches every user shares
 launches a comparison from the Train page (the job runner lives in the server process); while it
 trains, ten headless Chromium sessions, driven from this process over localhost, open pages at the
 same time. Every page must render without an exception, the backbone must be loaded once for all
-sessions (the Classify page keeps one per backbone in ``st.cache_resource``, even as the job adds runs on it), and the server's
-memory may grow only by a small, bounded amount per session. The figures are printed (``pytest -s``).
+sessions (the Classify page keeps one per backbone in ``st.cache_resource``, even as the job adds runs on it), and the
+server's memory may grow only by a small, bounded amount per session. The figures are printed (``pytest -s``).
 """
 
 from __future__ import annotations
@@ -78,7 +78,9 @@ async def _session(browser, server: LiveServer, index: int) -> list[tuple[str, f
             path, title = PAGES[name]
             started = time.perf_counter()
             await page.goto(f"{server.url}/{path}", wait_until="domcontentloaded", timeout=RENDER_TIMEOUT_S * 1000)
-            await page.get_by_role("heading", name=title).first.wait_for(state="visible", timeout=RENDER_TIMEOUT_S * 1000)
+            await page.get_by_role("heading", name=title).first.wait_for(
+                state="visible", timeout=RENDER_TIMEOUT_S * 1000
+            )
             await _until_quiet(page)
             seconds = time.perf_counter() - started
             results.append((name, seconds, await page.locator('[data-testid="stException"]').all_inner_texts()))
@@ -112,7 +114,9 @@ def _warm_up_and_launch_job(server: LiveServer) -> list[tuple[str, float, list[s
                 started = time.perf_counter()
                 page.goto(f"{server.url}/{path}", wait_until="domcontentloaded")
                 wait_rendered(page, title, timeout_s=RENDER_TIMEOUT_S)
-                results.append((name, time.perf_counter() - started, page.locator('[data-testid="stException"]').all_inner_texts()))
+                results.append(
+                    (name, time.perf_counter() - started, page.locator('[data-testid="stException"]').all_inner_texts())
+                )
             page.goto(f"{server.url}/{PAGES['train'][0]}", wait_until="domcontentloaded")
             wait_rendered(page, PAGES["train"][1], timeout_s=RENDER_TIMEOUT_S)
             epochs = page.get_by_label("Epochs")
@@ -161,19 +165,23 @@ def test_ten_sessions_at_once_while_a_job_runs(tmp_path, populated_root):
     print(
         f"\nload test: {SESSIONS} browser sessions at once, {PAGES_PER_SESSION} page(s) each, while a job trained "
         f"(runs running at the start / end of the wave: {running_at_start} / {running_at_end})"
-        f"\n  pages rendered: {len(wave)} of {SESSIONS * PAGES_PER_SESSION} in {wave_s:.0f} s, worst {worst[1]:.1f} s ({worst[0]}), "
-        f"median {sorted(r[1] for r in wave)[len(wave) // 2]:.1f} s; warm-up: {len(warm_up)} pages, worst {max(r[1] for r in warm_up):.1f} s"
+        f"\n  pages rendered: {len(wave)} of {SESSIONS * PAGES_PER_SESSION} in {wave_s:.0f} s, "
+        f"worst {worst[1]:.1f} s ({worst[0]}), "
+        f"median {sorted(r[1] for r in wave)[len(wave) // 2]:.1f} s; "
+        f"warm-up: {len(warm_up)} pages, worst {max(r[1] for r in warm_up):.1f} s"
         f"\n  backbone builds in the server: {dict(builds_warm)} after the warm-up, {dict(builds)} after the wave"
         f"\n  server RSS: {rss_before / 2**20:.0f} MiB before the wave, {rss_after / 2**20:.0f} MiB after, "
         f"peak {peak / 2**20:.0f} MiB, {(rss_after - rss_before) / SESSIONS / 2**20:+.1f} MiB a session"
     )
     assert running_at_start, "the job had already finished: the sessions did not load pages while it ran"
-    for name, seconds, errors in warm_up + wave:
+    for name, _seconds, errors in warm_up + wave:
         assert errors == [], f"{name} showed an exception: {errors}"
     rendered = Counter(name for name, _, _ in wave)
     assert set(rendered) == set(PAGES) and sum(rendered.values()) == SESSIONS * PAGES_PER_SESSION
     assert builds_warm, "the Classify page loaded no backbone: the build count proves nothing"
     assert builds == builds_warm and max(builds.values()) == 1, f"a backbone was loaded per session: {dict(builds)}"
-    assert rss_after - rss_before < SESSIONS * GROWTH_PER_SESSION_BYTES, "the server's memory grows by more than a session's worth"
+    assert rss_after - rss_before < SESSIONS * GROWTH_PER_SESSION_BYTES, (
+        "the server's memory grows by more than a session's worth"
+    )
     completed = len(RunRegistry(root / "runs.sqlite").list_runs(status="completed"))
     assert completed == completed_before + 2, "the job's two runs did not both complete under load"

@@ -32,7 +32,10 @@ def test_a_walk_of_every_page_requests_only_this_server(populated_workspace, tmp
 
     require_chromium()
     requests: list[str] = []
-    with streamlit_server(workspace_root=populated_workspace.root, log_path=tmp_path / "server.log") as server, sync_playwright() as playwright:
+    with (
+        streamlit_server(workspace_root=populated_workspace.root, log_path=tmp_path / "server.log") as server,
+        sync_playwright() as playwright,
+    ):
         browser = launch_chromium(playwright)
         try:
             context = browser.new_context()
@@ -46,8 +49,16 @@ def test_a_walk_of_every_page_requests_only_this_server(populated_workspace, tmp
         finally:
             browser.close()
     assert len(requests) > len(_page_paths()), "the walk recorded too few requests to mean anything"
-    foreign = sorted({url for url in requests if urlsplit(url).scheme not in LOCAL_SCHEMES
-                      and (urlsplit(url).hostname, urlsplit(url).port) != ("127.0.0.1", server.port)})
+    foreign = sorted(
+        {
+            url
+            for url in requests
+            if urlsplit(url).scheme not in LOCAL_SCHEMES
+            and (urlsplit(url).hostname, urlsplit(url).port) != ("127.0.0.1", server.port)
+        }
+    )
     assert not foreign, f"requests left 127.0.0.1: {foreign}"
     # Streamlit inlines an image page icon as a data: URL or serves it itself; either way not from a CDN.
-    assert icon and all(urlsplit(href).scheme == "data" or urlsplit(href).hostname == "127.0.0.1" for href in icon), icon
+    assert icon and all(urlsplit(href).scheme == "data" or urlsplit(href).hostname == "127.0.0.1" for href in icon), (
+        icon
+    )

@@ -74,7 +74,11 @@ def markdown_sources(at: AppTest) -> list[str]:
 
 
 def dataframe_strings(at: AppTest) -> set[str]:
-    return {str(v) for frame in at.dataframe for v in frame.value.astype(str).to_numpy().ravel().tolist() + list(frame.value.columns)}
+    return {
+        str(v)
+        for frame in at.dataframe
+        for v in frame.value.astype(str).to_numpy().ravel().tolist() + list(frame.value.columns)
+    }
 
 
 def plotly_specs(at: AppTest) -> list[str]:
@@ -97,7 +101,10 @@ def test_every_page_renders_with_an_empty_workspace(workspace, entry_script):
             assert any("17flowers.tgz" in t for t in texts(at, "info"))
             assert [b.label for b in at.button] == ["Download and prepare Oxford 17"]
             # One wording for Oxford 17's state (core.datasets.DatasetEntry.state), in the list and the explanation.
-            assert at.selectbox[0].options[0] == "Oxford 17 flowers (not prepared: downloaded (about 60 MB) when first used)"
+            assert (
+                at.selectbox[0].options[0]
+                == "Oxford 17 flowers (not prepared: downloaded (about 60 MB) when first used)"
+            )
             assert any("is not prepared: downloaded (about 60 MB) when first used" in t for t in texts(at, "info"))
         elif page == "pages/health.py":
             assert any("No dataset is prepared yet" in t for t in texts(at, "info"))
@@ -222,7 +229,11 @@ def test_bad_dataset_folders_show_a_clear_message(workspace, tiny_synthetic_fold
     _copy_images(classes[0], workspace.data_root / "one-class" / "roses", 3)
     _copy_images(classes[0], workspace.data_root / "empty-class" / "roses", 3)
     (workspace.data_root / "empty-class" / "tulips").mkdir()
-    cases = {"folder:one-class": "at least two", "folder:empty-class": "fewer than 3", "folder:../../outside": "data root"}
+    cases = {
+        "folder:one-class": "at least two",
+        "folder:empty-class": "fewer than 3",
+        "folder:../../outside": "data root",
+    }
     for key, expected in cases.items():
         at = open_page(entry_script, "pages/dataset.py", dataset=key)
         errors = unescaped(" ".join(texts(at, "error")))
@@ -237,8 +248,13 @@ def test_hostile_class_names_show_as_literal_text(workspace, tiny_synthetic_fold
     for name, source in zip(HOSTILE_FILE_NAMES, classes):
         _copy_images(source, root / name, 4)
     (root / HOSTILE_FILE_NAMES[0] / "broken.jpg").write_bytes(b"not a jpeg at all")
-    run_comparison(dataset="folder:hostile", backbones=["efficientnet_lite0"], random_weights_for=("efficientnet_lite0",),
-                   head=HeadConfig(epochs=1), workspace=workspace)
+    run_comparison(
+        dataset="folder:hostile",
+        backbones=["efficientnet_lite0"],
+        random_weights_for=("efficientnet_lite0",),
+        head=HeadConfig(epochs=1),
+        workspace=workspace,
+    )
 
     raw_html = re.compile(r"(?<!\\)<(img|script)")
     for page in ("pages/dataset.py", "pages/compare.py"):
@@ -248,8 +264,12 @@ def test_hostile_class_names_show_as_literal_text(workspace, tiny_synthetic_fold
             assert name in shown, f"{page}: class {name!r} is not shown as text"
         for source in markdown_sources(at):
             assert not raw_html.search(source), f"{page}: unescaped HTML in Markdown {source!r}"
-            assert "**bold**" not in source and "](javascript" not in source, f"{page}: unescaped Markdown in {source!r}"
-        charts = [json.dumps(json.loads(spec)) for spec in plotly_specs(at)]  # Plotly renders some HTML: names must be entities
+            assert "**bold**" not in source and "](javascript" not in source, (
+                f"{page}: unescaped Markdown in {source!r}"
+            )
+        charts = [
+            json.dumps(json.loads(spec)) for spec in plotly_specs(at)
+        ]  # Plotly renders some HTML: names must be entities
         assert not any("<img" in chart or "<script" in chart for chart in charts)
         assert any("&lt;img src=x onerror=alert(1)&gt;" in chart for chart in charts)
         if page == "pages/dataset.py":

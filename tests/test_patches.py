@@ -18,7 +18,7 @@ VIT = "dinov2_vits14"  # random weights: 224 px input, 14 px patches -> 16 x 16 
 def _centre_image(path, *, half: int = 56):
     """A photo whose centre square (side 2 x ``half`` of 256 px) differs from its border: an object on a background."""
     pixels = np.full((256, 256, 3), (30, 140, 40), np.uint8)
-    pixels[128 - half:128 + half, 128 - half:128 + half] = (230, 40, 160)
+    pixels[128 - half : 128 + half, 128 - half : 128 + half] = (230, 40, 160)
     Image.fromarray(pixels).save(path)
     return path
 
@@ -72,7 +72,7 @@ def test_patch_tokens_are_cached_per_image(vit_grids, images, monkeypatch):
 
 def _centre_and_border(first: np.ndarray) -> tuple[float, float]:
     rows, cols = first.shape
-    centre = first[rows // 3: 2 * rows // 3, cols // 3: 2 * cols // 3]
+    centre = first[rows // 3 : 2 * rows // 3, cols // 3 : 2 * cols // 3]
     return float(centre.mean()), float(first[patches.border_mask(rows, cols)].mean())
 
 
@@ -101,7 +101,9 @@ def test_sign_rule_makes_the_border_background_whatever_the_components_sign(vit_
 def test_threshold_slider_grows_and_shrinks_the_foreground(vit_grids):
     grids, _ = vit_grids
     pca = patches.patch_pca(grids)
-    counts = [sum(int(m.sum()) for m in patches.foreground_masks(pca, threshold=t)) for t in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    counts = [
+        sum(int(m.sum()) for m in patches.foreground_masks(pca, threshold=t)) for t in (0.0, 0.25, 0.5, 0.75, 1.0)
+    ]
     assert counts == sorted(counts, reverse=True) and counts[-1] == 0
     assert counts[0] == sum(int((f > 0).sum()) for f in pca.first)
     low, high = (patches.foreground_masks(pca, threshold=t)[0] for t in (0.3, 0.7))
@@ -133,7 +135,20 @@ def _is_png(path) -> bool:
 
 
 def test_cli_patches_writes_one_png_per_image(images, workspace, tmp_path, capsys):
-    assert main(["patches", "--backbone", "efficientnet_lite0", str(images[0]), str(images[1]), "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "patches",
+                "--backbone",
+                "efficientnet_lite0",
+                str(images[0]),
+                str(images[1]),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     written = sorted((tmp_path / "out").glob("*.png"))
     assert len(written) == 2 and all(_is_png(path) for path in written)
     with Image.open(written[0]) as sheet:
@@ -145,14 +160,41 @@ def test_cli_patches_writes_one_png_per_image(images, workspace, tmp_path, capsy
 def test_cli_map_writes_a_png_for_each_method(tiny_workspace, tmp_path):
     for method in ("pca", "tsne"):
         out = tmp_path / f"{method}.png"
-        argv = ["map", "--dataset", "synthetic", "--backbone", "efficientnet_lite0", "--method", method, "--perplexity", "10",
-                "--out", str(out)]
+        argv = [
+            "map",
+            "--dataset",
+            "synthetic",
+            "--backbone",
+            "efficientnet_lite0",
+            "--method",
+            method,
+            "--perplexity",
+            "10",
+            "--out",
+            str(out),
+        ]
         assert main(argv) == 0 and _is_png(out)
         with Image.open(out) as image:
             assert image.size == (1600, 1000)
     # out of range: the message names the parameter, its range and the value
-    assert main(["map", "--dataset", "synthetic", "--backbone", "efficientnet_lite0", "--method", "umap",
-                 "--n-neighbors", "500", "--out", str(tmp_path / "u.png")]) == 2
+    assert (
+        main(
+            [
+                "map",
+                "--dataset",
+                "synthetic",
+                "--backbone",
+                "efficientnet_lite0",
+                "--method",
+                "umap",
+                "--n-neighbors",
+                "500",
+                "--out",
+                str(tmp_path / "u.png"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_patches_page_computes_in_the_job_queue_and_the_slider_redraws(tiny_workspace):
@@ -184,5 +226,8 @@ def test_patches_page_computes_in_the_job_queue_and_the_slider_redraws(tiny_work
     at.slider(key="patches_threshold").set_value(0.9).run()
     assert not at.exception, at.exception
     after = [m.value for m in at.markdown if "patches foreground" in m.value]
-    fewer = [int(re.search(r"(\d+) of 49", a).group(1)) <= int(re.search(r"(\d+) of 49", b).group(1)) for a, b in zip(after, counts)]
+    fewer = [
+        int(re.search(r"(\d+) of 49", a).group(1)) <= int(re.search(r"(\d+) of 49", b).group(1))
+        for a, b in zip(after, counts)
+    ]
     assert all(fewer) and after != counts, "a higher threshold keeps fewer foreground patches"

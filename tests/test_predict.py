@@ -32,7 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _run_id(workspace, backbone: str) -> int:
-    return next(r["id"] for r in RunRegistry(workspace.registry_path).list_runs(status="completed") if r["backbone"] == backbone)
+    return next(
+        r["id"] for r in RunRegistry(workspace.registry_path).list_runs(status="completed") if r["backbone"] == backbone
+    )
 
 
 def _snapshot(folder: Path, *, skip: Path | None = None) -> dict[str, tuple[int, int]]:
@@ -96,12 +98,16 @@ def test_predictions_on_test_images_reproduce_the_stored_ones(populated_workspac
     run_id = _run_id(populated_workspace, backbone)
     registry = RunRegistry(populated_workspace.registry_path)
     stored = registry.predictions(run_id)
-    photos = RunFiles(registry.get_run(run_id), populated_workspace).images([s["path"] for s in stored])  # stored relative
+    photos = RunFiles(registry.get_run(run_id), populated_workspace).images(
+        [s["path"] for s in stored]
+    )  # stored relative
     predictor = Predictor.from_run(run_id, workspace=populated_workspace)
     predictions = predictor.predict([(photo.name, photo) for photo in photos])
     assert [predictor.class_names.index(p.predicted_class) for p in predictions] == [s["predicted"] for s in stored]
     # Stored probabilities are rounded to 6 decimals; the forward is the same, so they agree to that.
-    np.testing.assert_allclose(np.stack([p.probabilities for p in predictions]), [s["probabilities"] for s in stored], atol=1e-5)
+    np.testing.assert_allclose(
+        np.stack([p.probabilities for p in predictions]), [s["probabilities"] for s in stored], atol=1e-5
+    )
 
 
 # heavy for -m "not slow" (under 3 min on 2 cores): a CLI subprocess building the backbone again
@@ -115,7 +121,11 @@ def test_cli_and_page_give_the_same_prediction(populated_workspace, tmp_path):
     env = {**os.environ, "FLOWER_PROBE_WORKSPACE": str(populated_workspace.root)}
     result = subprocess.run(
         [sys.executable, "-m", "core", "predict", "--run", str(run_id), "--json", str(image), str(bad)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     cli_good, cli_bad = json.loads(result.stdout)
@@ -140,7 +150,11 @@ def test_cli_fails_when_no_image_classifies(populated_workspace, tmp_path, capsy
 
 def test_changed_weights_are_refused(populated_workspace, monkeypatch):
     run_id = _run_id(populated_workspace, "efficientnet_lite0")
-    monkeypatch.setattr(predict_module, "resolve_weights", lambda *a, **k: WeightsSource("file", Path("/w.pth"), "sha256:0000000000000000"))
+    monkeypatch.setattr(
+        predict_module,
+        "resolve_weights",
+        lambda *a, **k: WeightsSource("file", Path("/w.pth"), "sha256:0000000000000000"),
+    )
     with pytest.raises(FlowerProbeError, match="changed since"):
         Predictor.from_run(run_id, workspace=populated_workspace)
 
@@ -173,14 +187,24 @@ def _record(run_id, dataset, acc, created):
 
 
 def test_default_run_is_the_best_on_the_most_recent_dataset():
-    runs = [_record(1, "oxford17", 99.0, 1.0), _record(2, "synthetic", 40.0, 2.0), _record(3, "synthetic", 70.0, 3.0),
-            _record(4, "synthetic", 55.0, 4.0), {**_record(5, "synthetic", None, 5.0), "status": "failed"}]
+    runs = [
+        _record(1, "oxford17", 99.0, 1.0),
+        _record(2, "synthetic", 40.0, 2.0),
+        _record(3, "synthetic", 70.0, 3.0),
+        _record(4, "synthetic", 55.0, 4.0),
+        {**_record(5, "synthetic", None, 5.0), "status": "failed"},
+    ]
     assert default_run(runs)["id"] == 3
     assert default_run([]) is None
 
 
 def test_csv_quotes_formulas_from_file_names_and_has_no_none_cells():
-    rows = summary_rows([Prediction(name="=HYPERLINK(\"http://x\")", error="not an image"), Prediction(name="ok.jpg", top=(("Iris", 0.5),))])
+    rows = summary_rows(
+        [
+            Prediction(name='=HYPERLINK("http://x")', error="not an image"),
+            Prediction(name="ok.jpg", top=(("Iris", 0.5),)),
+        ]
+    )
     text = csv_text(rows)
     assert text.splitlines()[0] == "file,predicted class,confidence,nearest training distance,unfamiliar,error"
     assert "'=HYPERLINK" in text and "\nok.jpg,Iris,0.5,,False," in text
@@ -211,7 +235,9 @@ def test_a_foreign_photo_is_flagged_unfamiliar_and_a_test_photo_is_not(populated
     # A foreign image: a black-and-white checkerboard, nothing like a flower painting.
     board = (np.indices((256, 256)).sum(axis=0) // 32 % 2 * 255).astype(np.uint8)
     Image.fromarray(board).convert("RGB").save(tmp_path / "board.png")
-    results = predictor.predict([("board.png", tmp_path / "board.png")] + [(str(r), dataset.image_paths[r]) for r in test_rows])
+    results = predictor.predict(
+        [("board.png", tmp_path / "board.png")] + [(str(r), dataset.image_paths[r]) for r in test_rows]
+    )
     foreign, *in_domain = results
     assert foreign.unfamiliar and foreign.neighbours[0].distance > predictor.unfamiliar_distance
     assert not any(p.unfamiliar for p in in_domain), [p.neighbours[0].distance for p in in_domain]
@@ -254,8 +280,9 @@ def test_a_shared_backbone_is_never_changed_by_a_predictor(populated_workspace):
 
     shared, _ = build_backbone("resnet50", weights="random", workspace=populated_workspace)
     before = {name: (p.dtype, p.data_ptr()) for name, p in shared.named_parameters()}
-    predictor = Predictor.from_run(_run_id(populated_workspace, "resnet50"), workspace=populated_workspace,
-                                   backbone_loader=lambda run: shared)
+    predictor = Predictor.from_run(
+        _run_id(populated_workspace, "resnet50"), workspace=populated_workspace, backbone_loader=lambda run: shared
+    )
     assert {name: (p.dtype, p.data_ptr()) for name, p in shared.named_parameters()} == before
     assert all(p.dtype == torch.float32 for p in shared.parameters())
     assert predictor.model is not shared or predictor.precision == "fp32"

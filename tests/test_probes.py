@@ -79,9 +79,13 @@ def test_knn_matches_a_direct_numpy_vote(parts):
     ks = (1, 5, 10, 40)
     votes = knn_votes(train_x, train_y, test[0], num_classes=CLASSES, ks=ks, temperature=KNN_TEMPERATURE)
     for k in ks:
-        np.testing.assert_allclose(votes[k], direct_knn_vote(train_x, train_y, test[0], k, KNN_TEMPERATURE), rtol=1e-5, atol=1e-7)  # float32 features
+        np.testing.assert_allclose(
+            votes[k], direct_knn_vote(train_x, train_y, test[0], k, KNN_TEMPERATURE), rtol=1e-5, atol=1e-7
+        )  # float32 features
     result = knn_probe((train_x, train_y), valid, test, num_classes=CLASSES, ks=ks)
-    valid_accuracy = {k: np.mean(direct_knn_vote(train_x, train_y, valid[0], k, KNN_TEMPERATURE).argmax(1) == valid[1]) for k in ks}
+    valid_accuracy = {
+        k: np.mean(direct_knn_vote(train_x, train_y, valid[0], k, KNN_TEMPERATURE).argmax(1) == valid[1]) for k in ks
+    }
     best = max(sorted(ks), key=lambda k: (valid_accuracy[k], -k))
     assert result.hyperparameter == {"name": "k", "value": best}
     expected = direct_knn_vote(train_x, train_y, test[0], best, KNN_TEMPERATURE).argmax(1)
@@ -90,7 +94,9 @@ def test_knn_matches_a_direct_numpy_vote(parts):
 
 
 def test_knn_refuses_k_larger_than_the_training_set(parts):
-    with pytest.raises(FlowerProbeError, match=r"k must be at most the training set's size \(40 images\), got k = \[200\]"):
+    with pytest.raises(
+        FlowerProbeError, match=r"k must be at most the training set's size \(40 images\), got k = \[200\]"
+    ):
         knn_probe(*parts, num_classes=CLASSES, ks=(10, 200))
 
 
@@ -116,7 +122,10 @@ def test_logreg_matches_scikit_learns_own_estimator(parts):
     for c in grid:
         model = LogisticRegression(C=c, max_iter=1000).fit(scaler.transform(train_x), train_y)
         probabilities = model.predict_proba(scaler.transform(valid_x))
-        key = (np.mean(probabilities.argmax(1) == valid_y), np.mean(np.log(probabilities[np.arange(len(valid_y)), valid_y])))
+        key = (
+            np.mean(probabilities.argmax(1) == valid_y),
+            np.mean(np.log(probabilities[np.arange(len(valid_y)), valid_y])),
+        )
         if best_key is None or key > best_key:
             best_key, best = key, model
     assert result.hyperparameter == {"name": "C", "value": best.C}
@@ -169,7 +178,9 @@ def test_linear_probe_picks_the_best_rate_on_validation_and_learns(parts):
     assert result.test.accuracy > 2 * chance
     # Heads train independently: a grid holding only the chosen rate reaches the chosen head's validation accuracy
     # (different initial weights, so the same only within a few images: the seed draws the stack's init).
-    alone = linear_probe(*parts, num_classes=CLASSES, config=LinearConfig(epochs=30, learning_rates=(result.hyperparameter["value"],)))
+    alone = linear_probe(
+        *parts, num_classes=CLASSES, config=LinearConfig(epochs=30, learning_rates=(result.hyperparameter["value"],))
+    )
     assert abs(alone.valid_accuracy - result.valid_accuracy) <= 3 * 100 / len(parts[1][1])
     np.testing.assert_array_equal(result.predictions, result.scores.argmax(axis=1))
 
@@ -236,7 +247,9 @@ def test_plan_refuses_unknown_protocols_and_missing_variants():
         plan_suite(backbones=["resnet50"], protocols=["knn"], features=["patch_mean"], shots=[None], seeds=1)
     with pytest.raises(FlowerProbeError, match="seeds"):
         plan_suite(backbones=["resnet50"], protocols=["knn"], features=None, shots=[None], seeds=0)
-    plan = plan_suite(backbones=["dinov2_vits14", "resnet50"], protocols=list(PROTOCOLS), features=None, shots=[1, 2, None], seeds=3)
+    plan = plan_suite(
+        backbones=["dinov2_vits14", "resnet50"], protocols=list(PROTOCOLS), features=None, shots=[1, 2, None], seeds=3
+    )
     assert plan.runs == 2 * 5 * (3 + 3 + 1)
     assert [variant for _, variant in plan.choices] == ["cls", "gap"]
 
@@ -263,8 +276,15 @@ def test_bad_suite_input_records_nothing(probe_workspace):
         ({"features": ["last4"]}, "features must be one of gap"),
     ):
         with pytest.raises(FlowerProbeError, match=message):
-            run_probe_suite(**{"dataset": "synthetic", "backbones": ["efficientnet_lite0"], "protocols": ["knn"], "workspace": probe_workspace,
-                               **kwargs})
+            run_probe_suite(
+                **{
+                    "dataset": "synthetic",
+                    "backbones": ["efficientnet_lite0"],
+                    "protocols": ["knn"],
+                    "workspace": probe_workspace,
+                    **kwargs,
+                }
+            )
     assert len(registry.list_runs()) == before
 
 
@@ -273,8 +293,13 @@ def test_bad_suite_input_records_nothing(probe_workspace):
 def test_a_small_suite_is_recorded_run_by_run(probe_workspace):
     events = []
     records = run_probe_suite(
-        dataset="synthetic", backbones=["efficientnet_lite0", "resnet50@random"], protocols=list(PROTOCOLS), shots=[1, None], seeds=2,
-        workspace=probe_workspace, progress=events.append,
+        dataset="synthetic",
+        backbones=["efficientnet_lite0", "resnet50@random"],
+        protocols=list(PROTOCOLS),
+        shots=[1, None],
+        seeds=2,
+        workspace=probe_workspace,
+        progress=events.append,
     )
     assert len(records) == 2 * 5 * (2 + 1)
     assert len({r["group_id"] for r in records}) == 1
@@ -294,7 +319,18 @@ def test_a_small_suite_is_recorded_run_by_run(probe_workspace):
     assert any(e.stage == "probe" and e.done == len(records) for e in events)
 
     rows = result_rows(records)
-    assert set(rows[0]) == {"backbone", "weights", "features", "protocol", "shots", "seed", "test_acc", "test_acc_ci", "hyperparameter", "run_id"}
+    assert set(rows[0]) == {
+        "backbone",
+        "weights",
+        "features",
+        "protocol",
+        "shots",
+        "seed",
+        "test_acc",
+        "test_acc_ci",
+        "hyperparameter",
+        "run_id",
+    }
     table = protocols_table(records)
     assert table.splitlines()[0].split()[3:] == list(PROTOCOLS)
     assert "resnet50 (random weights) · gap" in table
@@ -312,4 +348,6 @@ def test_an_old_registry_gains_the_new_fields_and_reads_as_the_reference_mlp(pro
             conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
     runs = RunRegistry(path).list_runs()
     assert {(r["backbone"], r["weights"], r["protocol"], r["features"], r["shots"], r["metrics"]) for r in runs} == {
-        ("efficientnet_lite0", "pretrained", "mlp", "gap", None, None), ("resnet50", "random", "mlp", "gap", None, None)}
+        ("efficientnet_lite0", "pretrained", "mlp", "gap", None, None),
+        ("resnet50", "random", "mlp", "gap", None, None),
+    }

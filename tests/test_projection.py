@@ -188,11 +188,14 @@ def test_the_cache_key_ignores_parameters_the_method_does_not_use():
     features, _ = _clusters(n_per_cluster=5, dim=8)
     key = projection.map_cache_key
     assert key(features, method="pca", params=projection.MapParams(perplexity=5)) == key(
-        features, method="pca", params=projection.MapParams(perplexity=9, n_neighbors=4))
+        features, method="pca", params=projection.MapParams(perplexity=9, n_neighbors=4)
+    )
     assert key(features, method="tsne", params=projection.MapParams(n_neighbors=4)) == key(
-        features, method="tsne", params=projection.MapParams(n_neighbors=9))
+        features, method="tsne", params=projection.MapParams(n_neighbors=9)
+    )
     assert key(features, method="tsne", params=projection.MapParams()) != key(
-        features, method="umap", params=projection.MapParams())
+        features, method="umap", params=projection.MapParams()
+    )
 
 
 def test_pca_map_is_scikit_learn_pca_and_places_a_training_image_on_its_own_point(tmp_path):

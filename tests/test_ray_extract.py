@@ -16,7 +16,11 @@ from tests.test_features import _counting_images, _mini_dataset
 
 @pytest.mark.slow
 def test_ray_engine_matches_the_local_engine_and_compare_reads_it_with_zero_forwards(
-    workspace, tiny_synthetic_folder, tmp_path, monkeypatch, capsys,
+    workspace,
+    tiny_synthetic_folder,
+    tmp_path,
+    monkeypatch,
+    capsys,
 ):
     ray = pytest.importorskip("ray")
     from core.ray_extract import extract_features_ray
@@ -24,23 +28,52 @@ def test_ray_engine_matches_the_local_engine_and_compare_reads_it_with_zero_forw
     dataset = _mini_dataset(workspace, tiny_synthetic_folder, per_class=4, classes=3)  # 12 images, shards of 8 and 4
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        on_ray = extract_features_ray(dataset, "efficientnet_lite0", workspace=workspace, weights="random", precision="fp32",
-                                      batch_size=4, shard_size=8)
+        on_ray = extract_features_ray(
+            dataset,
+            "efficientnet_lite0",
+            workspace=workspace,
+            weights="random",
+            precision="fp32",
+            batch_size=4,
+            shard_size=8,
+        )
     finally:
         ray.shutdown()
 
     local_root = tmp_path / "local"
     local_workspace = Workspace(root=local_root, data_root=local_root / "datasets")
     shutil.copytree(workspace.data_root / "mini", local_workspace.data_root / "mini", copy_function=shutil.copy2)
-    local = extract_features(load_dataset("folder:mini", local_workspace), "efficientnet_lite0", workspace=local_workspace,
-                             weights="random", precision="fp32", num_workers=0)
+    local = extract_features(
+        load_dataset("folder:mini", local_workspace),
+        "efficientnet_lite0",
+        workspace=local_workspace,
+        weights="random",
+        precision="fp32",
+        num_workers=0,
+    )
     np.testing.assert_array_equal(on_ray.rows, local.rows)
     assert np.abs(on_ray.features - local.features).max() <= 1e-5
     assert on_ray.device.startswith("Ray (1 model actor on cpu")
 
     seen = _counting_images(monkeypatch)
-    assert main(["compare", "--dataset", "folder:mini", "--backbones", "efficientnet_lite0", "--random-weights-for",
-                 "efficientnet_lite0", "--epochs", "1", "--precision", "fp32"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--dataset",
+                "folder:mini",
+                "--backbones",
+                "efficientnet_lite0",
+                "--random-weights-for",
+                "efficientnet_lite0",
+                "--epochs",
+                "1",
+                "--precision",
+                "fp32",
+            ]
+        )
+        == 0
+    )
     assert seen[0] == 0  # the Ray engine's cache served compare
     assert "test acc" in capsys.readouterr().out
 

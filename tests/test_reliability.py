@@ -44,7 +44,18 @@ from tests.image_catalogue import write_catalogue
 REPO = Path(__file__).resolve().parents[1]
 BACKBONE = "efficientnet_lite0"  # pretrained weights ship with a pip package: works offline
 EPOCHS = 30  # enough epochs to kill the CLI between its first "Epoch:" line and the end; seconds on a CPU
-COMPARE = [sys.executable, "-m", "core", "compare", "--dataset", "synthetic", "--backbones", BACKBONE, "--epochs", str(EPOCHS)]
+COMPARE = [
+    sys.executable,
+    "-m",
+    "core",
+    "compare",
+    "--dataset",
+    "synthetic",
+    "--backbones",
+    BACKBONE,
+    "--epochs",
+    str(EPOCHS),
+]
 FEATURES_LINE = re.compile(r"^\s*features \[[#.]*\] (\d+)/(\d+)")
 PROCESS_TIMEOUT_S = 420  # a whole CLI run on a loaded 2-core machine stays well under this
 
@@ -59,7 +70,13 @@ class Cli:
         env = {**os.environ, "FLOWER_PROBE_WORKSPACE": str(workspace_root), "PYTHONUNBUFFERED": "1"}
         env.pop("FLOWER_PROBE_DATA_ROOT", None)
         self.process = subprocess.Popen(
-            COMPARE, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            COMPARE,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -144,7 +161,9 @@ def _head_files(root: Path) -> set[str]:
 
 def _numbers(registry: RunRegistry, run: dict) -> dict:
     return {
-        "test_acc": run["test_acc"], "best_epoch": run["best_epoch"], "confusion": run["confusion"],
+        "test_acc": run["test_acc"],
+        "best_epoch": run["best_epoch"],
+        "confusion": run["confusion"],
         "epochs": [{k: v for k, v in e.items() if k != "run_id"} for e in registry.epochs(run["id"])],
         "predicted": [(p["row"], p["predicted"]) for p in registry.predictions(run["id"])],
     }
@@ -168,7 +187,9 @@ def test_two_processes_writing_one_workspace_both_complete_and_share_one_valid_c
     runs = registry.list_runs()
     assert [r["status"] for r in runs] == ["completed", "completed"], outputs
     a, b = runs
-    assert max(a["created_at"], b["created_at"]) < min(a["finished_at"], b["finished_at"]), "the two runs did not overlap"
+    assert max(a["created_at"], b["created_at"]) < min(a["finished_at"], b["finished_at"]), (
+        "the two runs did not overlap"
+    )
     # One computed the features and the other waited for the lock and read them: never both, never half a file.
     assert sorted(r["timings"]["features_cached"] for r in runs) == [False, True]
     caches = _feature_caches(root)
@@ -215,7 +236,9 @@ def test_cli_killed_during_extraction_then_training_loses_nothing_and_reruns_to_
     registry = RunRegistry(root / "runs.sqlite")
     runs = registry.list_runs()
     assert [r["status"] for r in runs] == ["interrupted", "interrupted"]
-    assert all(registry.epochs(r["id"]) == [] and registry.predictions(r["id"]) == [] for r in runs), "half a run was recorded"
+    assert all(registry.epochs(r["id"]) == [] and registry.predictions(r["id"]) == [] for r in runs), (
+        "half a run was recorded"
+    )
     assert _head_files(root) == set()
     assert registry.integrity_check() == "ok"
 
@@ -248,7 +271,9 @@ def _small_dataset(root: Path, name: str = "small") -> str:
         folder = root / "datasets" / name / f"class-{label}"
         folder.mkdir(parents=True)
         for i in range(3):
-            Image.new("RGB", (32, 32), tuple(min(255, c + 10 * i) for c in colour)).save(folder / f"{i}.jpg", quality=90)
+            Image.new("RGB", (32, 32), tuple(min(255, c + 10 * i) for c in colour)).save(
+                folder / f"{i}.jpg", quality=90
+            )
     return f"folder:{name}"
 
 
@@ -261,12 +286,16 @@ def _saved_workspace(root: Path, populated_root: Path) -> Workspace:
 
 
 def _small_run(ws: Workspace) -> dict:
-    return run_experiment(ExperimentConfig(dataset="folder:small", backbone=BACKBONE, head=HeadConfig(epochs=2)), workspace=ws)
+    return run_experiment(
+        ExperimentConfig(dataset="folder:small", backbone=BACKBONE, head=HeadConfig(epochs=2)), workspace=ws
+    )
 
 
 def _completed_records(ws: Workspace) -> list[tuple]:
     registry = RunRegistry(ws.registry_path)
-    return [(r, registry.epochs(r["id"]), registry.predictions(r["id"])) for r in registry.list_runs(status="completed")]
+    return [
+        (r, registry.epochs(r["id"]), registry.predictions(r["id"])) for r in registry.list_runs(status="completed")
+    ]
 
 
 class Fault:
@@ -390,7 +419,9 @@ def _fault(kind: str, folder: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
         fault.close()
 
 
-@pytest.mark.parametrize("kind", ["disk full (simulated)", "read-only (simulated)", "disk full (tmpfs)", "read-only (bind mount)"])
+@pytest.mark.parametrize(
+    "kind", ["disk full (simulated)", "read-only (simulated)", "disk full (tmpfs)", "read-only (bind mount)"]
+)
 def test_full_or_read_only_disk_fails_clearly_and_damages_nothing(tmp_path, populated_root, monkeypatch, kind):
     with _fault(kind, tmp_path / "disk", monkeypatch) as fault:
         ws = _saved_workspace(fault.folder / "workspace", populated_root)
@@ -418,7 +449,9 @@ def test_full_or_read_only_disk_fails_clearly_and_damages_nothing(tmp_path, popu
         changed = {name for name, data in before.items() if after.get(name) != data} - {DIGEST_CACHE_NAME}
         assert changed == ({"runs.sqlite"} if new_runs else set()), "files saved before the fault changed"
         # Lock files and SQLite's own journal may appear; nothing else may (no half-written cache or head).
-        assert [n for n in set(after) - set(before) if not n.endswith((".lock", "-wal", "-shm"))] == [], "partial files were left"
+        assert [n for n in set(after) - set(before) if not n.endswith((".lock", "-wal", "-shm"))] == [], (
+            "partial files were left"
+        )
         assert _completed_records(ws) == records
         assert RunRegistry(ws.registry_path).integrity_check() == "ok"
         # With room again, the same work succeeds: the fault left nothing behind that blocks it.
@@ -428,8 +461,11 @@ def test_full_or_read_only_disk_fails_clearly_and_damages_nothing(tmp_path, popu
 
 @pytest.mark.parametrize(
     "error",
-    [OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EROFS, "Read-only file system"),
-     PermissionError(errno.EACCES, "Permission denied")],
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        OSError(errno.EROFS, "Read-only file system"),
+        PermissionError(errno.EACCES, "Permission denied"),
+    ],
 )
 def test_disk_errors_names_the_path_and_what_to_do(tmp_path, error):
     with pytest.raises(WorkspaceWriteError) as raised, fileio.disk_errors(tmp_path / "runs.sqlite"):

@@ -16,17 +16,37 @@ from core.runs import RunRegistry
 
 def _create(registry: RunRegistry, **overrides) -> int:
     fields = dict(
-        dataset_key="synthetic", dataset_name="Synthetic", dataset_fingerprint="f", synthetic=True, class_names=["a", "b"],
-        split="1", backbone="resnet50", weights="random", seed=0, config={"x": 1}, versions={"torch": "2"},
+        dataset_key="synthetic",
+        dataset_name="Synthetic",
+        dataset_fingerprint="f",
+        synthetic=True,
+        class_names=["a", "b"],
+        split="1",
+        backbone="resnet50",
+        weights="random",
+        seed=0,
+        config={"x": 1},
+        versions={"torch": "2"},
     )
     return registry.create_run(**{**fields, **overrides})
 
 
 def _complete(registry: RunRegistry, run_id: int, n_predictions: int = 3) -> None:
     registry.complete_run(
-        run_id, weights_tag="random", device="cpu", precision="fp32", timings={"total_s": 1.0}, best_epoch=1, test_acc=50.0,
-        test_loss=0.7, per_class_acc=[100.0, 0.0], confusion=np.array([[1, 0], [1, 0]]), skipped=[], features_path="f.npz",
-        head_path="h.safetensors", epochs=[{"epoch": 1, "train_loss": 1.0, "train_acc": 50.0, "valid_loss": 1.0, "valid_acc": 50.0}],
+        run_id,
+        weights_tag="random",
+        device="cpu",
+        precision="fp32",
+        timings={"total_s": 1.0},
+        best_epoch=1,
+        test_acc=50.0,
+        test_loss=0.7,
+        per_class_acc=[100.0, 0.0],
+        confusion=np.array([[1, 0], [1, 0]]),
+        skipped=[],
+        features_path="f.npz",
+        head_path="h.safetensors",
+        epochs=[{"epoch": 1, "train_loss": 1.0, "train_acc": 50.0, "valid_loss": 1.0, "valid_acc": 50.0}],
         predictions=[(i, f"img{i}.jpg", 0, 0, 0.9, [0.9, 0.1]) for i in range(n_predictions)],
     )
 
@@ -49,8 +69,20 @@ def test_failed_completion_leaves_no_half_success(tmp_path):
     with pytest.raises(sqlite3.IntegrityError):
         # A duplicate prediction row violates the primary key midway through the transaction.
         registry.complete_run(
-            run_id, weights_tag="t", device="cpu", precision="fp32", timings={}, best_epoch=1, test_acc=1.0, test_loss=1.0,
-            per_class_acc=[], confusion=np.zeros((2, 2)), skipped=[], features_path="", head_path="", epochs=[],
+            run_id,
+            weights_tag="t",
+            device="cpu",
+            precision="fp32",
+            timings={},
+            best_epoch=1,
+            test_acc=1.0,
+            test_loss=1.0,
+            per_class_acc=[],
+            confusion=np.zeros((2, 2)),
+            skipped=[],
+            features_path="",
+            head_path="",
+            epochs=[],
             predictions=[(0, "a", 0, 0, 1.0, [1.0]), (0, "a", 0, 0, 1.0, [1.0])],
         )
     run = registry.get_run(run_id)

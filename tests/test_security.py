@@ -30,7 +30,16 @@ from core.runs import RunRegistry
 from core.training import HeadConfig
 from core.workspace import Workspace
 from tests.image_catalogue import HOSTILE_FILE_NAMES
-from tests.live_server import PAGES, REPO, exceptions_shown, launch_chromium, live_server, open_page, page_file, wait_rendered
+from tests.live_server import (
+    PAGES,
+    REPO,
+    exceptions_shown,
+    launch_chromium,
+    live_server,
+    open_page,
+    page_file,
+    wait_rendered,
+)
 
 PASSWORD = "correct horse battery staple"
 CONFIG = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
@@ -109,8 +118,13 @@ def test_oidc_login_where_configured(monkeypatch, logged_in):
     monkeypatch.delenv("FLOWER_PROBE_PASSWORD", raising=False)
     at = AppTest.from_function(_gated_app)
     at.secrets["auth"] = {
-        "redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "a long random string",
-        "company": {"client_id": "id", "client_secret": "secret", "server_metadata_url": "https://id.example.org/.well-known/openid-configuration"},
+        "redirect_uri": "http://localhost:8501/oauth2callback",
+        "cookie_secret": "a long random string",
+        "company": {
+            "client_id": "id",
+            "client_secret": "secret",
+            "server_metadata_url": "https://id.example.org/.well-known/openid-configuration",
+        },
     }
     at.user = {"is_logged_in": logged_in, "email": "ann@example.org"}
     at.run()
@@ -141,7 +155,6 @@ def test_shipped_config_listens_on_localhost_with_xsrf_and_an_upload_limit():
     assert CONFIG["client"]["showErrorDetails"] == "none"
 
 
-
 @pytest.mark.slow
 def test_password_gate_holds_for_every_page_url(browser, populated_root, tmp_path):
     """Deep links too, from a fresh server's first request on: no page runs before the password is given."""
@@ -159,7 +172,9 @@ def test_password_gate_holds_for_every_page_url(browser, populated_root, tmp_pat
                 text = page.evaluate("() => document.body.innerText")
                 assert page.locator('input[type="password"]').count() == 1, f"/{path} showed no login form:\n{text}"
                 if name != "home":
-                    assert page.get_by_role("heading", name=title).count() == 0, f"/{path} ran its page without a password:\n{text}"
+                    assert page.get_by_role("heading", name=title).count() == 0, (
+                        f"/{path} ran its page without a password:\n{text}"
+                    )
                 assert str(root) not in text, f"/{path} showed the workspace path without a password"
                 page.close()
             page = context.new_page()
@@ -278,15 +293,21 @@ def test_head_file_with_a_pickle_payload_is_refused_not_run(tmp_path, populated_
     assert not marker.exists(), "the pickle payload ran"
 
 
-# ----------------------------------------------------------------------------------------------- 6: hostile names in the browser
+# ---------------------------------------------------------------------------------- 6: hostile names in the browser
 
 XSS_FLAG = '<img src=x onerror="window.__xss=1">'
 NEWLINE_NAME = "first line\nsecond <b>line<\u2215b>"  # "/" would make a subfolder
 HOSTILE_CLASSES = [*HOSTILE_FILE_NAMES, XSS_FLAG, NEWLINE_NAME]
 IMAGES_PER_CLASS = 3  # the fewest a folder class may have: one each for train, val and test
 XSS_PROBE = "() => window.__xss"
-JS_LINKS = "() => [...document.querySelectorAll('a[href]')].filter(a => a.href.trim().toLowerCase().startsWith('javascript:')).length"
-ALL_TEXT = "() => document.body.innerText + '\\n' + [...document.querySelectorAll('svg text')].map(t => t.textContent).join('\\n')"
+JS_LINKS = (
+    "() => [...document.querySelectorAll('a[href]')]"
+    ".filter(a => a.href.trim().toLowerCase().startsWith('javascript:')).length"
+)
+ALL_TEXT = (
+    "() => document.body.innerText + '\\n' + "
+    "[...document.querySelectorAll('svg text')].map(t => t.textContent).join('\\n')"
+)
 
 
 def _hostile_file(label: int, index: int) -> str:
@@ -303,7 +324,10 @@ def hostile_root(tmp_path_factory) -> Path:
         for index in range(IMAGES_PER_CLASS):
             colour = (30 * label % 256, 80 * index % 256, 120)
             Image.new("RGB", (48, 48), colour).save(ws.data_root / "hostile" / name / _hostile_file(label, index))
-    run = run_experiment(ExperimentConfig(dataset="folder:hostile", backbone="efficientnet_lite0", head=HeadConfig(epochs=2)), workspace=ws)
+    run = run_experiment(
+        ExperimentConfig(dataset="folder:hostile", backbone="efficientnet_lite0", head=HeadConfig(epochs=2)),
+        workspace=ws,
+    )
     assert run["status"] == "completed" and sorted(run["class_names"]) == sorted(HOSTILE_CLASSES)
     return root
 
@@ -342,7 +366,9 @@ LABEL_PREFIX = 10  # characters of a class name every chart label keeps
 def test_hostile_names_render_as_text_on_every_page(browser, hostile_server, name):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     dialogs: list[str] = []
-    context.on("page", lambda page: page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss())))
+    context.on(
+        "page", lambda page: page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    )
     try:
         page, _ = open_page(context, hostile_server, name, query=LITERAL_NAMES.get(name, ""))
         page.wait_for_timeout(1000)  # let images fail to load and their onerror handlers fire, if any were rendered
@@ -355,7 +381,9 @@ def test_hostile_names_render_as_text_on_every_page(browser, hostile_server, nam
                 assert shown in text, f"{shown!r} is not shown literally on the {name} page"
         if name == "dataset":
             text = page.evaluate(ALL_TEXT)
-            assert all(_hostile_file(0, i) in text for i in range(IMAGES_PER_CLASS)), "file names are not shown literally"
+            assert all(_hostile_file(0, i) in text for i in range(IMAGES_PER_CLASS)), (
+                "file names are not shown literally"
+            )
         if name == "explorer":
             _hover_hostile_points(page)
             _check_no_script_ran(page, dialogs)
@@ -388,7 +416,9 @@ def _hover_hostile_points(page) -> None:
         page.mouse.move(box["x"] + point["x"], box["y"] + point["y"], steps=4)
         inner.wait_for_function(f"hoverScatter.tooltip().row === {row}", timeout=10_000)
         tip = inner.evaluate("hoverScatter.tooltip()")
-        assert tip["className"] in HOSTILE_CLASSES and any(tip["fileName"].startswith(h) for h in HOSTILE_FILE_NAMES), tip
+        assert tip["className"] in HOSTILE_CLASSES and any(tip["fileName"].startswith(h) for h in HOSTILE_FILE_NAMES), (
+            tip
+        )
         seen.add(tip["className"])
     assert seen, "no point could be hovered"
 
@@ -399,7 +429,9 @@ def test_uploads_over_the_limit_are_refused_by_the_server(browser, hostile_serve
     context = browser.new_context()
     try:
         page, _ = open_page(context, hostile_server, "classify")
-        with page.expect_request(lambda r: "/_stcore/upload_file/" in r.url and r.method == "PUT", timeout=60_000) as upload:
+        with page.expect_request(
+            lambda r: "/_stcore/upload_file/" in r.url and r.method == "PUT", timeout=60_000
+        ) as upload:
             page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
                 files=[{"name": "small.png", "mimeType": "image/png", "buffer": _png_bytes()}]
             )

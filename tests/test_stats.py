@@ -95,7 +95,9 @@ def test_comparison_sentence_reads_like_the_issue():
     comparison = paired_comparison(a, b)
     sentence = comparison_sentence(comparison, name_a="dinov2_vits14", name_b="resnet50")
     low, high = comparison.interval
-    assert sentence.startswith(f"dinov2_vits14 beats resnet50 by 50.0 points, 95 % CI {low:.1f} to {high:.1f}, McNemar p < 1e-10")
+    assert sentence.startswith(
+        f"dinov2_vits14 beats resnet50 by 50.0 points, 95 % CI {low:.1f} to {high:.1f}, McNemar p < 1e-10"
+    )
     # The other way round names the winner first and flips the interval.
     reverse = comparison_sentence(paired_comparison(b, a), name_a="resnet50", name_b="dinov2_vits14")
     assert reverse.startswith("dinov2_vits14 beats resnet50 by 50.0 points")

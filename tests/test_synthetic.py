@@ -50,7 +50,9 @@ def test_class_names_are_short_distinct_and_filesystem_safe():
     assert DEFAULT_DIRNAME == "synthetic-flowers"
 
 
-@pytest.mark.parametrize(("per_class", "expected"), [(80, (40, 20, 20)), (4, (2, 1, 1)), (7, (3, 1, 3)), (10, (5, 2, 3))])
+@pytest.mark.parametrize(
+    ("per_class", "expected"), [(80, (40, 20, 20)), (4, (2, 1, 1)), (7, (3, 1, 3)), (10, (5, 2, 3))]
+)
 def test_split_sizes_follow_the_oxford_proportions(per_class, expected):
     assert split_sizes(per_class) == expected
     assert sum(split_sizes(per_class)) == per_class
@@ -210,7 +212,10 @@ def test_classes_differ_in_colour_but_colour_alone_does_not_separate_them():
     # The design (core.synthetic): every class's colour range is shared by some other class.
     assert all(any(_shares_colour(a, b) for b in _CLASSES if b is not a) for a in _CLASSES)
     signatures = np.array(
-        [[_colour_signature(render_flower_image(class_index=c, index=i, image_size=64)) for i in range(16)] for c in range(classes)]
+        [
+            [_colour_signature(render_flower_image(class_index=c, index=i, image_size=64)) for i in range(16)]
+            for c in range(classes)
+        ]
     )  # (classes, images, bins)
     centroids = signatures[:, :10].mean(axis=1)
     distances = ((signatures[:, 10:, None, :] - centroids[None, None]) ** 2).sum(axis=-1)

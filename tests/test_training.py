@@ -54,7 +54,9 @@ def test_test_metrics_come_from_test_part_with_best_valid_weights():
     assert result.test.accuracy < 60  # it really is the test part, not the training data it fits
     best = max(result.epochs, key=lambda e: (e.valid_acc, -e.valid_loss))
     assert result.best_epoch == best.epoch
-    assert result.test.probabilities.shape == (40, 4) and np.allclose(result.test.probabilities.sum(axis=1), 1, atol=1e-5)
+    assert result.test.probabilities.shape == (40, 4) and np.allclose(
+        result.test.probabilities.sum(axis=1), 1, atol=1e-5
+    )
     assert result.test.confusion.sum() == 40
 
 
@@ -94,7 +96,9 @@ def test_standardised_head_separates_features_of_awkward_scale_and_carries_its_s
     np.testing.assert_allclose(probabilities, standardised.test.probabilities, atol=1e-6)
 
 
-@pytest.mark.parametrize("field, value", [("epochs", 0), ("lr", -1.0), ("head", "transformer"), ("batch_size", 2.5), ("standardise", "yes")])
+@pytest.mark.parametrize(
+    "field, value", [("epochs", 0), ("lr", -1.0), ("head", "transformer"), ("batch_size", 2.5), ("standardise", "yes")]
+)
 def test_head_config_validation_names_the_parameter(field, value):
     with pytest.raises(FlowerProbeError, match=field):
         HeadConfig(**{field: value})

@@ -17,8 +17,9 @@ def _points(n: int = 6):
 
 def test_class_traces_use_one_colour_per_class_index():
     embedding, rows, labels = _points()
-    traces = explorer.panel_traces(embedding, rows, labels=labels, predicted=-np.ones(6, int), class_names=("a", "b", "c"),
-                                   colour_by="class")
+    traces = explorer.panel_traces(
+        embedding, rows, labels=labels, predicted=-np.ones(6, int), class_names=("a", "b", "c"), colour_by="class"
+    )
     assert [t.name for t in traces] == ["a", "b", "c"]
     assert [t.colour for t in traces] == class_colours(3)
     assert [list(t.rows) for t in traces] == [[10, 11], [12, 13], [14, 15]]
@@ -27,8 +28,15 @@ def test_class_traces_use_one_colour_per_class_index():
 def test_score_traces_carry_values_and_leave_unscored_points_grey():
     embedding, rows, labels = _points()
     score = np.array([0.1, np.nan, 0.5, 0.9, np.nan, 0.3])
-    traces = explorer.panel_traces(embedding, rows, labels=labels, predicted=-np.ones(6, int), class_names=("a", "b", "c"),
-                                   colour_by="score", score=score)
+    traces = explorer.panel_traces(
+        embedding,
+        rows,
+        labels=labels,
+        predicted=-np.ones(6, int),
+        class_names=("a", "b", "c"),
+        colour_by="score",
+        score=score,
+    )
     grey, scored = traces
     assert grey.name == explorer.NOT_SCORED and list(grey.rows) == [11, 14] and grey.values is None
     assert list(scored.rows) == [10, 12, 13, 15] and list(scored.values) == [0.1, 0.5, 0.9, 0.3]
@@ -47,8 +55,9 @@ def test_confidence_score_is_the_runs_confidence_per_dataset_row():
 def test_correct_traces_split_by_the_chosen_predictions():
     embedding, rows, labels = _points()
     predicted = np.array([0, 1, 1, -1, 2, 0])
-    traces = explorer.panel_traces(embedding, rows, labels=labels, predicted=predicted, class_names=("a", "b", "c"),
-                                   colour_by="correct")
+    traces = explorer.panel_traces(
+        embedding, rows, labels=labels, predicted=predicted, class_names=("a", "b", "c"), colour_by="correct"
+    )
     by_name = {t.name: list(t.rows) for t in traces}
     assert by_name == {"correct": [10, 12, 14], "incorrect": [11, 15], explorer.NOT_PREDICTED: [13]}
 
@@ -68,9 +77,12 @@ def test_health_scores_land_on_their_dataset_rows(tmp_path):
     paths = [root / "a" / "1.jpg", root / "a" / "2.jpg", root / "b" / "3.jpg"]
     dataset = SimpleNamespace(root=root, image_paths=paths)
     # The report numbers its images by its own paths (here in another order, one image not analysed).
-    report = SimpleNamespace(backbone="resnet50", paths=["b/3.jpg", "a/1.jpg"],
-                             label_issues=[{"image": 1, "score": 0.2}],
-                             outliers=[{"image": 0, "score": 0.9}, {"image": 1, "score": 0.1}])
+    report = SimpleNamespace(
+        backbone="resnet50",
+        paths=["b/3.jpg", "a/1.jpg"],
+        label_issues=[{"image": 1, "score": 0.2}],
+        outliers=[{"image": 0, "score": 0.9}, {"image": 1, "score": 0.1}],
+    )
     label, outlier = explorer.health_scores(report, dataset)
     np.testing.assert_array_equal(label.values, [0.2, np.nan, np.nan])
     np.testing.assert_array_equal(outlier.values, [0.1, np.nan, 0.9])

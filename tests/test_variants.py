@@ -19,7 +19,9 @@ from core.variants import (
 
 def _tiny_vit(*, reg_tokens: int = 0, depth: int = 5) -> VisionTransformer:
     torch.manual_seed(0)
-    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=24, depth=depth, num_heads=2, num_classes=0, reg_tokens=reg_tokens)
+    model = VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=24, depth=depth, num_heads=2, num_classes=0, reg_tokens=reg_tokens
+    )
     return model.eval()
 
 
@@ -35,7 +37,7 @@ def test_vit_variants_match_timm_token_apis(reg_tokens):
         last = model.forward_intermediates(x, indices=4, norm=True, return_prefix_tokens=True, intermediates_only=True)
     assert model.num_prefix_tokens == 1 + reg_tokens
     assert torch.equal(out["cls"], expected_cls)  # the default is model(x) itself
-    patch_mean = tokens[:, 1 + reg_tokens:].mean(dim=1)  # register tokens excluded
+    patch_mean = tokens[:, 1 + reg_tokens :].mean(dim=1)  # register tokens excluded
     torch.testing.assert_close(out["patch_mean"], patch_mean)
     torch.testing.assert_close(out["cls+patch_mean"], torch.cat([expected_cls, patch_mean], dim=1))
     torch.testing.assert_close(out["last4"], torch.cat([prefix[:, 0] for _, prefix in last], dim=1))

@@ -8,7 +8,7 @@ shows a literal ``<``.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -18,7 +18,18 @@ from core.projection import class_colours  # one palette for every map: Explorer
 from core.text import html_text
 
 # Plotly's default qualitative palette; runs keep one colour across every figure of a page.
-RUN_COLOURS = ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880", "#FF97FF", "#FECB52")
+RUN_COLOURS = (
+    "#636EFA",
+    "#EF553B",
+    "#00CC96",
+    "#AB63FA",
+    "#FFA15A",
+    "#19D3F3",
+    "#FF6692",
+    "#B6E880",
+    "#FF97FF",
+    "#FECB52",
+)
 SPLIT_PART_COLOURS = {"train": "#4C78A8", "val": "#F58518", "test": "#54A24B"}
 # Pixels per class row/column: 17 classes stay readable without scrolling.
 _CELL_PX = 20
@@ -36,7 +47,11 @@ def short(text: str, limit: int = _TICK_CHARS) -> str:
 
 def _class_axis(class_names: Sequence[str]) -> dict:
     """Integer positions labelled with the (shortened, escaped) class names: odd names cannot merge categories."""
-    return {"tickmode": "array", "tickvals": list(range(len(class_names))), "ticktext": [html_text(short(c)) for c in class_names]}
+    return {
+        "tickmode": "array",
+        "tickvals": list(range(len(class_names))),
+        "ticktext": [html_text(short(c)) for c in class_names],
+    }
 
 
 def _label_px(class_names: Sequence[str]) -> int:
@@ -56,12 +71,20 @@ def class_counts_figure(*, class_names: Sequence[str], counts: Mapping[str, Sequ
     positions = list(range(len(class_names)))
     for part, values in counts.items():
         figure.add_bar(
-            x=positions, y=list(values), name=part, marker_color=SPLIT_PART_COLOURS.get(part),
-            customdata=[html_text(c) for c in class_names], hovertemplate=f"%{{customdata}}<br>{part}: %{{y}} images<extra></extra>",
+            x=positions,
+            y=list(values),
+            name=part,
+            marker_color=SPLIT_PART_COLOURS.get(part),
+            customdata=[html_text(c) for c in class_names],
+            hovertemplate=f"%{{customdata}}<br>{part}: %{{y}} images<extra></extra>",
         )
     figure.update_layout(
-        barmode="stack", height=360, margin=dict(l=10, r=10, t=30, b=10), legend_title_text="part",
-        xaxis=_class_axis(class_names) | {"tickangle": -45}, yaxis_title="images",
+        barmode="stack",
+        height=360,
+        margin=dict(l=10, r=10, t=30, b=10),
+        legend_title_text="part",
+        xaxis=_class_axis(class_names) | {"tickangle": -45},
+        yaxis_title="images",
     )
     return figure
 
@@ -74,7 +97,9 @@ def curves_figure(curves: Mapping[str, Sequence[Mapping]]) -> go.Figure:
     curves : mapping of run label to sequence of epoch dicts
         Each dict has ``epoch``, ``train_loss``, ``train_acc``, ``valid_loss``, ``valid_acc`` (accuracies in percent).
     """
-    figure = make_subplots(rows=1, cols=2, subplot_titles=("Loss (cross-entropy)", "Accuracy (%)"), horizontal_spacing=0.08)
+    figure = make_subplots(
+        rows=1, cols=2, subplot_titles=("Loss (cross-entropy)", "Accuracy (%)"), horizontal_spacing=0.08
+    )
     for index, (label, epochs) in enumerate(curves.items()):
         epochs = list(epochs)
         x = [e["epoch"] for e in epochs]
@@ -82,8 +107,15 @@ def curves_figure(curves: Mapping[str, Sequence[Mapping]]) -> go.Figure:
         for column, metric in ((1, "loss"), (2, "acc")):
             for part, dash in (("train", "solid"), ("valid", "dash")):
                 figure.add_scatter(
-                    x=x, y=[e[f"{part}_{metric}"] for e in epochs], mode="lines+markers", name=f"{html_text(label)} · {part}",
-                    legendgroup=label, showlegend=column == 1, line=dict(color=colour, dash=dash), row=1, col=column,
+                    x=x,
+                    y=[e[f"{part}_{metric}"] for e in epochs],
+                    mode="lines+markers",
+                    name=f"{html_text(label)} · {part}",
+                    legendgroup=label,
+                    showlegend=column == 1,
+                    line=dict(color=colour, dash=dash),
+                    row=1,
+                    col=column,
                     hovertemplate=f"{html_text(label)}<br>{part} {metric}: %{{y:.4g}}<br>epoch %{{x}}<extra></extra>",
                 )
     figure.update_xaxes(title_text="epoch", dtick=1)
@@ -111,24 +143,45 @@ def confusion_figure(*, confusion: np.ndarray, class_names: Sequence[str], title
     figure = go.Figure()
     figure.add_heatmap(
         # Zeros left blank: the few non-zero cells are what the eye should find.
-        z=share, x=list(range(n)), y=list(range(n)), text=np.where(confusion > 0, confusion.astype(str), " "), texttemplate="%{text}",
+        z=share,
+        x=list(range(n)),
+        y=list(range(n)),
+        text=np.where(confusion > 0, confusion.astype(str), " "),
+        texttemplate="%{text}",
         colorscale="Blues",
-        zmin=0, zmax=1, showscale=False, hoverinfo="skip", xgap=1, ygap=1,
+        zmin=0,
+        zmax=1,
+        showscale=False,
+        hoverinfo="skip",
+        xgap=1,
+        ygap=1,
     )
     figure.add_scatter(
-        x=predicted_index.ravel(), y=true_index.ravel(), mode="markers", showlegend=False,
+        x=predicted_index.ravel(),
+        y=true_index.ravel(),
+        mode="markers",
+        showlegend=False,
         marker=dict(size=_CELL_PX - 4, symbol="square", color="rgba(0,0,0,0)"),
-        selected=dict(marker=dict(color="rgba(255,160,0,0.45)")), unselected=dict(marker=dict(opacity=1)),
+        selected=dict(marker=dict(color="rgba(255,160,0,0.45)")),
+        unselected=dict(marker=dict(opacity=1)),
         customdata=np.stack([true_index.ravel(), predicted_index.ravel()], axis=1),
-        hovertext=[f"true: {names[t]}<br>predicted: {names[p]}<br>{confusion[t, p]} image(s)" for t, p in zip(true_index.ravel(), predicted_index.ravel())],
+        hovertext=[
+            f"true: {names[t]}<br>predicted: {names[p]}<br>{confusion[t, p]} image(s)"
+            for t, p in zip(true_index.ravel(), predicted_index.ravel())
+        ],
         hovertemplate="%{hovertext}<br>click to see them<extra></extra>",
     )
     side = 100 + _CELL_PX * n + _label_px(class_names)
     figure.update_layout(
-        title=dict(text=html_text(title), font=dict(size=14)), height=side, margin=dict(l=10, r=10, t=40, b=10),
+        title=dict(text=html_text(title), font=dict(size=14)),
+        height=side,
+        margin=dict(l=10, r=10, t=40, b=10),
         xaxis=_class_axis(class_names) | {"title": "predicted", "tickangle": -45, "showgrid": False, "zeroline": False},
-        yaxis=_class_axis(class_names) | {"title": "true", "autorange": "reversed", "showgrid": False, "zeroline": False},
-        clickmode="event+select", dragmode=False, plot_bgcolor="rgba(0,0,0,0)",
+        yaxis=_class_axis(class_names)
+        | {"title": "true", "autorange": "reversed", "showgrid": False, "zeroline": False},
+        clickmode="event+select",
+        dragmode=False,
+        plot_bgcolor="rgba(0,0,0,0)",
     )
     return figure
 
@@ -146,12 +199,20 @@ def per_class_figure(*, class_names: Sequence[str], accuracies: Mapping[str, Seq
     names = [html_text(c) for c in class_names]
     for index, (label, values) in enumerate(accuracies.items()):
         figure.add_bar(
-            y=positions, x=[np.nan if v is None else v for v in values], orientation="h", name=html_text(label),
-            marker_color=run_colour(index), customdata=names, hovertemplate=f"{html_text(label)}<br>%{{customdata}}: %{{x:.1f}} %<extra></extra>",
+            y=positions,
+            x=[np.nan if v is None else v for v in values],
+            orientation="h",
+            name=html_text(label),
+            marker_color=run_colour(index),
+            customdata=names,
+            hovertemplate=f"{html_text(label)}<br>%{{customdata}}: %{{x:.1f}} %<extra></extra>",
         )
     figure.update_layout(
-        barmode="group", height=120 + len(class_names) * max(18, 9 * len(accuracies)), margin=dict(l=10, r=10, t=30, b=10),
-        yaxis=_class_axis(class_names) | {"autorange": "reversed"}, xaxis=dict(title="test accuracy (%)", range=[0, 100]),
+        barmode="group",
+        height=120 + len(class_names) * max(18, 9 * len(accuracies)),
+        margin=dict(l=10, r=10, t=30, b=10),
+        yaxis=_class_axis(class_names) | {"autorange": "reversed"},
+        xaxis=dict(title="test accuracy (%)", range=[0, 100]),
         legend=dict(orientation="h", y=1.02, yanchor="bottom"),
     )
     return figure
@@ -166,20 +227,35 @@ def top_classes_figure(top: Sequence[tuple[str, float]]) -> go.Figure:
     """
     classes = [html_text(name) for name, _ in reversed(top)]
     probabilities = [p for _, p in reversed(top)]
-    figure = go.Figure(go.Bar(
-        x=probabilities, y=classes, orientation="h", marker_color="#7b3fa0",
-        text=[f"{p:.1%}" for p in probabilities], textposition="auto", hovertemplate="%{y}: %{x:.2%}<extra></extra>",
-    ))
+    figure = go.Figure(
+        go.Bar(
+            x=probabilities,
+            y=classes,
+            orientation="h",
+            marker_color="#7b3fa0",
+            text=[f"{p:.1%}" for p in probabilities],
+            textposition="auto",
+            hovertemplate="%{y}: %{x:.2%}<extra></extra>",
+        )
+    )
     figure.update_layout(
-        height=40 + 32 * len(classes), margin={"l": 0, "r": 0, "t": 0, "b": 0}, xaxis={"range": [0, 1], "tickformat": ".0%"},
+        height=40 + 32 * len(classes),
+        margin={"l": 0, "r": 0, "t": 0, "b": 0},
+        xaxis={"range": [0, 1], "tickformat": ".0%"},
         yaxis={"type": "category"},
     )
     return figure
 
 
 def placed_map_figure(
-    *, embedding: np.ndarray, labels: np.ndarray, class_names: Sequence[str], file_names: Sequence[str], placed: np.ndarray,
-    placed_names: Sequence[str], title: str,
+    *,
+    embedding: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    file_names: Sequence[str],
+    placed: np.ndarray,
+    placed_names: Sequence[str],
+    title: str,
 ) -> go.Figure:
     """A run's map of its training images, class colours as on the Explorer, with new images as numbered stars.
 
@@ -197,22 +273,39 @@ def placed_map_figure(
         members = np.flatnonzero(labels == label)
         if len(members) == 0:
             continue
-        figure.add_trace(go.Scattergl(
-            x=embedding[members, 0], y=embedding[members, 1], mode="markers", name=html_text(class_name),
-            marker={"size": 6, "opacity": 0.75, "color": colours[label]}, hoverinfo="text",
-            hovertext=[html_text(f"{class_name} · {file_names[m]}") for m in members],
-        ))
-    figure.add_trace(go.Scatter(
-        x=placed[:, 0], y=placed[:, 1], mode="markers+text", name="your images",
-        marker={"symbol": "star", "size": 18, "color": "#111111", "line": {"color": "#ffffff", "width": 1}},
-        text=[str(i + 1) for i in range(len(placed_names))], textposition="top center", hoverinfo="text",
-        hovertext=[html_text(name) for name in placed_names],
-    ))
+        figure.add_trace(
+            go.Scattergl(
+                x=embedding[members, 0],
+                y=embedding[members, 1],
+                mode="markers",
+                name=html_text(class_name),
+                marker={"size": 6, "opacity": 0.75, "color": colours[label]},
+                hoverinfo="text",
+                hovertext=[html_text(f"{class_name} · {file_names[m]}") for m in members],
+            )
+        )
+    figure.add_trace(
+        go.Scatter(
+            x=placed[:, 0],
+            y=placed[:, 1],
+            mode="markers+text",
+            name="your images",
+            marker={"symbol": "star", "size": 18, "color": "#111111", "line": {"color": "#ffffff", "width": 1}},
+            text=[str(i + 1) for i in range(len(placed_names))],
+            textposition="top center",
+            hoverinfo="text",
+            hovertext=[html_text(name) for name in placed_names],
+        )
+    )
     figure.update_layout(
         # The title sits left and the mode bar right, above the plot, so the toolbar never covers it.
         title={"text": html_text(title), "font": {"size": 14}, "x": 0, "xanchor": "left", "y": 0.98, "yanchor": "top"},
-        height=480, margin={"l": 0, "r": 0, "t": 60, "b": 0}, xaxis={"visible": False}, yaxis={"visible": False},
-        legend={"itemsizing": "constant"}, modebar={"orientation": "v"},
+        height=480,
+        margin={"l": 0, "r": 0, "t": 60, "b": 0},
+        xaxis={"visible": False},
+        yaxis={"visible": False},
+        legend={"itemsizing": "constant"},
+        modebar={"orientation": "v"},
     )
     return figure
 
@@ -235,18 +328,40 @@ def fewshot_figure(points: Sequence[Mapping]) -> go.Figure:
         std = [p["std"] or 0.0 for p in members]
         colour, name = run_colour(index), html_text(label)
         figure.add_scatter(  # the band first, so the line draws over it: mean + std forward, mean - std back
-            x=x + x[::-1], y=[m + s for m, s in zip(mean, std)] + [m - s for m, s in zip(mean[::-1], std[::-1])], fill="toself",
-            fillcolor=colour, opacity=0.15, line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=label,
+            x=x + x[::-1],
+            y=[m + s for m, s in zip(mean, std)] + [m - s for m, s in zip(mean[::-1], std[::-1])],
+            fill="toself",
+            fillcolor=colour,
+            opacity=0.15,
+            line=dict(width=0),
+            hoverinfo="skip",
+            showlegend=False,
+            legendgroup=label,
         )
         figure.add_scatter(
-            x=x, y=mean, mode="lines+markers", name=name, legendgroup=label, line=dict(color=colour),
+            x=x,
+            y=mean,
+            mode="lines+markers",
+            name=name,
+            legendgroup=label,
+            line=dict(color=colour),
             customdata=[[s, p["draws"]] for s, p in zip(std, members)],
-            hovertemplate=f"{name}<br>%{{x:.3g}} images per class: %{{y:.1f}} % ± %{{customdata[0]:.1f}} (%{{customdata[1]}} draws)<extra></extra>",
+            hovertemplate=(
+                f"{name}<br>%{{x:.3g}} images per class: %{{y:.1f}} % ± %{{customdata[0]:.1f}} "
+                "(%{customdata[1]} draws)<extra></extra>"
+            ),
         )
     ticks = sorted({round(p["x"], 1) for p in points})  # the levels measured, not Plotly's 2-3-5 minor labels
     figure.update_layout(
-        height=460, margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=-0.25, yanchor="top"),
-        xaxis=dict(type="log", title="labelled training images per class (log)", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks]),
+        height=460,
+        margin=dict(l=10, r=10, t=30, b=10),
+        legend=dict(orientation="h", y=-0.25, yanchor="top"),
+        xaxis=dict(
+            type="log",
+            title="labelled training images per class (log)",
+            tickvals=ticks,
+            ticktext=[f"{t:g}" for t in ticks],
+        ),
         yaxis=dict(title="test accuracy (%)", range=[0, 100]),
     )
     return figure

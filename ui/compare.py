@@ -43,8 +43,19 @@ MATRICES_PER_ROW = 2  # wide enough for 17 readable class names
 GALLERY_ANCHOR = "cell-gallery"
 # The runs table's visible columns (the CSV has them all): they fit a wide page at 1,400 px (looked at in Chromium;
 # with head, split and seed too it scrolled). The split and a standardised head show in the run's name.
-SHOWN_COLUMNS = ["run", "backbone", "weights", "features", "protocol", "test acc %", "95 % CI", "top-5 %", "test loss", "chosen",
-                 "finished"]
+SHOWN_COLUMNS = [
+    "run",
+    "backbone",
+    "weights",
+    "features",
+    "protocol",
+    "test acc %",
+    "95 % CI",
+    "top-5 %",
+    "test loss",
+    "chosen",
+    "finished",
+]
 
 
 # ----------------------------------------------------------------------------------------------- reads
@@ -56,7 +67,10 @@ def _completed(path: str, stamp: tuple, few_shot: bool) -> list[dict]:
 
 
 def completed_runs(*, few_shot: bool = False) -> list[dict]:
-    """Completed runs on the whole training part (or only few-shot runs), newest first; re-read after a registry write."""
+    """Completed runs on the whole training part (or only few-shot runs), newest first.
+
+    Re-read after a registry write.
+    """
     return _completed(str(registry().path), registry_stamp(), few_shot)
 
 
@@ -115,50 +129,54 @@ def runs_table(runs: list[dict]) -> pd.DataFrame:
     """One row per run: what it was, its test metrics with the 95 % interval, timings; plain values for the CSV."""
     intervals = [_interval(r) for r in runs]
     metrics = [r.get("metrics") or {} for r in runs]
-    return pd.DataFrame({
-        "run": [r["id"] for r in runs],
-        "backbone": [r["backbone"] for r in runs],
-        "weights": [weights_text(r["weights"]) for r in runs],
-        "features": [r["features"] for r in runs],
-        "protocol": [r["protocol"] for r in runs],
-        "dataset": [dataset_label(r["dataset_name"], r["synthetic"]) for r in runs],
-        "split": [r["split"] for r in runs],
-        "test acc %": [r["test_acc"] for r in runs],
-        "95 % CI": [f"{i[0]:.1f} to {i[1]:.1f}" if i else "" for i in intervals],
-        "top-5 %": [m.get("top5") for m in metrics],
-        "mean per-class %": [m.get("mean_class_acc") for m in metrics],
-        "test loss": [r["test_loss"] for r in runs],
-        "chosen": [_chosen(r) for r in runs],
-        "best epoch": [r["best_epoch"] for r in runs],
-        "features s": [r["timings"]["features_s"] for r in runs],
-        "features cached": [bool(r["timings"].get("features_cached")) for r in runs],
-        "train s": [r["timings"]["train_s"] for r in runs],
-        "device": [r["device"] for r in runs],
-        "precision": [r["precision"] for r in runs],
-        "head": [head_label(r["config"]["head"]) for r in runs],
-        "epochs": [r["config"]["head"].get("epochs") for r in runs],
-        "seed": [r["seed"] for r in runs],
-        "skipped files": [len(r["skipped"] or []) for r in runs],
-        "finished": [iso_time(r["finished_at"]) for r in runs],
-    })
+    return pd.DataFrame(
+        {
+            "run": [r["id"] for r in runs],
+            "backbone": [r["backbone"] for r in runs],
+            "weights": [weights_text(r["weights"]) for r in runs],
+            "features": [r["features"] for r in runs],
+            "protocol": [r["protocol"] for r in runs],
+            "dataset": [dataset_label(r["dataset_name"], r["synthetic"]) for r in runs],
+            "split": [r["split"] for r in runs],
+            "test acc %": [r["test_acc"] for r in runs],
+            "95 % CI": [f"{i[0]:.1f} to {i[1]:.1f}" if i else "" for i in intervals],
+            "top-5 %": [m.get("top5") for m in metrics],
+            "mean per-class %": [m.get("mean_class_acc") for m in metrics],
+            "test loss": [r["test_loss"] for r in runs],
+            "chosen": [_chosen(r) for r in runs],
+            "best epoch": [r["best_epoch"] for r in runs],
+            "features s": [r["timings"]["features_s"] for r in runs],
+            "features cached": [bool(r["timings"].get("features_cached")) for r in runs],
+            "train s": [r["timings"]["train_s"] for r in runs],
+            "device": [r["device"] for r in runs],
+            "precision": [r["precision"] for r in runs],
+            "head": [head_label(r["config"]["head"]) for r in runs],
+            "epochs": [r["config"]["head"].get("epochs") for r in runs],
+            "seed": [r["seed"] for r in runs],
+            "skipped files": [len(r["skipped"] or []) for r in runs],
+            "finished": [iso_time(r["finished_at"]) for r in runs],
+        }
+    )
 
 
 def split_summary(runs: list[dict]) -> pd.DataFrame:
     """Mean and sample std of test metrics per experiment over its runs (``core.summary``, as the CLI groups)."""
     summaries = summarise_runs(runs)
-    return pd.DataFrame({
-        "backbone": [s.first["backbone"] for s in summaries],
-        "weights": [weights_text(s.first["weights"]) for s in summaries],
-        "features": [s.first["features"] for s in summaries],
-        "protocol": [s.first["protocol"] for s in summaries],
-        "head": [head_label(s.first["config"]["head"]) for s in summaries],
-        "splits": [", ".join(sorted(set(s.splits))) for s in summaries],
-        "runs": [len(s.runs) for s in summaries],
-        "test acc % mean": [s.acc_mean for s in summaries],
-        "test acc % std": [s.acc_std for s in summaries],
-        "test loss mean": [s.loss_mean for s in summaries],
-        "test loss std": [s.loss_std for s in summaries],
-    })
+    return pd.DataFrame(
+        {
+            "backbone": [s.first["backbone"] for s in summaries],
+            "weights": [weights_text(s.first["weights"]) for s in summaries],
+            "features": [s.first["features"] for s in summaries],
+            "protocol": [s.first["protocol"] for s in summaries],
+            "head": [head_label(s.first["config"]["head"]) for s in summaries],
+            "splits": [", ".join(sorted(set(s.splits))) for s in summaries],
+            "runs": [len(s.runs) for s in summaries],
+            "test acc % mean": [s.acc_mean for s in summaries],
+            "test acc % std": [s.acc_std for s in summaries],
+            "test loss mean": [s.loss_mean for s in summaries],
+            "test loss std": [s.loss_std for s in summaries],
+        }
+    )
 
 
 def protocols_frame(runs: list[dict]) -> pd.DataFrame:
@@ -176,12 +194,20 @@ def protocols_frame(runs: list[dict]) -> pd.DataFrame:
         if len(summary.runs) > 1:
             cell = f"{summary.acc_mean:.1f} ± {summary.acc_std:.1f} ({len(summary.runs)} runs)"
         else:
-            cell = f"{run['test_acc']:.1f} ({interval[0]:.1f} to {interval[1]:.1f})" if interval else f"{run['test_acc']:.1f}"
-        row = rows.setdefault((run["backbone"], run["weights"], run["features"]), {
-            "backbone": run["backbone"], "weights": weights_text(run["weights"]), "features": run["features"]})
+            cell = (
+                f"{run['test_acc']:.1f} ({interval[0]:.1f} to {interval[1]:.1f})"
+                if interval
+                else f"{run['test_acc']:.1f}"
+            )
+        row = rows.setdefault(
+            (run["backbone"], run["weights"], run["features"]),
+            {"backbone": run["backbone"], "weights": weights_text(run["weights"]), "features": run["features"]},
+        )
         row[run["protocol"]] = cell
     frame = pd.DataFrame(list(rows.values()))
-    return frame.reindex(columns=["backbone", "weights", "features", *(p for p in PROTOCOLS if p in protocols)]).fillna("")
+    return frame.reindex(columns=["backbone", "weights", "features", *(p for p in PROTOCOLS if p in protocols)]).fillna(
+        ""
+    )
 
 
 def fewshot_plot_points(few_shot: list[dict], full: list[dict]) -> list[dict]:
@@ -189,7 +215,11 @@ def fewshot_plot_points(few_shot: list[dict], full: list[dict]) -> list[dict]:
     placed at its images per class. ``x`` is images per class, ``label`` names backbone, weights, variant, protocol."""
     curves = {(r["backbone"], r["weights"], r["features"], r["protocol"]) for r in few_shot}
     # The suite's own runs on the whole training part (they record how many training images they had).
-    ends = [r for r in full if (r["backbone"], r["weights"], r["features"], r["protocol"]) in curves and "train_images" in r["config"]]
+    ends = [
+        r
+        for r in full
+        if (r["backbone"], r["weights"], r["features"], r["protocol"]) in curves and "train_images" in r["config"]
+    ]
     points = []
     for point in fewshot_points(few_shot + ends):
         classes = len((few_shot + ends)[0]["class_names"])
@@ -201,13 +231,24 @@ def fewshot_plot_points(few_shot: list[dict], full: list[dict]) -> list[dict]:
 
 def predictions_frame(run: dict, predictions: pd.DataFrame) -> pd.DataFrame:
     names = run["class_names"]
-    return pd.DataFrame({
-        "run": run["id"], "backbone": run["backbone"], "weights": weights_text(run["weights"]), "features": run["features"],
-        "protocol": run["protocol"], "split": run["split"], "row": predictions["row"],
-        "file": predictions["path"], "true class": [names[i] for i in predictions["label"]],
-        "predicted class": [names[i] for i in predictions["predicted"]], "confidence": predictions["confidence"],
-        "correct": predictions["label"] == predictions["predicted"], "true index": predictions["label"], "predicted index": predictions["predicted"],
-    })
+    return pd.DataFrame(
+        {
+            "run": run["id"],
+            "backbone": run["backbone"],
+            "weights": weights_text(run["weights"]),
+            "features": run["features"],
+            "protocol": run["protocol"],
+            "split": run["split"],
+            "row": predictions["row"],
+            "file": predictions["path"],
+            "true class": [names[i] for i in predictions["label"]],
+            "predicted class": [names[i] for i in predictions["predicted"]],
+            "confidence": predictions["confidence"],
+            "correct": predictions["label"] == predictions["predicted"],
+            "true index": predictions["label"],
+            "predicted index": predictions["predicted"],
+        }
+    )
 
 
 def paired_text(run_a: dict, run_b: dict, frame_a: pd.DataFrame, frame_b: pd.DataFrame) -> str:
@@ -216,8 +257,10 @@ def paired_text(run_a: dict, run_b: dict, frame_a: pd.DataFrame, frame_b: pd.Dat
         return "Choose two different runs."
     a, b = frame_a.set_index("row"), frame_b.set_index("row")
     if run_a["dataset_fingerprint"] != run_b["dataset_fingerprint"] or set(a.index) != set(b.index):
-        return ("These two runs were not scored on the same test images (another split or dataset version), "
-                "so they cannot be paired.")
+        return (
+            "These two runs were not scored on the same test images (another split or dataset version), "
+            "so they cannot be paired."
+        )
     comparison = paired_comparison(a["correct"].to_numpy(), b.loc[a.index, "correct"].to_numpy())
     return comparison_sentence(comparison, name_a=run_name(run_a), name_b=run_name(run_b)) + "."
 
@@ -239,11 +282,19 @@ def choose_runs(completed: list[dict]) -> tuple[str, list[dict]] | None:
     for run in completed:  # newest first, so the default dataset is that of the newest run
         datasets.setdefault(run["dataset_key"], dataset_label(run["dataset_name"], run["synthetic"]))
     requested = st.query_params.get("dataset")
-    dataset_key = st.selectbox("Dataset", list(datasets), index=list(datasets).index(requested) if requested in datasets else 0,
-                               format_func=datasets.get, key="compare_dataset")
+    dataset_key = st.selectbox(
+        "Dataset",
+        list(datasets),
+        index=list(datasets).index(requested) if requested in datasets else 0,
+        format_func=datasets.get,
+        key="compare_dataset",
+    )
     runs = {run["id"]: run for run in completed if run["dataset_key"] == dataset_key}
     chosen_ids = st.multiselect(
-        "Runs", list(runs), default=[run["id"] for run in default_runs(list(runs.values()))], key=f"compare_runs_{dataset_key}",
+        "Runs",
+        list(runs),
+        default=[run["id"] for run in default_runs(list(runs.values()))],
+        key=f"compare_runs_{dataset_key}",
         format_func=lambda i: f"{run_name(runs[i])} · {runs[i]['test_acc']:.1f} % · {iso_time(runs[i]['finished_at'])}",
         help="Runs on the whole training part; few-shot runs are summarised in the few-shot curves below.",
     )
@@ -255,26 +306,55 @@ def choose_runs(completed: list[dict]) -> tuple[str, list[dict]] | None:
 
 def show_runs_table(table: pd.DataFrame, runs: list[dict]) -> None:
     number = st.column_config.NumberColumn
-    st.dataframe(table, hide_index=True, column_order=SHOWN_COLUMNS,
-                 column_config={"test acc %": number(format="%.1f"), "top-5 %": number(format="%.1f"), "test loss": number(format="%.4f")})
+    st.dataframe(
+        table,
+        hide_index=True,
+        column_order=SHOWN_COLUMNS,
+        column_config={
+            "test acc %": number(format="%.1f"),
+            "top-5 %": number(format="%.1f"),
+            "test loss": number(format="%.4f"),
+        },
+    )
     summary = split_summary(runs)
     if (summary["runs"] > 1).any():
-        st.markdown("**Mean and std per experiment** (sample std over its chosen runs: the splits, or repeats with other seeds)")
-        st.dataframe(summary, hide_index=True, column_config={c: number(format="%.2f") for c in summary.columns if "mean" in c or "std" in c})
+        st.markdown(
+            "**Mean and std per experiment** (sample std over its chosen runs: the splits, or repeats with other seeds)"
+        )
+        st.dataframe(
+            summary,
+            hide_index=True,
+            column_config={c: number(format="%.2f") for c in summary.columns if "mean" in c or "std" in c},
+        )
 
 
 def show_downloads(table: pd.DataFrame, predictions: dict[int, pd.DataFrame]) -> None:
     downloads = st.container(horizontal=True)
-    downloads.download_button("Table as CSV", data=csv_text(table), file_name="flower-probe-runs.csv", mime="text/csv", on_click="ignore",
-                              icon=":material/download:")
-    downloads.download_button("Per-image predictions as CSV", data=lambda: csv_text(pd.concat(predictions.values())),
-                              file_name="flower-probe-predictions.csv", mime="text/csv", on_click="ignore", icon=":material/download:")
+    downloads.download_button(
+        "Table as CSV",
+        data=csv_text(table),
+        file_name="flower-probe-runs.csv",
+        mime="text/csv",
+        on_click="ignore",
+        icon=":material/download:",
+    )
+    downloads.download_button(
+        "Per-image predictions as CSV",
+        data=lambda: csv_text(pd.concat(predictions.values())),
+        file_name="flower-probe-predictions.csv",
+        mime="text/csv",
+        on_click="ignore",
+        icon=":material/download:",
+    )
 
 
 def show_skipped(runs: list[dict]) -> None:
     for run in runs:
         if run["skipped"]:
-            with st.expander(f"{markdown_text(run_name(run))} skipped {len(run['skipped'])} unreadable file(s)", icon=":material/broken_image:"):
+            with st.expander(
+                f"{markdown_text(run_name(run))} skipped {len(run['skipped'])} unreadable file(s)",
+                icon=":material/broken_image:",
+            ):
                 st.dataframe(pd.DataFrame(run["skipped"], columns=["file", "reason"]), hide_index=True)
 
 
@@ -283,8 +363,10 @@ def show_protocols(full: list[dict]) -> None:
     if len({r["protocol"] for r in full}) < 2 and all(_reference(r) for r in full):
         return  # only reference runs: the runs table says it all
     st.subheader("Protocols")
-    st.caption("Test top-1 % on the whole training part, with its 95 % bootstrap interval over test images; each probe's "
-               "hyperparameter was chosen on the validation part. Every completed run of this dataset.")
+    st.caption(
+        "Test top-1 % on the whole training part, with its 95 % bootstrap interval over test images; each probe's "
+        "hyperparameter was chosen on the validation part. Every completed run of this dataset."
+    )
     st.dataframe(protocols_frame(full), hide_index=True)
 
 
@@ -292,8 +374,10 @@ def show_fewshot(few_shot: list[dict], full: list[dict]) -> None:
     if not few_shot:
         return
     st.subheader("Few-shot curves")
-    st.caption("Test accuracy against labelled training images per class, mean over the random draws with a ± 1 std band; "
-               "the validation part stays whole at every level. The last point of each line is the whole training part.")
+    st.caption(
+        "Test accuracy against labelled training images per class, mean over the random draws with a ± 1 std band; "
+        "the validation part stays whole at every level. The last point of each line is the whole training part."
+    )
     st.plotly_chart(fewshot_figure(fewshot_plot_points(few_shot, full)), config={"displayModeBar": False})
 
 
@@ -307,15 +391,19 @@ def show_paired(runs: list[dict], predictions: dict[int, pd.DataFrame]) -> None:
     a = columns[0].selectbox("Run A", ids, index=0, format_func=lambda i: run_name(by_id[i]), key="paired_a")
     b = columns[1].selectbox("Run B", ids, index=1, format_func=lambda i: run_name(by_id[i]), key="paired_b")
     st.markdown(markdown_text(paired_text(by_id[a], by_id[b], predictions[a], predictions[b])))
-    st.caption("On the same test images: the accuracy difference with a 95 % paired-bootstrap interval, "
-               "and McNemar's exact test on the images exactly one of the two runs got right.")
+    st.caption(
+        "On the same test images: the accuracy difference with a 95 % paired-bootstrap interval, "
+        "and McNemar's exact test on the images exactly one of the two runs got right."
+    )
 
 
 def show_curves(runs: list[dict]) -> None:
     trained = [run for run in runs if run["protocol"] == "mlp"]  # the others have no epochs
     if trained:
         st.subheader("Training curves")
-        st.plotly_chart(curves_figure({run_name(run): run_epochs(run) for run in trained}), config={"displayModeBar": False})
+        st.plotly_chart(
+            curves_figure({run_name(run): run_epochs(run) for run in trained}), config={"displayModeBar": False}
+        )
 
 
 def select_cell(run_id: int, chart_key: str) -> None:
@@ -332,22 +420,33 @@ def gallery(frame: pd.DataFrame, captions: list[str]) -> None:
     """Thumbnails of the first GALLERY_LIMIT rows of a predictions frame, with plain-text captions."""
     shown = frame.head(GALLERY_LIMIT)
     thumbs = [thumbnail(path, size=THUMB_PX) for path in shown["file"]]
-    st.image([data for data, _ in thumbs], width=THUMB_PX, output_format="JPEG",
-             caption=[markdown_text(text + ("" if ok else " (unreadable)")) for text, (_, ok) in zip(captions, thumbs)])
+    st.image(
+        [data for data, _ in thumbs],
+        width=THUMB_PX,
+        output_format="JPEG",
+        caption=[markdown_text(text + ("" if ok else " (unreadable)")) for text, (_, ok) in zip(captions, thumbs)],
+    )
     if len(frame) > GALLERY_LIMIT:
         st.caption(f"Showing {GALLERY_LIMIT} of {len(frame)}; the predictions CSV lists every test photo.")
 
 
 def show_confusions(runs: list[dict], predictions: dict[int, pd.DataFrame]) -> None:
     st.subheader("Confusion matrices")
-    st.caption("Rows: true class; columns: predicted class; colour: share of the true class. "
-               "Click a cell to see its test photos below.")
+    st.caption(
+        "Rows: true class; columns: predicted class; colour: share of the true class. "
+        "Click a cell to see its test photos below."
+    )
     for start in range(0, len(runs), MATRICES_PER_ROW):
-        for column, run in zip(st.columns(MATRICES_PER_ROW), runs[start:start + MATRICES_PER_ROW]):
+        for column, run in zip(st.columns(MATRICES_PER_ROW), runs[start : start + MATRICES_PER_ROW]):
             chart_key = f"confusion-{run['id']}"
             column.plotly_chart(
-                confusion_figure(confusion=np.array(run["confusion"]), class_names=run["class_names"], title=run_name(run)),
-                key=chart_key, on_select=partial(select_cell, run["id"], chart_key), selection_mode="points", config={"displayModeBar": False},
+                confusion_figure(
+                    confusion=np.array(run["confusion"]), class_names=run["class_names"], title=run_name(run)
+                ),
+                key=chart_key,
+                on_select=partial(select_cell, run["id"], chart_key),
+                selection_mode="points",
+                config={"displayModeBar": False},
             )
     show_cell_gallery(runs, predictions)
 
@@ -366,14 +465,23 @@ def show_cell_gallery(runs: list[dict], predictions: dict[int, pd.DataFrame]) ->
     for key in ("cell_true", "cell_predicted"):
         if st.session_state.get(key) not in range(len(class_names)):
             st.session_state[key] = 0
-    true_class = columns[1].selectbox("True class", range(len(class_names)), format_func=class_names.__getitem__, key="cell_true")
-    predicted_class = columns[2].selectbox("Predicted class", range(len(class_names)), format_func=class_names.__getitem__, key="cell_predicted")
+    true_class = columns[1].selectbox(
+        "True class", range(len(class_names)), format_func=class_names.__getitem__, key="cell_true"
+    )
+    predicted_class = columns[2].selectbox(
+        "Predicted class", range(len(class_names)), format_func=class_names.__getitem__, key="cell_predicted"
+    )
     frame = predictions[cell_run["id"]]
-    cell = frame[(frame["true index"] == true_class) & (frame["predicted index"] == predicted_class)].sort_values("confidence", ascending=False)
+    cell = frame[(frame["true index"] == true_class) & (frame["predicted index"] == predicted_class)].sort_values(
+        "confidence", ascending=False
+    )
     if cell.empty:
         st.caption("No test photo in this cell.")
     else:
-        gallery(cell, [f"{confidence:.0%} · {Path(file).name}" for file, confidence in zip(cell["file"], cell["confidence"])])
+        gallery(
+            cell,
+            [f"{confidence:.0%} · {Path(file).name}" for file, confidence in zip(cell["file"], cell["confidence"])],
+        )
     if st.session_state.pop("cell_scroll", False):
         # A constant script (no user text): bring the gallery the click just filled into view, below the matrices.
         script = f'document.getElementById("{GALLERY_ANCHOR}")?.scrollIntoView({{behavior: "smooth", block: "start"}});'
@@ -384,10 +492,17 @@ def show_per_class(runs: list[dict]) -> None:
     st.subheader("Per-class accuracy")
     first_classes = runs[0]["class_names"]
     same_classes = [run for run in runs if run["class_names"] == first_classes]
-    st.plotly_chart(per_class_figure(class_names=first_classes, accuracies={run_name(run): run["per_class_acc"] for run in same_classes}),
-                    config={"displayModeBar": False})
+    st.plotly_chart(
+        per_class_figure(
+            class_names=first_classes, accuracies={run_name(run): run["per_class_acc"] for run in same_classes}
+        ),
+        config={"displayModeBar": False},
+    )
     with st.expander("As a table"):
-        st.dataframe(pd.DataFrame({"class": first_classes, **{run_name(run): run["per_class_acc"] for run in same_classes}}), hide_index=True)
+        st.dataframe(
+            pd.DataFrame({"class": first_classes, **{run_name(run): run["per_class_acc"] for run in same_classes}}),
+            hide_index=True,
+        )
     if len(same_classes) < len(runs):
         st.caption("Runs made when the dataset had other classes are left out of this chart.")
 
@@ -400,11 +515,21 @@ def show_misclassified(runs: list[dict], predictions: dict[int, pd.DataFrame]) -
             wrong = frame[~frame["correct"]].sort_values("confidence", ascending=False)
             st.caption(f"{len(wrong)} of {len(frame)} test photos misclassified, most confident mistakes first.")
             if not wrong.empty:
-                gallery(wrong, [f"{true} → {predicted} ({confidence:.0%})"
-                                for true, predicted, confidence in zip(wrong["true class"], wrong["predicted class"], wrong["confidence"])])
+                gallery(
+                    wrong,
+                    [
+                        f"{true} → {predicted} ({confidence:.0%})"
+                        for true, predicted, confidence in zip(
+                            wrong["true class"], wrong["predicted class"], wrong["confidence"]
+                        )
+                    ],
+                )
                 with st.expander("As a table"):
-                    st.dataframe(wrong[["file", "true class", "predicted class", "confidence"]], hide_index=True,
-                                 column_config={"confidence": st.column_config.NumberColumn(format="percent")})
+                    st.dataframe(
+                        wrong[["file", "true class", "predicted class", "confidence"]],
+                        hide_index=True,
+                        column_config={"confidence": st.column_config.NumberColumn(format="percent")},
+                    )
 
 
 def load_predictions(runs: list[dict]) -> dict[int, pd.DataFrame]:

@@ -14,8 +14,8 @@ import streamlit as st
 from core.datasets import OXFORD17_KEY, Dataset, DatasetEntry, dataset_summary, list_datasets, prepare_dataset
 from core.exclusions import can_undo, excluded_images, include_images, undo_exclusions
 from core.jobs import progress_job
-from ui.charts import class_counts_figure
 from core.text import markdown_text
+from ui.charts import class_counts_figure
 from ui.common import (
     cached_dataset,
     dataset_label,
@@ -83,7 +83,12 @@ def choose(requested: str | None) -> tuple[str, DatasetEntry | None]:
     entries = {entry.key: entry for entry in list_datasets(ws)}
     keys = list(entries) + ([requested] if requested and requested not in entries else [])
     first_prepared = next((key for key in keys if entries[key].prepared), keys[0])
-    choice = st.selectbox("Dataset", keys, index=keys.index(requested or first_prepared), format_func=lambda key: entry_label(entries, key))
+    choice = st.selectbox(
+        "Dataset",
+        keys,
+        index=keys.index(requested or first_prepared),
+        format_func=lambda key: entry_label(entries, key),
+    )
     st.caption(
         f"Your own dataset: a folder under the data root `{ws.data_root}` with one subfolder of images per class "
         "(optionally inside train/, val/ and test/ folders). It appears in this list."
@@ -98,21 +103,36 @@ def not_prepared(entry: DatasetEntry) -> None:
         st.info(
             f"Oxford 17 flowers is {entry.state}. 1,360 photos of 17 flower species, 80 a class, with three official "
             "train/val/test splits. "
-            + ("Preparing it downloads these files (about 60 MB) and checks their checksums:\n\n" + missing_files_markdown(missing)
-               + "\n\nOffline? Download them on another computer and put them in that folder; "
-               "preparing then uses them."
-               if missing else "Both files are here; preparing extracts the photos."),
+            + (
+                "Preparing it downloads these files (about 60 MB) and checks their checksums:\n\n"
+                + missing_files_markdown(missing)
+                + "\n\nOffline? Download them on another computer and put them in that folder; "
+                "preparing then uses them."
+                if missing
+                else "Both files are here; preparing extracts the photos."
+            ),
             icon=":material/download:",
         )
-        st.button("Download and prepare Oxford 17" if missing else "Prepare Oxford 17", type="primary",
-                  icon=":material/download:", on_click=prepare, args=(entry.key, entry.name))
+        st.button(
+            "Download and prepare Oxford 17" if missing else "Prepare Oxford 17",
+            type="primary",
+            icon=":material/download:",
+            on_click=prepare,
+            args=(entry.key, entry.name),
+        )
     else:
         st.info(
             f"Synthetic Flowers is {entry.state}. 17 classes of procedurally drawn flowers, 80 images a class, "
             "generated here in seconds. It is synthetic data, for trying Flower Probe offline.",
             icon=":material/auto_awesome:",
         )
-        st.button("Generate Synthetic Flowers", type="primary", icon=":material/auto_awesome:", on_click=prepare, args=(entry.key, entry.name))
+        st.button(
+            "Generate Synthetic Flowers",
+            type="primary",
+            icon=":material/auto_awesome:",
+            on_click=prepare,
+            args=(entry.key, entry.name),
+        )
     preparation_jobs()
 
 
@@ -140,16 +160,26 @@ def overview(dataset: Dataset) -> None:
     columns[1].metric("Images", len(dataset.image_paths))
     columns[2].metric("Splits", len(dataset.splits))
     columns[3].metric("Excluded", len(dataset.excluded))
-    st.page_link("pages/train.py", label=f"Train on {dataset_label(dataset.name, dataset.synthetic)}", icon=":material/model_training:")
+    st.page_link(
+        "pages/train.py",
+        label=f"Train on {dataset_label(dataset.name, dataset.synthetic)}",
+        icon=":material/model_training:",
+    )
 
 
 def class_counts(dataset: Dataset) -> None:
     st.subheader("Images per class")
     summary = dataset_summary(dataset)
     split_ids = sorted(dataset.splits)
-    split = st.segmented_control("Split", split_ids, default=split_ids[0], required=True) if len(split_ids) > 1 else split_ids[0]
+    split = (
+        st.segmented_control("Split", split_ids, default=split_ids[0], required=True)
+        if len(split_ids) > 1
+        else split_ids[0]
+    )
     counts = summary["counts"][split]
-    st.plotly_chart(class_counts_figure(class_names=dataset.class_names, counts=counts), config={"displayModeBar": False})
+    st.plotly_chart(
+        class_counts_figure(class_names=dataset.class_names, counts=counts), config={"displayModeBar": False}
+    )
     with st.expander("As a table"):
         table = pd.DataFrame({"class": list(dataset.class_names), **counts})
         table["total"] = table[list(counts)].sum(axis=1)
@@ -161,20 +191,30 @@ def sample_photos(dataset: Dataset) -> None:
     classes = list(range(dataset.num_classes))
     if len(classes) > MAX_CLASSES_SHOWN:
         classes = st.multiselect(
-            "Classes", classes, default=classes[:MAX_CLASSES_SHOWN], format_func=lambda i: dataset.class_names[i],
+            "Classes",
+            classes,
+            default=classes[:MAX_CLASSES_SHOWN],
+            format_func=lambda i: dataset.class_names[i],
             help=f"{dataset.num_classes} classes; choose which to show.",
         )
     per_class = st.slider("Photos per class", min_value=3, max_value=12, value=6)
     unreadable = []
     for start in range(0, len(classes), CLASSES_PER_ROW):
-        for column, label in zip(st.columns(CLASSES_PER_ROW, gap="medium"), classes[start:start + CLASSES_PER_ROW]):
+        for column, label in zip(st.columns(CLASSES_PER_ROW, gap="medium"), classes[start : start + CLASSES_PER_ROW]):
             rows = sample_rows(dataset, label, count=per_class)
             thumbs = [thumbnail(dataset.image_paths[row], size=THUMB_PX) for row in rows]
             unreadable += [dataset.image_paths[row] for row, (_, ok) in zip(rows, thumbs) if not ok]
-            column.markdown(f"**{markdown_text(dataset.class_names[label])}** · {int((dataset.labels == label).sum())} images")
+            column.markdown(
+                f"**{markdown_text(dataset.class_names[label])}** · {int((dataset.labels == label).sum())} images"
+            )
             column.image(
-                [data for data, _ in thumbs], width=THUMB_PX, output_format="JPEG",
-                caption=[markdown_text(dataset.image_paths[row].name + ("" if ok else " (unreadable)")) for row, (_, ok) in zip(rows, thumbs)],
+                [data for data, _ in thumbs],
+                width=THUMB_PX,
+                output_format="JPEG",
+                caption=[
+                    markdown_text(dataset.image_paths[row].name + ("" if ok else " (unreadable)"))
+                    for row, (_, ok) in zip(rows, thumbs)
+                ],
             )
     if unreadable:
         st.warning(
@@ -192,14 +232,26 @@ def excluded_section(dataset_key: str) -> None:
     if not excluded:
         st.caption("No images are excluded from this dataset. The Health page can exclude the ones it flags.")
         return
-    st.caption(f"{len(excluded)} image(s) are excluded: later runs skip them and record which. Their files are untouched.")
-    st.dataframe(pd.DataFrame([{"image": path, "reason": info.get("reason", "")} for path, info in sorted(excluded.items())]), hide_index=True)
+    st.caption(
+        f"{len(excluded)} image(s) are excluded: later runs skip them and record which. Their files are untouched."
+    )
+    st.dataframe(
+        pd.DataFrame([{"image": path, "reason": info.get("reason", "")} for path, info in sorted(excluded.items())]),
+        hide_index=True,
+    )
     back = st.multiselect("Include again", sorted(excluded), key=f"include-choice-{dataset_key}")
     left, right = st.columns(2)
-    if left.button(f"Include {len(back)} image(s) again", disabled=not back, key=f"include-{dataset_key}", icon=":material/undo:"):
+    if left.button(
+        f"Include {len(back)} image(s) again", disabled=not back, key=f"include-{dataset_key}", icon=":material/undo:"
+    ):
         include_images(ws, dataset_key, back)
         st.rerun()
-    if right.button("Undo the last exclusion change", key=f"undo-{dataset_key}", disabled=not can_undo(ws, dataset_key), icon=":material/history:"):
+    if right.button(
+        "Undo the last exclusion change",
+        key=f"undo-{dataset_key}",
+        disabled=not can_undo(ws, dataset_key),
+        icon=":material/history:",
+    ):
         undo_exclusions(ws, dataset_key)
         st.rerun()
 

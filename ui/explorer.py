@@ -116,8 +116,10 @@ def health_scores(report, dataset: Dataset) -> list[ImageScore]:
     rows = np.array([index_of.get(path, -1) for path in report.paths])
     where = f"{report.backbone} features"
     scores = []
-    for key, name, entries in (("label", f"label quality, low = likely mislabeled ({where})", report.label_issues),
-                               ("outlier", f"outlier score, high = unusual ({where})", report.outliers)):
+    for key, name, entries in (
+        ("label", f"label quality, low = likely mislabeled ({where})", report.label_issues),
+        ("outlier", f"outlier score, high = unusual ({where})", report.outliers),
+    ):
         values = np.full(len(dataset.image_paths), np.nan)
         for entry in entries:
             row = rows[entry["image"]]
@@ -137,7 +139,9 @@ def score_range(values: np.ndarray) -> tuple[float, float]:
 
 
 def default_runs(runs: list[dict]) -> list[dict]:
-    """The newest run of each of the ``MAX_PANELS`` most recently trained backbones, oldest first; ``runs`` newest first.
+    """The newest run of each of the ``MAX_PANELS`` most recently trained backbones, oldest first.
+
+    ``runs`` is newest first.
 
     Oldest first puts a comparison's backbones in the order it trained them (DINOv2, then ResNet-50).
     """
@@ -160,8 +164,13 @@ def predicted_classes(predictions: dict[int, tuple[int, float]], rows: np.ndarra
     return np.array([predictions[int(row)][0] if int(row) in predictions else -1 for row in rows], dtype=np.int64)
 
 
-def prediction_texts(class_names: tuple[str, ...], per_run: dict[int, dict[int, tuple[int, float]]], n_rows: int) -> list[str | None] | None:
-    """Tooltip prediction per dataset row: the class when the runs agree, each run's when they differ; None when none predicted."""
+def prediction_texts(
+    class_names: tuple[str, ...], per_run: dict[int, dict[int, tuple[int, float]]], n_rows: int
+) -> list[str | None] | None:
+    """Tooltip prediction per dataset row: the class when the runs agree, each run's when they differ.
+
+    None when no run predicted.
+    """
     if not any(per_run.values()):
         return None
     texts: list[str | None] = [None] * n_rows
@@ -175,10 +184,18 @@ def prediction_texts(class_names: tuple[str, ...], per_run: dict[int, dict[int, 
 
 
 def panel_traces(
-    embedding: np.ndarray, rows: np.ndarray, *, labels: np.ndarray, predicted: np.ndarray, class_names: tuple[str, ...],
-    colour_by: str, score: np.ndarray | None = None,
+    embedding: np.ndarray,
+    rows: np.ndarray,
+    *,
+    labels: np.ndarray,
+    predicted: np.ndarray,
+    class_names: tuple[str, ...],
+    colour_by: str,
+    score: np.ndarray | None = None,
 ) -> list[Trace]:
-    """One trace per legend entry: classes (true or predicted, coloured by class index), correct / incorrect, or a score.
+    """One trace per legend entry.
+
+    Classes (true or predicted, coloured by class index), correct / incorrect, or a score.
 
     Parameters
     ----------
@@ -191,16 +208,35 @@ def panel_traces(
     """
     if colour_by == "score":
         if score is None or len(score) != len(rows):
-            raise ValueError(f"colour_by='score' needs one score per point ({len(rows)}); got {None if score is None else len(score)}.")
+            raise ValueError(
+                f"colour_by='score' needs one score per point ({len(rows)}); "
+                f"got {None if score is None else len(score)}."
+            )
         scored = np.isfinite(score)
         traces = []
         if (~scored).any():  # grey, drawn first so scored points sit on top
             members = np.flatnonzero(~scored)
-            traces.append(Trace(name=NOT_SCORED, x=embedding[members, 0], y=embedding[members, 1], rows=rows[members], colour=UNPREDICTED_COLOUR))
+            traces.append(
+                Trace(
+                    name=NOT_SCORED,
+                    x=embedding[members, 0],
+                    y=embedding[members, 1],
+                    rows=rows[members],
+                    colour=UNPREDICTED_COLOUR,
+                )
+            )
         if scored.any():
             members = np.flatnonzero(scored)
-            traces.append(Trace(name="score", x=embedding[members, 0], y=embedding[members, 1], rows=rows[members],
-                                colour=UNPREDICTED_COLOUR, values=score[members]))
+            traces.append(
+                Trace(
+                    name="score",
+                    x=embedding[members, 0],
+                    y=embedding[members, 1],
+                    rows=rows[members],
+                    colour=UNPREDICTED_COLOUR,
+                    values=score[members],
+                )
+            )
         return traces
     colours = class_colours(len(class_names))
     if colour_by == "class":
@@ -219,17 +255,33 @@ def panel_traces(
         if len(members) == 0:
             continue
         correct = None if colour_by != "correct" else (predicted[members] == labels[members]) | (predicted[members] < 0)
-        traces.append(Trace(name=name, x=embedding[members, 0], y=embedding[members, 1], rows=rows[members], colour=colour, correct=correct))
+        traces.append(
+            Trace(
+                name=name,
+                x=embedding[members, 0],
+                y=embedding[members, 1],
+                rows=rows[members],
+                colour=colour,
+                correct=correct,
+            )
+        )
     return traces
 
 
 def effective_params(method: str, params: MapParams, n_points: int) -> tuple[MapParams, str]:
-    """``params`` shrunk to what ``n_points`` allows (perplexity <= (n-1)/3, n_neighbors <= n-1), and a note saying so."""
+    """``params`` shrunk to what ``n_points`` allows, and a note saying so.
+
+    The limits are perplexity <= (n-1)/3 and n_neighbors <= n-1.
+    """
     if method == "tsne" and params.perplexity > (n_points - 1) / 3:
         lowered = float((n_points - 1) / 3)
-        return replace(params, perplexity=lowered), f" (perplexity lowered from {params.perplexity:g} for {n_points} points)"
+        return replace(
+            params, perplexity=lowered
+        ), f" (perplexity lowered from {params.perplexity:g} for {n_points} points)"
     if method == "umap" and params.n_neighbors > n_points - 1:
-        return replace(params, n_neighbors=n_points - 1), f" (neighbours lowered from {params.n_neighbors} for {n_points} points)"
+        return replace(
+            params, n_neighbors=n_points - 1
+        ), f" (neighbours lowered from {params.n_neighbors} for {n_points} points)"
     return params, ""
 
 
@@ -245,7 +297,10 @@ def _file_stamp(path: str) -> tuple[int, int] | None:
 
 
 def _features_file(run: dict) -> str:
-    """The run's feature cache in this workspace ("" if it recorded none): ``core.locate``, so a moved workspace works."""
+    """The run's feature cache in this workspace ("" if it recorded none).
+
+    Found through ``core.locate``, so a moved workspace works.
+    """
     return str(run_files(run).features or "")
 
 
@@ -260,14 +315,19 @@ def _maps_dir():
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _map(path: str, stamp: tuple[int, int], rows_digest: str, method: str, params: MapParams, _features: np.ndarray) -> FeatureMap:
+def _map(
+    path: str, stamp: tuple[int, int], rows_digest: str, method: str, params: MapParams, _features: np.ndarray
+) -> FeatureMap:
     """``cached_map`` of ``_features`` (the features of some rows of file ``path``); the key leaves the array out,
     so a rerun does not even hash the features."""
     # Created inside the cached function so that a cache hit replays it (ending empty) instead of
     # referring to an element of an earlier run.
     bar = st.progress(0.0, text=f"{MAP_METHODS[method]} of {len(_features):,} points…")
     feature_map = cached_map(
-        _features, method=method, params=params, cache_dir=_maps_dir(),
+        _features,
+        method=method,
+        params=params,
+        cache_dir=_maps_dir(),
         progress=lambda event: bar.progress(event.fraction, text=stage_text(event)),
     )
     bar.empty()
@@ -275,20 +335,30 @@ def _map(path: str, stamp: tuple[int, int], rows_digest: str, method: str, param
 
 
 @st.cache_resource(show_spinner="Data health: label issues and outliers from the cached features…", max_entries=8)
-def _health(workspace_key: str, dataset_key: str, fingerprint: str, backbone: str, weights: str, variant: str | None, split: str):
+def _health(
+    workspace_key: str, dataset_key: str, fingerprint: str, backbone: str, weights: str, variant: str | None, split: str
+):
     from core.health import HealthConfig, dataset_health
 
     # Cached on disk by core.health too (a second server process reads the report); features are never extracted here.
-    return dataset_health(dataset_key, backbone, workspace=workspace(), weights=weights, variant=variant,
-                          config=HealthConfig(split=split))
+    return dataset_health(
+        dataset_key, backbone, workspace=workspace(), weights=weights, variant=variant, config=HealthConfig(split=split)
+    )
 
 
 def _health_scores(dataset: Dataset, run: dict) -> list[ImageScore]:
     """The data-health scores of ``run``'s features, or none (said on the page) when they cannot be computed."""
     ws = workspace()
     try:
-        report = _health(f"{ws.root}|{ws.data_root}", dataset.key, dataset.fingerprint, run["backbone"], run["weights"],
-                         run.get("features"), run["split"])
+        report = _health(
+            f"{ws.root}|{ws.data_root}",
+            dataset.key,
+            dataset.fingerprint,
+            run["backbone"],
+            run["weights"],
+            run.get("features"),
+            run["split"],
+        )
     except FlowerProbeError as exc:
         st.info(markdown_text(f"No data-health scores: {exc}"), icon=":material/info:")
         return []
@@ -309,10 +379,16 @@ def _thumbnails(dataset: Dataset):
         source, ready = planned_thumbnails(dataset.image_paths, workspace=workspace())
         title = f"Thumbnails of {dataset.name}"
         if not ready and not any(job.title == title and job.active for job in job_runner().jobs()):
-            job_runner().submit(title, progress_job(prepare_thumbnails, paths=dataset.image_paths, workspace=workspace()))
+            job_runner().submit(
+                title, progress_job(prepare_thumbnails, paths=dataset.image_paths, workspace=workspace())
+            )
         if not ready:
-            st.caption(markdown_text(f"{title}: being built in the background (sidebar); photos appear on hover as their "
-                                     "sheets are written."))
+            st.caption(
+                markdown_text(
+                    f"{title}: being built in the background (sidebar); photos appear on hover as their "
+                    "sheets are written."
+                )
+            )
         return source
     slot = st.empty()
     source = prepare_thumbnails(
@@ -325,7 +401,12 @@ def _thumbnails(dataset: Dataset):
 def _predictions(run: dict) -> dict[int, tuple[int, float]]:
     """Dataset row -> (predicted class index, confidence), for the run's test images."""
     frame = run_predictions(run)
-    return dict(zip(frame["row"].astype(int).tolist(), zip(frame["predicted"].astype(int).tolist(), frame["confidence"].astype(float).tolist())))
+    return dict(
+        zip(
+            frame["row"].astype(int).tolist(),
+            zip(frame["predicted"].astype(int).tolist(), frame["confidence"].astype(float).tolist()),
+        )
+    )
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -356,15 +437,21 @@ def _choose_runs(runs: list[dict]) -> tuple[str, list[dict], dict[int, dict]]:
     dataset_key = st.selectbox("Dataset", list(datasets), format_func=datasets.get, key="explorer_dataset")
     on_dataset = {run["id"]: run for run in runs if run["dataset_key"] == dataset_key}
     chosen = st.multiselect(
-        "Runs (one map each, side by side)", list(on_dataset), default=[run["id"] for run in default_runs(list(on_dataset.values()))],
-        format_func=lambda i: f"{run_label(on_dataset[i])} · {on_dataset[i]['test_acc']:.1f} %", max_selections=MAX_PANELS,
+        "Runs (one map each, side by side)",
+        list(on_dataset),
+        default=[run["id"] for run in default_runs(list(on_dataset.values()))],
+        format_func=lambda i: f"{run_label(on_dataset[i])} · {on_dataset[i]['test_acc']:.1f} %",
+        max_selections=MAX_PANELS,
         key=f"explorer_runs_{dataset_key}",
     )
     return dataset_key, [on_dataset[i] for i in chosen], on_dataset
 
 
 def _runs_to_show() -> tuple[Dataset, list[dict], dict[int, dict]] | None:
-    """The dataset, the one or two runs to map and every run on that dataset, or None after saying why there is nothing to show."""
+    """The dataset, the one or two runs to map and every run on that dataset.
+
+    None after saying why there is nothing to show.
+    """
     completed = list_runs(status="completed")
     runs = [run for run in completed if _file_stamp(_features_file(run))]
     if not runs:
@@ -385,41 +472,89 @@ def _runs_to_show() -> tuple[Dataset, list[dict], dict[int, dict]] | None:
     stale = [run for run in chosen if run["dataset_fingerprint"] != dataset.fingerprint]
     if stale:
         ids = ", ".join(f"#{run['id']}" for run in stale)
-        st.warning(markdown_text(f"The images of {dataset.name} changed since run(s) {ids} were trained, so their features no "
-                                 "longer match the photos. Train again on the current images."), icon=":material/warning:")
+        st.warning(
+            markdown_text(
+                f"The images of {dataset.name} changed since run(s) {ids} were trained, so their features no "
+                "longer match the photos. Train again on the current images."
+            ),
+            icon=":material/warning:",
+        )
     chosen = [run for run in chosen if run not in stale]
     return (dataset, chosen, on_dataset) if chosen else None
 
 
 def _method_controls(column) -> tuple[str, MapParams]:
-    method = column.radio("Map", list(MAP_METHODS), format_func=MAP_METHODS.get, horizontal=True, key="explorer_method",
-                          help="t-SNE keeps neighbourhoods but distorts global distances; PCA is linear and instant; "
-                          "UMAP sits between and scales further.")
+    method = column.radio(
+        "Map",
+        list(MAP_METHODS),
+        format_func=MAP_METHODS.get,
+        horizontal=True,
+        key="explorer_method",
+        help="t-SNE keeps neighbourhoods but distorts global distances; PCA is linear and instant; "
+        "UMAP sits between and scales further.",
+    )
     with column.popover("Map settings", icon=":material/tune:"):
-        pca = st.toggle(f"PCA to {PCA_COMPONENTS} dims first", value=True, key="explorer_pca", disabled=method == "pca",
-                        help="Denoises the features and speeds up t-SNE and UMAP; turn off to map the raw features.")
-        perplexity = st.slider("Perplexity (t-SNE)", 5, 100, 30, step=5, key="explorer_perplexity", disabled=method != "tsne",
-                               help="Roughly how many neighbours each point keeps close; larger values show more global structure.")
-        n_neighbors = st.slider("Neighbours (UMAP)", 2, 100, 15, key="explorer_neighbors", disabled=method != "umap",
-                                help="UMAP's local neighbourhood: small values keep fine detail, large ones global layout.")
-        min_dist = st.slider("Min distance (UMAP)", 0.0, 1.0, 0.1, step=0.05, key="explorer_min_dist", disabled=method != "umap",
-                             help="How tightly UMAP packs points of a cluster.")
-    params = MapParams(perplexity=float(perplexity), n_neighbors=int(n_neighbors), min_dist=float(min_dist),
-                       pca_components=PCA_COMPONENTS if pca else None)
+        pca = st.toggle(
+            f"PCA to {PCA_COMPONENTS} dims first",
+            value=True,
+            key="explorer_pca",
+            disabled=method == "pca",
+            help="Denoises the features and speeds up t-SNE and UMAP; turn off to map the raw features.",
+        )
+        perplexity = st.slider(
+            "Perplexity (t-SNE)",
+            5,
+            100,
+            30,
+            step=5,
+            key="explorer_perplexity",
+            disabled=method != "tsne",
+            help="Roughly how many neighbours each point keeps close; larger values show more global structure.",
+        )
+        n_neighbors = st.slider(
+            "Neighbours (UMAP)",
+            2,
+            100,
+            15,
+            key="explorer_neighbors",
+            disabled=method != "umap",
+            help="UMAP's local neighbourhood: small values keep fine detail, large ones global layout.",
+        )
+        min_dist = st.slider(
+            "Min distance (UMAP)",
+            0.0,
+            1.0,
+            0.1,
+            step=0.05,
+            key="explorer_min_dist",
+            disabled=method != "umap",
+            help="How tightly UMAP packs points of a cluster.",
+        )
+    params = MapParams(
+        perplexity=float(perplexity),
+        n_neighbors=int(n_neighbors),
+        min_dist=float(min_dist),
+        pca_components=PCA_COMPONENTS if pca else None,
+    )
     return method, params
 
 
 def _colour_controls(column, dataset: Dataset, runs: list[dict], on_dataset: dict[int, dict], rows: np.ndarray):
     sources = [OWN_RUN] + [i for i in on_dataset]
     source = column.selectbox(
-        "Predictions of", sources, key="explorer_colour_run",
+        "Predictions of",
+        sources,
+        key="explorer_colour_run",
         format_func=lambda i: "each map's own run" if i == OWN_RUN else run_label(on_dataset[i]),
         help="The run whose per-image test predictions colour the maps (any protocol); its test images carry them.",
     )
     colour_runs = [run if source == OWN_RUN else on_dataset[source] for run in runs]
     predictions = {run["id"]: _predictions(run) for run in {r["id"]: r for r in runs + colour_runs}.values()}
-    scores = {score.key: score for run in {r["id"]: r for r in colour_runs}.values()
-              for score in [confidence_score(run, predictions[run["id"]], len(dataset.image_paths))]}
+    scores = {
+        score.key: score
+        for run in {r["id"]: r for r in colour_runs}.values()
+        for score in [confidence_score(run, predictions[run["id"]], len(dataset.image_paths))]
+    }
     has_predictions = any(int(row) in predictions[run["id"]] for run in colour_runs for row in rows)
     modes = {"class": COLOUR_MODES["class"]}
     if has_predictions:
@@ -427,7 +562,9 @@ def _colour_controls(column, dataset: Dataset, runs: list[dict], on_dataset: dic
         modes |= {f"score:{key}": score.name for key, score in scores.items()}
     # Data-health scores (core.health) of the first map's features: computed only once chosen (cached after).
     modes |= {HEALTH_MODE: f"data health: label quality and outlier scores ({runs[0]['backbone']})"}
-    if st.session_state.get("explorer_colour") == HEALTH_MODE or str(st.session_state.get("explorer_colour")).startswith("score:health:"):
+    if st.session_state.get("explorer_colour") == HEALTH_MODE or str(
+        st.session_state.get("explorer_colour")
+    ).startswith("score:health:"):
         health = _health_scores(dataset, runs[0])
         scores |= {score.key: score for score in health}
         modes |= {f"score:{score.key}": score.name for score in health}
@@ -435,8 +572,13 @@ def _colour_controls(column, dataset: Dataset, runs: list[dict], on_dataset: dic
             st.session_state["explorer_colour"] = f"score:{health[0].key}" if health else "class"
     if st.session_state.get("explorer_colour") not in modes:  # e.g. "predicted" chosen, then train images
         st.session_state["explorer_colour"] = "class"
-    colour = column.selectbox("Colour by", list(modes), format_func=modes.get, key="explorer_colour",
-                              help="Predictions and scores need test images: runs predict only those.")
+    colour = column.selectbox(
+        "Colour by",
+        list(modes),
+        format_func=modes.get,
+        key="explorer_colour",
+        help="Predictions and scores need test images: runs predict only those.",
+    )
     score = scores[colour.removeprefix("score:")] if colour.startswith("score:") else None
     return ("score" if score else colour), colour_runs, predictions, score
 
@@ -449,18 +591,40 @@ def choose_view() -> View | None:
     dataset, runs, on_dataset = shown
     feature_sets = [_features(_features_file(run), _file_stamp(_features_file(run))) for run in runs]
     columns = st.columns([1, 1.2, 1.8, 0.8])
-    part = columns[0].selectbox("Images", list(PARTS), format_func=PARTS.get, key="explorer_part",
-                                help=f"Which images of split {runs[0]['split']} to map.")
+    part = columns[0].selectbox(
+        "Images",
+        list(PARTS),
+        format_func=PARTS.get,
+        key="explorer_part",
+        help=f"Which images of split {runs[0]['split']} to map.",
+    )
     part_rows = np.arange(len(dataset.image_paths)) if part == "all" else dataset.split(runs[0]["split"])[part]
     rows = common_rows(feature_sets, part_rows)
     method, params = _method_controls(columns[1])
     colour_by, colour_runs, predictions, score = _colour_controls(columns[2], dataset, runs, on_dataset, rows)
-    k = columns[3].number_input("Neighbours (k)", 1, 32, 8, key="explorer_k", help="Nearest neighbours shown for a clicked photo.")
+    k = columns[3].number_input(
+        "Neighbours (k)", 1, 32, 8, key="explorer_k", help="Nearest neighbours shown for a clicked photo."
+    )
     if len(rows) < MIN_MAP_POINTS:
-        st.info(f"Only {len(rows)} readable image(s) here: a map needs at least {MIN_MAP_POINTS}. Choose more images.", icon=":material/info:")
+        st.info(
+            f"Only {len(rows)} readable image(s) here: a map needs at least {MIN_MAP_POINTS}. Choose more images.",
+            icon=":material/info:",
+        )
         return None
-    return View(dataset=dataset, runs=runs, feature_sets=feature_sets, part=part, rows=rows, method=method, params=params,
-                colour_by=colour_by, predictions=predictions, colour_runs=colour_runs, score=score, k=int(k))
+    return View(
+        dataset=dataset,
+        runs=runs,
+        feature_sets=feature_sets,
+        part=part,
+        rows=rows,
+        method=method,
+        params=params,
+        colour_by=colour_by,
+        predictions=predictions,
+        colour_runs=colour_runs,
+        score=score,
+        k=int(k),
+    )
 
 
 # ----------------------------------------------------------------------------------------------- output
@@ -478,19 +642,37 @@ def build_panels(view: View, maps: list[FeatureMap]) -> list[Panel]:
         if score is not None:
             low, high = score_range(score)
             bar = ColourBar(title=view.score.name, low=low, high=high)
-        title = f"#{run['id']} {run['backbone']} ({weights_label(run['weights'])}) · {feature_map.label} · test {run['test_acc']:.1f} %"
-        panels.append(Panel(title=title, colour_bar=bar, traces=panel_traces(
-            feature_map.embedding, rows, labels=labels, predicted=predicted, class_names=dataset.class_names,
-            colour_by=view.colour_by, score=score,
-        )))
+        title = (
+            f"#{run['id']} {run['backbone']} ({weights_label(run['weights'])}) · {feature_map.label} · "
+            f"test {run['test_acc']:.1f} %"
+        )
+        panels.append(
+            Panel(
+                title=title,
+                colour_bar=bar,
+                traces=panel_traces(
+                    feature_map.embedding,
+                    rows,
+                    labels=labels,
+                    predicted=predicted,
+                    class_names=dataset.class_names,
+                    colour_by=view.colour_by,
+                    score=score,
+                ),
+            )
+        )
     return panels
 
 
 def _gallery(dataset: Dataset, rows: list[int], captions: list[str]) -> None:
     """Thumbnails of ``rows`` with plain-text captions; unreadable files show the placeholder, said so."""
     thumbs = [thumbnail(dataset.image_paths[row], size=THUMB_PX) for row in rows]
-    st.image([data for data, _ in thumbs], width=THUMB_PX, output_format="JPEG",
-             caption=[markdown_text(text + ("" if ok else " (unreadable)")) for text, (_, ok) in zip(captions, thumbs)])
+    st.image(
+        [data for data, _ in thumbs],
+        width=THUMB_PX,
+        output_format="JPEG",
+        caption=[markdown_text(text + ("" if ok else " (unreadable)")) for text, (_, ok) in zip(captions, thumbs)],
+    )
 
 
 def _photo_caption(dataset: Dataset, row: int) -> str:
@@ -502,12 +684,16 @@ def _neighbours(view: View, row: int, features: list[np.ndarray]) -> None:
     dataset, rows = view.dataset, view.rows
     st.subheader("Nearest neighbours")
     name = f"{dataset.image_paths[row].name} ({dataset.class_names[dataset.labels[row]]})"
-    st.caption(markdown_text(f"of {name}, by cosine distance between full feature vectors, among the {len(rows):,} images on the map"))
+    st.caption(
+        markdown_text(
+            f"of {name}, by cosine distance between full feature vectors, among the {len(rows):,} images on the map"
+        )
+    )
     position = int(np.searchsorted(rows, row))
     for index, (column, run, matrix) in enumerate(zip(st.columns(len(view.runs)), view.runs, features)):
         # k + 1: the photo itself comes back too (distance 0), dropped below
-        found, distances = cosine_neighbours(matrix, matrix[position:position + 1], k=view.k + 1)
-        kept = [(int(rows[i]), float(d)) for i, d in zip(found[0], distances[0]) if i != position][:view.k]
+        found, distances = cosine_neighbours(matrix, matrix[position : position + 1], k=view.k + 1)
+        kept = [(int(rows[i]), float(d)) for i, d in zip(found[0], distances[0]) if i != position][: view.k]
         with column.container(key=f"explorer-neighbours-{index}"):
             st.markdown(f"**{markdown_text(run_label(run))}** · {matrix.shape[1]}-d features")
             _gallery(dataset, [r for r, _ in kept], [f"{d:#.3g} · {_photo_caption(dataset, r)}" for r, d in kept])
@@ -530,22 +716,34 @@ def show_view(view: View) -> None:
     params, lowered = effective_params(view.method, view.params, len(rows))
     features = [feature_set.select(rows)[0] for feature_set in view.feature_sets]
     digest = _rows_digest(rows)
-    maps = [_map(_features_file(run), _file_stamp(_features_file(run)), digest, view.method, params, matrix)
-            for run, matrix in zip(view.runs, features)]
+    maps = [
+        _map(_features_file(run), _file_stamp(_features_file(run)), digest, view.method, params, matrix)
+        for run, matrix in zip(view.runs, features)
+    ]
     hover_text = HoverText(
         class_names=[dataset.class_names[label] for label in dataset.labels],
         file_names=[path.name for path in dataset.image_paths],
-        predictions=prediction_texts(dataset.class_names, {run["id"]: view.predictions[run["id"]] for run in view.colour_runs},
-                                     len(dataset.image_paths)),
+        predictions=prediction_texts(
+            dataset.class_names,
+            {run["id"]: view.predictions[run["id"]] for run in view.colour_runs},
+            len(dataset.image_paths),
+        ),
     )
     on_map = set(rows.tolist())
     view_key = (dataset.key, tuple(run["id"] for run in view.runs), view.part)
     # Read before drawing the maps, so that they ring what this rerun's click or selection picked.
     selected = [row for row in _selection(last_event(MAP_KEY), view_key) if row in on_map]
-    hover_scatter(build_panels(view, maps), hover_text=hover_text, thumbnails=_thumbnails(dataset), height=560,
-                  selected_rows=selected, key=MAP_KEY)
+    hover_scatter(
+        build_panels(view, maps),
+        hover_text=hover_text,
+        thumbnails=_thumbnails(dataset),
+        height=560,
+        selected_rows=selected,
+        key=MAP_KEY,
+    )
     st.caption(
-        f"{len(rows):,} images · {MAP_METHODS[view.method]} of the cached features, {params.describe(view.method)}{lowered}. "
+        f"{len(rows):,} images · {MAP_METHODS[view.method]} of the cached features, "
+        f"{params.describe(view.method)}{lowered}. "
         "Hover a point for its photo; click one, or box/lasso-select several (tools at the top right), for a gallery; "
         "click a legend entry to hide a class, double-click to show only it."
     )

@@ -2,9 +2,9 @@
 label issues, duplicates (with leakage) and outliers as photo galleries, with exclusions and a CSV download.
 
 The engine is ``core.health``; a page render only reads cached reports (``dataset_health(..., compute=False)``),
-the extraction and the check itself run in the job runner. Names and paths are shown through ``markdown_text`` (text, never
-markup). Pure helpers (``gallery_items``, ``pair_items``, ``health_csv``, ``comparison_frame``) carry the logic
-the tests check without a browser.
+the extraction and the check itself run in the job runner. Names and paths are shown through ``markdown_text``
+(text, never markup). Pure helpers (``gallery_items``, ``pair_items``, ``health_csv``, ``comparison_frame``) carry
+the logic the tests check without a browser.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from core.experiment import BackboneChoice, parse_backbone
 from core.export import csv_text
 from core.health import CSV_COLUMNS, HealthConfig, HealthReport, compare_health, dataset_health
 from core.jobs import extraction_job, progress_job
-from core.variants import available_variants, default_variant
 from core.text import markdown_text
+from core.variants import available_variants, default_variant
 from ui.common import job_runner, thumbnail, user_errors, workspace
 from ui.dataset import watch_jobs
 
@@ -61,8 +61,14 @@ def lookup(choice: HealthChoice) -> tuple[HealthReport | None, bool]:
     if backbone.weights == "pretrained" and local_weights(backbone.backbone, workspace=workspace()) is None:
         return None, False
     try:
-        report = dataset_health(choice.dataset, backbone.backbone, workspace=workspace(), weights=backbone.weights,
-                                variant=choice.variant, compute=False)
+        report = dataset_health(
+            choice.dataset,
+            backbone.backbone,
+            workspace=workspace(),
+            weights=backbone.weights,
+            variant=choice.variant,
+            compute=False,
+        )
     except MissingFileError as exc:
         if "No cached" in str(exc):
             return None, False
@@ -72,15 +78,28 @@ def lookup(choice: HealthChoice) -> tuple[HealthReport | None, bool]:
 
 def queue_extraction(choice: HealthChoice) -> None:
     backbone = choice.choice
-    job_runner().submit(choice.title(JOB_PREFIXES[1]), extraction_job(dataset=choice.dataset, backbone=backbone.backbone,
-                                                                      workspace=workspace(), weights=backbone.weights))
+    job_runner().submit(
+        choice.title(JOB_PREFIXES[1]),
+        extraction_job(
+            dataset=choice.dataset, backbone=backbone.backbone, workspace=workspace(), weights=backbone.weights
+        ),
+    )
 
 
 def queue_check(choice: HealthChoice) -> None:
     backbone = choice.choice
-    job_runner().submit(choice.title(JOB_PREFIXES[0]), progress_job(
-        dataset_health, dataset_key=choice.dataset, backbone=backbone.backbone, workspace=workspace(), weights=backbone.weights,
-        variant=choice.variant, config=HealthConfig()))
+    job_runner().submit(
+        choice.title(JOB_PREFIXES[0]),
+        progress_job(
+            dataset_health,
+            dataset_key=choice.dataset,
+            backbone=backbone.backbone,
+            workspace=workspace(),
+            weights=backbone.weights,
+            variant=choice.variant,
+            config=HealthConfig(),
+        ),
+    )
 
 
 # ----------------------------------------------------------------------------------------------- pure helpers
@@ -101,11 +120,19 @@ def gallery_items(report: HealthReport, issue: str, *, limit: int, flagged_only:
             continue
         i = entry["image"]
         if issue == "label":
-            caption = f"given {names[entry['given']]} → suggested {names[entry['suggested']]} · quality {entry['score']:.3f}"
+            caption = (
+                f"given {names[entry['given']]} → suggested {names[entry['suggested']]} · quality {entry['score']:.3f}"
+            )
         else:
             caption = f"{names[report.labels[i]]} · distance {entry['score']:.3f}"
-        items.append({"path": report.paths[i], "caption": f"{caption} · {report.parts[i] or 'no part'}", "score": entry["score"],
-                      "flagged": entry["flagged"]})
+        items.append(
+            {
+                "path": report.paths[i],
+                "caption": f"{caption} · {report.parts[i] or 'no part'}",
+                "score": entry["score"],
+                "flagged": entry["flagged"],
+            }
+        )
         if len(items) == limit:
             break
     return items
@@ -117,10 +144,15 @@ def pair_items(report: HealthReport, *, threshold: float, limit: int) -> list[di
     items = []
     for pair in report.duplicates(threshold)[:limit]:
         sides = [(pair["a"], pair["part_a"]), (pair["b"], pair["part_b"])]
-        items.append({
-            "paths": [report.paths[i] for i, _ in sides], "captions": [f"{names[report.labels[i]]} · {part or 'no part'}" for i, part in sides],
-            "similarity": pair["similarity"], "exact": pair["exact"], "leakage": pair["leakage"],
-        })
+        items.append(
+            {
+                "paths": [report.paths[i] for i, _ in sides],
+                "captions": [f"{names[report.labels[i]]} · {part or 'no part'}" for i, part in sides],
+                "similarity": pair["similarity"],
+                "exact": pair["exact"],
+                "leakage": pair["leakage"],
+            }
+        )
     return items
 
 
@@ -148,8 +180,13 @@ def form() -> HealthChoice | None:
     left, middle, right = st.columns([2, 2, 1])
     dataset = left.selectbox("Dataset", list(names), format_func=names.get, key="health_dataset")
     specs = backbone_specs()
-    backbone = middle.selectbox("Backbone", specs, index=specs.index("efficientnet_lite0"), key="health_backbone",
-                                format_func=lambda spec: parse_backbone(spec).label)
+    backbone = middle.selectbox(
+        "Backbone",
+        specs,
+        index=specs.index("efficientnet_lite0"),
+        key="health_backbone",
+        format_func=lambda spec: parse_backbone(spec).label,
+    )
     name = parse_backbone(backbone).backbone
     variants = list(available_variants(name))
     variant = right.selectbox("Features", variants, index=variants.index(default_variant(name)), key="health_variant")
@@ -166,7 +203,7 @@ def _gallery(dataset_root, items: list[dict], *, key: str) -> list[str]:
     """Photos in rows with a caption and an Exclude checkbox each; returns the checked paths."""
     chosen = []
     for start in range(0, len(items), PER_ROW):
-        for column, item in zip(st.columns(PER_ROW), items[start:start + PER_ROW]):
+        for column, item in zip(st.columns(PER_ROW), items[start : start + PER_ROW]):
             data, ok = thumbnail(dataset_root / item["path"], size=THUMB_PX)
             column.image(data, width=THUMB_PX, caption=markdown_text(item["path"] + ("" if ok else " (unreadable)")))
             column.caption(markdown_text(item["caption"]) + ("" if item["flagged"] else " · not flagged"))
@@ -180,7 +217,9 @@ def _pairs(dataset_root, items: list[dict], *, key: str) -> list[str]:
     for number, item in enumerate(items):  # one image can sit in several pairs: the pair's number keeps keys unique
         with st.container(border=True):
             kind = "exact copy" if item["exact"] else f"cosine {item['similarity']:.4f}"
-            st.markdown(f"**{kind}**" + (" · :red[leakage: the copies sit in different parts]" if item["leakage"] else ""))
+            st.markdown(
+                f"**{kind}**" + (" · :red[leakage: the copies sit in different parts]" if item["leakage"] else "")
+            )
             for column, path, caption in zip(st.columns(4), item["paths"], item["captions"]):
                 data, _ = thumbnail(dataset_root / path, size=THUMB_PX)
                 column.image(data, width=THUMB_PX, caption=markdown_text(path))
@@ -193,11 +232,18 @@ def _pairs(dataset_root, items: list[dict], *, key: str) -> list[str]:
 def _exclusion_controls(dataset_key: str, chosen: list[str], *, reason: str, key: str) -> None:
     ws = workspace()
     left, right = st.columns(2)
-    if left.button(f"Exclude {len(chosen)} selected image(s)", key=f"{key}-exclude", disabled=not chosen, icon=":material/block:"):
+    if left.button(
+        f"Exclude {len(chosen)} selected image(s)", key=f"{key}-exclude", disabled=not chosen, icon=":material/block:"
+    ):
         with user_errors():
             exclude_images(ws, dataset_key, chosen, reason=reason)
             st.rerun()
-    if right.button("Undo the last exclusion change", key=f"{key}-undo", disabled=not can_undo(ws, dataset_key), icon=":material/undo:"):
+    if right.button(
+        "Undo the last exclusion change",
+        key=f"{key}-undo",
+        disabled=not can_undo(ws, dataset_key),
+        icon=":material/undo:",
+    ):
         with user_errors():
             undo_exclusions(ws, dataset_key)
             st.rerun()
@@ -205,27 +251,44 @@ def _exclusion_controls(dataset_key: str, chosen: list[str], *, reason: str, key
 
 def show_report(report: HealthReport, dataset_root) -> None:
     counts = report.counts()
-    st.caption(markdown_text(f"{report.dataset_name} · {report.backbone} ({report.weights}) · features {report.variant} · "
-                  f"{len(report.paths)} images · fingerprint {report.fingerprint} · "
-                  f"computed in {report.timings['total_s']:.1f} s"
-                  + (f" · {len(report.skipped)} skipped (excluded or unreadable)" if report.skipped else "")))
+    st.caption(
+        markdown_text(
+            f"{report.dataset_name} · {report.backbone} ({report.weights}) · features {report.variant} · "
+            f"{len(report.paths)} images · fingerprint {report.fingerprint} · "
+            f"computed in {report.timings['total_s']:.1f} s"
+            + (f" · {len(report.skipped)} skipped (excluded or unreadable)" if report.skipped else "")
+        )
+    )
     # Down to the lowest stored candidate (pairs below it were never kept), and never a slider of zero width.
     floor = min(report.candidate_floor, report.duplicate_threshold, 0.99)
-    threshold = st.slider("Duplicate threshold (cosine similarity)", min_value=float(round(floor, 4)), max_value=1.0,
-                          value=float(round(report.duplicate_threshold, 4)), step=0.0005, format="%.4f", key="health_threshold",
-                          help=f"Default {report.duplicate_threshold:.4f}, {report.threshold_source}. Exact byte copies always count.")
+    threshold = st.slider(
+        "Duplicate threshold (cosine similarity)",
+        min_value=float(round(floor, 4)),
+        max_value=1.0,
+        value=float(round(report.duplicate_threshold, 4)),
+        step=0.0005,
+        format="%.4f",
+        key="health_threshold",
+        help=f"Default {report.duplicate_threshold:.4f}, {report.threshold_source}. Exact byte copies always count.",
+    )
     counts = report.counts(threshold)
     columns = st.columns(len(counts))
     for column, (name, value) in zip(columns, counts.items()):
         column.metric(name.capitalize(), value)
     shown = st.slider("Candidates shown per tab", min_value=6, max_value=60, value=18, step=6, key="health_shown")
-    labels_tab, duplicates_tab, outliers_tab, compare_tab = st.tabs([
-        f"Label issues ({counts['label issues']})", f"Duplicates and leakage ({counts['duplicate pairs']})",
-        f"Outliers ({counts['outliers']})", "Compare backbones",
-    ])
+    labels_tab, duplicates_tab, outliers_tab, compare_tab = st.tabs(
+        [
+            f"Label issues ({counts['label issues']})",
+            f"Duplicates and leakage ({counts['duplicate pairs']})",
+            f"Outliers ({counts['outliers']})",
+            "Compare backbones",
+        ]
+    )
     with labels_tab:
-        st.caption("Lowest label quality first (cleanlab, out-of-sample logistic regression on train+val; "
-                   "the test part is not checked).")
+        st.caption(
+            "Lowest label quality first (cleanlab, out-of-sample logistic regression on train+val; "
+            "the test part is not checked)."
+        )
         chosen = _gallery(dataset_root, gallery_items(report, "label", limit=shown), key="label")
         _exclusion_controls(report.dataset_key, chosen, reason="label issue", key="label")
     with duplicates_tab:
@@ -240,17 +303,29 @@ def show_report(report: HealthReport, dataset_root) -> None:
         _exclusion_controls(report.dataset_key, chosen, reason="outlier", key="outlier")
     with compare_tab:
         compare_section(report)
-    st.download_button("Download flagged images (CSV)", health_csv(report, threshold=threshold), file_name="health.csv",
-                       mime="text/csv", icon=":material/download:", key="health_csv")
+    st.download_button(
+        "Download flagged images (CSV)",
+        health_csv(report, threshold=threshold),
+        file_name="health.csv",
+        mime="text/csv",
+        icon=":material/download:",
+        key="health_csv",
+    )
 
 
 def compare_section(report: HealthReport) -> None:
     """A second backbone's cached report on the same data, side by side with this one."""
     # The same architecture with the other weights first: how much does pretraining find?
     flipped = BackboneChoice(report.backbone, "random" if report.weights == "pretrained" else "pretrained").spec
-    specs = [flipped] + [s for s in backbone_specs() if s not in (flipped, BackboneChoice(report.backbone, report.weights).spec)]
-    other = st.selectbox("Second backbone", specs, format_func=lambda spec: parse_backbone(spec).label, key="health_other")
-    second = HealthChoice(dataset=report.dataset_key, backbone=other, variant=default_variant(parse_backbone(other).backbone))
+    specs = [flipped] + [
+        s for s in backbone_specs() if s not in (flipped, BackboneChoice(report.backbone, report.weights).spec)
+    ]
+    other = st.selectbox(
+        "Second backbone", specs, format_func=lambda spec: parse_backbone(spec).label, key="health_other"
+    )
+    second = HealthChoice(
+        dataset=report.dataset_key, backbone=other, variant=default_variant(parse_backbone(other).backbone)
+    )
     found, has_features = None, False
     with user_errors():
         found, has_features = lookup(second)
@@ -261,6 +336,9 @@ def compare_section(report: HealthReport) -> None:
         else:
             st.button("Extract its features", on_click=queue_extraction, args=(second,), key="health_other_extract")
         return
-    reports = {BackboneChoice(report.backbone, report.weights).label: report, BackboneChoice(found.backbone, found.weights).label: found}
+    reports = {
+        BackboneChoice(report.backbone, report.weights).label: report,
+        BackboneChoice(found.backbone, found.weights).label: found,
+    }
     with user_errors():
         st.dataframe(comparison_frame(reports), hide_index=True)

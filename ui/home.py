@@ -47,18 +47,26 @@ def launch(preset: ComparisonPreset) -> None:
 
 def recent_runs_frame(runs: list[dict]) -> pd.DataFrame:
     """The recent-runs table: one row per completed run, newest first, names as plain text."""
-    return pd.DataFrame({
-        "run": [r["id"] for r in runs], "backbone": [r["backbone"] for r in runs], "weights": [weights_label(r["weights"]) for r in runs],
-        "dataset": [dataset_label(r["dataset_name"], r["synthetic"]) for r in runs], "split": [r["split"] for r in runs],
-        "test acc %": [r["test_acc"] for r in runs], "finished": [format_age(r["finished_at"]) for r in runs],
-    })
+    return pd.DataFrame(
+        {
+            "run": [r["id"] for r in runs],
+            "backbone": [r["backbone"] for r in runs],
+            "weights": [weights_label(r["weights"]) for r in runs],
+            "dataset": [dataset_label(r["dataset_name"], r["synthetic"]) for r in runs],
+            "split": [r["split"] for r in runs],
+            "test acc %": [r["test_acc"] for r in runs],
+            "finished": [format_age(r["finished_at"]) for r in runs],
+        }
+    )
 
 
 def feature_cache_entries(folder: Path) -> list[Path]:
     """The feature cache's entries: sharded folders with a manifest (``core.features.ShardedCache``), old .npz files."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if (p.suffix == ".npz" and p.is_file()) or (p / ShardedCache.MANIFEST).is_file())
+    return sorted(
+        p for p in folder.iterdir() if (p.suffix == ".npz" and p.is_file()) or (p / ShardedCache.MANIFEST).is_file()
+    )
 
 
 def _size(entry: Path) -> int:
@@ -74,7 +82,9 @@ def workspace_summary() -> None:
     st.caption(f"`{ws.root}`")
     columns = st.columns(3)
     columns[0].metric("Datasets ready", len(datasets))
-    columns[1].metric("Cached feature sets", len(entries), help="One per (dataset, backbone, weights); reused by every later run.")
+    columns[1].metric(
+        "Cached feature sets", len(entries), help="One per (dataset, backbone, weights); reused by every later run."
+    )
     columns[2].metric("Completed runs", len(completed))
     if datasets:
         st.markdown("Datasets: " + ", ".join(markdown_text(d.name) for d in datasets))
@@ -82,15 +92,23 @@ def workspace_summary() -> None:
         st.caption(f"Feature cache: {format_bytes(sum(_size(e) for e in entries))} in `{ws.features_dir}`")
     if completed:
         st.markdown("**Recent runs**")
-        st.dataframe(recent_runs_frame(completed[:RECENT_RUNS]), hide_index=True,
-                     column_config={"test acc %": st.column_config.NumberColumn(format="%.1f")})
+        st.dataframe(
+            recent_runs_frame(completed[:RECENT_RUNS]),
+            hide_index=True,
+            column_config={"test acc %": st.column_config.NumberColumn(format="%.1f")},
+        )
         st.page_link("pages/compare.py", label="Compare runs", icon=":material/compare_arrows:")
     else:
-        st.info("No runs yet. Start with the button below, or choose your own dataset and backbones on the Train page.", icon=":material/info:")
+        st.info(
+            "No runs yet. Start with the button below, or choose your own dataset and backbones on the Train page.",
+            icon=":material/info:",
+        )
 
 
 def _estimate_caption(preset: ComparisonPreset) -> None:
-    st.caption(duration_text(expected_duration(dataset=preset.dataset, backbones=list(preset.backbones), split=preset.split)))
+    st.caption(
+        duration_text(expected_duration(dataset=preset.dataset, backbones=list(preset.backbones), split=preset.split))
+    )
 
 
 def _reference_text() -> None:
@@ -109,29 +127,53 @@ def ready_made_comparisons() -> None:
         st.subheader("The reference comparison")
         _reference_text()
         _estimate_caption(REFERENCE)
-        st.button("Run the reference comparison", type="primary", icon=":material/play_arrow:", on_click=launch, args=(REFERENCE,))
+        st.button(
+            "Run the reference comparison",
+            type="primary",
+            icon=":material/play_arrow:",
+            on_click=launch,
+            args=(REFERENCE,),
+        )
         return
     st.subheader("Offline demo: how much does pretraining matter?")
     st.markdown(
         "Synthetic Flowers (17 procedurally drawn classes, generated on this machine) with the same architecture "
         "twice: EfficientNet-Lite0 with its ImageNet weights and with random weights. Needs no network."
     )
-    with_resnet = st.checkbox("Also a random-weight ResNet-50 (a bigger architecture, several times slower here)", key="home_demo_resnet")
+    with_resnet = st.checkbox(
+        "Also a random-weight ResNet-50 (a bigger architecture, several times slower here)", key="home_demo_resnet"
+    )
     demo = OFFLINE_DEMO_RANDOM_RESNET if with_resnet else OFFLINE_DEMO
     demo_missing = files_to_fetch(dataset=demo.dataset, backbones=list(demo.backbones))
     if demo_missing:
-        st.error("The offline demo needs these files too:\n\n" + missing_files_markdown(demo_missing), icon=":material/error:")
+        st.error(
+            "The offline demo needs these files too:\n\n" + missing_files_markdown(demo_missing),
+            icon=":material/error:",
+        )
     _estimate_caption(demo)
-    st.button("Run the offline demo", type="primary", icon=":material/play_arrow:", disabled=bool(demo_missing), on_click=launch, args=(demo,))
+    st.button(
+        "Run the offline demo",
+        type="primary",
+        icon=":material/play_arrow:",
+        disabled=bool(demo_missing),
+        on_click=launch,
+        args=(demo,),
+    )
     st.subheader("The reference comparison")
     _reference_text()
     st.warning(
-        "It needs files that are not in this workspace yet:\n\n" + missing_files_markdown(missing)
+        "It needs files that are not in this workspace yet:\n\n"
+        + missing_files_markdown(missing)
         + "\n\nA run downloads them first, which needs internet access. On an offline machine, download them "
         "elsewhere and put them in those folders, or run the offline demo above.",
         icon=":material/cloud_off:",
     )
-    st.button("Download and run the reference comparison", icon=":material/cloud_download:", on_click=launch, args=(REFERENCE,))
+    st.button(
+        "Download and run the reference comparison",
+        icon=":material/cloud_download:",
+        on_click=launch,
+        args=(REFERENCE,),
+    )
 
 
 def launched_message() -> None:

@@ -70,7 +70,10 @@ def default_backbones(reference_ready: bool) -> list[str]:
 
 def default_dataset(entries: dict, reference_ready: bool) -> str:
     """Offline, the first dataset that needs no download; with the reference files here, Oxford 17."""
-    return next((key for key, entry in entries.items() if entry.prepared or key != OXFORD17_KEY or reference_ready), OXFORD17_KEY)
+    return next(
+        (key for key, entry in entries.items() if entry.prepared or key != OXFORD17_KEY or reference_ready),
+        OXFORD17_KEY,
+    )
 
 
 def form() -> TrainForm:
@@ -78,54 +81,134 @@ def form() -> TrainForm:
     entries = {entry.key: entry for entry in list_datasets(workspace())}
     reference_ready = not files_to_fetch(dataset=REFERENCE.dataset, backbones=list(REFERENCE.backbones))
     dataset_key = st.selectbox(
-        "Dataset", list(entries), index=list(entries).index(default_dataset(entries, reference_ready)), key="train_dataset",
+        "Dataset",
+        list(entries),
+        index=list(entries).index(default_dataset(entries, reference_ready)),
+        key="train_dataset",
         format_func=lambda key: entries[key].name + ("" if entries[key].prepared else f" ({entries[key].state})"),
     )
     if dataset_key == OXFORD17_KEY:
         split = st.segmented_control(
-            "Split", ["1", "2", "3", "all"], default=REFERENCE.split, required=True, key="train_split",
+            "Split",
+            ["1", "2", "3", "all"],
+            default=REFERENCE.split,
+            required=True,
+            key="train_split",
             help="Oxford 17's three official train/val/test splits; 'all' runs each and Compare shows mean and std.",
         )
     else:
         split = "1"
         st.caption("Split 1: the dataset's train/val/test folders, or a seeded stratified 50/25/25 split.")
     backbones = st.multiselect(
-        "Backbones", backbone_options(), default=default_backbones(reference_ready), key="train_backbones",
-        format_func=lambda spec: parse_backbone(spec).label, accept_new_options=True,
+        "Backbones",
+        backbone_options(),
+        default=default_backbones(reference_ready),
+        key="train_backbones",
+        format_func=lambda spec: parse_backbone(spec).label,
+        accept_new_options=True,
         help="Each backbone pretrained or with random weights (the baseline that shows how much pretraining matters); "
-             "pick both to compare one architecture both ways. Type timm:<model name> for any timm model "
-             "(timm:vit_small_patch14_reg4_dinov2.lvd142m; `python -m core backbones --timm dinov2` lists them).\n\n" + "\n".join(f"- {name}: {get_config(name).description}" for name in list_backbones()),
+        "pick both to compare one architecture both ways. Type timm:<model name> for any timm model "
+        "(timm:vit_small_patch14_reg4_dinov2.lvd142m; `python -m core backbones --timm dinov2` lists them).\n\n"
+        + "\n".join(f"- {name}: {get_config(name).description}" for name in list_backbones()),
     )
     columns = st.columns(5)
     head = {
-        "head": columns[0].selectbox("Head", HEAD_TYPES, index=HEAD_TYPES.index(HEAD_DEFAULTS.head), format_func=HEAD_LABELS.get, key="train_head",
-                                     help="MLP: Linear(features, hidden) → ReLU → Linear(hidden, classes), the reference head. "
-                                          "Linear probe: one Linear layer."),
-        "epochs": int(columns[1].number_input("Epochs", min_value=1, max_value=1000, value=HEAD_DEFAULTS.epochs, key="train_epochs")),
-        "lr": float(columns[2].number_input("Learning rate", min_value=0.0, max_value=1.0, value=HEAD_DEFAULTS.lr, step=1e-4, format="%.4f", key="train_lr")),
-        "batch_size": int(columns[3].number_input("Batch size", min_value=1, max_value=4096, value=HEAD_DEFAULTS.batch_size, key="train_batch")),
-        "seed": int(columns[4].number_input("Seed", min_value=0, max_value=2**31 - 1, value=HEAD_DEFAULTS.seed, key="train_seed")),
+        "head": columns[0].selectbox(
+            "Head",
+            HEAD_TYPES,
+            index=HEAD_TYPES.index(HEAD_DEFAULTS.head),
+            format_func=HEAD_LABELS.get,
+            key="train_head",
+            help="MLP: Linear(features, hidden) → ReLU → Linear(hidden, classes), the reference head. "
+            "Linear probe: one Linear layer.",
+        ),
+        "epochs": int(
+            columns[1].number_input(
+                "Epochs", min_value=1, max_value=1000, value=HEAD_DEFAULTS.epochs, key="train_epochs"
+            )
+        ),
+        "lr": float(
+            columns[2].number_input(
+                "Learning rate",
+                min_value=0.0,
+                max_value=1.0,
+                value=HEAD_DEFAULTS.lr,
+                step=1e-4,
+                format="%.4f",
+                key="train_lr",
+            )
+        ),
+        "batch_size": int(
+            columns[3].number_input(
+                "Batch size", min_value=1, max_value=4096, value=HEAD_DEFAULTS.batch_size, key="train_batch"
+            )
+        ),
+        "seed": int(
+            columns[4].number_input(
+                "Seed", min_value=0, max_value=2**31 - 1, value=HEAD_DEFAULTS.seed, key="train_seed"
+            )
+        ),
     }
     with st.expander("Advanced"):
         columns = st.columns(4)
-        device = columns[0].selectbox("Device", DEVICES, key="train_device", help=f"auto picks CUDA, then Apple MPS, then CPU. Here: {device_label()}")
-        precision = columns[1].selectbox("Precision", PRECISIONS, key="train_precision", help="auto: mixed precision on GPU, bf16 on CPUs with native bf16.")
-        head["hidden_dim"] = int(columns[2].number_input("Hidden units (MLP)", min_value=1, max_value=8192, value=HEAD_DEFAULTS.hidden_dim, key="train_hidden"))
-        head["weight_decay"] = float(columns[3].number_input("Weight decay", min_value=0.0, max_value=10.0, value=HEAD_DEFAULTS.weight_decay, format="%.4f", key="train_wd"))
+        device = columns[0].selectbox(
+            "Device",
+            DEVICES,
+            key="train_device",
+            help=f"auto picks CUDA, then Apple MPS, then CPU. Here: {device_label()}",
+        )
+        precision = columns[1].selectbox(
+            "Precision",
+            PRECISIONS,
+            key="train_precision",
+            help="auto: mixed precision on GPU, bf16 on CPUs with native bf16.",
+        )
+        head["hidden_dim"] = int(
+            columns[2].number_input(
+                "Hidden units (MLP)", min_value=1, max_value=8192, value=HEAD_DEFAULTS.hidden_dim, key="train_hidden"
+            )
+        )
+        head["weight_decay"] = float(
+            columns[3].number_input(
+                "Weight decay",
+                min_value=0.0,
+                max_value=10.0,
+                value=HEAD_DEFAULTS.weight_decay,
+                format="%.4f",
+                key="train_wd",
+            )
+        )
         head["standardise"] = st.toggle(
-            "Standardise features", value=HEAD_DEFAULTS.standardise, key="train_standardise",
+            "Standardise features",
+            value=HEAD_DEFAULTS.standardise,
+            key="train_standardise",
             help="Centre and scale each feature by the training images' mean and std before the head "
-                 "(off in the reference protocol). Helps features of awkward scale, such as a random-weight backbone's.",
+            "(off in the reference protocol). Helps features of awkward scale, such as a random-weight backbone's.",
         )
         checkpoint = st.text_input(
-            "Own checkpoint (NAME=PATH)", key="train_checkpoint", placeholder="timm:convnext_tiny=/data/my_finetuned.safetensors",
+            "Own checkpoint (NAME=PATH)",
+            key="train_checkpoint",
+            placeholder="timm:convnext_tiny=/data/my_finetuned.safetensors",
             help="Adds a run of backbone NAME with this .pth state dict or .safetensors file (on the server's disk).",
         ).strip()
         if checkpoint:
             with user_errors():
-                backbones = [*backbones, *(f"{name}{WEIGHTS_SEPARATOR}{path}" for name, path in parse_weights_overrides([checkpoint]).items())]
-    return TrainForm(dataset=dataset_key, dataset_name=entries[dataset_key].name, split=split, backbones=list(backbones), head=head,
-                     device=device, precision=precision)
+                backbones = [
+                    *backbones,
+                    *(
+                        f"{name}{WEIGHTS_SEPARATOR}{path}"
+                        for name, path in parse_weights_overrides([checkpoint]).items()
+                    ),
+                ]
+    return TrainForm(
+        dataset=dataset_key,
+        dataset_name=entries[dataset_key].name,
+        split=split,
+        backbones=list(backbones),
+        head=head,
+        device=device,
+        precision=precision,
+    )
 
 
 def launch_section(choice: TrainForm) -> None:
@@ -133,18 +216,31 @@ def launch_section(choice: TrainForm) -> None:
     missing = files_to_fetch(dataset=choice.dataset, backbones=choice.backbones)
     if missing:
         st.warning(
-            "This run downloads these files first, which needs internet access:\n\n" + missing_files_markdown(missing)
+            "This run downloads these files first, which needs internet access:\n\n"
+            + missing_files_markdown(missing)
             + "\n\nOffline, put them in those folders by hand, or choose random weights or efficientnet_lite0.",
             icon=":material/cloud_download:",
         )
     if choice.backbones:
-        st.caption(duration_text(expected_duration(dataset=choice.dataset, backbones=choice.backbones, split=choice.split)))
-    if st.button("Launch", type="primary", icon=":material/play_arrow:", disabled=not choice.backbones, key="train_launch"):
+        st.caption(
+            duration_text(expected_duration(dataset=choice.dataset, backbones=choice.backbones, split=choice.split))
+        )
+    if st.button(
+        "Launch", type="primary", icon=":material/play_arrow:", disabled=not choice.backbones, key="train_launch"
+    ):
         with user_errors():
-            job = job_runner().submit(choice.title, comparison_job(
-                dataset=choice.dataset, backbones=choice.backbones, split=choice.split, head=HeadConfig(**choice.head),
-                device=choice.device, precision=choice.precision, workspace=workspace(),
-            ))
+            job = job_runner().submit(
+                choice.title,
+                comparison_job(
+                    dataset=choice.dataset,
+                    backbones=choice.backbones,
+                    split=choice.split,
+                    head=HeadConfig(**choice.head),
+                    device=choice.device,
+                    precision=choice.precision,
+                    workspace=workspace(),
+                ),
+            )
             st.success(f"Queued as job {job.id}; its progress is below.", icon=":material/rocket_launch:")
     if not choice.backbones:
         st.caption("Choose at least one backbone to launch.")
@@ -155,8 +251,10 @@ def job_list() -> None:
     """The server's jobs, newest first, redrawn every second on its own (the form above is not rerun)."""
     shown = job_runner().jobs()[:JOBS_SHOWN]
     if not shown:
-        st.caption("No jobs since the server started. Launched jobs show here with live progress; "
-                   "every finished run is on the Compare page.")
+        st.caption(
+            "No jobs since the server started. Launched jobs show here with live progress; "
+            "every finished run is on the Compare page."
+        )
     for job in shown:
         job_card(job)
 
@@ -166,8 +264,16 @@ def unfinished_runs() -> None:
     unfinished = [run for run in list_runs() if run["status"] not in ("completed", "running")]
     if unfinished:
         with st.expander(f"Runs that did not complete ({len(unfinished)})"):
-            st.dataframe(pd.DataFrame({
-                "run": [r["id"] for r in unfinished], "backbone": [BackboneChoice(r["backbone"], r["weights"]).label for r in unfinished],
-                "dataset": [r["dataset_name"] for r in unfinished], "status": [r["status"] for r in unfinished],
-                "when": [format_age(r["created_at"]) for r in unfinished], "reason": [r["error"] for r in unfinished],
-            }), hide_index=True)
+            st.dataframe(
+                pd.DataFrame(
+                    {
+                        "run": [r["id"] for r in unfinished],
+                        "backbone": [BackboneChoice(r["backbone"], r["weights"]).label for r in unfinished],
+                        "dataset": [r["dataset_name"] for r in unfinished],
+                        "status": [r["status"] for r in unfinished],
+                        "when": [format_age(r["created_at"]) for r in unfinished],
+                        "reason": [r["error"] for r in unfinished],
+                    }
+                ),
+                hide_index=True,
+            )

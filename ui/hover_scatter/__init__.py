@@ -72,9 +72,9 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -166,7 +166,7 @@ class ThumbnailSource:
     sheets: SpriteSheets | None
     inline: Mapping[int, str] = field(default_factory=dict)  # row -> data URL
 
-    def with_images(self, images: Mapping[int, Image.Image]) -> "ThumbnailSource":
+    def with_images(self, images: Mapping[int, Image.Image]) -> ThumbnailSource:
         """A copy that also shows ``images`` (row -> PIL image), e.g. uploads placed on the map."""
         thumb_px = self.sheets.thumb_px if self.sheets else _LARGE_THUMB_PX
         inline = dict(self.inline)
@@ -209,7 +209,9 @@ def prepare_thumbnails(
 
 
 def planned_thumbnails(
-    paths: Sequence[str | os.PathLike], *, workspace: Workspace | None = None,
+    paths: Sequence[str | os.PathLike],
+    *,
+    workspace: Workspace | None = None,
 ) -> tuple[ThumbnailSource, bool]:
     """Where ``prepare_thumbnails`` puts each photo, without building anything; and whether it is all built.
 
@@ -223,7 +225,11 @@ def planned_thumbnails(
     root = web_root(workspace)
     thumb_px = _SMALL_THUMB_PX if len(paths) >= _SMALL_FROM else _LARGE_THUMB_PX
     sheets, ready = planned_sprite_sheets(
-        paths, out_dir=root / _SPRITES_FOLDER, thumb_px=thumb_px, columns=_SHEET_COLUMNS, bytes_per_pixel=_WEBP_BYTES_PER_PIXEL
+        paths,
+        out_dir=root / _SPRITES_FOLDER,
+        thumb_px=thumb_px,
+        columns=_SHEET_COLUMNS,
+        bytes_per_pixel=_WEBP_BYTES_PER_PIXEL,
     )
     return ThumbnailSource(web_root=root, sheets=sheets), ready
 
@@ -244,7 +250,9 @@ def _trace_spec(trace: Trace, *, n_rows: int, where: str) -> dict:
     if len(lengths) != 1:
         raise ValueError(f"{where}: x, y, rows (and correct) must have the same length; got lengths {sorted(lengths)}.")
     if len(rows) and (rows.min() < 0 or rows.max() >= n_rows):
-        raise ValueError(f"{where}.rows must be in [0, {n_rows}) (one HoverText entry per row); got {rows.min()}..{rows.max()}.")
+        raise ValueError(
+            f"{where}.rows must be in [0, {n_rows}) (one HoverText entry per row); got {rows.min()}..{rows.max()}."
+        )
     return {
         "name": str(trace.name),
         "colour": str(trace.colour),
@@ -265,7 +273,9 @@ def _colour_bar_spec(panel: Panel, *, where: str) -> dict | None:
             raise ValueError(f"{where}: a trace has values, so the panel needs a colour_bar.")
         return None
     if not (np.isfinite([bar.low, bar.high]).all() and bar.low <= bar.high):
-        raise ValueError(f"{where}.colour_bar: low and high must be finite with low <= high; got {bar.low}, {bar.high}.")
+        raise ValueError(
+            f"{where}.colour_bar: low and high must be finite with low <= high; got {bar.low}, {bar.high}."
+        )
     return {"title": str(bar.title), "low": float(bar.low), "high": float(bar.high), "scale": str(bar.scale)}
 
 
@@ -356,7 +366,8 @@ def selected_spec(spec: dict, selected_rows: Sequence[int]) -> list[int]:
     unknown = np.setdiff1d(rows, np.concatenate(on_panels)) if on_panels else rows
     if len(unknown):
         raise ValueError(
-            f"selected_rows must be row ids shown on the panels; got {len(unknown)} that are not, e.g. {unknown[:5].tolist()}."
+            f"selected_rows must be row ids shown on the panels; got {len(unknown)} that are not, "
+            f"e.g. {unknown[:5].tolist()}."
         )
     return rows.tolist()
 
