@@ -12,7 +12,7 @@ from ui.common import sidebar
 st.set_page_config(
     page_title="Flower Probe", page_icon=str(Path(__file__).parent / "ui" / "assets" / "favicon.png"), layout="wide"
 )
-require_access()  # before navigation: a visitor without access gets only the login form
+require_access(entry_file=True)  # before navigation: a visitor without access gets only the login form
 navigation = st.navigation(
     [
         st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),

@@ -821,6 +821,16 @@ def _build_timm_with_weights(entry: _Entry, path: Path) -> nn.Module:
         ) from exc
 
 
+def build_architecture(name: str) -> nn.Module:
+    """Backbone ``name``'s architecture with random weights and no weights lookup: for inspecting its structure.
+
+    Call it under ``torch.device("meta")`` to see what a model is (ViT or CNN, its blocks) without memory or
+    weights; ``build_backbone`` is the one way to get a model that computes features.
+    """
+    entry = _entry(name)
+    return entry.build(entry.config).eval()
+
+
 def build_backbone(
     name: str,
     *,

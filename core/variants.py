@@ -62,10 +62,10 @@ def available_variants(backbone: str) -> tuple[str, ...]:
     The architecture is built on PyTorch's meta device (no memory, no weights, no download) to see what it is,
     so any backbone ``core.backbones`` can build is classified the same way, ``timm:<tag>`` names included.
     """
-    from .backbones import build_backbone
+    from .backbones import build_architecture
 
     with torch.device("meta"):
-        model, _ = build_backbone(backbone, weights="random")
+        model = build_architecture(backbone)
     return model_variants(model)
 
 

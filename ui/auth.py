@@ -94,12 +94,41 @@ def access_controls() -> None:
             st.logout()
 
 
-def require_access() -> None:
+# Set once dashboard.py has run in this process: from then on Streamlit is in st.navigation mode (a test
+# harness that resets Streamlit's own flag between runs, such as AppTest, then needs no rerun either).
+_entry_file_has_run = False
+
+
+def _leave_multipage_v1() -> None:
+    """Rerun in ``st.navigation`` mode when Streamlit ran a ``pages/`` script on its own.
+
+    Until some script in the process has called ``st.navigation``, Streamlit 1.67 treats a ``pages/`` folder
+    beside the entry file as a multipage-v1 app: a deep link such as ``/classify`` on a fresh server runs
+    ``pages/classify.py`` alone, without ``dashboard.py`` (no sidebar, no navigation). The page's own gate
+    already keeps a visitor out; this sends the visitor through the entry file too, by clearing the class flag
+    Streamlit reads for that mode (it sets the same flag itself once ``st.navigation`` runs) and rerunning
+    before anything is drawn. Streamlit has no public switch for it.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+def require_access(*, entry_file: bool = False) -> None:
     """Let the visitor through, or show a login form and stop the script run.
 
     OIDC login wins when both it and a password are configured; with neither, everyone on the
-    network the server listens on gets in (the default listens on this computer only).
+    network the server listens on gets in (the default listens on this computer only). ``entry_file``
+    is True only in ``dashboard.py``, whose own ``st.navigation`` call leaves multipage-v1 mode; a page
+    script run alone leaves it here (see ``_leave_multipage_v1``).
     """
+    global _entry_file_has_run
+    if entry_file:
+        _entry_file_has_run = True
+    elif not _entry_file_has_run:
+        _leave_multipage_v1()
     providers = oidc_providers()
     if providers is not None:
         _oidc_gate(providers)
