@@ -398,11 +398,15 @@ def test_hostile_names_render_as_text_on_every_page(browser, hostile_server, nam
                 shown = hostile if name == "dataset" else hostile[:LABEL_PREFIX]
                 assert shown in text, f"{shown!r} is not shown literally on the {name} page"
         if name == "dataset":
-            text = page.evaluate(ALL_TEXT)
-            # Every class's sample photos are shown (fewer classes than MAX_CLASSES_SHOWN), each captioned by its file.
+            # Every class's sample photos are shown (fewer classes than MAX_CLASSES_SHOWN), captioned by their files.
+            # st.image's frontend code loads lazily, after the script run ends: the captions may come a moment later.
             files = [_hostile_file(label, i) for label in range(len(HOSTILE_CLASSES)) for i in range(IMAGES_PER_CLASS)]
-            missing = [file for file in files if file not in text]
+            deadline = time.monotonic() + 30
+            while (missing := [f for f in files if f not in page.evaluate(ALL_TEXT)]) and time.monotonic() < deadline:
+                page.wait_for_timeout(250)
             assert not missing, f"file names are not shown literally: {missing}"
+            page.wait_for_timeout(1000)  # the photos are rendered now: let any onerror handler among them fire
+            _check_no_script_ran(page, dialogs)
         if name == "explorer":
             _hover_hostile_points(page)
             _check_no_script_ran(page, dialogs)
