@@ -68,7 +68,8 @@ import sys
 import core.backbones as backbones
 _build = backbones.build_backbone
 def build_backbone(name, *args, **kwargs):
-    print({BUILD_MARK!r} + name, file=sys.stderr, flush=True)
+    # name@weights: one backbone under two weights (the offline demo's pair) is two models, rightly built twice.
+    print({BUILD_MARK!r} + name + "@" + str(kwargs.get("weights", "pretrained")), file=sys.stderr, flush=True)
     return _build(name, *args, **kwargs)
 backbones.build_backbone = build_backbone
 from streamlit.web.cli import main
@@ -82,7 +83,7 @@ class LiveServer(StreamlitServer):
     """A ``StreamlitServer`` started through the build-counting wrapper."""
 
     def backbone_builds(self) -> list[str]:
-        """The backbone names the server has built so far, in order, one entry per build."""
+        """The backbones the server has built so far as ``name@weights``, in order, one entry per build."""
         return [line[len(BUILD_MARK) :] for line in self.log().splitlines() if line.startswith(BUILD_MARK)]
 
     def rss_bytes(self) -> int:

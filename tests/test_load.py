@@ -179,7 +179,11 @@ def test_ten_sessions_at_once_while_a_job_runs(tmp_path, populated_root):
     rendered = Counter(name for name, _, _ in wave)
     assert set(rendered) == set(PAGES) and sum(rendered.values()) == SESSIONS * PAGES_PER_SESSION
     assert builds_warm, "the Classify page loaded no backbone: the build count proves nothing"
-    assert builds == builds_warm and max(builds.values()) == 1, f"a backbone was loaded per session: {dict(builds)}"
+    # Each (backbone, weights) once for all sessions. A run the job finishes during the wave can become Classify's
+    # default, and when it is the same backbone under other weights (the offline demo's pair) that is a new model.
+    assert set(builds_warm) <= set(builds) and max(builds.values()) == 1, (
+        f"a backbone was loaded per session: {dict(builds)}"
+    )
     assert rss_after - rss_before < SESSIONS * GROWTH_PER_SESSION_BYTES, (
         "the server's memory grows by more than a session's worth"
     )
