@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_section(name: str, context: Context, arguments: argparse.Namespace):
-    from . import browser_pages, extraction, heads, maps, pages, probes, reference, roofline, scale, tsne
+    from . import browser_pages, demo, extraction, heads, maps, pages, probes, reference, roofline, scale, tsne
 
     modules = {
         "roofline": roofline,
@@ -66,6 +66,7 @@ def _run_section(name: str, context: Context, arguments: argparse.Namespace):
         "tsne": tsne,
         "pages": pages,
         "browser": browser_pages,
+        "demo": demo,
         "probes": probes,
         "maps": maps,
         "scale": scale,

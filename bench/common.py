@@ -20,7 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
-SECTIONS = ("roofline", "extraction", "reference", "heads", "probes", "tsne", "maps", "pages", "browser", "scale")
+SECTIONS = (
+    "roofline",
+    "extraction",
+    "reference",
+    "heads",
+    "probes",
+    "tsne",
+    "maps",
+    "pages",
+    "browser",
+    "demo",
+    "scale",
+)
 OPERATORS = (">=", "<")
 DEFAULT_WORKSPACE = Path("/tmp/flower-probe-bench")
 # Marks a folder the bench created, so it only ever clears caches in a workspace of its own.

@@ -221,8 +221,12 @@ def load_folder_dataset(
     ratios: tuple[float, float, float] = (0.5, 0.25, 0.25),
     seed: int = 0,
     synthetic: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> Dataset:
-    """Read a folder-per-class dataset; explicit train/val/test subfolders win over a seeded split."""
+    """Read a folder-per-class dataset; explicit train/val/test subfolders win over a seeded split.
+
+    ``progress`` receives ``"listing"`` events, one per class folder listed (100k files take seconds).
+    """
     if not folder.is_dir():
         raise DatasetError(f"Dataset folder {folder} does not exist.")
     val_dir = next((folder / n for n in _VAL_FOLDER_NAMES if (folder / n).is_dir()), None)
@@ -233,9 +237,12 @@ def load_folder_dataset(
     paths: list[Path] = []
     labels: list[int] = []
     part_rows: dict[str, list[int]] = {part: [] for part in part_dirs}
-    for part, part_dir in part_dirs.items():
+    n_folders = len(part_dirs) * len(class_names)
+    report(progress, "listing", 0, n_folders, message=f"Listing the images of {name}")
+    for p, (part, part_dir) in enumerate(part_dirs.items()):
         for label, class_name in enumerate(class_names):
             class_dir = part_dir / class_name
+            report(progress, "listing", p * len(class_names) + label, n_folders, message=f"{len(paths):,} images")
             if not class_dir.is_dir():
                 continue
             # Resolving every file costs a stat per path component; inside a checked folder only links need it.
@@ -244,6 +251,7 @@ def load_folder_dataset(
                 part_rows[part].append(len(paths))
                 paths.append(_inside(folder, Path(entry.path)) if entry.is_symlink() else resolved_dir / entry.name)
                 labels.append(label)
+    report(progress, "listing", n_folders, n_folders, message=f"{len(paths):,} images listed")
     label_array = np.asarray(labels, dtype=np.int64)
     counts = {c: int((label_array == i).sum()) for i, c in enumerate(class_names)}
     if explicit:
@@ -419,25 +427,33 @@ def dataset_folder(key: str, workspace: Workspace) -> Path:
     )
 
 
-def load_dataset(key: str, workspace: Workspace, *, exclusions: bool = True) -> Dataset:
+def load_dataset(
+    key: str, workspace: Workspace, *, exclusions: bool = True, progress: ProgressCallback | None = None
+) -> Dataset:
     """Load a prepared dataset by key, without downloading or generating anything.
 
-    The images the user excluded (``core.exclusions``) are left out unless ``exclusions`` is False.
+    The images the user excluded (``core.exclusions``) are left out unless ``exclusions`` is False. A folder
+    dataset reports ``"listing"`` progress to ``progress``.
     """
     from .exclusions import apply_exclusions
 
-    dataset = replace(_load_dataset_files(key, workspace), digest_cache=workspace.root / DIGEST_CACHE_NAME)
+    dataset = replace(
+        _load_dataset_files(key, workspace, progress=progress), digest_cache=workspace.root / DIGEST_CACHE_NAME
+    )
     return apply_exclusions(dataset, workspace) if exclusions else dataset
 
 
-def _load_dataset_files(key: str, workspace: Workspace) -> Dataset:
+def _load_dataset_files(key: str, workspace: Workspace, *, progress: ProgressCallback | None = None) -> Dataset:
     if key == OXFORD17_KEY:
         return load_oxford17(workspace)
     if key == SYNTHETIC_KEY:
         return load_synthetic(workspace)
     folder = dataset_folder(key, workspace)  # a folder dataset's, or the error naming the keys allowed
     return load_folder_dataset(
-        folder, key=f"{FOLDER_PREFIX}{folder.relative_to(workspace.data_root.resolve())}", name=folder.name
+        folder,
+        key=f"{FOLDER_PREFIX}{folder.relative_to(workspace.data_root.resolve())}",
+        name=folder.name,
+        progress=progress,
     )
 
 
@@ -447,7 +463,7 @@ def prepare_dataset(key: str, workspace: Workspace, *, progress: ProgressCallbac
         prepare_oxford17(workspace, progress=progress)
     elif key == SYNTHETIC_KEY:
         prepare_synthetic(workspace, progress=progress)
-    return load_dataset(key, workspace)
+    return load_dataset(key, workspace, progress=progress)
 
 
 @dataclass(frozen=True)

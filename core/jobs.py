@@ -229,7 +229,7 @@ def extraction_job(
     def target(context: JobContext) -> dict:
         context.set_current(f"{backbone} ({weights}) features of {dataset}")
         result = extract_features(
-            load_dataset(dataset, workspace),
+            load_dataset(dataset, workspace, progress=context.progress),
             backbone,
             workspace=workspace,
             weights=weights,

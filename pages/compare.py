@@ -1,10 +1,11 @@
 """Compare: completed runs side by side.
 
 Pick a dataset (``?dataset=<key>`` preselects one) and runs (by default the newest reference run per backbone,
-weights and split), then: the runs table with 95 % intervals (mean and std where an experiment has several
-runs, e.g. the three Oxford 17 splits), the protocols table, few-shot curves, a paired comparison of two runs,
-training curves, confusion matrices whose cells open a gallery of those test photos, per-class accuracy, the
-misclassified photos, unreadable files a run skipped, and CSV downloads. The parts live in ``ui.compare``.
+weights and split), then the views the user picks (``ui.compare.VIEWS``; it opens on the overview): the runs
+table with 95 % intervals (mean and std where an experiment has several runs, e.g. the three Oxford 17 splits),
+CSV downloads, unreadable files a run skipped, the protocols table and a paired comparison of two runs; few-shot
+curves; training curves; confusion matrices whose cells open a gallery of those test photos; per-class accuracy;
+the misclassified photos. The parts live in ``ui.compare``.
 """
 
 import streamlit as st
@@ -38,17 +39,24 @@ if any(run["synthetic"] for run in chosen):
         help="These runs are on a generated dataset, not real photos.",
     )
 
-table = compare.runs_table(chosen)
-compare.show_runs_table(table, chosen)
+views = compare.choose_views()
 predictions = compare.load_predictions(chosen)
-compare.show_downloads(table, predictions)
-compare.show_skipped(chosen)
-
 full = [run for run in completed if run["dataset_key"] == dataset_key]
-compare.show_protocols(full)
-compare.show_fewshot([run for run in compare.completed_runs(few_shot=True) if run["dataset_key"] == dataset_key], full)
-compare.show_paired(chosen, predictions)
-compare.show_curves(chosen)
-compare.show_confusions(chosen, predictions)
-compare.show_per_class(chosen)
-compare.show_misclassified(chosen, predictions)
+if "Overview" in views:
+    table = compare.runs_table(chosen)
+    compare.show_runs_table(table, chosen)
+    compare.show_downloads(table, predictions)
+    compare.show_skipped(chosen)
+    compare.show_protocols(full)
+    compare.show_paired(chosen, predictions)
+if "Few-shot curves" in views:
+    few_shot = [run for run in compare.completed_runs(few_shot=True) if run["dataset_key"] == dataset_key]
+    compare.show_fewshot(few_shot, full)
+if "Training curves" in views:
+    compare.show_curves(chosen)
+if "Confusion matrices" in views:
+    compare.show_confusions(chosen, predictions)
+if "Per-class accuracy" in views:
+    compare.show_per_class(chosen)
+if "Misclassified" in views:
+    compare.show_misclassified(chosen, predictions)

@@ -14,6 +14,7 @@ from image_catalogue import HOSTILE_FILE_NAMES, write_catalogue
 from streamlit.testing.v1 import AppTest
 
 from core.runs import RunRegistry
+from tests.photo_grids import photo_grids
 
 CLASSIFY_PAGE = Path(__file__).resolve().parents[1] / "pages" / "classify.py"
 
@@ -40,7 +41,6 @@ def _markdown_texts(at: AppTest) -> list[str]:
     texts = [
         e.value for kind in ("markdown", "caption", "warning", "info", "error", "subheader") for e in getattr(at, kind)
     ]
-    texts += [image.caption for element in at.get("imgs") for image in element.proto.imgs]
     return texts
 
 
@@ -89,6 +89,9 @@ def test_uploads_samples_and_a_second_run(app, populated_workspace, tmp_path):
     texts = _markdown_texts(app)
     assert all("<script>" not in text and "<img" not in text for text in texts)
     assert any(HOSTILE_FILE_NAMES[2] + ".jpg" in _as_rendered(text) for text in texts)  # shown, as text
+    # The neighbour galleries are HTML: only their own markup, the class names in them as text.
+    neighbour_captions = [caption for grid in photo_grids(app) for caption in grid]
+    assert len(neighbour_captions) >= 3 and all(" · " in caption for caption in neighbour_captions)
 
     app.toggle[0].set_value(True)
     app.run()

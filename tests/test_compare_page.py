@@ -47,10 +47,21 @@ def probed(probe_root, monkeypatch) -> Workspace:
     return Workspace.from_env()
 
 
-def open_compare() -> AppTest:
+def open_compare(views=None) -> AppTest:
+    """The Compare page, showing ``views`` (default: what it opens on, ``ui.compare.DEFAULT_VIEWS``)."""
     at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=TIMEOUT_S).run()
     at.switch_page(PAGE).run()
+    if views is not None:
+        show_views(at, views)
     assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def show_views(at: AppTest, views) -> AppTest:
+    """Pick ``views`` in the page's view control, as a user's clicks do, and rerun."""
+    from ui.compare import VIEWS_KEY
+
+    at.button_group(key=VIEWS_KEY).set_value(list(views)).run()
     return at
 
 
@@ -147,8 +158,24 @@ def test_paired_text_needs_the_same_test_images(probed):
 # ----------------------------------------------------------------------------------------------- the page
 
 
-def test_compare_shows_protocols_fewshot_curves_and_the_paired_comparison(probed):
+def test_compare_opens_on_its_overview_and_shows_each_view_picked(probed):
+    from ui.compare import DEFAULT_VIEWS, VIEWS
+
     at = open_compare()
+    assert at.button_group(key="compare_views").value == list(DEFAULT_VIEWS)
+    assert not at.get("plotly_chart"), "the overview draws no chart"
+    show_views(at, ["Confusion matrices"])
+    assert [s.value for s in at.subheader] == ["Confusion matrices"] and len(at.get("plotly_chart")) == 2
+    show_views(at, [])
+    assert not at.subheader and any("Choose above what to show" in c.value for c in at.caption)
+    show_views(at, VIEWS)
+    assert not at.exception and len(at.subheader) >= len(VIEWS)
+
+
+def test_compare_shows_protocols_fewshot_curves_and_the_paired_comparison(probed):
+    from ui.compare import VIEWS
+
+    at = open_compare(VIEWS)
     assert "Protocols" in [s.value for s in at.subheader]
     protocols = next(frame.value for frame in at.dataframe if "knn" in frame.value.columns)
     assert len(protocols) == 2
@@ -165,7 +192,7 @@ def test_compare_shows_protocols_fewshot_curves_and_the_paired_comparison(probed
 
 
 def test_the_cell_gallery_scrolls_into_view_after_a_click(probed):
-    at = open_compare()
+    at = open_compare(["Confusion matrices"])
     scripts = [e for e in at.get("html") if "scrollIntoView" in str(e.proto)]
     assert not scripts  # a plain visit does not jump
     at.session_state["cell_scroll"] = True  # what a click on a matrix cell sets (ui.compare.select_cell)

@@ -114,6 +114,15 @@ def test_folder_dataset_seeded_stratified_split(workspace):
     assert all(np.array_equal(parts[p], again.split("1")[p]) for p in parts)
 
 
+def test_folder_listing_reports_progress_per_class_folder_up_to_the_image_count(workspace):
+    _write_class_folder(workspace.data_root / "mine", {"roses": 4, "tulips": 5, "irises": 6})
+    events = []
+    load_dataset("folder:mine", workspace, progress=events.append)
+    listing = [e for e in events if e.stage == "listing"]
+    assert [e.done for e in listing] == [0, 0, 1, 2, 3] and {e.total for e in listing} == {3}
+    assert listing[-1].message == "15 images listed"
+
+
 def test_folder_dataset_explicit_parts(workspace):
     root = workspace.data_root / "explicit"
     for part, count in (("train", 3), ("valid", 2), ("test", 1)):

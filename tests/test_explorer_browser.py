@@ -117,7 +117,7 @@ def test_hover_shows_the_photo_and_a_click_shows_nearest_neighbours(page, server
     page.get_by_role("heading", name="Nearest neighbours").wait_for(timeout=WAIT_S * 1000)
     wait_for_app_idle(page, timeout_s=WAIT_S)
     for panel in range(2):
-        images = page.locator(f'.st-key-explorer-neighbours-{panel} [data-testid="stImage"] img')
+        images = page.locator(f'.st-key-explorer-neighbours-{panel} [data-testid="photo-grid"] img')
         images.nth(k - 1).wait_for(timeout=WAIT_S * 1000)
         assert images.count() == k, f"map {panel}: {images.count()} neighbour photos, expected {k}"
         widths = images.evaluate_all("(images) => images.map((image) => image.complete ? image.naturalWidth : -1)")
@@ -131,7 +131,7 @@ def test_hover_shows_the_photo_and_a_click_shows_nearest_neighbours(page, server
     assert frame.evaluate("document.querySelector('#panels .panel .plot > div') === window.plotBeforeClick"), (
         "a new selection redrew the maps (zoom would be lost)"
     )
-    assert dataset.image_paths[row].name in page.locator('[data-testid="stImageCaption"]').first.inner_text()
+    assert dataset.image_paths[row].name in page.locator('[data-testid="photo-grid"] figcaption').first.inner_text()
     page.get_by_role("heading", name="Nearest neighbours").scroll_into_view_if_needed()
     page.screenshot(path=str(artifact_path("explorer_browser_neighbours.png")))
     assert not page.locator('[data-testid="stException"]').count()

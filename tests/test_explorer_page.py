@@ -19,6 +19,7 @@ from streamlit.testing.v1 import AppTest
 from core.datasets import load_dataset
 from core.runs import RunRegistry
 from core.workspace import Workspace
+from tests.photo_grids import photo_grids
 
 ENTRY = Path(__file__).resolve().parents[1] / "dashboard.py"
 # The explorer's st.Page path as the entry script names it (so a renamed pages folder needs no edit here).
@@ -62,13 +63,9 @@ def click(at: AppTest, row: int, *, seq: int) -> None:
     assert_no_exception(at)
 
 
-def galleries(at: AppTest) -> list:
-    return list(at.get("image"))
-
-
-def shown(caption: str) -> str:
-    """What a reader sees of a caption escaped by ui.common.md: no backslashes, plain line breaks."""
-    return re.sub(r"\\(.)", r"\1", caption).replace("  \n", "\n")
+def galleries(at: AppTest) -> list[list[str]]:
+    """The page's photo galleries, each as its captions as shown (``tests.photo_grids``)."""
+    return photo_grids(at)
 
 
 def subheaders(at: AppTest) -> list[str]:
@@ -143,12 +140,10 @@ def test_click_shows_the_photo_and_its_nearest_neighbours_per_backbone(populated
     images = galleries(at)
     assert len(images) == 3, "the clicked photo, then one neighbour gallery per map"
     clicked, *neighbours = images
-    assert [shown(caption) for caption in clicked.captions] == [
-        f"{dataset.class_names[dataset.labels[row]]}\n{dataset.image_paths[row].name}"
-    ]
+    assert clicked == [f"{dataset.class_names[dataset.labels[row]]}\n{dataset.image_paths[row].name}"]
     for gallery in neighbours:
-        assert len(gallery.captions) == k
-        captions = [shown(caption) for caption in gallery.captions]
+        assert len(gallery) == k
+        captions = gallery
         distances = [float(caption.split(" · ")[0]) for caption in captions]
         assert distances == sorted(distances) and all(0 <= d <= 2 for d in distances)
         assert not any(caption.endswith("\n" + dataset.image_paths[row].name) for caption in captions), (
@@ -171,7 +166,7 @@ def test_an_old_event_is_not_handled_again_after_the_view_changes(populated_work
 
     click(at, second, seq=2)
     assert "Selected photos (1)" in subheaders(at)
-    assert shown(galleries(at)[0].captions[0]).endswith(dataset.image_paths[second].name)
+    assert galleries(at)[0][0].endswith(dataset.image_paths[second].name)
 
 
 def test_a_box_selection_shows_a_gallery_without_neighbours(populated_workspace):
@@ -181,7 +176,7 @@ def test_a_box_selection_shows_a_gallery_without_neighbours(populated_workspace)
     assert_no_exception(at)
     assert "Selected photos (3)" in subheaders(at)
     assert "Nearest neighbours" not in subheaders(at)
-    assert len(galleries(at)[0].captions) == 3
+    assert len(galleries(at)[0]) == 3
 
 
 def test_colour_by_correct_or_incorrect_on_test_images(populated_workspace):
@@ -222,8 +217,8 @@ def test_an_unreadable_photo_shows_a_placeholder(populated_workspace, tmp_path, 
 
     at = open_explorer()
     click(at, 0, seq=1)
-    captions = galleries(at)[0].captions
-    assert len(captions) == 1 and shown(captions[0]).endswith("(unreadable)")
+    captions = galleries(at)[0]
+    assert len(captions) == 1 and captions[0].endswith("(unreadable)")
 
 
 def test_pca_map_keeps_the_class_colours_and_is_the_features_pca(populated_workspace):

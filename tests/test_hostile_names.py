@@ -32,6 +32,7 @@ from core.export import FORMULA_PREFIXES
 from core.training import HeadConfig
 from core.workspace import Workspace
 from tests.image_catalogue import HOSTILE_FILE_NAMES
+from tests.photo_grids import photo_grids
 
 REPO = Path(__file__).resolve().parents[1]
 RENDER_TIMEOUT_S = 120
@@ -111,7 +112,6 @@ def _markdown_sources(at: AppTest) -> list[str]:
         for kind in ("markdown", "caption", "info", "warning", "error", "success", "title", "header", "subheader")
         for e in at.get(kind)
     ]
-    sources += [caption for image in at.get("image") for caption in image.captions]
     for kind in (
         "selectbox",
         "multiselect",
@@ -155,6 +155,10 @@ def _open(page: str) -> AppTest:
     at.query_params["dataset"] = DATASET_KEY
     at.run()
     at.switch_page(page).run()
+    if page.endswith("compare.py"):  # every view, so every label and chart is checked
+        from ui.compare import VIEWS, VIEWS_KEY
+
+        at.button_group(key=VIEWS_KEY).set_value(list(VIEWS)).run()
     assert not at.exception, f"{page}: {[e.message for e in at.exception]}"
     return at
 
@@ -173,7 +177,8 @@ def test_hostile_names_are_text_in_every_label_and_safe_in_every_csv(page, hosti
     sources = _markdown_sources(at)
     for source in sources:
         assert not RAW_MARKUP.search(source), f"{page}: markup reaches Markdown unescaped in {source!r}"
-    shown = " ".join(_plain_texts(at)) + " " + " ".join(_unescaped(s) for s in sources)
+    gallery_captions = [caption for grid in photo_grids(at) for caption in grid]  # their markup checked there
+    shown = " ".join(_plain_texts(at) | set(gallery_captions)) + " " + " ".join(_unescaped(s) for s in sources)
     assert DATASET_NAME in shown or any(name in shown for name in CLASSES), (
         f"{page}: no hostile name is shown literally"
     )
@@ -182,7 +187,7 @@ def test_hostile_names_are_text_in_every_label_and_safe_in_every_csv(page, hosti
     for chart in charts:
         for tag in ("<img", "<script", "<b>"):  # Plotly renders these tags; Markdown and directives mean nothing to it
             assert tag not in chart, f"{page}: a chart label holds the tag {tag}"
-    if page.endswith(("dataset.py", "compare.py")):  # their charts name every class
+    if page.endswith("compare.py"):  # its charts name every class
         assert any("&lt;img src=x onerror=alert(1)&gt;" in chart for chart in charts), (
             f"{page}: class names are missing from its charts"
         )
@@ -196,8 +201,7 @@ def test_hostile_names_are_text_in_every_label_and_safe_in_every_csv(page, hosti
         )
 
     if page.endswith("dataset.py"):
-        shown_names = {_unescaped(c) for image in at.get("image") for c in image.captions}
-        assert f"{UNREADABLE} (unreadable)" in shown_names, shown_names
+        assert f"{UNREADABLE} (unreadable)" in gallery_captions, gallery_captions
         assert set(CLASSES) <= _plain_texts(at), "Dataset: a class is not shown as text"
     elif page.endswith("compare.py"):
         assert downloads, "Compare offers CSV downloads"

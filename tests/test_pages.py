@@ -21,6 +21,7 @@ from core.experiment import run_comparison
 from core.progress import ProgressEvent
 from core.training import HeadConfig
 from tests.image_catalogue import HOSTILE_FILE_NAMES
+from tests.photo_grids import photo_grids
 
 ROOT = Path(__file__).resolve().parents[1]
 RENDER_TIMEOUT_S = 60  # a cap so a hung page fails instead of blocking the suite; the speed target is below
@@ -54,6 +55,10 @@ def open_page(entry: Path, page: str, **query: str) -> AppTest:
     at.query_params.update(query)
     at.run()
     at.switch_page(page).run()
+    if page.endswith("compare.py"):  # every view, so every label, chart and gallery is checked
+        from ui.compare import VIEWS, VIEWS_KEY
+
+        at.button_group(key=VIEWS_KEY).set_value(list(VIEWS)).run()
     assert not at.exception, f"{page}: {[e.message for e in at.exception]}"
     return at
 
@@ -68,9 +73,8 @@ def unescaped(markdown: str) -> str:
 
 
 def markdown_sources(at: AppTest) -> list[str]:
-    """Everything Streamlit renders as Markdown: markdown, captions, alerts, image captions."""
-    sources = texts(at, "markdown", "caption", "info", "warning", "error", "success")
-    return sources + [caption for image in at.get("image") for caption in image.captions]
+    """Everything Streamlit renders as Markdown: markdown, captions, alerts (galleries are HTML: tests.photo_grids)."""
+    return texts(at, "markdown", "caption", "info", "warning", "error", "success")
 
 
 def dataframe_strings(at: AppTest) -> set[str]:
@@ -132,7 +136,7 @@ def test_every_page_renders_with_a_populated_workspace(populated_workspace, entr
             assert len(at.dataframe[0].value) == 2
         elif page == "pages/dataset.py":
             assert at.selectbox[0].value == "synthetic"
-            assert len(at.get("image")) == 17  # one row of samples per class
+            assert len(photo_grids(at)) == 17  # one row of samples per class
             assert any("badge[" in t and "Synthetic data" in t for t in texts(at, "markdown"))
         elif page == "pages/compare.py":
             table = at.dataframe[0].value
@@ -140,8 +144,13 @@ def test_every_page_renders_with_a_populated_workspace(populated_workspace, entr
             assert set(table["backbone"]) == {"efficientnet_lite0", "resnet50"}
             assert set(table["weights"]) == {"pretrained", "random weights"}
             assert all("(synthetic)" in name for name in table["dataset"])
-            assert len(plotly_specs(at)) == 1 + 2 + 1  # curves, two confusion matrices, per-class bars
             assert len(at.get("download_button")) == 2
+            assert not plotly_specs(at), "the overview draws no chart"
+            from ui.compare import VIEWS, VIEWS_KEY
+
+            at.button_group(key=VIEWS_KEY).set_value(list(VIEWS)).run()
+            assert not at.exception, [e.message for e in at.exception]
+            assert len(plotly_specs(at)) == 1 + 2 + 1  # curves, two confusion matrices, per-class bars
     print(f"\nrender seconds with the populated workspace (cold, fastest of {WARM_RENDERS} warm):")
     for page, (cold, warm) in timings.items():
         print(f"  {page:<22} {cold:6.3f} {warm:6.3f}")
@@ -176,6 +185,9 @@ def test_train_page_launches_a_job_that_finishes_and_shows_in_compare(populated_
     new = table[table["run"] == job.run_ids[0]]  # shown by default: the newest run
     assert len(new) == 1
     assert new["weights"].tolist() == ["random weights"] and new["head"].tolist() == ["mlp · standardised"]
+    from ui.compare import VIEWS_KEY
+
+    at.button_group(key=VIEWS_KEY).set_value(["Misclassified"]).run()  # one tab of photos per run
     assert f"#{job.run_ids[0]} resnet50 (random weights), split 1, standardised" in [tab.label for tab in at.tabs]
 
     # The head file carries the training statistics: predicting test images again gives the stored answers.
@@ -271,10 +283,10 @@ def test_hostile_class_names_show_as_literal_text(workspace, tiny_synthetic_fold
             json.dumps(json.loads(spec)) for spec in plotly_specs(at)
         ]  # Plotly renders some HTML: names must be entities
         assert not any("<img" in chart or "<script" in chart for chart in charts)
-        assert any("&lt;img src=x onerror=alert(1)&gt;" in chart for chart in charts)
+        captions = [caption for grid in photo_grids(at) for caption in grid]  # each grid's markup checked there
         if page == "pages/dataset.py":
-            captions = [c for image in at.get("image") for c in image.captions]
-            assert "broken.jpg (unreadable)" in [unescaped(c) for c in captions], captions
+            assert "broken.jpg (unreadable)" in captions, captions
         else:
+            assert any("&lt;img src=x onerror=alert(1)&gt;" in chart for chart in charts)
             skipped = [frame.value for frame in at.dataframe if "reason" in frame.value.columns]
             assert skipped and any(str(path).endswith("broken.jpg") for path in skipped[0]["file"])

@@ -45,6 +45,26 @@ def test_tsne_reports_progress_from_start_to_end():
     assert [event.done for event in events] == sorted(event.done for event in events)
 
 
+def test_a_large_map_fits_a_sample_and_places_the_other_points_in_their_clusters(monkeypatch):
+    # The thresholds shrunk so the large-map path runs in a second: 400 points, t-SNE fitted on 150.
+    monkeypatch.setattr(projection, "TSNE_SAMPLE_FROM", 300)
+    monkeypatch.setattr(projection, "TSNE_SAMPLE_POINTS", 150)
+    features, labels = _clusters(n_per_cluster=100)
+    events = []
+    first = tsne_embedding(features, perplexity=10, seed=3, progress=events.append)
+    second = tsne_embedding(features, perplexity=10, seed=3)
+    sample = projection.tsne_sample_rows(len(features), seed=3)
+    assert len(sample) == 150 and np.all(np.diff(sample) > 0)
+    assert first.shape == (400, 2) and np.isfinite(first).all()
+    np.testing.assert_array_equal(first, second)
+    # Every placed point lands among its own class's sampled points.
+    placed = np.setdiff1d(np.arange(400), sample)
+    distances = np.linalg.norm(first[placed, None] - first[None, sample], axis=-1)
+    assert np.mean(labels[sample][distances.argmin(axis=1)] == labels[placed]) > 0.95
+    assert "fitted on 150" in events[0].message and events[-1].done == events[-1].total
+    assert projection.tsne_sample_rows(299, seed=3) is None
+
+
 @pytest.mark.parametrize("perplexity", [0, -1.0, 13.5, 40, 41.5])
 def test_tsne_rejects_perplexity_outside_zero_to_a_third_of_n(perplexity):
     features, _ = _clusters(n_per_cluster=10)  # 40 points

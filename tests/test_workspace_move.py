@@ -22,6 +22,7 @@ from core.locate import RunFiles, stored_path
 from core.predict import Predictor
 from core.runs import RunRegistry
 from core.workspace import Workspace
+from tests.photo_grids import photo_grids
 
 ENTRY = Path(__file__).resolve().parents[1] / "dashboard.py"
 PAGES = re.findall(r'st\.Page\("([^"]+)"', ENTRY.read_text(encoding="utf-8"))
@@ -99,13 +100,17 @@ def test_run_files_are_found_in_the_moved_copy_for_new_and_old_records(moved):
 
 def _open(at: AppTest, page: str) -> AppTest:
     at.switch_page(page).run()
+    if page.endswith("compare.py"):  # every view: its galleries too
+        from ui.compare import VIEWS, VIEWS_KEY
+
+        at.button_group(key=VIEWS_KEY).set_value(list(VIEWS)).run()
     assert not at.exception, f"{page}: {[e.message for e in at.exception]}"
     return at
 
 
 def _captions(at: AppTest) -> list[str]:
-    """Image captions as the reader sees them (ui.common.md backslash-escapes their punctuation)."""
-    return [re.sub(r"\\(.)", r"\1", caption) for image in at.get("image") for caption in image.captions]
+    """Gallery captions as the reader sees them (tests.photo_grids)."""
+    return [caption for grid in photo_grids(at) for caption in grid]
 
 
 def test_every_page_shows_the_photos_from_the_moved_copy(moved):
@@ -116,11 +121,11 @@ def test_every_page_shows_the_photos_from_the_moved_copy(moved):
     for page in PAGES:
         _open(at, page)
         if page == "pages/dataset.py":
-            assert len(at.get("image")) == 17 and not any(UNREADABLE in c for c in _captions(at))
+            assert len(photo_grids(at)) == 17 and not any(UNREADABLE in c for c in _captions(at))
         elif page == "pages/compare.py":
             assert {int(r) for r in at.dataframe[0].value["run"]} == {relative_id, legacy_id}
             # The cell gallery and one misclassified gallery per run (tabs all render): photos, none unreadable.
-            assert len(at.get("image")) >= 2, "the galleries show no photos"
+            assert len(photo_grids(at)) >= 2, "the galleries show no photos"
             assert not any(UNREADABLE in c for c in _captions(at)), _captions(at)
             files = [f for frame in at.dataframe if "file" in frame.value.columns for f in frame.value["file"]]
             assert files and all(Path(f).is_relative_to(ws.data_root) for f in files), files[:3]
@@ -131,7 +136,7 @@ def test_every_page_shows_the_photos_from_the_moved_copy(moved):
             assert len(spec["panels"]) == 2, "a run's features were not found"
             at.session_state["explorer-map"] = {"event": "click", "points": [{"customdata": [0]}], "seq": 1}
             at.run()
-            assert not at.exception and at.get("image"), "a click shows no photo"
+            assert not at.exception and photo_grids(at), "a click shows no photo"
             assert not any(UNREADABLE in c for c in _captions(at)), _captions(at)
             manifests = [json.loads(m.read_text()) for m in ws.thumbnails_dir.rglob("manifest.json")]
             assert manifests and all(m["n_placeholders"] == 0 for m in manifests), "hover photos are placeholders"
@@ -139,4 +144,4 @@ def test_every_page_shows_the_photos_from_the_moved_copy(moved):
             samples = next(m for m in at.multiselect if m.options)
             samples.set_value([samples.options[0]]).run()
             assert not at.exception and not at.error, [e.value for e in at.error]
-            assert at.get("image"), "no photo or neighbour shown"
+            assert photo_grids(at), "no photo or neighbour shown"

@@ -30,7 +30,6 @@ RUN_COLOURS = (
     "#FF97FF",
     "#FECB52",
 )
-SPLIT_PART_COLOURS = {"train": "#4C78A8", "val": "#F58518", "test": "#54A24B"}
 # Pixels per class row/column: 17 classes stay readable without scrolling.
 _CELL_PX = 20
 # Longer class names are cut on axes (hover shows them whole), so the plots keep their room.
@@ -57,36 +56,6 @@ def _class_axis(class_names: Sequence[str]) -> dict:
 def _label_px(class_names: Sequence[str]) -> int:
     """Room a 45-degree tick label needs below the plot, from the longest (shortened) name."""
     return int(7 * max((len(short(c)) for c in class_names), default=0))
-
-
-def class_counts_figure(*, class_names: Sequence[str], counts: Mapping[str, Sequence[int]]) -> go.Figure:
-    """Stacked bars of images per class, one colour per split part.
-
-    Parameters
-    ----------
-    class_names : sequence of str, length n_classes
-    counts : mapping of part name ("train", "val", "test") to sequence of int, length n_classes
-    """
-    figure = go.Figure()
-    positions = list(range(len(class_names)))
-    for part, values in counts.items():
-        figure.add_bar(
-            x=positions,
-            y=list(values),
-            name=part,
-            marker_color=SPLIT_PART_COLOURS.get(part),
-            customdata=[html_text(c) for c in class_names],
-            hovertemplate=f"%{{customdata}}<br>{part}: %{{y}} images<extra></extra>",
-        )
-    figure.update_layout(
-        barmode="stack",
-        height=360,
-        margin=dict(l=10, r=10, t=30, b=10),
-        legend_title_text="part",
-        xaxis=_class_axis(class_names) | {"tickangle": -45},
-        yaxis_title="images",
-    )
-    return figure
 
 
 def curves_figure(curves: Mapping[str, Sequence[Mapping]]) -> go.Figure:

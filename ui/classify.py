@@ -26,7 +26,7 @@ from core.text import markdown_text
 from core.variants import default_variant
 from core.workspace import Workspace
 from ui.charts import placed_map_figure, top_classes_figure
-from ui.common import dataset_label, job_card, job_runner, list_runs, run_label, thumbnail, workspace
+from ui.common import dataset_label, job_card, job_runner, list_runs, photo_grid, run_label, workspace
 
 DETAIL_LIMIT = 4  # images shown in full at once; with more, a picker chooses which one to show
 THUMB_PX = 128  # neighbour thumbnails: big enough to recognise a flower, six fit a column
@@ -253,10 +253,10 @@ def _run_column(predictor: Predictor, prediction: Prediction, key: str) -> None:
         st.warning(markdown_text(unfamiliar_text(prediction, predictor)), icon=":material/help:")
     st.plotly_chart(top_classes_figure(prediction.top), key=key, config={"displayModeBar": False})
     st.markdown("**Nearest training images** (cosine distance)")
-    st.image(
-        [thumbnail(n.path, size=THUMB_PX)[0] for n in prediction.neighbours],
-        caption=[markdown_text(f"{n.class_name} · {n.distance:.3f}") for n in prediction.neighbours],
-        width=THUMB_PX,
+    photo_grid(
+        [n.path for n in prediction.neighbours],
+        [f"{n.class_name} · {n.distance:.3f}" for n in prediction.neighbours],
+        size=THUMB_PX,
     )
 
 

@@ -9,6 +9,7 @@ User-controlled strings shown through Markdown go through ``core.text.markdown_t
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from collections.abc import Iterator
@@ -38,7 +39,7 @@ from core.jobs import JOB_COUNTER_FILENAME, Job, JobRunner
 from core.locate import RunFiles
 from core.progress import ProgressEvent, format_duration
 from core.runs import RunRegistry
-from core.text import markdown_text
+from core.text import html_text, markdown_text
 from core.workspace import Workspace
 from ui.auth import access_controls
 from ui.charts import curves_figure
@@ -257,6 +258,48 @@ def thumbnail(path: str | os.PathLike, *, size: int = 96) -> tuple[bytes, bool]:
     return _thumbnail(str(path), size, mtime_ns)
 
 
+# Gallery photos travel inline, as data URLs in one HTML element, rather than as ``st.image`` media files: the
+# browser fetched every st.image photo with a request of its own after the script had ended, and the Dataset
+# page's 102 sample photos took ~0.6 s of requests in Chromium on an idle 2-core machine (python -m bench --only
+# browser). Inline, a 96 px photo is ~3 kB of the page's message and costs no request.
+_PHOTO_GRID_STYLE = {
+    "grid": "display:flex;flex-wrap:wrap;gap:10px 8px;margin-bottom:0.5rem",
+    "figure": "margin:0;width:{px}px",
+    "img": "display:block;width:{px}px;height:{px}px;object-fit:contain;border-radius:4px",
+    "caption": "font-size:0.75rem;line-height:1.25;opacity:0.7;overflow-wrap:anywhere;margin-top:2px",
+}
+
+
+def photo_grid_html(photos: list[tuple[bytes, str]], *, size: int) -> str:
+    """The HTML of a gallery: each (JPEG bytes, caption) as a photo with its caption (plain text, lines kept)."""
+    style = {part: rule.format(px=int(size)) for part, rule in _PHOTO_GRID_STYLE.items()}
+    cells = []
+    for data, caption in photos:
+        text = "<br>".join(html_text(line) for line in str(caption).split("\n"))
+        cells.append(
+            f'<figure style="{style["figure"]}"><img alt="" style="{style["img"]}" '
+            f'src="data:image/jpeg;base64,{base64.b64encode(data).decode("ascii")}">'
+            f'<figcaption style="{style["caption"]}">{text}</figcaption></figure>'
+        )
+    return f'<div data-testid="photo-grid" style="{style["grid"]}">{"".join(cells)}</div>'
+
+
+def photo_grid(paths, captions, *, size: int = 96, container=None) -> list[str]:
+    """Thumbnails of ``paths`` captioned by ``captions`` (plain text; ``\\n`` starts a line), in ``container``.
+
+    A file that cannot be read shows the placeholder and " (unreadable)" after its caption. Returns those files.
+    """
+    photos, unreadable = [], []
+    for path, caption in zip(paths, captions, strict=True):
+        data, ok = thumbnail(path, size=size)
+        photos.append((data, caption if ok else f"{caption} (unreadable)"))
+        if not ok:
+            unreadable.append(str(path))
+    if photos:
+        (container or st).html(photo_grid_html(photos, size=size))
+    return unreadable
+
+
 # ----------------------------------------------------------------------------------------------- jobs
 
 _JOB_ICONS = {
@@ -459,8 +502,11 @@ def duration_text(estimate: DurationEstimate | None) -> str:
     basis = (
         "from extraction rates measured in this workspace"
         if estimate.measured
-        else "an estimate: some backbones have not been timed on this machine yet"
+        else "an estimate from rates of a plain 2-core CPU, as some backbones have not been timed on this machine "
+        "yet; faster machines take less, and the progress bar shows the time left from the rate measured as it runs"
     )
     cached = sum(1 for _, _, b in estimate.steps if b == "cached")
     reuse = f"; reuses {cached} cached feature set(s)" if cached else ""
-    return f"Expected duration: about {format_duration(estimate.seconds)} here ({basis}{reuse})."
+    # The constants behind an estimate are conservative (core.experiment.ESTIMATED_CPU_IMAGES_PER_S): an upper bound.
+    bound = "about" if estimate.measured else "up to about"
+    return f"Expected duration: {bound} {format_duration(estimate.seconds)} here ({basis}{reuse})."

@@ -28,12 +28,12 @@ from ui.charts import confusion_figure, curves_figure, fewshot_figure, per_class
 from ui.common import (
     dataset_label,
     head_label,
+    photo_grid,
     registry,
     registry_stamp,
     run_epochs,
     run_label,
     run_predictions,
-    thumbnail,
     weights_label,
 )
 
@@ -41,6 +41,12 @@ THUMB_PX = 112
 GALLERY_LIMIT = 24  # photos per gallery; the full list is in the table and the CSV
 MATRICES_PER_ROW = 2  # wide enough for 17 readable class names
 GALLERY_ANCHOR = "cell-gallery"
+# The page's parts, shown as the user picks them. It opens on the tables and text only: each chart is a Plotly
+# figure, and five of them with their galleries kept a new tab busy for 3.1 s in Chromium on an idle 2-core machine
+# (python -m bench --only browser), where the overview alone settles in about a third of that.
+VIEWS = ("Overview", "Few-shot curves", "Training curves", "Confusion matrices", "Per-class accuracy", "Misclassified")
+DEFAULT_VIEWS = ("Overview",)
+VIEWS_KEY = "compare_views"
 # The runs table's visible columns (the CSV has them all): they fit a wide page at 1,400 px (looked at in Chromium;
 # with head, split and seed too it scrolled). The split and a standardised head show in the run's name.
 SHOWN_COLUMNS = [
@@ -328,6 +334,16 @@ def show_runs_table(table: pd.DataFrame, runs: list[dict]) -> None:
         )
 
 
+def choose_views() -> set[str]:
+    """The parts of the page to show (``VIEWS``), from a multi-choice control above them."""
+    chosen = st.segmented_control(
+        "Show", VIEWS, default=list(DEFAULT_VIEWS), selection_mode="multi", key=VIEWS_KEY, label_visibility="collapsed"
+    )
+    if not chosen:
+        st.caption("Choose above what to show.")
+    return set(chosen or ())
+
+
 def show_downloads(table: pd.DataFrame, predictions: dict[int, pd.DataFrame]) -> None:
     downloads = st.container(horizontal=True)
     downloads.download_button(
@@ -371,9 +387,10 @@ def show_protocols(full: list[dict]) -> None:
 
 
 def show_fewshot(few_shot: list[dict], full: list[dict]) -> None:
-    if not few_shot:
-        return
     st.subheader("Few-shot curves")
+    if not few_shot:
+        st.caption("No few-shot runs on this dataset yet: a probe suite with shot levels (Train page) makes them.")
+        return
     st.caption(
         "Test accuracy against labelled training images per class, mean over the random draws with a ± 1 std band; "
         "the validation part stays whole at every level. The last point of each line is the whole training part."
@@ -399,11 +416,12 @@ def show_paired(runs: list[dict], predictions: dict[int, pd.DataFrame]) -> None:
 
 def show_curves(runs: list[dict]) -> None:
     trained = [run for run in runs if run["protocol"] == "mlp"]  # the others have no epochs
-    if trained:
-        st.subheader("Training curves")
-        st.plotly_chart(
-            curves_figure({run_name(run): run_epochs(run) for run in trained}), config={"displayModeBar": False}
-        )
+    st.subheader("Training curves")
+    if not trained:
+        st.caption("Only the reference head trains for epochs; none of the chosen runs is one.")
+        return
+    curves = {run_name(run): run_epochs(run) for run in trained}
+    st.plotly_chart(curves_figure(curves), config={"displayModeBar": False})
 
 
 def select_cell(run_id: int, chart_key: str) -> None:
@@ -419,13 +437,7 @@ def select_cell(run_id: int, chart_key: str) -> None:
 def gallery(frame: pd.DataFrame, captions: list[str]) -> None:
     """Thumbnails of the first GALLERY_LIMIT rows of a predictions frame, with plain-text captions."""
     shown = frame.head(GALLERY_LIMIT)
-    thumbs = [thumbnail(path, size=THUMB_PX) for path in shown["file"]]
-    st.image(
-        [data for data, _ in thumbs],
-        width=THUMB_PX,
-        output_format="JPEG",
-        caption=[markdown_text(text + ("" if ok else " (unreadable)")) for text, (_, ok) in zip(captions, thumbs)],
-    )
+    photo_grid(list(shown["file"]), captions[:GALLERY_LIMIT], size=THUMB_PX)
     if len(frame) > GALLERY_LIMIT:
         st.caption(f"Showing {GALLERY_LIMIT} of {len(frame)}; the predictions CSV lists every test photo.")
 

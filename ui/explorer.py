@@ -42,11 +42,11 @@ from ui.common import (
     dataset_label,
     job_runner,
     list_runs,
+    photo_grid,
     run_files,
     run_label,
     run_predictions,
     stage_text,
-    thumbnail,
     weights_label,
     workspace,
 )
@@ -664,19 +664,8 @@ def build_panels(view: View, maps: list[FeatureMap]) -> list[Panel]:
     return panels
 
 
-def _gallery(dataset: Dataset, rows: list[int], captions: list[str]) -> None:
-    """Thumbnails of ``rows`` with plain-text captions; unreadable files show the placeholder, said so."""
-    thumbs = [thumbnail(dataset.image_paths[row], size=THUMB_PX) for row in rows]
-    st.image(
-        [data for data, _ in thumbs],
-        width=THUMB_PX,
-        output_format="JPEG",
-        caption=[markdown_text(text + ("" if ok else " (unreadable)")) for text, (_, ok) in zip(captions, thumbs)],
-    )
-
-
 def _photo_caption(dataset: Dataset, row: int) -> str:
-    """Class, then file name on its own line (markdown_text keeps the line break)."""
+    """Class, then file name on its own line (``photo_grid`` keeps the line break)."""
     return f"{dataset.class_names[dataset.labels[row]]}\n{dataset.image_paths[row].name}"
 
 
@@ -696,7 +685,11 @@ def _neighbours(view: View, row: int, features: list[np.ndarray]) -> None:
         kept = [(int(rows[i]), float(d)) for i, d in zip(found[0], distances[0]) if i != position][: view.k]
         with column.container(key=f"explorer-neighbours-{index}"):
             st.markdown(f"**{markdown_text(run_label(run))}** · {matrix.shape[1]}-d features")
-            _gallery(dataset, [r for r, _ in kept], [f"{d:#.3g} · {_photo_caption(dataset, r)}" for r, d in kept])
+            photo_grid(
+                [dataset.image_paths[r] for r, _ in kept],
+                [f"{d:#.3g} · {_photo_caption(dataset, r)}" for r, d in kept],
+                size=THUMB_PX,
+            )
 
 
 def _selection(event: dict | None, view_key: tuple) -> list[int]:
@@ -750,7 +743,9 @@ def show_view(view: View) -> None:
     if selected:
         st.subheader(f"Selected photos ({len(selected)})")
         shown = selected[:GALLERY_LIMIT]
-        _gallery(dataset, shown, [_photo_caption(dataset, row) for row in shown])
+        photo_grid(
+            [dataset.image_paths[row] for row in shown], [_photo_caption(dataset, row) for row in shown], size=THUMB_PX
+        )
         if len(selected) > GALLERY_LIMIT:
             st.caption(f"Showing the first {GALLERY_LIMIT} of {len(selected)}.")
         if len(selected) == 1:
