@@ -30,6 +30,8 @@ RUN_COLOURS = (
     "#FF97FF",
     "#FECB52",
 )
+# Training curves: a tick per epoch and a marker per point while the runs are this short.
+_TICKED_EPOCHS, _MARKED_EPOCHS = 20, 60
 # Pixels per class row/column: 17 classes stay readable without scrolling.
 _CELL_PX = 20
 # Longer class names are cut on axes (hover shows them whole), so the plots keep their room.
@@ -69,6 +71,7 @@ def curves_figure(curves: Mapping[str, Sequence[Mapping]]) -> go.Figure:
     figure = make_subplots(
         rows=1, cols=2, subplot_titles=("Loss (cross-entropy)", "Accuracy (%)"), horizontal_spacing=0.08
     )
+    longest = max((len(list(epochs)) for epochs in curves.values()), default=0)
     for index, (label, epochs) in enumerate(curves.items()):
         epochs = list(epochs)
         x = [e["epoch"] for e in epochs]
@@ -78,7 +81,7 @@ def curves_figure(curves: Mapping[str, Sequence[Mapping]]) -> go.Figure:
                 figure.add_scatter(
                     x=x,
                     y=[e[f"{part}_{metric}"] for e in epochs],
-                    mode="lines+markers",
+                    mode="lines+markers" if longest <= _MARKED_EPOCHS else "lines",
                     name=f"{html_text(label)} · {part}",
                     legendgroup=label,
                     showlegend=column == 1,
@@ -87,7 +90,9 @@ def curves_figure(curves: Mapping[str, Sequence[Mapping]]) -> go.Figure:
                     col=column,
                     hovertemplate=f"{html_text(label)}<br>{part} {metric}: %{{y:.4g}}<br>epoch %{{x}}<extra></extra>",
                 )
-    figure.update_xaxes(title_text="epoch", dtick=1)
+    # A tick per epoch reads well up to _TICKED_EPOCHS; past that (a 400-epoch run) the ticks overlap, so Plotly
+    # spaces them, whole numbers only.
+    figure.update_xaxes(title_text="epoch", tickformat="d", dtick=1 if longest <= _TICKED_EPOCHS else None)
     figure.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
     return figure
 
