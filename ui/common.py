@@ -316,6 +316,8 @@ _STAGE_NAMES = {
     "weights": "Checking weights",
     "features": "Feature extraction",
     "generate": "Generating images",
+    "listing": "Listing images",
+    "fingerprint": "Fingerprinting files",
     "thumbnails": "Thumbnails",
     "tsne": "t-SNE",
 }
