@@ -29,6 +29,7 @@ from core.predict import Predictor
 from core.runs import RunRegistry
 from core.training import HeadConfig
 from core.workspace import Workspace
+from tests.browser import wait_for_app_idle
 from tests.image_catalogue import HOSTILE_FILE_NAMES
 from tests.live_server import (
     PAGES,
@@ -391,6 +392,15 @@ def test_hostile_names_render_as_text_on_every_page(browser, hostile_server, nam
         page, _ = open_page(context, hostile_server, name, query=LITERAL_NAMES.get(name, ""))
         page.wait_for_timeout(1000)  # let images fail to load and their onerror handlers fire, if any were rendered
         _check_no_script_ran(page, dialogs)
+        if name == "compare":  # it opens on its overview: show every view, its charts and galleries name the classes
+            from ui.compare import DEFAULT_VIEWS, VIEWS
+
+            for view in VIEWS:
+                if view not in DEFAULT_VIEWS:
+                    page.locator('[data-testid="stButtonGroup"] button', has_text=view).first.click()
+                    wait_for_app_idle(page, timeout_s=120)
+            page.wait_for_timeout(1000)
+            _check_no_script_ran(page, dialogs)
         if name in LITERAL_NAMES:
             text = page.evaluate(ALL_TEXT)
             for hostile in HOSTILE_FILE_NAMES + [XSS_FLAG]:
