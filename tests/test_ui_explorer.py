@@ -87,3 +87,14 @@ def test_health_scores_land_on_their_dataset_rows(tmp_path):
     np.testing.assert_array_equal(label.values, [0.2, np.nan, np.nan])
     np.testing.assert_array_equal(outlier.values, [0.1, np.nan, 0.9])
     assert "label quality" in label.name and "resnet50" in outlier.name and label.key != outlier.key
+
+
+def test_default_runs_give_one_map_per_backbone_and_weights():
+    # Newest first, as the registry lists them: the offline demo's pair is one backbone under two weights.
+    runs = [
+        {"id": 4, "backbone": "efficientnet_lite0", "weights": "random"},
+        {"id": 3, "backbone": "efficientnet_lite0", "weights": "pretrained"},
+        {"id": 2, "backbone": "efficientnet_lite0", "weights": "random"},
+        {"id": 1, "backbone": "resnet50", "weights": "random"},
+    ]
+    assert [run["id"] for run in explorer.default_runs(runs)] == [3, 4]

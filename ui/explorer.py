@@ -139,15 +139,16 @@ def score_range(values: np.ndarray) -> tuple[float, float]:
 
 
 def default_runs(runs: list[dict]) -> list[dict]:
-    """The newest run of each of the ``MAX_PANELS`` most recently trained backbones, oldest first.
+    """The newest run of each of the ``MAX_PANELS`` most recently trained (backbone, weights), oldest first.
 
-    ``runs`` is newest first.
+    ``runs`` is newest first. A backbone under other weights is another model (the offline demo compares
+    EfficientNet-Lite0 pretrained with random weights), so each gets its own map.
 
     Oldest first puts a comparison's backbones in the order it trained them (DINOv2, then ResNet-50).
     """
-    latest: dict[str, dict] = {}
+    latest: dict[tuple[str, str], dict] = {}
     for run in runs:
-        latest.setdefault(run["backbone"], run)
+        latest.setdefault((run["backbone"], run["weights"]), run)
     return sorted(list(latest.values())[:MAX_PANELS], key=lambda run: run["id"])
 
 
