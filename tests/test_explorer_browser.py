@@ -136,3 +136,20 @@ def test_hover_shows_the_photo_and_a_click_shows_nearest_neighbours(page, server
     page.screenshot(path=str(artifact_path("explorer_browser_neighbours.png")))
     assert not page.locator('[data-testid="stException"]').count()
     print(f"explorer browser test: {time.perf_counter() - started:.1f} s after the server answered")
+
+
+# Each panel's Plotly width against the width of its own column (the plot's wrapper), after a redraw.
+_PANEL_FIT_JS = """() => [...document.querySelectorAll('#panels .js-plotly-plot')].map(
+    (plot) => [Math.round(plot._fullLayout.width), plot.parentElement.clientWidth])"""
+
+
+def test_another_map_method_redraws_every_panel_inside_its_column(page, server):
+    frame = open_explorer(page, server)
+    first = frame.evaluate(_PANEL_FIT_JS)
+    assert len(first) == 2 and all(width <= column + 1 for width, column in first), first
+    page.get_by_text("PCA", exact=True).first.click()  # a new spec: every panel is purged and drawn again
+    wait_for_app_idle(page, timeout_s=WAIT_S)
+    frame.wait_for_function("window.hoverScatter && window.hoverScatter.ready", timeout=WAIT_S * 1000)
+    redrawn = frame.evaluate(_PANEL_FIT_JS)
+    # Drawn before the second column existed, the first panel used to keep the whole row's width (twice its own).
+    assert all(width <= column + 1 for width, column in redrawn), redrawn

@@ -155,6 +155,21 @@ def test_spec_keeps_rows_text_and_thumbnail_layout():
     assert hs.spec_digest(spec) != hs.spec_digest(_synthetic_spec(300, seed=1))
 
 
+def test_coordinates_keep_their_panel_apart_at_any_scale():
+    # A PCA of random-weight features spans ~0.001: fixed decimals would put every point on the origin.
+    rng = np.random.default_rng(0)
+    tiny, wide = rng.normal(scale=3e-4, size=(2, 50)), rng.normal(scale=30.0, size=(2, 50))
+    text = HoverText(class_names=["a"] * 50, file_names=[f"{i}.jpg" for i in range(50)])
+    thumbnails = ThumbnailSource(web_root=Path("/nonexistent"), sheets=None)
+    panels = [Panel(name, [Trace("a", x, y, list(range(50)), "red")]) for name, (x, y) in (("t", tiny), ("w", wide))]
+    spec = build_spec(panels, hover_text=text, thumbnails=thumbnails)
+    for panel, xy in zip(spec["panels"], (tiny, wide), strict=True):
+        x = np.asarray(panel["traces"][0]["x"])
+        span = np.ptp(xy[0])
+        assert len(np.unique(x)) == 50 and np.abs(x - xy[0]).max() <= span / 10_000
+    assert all(len(repr(v)) <= 8 for v in spec["panels"][1]["traces"][0]["x"]), "a t-SNE-sized map keeps short numbers"
+
+
 def test_spec_rejects_mismatched_points_and_unknown_rows():
     text = HoverText(class_names=["a", "b"], file_names=["a.jpg", "b.jpg"])
     thumbnails = ThumbnailSource(web_root=Path("/nonexistent"), sheets=None)

@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -112,8 +113,10 @@ DEFAULT_PREFETCH_BYTES = 8_000_000
 BACKGROUND_FROM = 20_000
 # Measured sheet sizes (module docstring): ~0.9 kB a 64 px photo, ~1.8 kB at 96 px, i.e. ~0.2 byte a pixel.
 _WEBP_BYTES_PER_PIXEL = 0.22
-# Two decimals of a t-SNE coordinate (maps span ~100 units) is far below a pixel.
-_COORDINATE_DECIMALS = 2
+# Coordinates are rounded to a 10,000th of their panel's span, a tenth of a pixel on a 1,000-px map, whatever the
+# map's units: a t-SNE spans ~100, the PCA of random-weight features ~0.001 (a fixed two decimals made that one
+# point at the origin).
+_COORDINATE_STEPS = 10_000
 
 
 @dataclass(frozen=True)
@@ -239,17 +242,29 @@ def planned_thumbnails(
     return ThumbnailSource(web_root=root, sheets=sheets), ready
 
 
-def _coordinates(values: Sequence[float], *, name: str, decimals: int = _COORDINATE_DECIMALS) -> list[float]:
+def _coordinate_decimals(panel: Panel) -> int:
+    """Decimals that keep ``_COORDINATE_STEPS`` distinct steps across the panel's largest extent (x or y)."""
+    spans = [
+        float(np.ptp(np.asarray(values, dtype=np.float64)))
+        for trace in panel.traces
+        for values in (trace.x, trace.y)
+        if len(values) and np.isfinite(values).all()
+    ]
+    span = max(spans, default=0.0)
+    return max(0, math.ceil(-math.log10(span / _COORDINATE_STEPS))) if span > 0 else 0
+
+
+def _coordinates(values: Sequence[float], *, name: str, decimals: int) -> list[float]:
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1 or not np.isfinite(array).all():
         raise ValueError(f"{name} must be a 1-D sequence of finite numbers; got shape {array.shape}.")
     return np.round(array, decimals).tolist()
 
 
-def _trace_spec(trace: Trace, *, n_rows: int, where: str) -> dict:
+def _trace_spec(trace: Trace, *, n_rows: int, where: str, decimals: int) -> dict:
     rows = np.asarray(trace.rows, dtype=np.int64).reshape(-1)
-    x = _coordinates(trace.x, name=f"{where}.x")
-    y = _coordinates(trace.y, name=f"{where}.y")
+    x = _coordinates(trace.x, name=f"{where}.x", decimals=decimals)
+    y = _coordinates(trace.y, name=f"{where}.y", decimals=decimals)
     lengths = {len(x), len(y), len(rows)} | ({len(trace.correct)} if trace.correct is not None else set())
     lengths |= {len(trace.values)} if trace.values is not None else set()
     if len(lengths) != 1:
@@ -345,7 +360,9 @@ def build_spec(
                 "title": str(panel.title),
                 "colourBar": _colour_bar_spec(panel, where=f"panels[{p}]"),
                 "traces": [
-                    _trace_spec(trace, n_rows=n_rows, where=f"panels[{p}].traces[{t}]")
+                    _trace_spec(
+                        trace, n_rows=n_rows, where=f"panels[{p}].traces[{t}]", decimals=_coordinate_decimals(panel)
+                    )
                     for t, trace in enumerate(panel.traces)
                 ],
             }

@@ -149,7 +149,7 @@
       showlegend: false,
       marker: { symbol: "circle-open", size: SELECTED_RING_PX, color: state.ringColour, line: { width: 2 } },
     }));
-    const drawn = Plotly.newPlot(div, traces, layout, config).then(() => {
+    const draw = () => Plotly.newPlot(div, traces, layout, config).then(() => {
       div.on("plotly_hover", (event) => onHover(event, panelState));
       div.on("plotly_unhover", hideHover);
       div.on("plotly_relayout", hideHover); // zoom and pan move the points under the rings
@@ -170,7 +170,7 @@
         return false;
       });
     });
-    return { panelState: panelState, drawn: drawn };
+    return { panelState: panelState, draw: draw };
   }
 
   function render(spec, digest, selected, theme) {
@@ -195,7 +195,11 @@
     const built = spec.panels.map((panel, index) => buildPanel(container, panel, index, spec, theme));
     state.panels = built.map((item) => item.panelState);
     resetSheets(spec.thumbs);
-    Promise.all(built.map((item) => item.drawn)).then(() => {
+    // Plot only once every column is in the page: Plotly sizes a plot from its container when it draws it, and a
+    // panel drawn before its neighbour's column existed kept the whole row's width, so only its left part showed
+    // (a redraw, e.g. another map method, where no frame resize came to correct it).
+    const drawn = built.map((item) => item.draw());
+    Promise.all(drawn).then(() => {
       state.ready = true;
       document.body.dataset.ready = "true";
       prefetchSheets();
