@@ -203,8 +203,9 @@ def _one_thread() -> Iterator[None]:
 
     On a busy 2-core machine (load average 12) the threads of a pool spin-wait on each other: an L-BFGS fit of
     680 x 384 features ran 50x slower with two BLAS threads than with one, and the reference MLP head 100x
-    slower with two torch threads (24 s against 0.2 s, identical numbers). torch's thread count is
-    process-wide, so another thread's torch work meanwhile also runs on one thread.
+    slower with two torch threads (24 s against 0.2 s, identical numbers). Idle (load 1.7), one thread still
+    won: the 130-run suite of ``python -m bench --only probes`` took 6.8-7.6 s against 14.6-16.6 s with two.
+    torch's thread count is process-wide, so another thread's torch work meanwhile also runs on one thread.
     """
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)
