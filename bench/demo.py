@@ -21,18 +21,11 @@ TIMEOUT_S = 1_200.0  # a loaded machine may need many times the goal; never wait
 BUTTON = "Run the offline demo"
 
 
-def _completed_runs(registry_path) -> list[dict]:
+def _runs(registry_path, status: str) -> list[dict]:
+    """The fresh workspace's runs in ``status``; none before the job has created its registry."""
     from core.runs import RunRegistry
 
-    if not registry_path.is_file():
-        return []
-    return RunRegistry(registry_path).list_runs(status="completed")
-
-
-def _failed_runs(registry_path) -> list[dict]:
-    from core.runs import RunRegistry
-
-    return RunRegistry(registry_path).list_runs(status="failed") if registry_path.is_file() else []
+    return RunRegistry(registry_path).list_runs(status=status) if registry_path.is_file() else []
 
 
 def run(context: Context) -> tuple[dict, list[Target]]:
@@ -64,16 +57,16 @@ def run(context: Context) -> tuple[dict, list[Target]]:
             results["promised_before_click"] = promise
             page.get_by_role("button", name=BUTTON).click()
             clicked = time.perf_counter()
-            while len(_completed_runs(registry_path)) < 2 and time.perf_counter() - clicked < TIMEOUT_S:
-                if _failed_runs(registry_path):
+            while len(_runs(registry_path, "completed")) < 2 and time.perf_counter() - clicked < TIMEOUT_S:
+                if _runs(registry_path, "failed"):
                     break
                 time.sleep(0.25)
             click_to_result = time.perf_counter() - clicked
         finally:
             browser.close()
-    runs = _completed_runs(registry_path)
+    runs = _runs(registry_path, "completed")
     results["load_average_after"] = load_average()
-    results["failed_runs"] = [r["id"] for r in _failed_runs(registry_path)]
+    results["failed_runs"] = [r["id"] for r in _runs(registry_path, "failed")]
     results["click_to_result_s"] = click_to_result if len(runs) == 2 else None
     results["runs"] = [
         {

@@ -7,7 +7,6 @@ how a class or file name that reached the HTML unescaped would show.
 
 from __future__ import annotations
 
-import html
 from html.parser import HTMLParser
 
 MARKER = 'data-testid="photo-grid"'
@@ -57,8 +56,3 @@ def check_markup(body: str) -> list[str]:
 def photo_grids(at) -> list[list[str]]:
     """Every photo grid on the page as its captions, as a reader sees them (entities decoded, lines kept)."""
     return [check_markup(body) for body in bodies(at)]
-
-
-def escaped(text: str) -> str:
-    """``text`` as it sits in a grid's HTML (``core.text.html_text``)."""
-    return html.escape(text, quote=False)

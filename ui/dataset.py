@@ -245,14 +245,21 @@ def excluded_section(dataset_key: str) -> None:
     ):
         include_images(ws, dataset_key, back)
         st.rerun()
-    if right.button(
+    undo_exclusion_button(right, dataset_key, key=f"undo-{dataset_key}")
+
+
+def undo_exclusion_button(container, dataset_key: str, *, key: str) -> None:
+    """Undo the last exclusion change of ``dataset_key`` (Dataset and Health pages); disabled when there is none."""
+    ws = workspace()
+    if container.button(
         "Undo the last exclusion change",
-        key=f"undo-{dataset_key}",
+        key=key,
         disabled=not can_undo(ws, dataset_key),
         icon=":material/history:",
     ):
-        undo_exclusions(ws, dataset_key)
-        st.rerun()
+        with user_errors():
+            undo_exclusions(ws, dataset_key)
+            st.rerun()
 
 
 def dataset_page(requested: str | None) -> None:

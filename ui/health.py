@@ -17,7 +17,7 @@ import streamlit as st
 from core.backbones import list_backbones, local_weights
 from core.datasets import list_datasets
 from core.errors import FlowerProbeError, MissingFileError
-from core.exclusions import can_undo, exclude_images, undo_exclusions
+from core.exclusions import exclude_images
 from core.experiment import BackboneChoice, parse_backbone
 from core.export import csv_text
 from core.health import CSV_COLUMNS, HealthConfig, HealthReport, compare_health, dataset_health
@@ -25,7 +25,7 @@ from core.jobs import extraction_job, progress_job
 from core.text import markdown_text
 from core.variants import available_variants, default_variant
 from ui.common import job_runner, thumbnail, user_errors, workspace
-from ui.dataset import watch_jobs
+from ui.dataset import undo_exclusion_button, watch_jobs
 
 THUMB_PX = 128
 PER_ROW = 6
@@ -238,15 +238,7 @@ def _exclusion_controls(dataset_key: str, chosen: list[str], *, reason: str, key
         with user_errors():
             exclude_images(ws, dataset_key, chosen, reason=reason)
             st.rerun()
-    if right.button(
-        "Undo the last exclusion change",
-        key=f"{key}-undo",
-        disabled=not can_undo(ws, dataset_key),
-        icon=":material/undo:",
-    ):
-        with user_errors():
-            undo_exclusions(ws, dataset_key)
-            st.rerun()
+    undo_exclusion_button(right, dataset_key, key=f"{key}-undo")
 
 
 def show_report(report: HealthReport, dataset_root) -> None:
