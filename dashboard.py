@@ -7,11 +7,13 @@ import streamlit as st
 
 from ui.auth import require_access
 from ui.common import sidebar
+from ui.server import freeze_imported_objects
 
 # A committed PNG, served by this server: a ":material/..." page icon makes the browser fetch it from Google's CDN.
 st.set_page_config(
     page_title="Flower Probe", page_icon=str(Path(__file__).parent / "ui" / "assets" / "favicon.png"), layout="wide"
 )
+freeze_imported_objects()  # keeps the garbage collector's full passes off every run (ui.server)
 require_access(entry_file=True)  # before navigation: a visitor without access gets only the login form
 navigation = st.navigation(
     [

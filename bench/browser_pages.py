@@ -6,9 +6,10 @@ server (``streamlit run dashboard.py``, as ``tests.browser`` starts it) serves t
 two completed runs, and Debian's Chromium opens each page: once to warm the server's caches and the
 browser's HTTP cache (not counted), then ``ROUNDS`` fresh tabs, each timed from ``goto`` until the page
 *settled*: the script run ended, no element is stale or a skeleton, every Plotly chart has drawn its SVG,
-every iframe finished loading and no HTTP request is pending, all of it held for ``QUIET_S``. The figure
-is the moment that quiet period began (the quiet wait itself is not counted); the best of the rounds is
-the target's figure (the machine is shared), the median is reported beside it. A second figure per page
+every iframe finished loading (and a photo map in it has drawn every panel), no HTTP request is
+pending, all of it held for ``QUIET_S``. The figure is the moment that quiet period began (the quiet
+wait itself is not counted); the best of the rounds is the target's figure (the machine is shared), the
+median is reported beside it. A second figure per page
 is an in-app navigation, as a user clicks through: in one tab, a click on the sidebar's link to the page
 (from Home) until it settled, without a page load.
 """
@@ -35,7 +36,11 @@ _SETTLED_JS = """() => {
     if (!chart.querySelector('.main-svg')) return false;
   }
   for (const frame of document.querySelectorAll('iframe')) {
-    try { if (!frame.contentDocument || frame.contentDocument.readyState !== 'complete') return false; } catch (e) {}
+    try {
+      if (!frame.contentDocument || frame.contentDocument.readyState !== 'complete') return false;
+      const map = frame.contentWindow.hoverScatter;  // ui.hover_scatter: ready once every panel is drawn
+      if (map && !map.ready) return false;
+    } catch (e) {}
   }
   return true;
 }"""

@@ -44,7 +44,7 @@ BIG_POINTS = 100_000
 QUICK_BIG_POINTS = 5_000
 HOVERS = 40  # points visited by the mouse: enough for a median and a 95th percentile
 HOVER_GOAL_S = 0.050  # issue 13: hover still under 50 ms at 100k points
-_WAIT_S = 600  # the first render at 100k points: JSON decode and WebGL upload on a busy CPU
+_WAIT_S = 600  # the first render at 100k points: JSON decode and indexing on a busy CPU
 
 _APP = '''
 """Bench app: one hover_scatter map of saved positions (bench/maps.py writes and serves it)."""
@@ -232,10 +232,8 @@ def _hover_latency(context: Context, map_path: Path, folder: Path) -> dict:
             n_rows = frame.evaluate("hoverScatter.rows(0).length")
             box = page.locator(f'iframe[title="{FRAME_TITLE}"]').bounding_box()
             visited = 0
-            # Rows spread over the map; in dense clusters Plotly hovers the nearest point, which may be
-            # another row: every hover is a sample all the same.
-            # One mousemove per sample, more than Plotly's hover throttle (50 ms) after the last: a second
-            # move inside that window would be timed from an event Plotly deliberately holds back.
+            # Rows spread over the map; in dense clusters the nearest point is hovered, which may be
+            # another row: every hover is a sample all the same. One mousemove per sample, 0.1 s apart.
             page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=3)  # pointer in the plot
             time.sleep(0.2)
             for row in np.linspace(0, n_rows - 1, HOVERS).astype(int).tolist():
@@ -247,7 +245,7 @@ def _hover_latency(context: Context, map_path: Path, folder: Path) -> dict:
                 try:
                     frame.wait_for_function(f"hoverScatter.latencies().length > {before}", timeout=10_000)
                     visited += 1
-                except Exception:  # Plotly saw no new point under the mouse (the same as the last one)
+                except Exception:  # no new point under the mouse (the same as the last one)
                     continue
                 time.sleep(0.1)
             page.wait_for_timeout(300)  # the last sample's next-frame time

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 WAIT_S = 90  # longest wait for any one step: the first t-SNE and sprite build run on a shared 2-core CPU
 TOOLTIP_WAIT_S = 10  # hover is handled in the browser; seconds here only cover a busy machine
 VIEWPORT = {"width": 1500, "height": 1000}
-ISOLATION_PX = 12  # no other point this close: Plotly hovers the nearest point, so this one is surely it
+ISOLATION_PX = 12  # no other point this close: the nearest point is hovered, so this one is surely it
 # The tooltip's photo is a cell of a sprite sheet: check that sheet decoded (naturalWidth > 0).
 _THUMB_WIDTH_JS = """() => new Promise((resolve) => {
     const url = getComputedStyle(document.querySelector('#tooltip .thumb')).backgroundImage.slice(5, -2);
@@ -95,7 +95,7 @@ def test_hover_shows_the_photo_and_a_click_shows_nearest_neighbours(page, server
     box = page.locator(f'iframe[title="{FRAME_TITLE}"]').bounding_box()
     x, y = box["x"] + point["x"], box["y"] + point["y"]
 
-    page.mouse.move(x, y, steps=3)  # several moves: a single one can land before Plotly sees the pointer enter
+    page.mouse.move(x, y, steps=3)  # from outside the map, as a pointer arrives
     frame.wait_for_function(
         f"hoverScatter.tooltip().visible && hoverScatter.tooltip().row === {row} "
         "&& hoverScatter.tooltip().thumbState === 'ok'",
@@ -112,7 +112,7 @@ def test_hover_shows_the_photo_and_a_click_shows_nearest_neighbours(page, server
     page.screenshot(path=str(artifact_path("explorer_browser_hover.png")))
 
     k = int(page.get_by_label("Neighbours (k)", exact=True).input_value())
-    frame.evaluate("window.plotBeforeClick = document.querySelector('#panels .panel .plot > div')")
+    frame.evaluate("window.plotBeforeClick = document.querySelector('#panels .panel .plot canvas')")
     page.mouse.click(x, y)
     page.get_by_role("heading", name="Nearest neighbours").wait_for(timeout=WAIT_S * 1000)
     wait_for_app_idle(page, timeout_s=WAIT_S)
@@ -128,7 +128,7 @@ def test_hover_shows_the_photo_and_a_click_shows_nearest_neighbours(page, server
         f"hoverScatter.selectedMarks().every((marks) => marks.length === 1 && marks[0].row === {row})",
         timeout=TOOLTIP_WAIT_S * 1000,
     )
-    assert frame.evaluate("document.querySelector('#panels .panel .plot > div') === window.plotBeforeClick"), (
+    assert frame.evaluate("document.querySelector('#panels .panel .plot canvas') === window.plotBeforeClick"), (
         "a new selection redrew the maps (zoom would be lost)"
     )
     assert dataset.image_paths[row].name in page.locator('[data-testid="photo-grid"] figcaption').first.inner_text()
@@ -138,18 +138,73 @@ def test_hover_shows_the_photo_and_a_click_shows_nearest_neighbours(page, server
     print(f"explorer browser test: {time.perf_counter() - started:.1f} s after the server answered")
 
 
-# Each panel's Plotly width against the width of its own column (the plot's wrapper), after a redraw.
-_PANEL_FIT_JS = """() => [...document.querySelectorAll('#panels .js-plotly-plot')].map(
-    (plot) => [Math.round(plot._fullLayout.width), plot.parentElement.clientWidth])"""
+# Each panel's canvas: its drawing buffer's width in CSS px against the width of its own column (the plot's wrapper).
+_PANEL_FIT_JS = """() => [...document.querySelectorAll('#panels .plot canvas.points')].map(
+    (canvas) => [Math.round(canvas.width / devicePixelRatio), canvas.parentElement.clientWidth])"""
 
 
 def test_another_map_method_redraws_every_panel_inside_its_column(page, server):
     frame = open_explorer(page, server)
     first = frame.evaluate(_PANEL_FIT_JS)
-    assert len(first) == 2 and all(width <= column + 1 for width, column in first), first
-    page.get_by_text("PCA", exact=True).first.click()  # a new spec: every panel is purged and drawn again
+    assert len(first) == 2 and all(abs(width - column) <= 1 for width, column in first), first
+    page.get_by_text("PCA", exact=True).first.click()  # a new spec: every panel is built and drawn again
     wait_for_app_idle(page, timeout_s=WAIT_S)
     frame.wait_for_function("window.hoverScatter && window.hoverScatter.ready", timeout=WAIT_S * 1000)
     redrawn = frame.evaluate(_PANEL_FIT_JS)
-    # Drawn before the second column existed, the first panel used to keep the whole row's width (twice its own).
-    assert all(width <= column + 1 for width, column in redrawn), redrawn
+    # A panel drawn before the second column existed would keep the whole row's width (twice its own).
+    assert all(abs(width - column) <= 1 for width, column in redrawn), redrawn
+
+
+# Rows of panel 0 whose points lie inside a client-pixel box (iframe viewport), by the component's own positions.
+_ROWS_IN_BOX_JS = """([left, top, right, bottom]) => hoverScatter.rows(0).filter((row) => {
+    const p = hoverScatter.pointClientPosition(0, row);
+    return p && p.x >= left && p.x <= right && p.y >= top && p.y <= bottom;
+})"""
+
+
+def test_map_tools_box_select_legend_wheel_zoom_and_reset(page, server, populated_workspace):
+    dataset = load_dataset("synthetic", populated_workspace)
+    frame = open_explorer(page, server)
+    box = page.locator(f'iframe[title="{FRAME_TITLE}"]').bounding_box()
+    canvas = frame.locator("#panels .panel").first.locator("canvas.overlay").bounding_box()
+    origin_x, origin_y = canvas["x"] - box["x"], canvas["y"] - box["y"]  # the canvas inside the frame
+
+    # Box select: drag over the left third of the first map; the page shows exactly the photos inside.
+    frame.get_by_role("button", name="box", exact=True).click()
+    assert frame.evaluate("hoverScatter.mode") == "select"
+    corners = [origin_x + 10, origin_y + 10, origin_x + canvas["width"] / 3, origin_y + canvas["height"] - 10]
+    expected = sorted(frame.evaluate(_ROWS_IN_BOX_JS, corners))
+    assert 0 < len(expected) < len(dataset.image_paths), len(expected)
+    page.mouse.move(box["x"] + corners[0], box["y"] + corners[1])
+    page.mouse.down()
+    page.mouse.move(box["x"] + corners[2], box["y"] + corners[3], steps=8)
+    page.mouse.up()
+    page.get_by_role("heading", name=f"Selected photos ({len(expected)})").wait_for(timeout=WAIT_S * 1000)
+    wait_for_app_idle(page, timeout_s=WAIT_S)
+    marks = frame.evaluate("hoverScatter.selectedMarks()")
+    assert sorted(mark["row"] for mark in marks[0]) == expected, "the rings are the rows inside the box"
+
+    # Legend: one click hides a class in both maps; a double click shows only that class.
+    name = dataset.class_names[dataset.labels[expected[0]]]
+    class_rows = [row for row in range(len(dataset.labels)) if dataset.class_names[dataset.labels[row]] == name]
+    item = frame.locator(f'.legend .item[data-name="{name}"]')
+    item.click()
+    frame.wait_for_function(f"hoverScatter.hidden().length === 1 && hoverScatter.hidden()[0] === {name!r}")
+    for panel in range(2):
+        assert frame.evaluate(f"{class_rows}.every((row) => hoverScatter.pointClientPosition({panel}, row) === null)")
+    item.dblclick()
+    frame.wait_for_function(f"hoverScatter.hidden().length === {len(dataset.class_names) - 1}")
+    assert frame.evaluate(f"hoverScatter.pointClientPosition(0, {class_rows[0]}) !== null")
+    item.dblclick()  # again: every class back
+    frame.wait_for_function("hoverScatter.hidden().length === 0")
+
+    # Wheel zoom on the first map narrows only its view; a double click shows it whole again.
+    whole, other = frame.evaluate("hoverScatter.view(0)"), frame.evaluate("hoverScatter.view(1)")
+    page.mouse.move(box["x"] + origin_x + canvas["width"] / 2, box["y"] + origin_y + canvas["height"] / 2)
+    page.mouse.wheel(0, -400)
+    frame.wait_for_function(f"hoverScatter.view(0).x1 - hoverScatter.view(0).x0 < {(whole['x1'] - whole['x0']) * 0.7}")
+    assert frame.evaluate("hoverScatter.view(1)") == other, "the wheel zooms only the map under the pointer"
+    frame.get_by_role("button", name="zoom", exact=True).click()  # dblclick in select mode would also deselect
+    page.mouse.dblclick(box["x"] + origin_x + 5, box["y"] + origin_y + 5)
+    frame.wait_for_function(f"hoverScatter.view(0).x0 === {whole['x0']} && hoverScatter.view(0).x1 === {whole['x1']}")
+    page.screenshot(path=str(artifact_path("explorer_browser_tools.png")))

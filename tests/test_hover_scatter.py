@@ -230,23 +230,21 @@ def test_frontend_shows_user_strings_as_text_only():
         assert sink not in code, f"{sink} would let a class or file name inject HTML"
     for field in ("tipClass", "tipFile", "tipPrediction"):
         assert f"{field}.textContent =" in code
-    # Plotly parses a small HTML subset in legend names and colour bar titles: both go through the
-    # escaper; panel titles are HTML text above the plot (clear of Plotly's mode bar)
-    assert "name: plotlyText(trace.name)" in code and "text: plotlyText(colourBar.title)" in code
-    assert "title.textContent = panel.title" in code and "title: { text" not in code.replace(
-        "colorbar: { title: { text", ""
-    )
+    # Panel titles, legend names and the colour bar's title are all made by element(), which sets textContent.
+    assert 'element("div", "panel-title", specPanel.title)' in code
+    assert 'element("span", "name", trace.name)' in code and 'element("div", "bar-title", bar.title)' in code
+    assert "node.textContent = text" in code
 
 
-def test_frontend_loads_plotly_locally(workspace):
+def test_frontend_is_self_contained(workspace):
     page = (FRONTEND / "index.html").read_text()
     assert "://" not in page, "no CDN: the page must work offline"
-    assert '<script src="plotly-gl2d.min.js">' in page
-    bundle = (FRONTEND / "plotly-gl2d.min.js").read_text(encoding="utf-8")
-    assert bundle.startswith("/**\n* plotly.js (gl2d - minified) v3.7.0") and "MIT" in bundle[:200]
+    scripts = re.findall(r'<script src="([^"]+)"', page)
+    assert scripts == ["hover_scatter.js"], "the map is drawn by our own script alone (no plotly.js)"
+    assert set(hs._FRONTEND_FILES) == {path.name for path in FRONTEND.iterdir()}
     root = hs.web_root(workspace)
     hs._sync_frontend(root)
-    for name in ("plotly-gl2d.min.js", "hover_scatter.js", "index.html"):
+    for name in hs._FRONTEND_FILES:
         assert (root / name).read_bytes() == (FRONTEND / name).read_bytes()
 
 
@@ -307,6 +305,14 @@ def test_scores_colour_points_on_a_colour_bar(tmp_path):
         hs.build_spec(
             [Panel("map", [scored], colour_bar=hs.ColourBar("s", 2.0, 1.0))], hover_text=text, thumbnails=source
         )
+    with pytest.raises(ValueError, match=r"scale must be one of \['Viridis'\]; got 'Jet'"):
+        hs.build_spec(
+            [Panel("map", [scored], colour_bar=hs.ColourBar("s", 0.0, 1.0, scale="Jet"))],
+            hover_text=text,
+            thumbnails=source,
+        )
+    script = (FRONTEND / "hover_scatter.js").read_text()
+    assert all(f"{name}: [" in script for name in hs.COLOUR_SCALES), "every scale Python allows has stops there"
 
 
 def test_planned_thumbnails_name_the_sheets_prepare_thumbnails_then_writes(workspace, tmp_path):

@@ -1,18 +1,18 @@
-"""Scatter panels whose points show their photo on hover: a Streamlit custom component on plotly.js.
+"""Scatter panels whose points show their photo on hover: a Streamlit custom component drawn on a canvas.
 
 Why a custom component: Plotly hover labels cannot show images and Streamlit gives Python no hover
-events, so the figure is drawn in the browser with plotly.js and hover is handled there, with no server
-round trip. The plotly.js is ``frontend/plotly-gl2d.min.js``, the npm package ``plotly.js-gl2d-dist-min``
-3.7.0 (MIT, ``frontend/plotly-gl2d.LICENSE``) committed here, never fetched from a CDN: its scatter and
-scattergl traces are all the panels use, in 1.6 MB instead of the 4.8 MB of every trace type that the
-``plotly`` Python package ships, and a new tab spends 0.26 s instead of 0.78 s evaluating it (Chromium, idle
-2-core machine), which took the Explorer from 2.6 to 2.0 s to a settled page. To update it, ``npm pack``
-that package and copy the file.
+events, so the figure is drawn in the browser and hover is handled there, with no server round trip.
+Why not plotly.js in it (it was until issue 14): the maps need markers, hover, click, box and lasso
+selection, zoom, pan, a legend and a colour bar, and even plotly.js's 1.6 MB gl2d bundle cost a new tab
+0.26 s to evaluate plus 0.3-0.4 s to draw two 1,360-point panels (Chromium, idle 2-core machine), which
+kept the Explorer at 1.7-1.8 s to a settled page against a 1.5 s goal. ``frontend/hover_scatter.js``
+(~42 kB, no dependency) draws those panels in a few milliseconds: one pre-rendered sprite per marker
+style blitted per point, and a grid index over the data to find the hovered point.
 Clicks and box/lasso selections come back to Python as row ids; the rows the page passes back as
 ``selected_rows`` stay ringed in every panel.
 
 Why Streamlit's v1 component API (``declare_component(path=...)``): its static folder is served
-over HTTP, so plotly.js and the thumbnail sheets are ordinary files the browser
+over HTTP, so the script and the thumbnail sheets are ordinary files the browser
 fetches once per page load (gzip-compressed, ``Cache-Control: public``), never re-sent with the
 data. The v2 API (``st.components.v2.component``) serves files only from an ``asset_dir`` declared
 in the ``pyproject.toml`` of an *installed* package; this repository is run from a checkout, so v2
@@ -34,7 +34,7 @@ Payload design (numbers measured with ``tests/test_hover_scatter.py`` and a real
   spec too (0.1 MB at 1,360 points); an unchanged selection costs nothing.
 - Thumbnails are WebP sprite sheets of 16 x 16 cells (96 px cells up to 4,096 images, 64 px
   above), fetched as files, never inlined: ~1.8 kB a photo at 96 px, ~0.9 kB at 64 px. Sheets
-  are prefetched in order until ``DEFAULT_PREFETCH_BYTES`` (8 MB) is spent; the rest load when a
+  are prefetched in order, four at a time, until ``DEFAULT_PREFETCH_BYTES`` (8 MB) is spent; the rest load when a
   point on them is first hovered (the text shows at once, the photo as soon as its sheet arrives).
   1,360 photos (~2.4 MB) are all prefetched; 20,000 (79 sheets, ~18 MB) are not, so a big map
   costs the browser only what the user hovers.
@@ -43,14 +43,14 @@ Payload design (numbers measured with ``tests/test_hover_scatter.py`` and a real
   gives their names and layout at once, a job builds them, and the browser fetches a hovered point's
   sheet when first needed (asking again every few seconds while it is not written yet). So a
   100,000-image map costs the browser the coordinates, the texts and only the sheets it hovers.
-- Points are WebGL (``scattergl``) where the browser has it. A trace may carry per-point ``values``
-  (scores) drawn on the panel's ``ColourBar``. Panel titles are HTML above each plot, so Plotly's mode
-  bar (top right of a plot) never covers them.
+- A trace may carry per-point ``values`` (scores) drawn on the panel's ``ColourBar`` (in 64 shades).
+  Panel titles are HTML above each plot, beside its tools (zoom, pan, box, lasso, reset), so nothing
+  covers them; the wheel zooms, a double click shows the whole map again.
 
 Measured in headless Chromium (demo app, Synthetic Flowers photos): 1,360 points: 0.11 MB over the
-websocket for the first run plus a click and a selection rerun, 1.6 MB of sheets, 1.5 MB of
-plotly.js; 20,000 points: 1.6 MB websocket, 8.6 MB of the 13.9 MB of sheets fetched. Hover, from
-the mousemove event to the tooltip in the DOM: median 3.5 ms / 5 ms, worst 7 ms / 18 ms.
+websocket for the first run plus a click and a selection rerun, 1.6 MB of sheets; 20,000 points:
+1.6 MB websocket, 8.6 MB of the 13.9 MB of sheets fetched. Hover latency at 100,000 points: ``python -m
+bench --only maps`` (README, Performance).
 
 Browser tests: the component is an iframe titled ``FRAME_TITLE``. Inside it ``window.hoverScatter``
 offers ``ready`` (true once all panels are drawn), ``pointClientPosition(panel, row)`` (the row's
@@ -58,9 +58,11 @@ point in iframe viewport pixels, or null when hidden or zoomed out), ``tooltip()
 className, fileName, prediction, thumbState "ok"/"loading"/..., box), ``rings()``,
 ``selectedMarks()`` (per panel, ``{row, x, y}`` of each ring drawn for ``selected_rows``, in data units),
 ``sheetStates()``, ``rows(panel)``, ``isolatedRows(panel, px=8)`` (rows with no other visible point
-within ``px``: Plotly hovers the *closest* point, so only these are sure to be the one hovered),
-``renderer`` ("scattergl", or "scatter" without WebGL) and ``latencies()`` (per hover: handler
-time and input-event-to-tooltip time in ms). To hover row 7 of the first panel with Playwright
+within ``px``: the *closest* point within 20 px is hovered, so only these are sure to be the one
+hovered), ``view(panel)`` (the data range shown, ``{x0, x1, y0, y1}``), ``hidden()`` (legend names
+toggled off), ``mode`` ("zoom", "pan", "select" or "lasso": what a drag does), ``renderer``
+("canvas") and ``latencies()`` (per hover: handler time and input-event-to-tooltip time in ms). To
+hover row 7 of the first panel with Playwright
 (take 7 from ``isolatedRows(0)`` when points crowd)::
 
     inner = next(f for f in page.frames if f"/component/{FRAME_TITLE}/" in f.url)
@@ -96,7 +98,7 @@ _COMPONENT_NAME = "hover_scatter"
 FRAME_TITLE = f"{__name__}.{_COMPONENT_NAME}"
 
 _FRONTEND = Path(__file__).parent / "frontend"
-_FRONTEND_FILES = ("index.html", "hover_scatter.js", "hover_scatter.css", "plotly-gl2d.min.js")
+_FRONTEND_FILES = ("index.html", "hover_scatter.js", "hover_scatter.css")
 _WEB_FOLDER = "hover_scatter"
 _SPRITES_FOLDER = "sprites"
 
@@ -117,6 +119,8 @@ _WEBP_BYTES_PER_PIXEL = 0.22
 # map's units: a t-SNE spans ~100, the PCA of random-weight features ~0.001 (a fixed two decimals made that one
 # point at the origin).
 _COORDINATE_STEPS = 10_000
+# The colour scales the frontend knows (their stops are in hover_scatter.js, COLOUR_SCALES).
+COLOUR_SCALES = ("Viridis",)
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,7 @@ class ColourBar:
     title: str
     low: float
     high: float
-    scale: str = "Viridis"  # perceptually uniform and readable by colour-blind users
+    scale: str = "Viridis"  # perceptually uniform and readable by colour-blind users; one of COLOUR_SCALES
 
 
 @dataclass(frozen=True)
@@ -183,7 +187,7 @@ class ThumbnailSource:
 
 
 def web_root(workspace: Workspace) -> Path:
-    """The folder Streamlit serves to the component: frontend files, plotly.js and sprite sheets."""
+    """The folder Streamlit serves to the component: frontend files and sprite sheets."""
     return workspace.thumbnails_dir / _WEB_FOLDER
 
 
@@ -292,6 +296,8 @@ def _colour_bar_spec(panel: Panel, *, where: str) -> dict | None:
         if any(trace.values is not None for trace in panel.traces):
             raise ValueError(f"{where}: a trace has values, so the panel needs a colour_bar.")
         return None
+    if bar.scale not in COLOUR_SCALES:
+        raise ValueError(f"{where}.colour_bar.scale must be one of {list(COLOUR_SCALES)}; got {bar.scale!r}.")
     if not (np.isfinite([bar.low, bar.high]).all() and bar.low <= bar.high):
         raise ValueError(
             f"{where}.colour_bar: low and high must be finite with low <= high; got {bar.low}, {bar.high}."
@@ -406,7 +412,7 @@ def event_from_value(value: dict | None) -> dict | None:
 
 
 def _sync_frontend(root: Path) -> None:
-    """Copy the frontend (plotly.js included) into the served folder when missing or outdated."""
+    """Copy the frontend into the served folder when missing or outdated."""
     sources = [_FRONTEND / name for name in _FRONTEND_FILES]
     for source in sources:
         target = root / source.name
