@@ -184,6 +184,25 @@ def test_map_tools_box_select_legend_wheel_zoom_and_reset(page, server, populate
     marks = frame.evaluate("hoverScatter.selectedMarks()")
     assert sorted(mark["row"] for mark in marks[0]) == expected, "the rings are the rows inside the box"
 
+    # Lasso: drawn round the right third as a closed outline, it picks what a box there holds (two hit tests agree).
+    frame.get_by_role("button", name="lasso", exact=True).click()
+    left, right = origin_x + canvas["width"] * 2 / 3, origin_x + canvas["width"] - 10
+    top, bottom = origin_y + 10, origin_y + canvas["height"] - 10
+    lassoed = sorted(frame.evaluate(_ROWS_IN_BOX_JS, [left, top, right, bottom]))
+    assert lassoed and lassoed != expected
+    page.mouse.move(box["x"] + left, box["y"] + top)
+    page.mouse.down()
+    for x, y in ((right, top), (right, bottom), (left, bottom), (left, top + 1)):
+        page.mouse.move(box["x"] + x, box["y"] + y, steps=6)
+    page.mouse.up()
+    page.get_by_role("heading", name=f"Selected photos ({len(lassoed)})").wait_for(timeout=WAIT_S * 1000)
+    wait_for_app_idle(page, timeout_s=WAIT_S)
+    frame.wait_for_function(  # a wait, not an assert: the heading's count alone could match the box's
+        f"JSON.stringify(hoverScatter.selectedMarks()[0].map((mark) => mark.row).sort((a, b) => a - b)) === "
+        f"'{lassoed}'.replaceAll(' ', '')",
+        timeout=TOOLTIP_WAIT_S * 1000,
+    )
+
     # Legend: one click hides a class in both maps; a double click shows only that class.
     name = dataset.class_names[dataset.labels[expected[0]]]
     class_rows = [row for row in range(len(dataset.labels)) if dataset.class_names[dataset.labels[row]] == name]
