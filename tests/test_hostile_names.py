@@ -31,6 +31,7 @@ from core.experiment import ExperimentConfig, run_experiment
 from core.export import FORMULA_PREFIXES
 from core.training import HeadConfig
 from core.workspace import Workspace
+from tests.bar_tables import bar_tables
 from tests.image_catalogue import HOSTILE_FILE_NAMES
 from tests.photo_grids import photo_grids
 
@@ -131,8 +132,8 @@ def _markdown_sources(at: AppTest) -> list[str]:
 
 
 def _plain_texts(at: AppTest) -> set[str]:
-    """Text shown without Markdown: table cells and headers, and widget options."""
-    shown = set()
+    """Text shown without Markdown: table cells and headers (bar tables' markup checked there), and widget options."""
+    shown = {cell for table in bar_tables(at) for row in table for cell in row}
     for frame in at.dataframe:
         shown |= {str(v) for v in frame.value.astype(str).to_numpy().ravel().tolist() + list(frame.value.columns)}
     for widget in [*at.selectbox, *at.multiselect]:
@@ -210,3 +211,18 @@ def test_hostile_names_are_text_in_every_label_and_safe_in_every_csv(page, hosti
         assert skipped and any(str(path).endswith(UNREADABLE) for path in skipped[0]["file"])
     elif page.endswith("home.py"):
         assert DATASET_NAME in shown, "Home: the dataset's name is not shown literally"
+
+
+def test_bar_table_writes_names_as_text_and_bars_to_scale():
+    import pandas as pd
+
+    from tests.bar_tables import check_markup
+    from ui.common import bar_table_html
+
+    table = pd.DataFrame({"class": HOSTILE_FILE_NAMES[:2], "train": [30, 15], "total": [40, 20]})
+    body = bar_table_html(table, bars=["train"], largest=30, colour="#123456", background="#ffffff")
+    rows = check_markup(body)  # fails on any tag or attribute bar_table_html does not write
+    first, second = HOSTILE_FILE_NAMES[:2]
+    assert rows == [["class", "train", "total"], [first, "30", "40"], [second, "15", "20"]]
+    assert body.count("width:100.0%") == 1 and body.count("width:50.0%") == 1, "bars scale to largest"
+    assert "width:0.0%" in bar_table_html(table, bars=["train"], largest=0, colour="#000", background="#fff")

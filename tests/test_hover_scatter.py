@@ -241,11 +241,17 @@ def test_frontend_is_self_contained(workspace):
     assert "://" not in page, "no CDN: the page must work offline"
     scripts = re.findall(r'<script src="([^"]+)"', page)
     assert scripts == ["hover_scatter.js"], "the map is drawn by our own script alone (no plotly.js)"
-    assert set(hs._FRONTEND_FILES) == {path.name for path in FRONTEND.iterdir()}
     root = hs.web_root(workspace)
     hs._sync_frontend(root)
-    for name in hs._FRONTEND_FILES:
-        assert (root / name).read_bytes() == (FRONTEND / name).read_bytes()
+    served = (root / "index.html").read_text(encoding="utf-8")
+    assert served == hs.served_page()
+    assert "<script src" not in served and "<link" not in served, "one request: style and script are inline"
+    assert (FRONTEND / "hover_scatter.js").read_text(encoding="utf-8") in served
+    assert (FRONTEND / "hover_scatter.css").read_text(encoding="utf-8") in served
+    assert served.index('<div id="tooltip"') < served.index("<script>"), "the script runs after the elements exist"
+    stamp = (root / "index.html").stat().st_mtime_ns
+    hs._sync_frontend(root)
+    assert (root / "index.html").stat().st_mtime_ns == stamp, "an up-to-date page is not rewritten"
 
 
 def test_prepare_thumbnails_writes_into_the_served_folder(workspace, tmp_path):

@@ -20,6 +20,7 @@ from streamlit.testing.v1 import AppTest
 from core.experiment import run_comparison
 from core.progress import ProgressEvent
 from core.training import HeadConfig
+from tests.bar_tables import bar_tables
 from tests.image_catalogue import HOSTILE_FILE_NAMES
 from tests.photo_grids import photo_grids
 
@@ -78,11 +79,12 @@ def markdown_sources(at: AppTest) -> list[str]:
 
 
 def dataframe_strings(at: AppTest) -> set[str]:
+    """Every cell and header of the page's tables: dataframes, and bar tables (their markup checked there)."""
     return {
         str(v)
         for frame in at.dataframe
         for v in frame.value.astype(str).to_numpy().ravel().tolist() + list(frame.value.columns)
-    }
+    } | {cell for table in bar_tables(at) for row in table for cell in row}
 
 
 def plotly_specs(at: AppTest) -> list[str]:
@@ -137,6 +139,9 @@ def test_every_page_renders_with_a_populated_workspace(populated_workspace, entr
         elif page == "pages/dataset.py":
             assert at.selectbox[0].value == "synthetic"
             assert len(photo_grids(at)) == 17  # one row of samples per class
+            (counts,) = bar_tables(at)  # images per class: a header and one row per class
+            assert counts[0] == ["class", "train", "val", "test", "total"] and len(counts) == 1 + 17, counts[:2]
+            assert all(int(row[4]) == sum(int(cell) for cell in row[1:4]) for row in counts[1:])
             assert any("badge[" in t and "Synthetic data" in t for t in texts(at, "markdown"))
         elif page == "pages/compare.py":
             table = at.dataframe[0].value

@@ -397,9 +397,10 @@
     const container = document.getElementById("panels");
     state.panels.forEach((panel) => panel.resizeObserver.disconnect());
     container.replaceChildren();
+    resetSheets(spec.thumbs);
+    prefetchSheets(); // first: the photos download while the panels are indexed and drawn
     state.panels = spec.panels.map((panel, index) => buildPanel(container, panel, index, spec));
     state.panels[state.panels.length - 1].column.append(buildLegend(state.panels, spec));
-    resetSheets(spec.thumbs);
     // Sized and drawn once every column is in the page, so each canvas takes its own column's width; the
     // observers redraw when Streamlit later resizes the frame.
     state.panels.forEach((panel) => {
@@ -410,7 +411,7 @@
     });
     state.ready = true;
     document.body.dataset.ready = "true";
-    prefetchSheets();
+    performance.mark("hover-scatter-drawn"); // for the bench's timelines
   }
 
   function showError(error) {
@@ -756,7 +757,7 @@
   // Sheets load in order, a few at a time, until the byte budget is spent; the rest load when hovered. A few, not
   // all: a hovered sheet then never waits behind a long queue of prefetches (20,000 images: 35 sheets in budget).
   function prefetchSheets() {
-    if (!state.ready) return;
+    if (!state.spec) return;
     let spent = 0;
     let loading = state.sheets.filter((sheet) => sheet.status === "loading").length;
     for (let i = 0; i < state.sheets.length && loading < PREFETCH_PARALLEL; i += 1) {
