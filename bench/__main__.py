@@ -24,6 +24,7 @@ from .common import (
     Context,
     Sizes,
     bench_workspace,
+    cpu_probe_s,
     format_table,
     load_average,
     machine,
@@ -94,12 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": context.sizes.__dict__,
         "workspace": str(root),
         "load_average_start": load_average(),
+        "cpu_probe_s_start": cpu_probe_s(),
         "sections": {},
         "targets": [],
     }
     targets = []
     for name in sections:
-        context.log(f"[{name}] load average {load_average()}")
+        probe = cpu_probe_s()
+        context.log(f"[{name}] load average {load_average()}, CPU probe {probe} s (common.cpu_probe_s)")
         started = time.perf_counter()
         try:
             results, section_targets = _run_section(name, context, arguments)
@@ -108,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             results, section_targets = {"error": f"{type(exc).__name__}: {exc}"}, []
         results["section_s"] = round(time.perf_counter() - started, 1)
         results["load_average_end"] = load_average()
+        results["cpu_probe_s"] = {"start": probe, "end": cpu_probe_s()}
         report["sections"][name] = results
         targets.extend(section_targets)
     report["load_average_end"] = load_average()
@@ -118,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     described = report["machine"]
     print(
         f"\n{described['cpu']}, {described['cpu_count']} cores ({described['device']}); "
-        f"load average {report['load_average_start']} at start, {report['load_average_end']} at end"
+        f"load average {report['load_average_start']} at start, {report['load_average_end']} at end; "
+        f"CPU probe {report['cpu_probe_s_start']} s at start"
     )
     print(format_table(targets))
     print(f"\nReport: {arguments.out}")

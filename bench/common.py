@@ -174,6 +174,26 @@ def load_average() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
 
 
+_PROBE_ADDITIONS = 2_000_000
+
+
+def cpu_probe_s() -> float:
+    """Seconds for a fixed single-thread workload (2,000,000 additions in the interpreter), best of 3.
+
+    Recorded with every section beside the load average: on this project's shared 2-core VM, at a load average of
+    0.1, it took 0.06 s and 0.11 s a few seconds apart, whichever vCPU ran it, and a whole bench run under a slow
+    spell read 1.5-2x slower everywhere (browser pages, demo, fingerprints, AppTest renders).
+    """
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for value in range(_PROBE_ADDITIONS):
+            total += value
+        best = min(best, time.perf_counter() - started)
+    return round(best, 3)
+
+
 def machine() -> dict:
     import torch
 
