@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -88,7 +88,36 @@ def format_age(timestamp: float | None) -> str:
     return "just now"
 
 
-@st.fragment(run_every=2.0)
+# How often a live view of jobs redraws itself: every second or two while one of its jobs runs (progress moves), every
+# 15 s while none does, so that a job started elsewhere (another tab, the CLI) still shows up. The views used to rerun
+# every 1-2 s whatever happened: every open tab cost the server a rerun a second, and a page load in the browser bench
+# that met one of those reruns settled ~2 s late (python -m bench --only browser, sidebar clicks).
+IDLE_REFRESH_S = 15.0
+SIDEBAR_REFRESH_S = 2.0  # a progress bar per running job; the job's own page shows it every second
+
+
+def any_job_active(prefixes: tuple[str, ...] = ("",)) -> bool:
+    """Whether a job whose title starts with one of ``prefixes`` is queued or running."""
+    return any(job.active and job.title.startswith(prefixes) for job in job_runner().jobs())
+
+
+def live_jobs(view: Callable[[], None], *, busy: Callable[[], bool], refresh_s: float) -> None:
+    """Draw ``view`` in a fragment that reruns every ``refresh_s`` while ``busy()``, else every ``IDLE_REFRESH_S``.
+
+    A fragment's interval is set when the page draws it, so when ``busy()`` changes in one of the fragment's own
+    reruns the whole page reruns once: that draws the fragment again with the other interval, and shows what a
+    finished job made.
+    """
+    was_busy = busy()
+    st.fragment(_live_jobs_run, run_every=refresh_s if was_busy else IDLE_REFRESH_S)(view, busy, was_busy)
+
+
+def _live_jobs_run(view: Callable[[], None], busy: Callable[[], bool], was_busy: bool) -> None:
+    if busy() != was_busy:
+        st.rerun()
+    view()
+
+
 def _sidebar_jobs() -> None:
     active = [job for job in job_runner().jobs() if job.active]
     if not active:
@@ -104,7 +133,7 @@ def sidebar() -> None:
     with st.sidebar:
         st.caption(f"**Workspace**  \n`{workspace().root}`")
         st.caption(f"**Device**  \n{device_label()}")
-        _sidebar_jobs()
+        live_jobs(_sidebar_jobs, busy=any_job_active, refresh_s=SIDEBAR_REFRESH_S)
         access_controls()
 
 

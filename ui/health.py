@@ -24,7 +24,7 @@ from core.health import CSV_COLUMNS, HealthConfig, HealthReport, compare_health,
 from core.jobs import extraction_job, progress_job
 from core.text import markdown_text
 from core.variants import available_variants, default_variant
-from ui.common import job_runner, thumbnail, user_errors, workspace
+from ui.common import any_job_active, job_runner, live_jobs, thumbnail, user_errors, workspace
 from ui.dataset import undo_exclusion_button, watch_jobs
 
 THUMB_PX = 128
@@ -193,10 +193,13 @@ def form() -> HealthChoice | None:
     return HealthChoice(dataset=dataset, backbone=backbone, variant=variant)
 
 
-@st.fragment(run_every=1.0)
 def health_jobs() -> None:
-    """This page's jobs; when one finishes, the page shows its result."""
-    watch_jobs(JOB_PREFIXES, state_key="health_watched_jobs")
+    """This page's jobs, redrawn every second while one runs; when one finishes, the page shows its result."""
+    live_jobs(
+        lambda: watch_jobs(JOB_PREFIXES, state_key="health_watched_jobs"),
+        busy=lambda: any_job_active(JOB_PREFIXES),
+        refresh_s=1.0,
+    )
 
 
 def _gallery(dataset_root, items: list[dict], *, key: str) -> list[str]:

@@ -3,8 +3,9 @@
 The form starts from ``core.presets`` (the reference backbones when their files are here, else the offline
 demo; the head inputs from ``HEAD_DEFAULTS``). Backbones are chosen as specs (``core.experiment.parse_backbone``):
 each built-in pretrained and with random weights, so the same architecture can run both ways in one
-comparison. The job list is a fragment that reruns itself every second; it only reads snapshots from the
-job runner and draws light elements, so the form above stays live while jobs run.
+comparison. The job list is a fragment that reruns itself every second while a job runs (every 15 s otherwise,
+``ui.common.live_jobs``); it only reads snapshots from the job runner and draws light elements, so the form above
+stays live while jobs run.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from core.jobs import comparison_job
 from core.presets import HEAD_DEFAULTS, OFFLINE_DEMO, REFERENCE
 from core.training import HEAD_TYPES, HeadConfig
 from ui.common import (
+    any_job_active,
     device_label,
     duration_text,
     expected_duration,
@@ -30,6 +32,7 @@ from ui.common import (
     job_card,
     job_runner,
     list_runs,
+    live_jobs,
     missing_files_markdown,
     user_errors,
     workspace,
@@ -246,9 +249,13 @@ def launch_section(choice: TrainForm) -> None:
         st.caption("Choose at least one backbone to launch.")
 
 
-@st.fragment(run_every=JOBS_REFRESH_S)
 def job_list() -> None:
-    """The server's jobs, newest first, redrawn every second on its own (the form above is not rerun)."""
+    """The server's jobs, newest first, redrawn on their own every second while one runs (the form above is not
+    rerun; ``ui.common.live_jobs``)."""
+    live_jobs(_job_cards, busy=any_job_active, refresh_s=JOBS_REFRESH_S)
+
+
+def _job_cards() -> None:
     shown = job_runner().jobs()[:JOBS_SHOWN]
     if not shown:
         st.caption(
