@@ -16,6 +16,7 @@ from core.exclusions import can_undo, excluded_images, include_images, undo_excl
 from core.jobs import progress_job
 from core.text import markdown_text
 from ui.common import (
+    any_job_active,
     bar_table,
     cached_dataset,
     dataset_label,
@@ -151,7 +152,7 @@ def load(choice: str) -> Dataset | None:
 
 
 def overview(dataset: Dataset) -> None:
-    if any(job.active and job.title.startswith(PREPARE_TITLE.format(name="")) for job in job_runner().jobs()):
+    if any_job_active((PREPARE_TITLE.format(name=""),)):
         preparation_jobs()
     if dataset.synthetic:
         st.badge("Synthetic data", icon=":material/auto_awesome:", color="orange")

@@ -102,6 +102,7 @@ _FRONTEND = Path(__file__).parent / "frontend"
 # The page the component serves is index.html with the stylesheet and the script written into it: one request for
 # the iframe instead of three, ~50 ms sooner to a drawn map in a new tab (the iframe shares the page's busy main
 # thread, and each extra request waited its turn there). The repository keeps them apart, to be read and tested.
+_SOURCES = ("index.html", "hover_scatter.css", "hover_scatter.js")
 _STYLESHEET_TAG = '<link rel="stylesheet" href="hover_scatter.css">'
 _SCRIPT_TAG = '<script src="hover_scatter.js" defer></script>'
 _WEB_FOLDER = "hover_scatter"
@@ -428,8 +429,19 @@ def served_page() -> str:
     return page.replace("</body>", f"<script>\n{script}</script>\n</body>")
 
 
+# Served folder -> its sources' modification times when the page there was last checked: every Explorer rerun
+# calls _sync_frontend, and an unchanged checkout then costs three stat calls, not reading and comparing 50 kB.
+_checked: dict[Path, tuple[int, ...]] = {}
+
+
 def _sync_frontend(root: Path) -> None:
-    """Write the served page (``served_page``) into the served folder when missing or outdated."""
+    """Write the served page (``served_page``) into the served folder when missing or different.
+
+    Compared by content, not by date: a workspace copied with ``cp -r`` from an older install has newer dates.
+    """
+    sources = tuple((_FRONTEND / name).stat().st_mtime_ns for name in _SOURCES)
+    if _checked.get(root) == sources:
+        return
     page = served_page().encode("utf-8")
     target = root / "index.html"
     try:
@@ -438,6 +450,7 @@ def _sync_frontend(root: Path) -> None:
         current = False
     if not current:
         atomic_write_bytes(target, page)
+    _checked[root] = sources
 
 
 def last_event(key: str) -> dict | None:

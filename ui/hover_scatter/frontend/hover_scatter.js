@@ -6,7 +6,7 @@
  * cost a new tab 0.26 s to evaluate and 0.3-0.4 s to draw two 1,360-point panels in headless Chromium on the
  * project's 2-core machine, which kept the Explorer above its 1.5 s goal (issue 14). This file draws both
  * panels in a few milliseconds, 100,000 points in ~30 ms (each marker style rendered once, then stamped per
- * point into one pixel buffer: see stampOf), and finds the hovered point through a grid index instead of
+ * point into one pixel buffer: see stampFrom), and finds the hovered point through a grid index instead of
  * testing every point.
  *
  * Speaks Streamlit's v1 component protocol by postMessage (no build step, no npm). Hover is handled
@@ -118,7 +118,8 @@
     return "rgb(" + mix(0) + ", " + mix(1) + ", " + mix(2) + ")";
   }
 
-  // One small canvas per (symbol, colour, pixel ratio): drawing a point is then a single drawImage.
+  // One stamp per (symbol, colour, pixel ratio): the marker is drawn once on a small canvas and read back as
+  // pixels (stampFrom), so drawing a point is then only blending those pixels (blend).
   function sprite(symbol, colour) {
     const ratio = window.devicePixelRatio || 1;
     const key = symbol + "|" + colour + "|" + ratio;
@@ -169,13 +170,35 @@
       ctx.arc(0, 0, r - 1, 0, 2 * Math.PI);
       ctx.stroke();
     }
-    const made = { canvas: canvas, size: size, half: size / 2 };
+    const made = stampFrom(canvas);
     state.sprites.set(key, made);
     return made;
   }
 
-  // Per point: the sprite it is drawn with (its symbol, and its shade when the trace carries values).
-  function traceSprites(trace, colourBar) {
+  // A canvas as a stamp: its non-transparent pixels' offsets and premultiplied colours. Blending stamps into one
+  // pixel buffer and writing it with a single putImageData is ~10x faster than a drawImage per point where the
+  // canvas is drawn in software (no GPU, as in headless Chromium): 100,000 points took ~270 ms a redraw that way,
+  // too slow to zoom or pan smoothly.
+  function stampFrom(canvas) {
+    const width = canvas.width;
+    const height = canvas.height;
+    const data = canvas.getContext("2d").getImageData(0, 0, width, height).data;
+    const offsets = [];
+    const colours = []; // per pixel: r, g, b premultiplied by alpha, then 1 - alpha (what shows through)
+    for (let y = 0; y < height; y += 1) {
+      for (let x = 0; x < width; x += 1) {
+        const alpha = data[(y * width + x) * 4 + 3] / 255;
+        if (alpha === 0) continue;
+        offsets.push(x, y);
+        for (let c = 0; c < 3; c += 1) colours.push(data[(y * width + x) * 4 + c] * alpha);
+        colours.push(1 - alpha);
+      }
+    }
+    return { width: width, height: height, offsets: Int16Array.from(offsets), colours: Float32Array.from(colours) };
+  }
+
+  // Per point: the stamp it is drawn with (its symbol, and its shade when the trace carries values).
+  function traceStamps(trace, colourBar) {
     if (trace.highlight) return () => sprite("star", trace.colour);
     const stops = trace.values && colourBar ? COLOUR_SCALES[colourBar.scale] || COLOUR_SCALES.Viridis : null;
     const span = colourBar ? colourBar.high - colourBar.low : 0;
@@ -212,17 +235,17 @@
     panel.ys = new Float64Array(n);
     panel.rowOf = new Int32Array(n);
     panel.traceOf = new Int32Array(n);
-    panel.spriteOf = new Array(n);
+    panel.stampOf = new Array(n);
     let at = 0;
     panel.traces = traces.map((trace, traceIndex) => {
-      const spriteFor = traceSprites(trace, colourBar);
+      const stampFor = traceStamps(trace, colourBar);
       const start = at;
       trace.rows.forEach((row, i) => {
         panel.xs[at] = trace.x[i];
         panel.ys[at] = trace.y[i];
         panel.rowOf[at] = row;
         panel.traceOf[at] = traceIndex;
-        panel.spriteOf[at] = spriteFor(i);
+        panel.stampOf[at] = stampFor(i);
         if (!panel.positions.has(row)) panel.positions.set(row, at);
         if (trace.highlight) panel.highlighted.push(at);
         at += 1;
@@ -451,30 +474,6 @@
     requestAnimationFrame(() => draw(panel));
   }
 
-  // A sprite as a stamp: its non-transparent pixels' offsets and premultiplied colours, read back once. Blending
-  // stamps into one pixel buffer and writing it with a single putImageData is ~10x faster than a drawImage per
-  // point where the canvas is drawn in software (no GPU, as in headless Chromium): 100,000 points took ~270 ms a
-  // redraw that way, too slow to zoom or pan smoothly.
-  function stampOf(mark) {
-    if (mark.stamp) return mark.stamp;
-    const width = mark.canvas.width;
-    const height = mark.canvas.height;
-    const data = mark.canvas.getContext("2d").getImageData(0, 0, width, height).data;
-    const offsets = [];
-    const colours = []; // per pixel: r, g, b premultiplied by alpha, then 1 - alpha (what shows through)
-    for (let y = 0; y < height; y += 1) {
-      for (let x = 0; x < width; x += 1) {
-        const alpha = data[(y * width + x) * 4 + 3] / 255;
-        if (alpha === 0) continue;
-        offsets.push(x, y);
-        for (let c = 0; c < 3; c += 1) colours.push(data[(y * width + x) * 4 + c] * alpha);
-        colours.push(1 - alpha);
-      }
-    }
-    mark.stamp = { width: width, height: height, offsets: Int16Array.from(offsets), colours: Float32Array.from(colours) };
-    return mark.stamp;
-  }
-
   // Blends a stamp onto the buffer with its top-left pixel at (left, top); pixels outside clip are left alone.
   function blend(pixels, rowWidth, clip, left, top, stamp) {
     const inside = left >= clip.x0 && top >= clip.y0 && left + stamp.width <= clip.x1 && top + stamp.height <= clip.y1;
@@ -532,11 +531,11 @@
         const x = area.left + (panel.xs[i] - s.view.x0) * s.sx;
         const y = area.top + (s.view.y1 - panel.ys[i]) * s.sy;
         if (x < area.left - reach || x > area.left + area.width + reach || y < area.top - reach || y > area.top + area.height + reach) continue;
-        const stamp = stampOf(panel.spriteOf[i]);
+        const stamp = panel.stampOf[i];
         blend(pixels, width, clip, Math.round(x * ratio - stamp.width / 2), Math.round(y * ratio - stamp.height / 2), stamp);
       }
     }
-    const ring = stampOf(sprite("ring", state.ringColour));
+    const ring = sprite("ring", state.ringColour);
     for (const row of panel.marked) {
       const position = pixelOf(panel, panel.positions.get(row), s);
       blend(pixels, width, clip, Math.round(position.x * ratio - ring.width / 2), Math.round(position.y * ratio - ring.height / 2), ring);
