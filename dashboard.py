@@ -6,7 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 from ui.auth import require_access
-from ui.common import sidebar
+from ui.jobs import sidebar
 from ui.server import freeze_imported_objects
 
 # A committed PNG, served by this server: a ":material/..." page icon makes the browser fetch it from Google's CDN.

@@ -2,7 +2,7 @@
 
 The AppTest section (``pages``) times the page script on the server only. A visitor waits for more: the
 page's JavaScript, the WebSocket round trip, every element and chart drawn, images fetched. Here the real
-server (``streamlit run dashboard.py``, as ``tests.browser`` starts it) serves the bench workspace with
+server (``streamlit run dashboard.py``, as ``tests.helpers.browser`` starts it) serves the bench workspace with
 two completed runs, and Debian's Chromium opens each page: once to warm the server's caches and the
 browser's HTTP cache (not counted), then ``ROUNDS`` fresh tabs, each timed from ``goto`` until the page
 *settled*: the script run ended, no element is stale or a skeleton, every Plotly chart has drawn its SVG,
@@ -121,8 +121,8 @@ def time_page(context, url: str) -> float:
 
 def _populate(context: Context) -> int:
     """Two completed runs in the bench workspace (EfficientNet-Lite0 pretrained and random), made when missing."""
-    from core.experiment import run_comparison
-    from core.runs import RunRegistry
+    from core.probing.experiment import run_comparison
+    from core.runs.registry import RunRegistry
 
     registry = RunRegistry(context.workspace.registry_path)
     if len(registry.list_runs(status="completed")) < 2:
@@ -138,7 +138,7 @@ def _populate(context: Context) -> int:
 def run(context: Context) -> tuple[dict, list[Target]]:
     from playwright.sync_api import sync_playwright
 
-    from tests.browser import CHROMIUM, launch_chromium, streamlit_server
+    from tests.helpers.browser import CHROMIUM, launch_chromium, streamlit_server
 
     if not CHROMIUM.is_file():
         return {"error": f"{CHROMIUM} is missing (apt-get install chromium)"}, []

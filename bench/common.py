@@ -1,7 +1,7 @@
 """What every bench section shares: sizes, the bench workspace, timing, targets and the results table.
 
 Pure helpers (``Target``, ``format_table``, ``cosine_stats``, ``matmul_gflops``, ``extrapolate_phase``,
-``parse_sections``) carry the maths and are unit-tested in tests/test_bench.py; the rest touches the
+``parse_sections``) carry the maths and are unit-tested in tests/bench/test_bench.py; the rest touches the
 machine. The machine is often shared, so sections time competing variants back to back, several
 rounds, and keep the best of each: the best is the closest to what the variant costs undisturbed.
 """
@@ -89,15 +89,15 @@ class Context:
 
     @property
     def workspace(self):
-        from core.workspace import Workspace
+        from core.base.workspace import Workspace
 
         return Workspace(root=self.workspace_root, data_root=self.workspace_root / "datasets")
 
     def dataset(self):
         """Synthetic Flowers in the bench workspace, generated on first use (not timed)."""
         if self._dataset is None:
-            from core.datasets import load_synthetic, synthetic_folder
-            from core.synthetic import generate_synthetic_flowers
+            from core.data.datasets import load_synthetic, synthetic_folder
+            from core.data.synthetic import generate_synthetic_flowers
 
             kwargs = {} if self.sizes.images_per_class is None else {"images_per_class": self.sizes.images_per_class}
             generate_synthetic_flowers(synthetic_folder(self.workspace), seed=0, **kwargs)
@@ -197,7 +197,7 @@ def cpu_probe_s() -> float:
 def machine() -> dict:
     import torch
 
-    from core.features import cpu_supports_bf16, device_name, select_device
+    from core.features.extract import cpu_supports_bf16, device_name, select_device
 
     model = platform.processor() or platform.machine()
     try:

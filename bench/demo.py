@@ -1,7 +1,7 @@
 """Section "demo": the offline demo as a new user meets it, from the click on Home to its two runs recorded.
 
 A fresh workspace (nothing generated, nothing cached), the real server (``streamlit run dashboard.py``, as
-``tests.browser`` starts it) and Debian's Chromium: Home is opened, the duration it promises before the click
+``tests.helpers.browser`` starts it) and Debian's Chromium: Home is opened, the duration it promises before the click
 is read, "Run the offline demo" is clicked, and the clock runs until the registry holds both completed runs
 (the job lives in the server process: generating Synthetic Flowers, extracting EfficientNet-Lite0 features
 with pretrained and with random weights, training both heads). Each run's own timings come from its record.
@@ -23,7 +23,7 @@ BUTTON = "Run the offline demo"
 
 def _runs(registry_path, status: str) -> list[dict]:
     """The fresh workspace's runs in ``status``; none before the job has created its registry."""
-    from core.runs import RunRegistry
+    from core.runs.registry import RunRegistry
 
     return RunRegistry(registry_path).list_runs(status=status) if registry_path.is_file() else []
 
@@ -31,7 +31,7 @@ def _runs(registry_path, status: str) -> list[dict]:
 def run(context: Context) -> tuple[dict, list[Target]]:
     from playwright.sync_api import sync_playwright
 
-    from tests.browser import CHROMIUM, launch_chromium, streamlit_server
+    from tests.helpers.browser import CHROMIUM, launch_chromium, streamlit_server
 
     from .browser_pages import _Pending, settled_seconds
 

@@ -1,4 +1,4 @@
-"""Section 2, feature extraction per backbone at 224 px, through core.features' own code path.
+"""Section 2, feature extraction per backbone at 224 px, through core.features.extract' own code path.
 
 For each backbone: GFLOPs per image (FlopCounterMode, attention counted through SDPA's math kernel);
 model-only images/s on pre-made tensors in fp32, in bf16 (the engine's path) and in the engine's
@@ -37,7 +37,7 @@ ACCURACY_TOLERANCE_PP = 0.5
 
 def weights_for(backbone: str, workspace) -> str:
     """ "pretrained" where the weights are here without a download, else "random"."""
-    from core.backbones import get_config
+    from core.backbones.registry import get_config
 
     here = backbone == PACKAGED_PRETRAINED or (workspace.weights_dir / get_config(backbone).weights_filename).is_file()
     return "pretrained" if here else "random"
@@ -70,14 +70,14 @@ def _autocast_forward(model: torch.nn.Module, batches: list, *, device: torch.de
 
 
 def _bf16_available(device: torch.device) -> bool:
-    from core.features import cpu_supports_bf16
+    from core.features.extract import cpu_supports_bf16
 
     return (device.type == "cuda" and torch.cuda.is_bf16_supported()) or (device.type == "cpu" and cpu_supports_bf16())
 
 
 def measure_backbone(context: Context, backbone: str) -> dict:
-    from core.backbones import build_backbone, get_config
-    from core.features import (
+    from core.backbones.registry import build_backbone, get_config
+    from core.features.extract import (
         compute_features,
         default_num_workers,
         feature_loader,
@@ -183,8 +183,8 @@ def measure_backbone(context: Context, backbone: str) -> dict:
 
 def accuracy_check(context: Context, backbone: str) -> dict:
     """fp32 vs bf16 features of every image from a pretrained backbone, and heads trained on each."""
-    from core.features import extract_features
-    from core.training import HeadConfig, train_head
+    from core.features.extract import extract_features
+    from core.probing.heads import HeadConfig, train_head
 
     dataset = context.dataset()
     split = dataset.split("1")
@@ -219,7 +219,7 @@ def accuracy_check(context: Context, backbone: str) -> dict:
 
 
 def run(context: Context) -> tuple[dict, list[Target]]:
-    from core.features import select_device, select_precision
+    from core.features.extract import select_device, select_precision
 
     if "bf16" not in context.peaks:
         measure_peak(context, "bf16")

@@ -57,7 +57,7 @@ echo "Python: $PYTHON ($("$PYTHON" -c 'import torch; print("torch", torch.__vers
 
 status=0
 echo "== CUDA tests ($(left) s left)"
-timeout $(( $(left) < 180 ? $(left) : 180 )) "$PYTHON" -m pytest -m cuda -q -p no:cacheprovider tests/test_cuda.py || status=1
+timeout $(( $(left) < 180 ? $(left) : 180 )) "$PYTHON" -m pytest -m cuda -q -p no:cacheprovider tests/core/features/test_cuda.py || status=1
 
 OUT="bench/results/gpu-$SLUG.json"
 echo "== python -m bench --only roofline,extraction --gpu-sizes ($(left) s left)"

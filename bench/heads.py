@@ -1,4 +1,4 @@
-"""Section 4, head training from cached features with ``core.training.train_head``.
+"""Section 4, head training from cached features with ``core.probing.heads.train_head``.
 
 The reference run's size (5 epochs, 680 train / 340 valid / 340 test, 17 classes) for both of the
 reference backbones' feature sizes, and a large one: 50 epochs on 20,000 384-d feature vectors.
@@ -23,7 +23,7 @@ def clustered_features(n: int, dim: int, *, classes: int = CLASSES, seed: int = 
 
 
 def time_training(*, train_samples: int, dim: int, epochs: int, repeats: int) -> dict:
-    from core.training import HeadConfig, train_head
+    from core.probing.heads import HeadConfig, train_head
 
     features, labels = clustered_features(2 * train_samples, dim)
     half, quarter = train_samples, train_samples + train_samples // 2

@@ -1,6 +1,6 @@
 """Section "maps": map methods side by side, and the Explorer at 100,000 points.
 
-1. t-SNE (openTSNE), UMAP (umap-learn, seeded) and PCA (scikit-learn) through ``core.projection.fit_map``,
+1. t-SNE (openTSNE), UMAP (umap-learn, seeded) and PCA (scikit-learn) through ``core.maps.projection.fit_map``,
    the Explorer's own call, at 1,360 and 20,000 points: 384-d features in 17 Gaussian clusters (ViT-S/14's
    size, Synthetic Flowers' class count), PCA to 50 dimensions first for t-SNE and UMAP as the Explorer
    does. umap-learn's numba compilation (first call in a process) is timed apart, on 200 points, so the
@@ -16,7 +16,7 @@
    are one real sprite sheet that every row points at: what is timed is the tooltip path with its photo,
    not the one-time building of 100,000 thumbnails (the Explorer does that in a background job).
    From 50,000 points the t-SNE is fitted on a 20,000-point sample and openTSNE's ``transform`` places
-   the rest (``core.projection.TSNE_SAMPLE_FROM``); the share of points whose nearest map neighbour has
+   the rest (``core.maps.projection.TSNE_SAMPLE_FROM``); the share of points whose nearest map neighbour has
    their class is reported beside its time.
 
 The machine is shared (other jobs run on its 2 cores): every figure is reported with the load average.
@@ -56,8 +56,8 @@ import numpy as np
 import streamlit as st
 
 sys.path.insert(0, os.environ["BENCH_REPO"])
-from core.projection import class_colours
-from core.thumbnails import SpriteSheets
+from core.maps.projection import class_colours
+from core.maps.thumbnails import SpriteSheets
 from ui.hover_scatter import HoverText, Panel, ThumbnailSource, Trace, hover_scatter
 
 st.set_page_config(layout="wide")
@@ -80,7 +80,7 @@ hover_scatter([Panel(title=f"t-SNE of {n:,} points", traces=traces)], hover_text
 
 
 def _time_map(features: np.ndarray, method: str) -> float:
-    from core.projection import MapParams, fit_map
+    from core.maps.projection import MapParams, fit_map
 
     started = time.perf_counter()
     fit_map(features, method=method, params=MapParams())
@@ -106,7 +106,7 @@ def _methods(context: Context, points: tuple[int, ...]) -> dict:
 
 
 def _tsne_big(context: Context, n: int) -> dict:
-    from core.projection import MapParams, fit_map, tsne_sample_rows
+    from core.maps.projection import MapParams, fit_map, tsne_sample_rows
 
     features, labels = clustered_features(n, 384)
     events = []
@@ -188,7 +188,7 @@ def _cluster_positions(n: int, folder: Path) -> Path:
 def _hover_latency(context: Context, map_path: Path, folder: Path) -> dict:
     from playwright.sync_api import sync_playwright
 
-    from tests.browser import (
+    from tests.helpers.browser import (
         REPO,
         component_frame,
         launch_chromium,

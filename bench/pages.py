@@ -43,8 +43,8 @@ def _workspace_env(root: Path) -> Iterator[None]:
 
 def _populate(context: Context) -> int:
     """Completed runs in the bench workspace; makes one (EfficientNet-Lite0, pretrained) when there are none."""
-    from core.experiment import run_comparison
-    from core.runs import RunRegistry
+    from core.probing.experiment import run_comparison
+    from core.runs.registry import RunRegistry
 
     registry = RunRegistry(context.workspace.registry_path)
     if not registry.list_runs(status="completed"):

@@ -4,7 +4,7 @@ Issue 10's target: the five protocols x six shots levels (1, 2, 4, 8, 16, all) x
 backbone on 1,360 x 384 cached features (ViT-S/14's size; 680 train / 340 valid / 340 test, 17 classes)
 in under 60 s on 2 cores. The features are Gaussian class clusters with heavy noise (the probes' cost
 does not depend on the values, but k-NN ties and L-BFGS iterations do, so they are not trivially
-separable). The grid is ``core.fewshot.probe_grid``, the suite's own inner loop; recording is timed
+separable). The grid is ``core.probing.suite.probe_grid``, the suite's own inner loop; recording is timed
 separately: one ``record_completed_run`` transaction per run, with 340 per-image predictions each.
 """
 
@@ -33,8 +33,8 @@ def _parts(seed: int = 0):
 
 
 def time_suite(*, levels: list[int | None], seeds: int) -> dict:
-    from core.fewshot import plan_suite, probe_grid
-    from core.probes import PROTOCOLS
+    from core.probing.probes import PROTOCOLS
+    from core.probing.suite import plan_suite, probe_grid
 
     train, valid, test = _parts()
     plan = plan_suite(backbones=["dinov2_vits14"], protocols=list(PROTOCOLS), features=None, shots=levels, seeds=seeds)
@@ -57,7 +57,7 @@ def time_suite(*, levels: list[int | None], seeds: int) -> dict:
 
 def time_recording(context: Context, results: list) -> dict:
     """Seconds to record ``results`` as runs, one transaction each (the suite's way), into the bench workspace."""
-    from core.runs import RunRegistry
+    from core.runs.registry import RunRegistry
 
     path = context.workspace_root / "probe-bench-runs.sqlite"
     for stale in context.workspace_root.glob("probe-bench-runs.sqlite*"):  # the size reported is one suite's

@@ -13,7 +13,7 @@ and extrapolated (``extrapolate_phase``, which leans low): epoch 1's train and v
 images), and the test pass costs what the valid pass does (the same code: forward and head evaluation,
 no shuffle). The report says so (``extrapolated``, ``method``). ``--reference-full`` runs it all instead.
 
-This engine's way is ``core.experiment.run_comparison`` on the same dataset and backbones: first with an
+This engine's way is ``core.probing.experiment.run_comparison`` on the same dataset and backbones: first with an
 empty feature cache (extract once in bf16, train heads on the cache), then again with the cache filled.
 """
 
@@ -69,8 +69,8 @@ def _timed_pass(loader: DataLoader, step, max_batches: int | None) -> tuple[tupl
 
 def reference_backbone(context: Context, backbone: str, *, max_batches: int | None) -> dict:
     """Time the reference protocol for one backbone; extrapolated when ``max_batches`` limits each pass."""
-    from core.backbones import build_backbone, get_config, make_transform
-    from core.features import default_num_workers, select_device
+    from core.backbones.registry import build_backbone, get_config, make_transform
+    from core.features.extract import default_num_workers, select_device
 
     dataset = context.dataset()
     split = dataset.split("1")
@@ -148,8 +148,8 @@ def reference_backbone(context: Context, backbone: str, *, max_batches: int | No
 
 def engine_way(context: Context) -> dict:
     """``run_comparison`` twice: with an empty feature cache, then with it filled."""
-    from core.experiment import run_comparison
-    from core.training import HeadConfig
+    from core.probing.experiment import run_comparison
+    from core.probing.heads import HeadConfig
 
     workspace = context.workspace
     for backbone in BACKBONES:  # the first run must extract: drop any features an earlier section cached

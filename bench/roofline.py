@@ -29,7 +29,7 @@ def _synchronised(device: torch.device, function):
 
 def measure_peak(context: Context, dtype_name: str, *, n: int | None = None, repeats: int | None = None) -> float:
     """Best GFLOP/s of an (n x n) @ (n x n) matmul in ``dtype_name``; also raises ``context.peaks`` to it."""
-    from core.features import select_device
+    from core.features.extract import select_device
 
     device = select_device("auto")
     n = n or context.sizes.matmul_n
@@ -46,7 +46,7 @@ def measure_peak(context: Context, dtype_name: str, *, n: int | None = None, rep
 
 
 def run(context: Context) -> tuple[dict, list[Target]]:
-    from core.features import select_device
+    from core.features.extract import select_device
 
     device = select_device("auto")
     results = {"n": context.sizes.matmul_n, "repeats": context.sizes.matmul_repeats, "gflops": {}}

@@ -94,25 +94,25 @@ def low_res_hook() -> None:
     """Lower every backbone's input size to ``$FLOWER_PROBE_BENCH_LOW_RES`` px in this process (bench only)."""
     import dataclasses
 
-    import core.backbones
-    import core.features
+    import core.backbones.registry
+    import core.features.extract
 
     size = int(os.environ[LOW_RES_ENV])
-    real = core.backbones.get_config
+    real = core.backbones.registry.get_config
 
     def low(name: str):
         return dataclasses.replace(real(name), input_size=size, resize=size)
 
-    core.backbones.get_config = low
-    core.features.get_config = low
+    core.backbones.registry.get_config = low
+    core.features.extract.get_config = low
 
 
 def _child(job: dict) -> dict:
     """Runs in a fresh process: one measured step, its figures as JSON."""
     os.environ[LOW_RES_ENV] = str(job.get("low_res", LOW_RES))
     low_res_hook()
-    from core.datasets import load_dataset
-    from core.workspace import Workspace
+    from core.base.workspace import Workspace
+    from core.data.datasets import load_dataset
 
     workspace = Workspace(root=Path(job["workspace"]), data_root=Path(job["data_root"]))
     started = time.perf_counter()
@@ -132,7 +132,7 @@ def _child(job: dict) -> dict:
     if job["step"] == "ray":
         import ray
 
-        from core.ray_extract import extract_features_ray
+        from core.features.ray_engine import extract_features_ray
 
         ray.init(
             num_cpus=os.cpu_count(),
@@ -146,7 +146,7 @@ def _child(job: dict) -> dict:
         result = extract_features_ray(dataset, BACKBONE, workspace=workspace, weights="random", precision="fp32")
         ray.shutdown()
     else:
-        from core.features import extract_features
+        from core.features.extract import extract_features
 
         result = extract_features(dataset, BACKBONE, workspace=workspace, weights="random", precision="fp32")
     elapsed = time.perf_counter() - started

@@ -1,4 +1,4 @@
-"""Section 5, t-SNE maps with ``core.projection.tsne_embedding``: scikit-learn and openTSNE, and "auto".
+"""Section 5, t-SNE maps with ``core.maps.projection.tsne_embedding``: scikit-learn and openTSNE, and "auto".
 
 Points are 384-d features in 17 Gaussian clusters (ViT-S/14's size, Synthetic Flowers' class count);
 each map includes the PCA to 50 dimensions the explorer does first. "auto" is what the explorer runs.
@@ -15,9 +15,9 @@ TARGET_POINTS = 1_360
 
 def run(context: Context) -> tuple[dict, list[Target]]:
     try:
-        from core.projection import tsne_embedding
+        from core.maps.projection import tsne_embedding
     except ImportError as exc:
-        context.log(f"  t-SNE: core.projection.tsne_embedding is missing ({exc})")
+        context.log(f"  t-SNE: core.maps.projection.tsne_embedding is missing ({exc})")
         return {"missing": str(exc)}, [Target(f"t-SNE of {TARGET_POINTS:,} points", None, "<", 5, "s", "missing")]
     results: dict = {}
     for points in context.sizes.tsne_points:

@@ -14,18 +14,24 @@ import json
 import sys
 import time
 
-from .backbones import TIMM_PREFIX, get_config, list_backbones, list_timm_backbones, parse_weights_overrides
-from .datasets import list_datasets, prepare_dataset
-from .errors import FlowerProbeError
-from .experiment import WEIGHTS_SEPARATOR, parse_backbone, run_comparison
-from .fewshot import DEFAULT_SEEDS, fewshot_table, parse_shots, protocols_table, result_rows, run_probe_suite
-from .fileio import atomic_write_bytes
-from .presets import HEAD_DEFAULTS, REFERENCE
-from .progress import ProgressEvent, format_duration
-from .runs import RunRegistry
-from .summary import summarise_runs
-from .training import HEAD_TYPES, HeadConfig
-from .workspace import Workspace
+from core.backbones.registry import (
+    TIMM_PREFIX,
+    get_config,
+    list_backbones,
+    list_timm_backbones,
+    parse_weights_overrides,
+)
+from core.base.errors import FlowerProbeError
+from core.base.fileio import atomic_write_bytes
+from core.base.progress import ProgressEvent, format_duration
+from core.base.workspace import Workspace
+from core.data.datasets import list_datasets, prepare_dataset
+from core.probing.experiment import WEIGHTS_SEPARATOR, parse_backbone, run_comparison
+from core.probing.heads import HEAD_TYPES, HeadConfig
+from core.probing.presets import HEAD_DEFAULTS, REFERENCE
+from core.probing.suite import DEFAULT_SEEDS, fewshot_table, parse_shots, protocols_table, result_rows, run_probe_suite
+from core.probing.summary import summarise_runs
+from core.runs.registry import RunRegistry
 
 
 class ConsoleProgress:
@@ -84,7 +90,7 @@ def _print_run(record: dict) -> None:
 
 
 def comparison_table(records: list[dict]) -> str:
-    """Side-by-side table, one row per experiment (``core.summary``); with several splits, mean and std over them."""
+    """Side-by-side table, one row per experiment (``core.probing.summary``); with several splits, mean and std over them."""
     lines = [
         f"{'backbone':<34} {'splits':>6} {'test acc':>15} {'test loss':>15} {'features s':>10} {'train s':>8} device"
     ]
@@ -182,8 +188,13 @@ def _cmd_datasets(args: argparse.Namespace, workspace: Workspace) -> None:
 
 
 def _cmd_health(args: argparse.Namespace, workspace: Workspace) -> None:
-    from .export import csv_text
-    from .health import CSV_COLUMNS, HealthConfig, dataset_health, report_text  # only this command needs them
+    from core.base.csv_export import csv_text
+    from core.health.checks import (  # only this command needs them
+        CSV_COLUMNS,
+        HealthConfig,
+        dataset_health,
+        report_text,
+    )
 
     config = HealthConfig(split=args.split, folds=args.folds, duplicate_threshold=args.duplicate_threshold)
     report = dataset_health(
@@ -247,7 +258,7 @@ def _cmd_runs(args: argparse.Namespace, workspace: Workspace) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace, workspace: Workspace) -> None:
-    from .predict import Predictor  # only this command needs it
+    from core.predict.classify import Predictor  # only this command needs it
 
     predictor = Predictor.from_run(
         args.run, workspace=workspace, device=args.device, progress=ConsoleProgress(), extract_missing=True
@@ -267,9 +278,9 @@ def _cmd_predict(args: argparse.Namespace, workspace: Workspace) -> None:
 
 
 def _cmd_map(args: argparse.Namespace, workspace: Workspace) -> None:
-    from .datasets import load_dataset
-    from .features import extract_features
-    from .projection import MAP_METHODS, MapParams, cached_map, map_png
+    from core.data.datasets import load_dataset
+    from core.features.extract import extract_features
+    from core.maps.projection import MAP_METHODS, MapParams, cached_map, map_png
 
     dataset = load_dataset(args.dataset, workspace)
     features = extract_features(
@@ -295,7 +306,7 @@ def _cmd_map(args: argparse.Namespace, workspace: Workspace) -> None:
 def _cmd_patches(args: argparse.Namespace, workspace: Workspace) -> None:
     from pathlib import Path
 
-    from .patches import patch_grids, patch_views, png_bytes, sign_note, view_sheet
+    from core.maps.patches import patch_grids, patch_views, png_bytes, sign_note, view_sheet
 
     grids = patch_grids(
         [(Path(path).name, path) for path in args.images],
@@ -313,8 +324,8 @@ def _cmd_patches(args: argparse.Namespace, workspace: Workspace) -> None:
 
 
 def _cmd_extract(args: argparse.Namespace, workspace: Workspace) -> None:
-    from .features import extract_features, read_features
-    from .variants import check_variant
+    from core.backbones.variants import check_variant
+    from core.features.extract import extract_features, read_features
 
     variants = [check_variant(args.backbone, v) for v in (args.features or [None])]
     dataset = prepare_dataset(args.dataset, workspace, progress=ConsoleProgress())
@@ -327,7 +338,7 @@ def _cmd_extract(args: argparse.Namespace, workspace: Workspace) -> None:
         "variant": variants[0],
     }
     if args.engine == "ray":
-        from .ray_extract import extract_features_ray
+        from core.features.ray_engine import extract_features_ray
 
         result = extract_features_ray(
             dataset, args.backbone, address=args.ray_address, num_gpus_per_worker=args.num_gpus_per_worker, **common

@@ -3,7 +3,7 @@
 For each image: the photo, the run's top-5 classes (and a warning when it looks like no training
 image), the nearest training images in the backbone's feature space, and where the image lands on
 the run's map (t-SNE, UMAP or PCA); optionally a second run side by side; a table and CSV for a
-batch. The logic lives in ``ui.classify``; predictions are ``core.predict.Predictor.predict``, the
+batch. The logic lives in ``ui.classify``; predictions are ``core.predict.classify.Predictor.predict``, the
 same call as ``python -m core predict``.
 """
 
@@ -13,7 +13,7 @@ import streamlit as st
 
 from ui import classify
 from ui.auth import require_access
-from ui.common import user_errors
+from ui.state import user_errors
 
 require_access()  # first: no Streamlit mode runs this page past the access gate
 

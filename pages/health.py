@@ -1,13 +1,13 @@
 """Health: what a backbone's features say about the dataset: likely label errors, duplicates and train/test
-leakage, outliers; exclude images from later runs. The parts live in ``ui.health``, the engine in ``core.health``.
+leakage, outliers; exclude images from later runs. The parts live in ``ui.health``, the engine in ``core.health.checks``.
 """
 
 import streamlit as st
 
 from ui.auth import require_access
-from ui.common import cached_dataset, user_errors
 from ui.dataset import excluded_section
 from ui.health import form, health_jobs, lookup, queue_check, queue_extraction, show_report
+from ui.state import cached_dataset, user_errors
 
 require_access()  # first: no Streamlit mode runs this page past the access gate
 

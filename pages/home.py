@@ -1,6 +1,6 @@
 """Home: what Flower Probe does, the workspace's state, and one button for the reference comparison or the offline demo.
 
-The parts live in ``ui.home``; the ready-made experiments in ``core.presets``.
+The parts live in ``ui.home``; the ready-made experiments in ``core.probing.presets``.
 """
 
 import streamlit as st

@@ -12,7 +12,7 @@ import streamlit as st
 
 from ui import patches
 from ui.auth import require_access
-from ui.common import user_errors
+from ui.state import user_errors
 
 require_access()  # first: no Streamlit mode runs this page past the access gate
 

@@ -10,7 +10,7 @@ import pytest
 # Two cores: keep torch from oversubscribing when pytest and DataLoader workers share them.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-from core.workspace import Workspace  # noqa: E402
+from core.base.workspace import Workspace  # noqa: E402
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
 @pytest.fixture(scope="session")
 def tiny_synthetic_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Synthetic Flowers at 8 images a class and 64 px: real images, generated once per session."""
-    from core.synthetic import generate_synthetic_flowers
+    from core.data.synthetic import generate_synthetic_flowers
 
     return generate_synthetic_flowers(
         tmp_path_factory.mktemp("tiny") / "synthetic-flowers", seed=0, images_per_class=8, image_size=64
@@ -35,7 +35,7 @@ def tiny_workspace(workspace: Workspace, tiny_synthetic_folder: Path) -> Workspa
     """A workspace whose 'synthetic' dataset is the tiny one (a copy, so tests may modify it)."""
     import shutil
 
-    from core.datasets import synthetic_folder
+    from core.data.datasets import synthetic_folder
 
     shutil.copytree(tiny_synthetic_folder, synthetic_folder(workspace))
     return workspace
@@ -47,9 +47,9 @@ def populated_root(tmp_path_factory: pytest.TempPathFactory, tiny_synthetic_fold
     resnet50 (random weights), 2 epochs each. Built once per session; use ``populated_workspace``."""
     import shutil
 
-    from core.datasets import synthetic_folder
-    from core.experiment import run_comparison
-    from core.training import HeadConfig
+    from core.data.datasets import synthetic_folder
+    from core.probing.experiment import run_comparison
+    from core.probing.heads import HeadConfig
 
     root = tmp_path_factory.mktemp("populated") / "workspace"
     built = Workspace(root=root, data_root=root / "datasets")

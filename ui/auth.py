@@ -87,7 +87,7 @@ def _password_gate(expected: str) -> None:
 
 
 def access_controls() -> None:
-    """The signed-in user and a log-out button, for the sidebar (drawn once per run by ``ui.common.sidebar``)."""
+    """The signed-in user and a log-out button, for the sidebar (drawn once per run by ``ui.jobs.sidebar``)."""
     if oidc_providers() is not None and st.user.is_logged_in:
         st.caption(f"Signed in as {st.user.get('email') or st.user.get('name') or 'user'}")
         if st.button("Log out", icon=":material/logout:", key="flower-probe-logout"):

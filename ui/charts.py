@@ -1,7 +1,7 @@
 """Plotly figures for the dashboard: training curves, confusion matrices, per-class accuracy, class counts.
 
 Pure functions of data (no Streamlit calls), so tests can build and inspect them. Every user-controlled
-string (class names, dataset names) goes through ``core.text.html_text`` first: Plotly renders a subset of HTML in
+string (class names, dataset names) goes through ``core.base.text.html_text`` first: Plotly renders a subset of HTML in
 text, so a class folder called ``<b>x</b>`` would otherwise show in bold, and ``&lt;`` is how Plotly
 shows a literal ``<``.
 """
@@ -14,8 +14,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.projection import class_colours  # one palette for every map: Explorer, Classify, the CLI's figures
-from core.text import html_text
+from core.base.text import html_text
+from core.maps.projection import class_colours  # one palette for every map: Explorer, Classify, the CLI's figures
 
 # Plotly's default qualitative palette; runs keep one colour across every figure of a page.
 RUN_COLOURS = (

@@ -1,11 +1,11 @@
 """The Classify page's logic: runs to classify with, the images, predictions, and how to show them.
 
 ``pages/classify.py`` reads top to bottom (title, ``choose_runs()``, ``load_predictors(...)``,
-``choose_images(...)``, ``show_results(...)``). Predictions come from ``core.predict.Predictor.predict``,
+``choose_images(...)``, ``show_results(...)``). Predictions come from ``core.predict.classify.Predictor.predict``,
 the same call as ``python -m core predict``; figures from ``ui.charts``. A run whose training features
 were deleted is not re-extracted on the page's thread: the extraction is queued in the job runner and
 the page says so. Uploads stay in memory and are never written to disk; every user-controlled string
-goes through ``core.text`` before Markdown or Plotly sees it.
+goes through ``core.base.text`` before Markdown or Plotly sees it.
 """
 
 from __future__ import annotations
@@ -15,18 +15,21 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from core import backbones
-from core.export import csv_text
-from core.features import extract_features
-from core.images import SUPPORTED_UPLOAD_TYPES
-from core.jobs import progress_job
-from core.predict import FeaturesMissingError, Prediction, Predictor, default_run, summary_rows
-from core.projection import MAP_METHODS, MIN_MAP_POINTS, FeatureMap, MapParams, cached_map
-from core.text import markdown_text
-from core.variants import default_variant
-from core.workspace import Workspace
+from core.backbones import registry as backbones
+from core.backbones.variants import default_variant
+from core.base.csv_export import csv_text
+from core.base.text import markdown_text
+from core.base.workspace import Workspace
+from core.data.images import SUPPORTED_UPLOAD_TYPES
+from core.features.extract import extract_features
+from core.jobs.runner import progress_job
+from core.maps.projection import MAP_METHODS, MIN_MAP_POINTS, FeatureMap, MapParams, cached_map
+from core.predict.classify import FeaturesMissingError, Prediction, Predictor, default_run, summary_rows
 from ui.charts import placed_map_figure, top_classes_figure
-from ui.common import dataset_label, job_card, job_runner, list_runs, photo_grid, run_label, workspace
+from ui.jobs import job_card
+from ui.labels import dataset_label, run_label
+from ui.state import job_runner, list_runs, workspace
+from ui.widgets import photo_grid
 
 DETAIL_LIMIT = 4  # images shown in full at once; with more, a picker chooses which one to show
 THUMB_PX = 128  # neighbour thumbnails: big enough to recognise a flower, six fit a column
@@ -42,7 +45,7 @@ def _backbone(
     _workspace: Workspace, workspace_key: str, backbone: str, weights: str, weights_tag: str
 ) -> torch.nn.Module:
     # One per server process for every run on this backbone and weights, and every user. Never changed:
-    # a predictor of another precision converts a copy (core.features.prepare_model).
+    # a predictor of another precision converts a copy (core.features.extract.prepare_model).
     model, _ = backbones.build_backbone(backbone, weights=weights, workspace=_workspace)
     return model
 

@@ -5,7 +5,7 @@ Frames and sentences are built by pure functions (tested without a page); the ``
 them. Runs are named by ``run_name`` everywhere on the page: the same backbone with two weights (pretrained
 and random, or two checkpoint files), protocols and feature variants never read alike. Few-shot runs (a
 probe suite makes a hundred per backbone) stay out of the run list and feed the few-shot curves instead.
-Every export goes through ``core.export.csv_text`` (formula-safe cells, ISO timestamps).
+Every export goes through ``core.base.csv_export.csv_text`` (formula-safe cells, ISO timestamps).
 """
 
 from __future__ import annotations
@@ -17,25 +17,17 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.export import csv_text, iso_time
-from core.fewshot import fewshot_points
-from core.probes import PROTOCOLS
-from core.stats import comparison_sentence, paired_comparison
-from core.summary import summarise_runs
-from core.text import markdown_text
-from core.variants import default_variant
+from core.backbones.variants import default_variant
+from core.base.csv_export import csv_text, iso_time
+from core.base.text import markdown_text
+from core.probing.probes import PROTOCOLS
+from core.probing.stats import comparison_sentence, paired_comparison
+from core.probing.suite import fewshot_points
+from core.probing.summary import summarise_runs
 from ui.charts import confusion_figure, curves_figure, fewshot_figure, per_class_figure
-from ui.common import (
-    dataset_label,
-    head_label,
-    photo_grid,
-    registry,
-    registry_stamp,
-    run_epochs,
-    run_label,
-    run_predictions,
-    weights_label,
-)
+from ui.labels import dataset_label, head_label, run_label, weights_label
+from ui.state import registry, registry_stamp, run_epochs, run_predictions
+from ui.widgets import photo_grid
 
 THUMB_PX = 112
 GALLERY_LIMIT = 24  # photos per gallery; the full list is in the table and the CSV
@@ -166,7 +158,7 @@ def runs_table(runs: list[dict]) -> pd.DataFrame:
 
 
 def split_summary(runs: list[dict]) -> pd.DataFrame:
-    """Mean and sample std of test metrics per experiment over its runs (``core.summary``, as the CLI groups)."""
+    """Mean and sample std of test metrics per experiment over its runs (``core.probing.summary``, as the CLI groups)."""
     summaries = summarise_runs(runs)
     return pd.DataFrame(
         {

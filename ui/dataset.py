@@ -1,8 +1,8 @@
 """The Dataset page's parts: choose a dataset, prepare a built-in one (a background job with progress), class
-counts per split, sample photos per class, and the images the user excluded (``core.exclusions``).
+counts per split, sample photos per class, and the images the user excluded (``core.data.exclusions``).
 
-Every dataset's state reads the same words everywhere (``core.datasets.DatasetEntry.state``). Class and file
-names are shown as text, never as HTML or Markdown (``core.text.markdown_text``).
+Every dataset's state reads the same words everywhere (``core.data.datasets.DatasetEntry.state``). Class and file
+names are shown as text, never as HTML or Markdown (``core.base.text.markdown_text``).
 """
 
 from __future__ import annotations
@@ -11,23 +11,15 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.datasets import OXFORD17_KEY, Dataset, DatasetEntry, dataset_summary, list_datasets, prepare_dataset
-from core.exclusions import can_undo, excluded_images, include_images, undo_exclusions
-from core.jobs import progress_job
-from core.text import markdown_text
-from ui.common import (
-    any_job_active,
-    bar_table,
-    cached_dataset,
-    dataset_label,
-    files_to_fetch,
-    job_card,
-    job_runner,
-    missing_files_markdown,
-    photo_grid,
-    user_errors,
-    workspace,
-)
+from core.base.text import markdown_text
+from core.data.datasets import OXFORD17_KEY, Dataset, DatasetEntry, dataset_summary, list_datasets, prepare_dataset
+from core.data.exclusions import can_undo, excluded_images, include_images, undo_exclusions
+from core.jobs.runner import progress_job
+from ui.jobs import any_job_active, job_card
+from ui.labels import dataset_label
+from ui.launch import files_to_fetch, missing_files_markdown
+from ui.state import cached_dataset, job_runner, user_errors, workspace
+from ui.widgets import bar_table, photo_grid
 
 PREPARE_TITLE = "Prepare {name}"
 THUMB_PX = 96

@@ -4,12 +4,12 @@
 it draws is decided here, and the pure parts (default runs, common rows, traces per colouring,
 scores) are plain functions tested without a page.
 
-Maps come from ``core.projection.cached_map``: t-SNE, UMAP or PCA, each cached per (features,
+Maps come from ``core.maps.projection.cached_map``: t-SNE, UMAP or PCA, each cached per (features,
 method, parameters) in this process and under ``<workspace>/features/maps/``, so a rerun that does
 not change them computes nothing. Dataset rows are the global row ids everywhere (traces,
 tooltips, sprite sheets). Colour by: true class, predicted class or correct / incorrect of a chosen
 run (any protocol: every run records per-image test predictions), or any per-image score
-(``ImageScore``: a run's prediction confidence, and the data-health scores of ``core.health`` where
+(``ImageScore``: a run's prediction confidence, and the data-health scores of ``core.health.checks`` where
 that module offers them), on a colour bar.
 """
 
@@ -22,12 +22,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import streamlit as st
 
-from core.datasets import Dataset
-from core.errors import FlowerProbeError
-from core.exclusions import relative_path
-from core.features import FeatureSet, read_features
-from core.jobs import progress_job
-from core.projection import (
+from core.base.errors import FlowerProbeError
+from core.base.text import markdown_text
+from core.data.datasets import Dataset
+from core.data.exclusions import relative_path
+from core.features.extract import FeatureSet, read_features
+from core.jobs.runner import progress_job
+from core.maps.projection import (
     MAP_METHODS,
     MIN_MAP_POINTS,
     FeatureMap,
@@ -35,21 +36,7 @@ from core.projection import (
     cached_map,
     cosine_neighbours,
 )
-from core.text import markdown_text
 from ui.charts import class_colours
-from ui.common import (
-    cached_dataset,
-    dataset_label,
-    job_runner,
-    list_runs,
-    photo_grid,
-    run_files,
-    run_label,
-    run_predictions,
-    stage_text,
-    weights_label,
-    workspace,
-)
 from ui.hover_scatter import (
     BACKGROUND_FROM,
     ColourBar,
@@ -61,6 +48,10 @@ from ui.hover_scatter import (
     planned_thumbnails,
     prepare_thumbnails,
 )
+from ui.jobs import stage_text
+from ui.labels import dataset_label, run_label, weights_label
+from ui.state import cached_dataset, job_runner, list_runs, run_files, run_predictions, workspace
+from ui.widgets import photo_grid
 
 MAX_PANELS = 2  # two maps side by side still leave each one wide enough to read clusters
 PARTS = {"all": "all images", "train": "train", "val": "validation", "test": "test"}
@@ -107,7 +98,7 @@ def confidence_score(run: dict, predictions: dict[int, tuple[int, float]], n_row
 
 
 def health_scores(report, dataset: Dataset) -> list[ImageScore]:
-    """The label-quality and outlier scores of a ``core.health.HealthReport``, per dataset row.
+    """The label-quality and outlier scores of a ``core.health.checks.HealthReport``, per dataset row.
 
     The report numbers images by its ``paths`` (dataset-relative); rows it did not analyse (excluded,
     unreadable, and the test part for label quality) stay NaN.
@@ -300,7 +291,7 @@ def _file_stamp(path: str) -> tuple[int, int] | None:
 def _features_file(run: dict) -> str:
     """The run's feature cache in this workspace ("" if it recorded none).
 
-    Found through ``core.locate``, so a moved workspace works.
+    Found through ``core.runs.files``, so a moved workspace works.
     """
     return str(run_files(run).features or "")
 
@@ -339,9 +330,9 @@ def _map(
 def _health(
     workspace_key: str, dataset_key: str, fingerprint: str, backbone: str, weights: str, variant: str | None, split: str
 ):
-    from core.health import HealthConfig, dataset_health
+    from core.health.checks import HealthConfig, dataset_health
 
-    # Cached on disk by core.health too (a second server process reads the report); features are never extracted here.
+    # Cached on disk by core.health.checks too (a second server process reads the report); features are never extracted here.
     return dataset_health(
         dataset_key, backbone, workspace=workspace(), weights=weights, variant=variant, config=HealthConfig(split=split)
     )
@@ -561,7 +552,7 @@ def _colour_controls(column, dataset: Dataset, runs: list[dict], on_dataset: dic
     if has_predictions:
         modes |= {key: label for key, label in COLOUR_MODES.items() if key != "class"}
         modes |= {f"score:{key}": score.name for key, score in scores.items()}
-    # Data-health scores (core.health) of the first map's features: computed only once chosen (cached after).
+    # Data-health scores (core.health.checks) of the first map's features: computed only once chosen (cached after).
     modes |= {HEALTH_MODE: f"data health: label quality and outlier scores ({runs[0]['backbone']})"}
     if st.session_state.get("explorer_colour") == HEALTH_MODE or str(
         st.session_state.get("explorer_colour")

@@ -1,7 +1,7 @@
 """The Health page's parts: pick a dataset and a backbone, queue the feature extraction or the check, and show
 label issues, duplicates (with leakage) and outliers as photo galleries, with exclusions and a CSV download.
 
-The engine is ``core.health``; a page render only reads cached reports (``dataset_health(..., compute=False)``),
+The engine is ``core.health.checks``; a page render only reads cached reports (``dataset_health(..., compute=False)``),
 the extraction and the check itself run in the job runner. Names and paths are shown through ``markdown_text``
 (text, never markup). Pure helpers (``gallery_items``, ``pair_items``, ``health_csv``, ``comparison_frame``) carry
 the logic the tests check without a browser.
@@ -14,18 +14,19 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from core.backbones import list_backbones, local_weights
-from core.datasets import list_datasets
-from core.errors import FlowerProbeError, MissingFileError
-from core.exclusions import exclude_images
-from core.experiment import BackboneChoice, parse_backbone
-from core.export import csv_text
-from core.health import CSV_COLUMNS, HealthConfig, HealthReport, compare_health, dataset_health
-from core.jobs import extraction_job, progress_job
-from core.text import markdown_text
-from core.variants import available_variants, default_variant
-from ui.common import any_job_active, job_runner, live_jobs, thumbnail, user_errors, workspace
+from core.backbones.registry import list_backbones, local_weights
+from core.backbones.variants import available_variants, default_variant
+from core.base.csv_export import csv_text
+from core.base.errors import FlowerProbeError, MissingFileError
+from core.base.text import markdown_text
+from core.data.datasets import list_datasets
+from core.data.exclusions import exclude_images
+from core.health.checks import CSV_COLUMNS, HealthConfig, HealthReport, compare_health, dataset_health
+from core.jobs.runner import extraction_job, progress_job
+from core.probing.experiment import BackboneChoice, parse_backbone
 from ui.dataset import undo_exclusion_button, watch_jobs
+from ui.jobs import any_job_active, live_jobs
+from ui.state import job_runner, thumbnail, user_errors, workspace
 
 THUMB_PX = 128
 PER_ROW = 6
@@ -157,7 +158,7 @@ def pair_items(report: HealthReport, *, threshold: float, limit: int) -> list[di
 
 
 def health_csv(report: HealthReport, *, threshold: float) -> str:
-    """The CSV download: one row per flagged image, formula-safe (``core.export.csv_text``)."""
+    """The CSV download: one row per flagged image, formula-safe (``core.base.csv_export.csv_text``)."""
     return csv_text(report.flagged_rows(threshold), columns=CSV_COLUMNS)
 
 

@@ -1,10 +1,10 @@
 """The Home page's parts: the workspace summary, recent runs, and the ready-made comparisons with their duration.
 
-The reference comparison (``core.presets.REFERENCE``) needs two dataset files and two weights files; they
+The reference comparison (``core.probing.presets.REFERENCE``) needs two dataset files and two weights files; they
 are checked on disk only (never on the network: a render must not block). When some are missing the
-page names them and offers the offline demo (``core.presets.OFFLINE_DEMO``: EfficientNet-Lite0 pretrained
+page names them and offers the offline demo (``core.probing.presets.OFFLINE_DEMO``: EfficientNet-Lite0 pretrained
 vs random weights on Synthetic Flowers), optionally with a random ResNet-50. Every button states how long
-its run should take before the click (``ui.common.expected_duration``).
+its run should take before the click (``ui.launch.expected_duration``).
 """
 
 from __future__ import annotations
@@ -14,25 +14,14 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.datasets import OXFORD17_KEY, list_datasets
-from core.features import ShardedCache
-from core.jobs import comparison_job
-from core.presets import OFFLINE_DEMO, OFFLINE_DEMO_RANDOM_RESNET, REFERENCE, ComparisonPreset
-from core.text import markdown_text
-from ui.common import (
-    dataset_label,
-    duration_text,
-    expected_duration,
-    files_to_fetch,
-    format_age,
-    format_bytes,
-    job_runner,
-    list_runs,
-    missing_files_markdown,
-    user_errors,
-    weights_label,
-    workspace,
-)
+from core.base.text import markdown_text
+from core.data.datasets import OXFORD17_KEY, list_datasets
+from core.features.extract import ShardedCache
+from core.jobs.runner import comparison_job
+from core.probing.presets import OFFLINE_DEMO, OFFLINE_DEMO_RANDOM_RESNET, REFERENCE, ComparisonPreset
+from ui.labels import dataset_label, format_age, format_bytes, weights_label
+from ui.launch import duration_text, expected_duration, files_to_fetch, missing_files_markdown
+from ui.state import job_runner, list_runs, user_errors, workspace
 
 RECENT_RUNS = 8
 LAUNCHED_KEY = "home_launched"  # session state: the job id of the last launch, shown once
@@ -61,7 +50,7 @@ def recent_runs_frame(runs: list[dict]) -> pd.DataFrame:
 
 
 def feature_cache_entries(folder: Path) -> list[Path]:
-    """The feature cache's entries: sharded folders with a manifest (``core.features.ShardedCache``), old .npz files."""
+    """The feature cache's entries: sharded folders with a manifest (``core.features.extract.ShardedCache``), old .npz files."""
     if not folder.is_dir():
         return []
     return sorted(

@@ -1,8 +1,8 @@
 """The Patches page's logic: choose photos and a backbone, compute patch features in the job runner, draw the views.
 
 ``pages/patches.py`` reads top to bottom (title, ``choose_inputs()``, ``patch_job(...)``, ``show_views(...)``).
-The patch features come from ``core.patches.patch_grids`` (cached per image file), run as a background
-job so the page never blocks; the PCA and pictures (``core.patches.patch_views``) are instant, so the
+The patch features come from ``core.maps.patches.patch_grids`` (cached per image file), run as a background
+job so the page never blocks; the PCA and pictures (``core.maps.patches.patch_views``) are instant, so the
 threshold slider redraws without recomputing anything.
 """
 
@@ -12,13 +12,15 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from core.backbones import list_backbones
-from core.datasets import list_datasets
-from core.images import SUPPORTED_UPLOAD_TYPES
-from core.jobs import progress_job
-from core.patches import DEFAULT_THRESHOLD, MIN_PATCHES, patch_grids, patch_views, sign_note
-from core.text import markdown_text
-from ui.common import cached_dataset, dataset_label, job_card, job_runner, workspace
+from core.backbones.registry import list_backbones
+from core.base.text import markdown_text
+from core.data.datasets import list_datasets
+from core.data.images import SUPPORTED_UPLOAD_TYPES
+from core.jobs.runner import progress_job
+from core.maps.patches import DEFAULT_THRESHOLD, MIN_PATCHES, patch_grids, patch_views, sign_note
+from ui.jobs import job_card
+from ui.labels import dataset_label
+from ui.state import cached_dataset, job_runner, workspace
 
 MAX_IMAGES = 8  # one PCA over all chosen photos: 8 x 256 ViT patches stay instant, and 8 rows fit a screen
 DEFAULT_BACKBONE = "dinov2_vits14"  # the model of the DINOv2 paper's patch-PCA figure

@@ -1,7 +1,7 @@
 """The Train page's probe suite: protocols, feature variants, shots and seeds, launched through the job runner.
 
 It reuses the Train form's dataset, backbones, device and precision (``ui.train.TrainForm``) and queues
-``core.jobs.probe_job``; progress shows in the same job list. Bad choices (a variant a backbone lacks,
+``core.jobs.runner.probe_job``; progress shows in the same job list. Bad choices (a variant a backbone lacks,
 more shots than a class holds) come back as one-line messages from core before anything is recorded.
 """
 
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.experiment import parse_backbone
-from core.fewshot import ALL, DEFAULT_SEEDS, plan_suite
-from core.jobs import probe_job
-from core.probes import PROTOCOLS
-from core.variants import available_variants
-from ui.common import job_runner, user_errors, workspace
+from core.backbones.variants import available_variants
+from core.jobs.runner import probe_job
+from core.probing.experiment import parse_backbone
+from core.probing.probes import PROTOCOLS
+from core.probing.suite import ALL, DEFAULT_SEEDS, plan_suite
+from ui.state import job_runner, user_errors, workspace
 
 PROTOCOL_LABELS = {
     "mlp": "MLP head (reference)",
@@ -34,7 +34,7 @@ def shots_levels(labels: list[str]) -> list[int | None]:
 
 
 def variant_options(backbones: list[str]) -> list[str]:
-    """Every variant some chosen backbone has, in core.variants order (each backbone's default first)."""
+    """Every variant some chosen backbone has, in core.backbones.variants order (each backbone's default first)."""
     return list(dict.fromkeys(v for spec in backbones for v in available_variants(parse_backbone(spec).backbone)))
 
 

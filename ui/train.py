@@ -1,10 +1,10 @@
 """The Train page's parts: the experiment form, its launch (with the expected duration), the live job list.
 
-The form starts from ``core.presets`` (the reference backbones when their files are here, else the offline
-demo; the head inputs from ``HEAD_DEFAULTS``). Backbones are chosen as specs (``core.experiment.parse_backbone``):
+The form starts from ``core.probing.presets`` (the reference backbones when their files are here, else the offline
+demo; the head inputs from ``HEAD_DEFAULTS``). Backbones are chosen as specs (``core.probing.experiment.parse_backbone``):
 each built-in pretrained and with random weights, so the same architecture can run both ways in one
 comparison. The job list is a fragment that reruns itself every second while a job runs (every 15 s otherwise,
-``ui.common.live_jobs``); it only reads snapshots from the job runner and draws light elements, so the form above
+``ui.jobs.live_jobs``); it only reads snapshots from the job runner and draws light elements, so the form above
 stays live while jobs run.
 """
 
@@ -15,28 +15,17 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from core.backbones import get_config, list_backbones, parse_weights_overrides
-from core.datasets import OXFORD17_KEY, list_datasets
-from core.experiment import WEIGHTS_SEPARATOR, BackboneChoice, parse_backbone
-from core.features import DEVICES, PRECISIONS
-from core.jobs import comparison_job
-from core.presets import HEAD_DEFAULTS, OFFLINE_DEMO, REFERENCE
-from core.training import HEAD_TYPES, HeadConfig
-from ui.common import (
-    any_job_active,
-    device_label,
-    duration_text,
-    expected_duration,
-    files_to_fetch,
-    format_age,
-    job_card,
-    job_runner,
-    list_runs,
-    live_jobs,
-    missing_files_markdown,
-    user_errors,
-    workspace,
-)
+from core.backbones.registry import get_config, list_backbones, parse_weights_overrides
+from core.data.datasets import OXFORD17_KEY, list_datasets
+from core.features.extract import DEVICES, PRECISIONS
+from core.jobs.runner import comparison_job
+from core.probing.experiment import WEIGHTS_SEPARATOR, BackboneChoice, parse_backbone
+from core.probing.heads import HEAD_TYPES, HeadConfig
+from core.probing.presets import HEAD_DEFAULTS, OFFLINE_DEMO, REFERENCE
+from ui.jobs import any_job_active, job_card, live_jobs
+from ui.labels import format_age
+from ui.launch import duration_text, expected_duration, files_to_fetch, missing_files_markdown
+from ui.state import device_label, job_runner, list_runs, user_errors, workspace
 
 HEAD_LABELS = {"mlp": "MLP (reference)", "linear": "Linear probe"}
 JOBS_SHOWN = 10
@@ -251,7 +240,7 @@ def launch_section(choice: TrainForm) -> None:
 
 def job_list() -> None:
     """The server's jobs, newest first, redrawn on their own every second while one runs (the form above is not
-    rerun; ``ui.common.live_jobs``)."""
+    rerun; ``ui.jobs.live_jobs``)."""
     live_jobs(_job_cards, busy=any_job_active, refresh_s=JOBS_REFRESH_S)
 
 

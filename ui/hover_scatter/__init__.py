@@ -21,9 +21,9 @@ could only inline the script into every rerun.
 
 Served folder: ``<workspace>/thumbnails/hover_scatter/`` holds copies of ``frontend/`` (Streamlit refuses
 symlinks that leave the folder) and ``sprites/<key>/`` with
-the sheets from ``core.thumbnails.build_sprite_sheets``.
+the sheets from ``core.maps.thumbnails.build_sprite_sheets``.
 
-Payload design (numbers measured with ``tests/test_hover_scatter.py`` and a real browser):
+Payload design (numbers measured with ``tests/ui/test_hover_scatter.py`` and a real browser):
 
 - Data (positions, row ids, texts) travels as the component's JSON arguments: ~75 bytes a point
   for two panels (0.1 MB at 1,360 points, 1.5 MB at 20,000). Streamlit sends an unchanged element
@@ -88,11 +88,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.fileio import atomic_write_bytes
-from core.progress import ProgressCallback
-from core.projection import selection_to_rows
-from core.thumbnails import SpriteSheets, build_sprite_sheets, planned_sprite_sheets, thumbnail_data_url
-from core.workspace import Workspace
+from core.base.fileio import atomic_write_bytes
+from core.base.progress import ProgressCallback
+from core.base.workspace import Workspace
+from core.maps.projection import selection_to_rows
+from core.maps.thumbnails import SpriteSheets, build_sprite_sheets, planned_sprite_sheets, thumbnail_data_url
 
 # declare_component prefixes the calling module, and the iframe's title is that full name.
 _COMPONENT_NAME = "hover_scatter"

@@ -11,7 +11,7 @@
  *
  * Speaks Streamlit's v1 component protocol by postMessage (no build step, no npm). Hover is handled
  * here entirely (no round trip); only clicks and box/lasso selections go back to Python, as
- * {event, points: [{customdata: [row]}], seq} (core.projection.selection_to_rows reads them).
+ * {event, points: [{customdata: [row]}], seq} (core.maps.projection.selection_to_rows reads them).
  * Every string from Python (class names, file names, titles) is shown through textContent, so it
  * always shows as literal text. window.hoverScatter exposes hooks for browser tests (see the package
  * docstring).
@@ -1050,7 +1050,7 @@
     applyVisibility();
   }
 
-  // seq tells repeated clicks apart; Python maps the points to rows (core.projection.selection_to_rows).
+  // seq tells repeated clicks apart; Python maps the points to rows (core.maps.projection.selection_to_rows).
   function sendEvent(kind, rows) {
     sendToStreamlit("streamlit:setComponentValue", {
       value: { event: kind, points: rows.map((row) => ({ customdata: [row] })), seq: Date.now() },

@@ -1,0 +1,463 @@
+"""One experiment run end to end: dataset -> cached features -> head -> run record.
+
+``run_experiment`` is what the CLI's ``compare`` and the dashboard's Train page both call, so a run
+made from either is the same run. The run is recorded as ``running`` first and completed in one
+transaction; any failure marks it failed (or cancelled, or interrupted) with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+
+import numpy as np
+from safetensors.torch import save_file
+
+from core import __version__
+from core.backbones.registry import get_config
+from core.base.errors import CancelledError, FlowerProbeError
+from core.base.fileio import atomic_write, atomic_write_bytes
+from core.base.progress import ProgressCallback, ProgressEvent
+from core.base.workspace import Workspace
+from core.data.datasets import Dataset, prepare_dataset
+from core.features.extract import extract_features
+from core.probing.heads import HeadConfig, train_head
+from core.probing.presets import HEAD_DEFAULTS
+from core.probing.probes import metrics_record, test_metrics
+from core.runs.files import stored_path
+from core.runs.registry import RunRegistry
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    dataset: str = "oxford17"  # the reference experiment's dataset
+    split: str = "1"  # Oxford 17's first official split; "all" runs each split in turn
+    backbone: str = "dinov2_vits14"
+    weights: str = "pretrained"  # "pretrained", "random" (how much does pretraining matter?) or a checkpoint path
+    head: HeadConfig = field(default_factory=HeadConfig)
+    device: str = "auto"  # CUDA > MPS > CPU
+    precision: str = "auto"  # mixed precision where measured fast and faithful
+    feature_batch_size: int = 64  # images per backbone forward; fits ViT-S/ResNet-50 on small GPUs
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_VERSIONED_PACKAGES = ("torch", "torchvision", "timm", "numpy", "safetensors", "pillow", "scikit-learn")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0], "platform": platform.platform(), "flower_probe": __version__}
+    for package in _VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def splits_to_run(dataset: Dataset, split: str) -> list[str]:
+    if split == "all":
+        return sorted(dataset.splits)
+    dataset.split(split)  # validates
+    return [split]
+
+
+def _part(features, dataset: Dataset, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x, kept = features.select(rows)
+    return x, dataset.labels[kept], kept
+
+
+class _TerminatedError(Exception):
+    """SIGTERM arrived: the run is recorded as interrupted, not failed."""
+
+
+def _raise_terminated(signum, frame):
+    raise _TerminatedError()
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    *,
+    workspace: Workspace,
+    registry: RunRegistry | None = None,
+    dataset: Dataset | None = None,
+    group_id: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> dict:
+    """Run one (dataset, split, backbone, head) experiment and record it; returns the run record.
+
+    ``config.split`` must name one split here (the caller expands "all").
+    """
+    registry = registry or RunRegistry(workspace.registry_path)
+    dataset = dataset or prepare_dataset(config.dataset, workspace, progress=progress)
+    parts = dataset.split(config.split)
+    run_id = registry.create_run(
+        dataset_key=dataset.key,
+        dataset_name=dataset.name,
+        dataset_fingerprint=dataset.fingerprint,
+        synthetic=dataset.synthetic,
+        class_names=list(dataset.class_names),
+        split=config.split,
+        backbone=config.backbone,
+        weights=config.weights,
+        seed=config.head.seed,
+        versions=library_versions(),
+        group_id=group_id,
+        # The images the user excluded (core.data.exclusions) are part of what the run was made on.
+        config={**config.to_dict(), "excluded_images": list(dataset.excluded)},
+    )
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated) if _in_main_thread() else None
+    try:
+        started = time.perf_counter()
+        watched = _RateWatcher(progress, stage="features")
+        features = extract_features(
+            dataset,
+            config.backbone,
+            workspace=workspace,
+            weights=config.weights,
+            device=config.device,
+            precision=config.precision,
+            batch_size=config.feature_batch_size,
+            progress=watched,
+        )
+        features_seconds = time.perf_counter() - started
+        if watched.final_rate:  # computed here, not read from the cache
+            record_rate(workspace, what=config.backbone, device=features.device, images_per_s=watched.final_rate)
+        train, valid, test = (_part(features, dataset, parts[p]) for p in ("train", "val", "test"))
+        result = train_head(
+            train[:2], valid[:2], test[:2], num_classes=dataset.num_classes, config=config.head, progress=progress
+        )
+        # Beyond top-1 (unchanged): its 95 % bootstrap interval, top-5 and mean per-class accuracy (core.probing.probes).
+        metrics = metrics_record(
+            test_metrics(
+                result.test.probabilities, result.test.labels, num_classes=dataset.num_classes, seed=config.head.seed
+            ),
+            valid_accuracy=result.epochs[result.best_epoch - 1].valid_acc,
+            hyperparameter={"name": "epoch", "value": result.best_epoch},
+            standardised=config.head.standardise,
+        )
+        head_path = workspace.heads_dir / f"run-{run_id}.safetensors"
+        with atomic_write(head_path) as tmp:
+            save_file(
+                {k: v.contiguous() for k, v in result.state_dict.items()},
+                str(tmp),
+                metadata={"run_id": str(run_id), "config": str(config.to_dict())},
+            )
+        test_rows = test[2]
+        predictions = [
+            (
+                int(row),
+                stored_path(dataset.image_paths[row], base=dataset.root),
+                int(label),
+                int(pred),
+                float(probs[pred]),
+                probs.tolist(),
+            )
+            for row, label, pred, probs in zip(
+                test_rows, result.test.labels, result.test.predictions, result.test.probabilities
+            )
+        ]
+        registry.complete_run(
+            run_id,
+            weights_tag=features.weights_tag,
+            device=features.device,
+            precision=features.precision,
+            timings={
+                "features_s": features_seconds,
+                "features_cached": features.from_cache,
+                "extraction_s": features.seconds,
+                "train_s": result.seconds,
+                "total_s": time.perf_counter() - started,
+            },
+            best_epoch=result.best_epoch,
+            test_acc=result.test.accuracy,
+            test_loss=result.test.loss,
+            per_class_acc=result.test.per_class_accuracy,
+            confusion=result.test.confusion,
+            skipped=[list(s) for s in features.skipped],
+            # Relative to the workspace and the dataset's folder (core.runs.files), so a moved workspace keeps its runs.
+            features_path=stored_path(features.cache_path, base=workspace.root),
+            head_path=stored_path(head_path, base=workspace.root),
+            epochs=[asdict(e) for e in result.epochs],
+            predictions=predictions,
+            metrics=metrics,
+        )
+    except CancelledError:
+        registry.end_run(run_id, status="cancelled", error="Cancelled by the user.")
+        raise
+    except (KeyboardInterrupt, _TerminatedError):
+        registry.end_run(run_id, status="interrupted", error="Interrupted (Ctrl-C or SIGTERM) before it finished.")
+        raise KeyboardInterrupt from None  # SIGTERM too: callers stop the way they do for Ctrl-C
+    except BaseException as exc:
+        registry.end_run(
+            run_id,
+            status="failed",
+            error=str(exc) if isinstance(exc, FlowerProbeError) else f"{type(exc).__name__}: {exc}",
+        )
+        raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+    return registry.get_run(run_id)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+WEIGHTS_SEPARATOR = "@"  # "efficientnet_lite0@random": backbone names never contain it (timm tags neither)
+
+
+@dataclass(frozen=True)
+class BackboneChoice:
+    """One backbone of a comparison and the weights it runs with; the same backbone may appear with two weights."""
+
+    backbone: str
+    weights: str = "pretrained"  # "pretrained", "random" or a checkpoint path
+
+    @property
+    def spec(self) -> str:
+        """``name`` when pretrained, else ``name@random`` / ``name@<checkpoint>`` (``parse_backbone``'s inverse)."""
+        return self.backbone if self.weights == "pretrained" else f"{self.backbone}{WEIGHTS_SEPARATOR}{self.weights}"
+
+    @property
+    def label(self) -> str:
+        """How tables name it: ``resnet50`` or ``resnet50 (random weights)`` (the CLI's existing wording)."""
+        return self.backbone + (
+            ""
+            if self.weights == "pretrained"
+            else " (random weights)"
+            if self.weights == "random"
+            else " (checkpoint file)"
+        )
+
+
+def parse_backbone(spec: str) -> BackboneChoice:
+    """``"resnet50"``: pretrained; ``"resnet50@random"``: random weights; ``"resnet50@/w/r50.pth"``: that file."""
+    name, separator, weights = str(spec).partition(WEIGHTS_SEPARATOR)
+    if not name or (separator and not weights):
+        raise FlowerProbeError(f"backbones must be written NAME, NAME@random or NAME@<checkpoint path>; got {spec!r}.")
+    return BackboneChoice(backbone=name, weights=weights or "pretrained")
+
+
+def backbone_choices(backbones: list[str], random_weights_for: tuple[str, ...] = ()) -> list[BackboneChoice]:
+    """The runs a comparison makes, in order: each spec of ``backbones`` parsed; a plain name listed in
+    ``random_weights_for`` gets random weights instead of pretrained ones (the older spelling).
+
+    Raises FlowerProbeError for an empty list, a ``random_weights_for`` name that is not a plain entry of
+    ``backbones``, or the same backbone twice with the same weights.
+    """
+    if not backbones:
+        raise FlowerProbeError("backbones must name at least one backbone.")
+    choices = [parse_backbone(spec) for spec in backbones]
+    for choice in choices:  # an unknown name fails now, with the closest names, not after the dataset is prepared
+        get_config(choice.backbone)
+    plain = {c.backbone for c in choices if c.weights == "pretrained"}
+    unknown_random = set(random_weights_for) - plain
+    if unknown_random:
+        raise FlowerProbeError(
+            f"random_weights_for names {sorted(unknown_random)}, which are not among the backbones {list(backbones)}."
+        )
+    choices = [
+        BackboneChoice(c.backbone, "random") if c.weights == "pretrained" and c.backbone in random_weights_for else c
+        for c in choices
+    ]
+    repeated = sorted({c.spec for c in choices if choices.count(c) > 1})
+    if repeated:
+        raise FlowerProbeError(
+            f"backbones lists {repeated} twice with the same weights; give each backbone once per weights."
+        )
+    return choices
+
+
+# ----------------------------------------------------------------------------------------------- duration estimates
+
+RATES_FILENAME = (
+    "measured-rates.json"  # in the workspace: images/s measured by past extractions, per backbone and device
+)
+# Before this workspace has measured a backbone: conservative CPU rates (images/s end to end), about half of what
+# `python -m bench` measured on a 2-core AVX-512 CPU (bench/results/cpu-2core.json), because a plain AVX2 CPU ran
+# 2-3x slower (issue 14). Labelled as estimates wherever shown; a GPU is faster, so they only overstate there.
+ESTIMATED_CPU_IMAGES_PER_S = {
+    "dinov2_vits14": 8.0,
+    "dinov2_vitb14": 3.0,
+    "dinov2_vitl14": 1.0,
+    "dinov2_vitg14": 0.3,
+    "resnet50": 10.0,
+    "efficientnet_lite0": 15.0,
+}
+ESTIMATED_UNKNOWN_IMAGES_PER_S = 2.0  # a backbone not listed above: assume a large one
+GENERATE_KEY = "generate"  # the rates file's entry for drawing Synthetic Flowers (CPU only, any device)
+ESTIMATED_GENERATE_IMAGES_PER_S = 30.0  # 1,360 images took ~33 s on a 2-core AVX2 CPU (issue 14)
+ESTIMATED_RUN_OVERHEAD_S = 5.0  # per run: building the backbone, training a head for 5 epochs, recording
+
+
+def measured_rates(workspace: Workspace) -> dict[str, dict[str, float]]:
+    """``{what: {device: images per second}}`` from the workspace's rates file; ``{}`` when none was measured."""
+    try:
+        data = json.loads((workspace.root / RATES_FILENAME).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {
+        what: {device: float(entry["images_per_s"]) for device, entry in devices.items()}
+        for what, devices in data.items()
+    }
+
+
+def record_rate(workspace: Workspace, *, what: str, device: str, images_per_s: float) -> None:
+    """Keep the latest measured rate of ``what`` (a backbone name or ``GENERATE_KEY``) on ``device``.
+
+    Best effort: an estimate is not worth failing a finished run for, so a read-only workspace is skipped.
+    """
+    if not images_per_s > 0:
+        return
+    path = workspace.root / RATES_FILENAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        data = {}
+    data.setdefault(what, {})[device] = {"images_per_s": round(float(images_per_s), 3), "measured_at": time.time()}
+    with contextlib.suppress(FlowerProbeError):
+        atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"))
+
+
+class _RateWatcher:
+    """A progress callback passing every event on; keeps the rate of ``stage``'s event that completed the step."""
+
+    def __init__(self, progress: ProgressCallback | None, *, stage: str) -> None:
+        self._progress, self._stage = progress, stage
+        self.final_rate: float | None = None
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.stage == self._stage and event.total and event.done >= event.total:
+            self.final_rate = event.rate  # None for "features from cache": nothing was measured
+        if self._progress is not None:
+            self._progress(event)
+
+
+@dataclass(frozen=True)
+class DurationEstimate:
+    """How long a comparison should take: total seconds and, per step, (what, seconds, basis).
+
+    ``basis`` is ``"measured"`` (a rate this workspace measured on this device), ``"estimate"`` (a
+    conservative constant, nothing measured yet), ``"cached"`` (features on disk) or ``"overhead"``.
+    """
+
+    seconds: float
+    steps: tuple[tuple[str, float, str], ...]
+
+    @property
+    def measured(self) -> bool:
+        return all(basis != "estimate" for _, _, basis in self.steps)
+
+
+def estimate_comparison(
+    *,
+    choices: list[BackboneChoice],
+    n_images: int,
+    runs_per_backbone: int,
+    cached: set[tuple[str, str]],
+    generate: bool,
+    device: str,
+    rates: dict[str, dict[str, float]],
+) -> DurationEstimate:
+    """Expected duration of a comparison from measured rates, or conservative constants where none was measured.
+
+    Parameters
+    ----------
+    choices : the comparison's backbones (``backbone_choices``)
+    n_images : images of the dataset (every image is extracted once per backbone and weights)
+    runs_per_backbone : splits run per backbone (3 for Oxford 17's "all", else 1); extraction happens once
+    cached : (backbone, weights) pairs whose features are already in the cache
+    generate : the dataset still has to be drawn (Synthetic Flowers not prepared yet)
+    device : the device name runs will use (``core.features.extract.device_name``), the key of ``rates``
+    rates : ``measured_rates(workspace)``
+    """
+    steps = []
+    if generate:
+        rate = rates.get(GENERATE_KEY, {}).get("cpu")
+        steps.append(
+            (
+                "generating the images",
+                n_images / (rate or ESTIMATED_GENERATE_IMAGES_PER_S),
+                "measured" if rate else "estimate",
+            )
+        )
+    for choice in choices:
+        if (choice.backbone, choice.weights) in cached:
+            steps.append((f"{choice.label}: features from the cache", 0.0, "cached"))
+            continue
+        rate = rates.get(choice.backbone, {}).get(device)
+        fallback = ESTIMATED_CPU_IMAGES_PER_S.get(choice.backbone, ESTIMATED_UNKNOWN_IMAGES_PER_S)
+        steps.append(
+            (
+                f"{choice.label}: features of {n_images} images",
+                n_images / (rate or fallback),
+                "measured" if rate else "estimate",
+            )
+        )
+    steps.append(
+        ("loading backbones, training heads", ESTIMATED_RUN_OVERHEAD_S * len(choices) * runs_per_backbone, "overhead")
+    )
+    return DurationEstimate(seconds=sum(s for _, s, _ in steps), steps=tuple(steps))
+
+
+def run_comparison(
+    *,
+    dataset: str,
+    backbones: list[str],
+    split: str = "1",
+    head: HeadConfig = HEAD_DEFAULTS,
+    random_weights_for: tuple[str, ...] = (),
+    device: str = "auto",
+    precision: str = "auto",
+    workspace: Workspace,
+    progress: ProgressCallback | None = None,
+    on_run_start: Callable[[ExperimentConfig], None] | None = None,
+    on_run: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Run every backbone on every requested split; returns the run records in order.
+
+    ``backbones`` are specs as ``parse_backbone`` reads them, so one backbone can run twice with different
+    weights (``["efficientnet_lite0", "efficientnet_lite0@random"]``: how much does pretraining matter?).
+    ``on_run_start(config)`` and ``on_run(record)`` frame each run (the CLI prints headers and results there).
+    """
+    choices = backbone_choices(backbones, random_weights_for)
+    registry = RunRegistry(workspace.registry_path)
+    watched = _RateWatcher(progress, stage=GENERATE_KEY)
+    prepared = prepare_dataset(dataset, workspace, progress=watched)
+    if watched.final_rate:
+        record_rate(workspace, what=GENERATE_KEY, device="cpu", images_per_s=watched.final_rate)
+    group_id = uuid.uuid4().hex[:12]
+    records = []
+    for choice in choices:
+        for split_id in splits_to_run(prepared, split):
+            config = ExperimentConfig(
+                dataset=dataset,
+                split=split_id,
+                backbone=choice.backbone,
+                weights=choice.weights,
+                head=head,
+                device=device,
+                precision=precision,
+            )
+            if on_run_start is not None:
+                on_run_start(config)
+            record = run_experiment(
+                config, workspace=workspace, registry=registry, dataset=prepared, group_id=group_id, progress=progress
+            )
+            records.append(record)
+            if on_run is not None:
+                on_run(record)
+    return records

@@ -1,0 +1,408 @@
+"""The run registry: every experiment run, its per-epoch metrics and per-image test predictions, in SQLite.
+
+A run is inserted as ``running`` before any work and finished in one transaction together with its
+epochs and predictions, so a reader sees either a complete success or no success at all. A run left
+``running`` by a process that no longer exists (kill -9, power loss) is marked ``interrupted`` the
+next time the registry is opened. WAL mode and a generous busy timeout let several processes write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from core.backbones.variants import default_variant
+from core.base.errors import FlowerProbeError
+from core.base.fileio import disk_errors
+
+STATUSES = ("running", "completed", "failed", "cancelled", "interrupted")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_id TEXT,
+    status TEXT NOT NULL CHECK (status IN ('running','completed','failed','cancelled','interrupted')),
+    created_at REAL NOT NULL,
+    finished_at REAL,
+    dataset_key TEXT NOT NULL,
+    dataset_name TEXT NOT NULL,
+    dataset_fingerprint TEXT NOT NULL,
+    synthetic INTEGER NOT NULL DEFAULT 0,
+    class_names TEXT NOT NULL,
+    split TEXT NOT NULL,
+    backbone TEXT NOT NULL,
+    weights TEXT NOT NULL,
+    weights_tag TEXT,
+    seed INTEGER NOT NULL,
+    config TEXT NOT NULL,
+    device TEXT,
+    precision TEXT,
+    versions TEXT NOT NULL,
+    timings TEXT,
+    best_epoch INTEGER,
+    test_acc REAL,
+    test_loss REAL,
+    per_class_acc TEXT,
+    confusion TEXT,
+    skipped TEXT,
+    features_path TEXT,
+    head_path TEXT,
+    error TEXT,
+    pid INTEGER,
+    host TEXT
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    epoch INTEGER NOT NULL,
+    train_loss REAL, train_acc REAL, valid_loss REAL, valid_acc REAL,
+    PRIMARY KEY (run_id, epoch)
+);
+CREATE TABLE IF NOT EXISTS predictions (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    row INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    label INTEGER NOT NULL,
+    predicted INTEGER NOT NULL,
+    confidence REAL NOT NULL,
+    probabilities TEXT NOT NULL,
+    PRIMARY KEY (run_id, row)
+);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status);
+"""
+
+_JSON_COLUMNS = ("class_names", "config", "versions", "timings", "per_class_acc", "confusion", "skipped", "metrics")
+# Columns added since the first schema (the probes, issue 10); a registry that lacks them gains them when opened.
+_ADDED_COLUMNS = (
+    (
+        "protocol",
+        "TEXT NOT NULL DEFAULT 'mlp'",
+    ),  # core.probing.probes.PROTOCOLS; runs made before probes were the reference MLP head
+    (
+        "features",
+        "TEXT",
+    ),  # the core.backbones.variants name; NULL (runs before variants) reads as the backbone's default variant
+    ("shots", "INTEGER"),  # training images per class of a few-shot run; NULL: the whole training part
+    ("metrics", "TEXT"),  # JSON: test_acc_ci, top5, mean_class_acc, valid_acc, hyperparameter, standardised
+)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _row_to_dict(row: sqlite3.Row) -> dict:
+    record = dict(row)
+    for column in _JSON_COLUMNS:
+        if column in record and record[column] is not None:
+            record[column] = json.loads(record[column])
+    if record.get("features") is None and "backbone" in record:  # a run from before feature variants: the default one
+        record["features"] = default_variant(record["backbone"])
+    return record
+
+
+class RunRegistry:
+    """SQLite-backed registry; one short-lived connection per call, so threads and processes can share it."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        with disk_errors(self.path), self._connect() as conn:
+            conn.executescript(_SCHEMA)
+        self._migrate()
+        self.reconcile()
+
+    def _migrate(self) -> None:
+        """Add the columns an older registry lacks, in one transaction (two processes opening it race safely)."""
+        with self._transaction() as conn:
+            present = {row["name"] for row in conn.execute("PRAGMA table_info(runs)")}
+            for name, declaration in _ADDED_COLUMNS:
+                if name not in present:
+                    conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {declaration}")
+            conn.execute("CREATE INDEX IF NOT EXISTS runs_by_group ON runs(group_id)")
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA synchronous=FULL")
+            yield conn
+        finally:
+            conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with disk_errors(self.path), self._connect() as conn:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    # ------------------------------------------------------------------------------------------- writes
+
+    def create_run(
+        self,
+        *,
+        dataset_key: str,
+        dataset_name: str,
+        dataset_fingerprint: str,
+        synthetic: bool,
+        class_names: list[str],
+        split: str,
+        backbone: str,
+        weights: str,
+        seed: int,
+        config: dict,
+        versions: dict,
+        group_id: str | None = None,
+        protocol: str = "mlp",
+        features: str | None = None,
+        shots: int | None = None,
+    ) -> int:
+        fields = dict(locals())  # every argument, passed on to the insert shared with record_completed_run
+        del fields["self"]
+        with self._transaction() as conn:
+            return self._insert_run(conn, **fields)
+
+    @staticmethod
+    def _insert_run(
+        conn: sqlite3.Connection,
+        *,
+        dataset_key: str,
+        dataset_name: str,
+        dataset_fingerprint: str,
+        synthetic: bool,
+        class_names: list[str],
+        split: str,
+        backbone: str,
+        weights: str,
+        seed: int,
+        config: dict,
+        versions: dict,
+        group_id: str | None,
+        protocol: str,
+        features: str | None,
+        shots: int | None,
+    ) -> int:
+        cursor = conn.execute(
+            "INSERT INTO runs (group_id, status, created_at, dataset_key, dataset_name, dataset_fingerprint, synthetic,"
+            " class_names,"
+            " split, backbone, weights, seed, config, versions, pid, host, protocol, features, shots)"
+            " VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                group_id,
+                time.time(),
+                dataset_key,
+                dataset_name,
+                dataset_fingerprint,
+                int(synthetic),
+                json.dumps(class_names),
+                split,
+                backbone,
+                weights,
+                seed,
+                json.dumps(config),
+                json.dumps(versions),
+                os.getpid(),
+                socket.gethostname(),
+                protocol,
+                features,
+                shots,
+            ),
+        )
+        return int(cursor.lastrowid)
+
+    def complete_run(
+        self,
+        run_id: int,
+        *,
+        weights_tag: str,
+        device: str,
+        precision: str,
+        timings: dict,
+        best_epoch: int,
+        test_acc: float,
+        test_loss: float,
+        per_class_acc: list,
+        confusion: np.ndarray,
+        skipped: list,
+        features_path: str,
+        head_path: str,
+        epochs: list[dict],
+        predictions: list[tuple[int, str, int, int, float, list[float]]],
+        metrics: dict | None = None,
+    ) -> None:
+        """Record a finished run with its epochs and predictions, all in one transaction.
+
+        ``features_path`` and ``head_path`` are relative to the workspace, each prediction's path relative to
+        the dataset's folder (``core.runs.files.stored_path``); ``core.runs.files.RunFiles`` finds the files again.
+        """
+        fields = dict(locals())  # every argument, passed on to the update shared with record_completed_run
+        del fields["self"], fields["run_id"]
+        with self._transaction() as conn:
+            self._complete_run(conn, run_id, **fields)
+
+    @staticmethod
+    def _complete_run(
+        conn: sqlite3.Connection,
+        run_id: int,
+        *,
+        weights_tag: str,
+        device: str,
+        precision: str,
+        timings: dict,
+        best_epoch: int | None,
+        test_acc: float,
+        test_loss: float | None,
+        per_class_acc: list,
+        confusion: np.ndarray,
+        skipped: list,
+        features_path: str,
+        head_path: str | None,
+        epochs: list[dict],
+        predictions: list[tuple[int, str, int, int, float, list[float]]],
+        metrics: dict | None,
+    ) -> None:
+        conn.execute(
+            "UPDATE runs SET status='completed', finished_at=?, weights_tag=?, device=?, precision=?, timings=?,"
+            " best_epoch=?,"
+            " test_acc=?, test_loss=?, per_class_acc=?, confusion=?, skipped=?,"
+            " features_path=?, head_path=?, metrics=?,"
+            " error=NULL WHERE id=?",
+            (
+                time.time(),
+                weights_tag,
+                device,
+                precision,
+                json.dumps(timings),
+                best_epoch,
+                test_acc,
+                test_loss,
+                json.dumps(per_class_acc),
+                json.dumps(np.asarray(confusion).tolist()),
+                json.dumps(skipped),
+                features_path,
+                head_path,
+                None if metrics is None else json.dumps(metrics),
+                run_id,
+            ),
+        )
+        conn.executemany(
+            "INSERT INTO epochs (run_id, epoch, train_loss, train_acc, valid_loss, valid_acc)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(run_id, e["epoch"], e["train_loss"], e["train_acc"], e["valid_loss"], e["valid_acc"]) for e in epochs],
+        )
+        conn.executemany(
+            "INSERT INTO predictions (run_id, row, path, label, predicted, confidence, probabilities)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (run_id, row, path, label, predicted, confidence, json.dumps([round(p, 6) for p in probs]))
+                for row, path, label, predicted, confidence, probs in predictions
+            ],
+        )
+
+    def record_completed_run(self, *, run: dict, result: dict, head: Callable[[int], str | None] | None = None) -> int:
+        """Insert a run that is already finished (a probe on cached features) in one transaction; returns its id.
+
+        ``run`` holds ``create_run``'s arguments, ``result`` ``complete_run``'s (``head_path`` aside). ``head(run_id)``,
+        when given, writes the head file inside the transaction and returns its stored path: a failure leaves no run.
+        """
+        with self._transaction() as conn:
+            run_id = self._insert_run(
+                conn, **{"group_id": None, "protocol": "mlp", "features": None, "shots": None, **run}
+            )
+            self._complete_run(conn, run_id, **{"metrics": None, **result, "head_path": head(run_id) if head else None})
+            return run_id
+
+    def end_run(self, run_id: int, *, status: str, error: str | None = None) -> None:
+        """Mark a run that did not complete: failed, cancelled or interrupted."""
+        if status not in STATUSES or status in ("running", "completed"):
+            raise FlowerProbeError(f"status must be 'failed', 'cancelled' or 'interrupted', got {status!r}.")
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE runs SET status=?, finished_at=?, error=? WHERE id=? AND status='running'",
+                (status, time.time(), error, run_id),
+            )
+
+    def reconcile(self) -> int:
+        """Mark runs of this host whose process is gone as interrupted; returns how many."""
+        host = socket.gethostname()
+        with self._connect() as conn:
+            stale = [
+                r["id"]
+                for r in conn.execute("SELECT id, pid FROM runs WHERE status='running' AND host=?", (host,))
+                if r["pid"] is not None and not _pid_alive(r["pid"])
+            ]
+        for run_id in stale:
+            self.end_run(
+                run_id,
+                status="interrupted",
+                error="The process running this run stopped before it finished (killed or crashed).",
+            )
+        return len(stale)
+
+    # ------------------------------------------------------------------------------------------- reads
+
+    def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        dataset_key: str | None = None,
+        limit: int = 500,
+        few_shot: bool | None = None,
+    ) -> list[dict]:
+        """Newest first. Each run as a dict with JSON columns decoded.
+
+        ``few_shot``: None lists every run, False only those trained on the whole training part, True only few-shot
+        runs (a probe suite makes a hundred of them per backbone: lists meant for people ask for False).
+        """
+        clauses, params = [] if few_shot is None else ["shots IS NOT NULL" if few_shot else "shots IS NULL"], []
+        if status is not None:
+            clauses.append("status=?")
+            params.append(status)
+        if dataset_key is not None:
+            clauses.append("dataset_key=?")
+            params.append(dataset_key)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._connect() as conn:
+            rows = conn.execute(f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
+        return [_row_to_dict(r) for r in rows]
+
+    def get_run(self, run_id: int) -> dict:
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            raise FlowerProbeError(f"There is no run with id {run_id}; the Compare page lists the runs.")
+        return _row_to_dict(row)
+
+    def epochs(self, run_id: int) -> list[dict]:
+        with self._connect() as conn:
+            return [dict(r) for r in conn.execute("SELECT * FROM epochs WHERE run_id=? ORDER BY epoch", (run_id,))]
+
+    def predictions(self, run_id: int) -> list[dict]:
+        with self._connect() as conn:
+            rows = conn.execute("SELECT * FROM predictions WHERE run_id=? ORDER BY row", (run_id,)).fetchall()
+        return [{**dict(r), "probabilities": json.loads(r["probabilities"])} for r in rows]
+
+    def integrity_check(self) -> str:
+        with self._connect() as conn:
+            return conn.execute("PRAGMA integrity_check").fetchone()[0]

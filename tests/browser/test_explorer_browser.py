@@ -1,0 +1,229 @@
+"""The Explorer end to end, in Debian's Chromium: hover a point and see its photo, click it and see its neighbours.
+
+The app runs as a user starts it (``streamlit run dashboard.py``) on a free localhost port, on the
+session's populated workspace (tiny Synthetic Flowers, two runs). The test opens Home, follows the
+sidebar link to the Explorer, moves the mouse onto an isolated point of the first map and checks the
+tooltip (its sprite sheet loaded, the row's class and file name), then clicks the point and checks
+the neighbour galleries, and that the clicked point stays ringed in both maps without a redraw.
+Screenshots go to ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from core.data.datasets import load_dataset
+from tests.helpers.browser import (
+    artifact_path,
+    component_frame,
+    launch_chromium,
+    require_chromium,
+    streamlit_server,
+    wait_for_app_idle,
+)
+from ui.hover_scatter import FRAME_TITLE
+
+pytestmark = pytest.mark.slow
+
+WAIT_S = 90  # longest wait for any one step: the first t-SNE and sprite build run on a shared 2-core CPU
+TOOLTIP_WAIT_S = 10  # hover is handled in the browser; seconds here only cover a busy machine
+VIEWPORT = {"width": 1500, "height": 1000}
+ISOLATION_PX = 12  # no other point this close: the nearest point is hovered, so this one is surely it
+# The tooltip's photo is a cell of a sprite sheet: check that sheet decoded (naturalWidth > 0).
+_THUMB_WIDTH_JS = """() => new Promise((resolve) => {
+    const url = getComputedStyle(document.querySelector('#tooltip .thumb')).backgroundImage.slice(5, -2);
+    const image = new Image();
+    image.onload = () => resolve(image.naturalWidth);
+    image.onerror = () => resolve(0);
+    image.src = url;
+})"""
+
+
+@pytest.fixture
+def chromium() -> None:
+    require_chromium()  # first, so a machine without the browser skips before building the workspace
+
+
+@pytest.fixture
+def server(chromium, populated_workspace, tmp_path):
+    with streamlit_server(workspace_root=populated_workspace.root, log_path=tmp_path / "server.log") as running:
+        yield running
+
+
+@pytest.fixture
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            yield browser.new_page(viewport=VIEWPORT)
+        finally:
+            browser.close()
+
+
+def open_explorer(page, server):
+    """Home first, then the sidebar link, as a user gets there; returns the map's frame, drawn."""
+    page.goto(server.url_for(""), wait_until="domcontentloaded", timeout=WAIT_S * 1000)
+    page.get_by_role("heading", name="Flower Probe").first.wait_for(timeout=WAIT_S * 1000)
+    wait_for_app_idle(page, timeout_s=WAIT_S)
+    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Explorer", exact=True).click()
+    page.get_by_role("heading", name="Explorer").first.wait_for(timeout=WAIT_S * 1000)
+    assert page.url.rstrip("/").endswith("/explorer"), page.url
+    frame = component_frame(page, FRAME_TITLE, timeout_s=WAIT_S)
+    frame.wait_for_function("window.hoverScatter && window.hoverScatter.ready", timeout=WAIT_S * 1000)
+    wait_for_app_idle(page, timeout_s=WAIT_S)
+    return frame
+
+
+def test_hover_shows_the_photo_and_a_click_shows_nearest_neighbours(page, server, populated_workspace):
+    started = time.perf_counter()
+    dataset = load_dataset("synthetic", populated_workspace)
+    frame = open_explorer(page, server)
+    assert frame.evaluate("hoverScatter.rows(0).length") == len(dataset.image_paths)
+    assert not page.locator('[data-testid="stException"]').count(), page.locator(
+        '[data-testid="stException"]'
+    ).all_inner_texts()
+
+    isolated = frame.evaluate(f"hoverScatter.isolatedRows(0, {ISOLATION_PX})")
+    assert isolated, f"no point of the first map is {ISOLATION_PX} px away from all others"
+    row = isolated[len(isolated) // 2]
+    expected_class = dataset.class_names[dataset.labels[row]]
+    point = frame.evaluate(f"hoverScatter.pointClientPosition(0, {row})")
+    box = page.locator(f'iframe[title="{FRAME_TITLE}"]').bounding_box()
+    x, y = box["x"] + point["x"], box["y"] + point["y"]
+
+    page.mouse.move(x, y, steps=3)  # from outside the map, as a pointer arrives
+    frame.wait_for_function(
+        f"hoverScatter.tooltip().visible && hoverScatter.tooltip().row === {row} "
+        "&& hoverScatter.tooltip().thumbState === 'ok'",
+        timeout=TOOLTIP_WAIT_S * 1000,
+    )
+    tooltip = frame.evaluate("hoverScatter.tooltip()")
+    assert (tooltip["className"], tooltip["fileName"]) == (expected_class, dataset.image_paths[row].name)
+    assert frame.locator("#tooltip").is_visible()
+    assert frame.locator("#tooltip .cls").inner_text() == expected_class
+    assert frame.evaluate(_THUMB_WIDTH_JS) > 0, "the tooltip's sprite sheet did not decode"
+    assert all(ring is not None for ring in frame.evaluate("hoverScatter.rings()")), (
+        "the row is not marked in both maps"
+    )
+    page.screenshot(path=str(artifact_path("explorer_browser_hover.png")))
+
+    k = int(page.get_by_label("Neighbours (k)", exact=True).input_value())
+    frame.evaluate("window.plotBeforeClick = document.querySelector('#panels .panel .plot canvas')")
+    page.mouse.click(x, y)
+    page.get_by_role("heading", name="Nearest neighbours").wait_for(timeout=WAIT_S * 1000)
+    wait_for_app_idle(page, timeout_s=WAIT_S)
+    for panel in range(2):
+        images = page.locator(f'.st-key-explorer-neighbours-{panel} [data-testid="photo-grid"] img')
+        images.nth(k - 1).wait_for(timeout=WAIT_S * 1000)
+        assert images.count() == k, f"map {panel}: {images.count()} neighbour photos, expected {k}"
+        widths = images.evaluate_all("(images) => images.map((image) => image.complete ? image.naturalWidth : -1)")
+        assert all(width > 0 for width in widths), f"map {panel}: neighbour photos not loaded: {widths}"
+    page.get_by_role("heading", name="Selected photos (1)").wait_for(timeout=WAIT_S * 1000)
+    # The clicked photo stays ringed in both maps (selected_rows), not only while hovered.
+    frame.wait_for_function(
+        f"hoverScatter.selectedMarks().every((marks) => marks.length === 1 && marks[0].row === {row})",
+        timeout=TOOLTIP_WAIT_S * 1000,
+    )
+    assert frame.evaluate("document.querySelector('#panels .panel .plot canvas') === window.plotBeforeClick"), (
+        "a new selection redrew the maps (zoom would be lost)"
+    )
+    assert dataset.image_paths[row].name in page.locator('[data-testid="photo-grid"] figcaption').first.inner_text()
+    page.get_by_role("heading", name="Nearest neighbours").scroll_into_view_if_needed()
+    page.screenshot(path=str(artifact_path("explorer_browser_neighbours.png")))
+    assert not page.locator('[data-testid="stException"]').count()
+    print(f"explorer browser test: {time.perf_counter() - started:.1f} s after the server answered")
+
+
+# Each panel's canvas: its drawing buffer's width in CSS px against the width of its own column (the plot's wrapper).
+_PANEL_FIT_JS = """() => [...document.querySelectorAll('#panels .plot canvas.points')].map(
+    (canvas) => [Math.round(canvas.width / devicePixelRatio), canvas.parentElement.clientWidth])"""
+
+
+def test_another_map_method_redraws_every_panel_inside_its_column(page, server):
+    frame = open_explorer(page, server)
+    first = frame.evaluate(_PANEL_FIT_JS)
+    assert len(first) == 2 and all(abs(width - column) <= 1 for width, column in first), first
+    page.get_by_text("PCA", exact=True).first.click()  # a new spec: every panel is built and drawn again
+    wait_for_app_idle(page, timeout_s=WAIT_S)
+    frame.wait_for_function("window.hoverScatter && window.hoverScatter.ready", timeout=WAIT_S * 1000)
+    redrawn = frame.evaluate(_PANEL_FIT_JS)
+    # A panel drawn before the second column existed would keep the whole row's width (twice its own).
+    assert all(abs(width - column) <= 1 for width, column in redrawn), redrawn
+
+
+# Rows of panel 0 whose points lie inside a client-pixel box (iframe viewport), by the component's own positions.
+_ROWS_IN_BOX_JS = """([left, top, right, bottom]) => hoverScatter.rows(0).filter((row) => {
+    const p = hoverScatter.pointClientPosition(0, row);
+    return p && p.x >= left && p.x <= right && p.y >= top && p.y <= bottom;
+})"""
+
+
+def test_map_tools_box_select_legend_wheel_zoom_and_reset(page, server, populated_workspace):
+    dataset = load_dataset("synthetic", populated_workspace)
+    frame = open_explorer(page, server)
+    box = page.locator(f'iframe[title="{FRAME_TITLE}"]').bounding_box()
+    canvas = frame.locator("#panels .panel").first.locator("canvas.overlay").bounding_box()
+    origin_x, origin_y = canvas["x"] - box["x"], canvas["y"] - box["y"]  # the canvas inside the frame
+
+    # Box select: drag over the left third of the first map; the page shows exactly the photos inside.
+    frame.get_by_role("button", name="box", exact=True).click()
+    assert frame.evaluate("hoverScatter.mode") == "select"
+    corners = [origin_x + 10, origin_y + 10, origin_x + canvas["width"] / 3, origin_y + canvas["height"] - 10]
+    expected = sorted(frame.evaluate(_ROWS_IN_BOX_JS, corners))
+    assert 0 < len(expected) < len(dataset.image_paths), len(expected)
+    page.mouse.move(box["x"] + corners[0], box["y"] + corners[1])
+    page.mouse.down()
+    page.mouse.move(box["x"] + corners[2], box["y"] + corners[3], steps=8)
+    page.mouse.up()
+    page.get_by_role("heading", name=f"Selected photos ({len(expected)})").wait_for(timeout=WAIT_S * 1000)
+    wait_for_app_idle(page, timeout_s=WAIT_S)
+    marks = frame.evaluate("hoverScatter.selectedMarks()")
+    assert sorted(mark["row"] for mark in marks[0]) == expected, "the rings are the rows inside the box"
+
+    # Lasso: drawn round the right third as a closed outline, it picks what a box there holds (two hit tests agree).
+    frame.get_by_role("button", name="lasso", exact=True).click()
+    left, right = origin_x + canvas["width"] * 2 / 3, origin_x + canvas["width"] - 10
+    top, bottom = origin_y + 10, origin_y + canvas["height"] - 10
+    lassoed = sorted(frame.evaluate(_ROWS_IN_BOX_JS, [left, top, right, bottom]))
+    assert lassoed and lassoed != expected
+    page.mouse.move(box["x"] + left, box["y"] + top)
+    page.mouse.down()
+    for x, y in ((right, top), (right, bottom), (left, bottom), (left, top + 1)):
+        page.mouse.move(box["x"] + x, box["y"] + y, steps=6)
+    page.mouse.up()
+    page.get_by_role("heading", name=f"Selected photos ({len(lassoed)})").wait_for(timeout=WAIT_S * 1000)
+    wait_for_app_idle(page, timeout_s=WAIT_S)
+    frame.wait_for_function(  # a wait, not an assert: the heading's count alone could match the box's
+        f"JSON.stringify(hoverScatter.selectedMarks()[0].map((mark) => mark.row).sort((a, b) => a - b)) === "
+        f"'{lassoed}'.replaceAll(' ', '')",
+        timeout=TOOLTIP_WAIT_S * 1000,
+    )
+
+    # Legend: one click hides a class in both maps; a double click shows only that class.
+    name = dataset.class_names[dataset.labels[expected[0]]]
+    class_rows = [row for row in range(len(dataset.labels)) if dataset.class_names[dataset.labels[row]] == name]
+    item = frame.locator(f'.legend .item[data-name="{name}"]')
+    item.click()
+    frame.wait_for_function(f"hoverScatter.hidden().length === 1 && hoverScatter.hidden()[0] === {name!r}")
+    for panel in range(2):
+        assert frame.evaluate(f"{class_rows}.every((row) => hoverScatter.pointClientPosition({panel}, row) === null)")
+    item.dblclick()
+    frame.wait_for_function(f"hoverScatter.hidden().length === {len(dataset.class_names) - 1}")
+    assert frame.evaluate(f"hoverScatter.pointClientPosition(0, {class_rows[0]}) !== null")
+    item.dblclick()  # again: every class back
+    frame.wait_for_function("hoverScatter.hidden().length === 0")
+
+    # Wheel zoom on the first map narrows only its view; a double click shows it whole again.
+    whole, other = frame.evaluate("hoverScatter.view(0)"), frame.evaluate("hoverScatter.view(1)")
+    page.mouse.move(box["x"] + origin_x + canvas["width"] / 2, box["y"] + origin_y + canvas["height"] / 2)
+    page.mouse.wheel(0, -400)
+    frame.wait_for_function(f"hoverScatter.view(0).x1 - hoverScatter.view(0).x0 < {(whole['x1'] - whole['x0']) * 0.7}")
+    assert frame.evaluate("hoverScatter.view(1)") == other, "the wheel zooms only the map under the pointer"
+    frame.get_by_role("button", name="zoom", exact=True).click()  # dblclick in select mode would also deselect
+    page.mouse.dblclick(box["x"] + origin_x + 5, box["y"] + origin_y + 5)
+    frame.wait_for_function(f"hoverScatter.view(0).x0 === {whole['x0']} && hoverScatter.view(0).x1 === {whole['x1']}")
+    page.screenshot(path=str(artifact_path("explorer_browser_tools.png")))

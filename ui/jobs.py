@@ -1,0 +1,167 @@
+"""Jobs on a page: the sidebar's job list, job cards, and the one live-refresh style for views of running jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pandas as pd
+import streamlit as st
+
+from core.base.progress import ProgressEvent, format_duration
+from core.base.text import markdown_text
+from core.jobs.runner import Job
+from ui.auth import access_controls
+from ui.charts import curves_figure
+from ui.labels import format_age
+from ui.state import device_label, job_runner, workspace
+
+IDLE_REFRESH_S = 15.0
+SIDEBAR_REFRESH_S = 2.0  # a progress bar per running job; the job's own page shows it every second
+
+
+def any_job_active(prefixes: tuple[str, ...] = ("",)) -> bool:
+    """Whether a job whose title starts with one of ``prefixes`` is queued or running."""
+    return any(job.active and job.title.startswith(prefixes) for job in job_runner().jobs())
+
+
+def live_jobs(view: Callable[[], None], *, busy: Callable[[], bool], refresh_s: float) -> None:
+    """Draw ``view`` in a fragment that reruns every ``refresh_s`` while ``busy()``, else every ``IDLE_REFRESH_S``.
+
+    A fragment's interval is set when the page draws it, so when ``busy()`` changes in one of the fragment's own
+    reruns the whole page reruns once: that draws the fragment again with the other interval, and shows what a
+    finished job made.
+    """
+    was_busy = busy()
+    st.fragment(_live_jobs_run, run_every=refresh_s if was_busy else IDLE_REFRESH_S)(view, busy, was_busy)
+
+
+def _live_jobs_run(view: Callable[[], None], busy: Callable[[], bool], was_busy: bool) -> None:
+    if busy() != was_busy:
+        st.rerun()
+    view()
+
+
+def _sidebar_jobs() -> None:
+    active = [job for job in job_runner().jobs() if job.active]
+    if not active:
+        st.caption("No jobs running.")
+        return
+    for job in active:
+        fraction = job.stage.fraction if job.stage and job.status in ("running", "cancelling") else 0.0
+        st.progress(fraction, text=f"{job.title} ({job.status})")
+
+
+def sidebar() -> None:
+    """Workspace, device and running jobs, on every page."""
+    with st.sidebar:
+        st.caption(f"**Workspace**  \n`{workspace().root}`")
+        st.caption(f"**Device**  \n{device_label()}")
+        live_jobs(_sidebar_jobs, busy=any_job_active, refresh_s=SIDEBAR_REFRESH_S)
+        access_controls()
+
+
+_JOB_ICONS = {
+    "queued": ":material/schedule:",
+    "running": ":material/autorenew:",
+    "cancelling": ":material/hourglass_top:",
+    "completed": ":material/check_circle:",
+    "failed": ":material/error:",
+    "cancelled": ":material/cancel:",
+}
+_STAGE_NAMES = {
+    "download": "Downloading",
+    "extract": "Extracting",
+    "weights": "Checking weights",
+    "features": "Feature extraction",
+    "generate": "Generating images",
+    "listing": "Listing images",
+    "fingerprint": "Fingerprinting files",
+    "thumbnails": "Thumbnails",
+    "tsne": "t-SNE",
+}
+
+
+def stage_text(event: ProgressEvent) -> str:
+    """One line for a progress bar: what, how far, how fast."""
+    name = _STAGE_NAMES.get(event.stage, event.stage)
+    if event.stage == "download":
+        return f"{name}: {event.message} ({event.fraction:.0%})"
+    left = (
+        f" · about {format_duration(event.seconds_left)} left"
+        if event.seconds_left is not None and event.done < event.total
+        else ""
+    )
+    if event.stage == "features":
+        rate = f" · {event.rate:.1f} images/s" if event.rate else ""
+        return (
+            f"{name}: {event.done}/{event.total} images{rate}{left}"
+            if event.message != "features from cache"
+            else f"{name}: from cache"
+        )
+    return f"{name}: {event.message or f'{event.done}/{event.total}'}{left}"
+
+
+def epochs_frame(epochs: list[dict]) -> pd.DataFrame:
+    columns = {
+        "run": "run",
+        "epoch": "epoch",
+        "train_loss": "train loss",
+        "train_acc": "train acc %",
+        "valid_loss": "valid loss",
+        "valid_acc": "valid acc %",
+        "saved_best": "saved best",
+    }
+    frame = pd.DataFrame(epochs)
+    return frame[[c for c in columns if c in frame.columns]].rename(columns=columns)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _job_curves(epochs: list[dict]):
+    """The live curves of a job's epochs so far: built once per new epoch, not on every one-second refresh."""
+    curves: dict[str, list[dict]] = {}
+    for epoch in epochs:
+        curves.setdefault(epoch["run"], []).append(epoch)
+    return curves_figure(curves)
+
+
+def job_card(job: Job) -> None:
+    """One job: status, current step, progress, live per-epoch metrics, Cancel, and the error if it failed."""
+    with st.container(border=True):
+        when = (
+            f"finished {format_age(job.finished_at)}"
+            if job.finished_at
+            else f"started {format_age(job.started_at)}"
+            if job.started_at
+            else f"queued {format_age(job.created_at)}"
+        )
+        st.markdown(
+            f"{_JOB_ICONS.get(job.status, '')} **Job {job.id}: {markdown_text(job.title)}** · {job.status} · {when}"
+        )
+        if job.active:
+            if job.current:
+                st.caption(f"Now: {markdown_text(job.current)}")
+            if job.status in ("running", "cancelling") and job.stage is not None:
+                st.progress(job.stage.fraction, text=markdown_text(stage_text(job.stage)))
+            cancelling = job.status == "cancelling"
+            st.button(
+                "Cancelling…" if cancelling else "Cancel",
+                key=f"cancel-job-{job.id}",
+                icon=":material/stop_circle:",
+                disabled=cancelling,
+                on_click=job_runner().cancel,
+                args=(job.id,),
+            )
+        elif job.status == "failed":
+            st.error(markdown_text(job.error or "failed"), icon=":material/error:")
+        elif job.status == "cancelled":
+            st.warning(markdown_text(job.error or "Cancelled."), icon=":material/cancel:")
+        elif job.run_ids:
+            st.success(f"Finished: run(s) {', '.join(f'#{i}' for i in job.run_ids)}.", icon=":material/check_circle:")
+            st.page_link("pages/compare.py", label="Compare the runs", icon=":material/compare_arrows:")
+        if job.epochs:
+            if job.active:
+                st.plotly_chart(_job_curves(job.epochs), key=f"job-curves-{job.id}", config={"displayModeBar": False})
+                st.dataframe(epochs_frame(job.epochs), hide_index=True, height=min(400, 38 + 35 * len(job.epochs)))
+            else:
+                with st.expander(f"Per-epoch metrics ({len(job.epochs)} epochs)"):
+                    st.dataframe(epochs_frame(job.epochs), hide_index=True)
