@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_section(name: str, context: Context, arguments: argparse.Namespace):
-    from . import browser_pages, demo, extraction, heads, maps, pages, probes, reference, roofline, scale, tsne
+    from . import browser_pages, demo, extraction, gpu, heads, maps, pages, probes, reference, roofline, scale, tsne
 
     modules = {
         "roofline": roofline,
@@ -71,6 +71,7 @@ def _run_section(name: str, context: Context, arguments: argparse.Namespace):
         "probes": probes,
         "maps": maps,
         "scale": scale,
+        "gpu": gpu,
     }
     if name == "reference":
         return reference.run(context, full_reference=arguments.reference_full)

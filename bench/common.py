@@ -32,7 +32,10 @@ SECTIONS = (
     "browser",
     "demo",
     "scale",
+    "gpu",
 )
+# Sections run only when named with --only: "gpu" needs an NVIDIA GPU to mean anything (bench/gpu_check.sh runs it).
+ON_REQUEST = ("gpu",)
 OPERATORS = (">=", "<")
 DEFAULT_WORKSPACE = Path("/tmp/flower-probe-bench")
 # Marks a folder the bench created, so it only ever clears caches in a workspace of its own.
@@ -128,9 +131,9 @@ def bench_workspace(root: Path, *, quick: bool) -> Path:
 
 
 def parse_sections(text: str | None) -> tuple[str, ...]:
-    """``"tsne,heads"`` -> the named sections in run order; None or "" -> all of them."""
+    """``"tsne,heads"`` -> the named sections in run order; None or "" -> all of them but ``ON_REQUEST``."""
     if not text:
-        return SECTIONS
+        return tuple(name for name in SECTIONS if name not in ON_REQUEST)
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in SECTIONS]
     if unknown or not names:

@@ -25,13 +25,19 @@ from core.base.errors import FlowerProbeError
 from core.base.fileio import atomic_write_bytes
 from core.base.progress import ProgressEvent, format_duration
 from core.base.workspace import Workspace
-from core.data.datasets import list_datasets, prepare_dataset
+from core.data.datasets import DEFAULT_SPLIT, list_datasets, prepare_dataset
+from core.features.extract import DEVICES, PRECISIONS
+from core.health.checks import HealthConfig
+from core.maps.projection import MAP_METHODS, MapParams
 from core.probing.experiment import WEIGHTS_SEPARATOR, parse_backbone, run_comparison
-from core.probing.heads import HEAD_TYPES, HeadConfig
+from core.probing.heads import HEAD_ARCHITECTURES, HeadConfig
 from core.probing.presets import HEAD_DEFAULTS, REFERENCE
+from core.probing.probes import PROTOCOLS
 from core.probing.suite import DEFAULT_SEEDS, fewshot_table, parse_shots, protocols_table, result_rows, run_probe_suite
 from core.probing.summary import summarise_runs
+from core.runs.naming import run_name
 from core.runs.registry import RunRegistry
+from core.runs.sanity import run_warnings
 
 
 class ConsoleProgress:
@@ -40,13 +46,16 @@ class ConsoleProgress:
     On a terminal the bar redraws in place at most every 0.2 s; in a log file it prints a line per 10%.
     """
 
-    def __init__(self, stream=sys.stderr) -> None:
+    def __init__(self, stream=sys.stderr, *, ignore: tuple[str, ...] = ()) -> None:
         self.stream = stream
+        self.ignore = ignore  # stages not shown (compare prints each run itself, so not the suite's run count)
         self.interactive = stream.isatty()
         self._last_draw = 0.0
         self._last_decile: tuple[str, int] = ("", -1)
 
     def __call__(self, event: ProgressEvent) -> None:
+        if event.stage in self.ignore:
+            return
         if event.stage == "train":
             m = event.metrics
             print(
@@ -79,8 +88,10 @@ class ConsoleProgress:
         self.stream.flush()
 
 
-def _print_run(record: dict) -> None:
-    print(f"Test loss: {record['test_loss']:.4f} | test acc: {record['test_acc']:.1f}")
+def _print_run(record: dict, workspace: Workspace) -> None:
+    print(f"{run_name(record)} | test loss {record['test_loss']:.4f}")
+    for warning in run_warnings(record, workspace):
+        print(f"Warning: {warning.text}")
     skipped = record.get("skipped") or []
     if skipped:
         print(f"Skipped {len(skipped)} unreadable image(s):")
@@ -90,7 +101,9 @@ def _print_run(record: dict) -> None:
 
 
 def comparison_table(records: list[dict]) -> str:
-    """Side-by-side table, one row per experiment (``core.probing.summary``); with several splits, mean and std over them."""
+    """Side-by-side table, one row per experiment (``core.probing.summary``); with several splits, mean and std over
+    them.
+    """
     lines = [
         f"{'backbone':<34} {'splits':>6} {'test acc':>15} {'test loss':>15} {'features s':>10} {'train s':>8} device"
     ]
@@ -115,10 +128,10 @@ def comparison_table(records: list[dict]) -> str:
 
 def _cmd_compare(args: argparse.Namespace, workspace: Workspace) -> None:
     head = HeadConfig(
-        head=args.head,
+        architecture=args.head_architecture,
         epochs=args.epochs,
         lr=args.lr,
-        batch_size=args.batch_size,
+        batch_size=args.head_batch_size,
         seed=args.seed,
         standardise=args.standardise,
     )
@@ -139,9 +152,9 @@ def _cmd_compare(args: argparse.Namespace, workspace: Workspace) -> None:
         device=args.device,
         precision=args.precision,
         workspace=workspace,
-        progress=ConsoleProgress(),
+        progress=ConsoleProgress(ignore=("probe",)),
         on_run_start=on_run_start,
-        on_run=_print_run,
+        on_run=lambda record: _print_run(record, workspace),
     )
     print(comparison_table(records))
     print(f"\nRecorded runs {', '.join(str(r['id']) for r in records)} in {workspace.registry_path}")
@@ -149,6 +162,7 @@ def _cmd_compare(args: argparse.Namespace, workspace: Workspace) -> None:
 
 def _cmd_probe(args: argparse.Namespace, workspace: Workspace) -> None:
     features = [v.strip() for v in args.features.split(",")] if args.features else None
+    new_runs: list[dict] = []  # recorded by this command; a resumed suite's others were recorded before
     records = run_probe_suite(
         dataset=args.dataset,
         backbones=with_weights_overrides(args.backbones, parse_weights_overrides(args.weights)),
@@ -162,6 +176,7 @@ def _cmd_probe(args: argparse.Namespace, workspace: Workspace) -> None:
         precision=args.precision,
         workspace=workspace,
         progress=ConsoleProgress(),
+        on_run=new_runs.append,
     )
     print("Test top-1 % on the whole training part, [95 % bootstrap interval over test images]")
     print(protocols_table(records))
@@ -171,7 +186,58 @@ def _cmd_probe(args: argparse.Namespace, workspace: Workspace) -> None:
     if args.json:
         atomic_write_bytes(args.json, json.dumps({"results": result_rows(records)}, indent=1).encode("utf-8"))
         print(f"\nWrote {args.json}")
-    print(f"\nRecorded {len(records)} runs (group {records[0]['group_id']}) in {workspace.registry_path}")
+    earlier = len(records) - len(new_runs)
+    resumed = f", resuming it: {earlier} were recorded before" if earlier else ""
+    print(
+        f"\nRecorded {len(new_runs)} runs (group {records[0]['group_id']}, {len(records)} runs{resumed}) "
+        f"in {workspace.registry_path}"
+    )
+
+
+def _cmd_cost(args: argparse.Namespace, workspace: Workspace) -> None:
+    from core.cost.measure import cost_table, cpu_model_and_flags, load_average, measure_costs  # only this command
+
+    specs = [(c.backbone, c.weights) for c in map(parse_backbone, args.backbones)]
+    cpu, flags = cpu_model_and_flags()
+    print(f"CPU: {cpu}; flags {' '.join(flags) or 'none of interest'}; load average {load_average()}", flush=True)
+    results = measure_costs(
+        specs,
+        workspace=workspace,
+        device=args.device,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        remeasure=args.remeasure,
+        progress=ConsoleProgress(),
+    )
+    costs = [cost for _, _, cost, _, _ in results if cost is not None]
+    if costs:
+        print(cost_table(costs))
+    for backbone, weights, cost, reused, error in results:
+        label = backbone if weights == "pretrained" else f"{backbone}{WEIGHTS_SEPARATOR}{weights}"
+        if error is not None:
+            print(f"{label}: not measured: {error}")
+            continue
+        notes = [
+            f"{cost.device}, {cost.runtime}, batch {cost.batch_size}, input {cost.input_size}px",
+            "stored figure reused (--remeasure to measure again)" if reused else f"measured in {cost.seconds:.1f} s",
+            f"load average {cost.load_before} before, {cost.load_after} after",
+            f"end to end from {cost.end_to_end_note}",
+            f"forward memory: {cost.memory_kind}, peak {cost.peak_memory_bytes / 2**20:,.0f} MiB",
+        ]
+        if not cost.model_batch_warm:
+            notes.append("* one cold batch only (a warm one did not fit in the time budget)")
+        if cost.busy:
+            notes.append(cost.busy)
+        print(f"{label}: " + "; ".join(notes))
+    if args.json:
+        payload = {
+            "costs": [cost.to_dict() for cost in costs],
+            "not_measured": [{"backbone": b, "weights": w, "error": e} for b, w, _, _, e in results if e is not None],
+        }
+        atomic_write_bytes(args.json, json.dumps(payload, indent=1).encode("utf-8"))
+        print(f"Wrote {args.json}")
+    if not costs:
+        raise FlowerProbeError("no backbone could be measured; the reasons are above.")
 
 
 def _cmd_prepare(args: argparse.Namespace, workspace: Workspace) -> None:
@@ -191,7 +257,6 @@ def _cmd_health(args: argparse.Namespace, workspace: Workspace) -> None:
     from core.base.csv_export import csv_text
     from core.health.checks import (  # only this command needs them
         CSV_COLUMNS,
-        HealthConfig,
         dataset_health,
         report_text,
     )
@@ -250,11 +315,10 @@ def _cmd_backbones(args: argparse.Namespace, workspace: Workspace) -> None:
 
 def _cmd_runs(args: argparse.Namespace, workspace: Workspace) -> None:
     for run in RunRegistry(workspace.registry_path).list_runs(limit=args.limit):
-        acc = f"{run['test_acc']:.1f}" if run["test_acc"] is not None else "-"
-        print(
-            f"{run['id']:>5} {run['status']:<11} {run['dataset_key']:<22} split {run['split']:<2} "
-            f"{run['backbone']:<18} {run['weights']:<10} test acc {acc}"
-        )
+        # One name for a run everywhere (core.runs.naming), then what the name leaves out: status and dataset.
+        print(f"{run_name(run)} · {run['status']} · {run['dataset_key']}")
+        for warning in run_warnings(run, workspace) if run["status"] == "completed" else []:
+            print(f"    warning: {warning.text}")
 
 
 def _cmd_predict(args: argparse.Namespace, workspace: Workspace) -> None:
@@ -265,8 +329,10 @@ def _cmd_predict(args: argparse.Namespace, workspace: Workspace) -> None:
     )  # a command line may take its time; a page queues a job
     predictions = predictor.predict([(path, path) for path in args.images])
     if args.json:
+        print(f"Probabilities: {predictor.probabilities_note}.", file=sys.stderr)  # stdout stays one JSON document
         print(json.dumps([p.to_dict() for p in predictions], indent=2, ensure_ascii=False))
     else:
+        print(f"Probabilities: {predictor.probabilities_note}.")
         for prediction in predictions:
             print(prediction.name)
             if not prediction.ok:
@@ -280,7 +346,7 @@ def _cmd_predict(args: argparse.Namespace, workspace: Workspace) -> None:
 def _cmd_map(args: argparse.Namespace, workspace: Workspace) -> None:
     from core.data.datasets import load_dataset
     from core.features.extract import extract_features
-    from core.maps.projection import MAP_METHODS, MapParams, cached_map, map_png
+    from core.maps.projection import cached_map, map_png
 
     dataset = load_dataset(args.dataset, workspace)
     features = extract_features(
@@ -370,17 +436,15 @@ def _backbone_spec(text: str) -> str:
     return text
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m core", description="Flower Probe: how good are a frozen backbone's features for my classes?"
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    compare = sub.add_parser("compare", help="train a head on each backbone's frozen features and compare them")
-    compare.add_argument(
+def _experiment_options() -> argparse.ArgumentParser:
+    """The options ``compare`` and ``probe`` share (argparse's parent parser): what to run on, with which weights,
+    where. Defaults and choices are the engine's own (``REFERENCE``, ``DEFAULT_SPLIT``, ``DEVICES``, ``PRECISIONS``).
+    """
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument(
         "--dataset", default=REFERENCE.dataset, help="oxford17, synthetic, or folder:<name under the data root>"
     )
-    compare.add_argument(
+    shared.add_argument(
         "--backbones",
         nargs="+",
         default=list(REFERENCE.backbones),
@@ -390,10 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
         "with that file; the same NAME may appear twice (efficientnet_lite0 efficientnet_lite0@random: "
         "how much does pretraining matter?)",
     )
-    compare.add_argument(
+    shared.add_argument(
         "--random-weights-for", nargs="*", default=[], metavar="NAME", help="use random weights for these backbones"
     )
-    compare.add_argument(
+    shared.add_argument(
         "--weights",
         nargs="+",
         default=[],
@@ -403,53 +467,60 @@ def build_parser() -> argparse.ArgumentParser:
             "timm:convnext_tiny=/path/ft.safetensors"
         ),
     )
-    compare.add_argument(
+    shared.add_argument(
         "--split",
         default=REFERENCE.split,
         help="1, 2, 3 or all (Oxford 17's official splits; other datasets have split 1)",
     )
-    compare.add_argument("--head", default=HEAD_DEFAULTS.head, choices=HEAD_TYPES)
+    shared.add_argument("--device", default=DEVICES[0], choices=DEVICES)
+    shared.add_argument("--precision", default=PRECISIONS[0], choices=PRECISIONS)
+    return shared
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m core", description="Flower Probe: how good are a frozen backbone's features for my classes?"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    experiment = _experiment_options()
+    compare = sub.add_parser(
+        "compare",
+        parents=[experiment],
+        help="train a head on each backbone's frozen features and compare them",
+    )
+    compare.add_argument(
+        "--head-architecture",
+        "--head",
+        dest="head_architecture",
+        default=HEAD_DEFAULTS.architecture,
+        choices=HEAD_ARCHITECTURES,
+        help="the head trained on the features (--head: the older spelling)",
+    )
     compare.add_argument("--epochs", type=int, default=HEAD_DEFAULTS.epochs)
     compare.add_argument("--lr", type=float, default=HEAD_DEFAULTS.lr)
-    compare.add_argument("--batch-size", type=int, default=HEAD_DEFAULTS.batch_size)
+    compare.add_argument(
+        "--head-batch-size",
+        "--batch-size",
+        dest="head_batch_size",
+        type=int,
+        default=HEAD_DEFAULTS.batch_size,
+        help="feature vectors per step of the head's training (--batch-size: the older spelling)",
+    )
     compare.add_argument("--seed", type=int, default=HEAD_DEFAULTS.seed)
     compare.add_argument(
         "--standardise",
         action="store_true",
         help="centre and scale each feature by the training part's mean and std before the head",
     )
-    compare.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
-    compare.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     compare.set_defaults(handler=_cmd_compare)
 
     probe = sub.add_parser(
         "probe",
+        parents=[experiment],
         help="probe frozen features the field's ways (mlp, linear, logreg, k-NN, NCM), few-shot, with intervals",
     )
-    probe.add_argument(
-        "--dataset", default=REFERENCE.dataset, help="oxford17, synthetic, or folder:<name under the data root>"
-    )
-    probe.add_argument(
-        "--backbones",
-        nargs="+",
-        default=list(REFERENCE.backbones),
-        type=_backbone_spec,
-        metavar="NAME[@random]",
-        help="as for compare: NAME, NAME@random or NAME@<checkpoint path>",
-    )
-    probe.add_argument(
-        "--random-weights-for", nargs="*", default=[], metavar="NAME", help="use random weights for these backbones"
-    )
-    probe.add_argument(
-        "--weights",
-        nargs="+",
-        default=[],
-        metavar="NAME=PATH",
-        help="as for compare: run backbone NAME with this checkpoint",
-    )
-    probe.add_argument(
-        "--protocols", default="mlp,linear,logreg,knn,ncm", help="comma-separated, from mlp, linear, logreg, knn, ncm"
-    )
+    probe.add_argument("--protocols", default=",".join(PROTOCOLS), help=f"comma-separated, from {', '.join(PROTOCOLS)}")
     probe.add_argument(
         "--features",
         default="",
@@ -463,10 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_SEEDS,
         help="random draws per few-shot level (the whole training part runs once)",
     )
-    probe.add_argument("--split", default=REFERENCE.split, help="one split: 1, 2 or 3 (Oxford 17), 1 elsewhere")
     probe.add_argument("--json", metavar="PATH", help="also write every run's result as JSON")
-    probe.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
-    probe.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     probe.set_defaults(handler=_cmd_probe)
 
     prepare = sub.add_parser("prepare", help="download Oxford 17 or generate Synthetic Flowers")
@@ -491,21 +559,34 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=int, default=30)
     runs.set_defaults(handler=_cmd_runs)
 
+    cost = sub.add_parser(
+        "cost", help="measure what each backbone costs on this machine (speed, latency, memory, FLOPs, sizes)"
+    )
+    cost.add_argument(
+        "--backbones", nargs="+", required=True, metavar="B", help="NAME, NAME@random or NAME@<checkpoint path>"
+    )
+    cost.add_argument("--device", default=DEVICES[0], choices=DEVICES)
+    cost.add_argument("--precision", default=PRECISIONS[0], choices=PRECISIONS)
+    cost.add_argument("--batch-size", type=int, default=64, help="images per forward, extraction's batch (default 64)")
+    cost.add_argument("--remeasure", action="store_true", help="measure again even if the workspace has the figures")
+    cost.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")
+    cost.set_defaults(handler=_cmd_cost)
+
     predict = sub.add_parser("predict", help="classify images with a trained run (the Classify page's prediction)")
     predict.add_argument("--run", type=int, required=True, metavar="ID", help="a completed run's id (see `runs`)")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files: JPEG, PNG, WebP, HEIC, ...")
     predict.add_argument("--json", action="store_true", help="print the predictions as JSON")
-    predict.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    predict.add_argument("--device", default=DEVICES[0], choices=DEVICES)
     predict.set_defaults(handler=_cmd_predict)
 
     map_ = sub.add_parser("map", help="write a static t-SNE, UMAP or PCA map of a backbone's features as a PNG")
     map_.add_argument("--dataset", required=True, help="oxford17, synthetic, or folder:<name under the data root>")
     map_.add_argument("--backbone", required=True, metavar="NAME", help="a name from `backbones`, or timm:<tag>")
     map_.add_argument("--weights", default="pretrained", help="pretrained, random, or a checkpoint path")
-    map_.add_argument("--method", default="tsne", choices=["tsne", "umap", "pca"])
-    map_.add_argument("--perplexity", type=float, default=30.0, help="t-SNE; at most (images - 1) / 3")
-    map_.add_argument("--n-neighbors", type=int, default=15, help="UMAP; from 2 to images - 1")
-    map_.add_argument("--min-dist", type=float, default=0.1, help="UMAP; from 0 to 1")
+    map_.add_argument("--method", default=next(iter(MAP_METHODS)), choices=list(MAP_METHODS))
+    map_.add_argument("--perplexity", type=float, default=MapParams.perplexity, help="t-SNE; at most (images - 1) / 3")
+    map_.add_argument("--n-neighbors", type=int, default=MapParams.n_neighbors, help="UMAP; from 2 to images - 1")
+    map_.add_argument("--min-dist", type=float, default=MapParams.min_dist, help="UMAP; from 0 to 1")
     map_.add_argument("--out", required=True, metavar="PNG")
     map_.set_defaults(handler=_cmd_map)
 
@@ -543,8 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument(
         "--features", nargs="*", default=None, metavar="VARIANT", help="check these variants exist (all are cached)"
     )
-    extract.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"], help="local engine")
-    extract.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    extract.add_argument("--device", default=DEVICES[0], choices=DEVICES, help="local engine")
+    extract.add_argument("--precision", default=PRECISIONS[0], choices=PRECISIONS)
     extract.set_defaults(handler=_cmd_extract)
 
     health = sub.add_parser(
@@ -557,13 +638,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--features", default=None, metavar="VARIANT", help="a feature variant (default: the backbone's own)"
     )
     health.add_argument(
-        "--split", default="1", help="the split whose train/val/test parts are used (Oxford 17: 1, 2 or 3)"
+        "--split", default=DEFAULT_SPLIT, help="the split whose train/val/test parts are used (Oxford 17: 1, 2 or 3)"
     )
-    health.add_argument("--folds", type=int, default=5, help="cross-validation folds for the label check")
+    health.add_argument(
+        "--folds", type=int, default=HealthConfig.folds, help="cross-validation folds for the label check"
+    )
     health.add_argument(
         "--duplicate-threshold",
         type=float,
-        default=None,
+        default=HealthConfig.duplicate_threshold,
         metavar="COSINE",
         help="default: from the dataset's own similarities",
     )

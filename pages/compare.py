@@ -39,6 +39,7 @@ if any(run["synthetic"] for run in chosen):
         help="These runs are on a generated dataset, not real photos.",
     )
 
+compare.show_answer([run for run in completed if run["dataset_key"] == dataset_key], chosen)
 views = compare.choose_views()
 predictions = compare.load_predictions(chosen)
 full = [run for run in completed if run["dataset_key"] == dataset_key]
@@ -49,6 +50,7 @@ if "Overview" in views:
     compare.show_skipped(chosen)
     compare.show_protocols(full)
     compare.show_paired(chosen, predictions)
+    compare.manage_runs(chosen)
 if "Few-shot curves" in views:
     few_shot = [run for run in compare.completed_runs(few_shot=True) if run["dataset_key"] == dataset_key]
     compare.show_fewshot(few_shot, full)

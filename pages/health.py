@@ -1,5 +1,6 @@
 """Health: what a backbone's features say about the dataset: likely label errors, duplicates and train/test
-leakage, outliers; exclude images from later runs. The parts live in ``ui.health``, the engine in ``core.health.checks``.
+leakage, outliers; exclude images from later runs. The parts live in ``ui.health``, the engine in
+``core.health.checks``.
 """
 
 import streamlit as st

@@ -6,7 +6,7 @@ The parts live in ``ui.home``; the ready-made experiments in ``core.probing.pres
 import streamlit as st
 
 from ui.auth import require_access
-from ui.home import launched_message, ready_made_comparisons, workspace_summary
+from ui.home import ready_made_comparisons, workspace_summary
 
 require_access()  # first: no Streamlit mode runs this page past the access gate
 
@@ -19,4 +19,3 @@ st.markdown(
 )
 workspace_summary()
 ready_made_comparisons()
-launched_message()

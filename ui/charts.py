@@ -42,6 +42,26 @@ def run_colour(index: int) -> str:
     return RUN_COLOURS[index % len(RUN_COLOURS)]
 
 
+# Few-shot lines: one line style (and marker) per protocol, so a protocol reads the same across backbones and two
+# lines on the same values still show both (the marker of one, the dash of the other).
+PROTOCOL_DASHES = {"mlp": "solid", "linear": "dot", "logreg": "dash", "knn": "dashdot", "ncm": "longdash"}
+PROTOCOL_SYMBOLS = {"mlp": "circle", "linear": "square", "logreg": "diamond", "knn": "triangle-up", "ncm": "x"}
+
+
+def add_chance_line(figure: go.Figure, n_classes: int | None, *, vertical: bool = False, **subplot) -> None:
+    """A grey dotted line at chance accuracy (100 / ``n_classes`` %), labelled, on an accuracy axis (x when
+    ``vertical``); nothing for fewer than two classes. ``subplot``: ``row``/``col`` of a subplot figure."""
+    if not n_classes or n_classes < 2:
+        return
+    chance = 100.0 / n_classes
+    line = dict(color="#888888", dash="dot", width=1)
+    text = f"chance ({chance:.1f} %)"
+    if vertical:
+        figure.add_vline(x=chance, line=line, annotation_text=text, annotation_position="top", **subplot)
+    else:
+        figure.add_hline(y=chance, line=line, annotation_text=text, annotation_position="bottom right", **subplot)
+
+
 def short(text: str, limit: int = _TICK_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -60,13 +80,15 @@ def _label_px(class_names: Sequence[str]) -> int:
     return int(7 * max((len(short(c)) for c in class_names), default=0))
 
 
-def curves_figure(curves: Mapping[str, Sequence[Mapping]]) -> go.Figure:
-    """Loss and accuracy per epoch, train solid and valid dashed, one colour per run.
+def curves_figure(curves: Mapping[str, Sequence[Mapping]], *, n_classes: int | None = None) -> go.Figure:
+    """Loss and accuracy per epoch, train solid and valid dashed, one colour per run; chance drawn when ``n_classes``.
 
     Parameters
     ----------
     curves : mapping of run label to sequence of epoch dicts
         Each dict has ``epoch``, ``train_loss``, ``train_acc``, ``valid_loss``, ``valid_acc`` (accuracies in percent).
+    n_classes : int, optional
+        Classes of the runs' dataset: a line at chance accuracy on the accuracy panel.
     """
     figure = make_subplots(
         rows=1, cols=2, subplot_titles=("Loss (cross-entropy)", "Accuracy (%)"), horizontal_spacing=0.08
@@ -93,6 +115,7 @@ def curves_figure(curves: Mapping[str, Sequence[Mapping]]) -> go.Figure:
     # A tick per epoch reads well up to _TICKED_EPOCHS; past that (a 400-epoch run) the ticks overlap, so Plotly
     # spaces them, whole numbers only.
     figure.update_xaxes(title_text="epoch", tickformat="d", dtick=1 if longest <= _TICKED_EPOCHS else None)
+    add_chance_line(figure, n_classes, row=1, col=2)
     figure.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
     return figure
 
@@ -189,6 +212,7 @@ def per_class_figure(*, class_names: Sequence[str], accuracies: Mapping[str, Seq
         xaxis=dict(title="test accuracy (%)", range=[0, 100]),
         legend=dict(orientation="h", y=1.02, yanchor="bottom"),
     )
+    add_chance_line(figure, len(class_names), vertical=True)
     return figure
 
 
@@ -284,23 +308,34 @@ def placed_map_figure(
     return figure
 
 
-def fewshot_figure(points: Sequence[Mapping]) -> go.Figure:
+def fewshot_figure(points: Sequence[Mapping], *, n_classes: int | None = None) -> go.Figure:
     """Test accuracy against labelled images per class (log x), one line per label, a band of +- one std over draws.
+
+    Colour by backbone and weights (``colour_key``), line style and marker by ``protocol`` (``PROTOCOL_DASHES``), so
+    pretrained and random weights of one backbone never share a colour by accident, and a line on top of another
+    still shows; chance accuracy drawn when ``n_classes``.
 
     Parameters
     ----------
     points : sequence of mappings with ``label``, ``x`` (images per class), ``mean`` and ``std`` (percent; std None
-        for a single run, e.g. the whole training part)
+        for a single run, e.g. the whole training part); optionally ``colour_key`` and ``protocol``
+    n_classes : int, optional
     """
     figure = go.Figure()
     by_label: dict[str, list[Mapping]] = {}
     for point in points:
         by_label.setdefault(point["label"], []).append(point)
-    for index, (label, members) in enumerate(by_label.items()):
+    colour_keys: list = []
+    for label, members in by_label.items():
+        key = members[0].get("colour_key", label)
+        if key not in colour_keys:
+            colour_keys.append(key)
+    for label, members in by_label.items():
         members = sorted(members, key=lambda p: p["x"])
         x, mean = [p["x"] for p in members], [p["mean"] for p in members]
         std = [p["std"] or 0.0 for p in members]
-        colour, name = run_colour(index), html_text(label)
+        colour, name = run_colour(colour_keys.index(members[0].get("colour_key", label))), html_text(label)
+        protocol = members[0].get("protocol")
         figure.add_scatter(  # the band first, so the line draws over it: mean + std forward, mean - std back
             x=x + x[::-1],
             y=[m + s for m, s in zip(mean, std)] + [m - s for m, s in zip(mean[::-1], std[::-1])],
@@ -318,7 +353,8 @@ def fewshot_figure(points: Sequence[Mapping]) -> go.Figure:
             mode="lines+markers",
             name=name,
             legendgroup=label,
-            line=dict(color=colour),
+            line=dict(color=colour, dash=PROTOCOL_DASHES.get(protocol, "solid")),
+            marker=dict(symbol=PROTOCOL_SYMBOLS.get(protocol, "circle"), size=8),
             customdata=[[s, p["draws"]] for s, p in zip(std, members)],
             hovertemplate=(
                 f"{name}<br>%{{x:.3g}} images per class: %{{y:.1f}} % ± %{{customdata[0]:.1f}} "
@@ -338,4 +374,5 @@ def fewshot_figure(points: Sequence[Mapping]) -> go.Figure:
         ),
         yaxis=dict(title="test accuracy (%)", range=[0, 100]),
     )
+    add_chance_line(figure, n_classes)
     return figure

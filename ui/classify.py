@@ -24,11 +24,19 @@ from core.data.images import SUPPORTED_UPLOAD_TYPES
 from core.features.extract import extract_features
 from core.jobs.runner import progress_job
 from core.maps.projection import MAP_METHODS, MIN_MAP_POINTS, FeatureMap, MapParams, cached_map
-from core.predict.classify import FeaturesMissingError, Prediction, Predictor, default_run, summary_rows
+from core.predict.classify import (
+    DEFAULT_RUN_RULE,
+    FeaturesMissingError,
+    Prediction,
+    Predictor,
+    default_run,
+    summary_rows,
+)
+from core.runs.naming import run_name
 from ui.charts import placed_map_figure, top_classes_figure
 from ui.jobs import job_card
-from ui.labels import dataset_label, run_label
-from ui.state import job_runner, list_runs, workspace
+from ui.labels import dataset_label
+from ui.state import job_runner, list_runs, show_run_warnings, workspace
 from ui.widgets import photo_grid
 
 DETAIL_LIMIT = 4  # images shown in full at once; with more, a picker chooses which one to show
@@ -78,10 +86,8 @@ def _workspace_key(ws: Workspace) -> str:
 
 
 def choice_label(run: dict) -> str:
-    """Run label for pickers: backbone, weights, split, dataset and test accuracy (plain text)."""
-    return (
-        f"{run_label(run)} · {dataset_label(run['dataset_name'], run['synthetic'])} · test acc {run['test_acc']:.1f} %"
-    )
+    """Run name for pickers (``core.runs.naming.run_name``), then its dataset (plain text)."""
+    return f"{run_name(run)} · {dataset_label(run['dataset_name'], run['synthetic'])}"
 
 
 def classifiable(runs: list[dict]) -> list[dict]:
@@ -103,7 +109,9 @@ def classifiable(runs: list[dict]) -> list[dict]:
 def batch_rows(names: list[str], per_run: list[tuple[Predictor, list[Prediction]]]) -> list[dict]:
     """One row per image; with two runs, each run's columns suffixed by its id (for the table and the CSV)."""
     if len(per_run) == 1:
-        return summary_rows(per_run[0][1])
+        predictor, predictions = per_run[0]
+        # The CSV says what its confidences are: temperature-scaled (calibrated) or the head's plain softmax.
+        return [{**row, "confidence is": _confidence_kind(predictor)} for row in summary_rows(predictions)]
     rows = [{"file": name} for name in names]
     for predictor, predictions in per_run:
         for row, summary in zip(rows, summary_rows(predictions)):
@@ -114,7 +122,14 @@ def batch_rows(names: list[str], per_run: list[tuple[Predictor, list[Prediction]
                     if column != "file"
                 }
             )
+            row[f"confidence is (run {predictor.run['id']})"] = _confidence_kind(predictor)
     return rows
+
+
+def _confidence_kind(predictor: Predictor) -> str:
+    if predictor.calibrated:
+        return f"calibrated (temperature {predictor.temperature:.3g} fitted on validation)"
+    return "uncalibrated softmax"
 
 
 def display_rows(rows: list[dict]) -> pd.DataFrame:
@@ -164,8 +179,10 @@ def choose_runs() -> list[dict] | None:
         ids,
         index=ids.index(default_run(runs)["id"]),
         format_func=lambda i: choice_label(by_id[i]),
-        help="Default: the best run on the most recently trained dataset.",
+        help=f"Chosen at first: {DEFAULT_RUN_RULE}.",
     )
+    st.caption(f"Chosen at first: {DEFAULT_RUN_RULE}.")
+    show_run_warnings([by_id[first]])
     chosen = [by_id[first]]
     others = [i for i in ids if i != first]
     if others and st.toggle("Compare with a second run", help="e.g. DINOv2 against ResNet-50 on the same photos"):
@@ -252,6 +269,7 @@ def _classify(predictor: Predictor, items: list[tuple[str, str, object]]) -> lis
 
 def _run_column(predictor: Predictor, prediction: Prediction, key: str) -> None:
     st.caption(markdown_text(choice_label(predictor.run)))
+    st.caption(markdown_text(predictor.probabilities_note.capitalize() + "."))
     if prediction.unfamiliar:
         st.warning(markdown_text(unfamiliar_text(prediction, predictor)), icon=":material/help:")
     st.plotly_chart(top_classes_figure(prediction.top), key=key, config={"displayModeBar": False})

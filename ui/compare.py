@@ -20,13 +20,26 @@ import streamlit as st
 from core.backbones.variants import default_variant
 from core.base.csv_export import csv_text, iso_time
 from core.base.text import markdown_text
+from core.probing.pretraining import pretraining_sentence
 from core.probing.probes import PROTOCOLS
 from core.probing.stats import comparison_sentence, paired_comparison
 from core.probing.suite import fewshot_points
 from core.probing.summary import summarise_runs
+from core.runs.naming import protocol_name, run_name, weights_name
+from core.runs.sanity import DEFAULT_RULE_PER_SPLIT
+from core.runs.sanity import default_runs as sanity_default_runs
 from ui.charts import confusion_figure, curves_figure, fewshot_figure, per_class_figure
-from ui.labels import dataset_label, head_label, run_label, weights_label
-from ui.state import registry, registry_stamp, run_epochs, run_predictions
+from ui.labels import dataset_label, head_label
+from ui.state import (
+    registry,
+    registry_stamp,
+    run_epochs,
+    run_predictions,
+    show_run_warnings,
+    user_errors,
+    warnings_of,
+    workspace,
+)
 from ui.widgets import photo_grid
 
 THUMB_PX = 112
@@ -42,13 +55,10 @@ VIEWS_KEY = "compare_views"
 # The runs table's visible columns (the CSV has them all): they fit a wide page at 1,400 px (looked at in Chromium;
 # with head, split and seed too it scrolled). The split and a standardised head show in the run's name.
 SHOWN_COLUMNS = [
-    "run",
-    "backbone",
-    "weights",
-    "features",
-    "protocol",
+    "name",
     "test acc %",
-    "95 % CI",
+    "95 % CI low",
+    "95 % CI high",
     "top-5 %",
     "test loss",
     "chosen",
@@ -79,33 +89,9 @@ def _reference(run: dict) -> bool:
     return run["protocol"] == "mlp" and run["features"] == default_variant(run["backbone"])
 
 
-def run_name(run: dict) -> str:
-    """``run_label`` (``#12 resnet50 (random weights), split 1``), with a checkpoint's file name, and the protocol and
-    feature variant when they are not the reference (the MLP head on the backbone's default feature)."""
-    name = run_label(run)
-    if run["weights"] not in ("pretrained", "random"):
-        name = name.replace(f"({weights_label(run['weights'])})", f"(checkpoint {Path(run['weights']).name})", 1)
-    if run["features"] != default_variant(run["backbone"]):
-        name += f", {run['features']}"
-    if run["protocol"] != "mlp":
-        name += f", {run['protocol']}"
-    return name
-
-
-def weights_text(weights: str) -> str:
-    """``pretrained``, ``random weights``, or ``checkpoint <file name>`` (two checkpoints stay apart)."""
-    return weights_label(weights) if weights in ("pretrained", "random") else f"checkpoint {Path(weights).name}"
-
-
 def default_runs(runs: list[dict]) -> list[dict]:
-    """The newest reference run (MLP head, default feature) of each backbone, weights and split, or the newest run
-    of those when none is the reference; ``runs`` newest first."""
-    latest: dict[tuple, dict] = {}
-    for run in runs:
-        key = (run["backbone"], run["weights"], run["split"])
-        if key not in latest or (_reference(run) and not _reference(latest[key])):
-            latest[key] = run
-    return list(latest.values())
+    """``core.runs.sanity.DEFAULT_RULE_PER_SPLIT``: the best on validation per backbone, weights and split."""
+    return sanity_default_runs(runs, per_split=True)
 
 
 # ----------------------------------------------------------------------------------------------- frames
@@ -123,6 +109,11 @@ def _chosen(run: dict) -> str:
     return "" if hyperparameter["name"] is None else f"{hyperparameter['name']} {hyperparameter['value']:g}"
 
 
+def _rounded(value: float | None, digits: int) -> float | None:
+    # Accuracies are stored as float32-derived doubles (97.64705657958984): a CSV shows what the test can resolve.
+    return None if value is None else round(float(value), digits)
+
+
 def runs_table(runs: list[dict]) -> pd.DataFrame:
     """One row per run: what it was, its test metrics with the 95 % interval, timings; plain values for the CSV."""
     intervals = [_interval(r) for r in runs]
@@ -130,22 +121,26 @@ def runs_table(runs: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "run": [r["id"] for r in runs],
+            "name": [run_name(r) for r in runs],
             "backbone": [r["backbone"] for r in runs],
-            "weights": [weights_text(r["weights"]) for r in runs],
+            "weights": [weights_name(r["weights"]) for r in runs],
             "features": [r["features"] for r in runs],
             "protocol": [r["protocol"] for r in runs],
             "dataset": [dataset_label(r["dataset_name"], r["synthetic"]) for r in runs],
             "split": [r["split"] for r in runs],
-            "test acc %": [r["test_acc"] for r in runs],
-            "95 % CI": [f"{i[0]:.1f} to {i[1]:.1f}" if i else "" for i in intervals],
-            "top-5 %": [m.get("top5") for m in metrics],
-            "mean per-class %": [m.get("mean_class_acc") for m in metrics],
-            "test loss": [r["test_loss"] for r in runs],
+            "test acc %": [_rounded(r["test_acc"], 2) for r in runs],
+            # Two numeric columns (a CSV reader gets numbers, not "3.5 to 8.5" text).
+            "95 % CI low": [_rounded(i[0], 2) if i else None for i in intervals],
+            "95 % CI high": [_rounded(i[1], 2) if i else None for i in intervals],
+            "top-5 %": [_rounded(m.get("top5"), 2) for m in metrics],
+            "mean per-class %": [_rounded(m.get("mean_class_acc"), 2) for m in metrics],
+            "test loss": [_rounded(r["test_loss"], 4) for r in runs],
+            "warning": ["; ".join(warnings_of(r)) for r in runs],
             "chosen": [_chosen(r) for r in runs],
             "best epoch": [r["best_epoch"] for r in runs],
-            "features s": [r["timings"]["features_s"] for r in runs],
+            "features s": [_rounded(r["timings"]["features_s"], 2) for r in runs],
             "features cached": [bool(r["timings"].get("features_cached")) for r in runs],
-            "train s": [r["timings"]["train_s"] for r in runs],
+            "train s": [_rounded(r["timings"]["train_s"], 2) for r in runs],
             "device": [r["device"] for r in runs],
             "precision": [r["precision"] for r in runs],
             "head": [head_label(r["config"]["head"]) for r in runs],
@@ -158,12 +153,13 @@ def runs_table(runs: list[dict]) -> pd.DataFrame:
 
 
 def split_summary(runs: list[dict]) -> pd.DataFrame:
-    """Mean and sample std of test metrics per experiment over its runs (``core.probing.summary``, as the CLI groups)."""
+    """Mean and sample std of test metrics per experiment over its runs (``core.probing.summary``, as the CLI
+    groups)."""
     summaries = summarise_runs(runs)
     return pd.DataFrame(
         {
             "backbone": [s.first["backbone"] for s in summaries],
-            "weights": [weights_text(s.first["weights"]) for s in summaries],
+            "weights": [weights_name(s.first["weights"]) for s in summaries],
             "features": [s.first["features"] for s in summaries],
             "protocol": [s.first["protocol"] for s in summaries],
             "head": [head_label(s.first["config"]["head"]) for s in summaries],
@@ -199,7 +195,7 @@ def protocols_frame(runs: list[dict]) -> pd.DataFrame:
             )
         row = rows.setdefault(
             (run["backbone"], run["weights"], run["features"]),
-            {"backbone": run["backbone"], "weights": weights_text(run["weights"]), "features": run["features"]},
+            {"backbone": run["backbone"], "weights": weights_name(run["weights"]), "features": run["features"]},
         )
         row[run["protocol"]] = cell
     frame = pd.DataFrame(list(rows.values()))
@@ -222,8 +218,12 @@ def fewshot_plot_points(few_shot: list[dict], full: list[dict]) -> list[dict]:
     for point in fewshot_points(few_shot + ends):
         classes = len((few_shot + ends)[0]["class_names"])
         x = point["shots"] if point["shots"] is not None else point["train_images"] / classes
-        label = f"{point['backbone']} ({weights_text(point['weights'])}) · {point['features']} · {point['protocol']}"
-        points.append({**point, "label": label, "x": x})
+        label = (
+            f"{point['backbone']} · {weights_name(point['weights'])} · {point['features']} · "
+            f"{protocol_name(point['protocol'])}"
+        )
+        colour_key = (point["backbone"], point["weights"])  # colour by backbone and weights, dash by protocol
+        points.append({**point, "label": label, "x": x, "colour_key": colour_key})
     return points
 
 
@@ -233,7 +233,7 @@ def predictions_frame(run: dict, predictions: pd.DataFrame) -> pd.DataFrame:
         {
             "run": run["id"],
             "backbone": run["backbone"],
-            "weights": weights_text(run["weights"]),
+            "weights": weights_name(run["weights"]),
             "features": run["features"],
             "protocol": run["protocol"],
             "split": run["split"],
@@ -288,18 +288,67 @@ def choose_runs(completed: list[dict]) -> tuple[str, list[dict]] | None:
         key="compare_dataset",
     )
     runs = {run["id"]: run for run in completed if run["dataset_key"] == dataset_key}
+    linked = [i for i in _url_ids("runs") if i in runs] if requested == dataset_key else []
     chosen_ids = st.multiselect(
         "Runs",
         list(runs),
-        default=[run["id"] for run in default_runs(list(runs.values()))],
+        default=linked or [run["id"] for run in default_runs(list(runs.values()))],
         key=f"compare_runs_{dataset_key}",
-        format_func=lambda i: f"{run_name(runs[i])} · {runs[i]['test_acc']:.1f} % · {iso_time(runs[i]['finished_at'])}",
+        format_func=lambda i: f"{run_name(runs[i])} · {iso_time(runs[i]['finished_at'])}",
         help="Runs on the whole training part; few-shot runs are summarised in the few-shot curves below.",
     )
+    st.caption("Chosen by the link you opened." if linked else f"Chosen at first: {DEFAULT_RULE_PER_SPLIT}.")
+    # The view in the URL, so a teammate opening the address sees the same dataset and runs.
+    st.query_params["dataset"] = dataset_key
+    st.query_params["runs"] = ",".join(str(i) for i in chosen_ids)
     if not chosen_ids:
         st.info("Choose at least one run.", icon=":material/info:")
         return None
     return dataset_key, [runs[i] for i in chosen_ids]
+
+
+def _url_ids(name: str) -> list[int]:
+    """Run ids from ``?<name>=3,5,8`` (anything else in it ignored)."""
+    return [int(part) for part in st.query_params.get(name, "").split(",") if part.strip().isdigit()]
+
+
+def show_answer(full: list[dict], chosen: list[dict]) -> None:
+    """The pretraining answer in one sentence (when runs pair pretrained and random weights), and each chosen run's
+    warnings (one class predicted, collapsed features) with their cause and fix."""
+    sentence = pretraining_sentence(full)
+    if sentence:
+        st.markdown(f"**How much does pretraining matter?** {markdown_text(sentence)}")
+    show_run_warnings(chosen)
+
+
+def manage_runs(runs: list[dict]) -> None:
+    """Rename, tag or delete the chosen runs (deleting asks to confirm; it removes heads and predictions, keeps the
+    feature caches)."""
+    with st.expander("Rename, tag or delete runs", icon=":material/edit:"):
+        by_id = {run["id"]: run for run in runs}
+        run_id = st.selectbox("Run", list(by_id), format_func=lambda i: run_name(by_id[i]), key="manage_run")
+        run = by_id[run_id]
+        with st.form(f"manage-{run_id}", border=False):
+            title = st.text_input("Name", value=run.get("title") or "", max_chars=200, placeholder="(none)")
+            tags = st.text_input("Tags (comma-separated)", value=", ".join(run.get("tags") or []), max_chars=300)
+            if st.form_submit_button("Save name and tags", icon=":material/save:"):
+                with user_errors():
+                    registry().rename_run(run_id, title=title)
+                    registry().set_tags(run_id, tags=tags.split(","))
+                    st.session_state["manage_message"] = f"Saved run #{run_id}."
+                    st.rerun()
+        confirm = st.checkbox(
+            f"Yes, delete run #{run_id}: its head file and predictions go; the cached features stay for other runs",
+            key=f"manage-confirm-{run_id}",
+        )
+        if st.button("Delete run", icon=":material/delete:", disabled=not confirm, key=f"manage-delete-{run_id}"):
+            with user_errors():
+                registry().delete_runs([run_id], workspace_root=workspace().root)
+                st.session_state["manage_message"] = f"Deleted run #{run_id}."
+                st.rerun()
+        message = st.session_state.pop("manage_message", None)
+        if message:
+            st.success(message, icon=":material/check_circle:")
 
 
 def show_runs_table(table: pd.DataFrame, runs: list[dict]) -> None:
@@ -328,9 +377,16 @@ def show_runs_table(table: pd.DataFrame, runs: list[dict]) -> None:
 
 def choose_views() -> set[str]:
     """The parts of the page to show (``VIEWS``), from a multi-choice control above them."""
+    linked = [view for view in st.query_params.get("view", "").split(",") if view in VIEWS]
     chosen = st.segmented_control(
-        "Show", VIEWS, default=list(DEFAULT_VIEWS), selection_mode="multi", key=VIEWS_KEY, label_visibility="collapsed"
+        "Show",
+        VIEWS,
+        default=linked or list(DEFAULT_VIEWS),
+        selection_mode="multi",
+        key=VIEWS_KEY,
+        label_visibility="collapsed",
     )
+    st.query_params["view"] = ",".join(chosen or ())
     if not chosen:
         st.caption("Choose above what to show.")
     return set(chosen or ())
@@ -387,7 +443,10 @@ def show_fewshot(few_shot: list[dict], full: list[dict]) -> None:
         "Test accuracy against labelled training images per class, mean over the random draws with a ± 1 std band; "
         "the validation part stays whole at every level. The last point of each line is the whole training part."
     )
-    st.plotly_chart(fewshot_figure(fewshot_plot_points(few_shot, full)), config={"displayModeBar": False})
+    st.plotly_chart(
+        fewshot_figure(fewshot_plot_points(few_shot, full), n_classes=len(few_shot[0]["class_names"])),
+        config={"displayModeBar": False},
+    )
 
 
 def show_paired(runs: list[dict], predictions: dict[int, pd.DataFrame]) -> None:
@@ -413,7 +472,7 @@ def show_curves(runs: list[dict]) -> None:
         st.caption("Only the reference head trains for epochs; none of the chosen runs is one.")
         return
     curves = {run_name(run): run_epochs(run) for run in trained}
-    st.plotly_chart(curves_figure(curves), config={"displayModeBar": False})
+    st.plotly_chart(curves_figure(curves, n_classes=len(trained[0]["class_names"])), config={"displayModeBar": False})
 
 
 def select_cell(run_id: int, chart_key: str) -> None:

@@ -22,6 +22,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import streamlit as st
 
+from core.agreement.measures import DEFAULT_K as DEFAULT_AGREEMENT_K
+from core.agreement.measures import neighbour_agreement
+from core.base.csv_export import csv_text
 from core.base.errors import FlowerProbeError
 from core.base.text import markdown_text
 from core.data.datasets import Dataset
@@ -36,6 +39,9 @@ from core.maps.projection import (
     cached_map,
     cosine_neighbours,
 )
+from core.runs.naming import run_name
+from core.runs.sanity import DEFAULT_RULE
+from core.runs.sanity import default_runs as sanity_default_runs
 from ui.charts import class_colours
 from ui.hover_scatter import (
     BACKGROUND_FROM,
@@ -49,14 +55,23 @@ from ui.hover_scatter import (
     prepare_thumbnails,
 )
 from ui.jobs import stage_text
-from ui.labels import dataset_label, run_label, weights_label
-from ui.state import cached_dataset, job_runner, list_runs, run_files, run_predictions, workspace
+from ui.labels import dataset_label
+from ui.state import (
+    cached_dataset,
+    job_runner,
+    list_runs,
+    run_files,
+    run_predictions,
+    show_run_warnings,
+    workspace,
+)
 from ui.widgets import photo_grid
 
 MAX_PANELS = 2  # two maps side by side still leave each one wide enough to read clusters
 PARTS = {"all": "all images", "train": "train", "val": "validation", "test": "test"}
 COLOUR_MODES = {"class": "true class", "predicted": "predicted class", "correct": "correct / incorrect"}
 OWN_RUN = 0  # "predictions of": each map's own run (run ids start at 1)
+AGREEMENT_MODE = "agreement"  # colour-by entry of two maps: each photo's neighbour agreement between their spaces
 HEALTH_MODE = "health"  # colour-by entry that computes the data-health scores, then offers each of them
 CORRECT_COLOUR, WRONG_COLOUR, UNPREDICTED_COLOUR = "#2CA02C", "#D62728", "#B0B0B0"
 NOT_PREDICTED = "(no prediction)"  # parenthesised so it cannot look like a class name
@@ -65,6 +80,7 @@ PCA_COMPONENTS = 50  # before t-SNE and UMAP: 50 dims keep >90 % of these featur
 THUMB_PX = 128  # gallery photos: big enough to tell two flowers of a class apart
 GALLERY_LIMIT = 48  # photos per gallery: enough to see what a lasso caught, few enough to load quickly
 _SELECTION_KEY = "explorer_selection"  # rows the last click or selection picked
+_SELECTION_KIND_KEY = "explorer_selection_kind"  # "click" or "select" (a box or lasso: the maps grey the rest)
 _SEQ_KEY = "explorer_seq"  # seq of the last event acted on: the component repeats its value on every rerun
 _VIEW_KEY = "explorer_view"  # what was shown when the selection was made; a new view clears the selection
 MAP_KEY = "explorer-map"
@@ -83,6 +99,7 @@ class ImageScore:
     key: str  # unique among the scores offered, e.g. "confidence:12"
     name: str  # shown in the picker and on the colour bar
     values: np.ndarray  # shape (n_dataset_rows,), float, NaN where not scored
+    bounds: tuple[float, float] | None = None  # the colour bar's fixed range (e.g. 0..1 for a share); None: the data's
 
     def __post_init__(self) -> None:
         if np.asarray(self.values).ndim != 1:
@@ -126,21 +143,142 @@ def score_range(values: np.ndarray) -> tuple[float, float]:
     return (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
 
 
+def agreement_score(
+    agreement: np.ndarray, rows: np.ndarray, *, n_rows: int, k: int, names: tuple[str, str]
+) -> ImageScore:
+    """Per-image neighbour agreement of the two maps' feature spaces as a score on a fixed 0..1 colour bar.
+
+    Parameters
+    ----------
+    agreement : ndarray of shape (n_points,)
+        ``core.agreement.measures.neighbour_agreement`` of the two runs' features on ``rows``.
+    rows : ndarray of shape (n_points,), the dataset row of each value
+    n_rows : int, the dataset's number of rows
+    k : int, the neighbours compared per image
+    names : the two runs' short names, for the colour bar's title
+    """
+    values = np.full(n_rows, np.nan)
+    values[np.asarray(rows, dtype=np.int64)] = agreement
+    return ImageScore(
+        key=f"{AGREEMENT_MODE}:{k}",
+        name=f"neighbour agreement: share of the {k} nearest neighbours that {names[0]} and {names[1]} share",
+        values=values,
+        bounds=(0.0, 1.0),
+    )
+
+
+def disagreeing(agreement: np.ndarray, *, below: float) -> np.ndarray:
+    """Mask of the photos whose two neighbourhoods share fewer than ``below`` of their neighbours.
+
+    Parameters
+    ----------
+    agreement : ndarray of shape (n_points,), shares in [0, 1]
+    below : float in (0, 1]
+    """
+    if not 0.0 < below <= 1.0:
+        raise FlowerProbeError(f"below must be a share in (0, 1]; got {below}.")
+    return np.asarray(agreement) < below
+
+
+def verdict_texts(labels: np.ndarray, per_run: dict[int, dict[int, tuple[int, float]]]) -> list[str | None] | None:
+    """Tooltip verdict per dataset row: "right" or "wrong" when every run that predicted it says the same, else
+    each run's (``"#3 right · #4 wrong"``); None for rows no run predicted, and None when no run predicted anything.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (n_dataset_rows,), true class index per row
+    per_run : run id -> row -> (predicted class, confidence)
+    """
+    if not any(per_run.values()):
+        return None
+    texts: list[str | None] = [None] * len(labels)
+    for row in set().union(*per_run.values()):
+        verdicts = {
+            run_id: "right" if predictions[row][0] == labels[row] else "wrong"
+            for run_id, predictions in per_run.items()
+            if row in predictions
+        }
+        if len(set(verdicts.values())) == 1:
+            texts[row] = next(iter(verdicts.values()))
+        else:
+            texts[row] = " · ".join(f"#{run_id} {verdict}" for run_id, verdict in verdicts.items())
+    return texts
+
+
+def split_texts(parts: dict[str, np.ndarray], n_rows: int) -> list[str | None]:
+    """Each dataset row's part of a split ("train", "val", "test"); None for a row in none (e.g. excluded).
+
+    Parameters
+    ----------
+    parts : part name -> ndarray of dataset rows (``Dataset.split(split_id)``)
+    n_rows : int
+    """
+    texts: list[str | None] = [None] * n_rows
+    for part, members in parts.items():
+        for row in np.asarray(members, dtype=np.int64).tolist():
+            texts[row] = part
+    return texts
+
+
+def selection_summary(
+    selected: list[int],
+    *,
+    labels: np.ndarray,
+    class_names: tuple[str, ...],
+    on_map: np.ndarray,
+    per_run: dict[int, dict[int, tuple[int, float]]],
+) -> list[dict]:
+    """Per class of the selected photos: how many, their share of the selection, the share of the class's photos
+    on the map they are, and per run how many it predicted right and wrong (test photos only).
+
+    Parameters
+    ----------
+    selected : dataset rows selected
+    labels : ndarray of shape (n_dataset_rows,), true class index per row
+    class_names : tuple of str
+    on_map : ndarray of shape (n_points,), the dataset rows on the maps
+    per_run : run id -> row -> (predicted class, confidence); one column pair per run
+
+    Returns
+    -------
+    list of dict, one per class present in ``selected``, most selected first; keys ``class``, ``selected``,
+    ``share of selection (%)``, ``of the class on the map (%)``, then ``run #N right`` and ``run #N wrong``.
+    """
+    chosen = np.asarray(selected, dtype=np.int64)
+    on_map_counts = np.bincount(labels[np.asarray(on_map, dtype=np.int64)], minlength=len(class_names))
+    counts = np.bincount(labels[chosen], minlength=len(class_names)) if len(chosen) else np.zeros(len(class_names))
+    summary = []
+    for index in np.argsort(-counts, kind="stable"):
+        if counts[index] == 0:
+            break
+        members = chosen[labels[chosen] == index]
+        entry = {
+            "class": class_names[index],
+            "selected": int(counts[index]),
+            "share of selection (%)": round(100.0 * counts[index] / len(chosen), 1),
+            "of the class on the map (%)": round(100.0 * counts[index] / max(1, on_map_counts[index]), 1),
+        }
+        for run_id, predictions in per_run.items():
+            guesses = [predictions[row][0] for row in members.tolist() if row in predictions]
+            entry[f"run #{run_id} right"] = sum(guess == index for guess in guesses)
+            entry[f"run #{run_id} wrong"] = sum(guess != index for guess in guesses)
+        summary.append(entry)
+    return summary
+
+
 # ----------------------------------------------------------------------------------------------- pure helpers
 
 
 def default_runs(runs: list[dict]) -> list[dict]:
-    """The newest run of each of the ``MAX_PANELS`` most recently trained (backbone, weights), oldest first.
+    """``core.runs.sanity.DEFAULT_RULE`` (the best on validation per backbone and weights) for the ``MAX_PANELS`` most
+    recently trained (backbone, weights), oldest first.
 
     ``runs`` is newest first. A backbone under other weights is another model (the offline demo compares
-    EfficientNet-Lite0 pretrained with random weights), so each gets its own map.
-
-    Oldest first puts a comparison's backbones in the order it trained them (DINOv2, then ResNet-50).
+    EfficientNet-Lite0 pretrained with random weights), so each gets its own map. Oldest first puts a comparison's
+    backbones in the order it trained them (DINOv2, then ResNet-50).
     """
-    latest: dict[tuple[str, str], dict] = {}
-    for run in runs:
-        latest.setdefault((run["backbone"], run["weights"]), run)
-    return sorted(list(latest.values())[:MAX_PANELS], key=lambda run: run["id"])
+    recent = list(dict.fromkeys((run["backbone"], run["weights"]) for run in runs))[:MAX_PANELS]
+    return [run for run in sanity_default_runs(runs) if (run["backbone"], run["weights"]) in recent]
 
 
 def common_rows(feature_sets: list[FeatureSet], part_rows: np.ndarray) -> np.ndarray:
@@ -332,7 +470,8 @@ def _health(
 ):
     from core.health.checks import HealthConfig, dataset_health
 
-    # Cached on disk by core.health.checks too (a second server process reads the report); features are never extracted here.
+    # Cached on disk by core.health.checks too (a second server process reads the report); features are never extracted
+    # here.
     return dataset_health(
         dataset_key, backbone, workspace=workspace(), weights=weights, variant=variant, config=HealthConfig(split=split)
     )
@@ -420,22 +559,46 @@ class View:
     colour_runs: list[dict]  # per panel: the run whose predictions colour it
     score: ImageScore | None
     k: int  # neighbours shown for a single photo
+    agreement: np.ndarray | None = None  # shape (n_points,): neighbour agreement of the two runs' features; 1 run: None
+    agreement_k: int = DEFAULT_AGREEMENT_K  # neighbours compared per photo for ``agreement``
+    disagree_below: float | None = None  # show only photos whose agreement is below this share; None: every photo
 
 
 def _choose_runs(runs: list[dict]) -> tuple[str, list[dict], dict[int, dict]]:
     datasets: dict[str, str] = {}
     for run in runs:  # newest first, so the default dataset is that of the newest run
         datasets.setdefault(run["dataset_key"], dataset_label(run["dataset_name"], run["synthetic"]))
-    dataset_key = st.selectbox("Dataset", list(datasets), format_func=datasets.get, key="explorer_dataset")
+    requested = st.query_params.get("dataset")
+    dataset_key = st.selectbox(
+        "Dataset",
+        list(datasets),
+        index=list(datasets).index(requested) if requested in datasets else 0,
+        format_func=datasets.get,
+        key="explorer_dataset",
+    )
     on_dataset = {run["id"]: run for run in runs if run["dataset_key"] == dataset_key}
+    linked = [
+        int(i) for i in st.query_params.get("runs", "").split(",") if i.strip().isdigit() and int(i) in on_dataset
+    ][:MAX_PANELS]
     chosen = st.multiselect(
         "Runs (one map each, side by side)",
         list(on_dataset),
-        default=[run["id"] for run in default_runs(list(on_dataset.values()))],
-        format_func=lambda i: f"{run_label(on_dataset[i])} · {on_dataset[i]['test_acc']:.1f} %",
+        default=linked
+        if requested == dataset_key and linked
+        else [r["id"] for r in default_runs(list(on_dataset.values()))],
+        format_func=lambda i: run_name(on_dataset[i]),
         max_selections=MAX_PANELS,
         key=f"explorer_runs_{dataset_key}",
     )
+    st.caption(
+        "Chosen by the link you opened."
+        if requested == dataset_key and linked
+        else f"Chosen at first: {DEFAULT_RULE}, for the {MAX_PANELS} backbones trained last."
+    )
+    # The view in the URL, so a teammate opening the address sees the same maps.
+    st.query_params["dataset"] = dataset_key
+    st.query_params["runs"] = ",".join(str(i) for i in chosen)
+    show_run_warnings([on_dataset[i] for i in chosen])
     return dataset_key, [on_dataset[i] for i in chosen], on_dataset
 
 
@@ -537,7 +700,7 @@ def _colour_controls(column, dataset: Dataset, runs: list[dict], on_dataset: dic
         "Predictions of",
         sources,
         key="explorer_colour_run",
-        format_func=lambda i: "each map's own run" if i == OWN_RUN else run_label(on_dataset[i]),
+        format_func=lambda i: "each map's own run" if i == OWN_RUN else run_name(on_dataset[i]),
         help="The run whose per-image test predictions colour the maps (any protocol); its test images carry them.",
     )
     colour_runs = [run if source == OWN_RUN else on_dataset[source] for run in runs]
@@ -552,6 +715,8 @@ def _colour_controls(column, dataset: Dataset, runs: list[dict], on_dataset: dic
     if has_predictions:
         modes |= {key: label for key, label in COLOUR_MODES.items() if key != "class"}
         modes |= {f"score:{key}": score.name for key, score in scores.items()}
+    if len(runs) == 2:  # core.agreement: computed in choose_view, only when chosen (or for "only where they disagree")
+        modes |= {AGREEMENT_MODE: "neighbour agreement of the two maps' features"}
     # Data-health scores (core.health.checks) of the first map's features: computed only once chosen (cached after).
     modes |= {HEALTH_MODE: f"data health: label quality and outlier scores ({runs[0]['backbone']})"}
     if st.session_state.get("explorer_colour") == HEALTH_MODE or str(
@@ -603,6 +768,26 @@ def choose_view() -> View | None:
             icon=":material/info:",
         )
         return None
+    agreement, agreement_k, disagree_below = None, DEFAULT_AGREEMENT_K, None
+    if len(runs) == 2:
+        agreement_k, disagree_below = _agreement_controls(len(rows))
+        if colour_by == AGREEMENT_MODE or disagree_below is not None:
+            agreement = _agreement(
+                tuple(_features_file(run) for run in runs),
+                tuple(_file_stamp(_features_file(run)) for run in runs),
+                _rows_digest(rows),
+                agreement_k,
+                _features=tuple(feature_set.select(rows)[0] for feature_set in feature_sets),
+            )
+        if colour_by == AGREEMENT_MODE:
+            colour_by = "score"
+            score = agreement_score(
+                agreement,
+                rows,
+                n_rows=len(dataset.image_paths),
+                k=agreement_k,
+                names=(f"#{runs[0]['id']}", f"#{runs[1]['id']}"),
+            )
     return View(
         dataset=dataset,
         runs=runs,
@@ -616,15 +801,62 @@ def choose_view() -> View | None:
         colour_runs=colour_runs,
         score=score,
         k=int(k),
+        agreement=agreement,
+        agreement_k=agreement_k,
+        disagree_below=disagree_below,
     )
+
+
+def _agreement_controls(n_points: int) -> tuple[int, float | None]:
+    """The two maps' agreement inputs: neighbours compared per photo, and the "only where they disagree" share."""
+    columns = st.columns([1.4, 1.6, 0.8, 1.2])
+    only = columns[0].toggle(
+        "Only where they disagree",
+        key="explorer_disagree",
+        help="Show only the photos whose nearest neighbours in the two runs' feature spaces have fewer than the "
+        "chosen share in common; the maps keep their layout.",
+    )
+    below = columns[1].slider(
+        "Neighbours in common fewer than",
+        0.05,
+        1.0,
+        0.5,
+        step=0.05,
+        key="explorer_disagree_below",
+        disabled=not only,
+        format="%.2f",
+        help="A share of the k nearest neighbours: 0.5 keeps the photos whose two neighbourhoods share under half.",
+    )
+    k = columns[2].number_input(
+        "Agreement k",
+        1,
+        max(1, min(100, n_points - 1)),
+        min(DEFAULT_AGREEMENT_K, n_points - 1),
+        key="explorer_agreement_k",
+        help="Nearest neighbours (cosine, full feature vectors) compared per photo: |kNN_A ∩ kNN_B| / k.",
+    )
+    return int(k), (float(below) if only else None)
+
+
+@st.cache_resource(show_spinner="Neighbour agreement of the two runs' features…", max_entries=8)
+def _agreement(
+    paths: tuple[str, str], stamps: tuple, rows_digest: str, k: int, _features: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """``core.agreement.measures.neighbour_agreement`` of the two feature matrices; the key leaves the arrays out."""
+    return neighbour_agreement(_features[0], _features[1], k=k)
 
 
 # ----------------------------------------------------------------------------------------------- output
 
 
 def build_panels(view: View, maps: list[FeatureMap]) -> list[Panel]:
-    """One panel per run: its map's points, coloured as the view says, same class colours in every panel."""
-    dataset, rows = view.dataset, view.rows
+    """One panel per run: its map's points, coloured as the view says, same class colours in every panel.
+
+    With ``view.disagree_below`` only the photos whose two neighbourhoods agree less are drawn, where the whole
+    map placed them (``shown_rows``).
+    """
+    dataset, keep = view.dataset, shown_mask(view)
+    rows = view.rows[keep]
     labels = dataset.labels[rows]
     panels = []
     for run, feature_map, colour_run in zip(view.runs, maps, view.colour_runs):
@@ -632,18 +864,15 @@ def build_panels(view: View, maps: list[FeatureMap]) -> list[Panel]:
         score = view.score.values[rows] if view.score is not None else None
         bar = None
         if score is not None:
-            low, high = score_range(score)
+            low, high = view.score.bounds or score_range(score)
             bar = ColourBar(title=view.score.name, low=low, high=high)
-        title = (
-            f"#{run['id']} {run['backbone']} ({weights_label(run['weights'])}) · {feature_map.label} · "
-            f"test {run['test_acc']:.1f} %"
-        )
+        title = f"{run_name(run)} · {feature_map.label}"
         panels.append(
             Panel(
                 title=title,
                 colour_bar=bar,
                 traces=panel_traces(
-                    feature_map.embedding,
+                    feature_map.embedding[keep],
                     rows,
                     labels=labels,
                     predicted=predicted,
@@ -654,6 +883,13 @@ def build_panels(view: View, maps: list[FeatureMap]) -> list[Panel]:
             )
         )
     return panels
+
+
+def shown_mask(view: View) -> np.ndarray:
+    """Which of ``view.rows`` the maps draw: all, or with ``disagree_below`` those whose agreement is below it."""
+    if view.disagree_below is None or view.agreement is None:
+        return np.ones(len(view.rows), dtype=bool)
+    return disagreeing(view.agreement, below=view.disagree_below)
 
 
 def _photo_caption(dataset: Dataset, row: int) -> str:
@@ -676,7 +912,7 @@ def _neighbours(view: View, row: int, features: list[np.ndarray]) -> None:
         found, distances = cosine_neighbours(matrix, matrix[position : position + 1], k=view.k + 1)
         kept = [(int(rows[i]), float(d)) for i, d in zip(found[0], distances[0]) if i != position][: view.k]
         with column.container(key=f"explorer-neighbours-{index}"):
-            st.markdown(f"**{markdown_text(run_label(run))}** · {matrix.shape[1]}-d features")
+            st.markdown(f"**{markdown_text(run_name(run))}** · {matrix.shape[1]}-d features")
             photo_grid(
                 [dataset.image_paths[r] for r, _ in kept],
                 [f"{d:#.3g} · {_photo_caption(dataset, r)}" for r, d in kept],
@@ -684,15 +920,69 @@ def _neighbours(view: View, row: int, features: list[np.ndarray]) -> None:
             )
 
 
-def _selection(event: dict | None, view_key: tuple) -> list[int]:
-    """The rows picked by the newest click or selection; an event is acted on once, a new view starts empty."""
+def _selection(event: dict | None, view_key: tuple) -> tuple[list[int], bool]:
+    """The rows picked by the newest click or selection, and whether a box or lasso picked them (the maps then grey
+    the rest); an event is acted on once, a new view starts empty."""
     if st.session_state.get(_VIEW_KEY) != view_key:
         st.session_state[_VIEW_KEY] = view_key
         st.session_state[_SELECTION_KEY] = []
-    if event is not None and event["seq"] != st.session_state.get(_SEQ_KEY):
+        st.session_state[_SELECTION_KIND_KEY] = None
+    if event is not None and event["event"] in ("click", "select") and event["seq"] != st.session_state.get(_SEQ_KEY):
         st.session_state[_SEQ_KEY] = event["seq"]
         st.session_state[_SELECTION_KEY] = event["rows"]
-    return st.session_state.get(_SELECTION_KEY, [])
+        st.session_state[_SELECTION_KIND_KEY] = event["event"]
+    return st.session_state.get(_SELECTION_KEY, []), st.session_state.get(_SELECTION_KIND_KEY) == "select"
+
+
+def _selection_tables(view: View, selected: list[int]) -> None:
+    """Per-class summary of the selection, and its CSV exports (the summary, and one row per photo)."""
+    dataset = view.dataset
+    per_run = {run["id"]: view.predictions[run["id"]] for run in view.colour_runs}
+    summary = selection_summary(
+        selected, labels=dataset.labels, class_names=dataset.class_names, on_map=view.rows, per_run=per_run
+    )
+    st.dataframe(summary, hide_index=True, key="explorer-selection-summary")
+    runs = ", ".join(f"#{run['id']} = {run_name(run)}" for run in {r["id"]: r for r in view.colour_runs}.values())
+    st.caption(
+        markdown_text(
+            f"Per class of the {len(selected)} selected photos. Right and wrong count the photos each run predicted "
+            f"(its test images only): {runs}."
+        )
+    )
+    parts = split_texts(dataset.split(view.runs[0]["split"]), len(dataset.image_paths))
+    photos = []
+    for row in selected:
+        entry = {
+            "file": relative_path(dataset, row),
+            "class": dataset.class_names[dataset.labels[row]],
+            f"part of split {view.runs[0]['split']}": parts[row],
+        }
+        for run_id, predictions in per_run.items():
+            guess = predictions.get(row)
+            entry[f"run #{run_id} predicted"] = None if guess is None else dataset.class_names[guess[0]]
+            entry[f"run #{run_id} right"] = None if guess is None else guess[0] == dataset.labels[row]
+        if view.agreement is not None:
+            entry[f"neighbour agreement (k={view.agreement_k})"] = float(
+                view.agreement[np.searchsorted(view.rows, row)]
+            )
+        photos.append(entry)
+    columns = st.columns(2)
+    columns[0].download_button(
+        "Download the summary (CSV)",
+        csv_text(summary),
+        file_name="selection-summary.csv",
+        mime="text/csv",
+        on_click="ignore",
+        key="explorer-summary-csv",
+    )
+    columns[1].download_button(
+        "Download the selected photos (CSV)",
+        csv_text(photos),
+        file_name="selection-photos.csv",
+        mime="text/csv",
+        on_click="ignore",
+        key="explorer-photos-csv",
+    )
 
 
 def show_view(view: View) -> None:
@@ -713,19 +1003,31 @@ def show_view(view: View) -> None:
             {run["id"]: view.predictions[run["id"]] for run in view.colour_runs},
             len(dataset.image_paths),
         ),
+        verdicts=verdict_texts(dataset.labels, {run["id"]: view.predictions[run["id"]] for run in view.colour_runs}),
+        splits=split_texts(dataset.split(view.runs[0]["split"]), len(dataset.image_paths)),
     )
-    on_map = set(rows.tolist())
-    view_key = (dataset.key, tuple(run["id"] for run in view.runs), view.part)
-    # Read before drawing the maps, so that they ring what this rerun's click or selection picked.
-    selected = [row for row in _selection(last_event(MAP_KEY), view_key) if row in on_map]
+    keep = shown_mask(view)
+    on_map = set(rows[keep].tolist())
+    view_key = (dataset.key, tuple(run["id"] for run in view.runs), view.part, view.disagree_below)
+    # Read before drawing the maps, so that they mark what this rerun's click or selection picked: a click is ringed,
+    # a box or lasso drawn in Plotly's selected style with the rest greyed, on every map.
+    picked, dim = _selection(last_event(MAP_KEY), view_key)
+    selected = [row for row in picked if row in on_map]
     hover_scatter(
         build_panels(view, maps),
         hover_text=hover_text,
         thumbnails=_thumbnails(dataset),
         height=560,
         selected_rows=selected,
+        dim_unselected=dim,
         key=MAP_KEY,
     )
+    if view.disagree_below is not None:
+        st.caption(
+            f"Only where they disagree: {int(keep.sum()):,} of {len(rows):,} photos share fewer than "
+            f"{view.disagree_below:.0%} of their {view.agreement_k} nearest neighbours (cosine) in the two runs' "
+            "feature spaces (core.agreement.measures.neighbour_agreement); each is drawn where the whole map placed it."
+        )
     st.caption(
         f"{len(rows):,} images · {MAP_METHODS[view.method]} of the cached features, "
         f"{params.describe(view.method)}{lowered}. "
@@ -740,5 +1042,6 @@ def show_view(view: View) -> None:
         )
         if len(selected) > GALLERY_LIMIT:
             st.caption(f"Showing the first {GALLERY_LIMIT} of {len(selected)}.")
+        _selection_tables(view, selected)
         if len(selected) == 1:
             _neighbours(view, selected[0], features)

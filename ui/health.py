@@ -21,7 +21,15 @@ from core.base.errors import FlowerProbeError, MissingFileError
 from core.base.text import markdown_text
 from core.data.datasets import list_datasets
 from core.data.exclusions import exclude_images
-from core.health.checks import CSV_COLUMNS, HealthConfig, HealthReport, compare_health, dataset_health
+from core.health.checks import (
+    COPY_SSIM,
+    CSV_COLUMNS,
+    PHOTO_SIDE,
+    HealthConfig,
+    HealthReport,
+    compare_health,
+    dataset_health,
+)
 from core.jobs.runner import extraction_job, progress_job
 from core.probing.experiment import BackboneChoice, parse_backbone
 from ui.dataset import undo_exclusion_button, watch_jobs
@@ -123,6 +131,8 @@ def gallery_items(report: HealthReport, issue: str, *, limit: int, flagged_only:
         if issue == "label":
             caption = (
                 f"given {names[entry['given']]} → suggested {names[entry['suggested']]} · quality {entry['score']:.3f}"
+                if entry["suggested"] != entry["given"]
+                else f"{names[entry['given']]} · quality {entry['score']:.3f} · no other class suggested"
             )
         else:
             caption = f"{names[report.labels[i]]} · distance {entry['score']:.3f}"
@@ -150,7 +160,9 @@ def pair_items(report: HealthReport, *, threshold: float, limit: int) -> list[di
                 "paths": [report.paths[i] for i, _ in sides],
                 "captions": [f"{names[report.labels[i]]} · {part or 'no part'}" for i, part in sides],
                 "similarity": pair["similarity"],
+                "photo": pair["photo"],
                 "exact": pair["exact"],
+                "copy": pair["copy"],
                 "leakage": pair["leakage"],
             }
         )
@@ -220,7 +232,15 @@ def _pairs(dataset_root, items: list[dict], *, key: str) -> list[str]:
     chosen = []
     for number, item in enumerate(items):  # one image can sit in several pairs: the pair's number keeps keys unique
         with st.container(border=True):
-            kind = "exact copy" if item["exact"] else f"cosine {item['similarity']:.4f}"
+            photo = "photos not compared" if item["photo"] is None else f"photo SSIM {item['photo']:.3f}"
+            kind = (
+                "exact copy (same bytes)"
+                if item["exact"]
+                else f"copy: the photos agree ({photo}, feature cosine {item['similarity']:.4f})"
+                if item["copy"]
+                else f"near neighbour: close in features (cosine {item['similarity']:.4f}) but the photos differ "
+                f"({photo}); not a copy"
+            )
             st.markdown(
                 f"**{kind}**" + (" · :red[leakage: the copies sit in different parts]" if item["leakage"] else "")
             )
@@ -258,14 +278,16 @@ def show_report(report: HealthReport, dataset_root) -> None:
     # Down to the lowest stored candidate (pairs below it were never kept), and never a slider of zero width.
     floor = min(report.candidate_floor, report.duplicate_threshold, 0.99)
     threshold = st.slider(
-        "Duplicate threshold (cosine similarity)",
+        "Near-neighbour threshold (feature cosine similarity)",
         min_value=float(round(floor, 4)),
         max_value=1.0,
         value=float(round(report.duplicate_threshold, 4)),
         step=0.0005,
         format="%.4f",
         key="health_threshold",
-        help=f"Default {report.duplicate_threshold:.4f}, {report.threshold_source}. Exact byte copies always count.",
+        help=f"Default {report.duplicate_threshold:.4f}, {report.threshold_source}. Exact byte copies always count. "
+        f"A pair is a copy (and leakage across parts) only when its photos agree: SSIM >= {COPY_SSIM:g} of grey "
+        f"{PHOTO_SIDE} px thumbnails.",
     )
     counts = report.counts(threshold)
     columns = st.columns(len(counts))
@@ -275,7 +297,7 @@ def show_report(report: HealthReport, dataset_root) -> None:
     labels_tab, duplicates_tab, outliers_tab, compare_tab = st.tabs(
         [
             f"Label issues ({counts['label issues']})",
-            f"Duplicates and leakage ({counts['duplicate pairs']})",
+            f"Copies and near neighbours ({counts['copies']} + {counts['near neighbours']})",
             f"Outliers ({counts['outliers']})",
             "Compare backbones",
         ]
@@ -289,6 +311,10 @@ def show_report(report: HealthReport, dataset_root) -> None:
         _exclusion_controls(report.dataset_key, chosen, reason="label issue", key="label")
     with duplicates_tab:
         items = pair_items(report, threshold=threshold, limit=shown)
+        st.caption(
+            "Copies first (the photos agree: same bytes, or SSIM of the photos at least "
+            f"{COPY_SSIM:g}); then near neighbours, photos a backbone puts close together that are not copies."
+        )
         if not items:
             st.info("No pair reaches this threshold.", icon=":material/check_circle:")
         chosen = _pairs(dataset_root, items, key="pair")

@@ -9,48 +9,54 @@ its run should take before the click (``ui.launch.expected_duration``).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
+from core.base.progress import format_duration
 from core.base.text import markdown_text
 from core.data.datasets import OXFORD17_KEY, list_datasets
 from core.features.extract import ShardedCache
-from core.jobs.runner import comparison_job
+from core.jobs.runner import preset_job
 from core.probing.presets import OFFLINE_DEMO, OFFLINE_DEMO_RANDOM_RESNET, REFERENCE, ComparisonPreset
-from ui.labels import dataset_label, format_age, format_bytes, weights_label
+from core.probing.pretraining import pretraining_sentence
+from core.runs.naming import run_name
+from ui.labels import dataset_label, format_age, format_bytes
 from ui.launch import duration_text, expected_duration, files_to_fetch, missing_files_markdown
-from ui.state import job_runner, list_runs, user_errors, workspace
+from ui.state import job_runner, list_runs, registry, show_run_warnings, user_errors, warnings_of, workspace
 
 RECENT_RUNS = 8
 LAUNCHED_KEY = "home_launched"  # session state: the job id of the last launch, shown once
 
 
 def launch(preset: ComparisonPreset) -> None:
-    """Queue ``preset`` in the job runner (a button callback: the message shows on the rerun it triggers)."""
+    """Queue ``preset`` in the job runner (a button callback: the message shows next to the button on the rerun)."""
     with user_errors():
-        job = job_runner().submit(preset.title, comparison_job(**preset.comparison_kwargs(), workspace=workspace()))
+        estimate = expected_duration(dataset=preset.dataset, backbones=list(preset.backbones), split=preset.split)
+        job = job_runner().submit(preset.title, preset_job(preset, workspace=workspace()))
         st.session_state[LAUNCHED_KEY] = job.id
+        if estimate is not None:
+            st.session_state[f"{LAUNCHED_KEY}-estimate-{job.id}"] = estimate.seconds
 
 
 def recent_runs_frame(runs: list[dict]) -> pd.DataFrame:
-    """The recent-runs table: one row per completed run, newest first, names as plain text."""
+    """The recent-runs table: one row per completed run, newest first, named by ``core.runs.naming.run_name``."""
     return pd.DataFrame(
         {
-            "run": [r["id"] for r in runs],
-            "backbone": [r["backbone"] for r in runs],
-            "weights": [weights_label(r["weights"]) for r in runs],
+            "run": [run_name(r) for r in runs],
             "dataset": [dataset_label(r["dataset_name"], r["synthetic"]) for r in runs],
-            "split": [r["split"] for r in runs],
-            "test acc %": [r["test_acc"] for r in runs],
+            "check": ["warning: see below" if warnings_of(r) else "ok" for r in runs],
             "finished": [format_age(r["finished_at"]) for r in runs],
         }
     )
 
 
 def feature_cache_entries(folder: Path) -> list[Path]:
-    """The feature cache's entries: sharded folders with a manifest (``core.features.extract.ShardedCache``), old .npz files."""
+    """The feature cache's entries: sharded folders with a manifest (``core.features.extract.ShardedCache``), old .npz
+    files.
+    """
     if not folder.is_dir():
         return []
     return sorted(
@@ -65,7 +71,8 @@ def _size(entry: Path) -> int:
 def workspace_summary() -> None:
     ws = workspace()
     datasets = [d for d in list_datasets(ws) if d.prepared]
-    completed = list_runs(status="completed")
+    completed = list_runs(status="completed")  # on the whole training part (few-shot runs are curve points)
+    counts = {few_shot: registry().count_runs(status="completed", few_shot=few_shot) for few_shot in (False, True)}
     entries = feature_cache_entries(ws.features_dir)
     st.subheader("Workspace")
     st.caption(f"`{ws.root}`")
@@ -74,18 +81,23 @@ def workspace_summary() -> None:
     columns[1].metric(
         "Cached feature sets", len(entries), help="One per (dataset, backbone, weights); reused by every later run."
     )
-    columns[2].metric("Completed runs", len(completed))
+    columns[2].metric(
+        "Completed runs",
+        counts[False] + counts[True],
+        help=f"{counts[False]} on the whole training part, {counts[True]} few-shot (points of Compare's few-shot "
+        "curves); failed, cancelled and interrupted runs are not counted.",
+    )
     if datasets:
         st.markdown("Datasets: " + ", ".join(markdown_text(d.name) for d in datasets))
     if entries:
         st.caption(f"Feature cache: {format_bytes(sum(_size(e) for e in entries))} in `{ws.features_dir}`")
     if completed:
-        st.markdown("**Recent runs**")
-        st.dataframe(
-            recent_runs_frame(completed[:RECENT_RUNS]),
-            hide_index=True,
-            column_config={"test acc %": st.column_config.NumberColumn(format="%.1f")},
-        )
+        sentence = pretraining_sentence(completed)
+        if sentence:
+            st.markdown(f"**How much does pretraining matter?** {markdown_text(sentence)}")
+        st.markdown(f"**Recent runs** (the {min(RECENT_RUNS, len(completed))} newest on the whole training part)")
+        st.dataframe(recent_runs_frame(completed[:RECENT_RUNS]), hide_index=True)
+        show_run_warnings(completed[:RECENT_RUNS])
         st.page_link("pages/compare.py", label="Compare runs", icon=":material/compare_arrows:")
     else:
         st.info(
@@ -123,6 +135,7 @@ def ready_made_comparisons() -> None:
             on_click=launch,
             args=(REFERENCE,),
         )
+        launched_feedback()
         return
     st.subheader("Offline demo: how much does pretraining matter?")
     st.markdown(
@@ -148,6 +161,7 @@ def ready_made_comparisons() -> None:
         on_click=launch,
         args=(demo,),
     )
+    launched_feedback()
     st.subheader("The reference comparison")
     _reference_text()
     st.warning(
@@ -165,9 +179,36 @@ def ready_made_comparisons() -> None:
     )
 
 
-def launched_message() -> None:
-    """After a launch: its job number and where to watch it (shown once; the job itself lives in the runner)."""
-    launched = st.session_state.pop(LAUNCHED_KEY, None)
-    if launched is not None:
-        st.success(f"Started as job {launched}.", icon=":material/rocket_launch:")
-        st.page_link("pages/train.py", label="Watch its progress on the Train page", icon=":material/model_training:")
+def _preset_jobs() -> list:
+    titles = {preset.title for preset in (REFERENCE, OFFLINE_DEMO, OFFLINE_DEMO_RANDOM_RESNET)}
+    return [job for job in job_runner().jobs() if job.title in titles]
+
+
+def _demo_progress() -> None:
+    """The ready-made comparison's job, right under its button: queued or running with its progress and the time left
+    of the whole job (the estimate made at launch less the time it has run), or how it ended with its runs."""
+    from ui.jobs import job_card
+
+    launched = st.session_state.get(LAUNCHED_KEY)
+    jobs = [job for job in _preset_jobs() if job.active or job.id == launched]
+    for job in jobs[:2]:
+        if job.status == "queued":
+            ahead = sum(1 for other in job_runner().jobs() if other.active and other.id < job.id)
+            st.info(
+                f"Job {job.id} is queued: it starts when the {ahead} job(s) ahead of it finish.",
+                icon=":material/schedule:",
+            )
+        elif job.status in ("running", "cancelling") and job.started_at:
+            estimate = st.session_state.get(f"{LAUNCHED_KEY}-estimate-{job.id}")
+            if estimate:
+                left = max(0.0, estimate - (time.time() - job.started_at))
+                st.caption(f"Job {job.id} started; about {format_duration(left)} left (estimated at launch).")
+        job_card(job)
+
+
+def launched_feedback() -> None:
+    """Next to the launch buttons: what happened to the click (queued or started, said truly) and the job's progress,
+    redrawn live while it runs."""
+    from ui.jobs import live_jobs
+
+    live_jobs(_demo_progress, busy=lambda: any(job.active for job in _preset_jobs()), refresh_s=1.0)

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import time
 
+from core.probing.heads import head_architecture
+from core.runs.naming import run_name, weights_name
+
 
 def format_age(timestamp: float | None) -> str:
     if timestamp is None:
@@ -25,18 +28,19 @@ def format_age(timestamp: float | None) -> str:
 
 
 def weights_label(weights: str) -> str:
-    return "random weights" if weights == "random" else "pretrained" if weights == "pretrained" else "checkpoint file"
+    """``pretrained``, ``random weights`` or ``checkpoint <file name>``: ``core.runs.naming.weights_name``."""
+    return weights_name(weights)
 
 
-def run_label(run: dict) -> str:
-    """``#12 resnet50 (random weights), split 1``, then ``, standardised`` if it was: short, unique, plain text."""
-    standardised = ", standardised" if _standardised(run["config"]["head"]) else ""
-    return f"#{run['id']} {run['backbone']} ({weights_label(run['weights'])}), split {run['split']}{standardised}"
+# The one name of a run is core.runs.naming.run_name (every page, CSV and the CLI); run_label is the same function,
+# kept under its old name for modules not yet moved over.
+run_label = run_name
 
 
 def head_label(head_config: dict) -> str:
     """``mlp`` or ``linear``, with ``· standardised`` when the head standardised its features."""
-    return head_config["head"] + (" · standardised" if _standardised(head_config) else "")
+    architecture = head_architecture(head_config) or "no trained head"
+    return architecture + (" · standardised" if _standardised(head_config) else "")
 
 
 def _standardised(head_config: dict) -> bool:

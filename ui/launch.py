@@ -6,6 +6,7 @@ from core.backbones.registry import get_config, local_weights
 from core.base.errors import FlowerProbeError
 from core.base.progress import format_duration
 from core.data.datasets import (
+    DEFAULT_SPLIT,
     OXFORD17_DIRNAME,
     OXFORD17_FILES,
     OXFORD17_IMAGES,
@@ -78,9 +79,10 @@ def _dataset_size(dataset: str) -> tuple[int, bool]:
 
 
 def expected_duration(
-    *, dataset: str, backbones: list[str], random_weights_for: tuple[str, ...] = (), split: str = "1"
+    *, dataset: str, backbones: list[str], random_weights_for: tuple[str, ...] = (), split: str = DEFAULT_SPLIT
 ) -> DurationEstimate | None:
-    """How long the comparison should take here (``core.probing.experiment.estimate_comparison``); None if it is impossible.
+    """How long the comparison should take here (``core.probing.experiment.estimate_comparison``); None if it is
+    impossible.
 
     Rates come from past extractions in this workspace on this device, else conservative constants
     (the estimate says which). Features already cached cost nothing.
@@ -113,6 +115,7 @@ def duration_text(estimate: DurationEstimate | None) -> str:
     )
     cached = sum(1 for _, _, b in estimate.steps if b == "cached")
     reuse = f"; reuses {cached} cached feature set(s)" if cached else ""
-    # The constants behind an estimate are conservative (core.probing.experiment.ESTIMATED_CPU_IMAGES_PER_S): an upper bound.
+    # The constants behind an estimate are conservative (core.probing.experiment.ESTIMATED_CPU_IMAGES_PER_S): an upper
+    # bound.
     bound = "about" if estimate.measured else "up to about"
     return f"Expected duration: {bound} {format_duration(estimate.seconds)} here ({basis}{reuse})."

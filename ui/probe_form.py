@@ -10,6 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.backbones.variants import available_variants
+from core.data.datasets import DEFAULT_SPLIT
 from core.jobs.runner import probe_job
 from core.probing.experiment import parse_backbone
 from core.probing.probes import PROTOCOLS
@@ -67,9 +68,9 @@ def probe_section(choice) -> None:
                 "Draws per level", min_value=1, max_value=50, value=DEFAULT_SEEDS, key="probe_seeds"
             )
         )
-        split = "1" if choice.split == "all" else choice.split
+        split = DEFAULT_SPLIT if choice.split == "all" else choice.split
         if choice.split == "all":
-            st.caption("The probe suite runs on one split: split 1.")
+            st.caption(f"The probe suite runs on one split: split {DEFAULT_SPLIT}.")
         ready = bool(choice.backbones and protocols and shots)
         if st.button("Launch probe suite", icon=":material/play_arrow:", disabled=not ready, key="probe_launch"):
             with user_errors():

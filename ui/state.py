@@ -179,3 +179,29 @@ def thumbnail(path: str | os.PathLike, *, size: int = 96) -> tuple[bytes, bool]:
 # browser fetched every st.image photo with a request of its own after the script had ended, and the Dataset
 # page's 102 sample photos took ~0.6 s of requests in Chromium on an idle 2-core machine (python -m bench --only
 # browser). Inline, a 96 px photo is ~3 kB of the page's message and costs no request.
+
+
+@st.cache_data(show_spinner=False, max_entries=1024)
+def _run_warnings(run_id: int, stamp: tuple, root: str, _run: dict, _workspace: Workspace) -> list[str]:
+    from core.runs.sanity import run_warnings
+
+    return [w.text for w in run_warnings(_run, _workspace)]
+
+
+def warnings_of(run: dict) -> list[str]:
+    """``core.runs.sanity.run_warnings`` of a completed run (cause and fix, plain text); cached per run and registry
+    state (the feature check reads the run's feature cache once)."""
+    if run.get("status", "completed") != "completed":
+        return []
+    ws = workspace()
+    return _run_warnings(run["id"], (run.get("finished_at"), run.get("features_path")), str(ws.root), run, ws)
+
+
+def show_run_warnings(runs: list[dict]) -> None:
+    """One warning box per distinct warning of ``runs`` (the same collapsed features warn once), naming the runs."""
+    seen: dict[str, list[int]] = {}
+    for run in runs:
+        for text in warnings_of(run):
+            seen.setdefault(text, []).append(run["id"])
+    for text in seen:
+        st.warning(markdown_text(text), icon=":material/warning:")

@@ -1,7 +1,8 @@
 """The Train page's parts: the experiment form, its launch (with the expected duration), the live job list.
 
 The form starts from ``core.probing.presets`` (the reference backbones when their files are here, else the offline
-demo; the head inputs from ``HEAD_DEFAULTS``). Backbones are chosen as specs (``core.probing.experiment.parse_backbone``):
+demo; the head inputs from ``HEAD_DEFAULTS``). Backbones are chosen as specs
+(``core.probing.experiment.parse_backbone``):
 each built-in pretrained and with random weights, so the same architecture can run both ways in one
 comparison. The job list is a fragment that reruns itself every second while a job runs (every 15 s otherwise,
 ``ui.jobs.live_jobs``); it only reads snapshots from the job runner and draws light elements, so the form above
@@ -16,11 +17,11 @@ import pandas as pd
 import streamlit as st
 
 from core.backbones.registry import get_config, list_backbones, parse_weights_overrides
-from core.data.datasets import OXFORD17_KEY, list_datasets
+from core.data.datasets import DEFAULT_SPLIT, OXFORD17_KEY, list_datasets
 from core.features.extract import DEVICES, PRECISIONS
 from core.jobs.runner import comparison_job
 from core.probing.experiment import WEIGHTS_SEPARATOR, BackboneChoice, parse_backbone
-from core.probing.heads import HEAD_TYPES, HeadConfig
+from core.probing.heads import HEAD_ARCHITECTURES, HeadConfig
 from core.probing.presets import HEAD_DEFAULTS, OFFLINE_DEMO, REFERENCE
 from ui.jobs import any_job_active, job_card, live_jobs
 from ui.labels import format_age
@@ -89,8 +90,10 @@ def form() -> TrainForm:
             help="Oxford 17's three official train/val/test splits; 'all' runs each and Compare shows mean and std.",
         )
     else:
-        split = "1"
-        st.caption("Split 1: the dataset's train/val/test folders, or a seeded stratified 50/25/25 split.")
+        split = DEFAULT_SPLIT
+        st.caption(
+            f"Split {DEFAULT_SPLIT}: the dataset's train/val/test folders, or a seeded stratified 50/25/25 split."
+        )
     backbones = st.multiselect(
         "Backbones",
         backbone_options(),
@@ -105,10 +108,10 @@ def form() -> TrainForm:
     )
     columns = st.columns(5)
     head = {
-        "head": columns[0].selectbox(
+        "architecture": columns[0].selectbox(
             "Head",
-            HEAD_TYPES,
-            index=HEAD_TYPES.index(HEAD_DEFAULTS.head),
+            HEAD_ARCHITECTURES,
+            index=HEAD_ARCHITECTURES.index(HEAD_DEFAULTS.architecture),
             format_func=HEAD_LABELS.get,
             key="train_head",
             help="MLP: Linear(features, hidden) → ReLU → Linear(hidden, classes), the reference head. "

@@ -37,6 +37,7 @@ from torch import nn
 from torchvision import transforms
 
 from core.backbones import hub
+from core.backbones.variants import CNN_VARIANTS, VIT_VARIANTS, model_variants
 from core.base.errors import FlowerProbeError, MissingFileError
 from core.base.fileio import download, file_digest
 from core.base.progress import ProgressCallback
@@ -108,6 +109,9 @@ class _Entry:
     config: BackboneConfig
     build: Callable[[BackboneConfig], nn.Module]  # architecture, randomly initialised, classifier removed
     adapt: Callable[[StateDict, nn.Module], StateDict]  # checkpoint keys -> model keys; ValueError if impossible
+    # The feature variants the architecture gives (core.backbones.variants), its default first: declared for the
+    # built-ins (a test checks them against a meta-device build), read off timm's meta-device build for timm names.
+    variants: tuple[str, ...]
     package_weights: Callable[[], Path | None] = lambda: None  # weights file shipped in a Python package
     # Inference-time rewrite applied once the weights are loaded (eval mode); must keep features within fp32 rounding.
     optimise: Callable[[nn.Module], nn.Module] = lambda model: model
@@ -203,6 +207,7 @@ def _register_dinov2(name: str, *, timm_name: str, feature_dim: int, size: str) 
             ),
             build=partial(_build_timm_vit, timm_name=timm_name),
             adapt=_adapt_dinov2,
+            variants=VIT_VARIANTS,  # a class-token ViT with 12 or more blocks: cls, patch_mean, ..., last4
         )
     )
 
@@ -245,6 +250,7 @@ _register(
         ),
         build=_build_resnet50,
         adapt=partial(_drop_classifier, prefix="fc."),
+        variants=CNN_VARIANTS,
     )
 )
 
@@ -318,6 +324,7 @@ _register(
         ),
         build=_build_efficientnet_lite0,
         adapt=partial(_drop_classifier, prefix="_fc."),
+        variants=CNN_VARIANTS,
         package_weights=_efficientnet_lite0_package_weights,
         optimise=_fold_efficientnet_lite0,
     )
@@ -395,19 +402,21 @@ def _create_timm(config: BackboneConfig, *, model_name: str, overlay: dict | Non
         raise _missing_package(config.name, exc) from exc
 
 
-def _timm_feature_dim(name: str, model_name: str, input_size: int) -> int:
-    """Feature size of ``model(x)``, from a forward on PyTorch's meta device: no memory, no weights, no download."""
+def _timm_meta(name: str, model_name: str, input_size: int) -> tuple[int, tuple[str, ...]]:
+    """Feature size of ``model(x)`` and the feature variants, from one build and forward on PyTorch's meta device:
+    no memory, no weights, no download. The same build tells the feature size and what the model is (ViT or CNN)."""
     import timm
 
     try:
         with torch.device("meta"):
             model = timm.create_model(model_name, pretrained=False, num_classes=0)
+            variants = model_variants(model)
             try:
-                return int(model(torch.empty(1, 3, input_size, input_size)).shape[-1])
+                return int(model(torch.empty(1, 3, input_size, input_size)).shape[-1]), variants
             except (NotImplementedError, RuntimeError, TypeError, ValueError):
                 # The few forwards that read tensor values (.item(), numpy) cannot run on meta tensors; timm's
                 # pooled width is then head_hidden_size (pre-logits layers) or num_features.
-                return int(getattr(model, "head_hidden_size", None) or model.num_features)
+                return int(getattr(model, "head_hidden_size", None) or model.num_features), variants
     except ImportError as exc:
         raise _missing_package(name, exc) from exc
 
@@ -439,9 +448,10 @@ def _timm_entry(name: str) -> _Entry:
         weights_url, weights_filename = hub.hf_url(hf_hub_id, filenames[0]), f"{model_name}{Path(filenames[0]).suffix}"
     else:
         weights_url, weights_filename = url, (Path(url).name if url else f"{model_name}.safetensors")
+    feature_dim, variants = _timm_meta(name, model_name, height)
     config = BackboneConfig(
         name=name,
-        feature_dim=_timm_feature_dim(name, model_name, height),
+        feature_dim=feature_dim,
         input_size=height,
         resize=math.floor(height / data["crop_pct"]),  # timm's transforms_imagenet_eval scale_size
         mean=tuple(data["mean"]),
@@ -458,6 +468,7 @@ def _timm_entry(name: str) -> _Entry:
         config=config,
         build=partial(_create_timm, model_name=model_name),
         adapt=lambda state, model: state,  # timm's loader adapts (see _create_timm)
+        variants=variants,
         timm_name=model_name,
         hf_filenames=filenames if hf_hub_id else (),
     )
@@ -652,8 +663,19 @@ def resolve_weights(
         The path does not exist, or the pretrained weights are nowhere and cannot be downloaded (offline):
         the message names the file (or Hugging Face repo), its URL and every folder that was searched.
     """
-    entry = _entry(name)
+    return locate_weights(_entry(name), weights=weights, workspace=workspace, progress=progress)
+
+
+def locate_weights(
+    entry: _Entry,
+    *,
+    weights: str | os.PathLike = "pretrained",
+    workspace: Workspace | None = None,
+    progress: ProgressCallback | None = None,
+) -> WeightsSource:
+    """``resolve_weights`` for a registry entry already looked up (``core.backbones.resolved`` passes its own)."""
     config = entry.config
+    name = config.name
     if not isinstance(weights, (str, os.PathLike)):
         raise TypeError(
             f"weights must be 'pretrained', 'random' or the path of a checkpoint file; got {type(weights).__name__} "
@@ -717,8 +739,9 @@ def resolve_weights(
     return WeightsSource(kind="download", path=target, tag=_file_tag(target, progress))
 
 
-def _read_state_dict(path: Path, name: str) -> StateDict:
+def _read_state_dict(path: Path, config: BackboneConfig) -> StateDict:
     """Tensors of a checkpoint file, never running code stored in it."""
+    name = config.name
     try:
         if path.suffix == ".safetensors":
             state = load_safetensors(path, device="cpu")
@@ -728,7 +751,7 @@ def _read_state_dict(path: Path, name: str) -> StateDict:
         raise CheckpointError(
             f"Refusing to load {path} as {name} weights: it is not a plain tensor checkpoint. It is damaged, in "
             f"another format, or holds Python objects, which Flower Probe never unpickles because that can run "
-            f"code. Use the official {get_config(name).weights_filename} "
+            f"code. Use the official {config.weights_filename} "
             f"or a state dict saved with torch.save(model.state_dict(), ...) or safetensors."
         ) from exc
     # Training scripts often wrap the state dict: {"state_dict": ...} or {"model": ...}.
@@ -742,7 +765,7 @@ def _read_state_dict(path: Path, name: str) -> StateDict:
     ):
         raise CheckpointError(
             f"{path} holds no state dict (a mapping from parameter names to tensors), so it cannot be {name} "
-            f"weights. Use the official {get_config(name).weights_filename}."
+            f"weights. Use the official {config.weights_filename}."
         )
     return dict(state)
 
@@ -774,7 +797,7 @@ def _state_dict_problems(expected: StateDict, given: StateDict) -> list[str]:
 
 def _load_weights(model: nn.Module, path: Path, entry: _Entry) -> None:
     name = entry.config.name
-    state = _read_state_dict(path, name)
+    state = _read_state_dict(path, entry.config)
     wrong_model = (
         f"{path} does not fit the {name} architecture; it was probably made for another backbone. Choose the "
         f"backbone the file belongs to, or use the official {entry.config.weights_filename}"
@@ -801,7 +824,7 @@ def _build_timm_with_weights(entry: _Entry, path: Path) -> nn.Module:
         overlay = {"file": str(path)}  # numpy archives (big_vision's) have their own loader in timm; no pickle
         state = None
     else:
-        state = _read_state_dict(path, name)
+        state = _read_state_dict(path, entry.config)
         overlay = {"state_dict": state}
     try:
         return entry.build(entry.config, overlay=overlay)
@@ -827,7 +850,11 @@ def build_architecture(name: str) -> nn.Module:
     Call it under ``torch.device("meta")`` to see what a model is (ViT or CNN, its blocks) without memory or
     weights; ``build_backbone`` is the one way to get a model that computes features.
     """
-    entry = _entry(name)
+    return architecture(_entry(name))
+
+
+def architecture(entry: _Entry) -> nn.Module:
+    """``build_architecture`` for a registry entry already looked up."""
     return entry.build(entry.config).eval()
 
 
@@ -859,7 +886,12 @@ def build_backbone(
         The weights file is damaged, holds Python objects, or belongs to another architecture.
     """
     entry = _entry(name)
-    source = resolve_weights(name, weights=weights, workspace=workspace, progress=progress)
+    source = locate_weights(entry, weights=weights, workspace=workspace, progress=progress)
+    return build_model(entry, source), source
+
+
+def build_model(entry: _Entry, source: WeightsSource) -> nn.Module:
+    """``build_backbone``'s model for a registry entry already looked up and weights already located."""
     # Seeded on every build, so weights="random" always gives the same network; the caller's RNG is untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_SEED)
@@ -871,4 +903,4 @@ def build_backbone(
                 _load_weights(model, source.path, entry)
     model = entry.optimise(model.eval())
     model.requires_grad_(False)
-    return model, source
+    return model

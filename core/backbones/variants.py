@@ -20,12 +20,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from functools import cache
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from core.base.errors import FlowerProbeError
+
+if TYPE_CHECKING:
+    from core.backbones.resolved import ResolvedBackbone
 
 VIT_VARIANTS = ("cls", "patch_mean", "cls+patch_mean", "last4")
 CNN_VARIANTS = ("gap",)
@@ -55,37 +58,28 @@ def model_variants(model: nn.Module) -> tuple[str, ...]:
     return VIT_VARIANTS if len(model.blocks) >= LAST_BLOCKS else VIT_VARIANTS[:3]
 
 
-@cache
-def available_variants(backbone: str) -> tuple[str, ...]:
-    """The feature variants of ``backbone``, its default first; ``UnknownBackboneError`` for an unknown name.
+def available_variants(backbone: str | ResolvedBackbone) -> tuple[str, ...]:
+    """The feature variants of ``backbone`` (a name or a ``ResolvedBackbone``), its default first;
+    ``UnknownBackboneError`` for an unknown name.
 
-    The architecture is built on PyTorch's meta device (no memory, no weights, no download) to see what it is,
-    so any backbone ``core.backbones.registry`` can build is classified the same way, ``timm:<tag>`` names included.
+    Read off the resolved record (``core.backbones.resolved``): declared for the built-ins, from one meta-device
+    build for ``timm:`` names. Code that already holds the record should read ``backbone.variants``.
     """
-    from core.backbones.registry import build_architecture
+    from core.backbones.resolved import resolve_backbone
 
-    with torch.device("meta"):
-        model = build_architecture(backbone)
-    return model_variants(model)
+    return resolve_backbone(backbone).variants
 
 
-def default_variant(backbone: str) -> str:
+def default_variant(backbone: str | ResolvedBackbone) -> str:
     """What ``model(x)`` returns today: ``"cls"`` for ViTs, ``"gap"`` for CNNs; the reference feature."""
     return available_variants(backbone)[0]
 
 
-def check_variant(backbone: str, variant: str | None) -> str:
+def check_variant(backbone: str | ResolvedBackbone, variant: str | None) -> str:
     """``variant`` if ``backbone`` has it, its default for None; otherwise a FlowerProbeError naming ``features``."""
-    allowed = available_variants(backbone)
-    if variant is None:
-        return allowed[0]
-    if variant not in allowed:
-        kind = "patch tokens (a ViT)" if variant in VIT_VARIANTS else "a CNN's pooled features"
-        raise FlowerProbeError(
-            f"features must be one of {', '.join(allowed)} for {backbone}, got {variant!r}"
-            + (f" ({variant!r} needs {kind}, which {backbone} does not have)." if variant in VARIANTS else ".")
-        )
-    return variant
+    from core.backbones.resolved import resolve_backbone
+
+    return resolve_backbone(backbone).check_variant(variant)
 
 
 def _patch_mean(tokens: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:

@@ -27,6 +27,9 @@ from core.base.progress import ProgressCallback, report
 from core.base.workspace import Workspace
 
 SPLIT_PARTS = ("train", "val", "test")
+# The split every experiment, page and command starts from: Oxford 17's first official split, and the only split of
+# every other dataset (Synthetic Flowers, folders).
+DEFAULT_SPLIT = "1"
 # In the workspace root: file digests per (path, size, mtime), so repeat fingerprints of big folders only stat.
 DIGEST_CACHE_NAME = "digests.sqlite"
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"})
@@ -259,13 +262,13 @@ def load_folder_dataset(
     counts = {c: int((label_array == i).sum()) for i, c in enumerate(class_names)}
     if explicit:
         _check_classes(name, counts, minimum=1)
-        splits = {"1": {part: np.asarray(rows, dtype=np.int64) for part, rows in part_rows.items()}}
-        empty_parts = [p for p, rows in splits["1"].items() if len(rows) == 0]
+        splits = {DEFAULT_SPLIT: {part: np.asarray(rows, dtype=np.int64) for part, rows in part_rows.items()}}
+        empty_parts = [p for p, rows in splits[DEFAULT_SPLIT].items() if len(rows) == 0]
         if empty_parts:
             raise DatasetError(f"{name}: the {', '.join(empty_parts)} folder(s) hold no images.")
     else:
         _check_classes(name, counts, minimum=3)
-        splits = {"1": stratified_split(label_array, ratios=ratios, seed=seed)}
+        splits = {DEFAULT_SPLIT: stratified_split(label_array, ratios=ratios, seed=seed)}
     return Dataset(
         key=key,
         name=name,

@@ -35,8 +35,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from core.backbones.registry import build_backbone, get_config, make_transform, resolve_weights
-from core.backbones.variants import available_variants, check_variant, model_variants, variant_forward
+from core.backbones.registry import BackboneConfig, make_transform
+from core.backbones.resolved import ResolvedBackbone, resolve_backbone
+from core.backbones.variants import available_variants, model_variants, variant_forward
 from core.base.errors import BadImageError, FlowerProbeError, MissingFileError
 from core.base.fileio import atomic_write, atomic_write_bytes, disk_errors
 from core.base.progress import ProgressCallback, RateMeter, report
@@ -155,9 +156,10 @@ class FeatureSet:
 class _DatasetImages(torch.utils.data.Dataset):
     """Decodes and preprocesses images (in DataLoader workers when there are any); unreadable ones come back flagged."""
 
-    def __init__(self, paths: tuple[Path, ...], backbone: str) -> None:
+    def __init__(self, paths: tuple[Path, ...], backbone: ResolvedBackbone | BackboneConfig) -> None:
         self.paths = paths
-        self.config = get_config(backbone)
+        # A config pickles small and plainly (Ray decode tasks, DataLoader workers); the record gives its own.
+        self.config = backbone.config if isinstance(backbone, ResolvedBackbone) else backbone
         self.transform = make_transform(self.config)
 
     def __len__(self) -> int:
@@ -190,7 +192,7 @@ def default_num_workers(device: torch.device) -> int:
 
 def feature_loader(
     paths: tuple[Path, ...],
-    backbone: str,
+    backbone: ResolvedBackbone | str,
     *,
     device: torch.device,
     batch_size: int = 64,
@@ -199,14 +201,15 @@ def feature_loader(
 ) -> DataLoader:
     """Batches ``(images (n, 3, H, W), rows (n,), errors)`` of ``paths``, decoded and preprocessed.
 
-    ``num_workers`` None means ``default_num_workers(device)``; 0 decodes in the calling process.
+    ``backbone`` gives the preprocessing (a name is resolved here, once). ``num_workers`` None means
+    ``default_num_workers(device)``; 0 decodes in the calling process.
     ``batches``: the row indices of each batch, in order (then ``batch_size`` is unused); default all rows
     in order. At most ``4 x num_workers`` batches are decoded ahead, so memory stays bounded.
     """
     workers = default_num_workers(device) if num_workers is None else num_workers
     sizing = {"batch_sampler": batches} if batches is not None else {"batch_size": batch_size, "shuffle": False}
     return DataLoader(
-        _DatasetImages(tuple(paths), backbone),
+        _DatasetImages(tuple(paths), resolve_backbone(backbone)),
         **sizing,
         num_workers=workers,
         pin_memory=device.type == "cuda",
@@ -218,18 +221,18 @@ def feature_loader(
 def _cache_key(
     dataset_key: str,
     fingerprint: str,
-    backbone: str,
+    backbone: ResolvedBackbone,
     weights_tag: str,
     precision: str,
     variants: Sequence[str] | None = None,
 ) -> str:
     """Hash of everything the features depend on; without ``variants``, the single-file (version 1) cache's key."""
-    config = get_config(backbone)
+    config = backbone.config
     payload = {
         "version": FEATURE_FORMAT_VERSION,
         "dataset": dataset_key,
         "fingerprint": fingerprint,
-        "backbone": backbone,
+        "backbone": backbone.name,
         "weights": weights_tag,
         "precision": precision,
         "preprocessing": [config.resize, config.input_size, list(config.mean), list(config.std), config.interpolation],
@@ -256,8 +259,11 @@ def _load_array(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r" if path.stat().st_size > MMAP_ABOVE_BYTES else None, allow_pickle=False)
 
 
-def _read_legacy_cache(path: Path, *, device_used: str) -> FeatureSet | None:
-    """A version-1 single-file cache (``.npz``: the default variant only), or None if there is none."""
+def _read_legacy_cache(path: Path, *, device_used: str, variant: str | None = None) -> FeatureSet | None:
+    """A version-1 single-file cache (``.npz``: the default variant only), or None if there is none.
+
+    ``variant``: the backbone's default variant when the caller knows it; None looks it up from the file's backbone.
+    """
     if not path.is_file():
         return None
     with np.load(path, allow_pickle=False) as data:
@@ -273,7 +279,7 @@ def _read_legacy_cache(path: Path, *, device_used: str) -> FeatureSet | None:
             seconds=meta["seconds"],
             from_cache=True,
             cache_path=path,
-            variant=available_variants(meta["backbone"])[0],
+            variant=variant or available_variants(meta["backbone"])[0],
         )
 
 
@@ -607,32 +613,38 @@ class CacheEntry:
     """Where one (dataset, backbone, weights, precision) extraction is cached, and what it holds."""
 
     dataset: Dataset
-    backbone: str
+    backbone: str  # the resolved backbone's name, as FeatureSet and manifests record it
     weights_tag: str
     precision: str
     variants: tuple[str, ...]
     folder: Path  # the sharded cache
     legacy_path: Path  # the single-file cache of the default variant, from before shards
+    resolved: ResolvedBackbone | None = field(default=None, compare=False)  # located: what builds the model
 
     @classmethod
     def of(
         cls,
         dataset: Dataset,
-        backbone: str,
+        backbone: ResolvedBackbone,
         *,
         workspace: Workspace,
-        weights_tag: str,
         precision: str,
+        weights_tag: str | None = None,
         progress: ProgressCallback | None = None,
     ) -> CacheEntry:
+        """The entry of ``backbone`` on ``dataset``; ``weights_tag`` defaults to the located backbone's
+        (``backbone.located(...)``), the tag its model is built with."""
+        if weights_tag is None:
+            weights_tag = backbone.weights_tag
         fingerprint = dataset.compute_fingerprint(progress=progress)  # stats every file: once for both names
-        variants = available_variants(backbone)
-        stem = f"{dataset.key.replace('/', '_').replace(':', '-')}-{backbone}"
+        variants = backbone.variants
+        stem = f"{dataset.key.replace('/', '_').replace(':', '-')}-{backbone.name}"
         legacy_key = _cache_key(dataset.key, fingerprint, backbone, weights_tag, precision)
         key = _cache_key(dataset.key, fingerprint, backbone, weights_tag, precision, variants)
         return cls(
             dataset=dataset,
-            backbone=backbone,
+            backbone=backbone.name,
+            resolved=backbone if backbone.source is not None else None,
             weights_tag=weights_tag,
             precision=precision,
             variants=variants,
@@ -644,7 +656,7 @@ class CacheEntry:
         """The cached features of ``variant``, or None when they still have to be computed."""
         cached = _read_sharded(self.folder, variant)
         if cached is None and variant == self.variants[0]:
-            cached = _read_legacy_cache(self.legacy_path, device_used="unknown")
+            cached = _read_legacy_cache(self.legacy_path, device_used="unknown", variant=self.variants[0])
         return cached
 
     def open(self, *, shard_size: int) -> ShardedCache:
@@ -705,7 +717,6 @@ def _local_filler(
     entry: CacheEntry,
     *,
     workspace: Workspace,
-    weights: str,
     device: torch.device,
     batch_size: int,
     num_workers: int | None,
@@ -716,7 +727,7 @@ def _local_filler(
         if not missing:
             return cache.manifest.get("device", device_name(device))
         paths = entry.dataset.image_paths
-        model, _ = build_backbone(entry.backbone, weights=weights, workspace=workspace, progress=progress)
+        model = entry.resolved.build(workspace=workspace, progress=progress)
         # Batches never straddle two shards, so each shard is written as soon as its last batch is done.
         batches = [
             list(rows[s : s + batch_size])
@@ -724,7 +735,7 @@ def _local_filler(
             for rows in [cache.shard_rows(i)]
             for s in range(0, len(rows), batch_size)
         ]
-        loader = feature_loader(paths, entry.backbone, device=device, num_workers=num_workers, batches=batches)
+        loader = feature_loader(paths, entry.resolved, device=device, num_workers=num_workers, batches=batches)
         done_before = len(paths) - sum(len(cache.shard_rows(i)) for i in missing)
         pending: dict[str, list] = {"features": [], "rows": [], "skipped": [], "seen": 0}
         started = time.perf_counter()
@@ -766,10 +777,10 @@ def _local_filler(
 
 def extract_features(
     dataset: Dataset,
-    backbone: str,
+    backbone: ResolvedBackbone | str,
     *,
     workspace: Workspace,
-    weights: str = "pretrained",
+    weights: str | None = None,
     device: str = "auto",
     precision: str = "auto",
     batch_size: int = 64,
@@ -783,10 +794,12 @@ def extract_features(
     Parameters
     ----------
     dataset : Dataset
-    backbone : str
-        A name from ``core.backbones.registry.list_backbones()``.
-    weights : str
-        ``"pretrained"``, ``"random"`` or a checkpoint path (see ``core.backbones.registry.resolve_weights``).
+    backbone : ResolvedBackbone or str
+        The backbone as ``core.backbones.resolved.resolve_backbone`` resolved it (callers resolve once and pass the
+        record down), or a spec (``NAME[@weights]``), resolved here.
+    weights : str, optional
+        ``"pretrained"``, ``"random"`` or a checkpoint path (see ``core.backbones.registry.resolve_weights``), for a
+        spec without ``@``; None keeps the record's or spec's own (pretrained when it names none).
     device, precision : str
         ``"auto"`` picks CUDA > MPS > CPU and mixed precision where it is fast and faithful.
     batch_size : int
@@ -806,14 +819,13 @@ def extract_features(
     for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
         if not isinstance(value, int) or value < 1:
             raise FlowerProbeError(f"{name} must be a positive integer, got {value!r}.")
-    variant = check_variant(backbone, variant)
+    backbone = resolve_backbone(backbone, weights=weights)
+    variant = backbone.check_variant(variant)
     torch_device = select_device(device)
-    chosen_precision = select_precision(torch_device, precision, backbone=backbone)
-    source = resolve_weights(backbone, weights=weights, workspace=workspace, progress=progress)
-    entry = CacheEntry.of(
-        dataset, backbone, workspace=workspace, weights_tag=source.tag, precision=chosen_precision, progress=progress
-    )
+    chosen_precision = select_precision(torch_device, precision, backbone=backbone.name)
+    backbone = backbone.located(workspace=workspace, progress=progress)
+    entry = CacheEntry.of(dataset, backbone, workspace=workspace, precision=chosen_precision, progress=progress)
     fill = _local_filler(
-        entry, workspace=workspace, weights=weights, device=torch_device, batch_size=batch_size, num_workers=num_workers
+        entry, workspace=workspace, device=torch_device, batch_size=batch_size, num_workers=num_workers
     )
     return cached_extraction(entry, variant, fill=fill, shard_size=shard_size, progress=progress)

@@ -5,11 +5,12 @@ Three checks, all on the features ``core.features.extract`` cached (no forward p
 - **label issues**: out-of-sample class probabilities from K-fold cross-validated logistic regression on
   the training and validation images (the test part stays untouched), handed to cleanlab's confident
   learning (``cleanlab.filter.find_label_issues``, ``cleanlab.rank.get_label_quality_scores``);
-- **near-duplicates and leakage**: image pairs whose features have a cosine similarity above a threshold,
-  plus exact byte copies (same SHA-256); a pair whose two images sit in different parts of the split
-  (train/val/test) is leakage. The default threshold comes from the dataset's own distribution of
-  nearest-neighbour similarities (``auto_duplicate_threshold``), since a random-weight backbone puts
-  every pair near cosine 1 and a pretrained one spreads them out;
+- **copies, near neighbours and leakage**: image pairs whose features have a cosine similarity above a threshold,
+  plus exact byte copies (same SHA-256). A pair is a *copy* only when the photos agree (a byte copy, or SSIM of
+  grey thumbnails >= ``COPY_SSIM``, scikit-image); otherwise it is a *near neighbour* (close in features only). A
+  copy whose two images sit in different parts of the split (train/val/test) is leakage. The default threshold
+  comes from the dataset's own distribution of nearest-neighbour similarities (``auto_duplicate_threshold``), since
+  a random-weight backbone puts every pair near cosine 1 and a pretrained one spreads them out;
 - **outliers**: the cosine distance of each image to its k-th nearest training image, ranked.
 
 ``dataset_health`` runs them for one (dataset, backbone, weights, variant) and caches the ``HealthReport``
@@ -35,11 +36,11 @@ from core.base.errors import DatasetError, FlowerProbeError, MissingFileError
 from core.base.fileio import atomic_write, file_digest
 from core.base.progress import ProgressCallback, report
 from core.base.workspace import Workspace
-from core.data.datasets import SPLIT_PARTS, Dataset, load_dataset
+from core.data.datasets import DEFAULT_SPLIT, SPLIT_PARTS, Dataset, load_dataset
 from core.data.exclusions import apply_exclusions, relative_path
 
 # Bump when an analysis changes: older cached reports then miss.
-HEALTH_FORMAT_VERSION = 1
+HEALTH_FORMAT_VERSION = 2  # 2: pairs carry the photos' SSIM (copies vs near neighbours)
 ISSUE_TYPES = ("label", "duplicate", "outlier")
 HEALTH_DIRNAME = "health"
 # log distances are clipped here: byte copies have distance 0, whose log would swamp the median.
@@ -52,7 +53,7 @@ _MAD_TO_SD = 1.4826
 class HealthConfig:
     """Parameters of one health analysis; every field is part of the cache key."""
 
-    split: str = "1"  # which train/val/test split decides "test stays untouched" and what leakage is
+    split: str = DEFAULT_SPLIT  # which train/val/test split decides "test stays untouched" and what leakage is
     folds: int = 5  # cleanlab's own default for cross-validated probabilities: each model sees 80 % of train+val
     seed: int = 0  # fold assignment
     # LogisticRegression's C on standardised features. 0.1 instead of scikit-learn's 1.0: on 1,280-d features
@@ -158,6 +159,51 @@ def neighbour_pairs(unit: np.ndarray, *, k: int) -> tuple[np.ndarray, np.ndarray
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     pairs, first = np.unique(np.stack([lo, hi], axis=1), axis=0, return_index=True)
     return pairs[:, 0], pairs[:, 1], similarity[keep][first].astype(np.float64), nearest.astype(np.float64)
+
+
+# Two photos are copies when their pictures agree, not just their features: SSIM (scikit-image) of grey thumbnails
+# PHOTO_SIDE px square at or above COPY_SSIM. A re-saved JPEG or a resized copy scores above 0.95; different photos of
+# one class (other background, other flower count) stay far below, however close a backbone puts their features
+# (Synthetic Flowers gave feature cosines of 0.94 for photos that differ at a glance).
+PHOTO_SIDE = 64
+COPY_SSIM = 0.9
+
+
+def photo_thumbnails(paths: list, *, side: int = PHOTO_SIDE) -> np.ndarray:
+    """Grey ``side`` x ``side`` thumbnails in [0, 1] of image files (the aspect ratio is not kept: a copy resized
+    keeps it anyway); an unreadable file gives a row of NaN.
+
+    Returns
+    -------
+    ndarray of shape (len(paths), side, side), float32
+    """
+    from PIL import Image
+
+    from core.base.errors import BadImageError
+    from core.data.images import load_image
+
+    out = np.full((len(paths), side, side), np.nan, dtype=np.float32)
+    for i, path in enumerate(paths):
+        try:
+            image = load_image(path, draft_size=side).convert("L").resize((side, side), Image.Resampling.BILINEAR)
+        except (BadImageError, OSError):
+            continue
+        out[i] = np.asarray(image, dtype=np.float32) / 255.0
+    return out
+
+
+def photo_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Structural similarity (``skimage.metrics.structural_similarity``) of two thumbnails of shape (side, side) in
+    [0, 1]; NaN when either is unreadable."""
+    from skimage.metrics import structural_similarity
+
+    if np.isnan(a).any() or np.isnan(b).any():
+        return float("nan")
+    return float(structural_similarity(a, b, data_range=1.0))
+
+
+def _finite_or_none(value: float) -> float | None:
+    return None if not np.isfinite(value) else round(value, 4)  # JSON has no NaN
 
 
 def byte_duplicate_groups(digests: list[str]) -> list[list[int]]:
@@ -344,17 +390,35 @@ class HealthReport:
         return cls(**data, from_cache=from_cache)
 
     def duplicates(self, threshold: float | None = None) -> list[dict]:
-        """Pairs at or above ``threshold`` (default: the report's) and every byte copy, most similar first.
+        """Pairs at or above ``threshold`` (default: the report's) and every byte copy: copies first, then near
+        neighbours, most similar first.
 
-        Each pair also carries ``part_a``, ``part_b`` and ``leakage`` (the two sit in different parts).
+        Each pair also carries ``part_a``, ``part_b``, ``photo`` (SSIM of the two photos, ``photo_similarity``),
+        ``copy`` (a byte copy, or photos that agree: SSIM >= ``COPY_SSIM``) and ``leakage`` (a copy whose two
+        images sit in different parts). A pair close in features only is a near neighbour, never leakage.
         """
         cut = self.duplicate_threshold if threshold is None else float(threshold)
         found = []
         for pair in self.pairs:
             if pair["exact"] or pair["similarity"] >= cut:
                 part_a, part_b = self.parts[pair["a"]], self.parts[pair["b"]]
-                found.append({**pair, "part_a": part_a, "part_b": part_b, "leakage": part_a != part_b})
-        return sorted(found, key=lambda p: (not p["exact"], -p["similarity"]))
+                photo = pair.get("photo")
+                copy = bool(pair["exact"] or (photo is not None and photo >= COPY_SSIM))
+                found.append(
+                    {
+                        **pair,
+                        "photo": photo,
+                        "part_a": part_a,
+                        "part_b": part_b,
+                        "copy": copy,
+                        "leakage": copy and part_a != part_b,
+                    }
+                )
+        return sorted(found, key=lambda p: (not p["exact"], not p["copy"], -p["similarity"]))
+
+    def copies(self, threshold: float | None = None) -> list[dict]:
+        """``duplicates`` whose photos agree (byte copies and SSIM >= ``COPY_SSIM``)."""
+        return [pair for pair in self.duplicates(threshold) if pair["copy"]]
 
     def flagged_labels(self) -> list[dict]:
         return [issue for issue in self.label_issues if issue["flagged"]]
@@ -367,9 +431,10 @@ class HealthReport:
         duplicates = self.duplicates(threshold)
         return {
             "label issues": len(self.flagged_labels()),
-            "duplicate pairs": len(duplicates),
+            "copies": sum(p["copy"] for p in duplicates),
             "exact copies": sum(p["exact"] for p in duplicates),
             "leakage pairs": sum(p["leakage"] for p in duplicates),
+            "near neighbours": sum(not p["copy"] for p in duplicates),
             "outliers": len(self.flagged_outliers()),
         }
 
@@ -379,7 +444,9 @@ class HealthReport:
         return min((p["similarity"] for p in self.pairs), default=1.0)
 
     def flagged_rows(self, threshold: float | None = None) -> list[dict]:
-        """One row per flagged image (a duplicate pair gives a row for each image), for ``core.base.csv_export.csv_text``."""
+        """One row per flagged image (a duplicate pair gives a row for each image), for
+        ``core.base.csv_export.csv_text``.
+        """
         names = self.class_names
         rows = []
         for issue in self.flagged_labels():
@@ -397,7 +464,7 @@ class HealthReport:
                 }
             )
         for pair in self.duplicates(threshold):
-            issue = "leakage" if pair["leakage"] else "duplicate"
+            issue = "leakage" if pair["leakage"] else "copy" if pair["copy"] else "near neighbour"
             for me, other in ((pair["a"], pair["b"]), (pair["b"], pair["a"])):
                 rows.append(
                     {
@@ -475,7 +542,8 @@ def analyse(
             "given": int(labels[fit[j]]),
             "suggested": int(found["suggested"][j]),
             "score": float(found["score"][j]),
-            "flagged": bool(found["flagged"][j]),
+            # A "given X -> suggested X" row says nothing to fix: flagged only when another class is suggested.
+            "flagged": bool(found["flagged"][j]) and int(found["suggested"][j]) != int(labels[fit[j]]),
         }
         for j in order
     ]
@@ -494,7 +562,18 @@ def analyse(
         exact.update((x, y) for i, x in enumerate(group) for y in group[i + 1 :])
     for x, y in exact - candidates.keys():  # copies beyond the k nearest (more than k copies of one image)
         candidates[(x, y)] = float(unit[x] @ unit[y])
-    pairs = [{"a": x, "b": y, "similarity": s, "exact": (x, y) in exact} for (x, y), s in sorted(candidates.items())]
+    # Whether the photos themselves agree, for every candidate (the slider may lower the feature threshold later).
+    thumbs = photo_thumbnails([dataset.image_paths[row] for row in rows])
+    pairs = [
+        {
+            "a": x,
+            "b": y,
+            "similarity": s,
+            "exact": (x, y) in exact,
+            "photo": 1.0 if (x, y) in exact else _finite_or_none(photo_similarity(thumbs[x], thumbs[y])),
+        }
+        for (x, y), s in sorted(candidates.items())
+    ]
     if config.duplicate_threshold is None:
         threshold = auto_duplicate_threshold(nearest, z=config.duplicate_z)
         source = (
@@ -549,7 +628,8 @@ def cached_features(
     device: str = "auto",
     precision: str = "auto",
 ):
-    """The FeatureSet ``core.features.extract.extract_features`` would return from its cache, or None when it would compute.
+    """The FeatureSet ``core.features.extract.extract_features`` would return from its cache, or None when it would
+    compute.
 
     Resolves the weights and precision exactly as ``extract_features`` does, then reads the cache entry only.
     """
@@ -804,13 +884,21 @@ def report_text(report: HealthReport, *, top: int = 5, threshold: float | None =
             + ("" if i["flagged"] else "  (not flagged)")
             for i in report.label_issues[:top]
         ),
-        f"Duplicate pairs at cosine >= {cut:.4f} ({report.threshold_source}), most similar first:",
+        f"Copies (byte copies, or photos whose SSIM >= {COPY_SSIM:g} among pairs at feature cosine >= {cut:.4f}, "
+        f"{report.threshold_source}):",
         *(
-            f"  {p['similarity']:.4f}  {report.paths[p['a']]} ({p['part_a']})  <->  "
+            f"  SSIM {p['photo']:.3f} cosine {p['similarity']:.4f}  {report.paths[p['a']]} ({p['part_a']})  <->  "
             f"{report.paths[p['b']]} ({p['part_b']})"
             + ("  exact copy" if p["exact"] else "")
             + ("  LEAKAGE" if p["leakage"] else "")
-            for p in report.duplicates(threshold)[:top]
+            for p in report.copies(threshold)[:top]
+        ),
+        "Near neighbours (close in features, but the photos differ: not copies):",
+        *(
+            f"  cosine {p['similarity']:.4f} SSIM "
+            f"{'-' if p['photo'] is None else format(p['photo'], '.3f')}  {report.paths[p['a']]} ({p['part_a']})  "
+            f"<->  {report.paths[p['b']]} ({p['part_b']})"
+            for p in [q for q in report.duplicates(threshold) if not q["copy"]][:top]
         ),
         f"Outliers (cosine distance to the {report.config['outlier_k']}-th nearest training image; flagged above "
         f"{report.outlier_cutoff:.4f}), farthest first:",

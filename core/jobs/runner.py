@@ -248,7 +248,9 @@ def extraction_job(
 
 
 def probe_job(**suite_kwargs) -> JobTarget:
-    """A job target running ``core.probing.suite.run_probe_suite`` (every run recorded as it finishes) with live progress."""
+    """A job target running ``core.probing.suite.run_probe_suite`` (every run recorded as it finishes) with live
+    progress.
+    """
     from core.probing.suite import run_probe_suite
 
     def target(context: JobContext) -> list[int]:
@@ -264,5 +266,22 @@ def progress_job(function: Callable[..., Any], **kwargs) -> JobTarget:
 
     def target(context: JobContext) -> Any:
         return function(**kwargs, progress=context.progress)
+
+    return target
+
+
+def preset_job(preset, *, workspace) -> JobTarget:
+    """A job target running a ready-made comparison (``core.probing.presets.ComparisonPreset``): the reference head,
+    then its ``probe_protocols`` on the features the first part cached (seconds), so the demo answers by protocol.
+    """
+    comparison, probes = comparison_job(**preset.comparison_kwargs(), workspace=workspace), None
+    if preset.probe_kwargs() is not None:
+        probes = probe_job(**preset.probe_kwargs(), workspace=workspace)
+
+    def target(context: JobContext) -> list[int]:
+        run_ids = comparison(context)
+        if probes is not None:
+            run_ids = [*run_ids, *probes(context)]
+        return run_ids
 
     return target

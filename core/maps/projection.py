@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import colorcet
 import numpy as np
-from plotly.colors import qualitative
 
 from core.base.errors import FlowerProbeError
 from core.base.fileio import atomic_write
@@ -352,9 +352,10 @@ def selection_to_rows(points: list[dict]) -> list[int]:
 
 # ----------------------------------------------------------------------------------------------- map methods
 
-# 48 distinct colours (Oxford 17 needs 17), plotly's Dark24 then Light24: class i has colour i on every
-# map of a dataset (Explorer panels, the Classify map, the CLI's figures), whatever the method.
-CLASS_COLOURS = tuple(qualitative.Dark24) + tuple(qualitative.Light24)
+# 256 colours made to stay distinct side by side (colorcet's Glasbey palette, its first ten Category10's): class i has
+# colour i on every map of a dataset (Explorer panels, the Classify map, the CLI's figures), whatever the method.
+# Plotly's Dark24 + Light24 gave three pinks among Oxford 17's 17 classes, and cycled past 48.
+CLASS_COLOURS = tuple(colorcet.palette["glasbey_category10"])
 
 
 def class_colours(n_classes: int) -> list[str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from core.backbones.registry import build_backbone, get_config, make_transform, resolve_weights
@@ -43,8 +43,10 @@ from core.features.extract import (
 )
 from core.maps.projection import cosine_neighbours
 from core.probing.heads import HeadConfig, build_head
+from core.probing.probes import TEMPERATURE_KEY
 from core.runs.files import RunFiles
 from core.runs.registry import RunRegistry
+from core.runs.sanity import is_degenerate
 
 TOP_K = 5  # classes listed per image: the spec's top-5
 NEIGHBOURS = 6  # nearest training images shown per image: one row of the page's grid
@@ -136,7 +138,9 @@ def _head_file(run: dict, workspace: Workspace) -> Path:
 
 
 def _load_head(run: dict, path: Path, *, feature_dim: int) -> torch.nn.Module:
-    head = build_head(HeadConfig(**run["config"]["head"]), feature_dim=feature_dim, num_classes=len(run["class_names"]))
+    head = build_head(
+        HeadConfig.from_dict(run["config"]["head"]), feature_dim=feature_dim, num_classes=len(run["class_names"])
+    )
     try:
         head.load_state_dict(load_file(str(path), device="cpu"))
     except (SafetensorError, RuntimeError, OSError) as exc:
@@ -147,6 +151,23 @@ def _load_head(run: dict, path: Path, *, feature_dim: int) -> torch.nn.Module:
     head.eval()
     head.requires_grad_(False)
     return head
+
+
+def head_temperature(path: Path) -> float | None:
+    """The temperature saved with a head (``core.probing.probes.head_metadata``): its logits are divided by it before
+    the softmax, so the probabilities are the calibrated ones. None for a head saved without one (older runs,
+    or a validation part that could not fit one): its plain softmax is used, and the pages say it is uncalibrated.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            value = (handle.metadata() or {}).get(TEMPERATURE_KEY)
+    except (SafetensorError, OSError):
+        return None  # _load_head reports a damaged file
+    try:
+        temperature = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return temperature if temperature is not None and temperature > 0 else None
 
 
 def _check_weights(run: dict, workspace: Workspace, progress: ProgressCallback | None) -> None:
@@ -242,8 +263,11 @@ class Predictor:
         dataset: Dataset,
         reference_features: np.ndarray,
         reference_rows: np.ndarray,
+        temperature: float | None = None,
     ) -> None:
         self.run = run
+        # Logits are divided by it before the softmax (temperature scaling fitted on the run's validation part).
+        self.temperature = temperature
         self.model = model
         self.head = head
         self.device = device
@@ -310,7 +334,8 @@ class Predictor:
                 raise
             features = extract_features(**missing.extraction, device=device, progress=progress)
         reference_features, reference_rows = features.select(dataset.split(run["split"])["train"])
-        head = _load_head(run, _head_file(run, workspace), feature_dim=features.features.shape[1])
+        head_path = _head_file(run, workspace)
+        head = _load_head(run, head_path, feature_dim=features.features.shape[1])
         if backbone_loader is None:
             model, _ = build_backbone(run["backbone"], weights=run["weights"], workspace=workspace, progress=progress)
         else:
@@ -324,7 +349,23 @@ class Predictor:
             dataset=dataset,
             reference_features=reference_features,
             reference_rows=reference_rows,
+            temperature=head_temperature(head_path),
         )
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the probabilities are temperature-scaled (a temperature was saved with the head)."""
+        return self.temperature is not None
+
+    @property
+    def probabilities_note(self) -> str:
+        """What the probabilities are, as the pages and the CLI say it."""
+        if self.calibrated:
+            return (
+                f"calibrated probabilities: the head's logits divided by T = {self.temperature:.2f}, fitted on run "
+                f"{self.run['id']}'s validation part (temperature scaling)"
+            )
+        return f"uncalibrated probabilities: run {self.run['id']}'s head has no fitted temperature (plain softmax)"
 
     @property
     def weights_tag(self) -> str:
@@ -404,9 +445,12 @@ class Predictor:
 
     @torch.inference_mode()
     def probabilities_of(self, features: np.ndarray) -> np.ndarray:
-        """Softmax of the head's logits: (N, feature_dim) features -> (N, num_classes) probabilities."""
+        """Softmax of the head's logits (divided by ``temperature`` when the head has one): (N, feature_dim) features
+        -> (N, num_classes) probabilities."""
         # float32 on the CPU, as train_head evaluated the stored test predictions.
         logits = self.head(torch.as_tensor(np.ascontiguousarray(features), dtype=torch.float32))
+        if self.temperature is not None:
+            logits = logits / self.temperature
         return torch.softmax(logits, dim=1).numpy()
 
     def _prediction(
@@ -443,14 +487,27 @@ class Predictor:
 # ----------------------------------------------------------------------------------------------- records
 
 
+DEFAULT_RUN_RULE = (
+    "the best run on validation on the dataset trained last (runs that predict one class come last; the test part "
+    "is not used to choose)"
+)
+
+
 def default_run(runs: Sequence[dict]) -> dict | None:
-    """The best completed run (highest test accuracy, newest on ties) on the most recently used dataset."""
+    """``DEFAULT_RUN_RULE``: on the most recently used dataset, the completed run with the best validation accuracy
+    (runs predicting one class last, then the newest on ties). Choosing by test accuracy would report a test figure
+    that was used to pick it."""
     completed = [r for r in runs if r["status"] == "completed" and r.get("test_acc") is not None]
     if not completed:
         return None
     latest = max(completed, key=lambda r: (r["created_at"], r["id"]))
     same_dataset = [r for r in completed if r["dataset_key"] == latest["dataset_key"]]
-    return max(same_dataset, key=lambda r: (r["test_acc"], r["id"]))
+
+    def key(run: dict) -> tuple:
+        valid = (run.get("metrics") or {}).get("valid_acc")
+        return (not is_degenerate(run), valid if valid is not None else -1.0, run["id"])
+
+    return max(same_dataset, key=key)
 
 
 def summary_rows(predictions: Sequence[Prediction]) -> list[dict]:

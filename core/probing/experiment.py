@@ -7,39 +7,36 @@ transaction; any failure marks it failed (or cancelled, or interrupted) with the
 
 from __future__ import annotations
 
-import contextlib
-import json
 import platform
 import signal
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 
 import numpy as np
-from safetensors.torch import save_file
 
 from core import __version__
 from core.backbones.registry import get_config
+from core.backbones.variants import default_variant
 from core.base.errors import CancelledError, FlowerProbeError
-from core.base.fileio import atomic_write, atomic_write_bytes
 from core.base.progress import ProgressCallback, ProgressEvent
 from core.base.workspace import Workspace
-from core.data.datasets import Dataset, prepare_dataset
+from core.data.datasets import DEFAULT_SPLIT, Dataset, prepare_dataset
 from core.features.extract import extract_features
-from core.probing.heads import HeadConfig, train_head
+from core.features.rates import RATES_FILENAME, measured_rates, record_rate  # noqa: F401 (their old home)
+from core.probing.heads import HeadConfig
 from core.probing.presets import HEAD_DEFAULTS
-from core.probing.probes import metrics_record, test_metrics
-from core.runs.files import stored_path
+from core.probing.probes import REFERENCE_PROTOCOLS, mlp_probe
+from core.probing.record import record_run
 from core.runs.registry import RunRegistry
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
     dataset: str = "oxford17"  # the reference experiment's dataset
-    split: str = "1"  # Oxford 17's first official split; "all" runs each split in turn
+    split: str = DEFAULT_SPLIT  # Oxford 17's first official split; "all" runs each split in turn
     backbone: str = "dinov2_vits14"
     weights: str = "pretrained"  # "pretrained", "random" (how much does pretraining matter?) or a checkpoint path
     head: HeadConfig = field(default_factory=HeadConfig)
@@ -100,6 +97,8 @@ def run_experiment(
     registry = registry or RunRegistry(workspace.registry_path)
     dataset = dataset or prepare_dataset(config.dataset, workspace, progress=progress)
     parts = dataset.split(config.split)
+    variant = default_variant(config.backbone)
+    versions = library_versions()
     run_id = registry.create_run(
         dataset_key=dataset.key,
         dataset_name=dataset.name,
@@ -110,9 +109,11 @@ def run_experiment(
         backbone=config.backbone,
         weights=config.weights,
         seed=config.head.seed,
-        versions=library_versions(),
+        versions=versions,
         group_id=group_id,
-        # The images the user excluded (core.data.exclusions) are part of what the run was made on.
+        protocol=REFERENCE_PROTOCOLS[config.head.architecture],
+        features=variant,
+        # Replaced by record_run's config when the run completes; until then, what was asked for.
         config={**config.to_dict(), "excluded_images": list(dataset.excluded)},
     )
     previous_handler = signal.signal(signal.SIGTERM, _raise_terminated) if _in_main_thread() else None
@@ -133,63 +134,39 @@ def run_experiment(
         if watched.final_rate:  # computed here, not read from the cache
             record_rate(workspace, what=config.backbone, device=features.device, images_per_s=watched.final_rate)
         train, valid, test = (_part(features, dataset, parts[p]) for p in ("train", "val", "test"))
-        result = train_head(
-            train[:2], valid[:2], test[:2], num_classes=dataset.num_classes, config=config.head, progress=progress
+        # The reference head as the suite's "mlp" protocol trains it (core.probing.probes.mlp_probe), recorded the
+        # suite's way (core.probing.record.record_run).
+        result = mlp_probe(
+            train[:2],
+            valid[:2],
+            test[:2],
+            num_classes=dataset.num_classes,
+            config=config.head,
+            seed=config.head.seed,
+            progress=progress,
         )
-        # Beyond top-1 (unchanged): its 95 % bootstrap interval, top-5 and mean per-class accuracy (core.probing.probes).
-        metrics = metrics_record(
-            test_metrics(
-                result.test.probabilities, result.test.labels, num_classes=dataset.num_classes, seed=config.head.seed
-            ),
-            valid_accuracy=result.epochs[result.best_epoch - 1].valid_acc,
-            hyperparameter={"name": "epoch", "value": result.best_epoch},
-            standardised=config.head.standardise,
-        )
-        head_path = workspace.heads_dir / f"run-{run_id}.safetensors"
-        with atomic_write(head_path) as tmp:
-            save_file(
-                {k: v.contiguous() for k, v in result.state_dict.items()},
-                str(tmp),
-                metadata={"run_id": str(run_id), "config": str(config.to_dict())},
-            )
-        test_rows = test[2]
-        predictions = [
-            (
-                int(row),
-                stored_path(dataset.image_paths[row], base=dataset.root),
-                int(label),
-                int(pred),
-                float(probs[pred]),
-                probs.tolist(),
-            )
-            for row, label, pred, probs in zip(
-                test_rows, result.test.labels, result.test.predictions, result.test.probabilities
-            )
-        ]
-        registry.complete_run(
-            run_id,
-            weights_tag=features.weights_tag,
-            device=features.device,
-            precision=features.precision,
-            timings={
-                "features_s": features_seconds,
-                "features_cached": features.from_cache,
-                "extraction_s": features.seconds,
-                "train_s": result.seconds,
-                "total_s": time.perf_counter() - started,
-            },
-            best_epoch=result.best_epoch,
-            test_acc=result.test.accuracy,
-            test_loss=result.test.loss,
-            per_class_acc=result.test.per_class_accuracy,
-            confusion=result.test.confusion,
-            skipped=[list(s) for s in features.skipped],
-            # Relative to the workspace and the dataset's folder (core.runs.files), so a moved workspace keeps its runs.
-            features_path=stored_path(features.cache_path, base=workspace.root),
-            head_path=stored_path(head_path, base=workspace.root),
-            epochs=[asdict(e) for e in result.epochs],
-            predictions=predictions,
-            metrics=metrics,
+        record_run(
+            registry,
+            workspace=workspace,
+            dataset=dataset,
+            backbone=config.backbone,
+            weights=config.weights,
+            variant=variant,
+            split=config.split,
+            shots=None,
+            seed=config.head.seed,
+            result=result,
+            feature_set=features,
+            features_seconds=features_seconds,
+            test_rows=test[2],
+            train_images=len(train[2]),
+            settings=config.head.to_dict(),
+            device=config.device,
+            precision=config.precision,
+            group_id=group_id,
+            versions=versions,
+            keep_head=True,
+            run_id=run_id,
         )
     except CancelledError:
         registry.end_run(run_id, status="cancelled", error="Cancelled by the user.")
@@ -283,9 +260,6 @@ def backbone_choices(backbones: list[str], random_weights_for: tuple[str, ...] =
 
 # ----------------------------------------------------------------------------------------------- duration estimates
 
-RATES_FILENAME = (
-    "measured-rates.json"  # in the workspace: images/s measured by past extractions, per backbone and device
-)
 # Before this workspace has measured a backbone: conservative CPU rates (images/s end to end), about half of what
 # `python -m bench` measured on a 2-core AVX-512 CPU (bench/results/cpu-2core.json), because a plain AVX2 CPU ran
 # 2-3x slower (issue 14). Labelled as estimates wherever shown; a GPU is faster, so they only overstate there.
@@ -301,35 +275,6 @@ ESTIMATED_UNKNOWN_IMAGES_PER_S = 2.0  # a backbone not listed above: assume a la
 GENERATE_KEY = "generate"  # the rates file's entry for drawing Synthetic Flowers (CPU only, any device)
 ESTIMATED_GENERATE_IMAGES_PER_S = 30.0  # 1,360 images took ~33 s on a 2-core AVX2 CPU (issue 14)
 ESTIMATED_RUN_OVERHEAD_S = 5.0  # per run: building the backbone, training a head for 5 epochs, recording
-
-
-def measured_rates(workspace: Workspace) -> dict[str, dict[str, float]]:
-    """``{what: {device: images per second}}`` from the workspace's rates file; ``{}`` when none was measured."""
-    try:
-        data = json.loads((workspace.root / RATES_FILENAME).read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        return {}
-    return {
-        what: {device: float(entry["images_per_s"]) for device, entry in devices.items()}
-        for what, devices in data.items()
-    }
-
-
-def record_rate(workspace: Workspace, *, what: str, device: str, images_per_s: float) -> None:
-    """Keep the latest measured rate of ``what`` (a backbone name or ``GENERATE_KEY``) on ``device``.
-
-    Best effort: an estimate is not worth failing a finished run for, so a read-only workspace is skipped.
-    """
-    if not images_per_s > 0:
-        return
-    path = workspace.root / RATES_FILENAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        data = {}
-    data.setdefault(what, {})[device] = {"images_per_s": round(float(images_per_s), 3), "measured_at": time.time()}
-    with contextlib.suppress(FlowerProbeError):
-        atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"))
 
 
 class _RateWatcher:
@@ -417,7 +362,7 @@ def run_comparison(
     *,
     dataset: str,
     backbones: list[str],
-    split: str = "1",
+    split: str = DEFAULT_SPLIT,
     head: HeadConfig = HEAD_DEFAULTS,
     random_weights_for: tuple[str, ...] = (),
     device: str = "auto",
@@ -432,32 +377,42 @@ def run_comparison(
     ``backbones`` are specs as ``parse_backbone`` reads them, so one backbone can run twice with different
     weights (``["efficientnet_lite0", "efficientnet_lite0@random"]``: how much does pretraining matter?).
     ``on_run_start(config)`` and ``on_run(record)`` frame each run (the CLI prints headers and results there).
+
+    A comparison is the probe suite (``core.probing.suite.run_probe_suite``) with the reference head (protocol
+    ``mlp``, ``head``'s architecture and settings) on the whole training part, seed ``head.seed``: one group with
+    a status, resumed when the same comparison stopped before its end.
     """
-    choices = backbone_choices(backbones, random_weights_for)
-    registry = RunRegistry(workspace.registry_path)
-    watched = _RateWatcher(progress, stage=GENERATE_KEY)
-    prepared = prepare_dataset(dataset, workspace, progress=watched)
-    if watched.final_rate:
-        record_rate(workspace, what=GENERATE_KEY, device="cpu", images_per_s=watched.final_rate)
-    group_id = uuid.uuid4().hex[:12]
-    records = []
-    for choice in choices:
-        for split_id in splits_to_run(prepared, split):
-            config = ExperimentConfig(
-                dataset=dataset,
-                split=split_id,
-                backbone=choice.backbone,
-                weights=choice.weights,
-                head=head,
-                device=device,
-                precision=precision,
+    from core.probing.probes import ProbeConfig  # noqa: PLC0415 (the suite imports this module)
+    from core.probing.suite import ALL, run_probe_suite  # noqa: PLC0415
+
+    def on_start(choice: BackboneChoice, variant: str, split_id: str) -> None:
+        if on_run_start is not None:
+            on_run_start(
+                ExperimentConfig(
+                    dataset=dataset,
+                    split=split_id,
+                    backbone=choice.backbone,
+                    weights=choice.weights,
+                    head=head,
+                    device=device,
+                    precision=precision,
+                )
             )
-            if on_run_start is not None:
-                on_run_start(config)
-            record = run_experiment(
-                config, workspace=workspace, registry=registry, dataset=prepared, group_id=group_id, progress=progress
-            )
-            records.append(record)
-            if on_run is not None:
-                on_run(record)
-    return records
+
+    return run_probe_suite(
+        dataset=dataset,
+        backbones=backbones,
+        random_weights_for=random_weights_for,
+        protocols=["mlp"],
+        shots=[ALL],
+        seeds=[head.seed],
+        split=split,
+        config=ProbeConfig(mlp=head),
+        device=device,
+        precision=precision,
+        workspace=workspace,
+        progress=progress,
+        on_run=on_run,
+        on_start=on_start,
+        kind="compare",
+    )

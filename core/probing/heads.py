@@ -8,7 +8,7 @@ evaluated once, at the end, with them. Same config and seed give identical numbe
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -18,12 +18,18 @@ from torch.nn import functional as F
 from core.base.errors import FlowerProbeError
 from core.base.progress import ProgressCallback, report
 
-HEAD_TYPES = ("mlp", "linear")
+# What a head is built of (``HeadConfig.architecture``); not a probe protocol: ``core.probing.probes``' "linear"
+# protocol trains a linear layer its own way (SGD over DINOv2's learning rates), this "linear" is the reference
+# recipe (AdamW, best epoch on validation) on a linear layer.
+HEAD_ARCHITECTURES = ("mlp", "linear")
+HEAD_TYPES = HEAD_ARCHITECTURES  # the older name, kept for callers not yet moved over
 
 
 @dataclass(frozen=True)
 class HeadConfig:
-    head: str = "mlp"  # "mlp" is the reference head Linear(d,128)-ReLU-Linear(128,C); "linear" a linear probe
+    # "mlp" is the reference head Linear(d,128)-ReLU-Linear(128,C); "linear" one Linear(d,C) layer. Recorded runs
+    # made before the rename call it "head" (``from_dict`` reads both).
+    architecture: str = "mlp"
     hidden_dim: int = 128  # the reference experiment's width
     epochs: int = 5  # the reference experiment's length; heads on cached features converge fast
     lr: float = 1e-3  # AdamW, as in the reference experiment
@@ -36,8 +42,10 @@ class HeadConfig:
     standardise: bool = False
 
     def __post_init__(self) -> None:
-        if self.head not in HEAD_TYPES:
-            raise FlowerProbeError(f"head must be one of {HEAD_TYPES}, got {self.head!r}.")
+        if self.architecture not in HEAD_ARCHITECTURES:
+            raise FlowerProbeError(
+                f"head architecture must be one of {', '.join(HEAD_ARCHITECTURES)}, got {self.architecture!r}."
+            )
         for name in ("hidden_dim", "epochs", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -51,6 +59,21 @@ class HeadConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict) -> HeadConfig:
+        """A head config as a run recorded it; the older key ``head`` reads as ``architecture``."""
+        values = dict(record)
+        if "head" in values:
+            values.setdefault("architecture", values.pop("head"))
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+
+def head_architecture(record: dict) -> str | None:
+    """The architecture a recorded head config names (``mlp``, ``linear``); the older key ``head`` too; None for a
+    run without a trained head (k-NN, NCM)."""
+    return record.get("architecture", record.get("head"))
 
 
 class FeatureStandardiser(nn.Module):
@@ -82,7 +105,7 @@ def build_head(config: HeadConfig, *, feature_dim: int, num_classes: int) -> nn.
 
     With ``config.standardise`` it is ``Sequential(FeatureStandardiser, classifier)``, unfitted.
     """
-    if config.head == "linear":
+    if config.architecture == "linear":
         classifier = nn.Linear(feature_dim, num_classes)
     else:
         classifier = nn.Sequential(

@@ -2,7 +2,8 @@
 
 Every probe chooses its one hyperparameter on the validation part and scores the test part once:
 
-- ``mlp``: the reference head of ``core.probing.heads`` (Linear-ReLU-Linear, AdamW, best epoch on validation), unchanged.
+- ``mlp``: the reference head of ``core.probing.heads`` (Linear-ReLU-Linear, AdamW, best epoch on validation),
+  unchanged.
 - ``linear``: a linear layer for each of DINOv2's 13 learning rates, all trained together in one pass over the
   data (the heads are one stacked weight tensor, so a batch costs one batched matmul), SGD with momentum and a
   cosine schedule as in DINOv2's ``eval/linear.py``; the best learning rate on validation is tested.
@@ -33,10 +34,16 @@ from threadpoolctl import threadpool_limits
 
 from core.base.errors import FlowerProbeError
 from core.base.progress import ProgressCallback
-from core.probing.heads import HeadConfig, confusion_matrix, per_class_accuracy, train_head
+from core.probing.calibration import calibration_record
+from core.probing.heads import HeadConfig, build_head, confusion_matrix, per_class_accuracy, train_head
 from core.probing.stats import bootstrap_interval
 
 PROTOCOLS = ("mlp", "linear", "logreg", "knn", "ncm")
+# The protocol a run of the reference recipe (``mlp_probe``: AdamW, best epoch on validation) is recorded under, per
+# head architecture (``HeadConfig.architecture``): "mlp" is the reference head; a linear layer trained that way
+# (``compare --head-architecture linear``) is not the "linear" probe (SGD over DINOv2's learning rates), so it has
+# a name of its own. ``core.runs.registry`` reads runs recorded before this name the same way.
+REFERENCE_PROTOCOLS = {"mlp": "mlp", "linear": "reference_linear"}
 # DINOv2's eval/linear.py default grid (13 values), scaled like DINOv2 by batch size / 256.
 LINEAR_LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
 # 15 values, one every 0.79 decade from very strong to almost no regularisation of standardised features.
@@ -107,6 +114,9 @@ class ProbeResult:
         None  # the head as core.probing.heads builds it, when the probe is one (mlp, linear, logreg)
     )
     head_state: dict | None = None  # its weights (safetensors-ready tensors)
+    # core.probing.calibration.calibration_record of the test part: ECE, NLL, Brier before and after temperature
+    # scaling; its "temperature" goes with the head file (None: not fitted, and "note" says why).
+    calibration: dict | None = None
 
     def record_metrics(self) -> dict:
         """What a run record keeps beyond top-1 (the registry's ``metrics``)."""
@@ -115,12 +125,21 @@ class ProbeResult:
             valid_accuracy=self.valid_accuracy,
             hyperparameter=self.hyperparameter,
             standardised=self.standardised,
+            calibration=self.calibration,
         )
 
 
-def metrics_record(test: TestMetrics, *, valid_accuracy: float, hyperparameter: dict, standardised: bool) -> dict:
-    """The registry's ``metrics`` of a run: top-1's interval, top-5, mean per-class accuracy, the validation choice."""
-    return {
+def metrics_record(
+    test: TestMetrics,
+    *,
+    valid_accuracy: float,
+    hyperparameter: dict,
+    standardised: bool,
+    calibration: dict | None = None,
+) -> dict:
+    """The registry's ``metrics`` of a run: top-1's interval, top-5, mean per-class accuracy, the validation choice,
+    and the test part's calibration (``core.probing.calibration.calibration_record``) when given."""
+    record = {
         "test_acc_ci": list(test.accuracy_interval),
         "top5": test.top5,
         "mean_class_acc": test.mean_class_accuracy,
@@ -128,6 +147,33 @@ def metrics_record(test: TestMetrics, *, valid_accuracy: float, hyperparameter: 
         "hyperparameter": hyperparameter,
         "standardised": standardised,
     }
+    if calibration is not None:
+        record["calibration"] = calibration
+    return record
+
+
+TEMPERATURE_KEY = "temperature"  # the head file's metadata entry: the temperature its logits are divided by
+
+
+def head_metadata(calibration: dict | None) -> dict[str, str]:
+    """The safetensors metadata that carries a head's fitted temperature (``{}`` when none was fitted), so that
+    whatever loads the head (``core.predict.classify``, exports) divides its logits by it."""
+    temperature = (calibration or {}).get("temperature")
+    return {} if temperature is None else {TEMPERATURE_KEY: repr(float(temperature))}
+
+
+def head_logits(
+    config: HeadConfig, state: dict, parts: tuple[np.ndarray, ...], *, num_classes: int
+) -> list[np.ndarray]:
+    """Logits of a trained ``core.probing.heads`` head on each of ``parts`` ((n, dim) features) -> [(n, classes)].
+
+    float32 on the CPU, as ``train_head`` evaluates, so their softmax is the probabilities it reports.
+    """
+    head = build_head(config, feature_dim=parts[0].shape[1], num_classes=num_classes)
+    head.load_state_dict(state)
+    head.eval()
+    with torch.no_grad():
+        return [head(torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)).double().numpy() for x in parts]
 
 
 Part = tuple[np.ndarray, np.ndarray]
@@ -238,13 +284,18 @@ def mlp_probe(
     seed: int = 0,
     progress: ProgressCallback | None = None,
 ) -> ProbeResult:
-    """The reference head (``core.probing.heads.train_head``) unchanged; its hyperparameter: the best epoch on validation."""
+    """The reference head (``core.probing.heads.train_head``) unchanged; its hyperparameter: the best epoch on
+    validation.
+    """
     check_parts(train, valid, test, num_classes=num_classes)
     with _one_thread():
         result = train_head(train, valid, test, num_classes=num_classes, config=config, progress=progress)
+        valid_logits, test_logits = head_logits(
+            config, result.state_dict, (np.asarray(valid[0]), np.asarray(test[0])), num_classes=num_classes
+        )
     best = result.epochs[result.best_epoch - 1]
     return ProbeResult(
-        protocol="mlp",
+        protocol=REFERENCE_PROTOCOLS[config.architecture],
         hyperparameter={"name": "epoch", "value": result.best_epoch},
         valid_accuracy=best.valid_acc,
         scores=result.test.probabilities,
@@ -261,6 +312,14 @@ def mlp_probe(
         epochs=[e.__dict__ for e in result.epochs],
         head_config=config,
         head_state=result.state_dict,
+        calibration=calibration_record(
+            protocol="mlp",
+            valid_logits=valid_logits,
+            valid_labels=np.asarray(valid[1]),
+            test_logits=test_logits,
+            test_scores=result.test.probabilities,
+            test_labels=result.test.labels,
+        ),
     )
 
 
@@ -341,7 +400,8 @@ def linear_probe(
             "every learning rate of the linear probe diverged on these features; "
             "try the logreg probe (it standardises)."
         )
-    scores = _softmax(x_test @ weight[best] + bias[best])
+    test_logits = x_test @ weight[best] + bias[best]
+    scores = _softmax(test_logits)
     labels = np.asarray(test[1])
     # Stored as nn.Linear's (classes, dim) weight, so core.probing.heads's linear head loads it for predictions.
     head_state = {
@@ -359,8 +419,16 @@ def linear_probe(
         standardised=False,
         seconds=time.perf_counter() - started,
         test_loss=_log_loss(scores, labels),
-        head_config=HeadConfig(head="linear"),
+        head_config=HeadConfig(architecture="linear"),
         head_state=head_state,
+        calibration=calibration_record(
+            protocol="linear",
+            valid_logits=valid_logits[best],
+            valid_labels=y_valid,
+            test_logits=test_logits,
+            test_scores=scores,
+            test_labels=labels,
+        ),
     )
 
 
@@ -416,8 +484,17 @@ def logreg_probe(
         standardised=True,
         seconds=time.perf_counter() - started,
         test_loss=_log_loss(scores, labels),
-        head_config=HeadConfig(head="linear", standardise=True),
+        head_config=HeadConfig(architecture="linear", standardise=True),
         head_state=head_state,
+        # The head's own logits (standardised features times its weights): their softmax is predict_proba's.
+        calibration=calibration_record(
+            protocol="logreg",
+            valid_logits=x_valid @ weight.T.astype(np.float64) + bias,
+            valid_labels=y_valid,
+            test_logits=x_test @ weight.T.astype(np.float64) + bias,
+            test_scores=scores,
+            test_labels=labels,
+        ),
     )
 
 
@@ -503,7 +580,31 @@ def knn_probe(
         test=test_metrics(scores, labels, num_classes=num_classes, seed=seed),
         standardised=False,
         seconds=time.perf_counter() - started,
+        calibration=calibration_record(
+            protocol="knn",
+            valid_logits=None,
+            valid_labels=np.asarray(valid[1]),
+            test_logits=None,
+            test_scores=scores,
+            test_labels=labels,
+        ),
     )
+
+
+def ncm_logits(
+    train_features: np.ndarray, train_labels: np.ndarray, query_features: np.ndarray, *, num_classes: int
+) -> np.ndarray:
+    """Minus the squared distance from each L2-normalised query to each class mean: (n_query, num_classes).
+
+    ``ncm_scores`` is their softmax; temperature scaling divides them. A class without training images gets
+    -1e4 (distances lie in [0, 4], so its softmax share is exactly 0, as ``ncm_scores`` gives it).
+    """
+    train_unit, query_unit = _l2_normalised(train_features), _l2_normalised(query_features)
+    present = np.unique(train_labels)
+    means = np.stack([train_unit[train_labels == c].mean(axis=0) for c in present])
+    logits = np.full((len(query_features), num_classes), -1e4)
+    logits[:, present] = -((query_unit[:, None, :] - means[None, :, :]) ** 2).sum(axis=2)
+    return logits
 
 
 def ncm_scores(
@@ -531,6 +632,8 @@ def ncm_probe(train: Part, valid: Part, test: Part, *, num_classes: int, seed: i
     with _one_thread():
         valid_scores = ncm_scores(train[0], train_labels, valid[0], num_classes=num_classes)
         scores = ncm_scores(train[0], train_labels, test[0], num_classes=num_classes)
+        valid_logits = ncm_logits(train[0], train_labels, valid[0], num_classes=num_classes)
+        test_logits = ncm_logits(train[0], train_labels, test[0], num_classes=num_classes)
     labels = np.asarray(test[1])
     return ProbeResult(
         protocol="ncm",
@@ -542,7 +645,20 @@ def ncm_probe(train: Part, valid: Part, test: Part, *, num_classes: int, seed: i
         test=test_metrics(scores, labels, num_classes=num_classes, seed=seed),
         standardised=False,
         seconds=time.perf_counter() - started,
+        calibration=calibration_record(
+            protocol="ncm",
+            valid_logits=valid_logits,
+            valid_labels=np.asarray(valid[1]),
+            test_logits=test_logits,
+            test_scores=scores,
+            test_labels=labels,
+        ),
     )
+
+
+def recorded_protocol(protocol: str, config: ProbeConfig) -> str:
+    """The protocol name a run of ``protocol`` under ``config`` is recorded with (``REFERENCE_PROTOCOLS``)."""
+    return REFERENCE_PROTOCOLS[config.mlp.architecture] if protocol == "mlp" else protocol
 
 
 def check_protocols(protocols: list[str] | tuple[str, ...]) -> list[str]:

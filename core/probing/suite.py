@@ -7,32 +7,53 @@ validation and test parts stay whole at every level: hyperparameters are chosen 
 part, which is more labelled data than the few-shot training set itself (say so when reporting). The
 whole training part ("all") has no draw to repeat, so it runs once, with the first seed.
 
-Each run is recorded completed in one transaction, with a ``group_id`` shared by the suite; a bad input
-(unknown protocol, a variant the backbone lacks, shots larger than any class holds, a class without a
-training image) is refused before anything is recorded.
+A suite is one group of runs with a status (``RunRegistry.start_group``): running, then completed, failed,
+cancelled or interrupted. Each run is recorded completed in one transaction (``core.probing.record.record_run``)
+as it ends; a suite that stopped, run again the same way, resumes its group and records only the runs it lacks.
+A bad input (unknown protocol, a variant the backbone lacks, shots larger than any class holds, a class without a
+training image) is refused before anything is recorded. ``compare`` is this suite with the reference head
+(protocol ``mlp``) on the whole training part.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import signal
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from safetensors.torch import save_file
 
 from core.backbones.variants import check_variant, default_variant
-from core.base.errors import FlowerProbeError
-from core.base.fileio import atomic_write
+from core.base.errors import CancelledError, FlowerProbeError
 from core.base.progress import ProgressCallback, report
 from core.base.workspace import Workspace
-from core.data.datasets import Dataset, prepare_dataset
+from core.data.datasets import DEFAULT_SPLIT, Dataset, prepare_dataset
 from core.features.extract import extract_features
-from core.probing.experiment import BackboneChoice, backbone_choices, library_versions
-from core.probing.probes import ProbeConfig, ProbeResult, check_protocols, run_probe
+from core.probing.experiment import (
+    GENERATE_KEY,
+    BackboneChoice,
+    _in_main_thread,
+    _raise_terminated,
+    _RateWatcher,
+    _TerminatedError,
+    backbone_choices,
+    library_versions,
+    record_rate,
+    splits_to_run,
+)
+from core.probing.probes import (
+    REFERENCE_PROTOCOLS,
+    ProbeConfig,
+    ProbeResult,
+    check_protocols,
+    recorded_protocol,
+    run_probe,
+)
+from core.probing.record import record_run, run_key
 from core.probing.summary import summarise_runs
-from core.runs.files import stored_path
 from core.runs.registry import RunRegistry
 
 ALL = None  # the shots level "all": the whole training part
@@ -106,10 +127,20 @@ def plan_suite(
     protocols: list[str],
     features: list[str] | None,
     shots: list[int | None],
-    seeds: int,
+    seeds: int | Sequence[int],
 ) -> SuitePlan:
-    """Validate the suite's arguments before any work or record; ``features`` None: each backbone's default variant."""
-    if not isinstance(seeds, int) or seeds < 1:
+    """Validate the suite's arguments before any work or record; ``features`` None: each backbone's default variant.
+
+    ``seeds``: how many draws (seeds 0 to seeds - 1), or the seeds themselves (``compare``'s ``--seed``).
+    """
+    if isinstance(seeds, Sequence) and not isinstance(seeds, str):
+        values = list(dict.fromkeys(seeds))
+        if not values or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in values):
+            raise FlowerProbeError(f"seeds must be whole numbers >= 0, at least one, got {list(seeds)!r}.")
+        seed_values = tuple(values)
+    elif isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1:
+        seed_values = tuple(range(seeds))
+    else:
         raise FlowerProbeError(f"seeds must be a whole number >= 1, got {seeds!r}.")
     if not shots:
         raise FlowerProbeError("shots must name at least one level (e.g. all, or 1,4,16,all).")
@@ -118,7 +149,7 @@ def plan_suite(
     for choice in backbone_choices(list(backbones), tuple(random_weights_for)):
         for variant in features or [default_variant(choice.backbone)]:
             pairs.append((choice, check_variant(choice.backbone, variant)))
-    return SuitePlan(choices=tuple(pairs), protocols=tuple(protocols), levels=tuple(shots), seeds=tuple(range(seeds)))
+    return SuitePlan(choices=tuple(pairs), protocols=tuple(protocols), levels=tuple(shots), seeds=seed_values)
 
 
 def probe_grid(
@@ -129,16 +160,22 @@ def probe_grid(
     num_classes: int,
     plan: SuitePlan,
     config: ProbeConfig = ProbeConfig(),
+    only: set[tuple[int | None, int, str]] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Iterator[tuple[int | None, int, int, ProbeResult]]:
     """Every (shots, seed, protocol) of ``plan`` on one feature set: yields (shots, seed, training images, result).
 
-    The generator is the suite's inner loop on cached features, without extraction or records (the benchmark times it).
+    ``only``: just these (shots, seed, protocol), the rest skipped (a resumed suite); ``progress`` gets the
+    reference head's epochs. The generator is the suite's inner loop on cached features, without extraction or
+    records (the benchmark times it).
     """
     x_train, y_train = train
     for level in plan.levels:
         for seed in plan.seeds[:1] if level is ALL else plan.seeds:
             picked = draw_shots(y_train, level, seed=seed)
             for protocol in plan.protocols:
+                if only is not None and (level, seed, protocol) not in only:
+                    continue
                 yield (
                     level,
                     seed,
@@ -151,22 +188,66 @@ def probe_grid(
                         num_classes=num_classes,
                         config=config,
                         seed=seed,
+                        progress=progress,
                     ),
                 )
 
 
-def _predictions(dataset: Dataset, rows: np.ndarray, result: ProbeResult) -> list[tuple]:
-    return [
-        (
-            int(row),
-            stored_path(dataset.image_paths[row], base=dataset.root),
-            int(label),
-            int(predicted),
-            float(scores[predicted]),
-            scores.tolist(),
-        )
-        for row, label, predicted, scores in zip(rows, result.labels, result.predictions, result.scores)
-    ]
+def _protocol_settings(protocol: str, config: ProbeConfig) -> dict:
+    """The recorded settings of ``protocol`` (the run's ``config["probe"]``)."""
+    settings = config.to_dict()
+    return {
+        "mlp": settings["mlp"],
+        "linear": settings["linear"],
+        "logreg": settings["logreg"],
+        "knn": {"ks": list(config.knn_ks), "temperature": config.knn_temperature},
+        "ncm": {},
+    }[protocol]
+
+
+def suite_key(
+    *, dataset: Dataset, splits: list[str], plan: SuitePlan, config: ProbeConfig, device: str, precision: str
+) -> str:
+    """What makes two suites the same suite (a rerun of it resumes its group): the data (fingerprint, exclusions,
+    splits), every (backbone, weights, variant), protocols, shots levels, seeds, the probes' settings, the device
+    and precision asked for. A hex digest."""
+    identity = {
+        "dataset": dataset.fingerprint,
+        "excluded": sorted(dataset.excluded),
+        "splits": list(splits),
+        "choices": [[choice.backbone, choice.weights, variant] for choice, variant in plan.choices],
+        "protocols": list(plan.protocols),
+        "levels": [None if level is ALL else int(level) for level in plan.levels],
+        "seeds": list(plan.seeds),
+        "probe": config.to_dict(),
+        "device": device,
+        "precision": precision,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:32]
+
+
+def _planned_keys(
+    dataset: Dataset, splits: list[str], plan: SuitePlan, config: ProbeConfig
+) -> list[tuple[BackboneChoice, str, str, int | None, int, str, tuple]]:
+    """Every run of the suite in the order it runs: (choice, variant, split, shots, seed, protocol, run key)."""
+    planned = []
+    for choice, variant in plan.choices:
+        for split_id in splits:
+            for level in plan.levels:
+                for seed in plan.seeds[:1] if level is ALL else plan.seeds:
+                    for protocol in plan.protocols:
+                        key = (
+                            dataset.fingerprint,
+                            split_id,
+                            choice.backbone,
+                            choice.weights,
+                            variant,
+                            recorded_protocol(protocol, config),
+                            level,
+                            seed,
+                        )
+                        planned.append((choice, variant, split_id, level, seed, protocol, key))
+    return planned
 
 
 def run_probe_suite(
@@ -177,16 +258,28 @@ def run_probe_suite(
     protocols: list[str],
     features: list[str] | None = None,
     shots: list[int | None] = (ALL,),
-    seeds: int = DEFAULT_SEEDS,
-    split: str = "1",
+    seeds: int | Sequence[int] = DEFAULT_SEEDS,
+    split: str = DEFAULT_SPLIT,
     config: ProbeConfig = ProbeConfig(),
     device: str = "auto",
     precision: str = "auto",
     workspace: Workspace,
     progress: ProgressCallback | None = None,
-    on_run=None,
+    on_run: Callable[[dict], None] | None = None,
+    on_start: Callable[[BackboneChoice, str, str], None] | None = None,
+    kind: str = "suite",
 ) -> list[dict]:
-    """Run and record the whole suite; returns the run records in order (``on_run(record)`` after each).
+    """Run and record the whole suite as one group; returns every run record of the group in the suite's order.
+
+    The suite is one group (``RunRegistry.start_group``) with a status: running, then completed, or failed,
+    cancelled or interrupted (Ctrl-C, SIGTERM; a kill -9 is found by the next reader). The same suite run again
+    (``suite_key``) resumes that group and records only the runs it lacks (``core.probing.record.run_key``), so it
+    ends with exactly the runs an uninterrupted suite records. Each run is recorded in one transaction.
+
+    ``seeds``: a number of draws (seeds 0..n-1) or the seeds themselves. ``split`` may be ``"all"`` (each of the
+    dataset's splits in turn). ``on_start(choice, variant, split)`` comes before a feature set's runs (``compare``
+    prints its header there), ``on_run(record)`` after each run recorded now. ``kind`` is ``"suite"`` or
+    ``"compare"`` (the suite with the reference head alone).
 
     Head files are written for runs on the whole training part with the backbone's default variant and a
     probe that is a ``core.probing.heads`` head (mlp, linear, logreg), so Classify can use them; few-shot runs are
@@ -201,176 +294,181 @@ def run_probe_suite(
         seeds=seeds,
     )
     registry = RunRegistry(workspace.registry_path)
-    prepared = prepare_dataset(dataset, workspace, progress=progress)
-    parts = prepared.split(split)
-    check_shots(prepared.labels[parts["train"]], list(plan.levels), class_names=prepared.class_names)
-    group_id = uuid.uuid4().hex[:12]
+    watched = _RateWatcher(progress, stage=GENERATE_KEY)
+    prepared = prepare_dataset(dataset, workspace, progress=watched)
+    if watched.final_rate:
+        record_rate(workspace, what=GENERATE_KEY, device="cpu", images_per_s=watched.final_rate)
+    splits = splits_to_run(prepared, split)
+    for split_id in splits:
+        parts = prepared.split(split_id)
+        check_shots(prepared.labels[parts["train"]], list(plan.levels), class_names=prepared.class_names)
+    planned = _planned_keys(prepared, splits, plan, config)
+    group_id, resumed = registry.start_group(
+        kind=kind,
+        key=suite_key(dataset=prepared, splits=splits, plan=plan, config=config, device=device, precision=precision),
+        planned=len(planned),
+        config={
+            "dataset": prepared.key,
+            "splits": splits,
+            "backbones": [choice.spec for choice, _ in plan.choices],
+            "features": [variant for _, variant in plan.choices],
+            "protocols": list(plan.protocols),
+            "shots": ["all" if level is ALL else level for level in plan.levels],
+            "seeds": list(plan.seeds),
+            "device": device,
+            "precision": precision,
+        },
+    )
+    recorded = {run_key(r) for r in registry.group_runs(group_id)} if resumed else set()
     versions = library_versions()
-    records, done = [], 0
-    for choice, variant in plan.choices:
-        started = time.perf_counter()
-        feature_set = extract_features(
-            prepared,
-            choice.backbone,
-            workspace=workspace,
-            weights=choice.weights,
-            device=device,
-            precision=precision,
-            progress=progress,
-            variant=variant,
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated) if _in_main_thread() else None
+    try:
+        done = sum(key in recorded for *_, key in planned)
+        for choice, variant in plan.choices:
+            for split_id in splits:
+                missing = {
+                    (level, seed, protocol)
+                    for c, v, s, level, seed, protocol, key in planned
+                    if (c, v, s) == (choice, variant, split_id) and key not in recorded
+                }
+                if not missing:  # resumed: every run of this feature set is recorded already
+                    continue
+                if on_start is not None:
+                    on_start(choice, variant, split_id)
+                done = _run_feature_set(
+                    registry,
+                    workspace=workspace,
+                    dataset=prepared,
+                    choice=choice,
+                    variant=variant,
+                    split=split_id,
+                    plan=plan,
+                    only=missing,
+                    config=config,
+                    device=device,
+                    precision=precision,
+                    group_id=group_id,
+                    versions=versions,
+                    progress=progress,
+                    on_run=on_run,
+                    done=done,
+                    total=len(planned),
+                    report_epochs=kind == "compare",  # the reference experiment's printout, epoch by epoch
+                )
+    except CancelledError:
+        registry.end_group(group_id, status="cancelled", error="Cancelled by the user.")
+        raise
+    except (KeyboardInterrupt, _TerminatedError):
+        registry.end_group(group_id, status="interrupted", error="Interrupted (Ctrl-C or SIGTERM) before it finished.")
+        raise KeyboardInterrupt from None  # SIGTERM too: callers stop the way they do for Ctrl-C
+    except BaseException as exc:
+        registry.end_group(
+            group_id,
+            status="failed",
+            error=str(exc) if isinstance(exc, FlowerProbeError) else f"{type(exc).__name__}: {exc}",
         )
-        features_seconds = time.perf_counter() - started
-        (x_train, train_rows), (x_valid, valid_rows), (x_test, test_rows) = (
-            feature_set.select(parts[p]) for p in ("train", "val", "test")
-        )
-        valid, test = (x_valid, prepared.labels[valid_rows]), (x_test, prepared.labels[test_rows])
-        grid = probe_grid(
-            (x_train, prepared.labels[train_rows]),
-            valid,
-            test,
-            num_classes=prepared.num_classes,
-            plan=plan,
-            config=config,
-        )
-        for level, seed, train_images, result in grid:
-            record = _record(
-                registry,
-                workspace=workspace,
-                dataset=prepared,
-                choice=choice,
-                variant=variant,
-                level=level,
-                seed=seed,
-                split=split,
-                group_id=group_id,
-                versions=versions,
-                config=config,
-                device=device,
-                precision=precision,
-                feature_set=feature_set,
-                features_seconds=features_seconds,
-                test_rows=test_rows,
-                result=result,
-                train_images=train_images,
-            )
-            records.append(record)
-            done += 1
-            shots_text = "all" if level is ALL else f"{level}-shot"
-            # Between runs: the job runner's cancel takes effect here.
-            report(
-                progress,
-                "probe",
-                done,
-                plan.runs,
-                message=f"{choice.label} · {variant} · {result.protocol} · {shots_text} · seed {seed}",
-            )
-            if on_run is not None:
-                on_run(record)
-    return records
+        raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+    registry.end_group(group_id, status="completed")
+    order = {key: position for position, (*_, key) in enumerate(planned)}
+    return sorted(registry.group_runs(group_id), key=lambda r: order.get(run_key(r), len(order)))
 
 
-def _record(
+def _run_feature_set(
     registry: RunRegistry,
     *,
     workspace: Workspace,
     dataset: Dataset,
     choice: BackboneChoice,
     variant: str,
-    level: int | None,
-    seed: int,
     split: str,
-    group_id: str,
-    versions: dict,
+    plan: SuitePlan,
+    only: set,
     config: ProbeConfig,
     device: str,
     precision: str,
-    feature_set,
-    features_seconds: float,
-    test_rows: np.ndarray,
-    result: ProbeResult,
-    train_images: int,
-) -> dict:
-    protocol_config = {
-        "mlp": config.mlp.to_dict(),
-        "linear": config.to_dict()["linear"],
-        "logreg": config.to_dict()["logreg"],
-        "knn": {"ks": list(config.knn_ks), "temperature": config.knn_temperature},
-        "ncm": {},
-    }[result.protocol]
-    head = (
-        result.head_config.to_dict()
-        if result.head_config
-        else {"head": result.protocol, "standardise": result.standardised}
+    group_id: str,
+    versions: dict,
+    progress: ProgressCallback | None,
+    on_run: Callable[[dict], None] | None,
+    done: int,
+    total: int,
+    report_epochs: bool,
+) -> int:
+    """The runs ``only`` (shots, seed, protocol) of one (backbone, weights, variant, split), each recorded as it ends;
+    returns how many runs of the suite are done."""
+    started = time.perf_counter()
+    watched = _RateWatcher(progress, stage="features")
+    feature_set = extract_features(
+        dataset,
+        choice.backbone,
+        workspace=workspace,
+        weights=choice.weights,
+        device=device,
+        precision=precision,
+        progress=watched,
+        variant=variant,
     )
-    run = {
-        "dataset_key": dataset.key,
-        "dataset_name": dataset.name,
-        "dataset_fingerprint": dataset.fingerprint,
-        "synthetic": dataset.synthetic,
-        "class_names": list(dataset.class_names),
-        "split": split,
-        "backbone": choice.backbone,
-        "weights": choice.weights,
-        "seed": seed,
-        "versions": versions,
-        "group_id": group_id,
-        "protocol": result.protocol,
-        "features": variant,
-        "shots": level,
-        "config": {
-            "dataset": dataset.key,
-            "split": split,
-            "backbone": choice.backbone,
-            "weights": choice.weights,
-            "device": device,
-            "precision": precision,
-            "protocol": result.protocol,
-            "features": variant,
-            "shots": level,
-            "seed": seed,
-            "train_images": train_images,
-            "probe": protocol_config,
-            "head": head,
-            "excluded_images": list(dataset.excluded),
-            "validation": "the whole validation part at every shots level",
-        },
-    }
-    outcome = {
-        "weights_tag": feature_set.weights_tag,
-        "device": feature_set.device,
-        "precision": feature_set.precision,
-        "timings": {
-            "features_s": features_seconds,
-            "features_cached": feature_set.from_cache,
-            "extraction_s": feature_set.seconds,
-            "train_s": result.seconds,
-            "total_s": result.seconds,
-        },
-        "best_epoch": result.hyperparameter["value"] if result.protocol == "mlp" else None,
-        "test_acc": result.test.accuracy,
-        "test_loss": result.test_loss,
-        "per_class_acc": result.test.per_class_accuracy,
-        "confusion": result.test.confusion,
-        "skipped": [list(s) for s in feature_set.skipped],
-        "features_path": stored_path(feature_set.cache_path, base=workspace.root),
-        "epochs": result.epochs,
-        "predictions": _predictions(dataset, test_rows, result),
-        "metrics": result.record_metrics(),
-    }
-    keep_head = result.head_state is not None and level is ALL and variant == default_variant(choice.backbone)
+    features_seconds = time.perf_counter() - started
+    if watched.final_rate:  # computed here, not read from the cache
+        record_rate(workspace, what=choice.backbone, device=feature_set.device, images_per_s=watched.final_rate)
+    parts = dataset.split(split)
+    (x_train, train_rows), (x_valid, valid_rows), (x_test, test_rows) = (
+        feature_set.select(parts[p]) for p in ("train", "val", "test")
+    )
+    grid = probe_grid(
+        (x_train, dataset.labels[train_rows]),
+        (x_valid, dataset.labels[valid_rows]),
+        (x_test, dataset.labels[test_rows]),
+        num_classes=dataset.num_classes,
+        plan=plan,
+        config=config,
+        only=only,
+        progress=progress if report_epochs else None,
+    )
+    for level, seed, train_images, result in grid:
+        record = record_run(
+            registry,
+            workspace=workspace,
+            dataset=dataset,
+            backbone=choice.backbone,
+            weights=choice.weights,
+            variant=variant,
+            split=split,
+            shots=level,
+            seed=seed,
+            result=result,
+            feature_set=feature_set,
+            features_seconds=features_seconds,
+            test_rows=test_rows,
+            train_images=train_images,
+            settings=_protocol_settings(_requested_protocol(result.protocol), config),
+            device=device,
+            precision=precision,
+            group_id=group_id,
+            versions=versions,
+            keep_head=level is ALL and variant == default_variant(choice.backbone),
+        )
+        done += 1
+        shots_text = "all" if level is ALL else f"{level}-shot"
+        # Between runs: the job runner's cancel takes effect here.
+        report(
+            progress,
+            "probe",
+            done,
+            total,
+            message=f"{choice.label} · {variant} · {result.protocol} · {shots_text} · seed {seed}",
+        )
+        if on_run is not None:
+            on_run(record)
+    return done
 
-    def write_head(run_id: int) -> str:
-        path = workspace.heads_dir / f"run-{run_id}.safetensors"
-        with atomic_write(path) as tmp:
-            save_file(
-                {k: v.contiguous() for k, v in result.head_state.items()},
-                str(tmp),
-                metadata={"run_id": str(run_id), "protocol": result.protocol},
-            )
-        return stored_path(path, base=workspace.root)
 
-    run_id = registry.record_completed_run(run=run, result=outcome, head=write_head if keep_head else None)
-    return registry.get_run(run_id)
+def _requested_protocol(recorded: str) -> str:
+    """The protocol asked for behind a recorded name (``reference_linear`` is the ``mlp`` protocol's recipe)."""
+    return "mlp" if recorded in REFERENCE_PROTOCOLS.values() else recorded
 
 
 # ----------------------------------------------------------------------------------------------- reports

@@ -22,7 +22,7 @@ def experiment_key(run: dict) -> tuple:
         run["weights"],
         run.get("features"),
         run.get("protocol") or "mlp",
-        head.get("head"),
+        head.get("architecture", head.get("head")),  # "head": runs recorded before the rename
         bool(head.get("standardise")),
         run.get("shots"),
     )

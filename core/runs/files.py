@@ -29,6 +29,14 @@ def stored_path(path: str | os.PathLike, *, base: str | os.PathLike) -> str:
     return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else str(resolved)
 
 
+def head_file(workspace: Workspace, run_id: int) -> Path:
+    """Where run ``run_id``'s head is written: ``heads/run-<id>.safetensors`` in ``workspace``.
+
+    The one place that names a head file; a run records it (``stored_path``) and ``RunFiles.head`` reads it back.
+    """
+    return workspace.heads_dir / f"run-{int(run_id)}.safetensors"
+
+
 def _legacy(recorded: Path, moved: Path) -> Path:
     # The copy inside this workspace wins: the recorded place may be the old workspace, still there after a
     # ``cp -r`` but no longer this workspace's to read (it may be deleted or changed at any time).

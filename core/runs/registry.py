@@ -13,6 +13,7 @@ import os
 import socket
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,9 +77,38 @@ CREATE TABLE IF NOT EXISTS predictions (
     PRIMARY KEY (run_id, row)
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status);
+CREATE TABLE IF NOT EXISTS run_groups (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('running','completed','failed','cancelled','interrupted')),
+    created_at REAL NOT NULL,
+    finished_at REAL,
+    planned INTEGER NOT NULL,
+    config TEXT NOT NULL,
+    error TEXT,
+    pid INTEGER,
+    host TEXT
+);
+CREATE INDEX IF NOT EXISTS run_groups_by_key ON run_groups(key);
 """
+# A group is one suite (``core.probing.suite``; ``compare`` is one too): its runs share ``runs.group_id``. Groups made
+# before this table existed have no row here and read as they always did (a group id on their runs, no status).
+GROUP_KINDS = ("suite", "compare")
+# The statuses a group is resumed from: the same suite run again records only the runs it lacks.
+RESUMABLE = ("failed", "cancelled", "interrupted")
 
-_JSON_COLUMNS = ("class_names", "config", "versions", "timings", "per_class_acc", "confusion", "skipped", "metrics")
+_JSON_COLUMNS = (
+    "class_names",
+    "config",
+    "versions",
+    "timings",
+    "per_class_acc",
+    "confusion",
+    "skipped",
+    "metrics",
+    "tags",
+)
 # Columns added since the first schema (the probes, issue 10); a registry that lacks them gains them when opened.
 _ADDED_COLUMNS = (
     (
@@ -91,6 +121,8 @@ _ADDED_COLUMNS = (
     ),  # the core.backbones.variants name; NULL (runs before variants) reads as the backbone's default variant
     ("shots", "INTEGER"),  # training images per class of a few-shot run; NULL: the whole training part
     ("metrics", "TEXT"),  # JSON: test_acc_ci, top5, mean_class_acc, valid_acc, hyperparameter, standardised
+    ("title", "TEXT"),  # a name the user gave the run (core.runs.naming.run_name puts it first); NULL: none
+    ("tags", "TEXT"),  # JSON list of the user's tags; NULL: none
 )
 
 
@@ -109,6 +141,10 @@ def _row_to_dict(row: sqlite3.Row) -> dict:
     for column in _JSON_COLUMNS:
         if column in record and record[column] is not None:
             record[column] = json.loads(record[column])
+    head = (record.get("config") or {}).get("head") or {}
+    if record.get("protocol") == "mlp" and head.get("head") == "linear":
+        # Recorded before core.probing.probes.REFERENCE_PROTOCOLS: ``compare --head linear`` was written as "mlp".
+        record["protocol"] = "reference_linear"
     if record.get("features") is None and "backbone" in record:  # a run from before feature variants: the default one
         record["features"] = default_variant(record["backbone"])
     return record
@@ -333,6 +369,15 @@ class RunRegistry:
             self._complete_run(conn, run_id, **{"metrics": None, **result, "head_path": head(run_id) if head else None})
             return run_id
 
+    def complete_recorded_run(
+        self, run_id: int, *, config: dict, result: dict, head: Callable[[int], str | None] | None = None
+    ) -> None:
+        """Complete run ``run_id`` (created ``running``) with ``result`` (``complete_run``'s arguments, ``head_path``
+        aside) and its final ``config``, in one transaction; ``head(run_id)`` writes the head file inside it."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE runs SET config=? WHERE id=?", (json.dumps(config), run_id))
+            self._complete_run(conn, run_id, **{"metrics": None, **result, "head_path": head(run_id) if head else None})
+
     def end_run(self, run_id: int, *, status: str, error: str | None = None) -> None:
         """Mark a run that did not complete: failed, cancelled or interrupted."""
         if status not in STATUSES or status in ("running", "completed"):
@@ -344,7 +389,7 @@ class RunRegistry:
             )
 
     def reconcile(self) -> int:
-        """Mark runs of this host whose process is gone as interrupted; returns how many."""
+        """Mark runs and groups of this host whose process is gone as interrupted; returns how many runs."""
         host = socket.gethostname()
         with self._connect() as conn:
             stale = [
@@ -352,6 +397,17 @@ class RunRegistry:
                 for r in conn.execute("SELECT id, pid FROM runs WHERE status='running' AND host=?", (host,))
                 if r["pid"] is not None and not _pid_alive(r["pid"])
             ]
+            stale_groups = [
+                r["id"]
+                for r in conn.execute("SELECT id, pid FROM run_groups WHERE status='running' AND host=?", (host,))
+                if r["pid"] is not None and not _pid_alive(r["pid"])
+            ]
+        for group_id in stale_groups:
+            self.end_group(
+                group_id,
+                status="interrupted",
+                error="The process running this suite stopped before it finished (killed or crashed).",
+            )
         for run_id in stale:
             self.end_run(
                 run_id,
@@ -359,6 +415,140 @@ class RunRegistry:
                 error="The process running this run stopped before it finished (killed or crashed).",
             )
         return len(stale)
+
+    # ------------------------------------------------------------------------------------------- the user's edits
+
+    def rename_run(self, run_id: int, *, title: str | None) -> None:
+        """Give run ``run_id`` a name of the user's (``core.runs.naming.run_name`` shows it first); None or blank
+        removes it."""
+        if title is not None and not isinstance(title, str):
+            raise FlowerProbeError(f"title must be text or None, got {type(title).__name__}.")
+        title = (title or "").strip() or None
+        if title is not None and len(title) > 200:
+            raise FlowerProbeError(f"title must be at most 200 characters, got {len(title)}.")
+        self._update_one(run_id, "title", title)
+
+    def set_tags(self, run_id: int, *, tags: list[str]) -> None:
+        """Replace run ``run_id``'s tags with ``tags`` (blank ones dropped, duplicates once, order kept)."""
+        if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
+            raise FlowerProbeError(f"tags must be a list of texts, got {tags!r}.")
+        cleaned = list(dict.fromkeys(t.strip() for t in tags if t.strip()))
+        too_long = [t for t in cleaned if len(t) > 50]
+        if too_long:
+            raise FlowerProbeError(f"tags must be at most 50 characters each, got {too_long[0]!r}.")
+        self._update_one(run_id, "tags", json.dumps(cleaned) if cleaned else None)
+
+    def _update_one(self, run_id: int, column: str, value: str | None) -> None:
+        # column is one of ours ("title", "tags"), never user input.
+        with self._transaction() as conn:
+            if conn.execute(f"UPDATE runs SET {column}=? WHERE id=?", (value, run_id)).rowcount == 0:
+                raise FlowerProbeError(f"run_id must be a recorded run, got {run_id}; the Compare page lists the runs.")
+
+    def delete_runs(self, run_ids: list[int], *, workspace_root: str | os.PathLike) -> list[str]:
+        """Delete runs ``run_ids`` with their epochs, predictions and head files; feature caches are kept (other runs
+        and later runs read them). A running run is refused. Returns the head files removed (workspace-relative).
+        """
+        ids = [int(i) for i in run_ids]
+        root = Path(workspace_root).resolve()
+        with self._transaction() as conn:
+            rows = {
+                r["id"]: r
+                for r in conn.execute(
+                    f"SELECT id, status, head_path FROM runs WHERE id IN ({','.join('?' * len(ids))})", ids
+                )
+            }
+            missing = [i for i in ids if i not in rows]
+            if missing:
+                raise FlowerProbeError(f"run_ids must be recorded runs, got {missing}; the Compare page lists them.")
+            running = [i for i in ids if rows[i]["status"] == "running"]
+            if running:
+                raise FlowerProbeError(f"Runs {running} are still running: cancel their job first, then delete them.")
+            conn.executemany("DELETE FROM runs WHERE id=?", [(i,) for i in ids])  # epochs, predictions cascade
+        removed = []
+        for run_id in ids:
+            head = rows[run_id]["head_path"]
+            if not head:
+                continue
+            path = Path(head) if Path(head).is_absolute() else root / head
+            # Only files inside this workspace's heads are ours to remove (an old absolute record may point elsewhere).
+            if path.resolve().is_relative_to(root) and path.is_file():
+                with disk_errors(path):
+                    path.unlink()
+                removed.append(head)
+        return removed
+
+    # ------------------------------------------------------------------------------------------- groups
+
+    def start_group(self, *, kind: str, key: str, planned: int, config: dict) -> tuple[str, bool]:
+        """Open the group of a suite whose identity is ``key``; returns (group id, resumed).
+
+        The newest group with the same ``key`` that did not complete (``RESUMABLE``) is taken up again, so the
+        caller records only the runs it lacks (``group_run_keys``); otherwise a new group starts. A completed
+        group is never reopened: the same suite run after it is a new measurement. One transaction.
+        """
+        if kind not in GROUP_KINDS:
+            raise FlowerProbeError(f"kind must be one of {GROUP_KINDS}, got {kind!r}.")
+        self.reconcile()  # a suite killed with kill -9 reads as interrupted, and so resumable, from here on
+        with self._transaction() as conn:
+            row = conn.execute(
+                f"SELECT id FROM run_groups WHERE key=? AND status IN ({','.join('?' * len(RESUMABLE))})"
+                " ORDER BY created_at DESC LIMIT 1",
+                (key, *RESUMABLE),
+            ).fetchone()
+            if row is not None:
+                conn.execute(
+                    "UPDATE run_groups SET status='running', finished_at=NULL, error=NULL, pid=?, host=?, planned=?"
+                    " WHERE id=?",
+                    (os.getpid(), socket.gethostname(), planned, row["id"]),
+                )
+                return row["id"], True
+            group_id = uuid.uuid4().hex[:12]
+            conn.execute(
+                "INSERT INTO run_groups (id, kind, key, status, created_at, planned, config, pid, host)"
+                " VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                (group_id, kind, key, time.time(), planned, json.dumps(config), os.getpid(), socket.gethostname()),
+            )
+            return group_id, False
+
+    def end_group(self, group_id: str, *, status: str, error: str | None = None) -> None:
+        """Close a running group: completed, failed, cancelled or interrupted."""
+        if status not in STATUSES or status == "running":
+            raise FlowerProbeError(
+                f"status must be 'completed', 'failed', 'cancelled' or 'interrupted', got {status!r}."
+            )
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE run_groups SET status=?, finished_at=?, error=? WHERE id=? AND status='running'",
+                (status, time.time(), error, group_id),
+            )
+
+    def get_group(self, group_id: str) -> dict | None:
+        """The group's record with ``recorded`` (its completed runs so far); None for a group from before groups
+        had records (its runs still carry the id)."""
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT g.*, (SELECT COUNT(*) FROM runs r WHERE r.group_id=g.id AND r.status='completed') AS recorded"
+                " FROM run_groups g WHERE g.id=?",
+                (group_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return {**dict(row), "config": json.loads(row["config"])}
+
+    def list_groups(self, *, limit: int = 100) -> list[dict]:
+        """Newest first, each as ``get_group`` gives it."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT id FROM run_groups ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
+        ids = [r["id"] for r in rows]
+        return [self.get_group(group_id) for group_id in ids]
+
+    def group_runs(self, group_id: str) -> list[dict]:
+        """The group's completed runs, in the order they were recorded."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT * FROM runs WHERE group_id=? AND status='completed' ORDER BY id", (group_id,)
+            ).fetchall()
+        return [_row_to_dict(r) for r in rows]
 
     # ------------------------------------------------------------------------------------------- reads
 
@@ -386,6 +576,16 @@ class RunRegistry:
         with self._connect() as conn:
             rows = conn.execute(f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
         return [_row_to_dict(r) for r in rows]
+
+    def count_runs(self, *, status: str | None = None, few_shot: bool | None = None) -> int:
+        """How many runs there are (``status`` and ``few_shot`` as for ``list_runs``), counted in SQL, no rows read."""
+        clauses, params = [] if few_shot is None else ["shots IS NOT NULL" if few_shot else "shots IS NULL"], []
+        if status is not None:
+            clauses.append("status=?")
+            params.append(status)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._connect() as conn:
+            return int(conn.execute(f"SELECT COUNT(*) FROM runs {where}", params).fetchone()[0])
 
     def get_run(self, run_id: int) -> dict:
         with self._connect() as conn:

@@ -73,13 +73,16 @@ def full_runs(workspace: Workspace) -> list[dict]:
 
 
 def test_run_names_keep_weights_protocols_and_checkpoints_apart(probed):
-    from ui.compare import run_name, weights_text
+    from core.runs.naming import run_name, weights_name
 
     names = [run_name(run) for run in full_runs(probed)]
     assert len(set(names)) == len(names)
-    assert any(re.fullmatch(r"#\d+ resnet50 \(random weights\), split 1", n) for n in names)
-    assert any(n.endswith(", knn") and "efficientnet_lite0 (pretrained)" in n for n in names)
-    assert weights_text("/a/one.pth") != weights_text("/b/two.pth")
+    assert any(
+        re.fullmatch(r"#\d+ resnet50 · random weights · gap · reference MLP · all shots · split 1 · \d+\.\d % test", n)
+        for n in names
+    ), names
+    assert any(" · k-NN · " in n and "efficientnet_lite0 · pretrained" in n for n in names), names
+    assert weights_name("/a/one.pth") != weights_name("/b/two.pth")
 
 
 def test_runs_table_csv_is_formula_safe_with_iso_times(probed):
@@ -93,8 +96,11 @@ def test_runs_table_csv_is_formula_safe_with_iso_times(probed):
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", row["finished"]), row["finished"]
         assert "ago" not in row["finished"] and "None" not in row.values()
         if row["protocol"] != "mlp" or row["run"] in {str(r["id"]) for r in runs if r["metrics"]}:
-            low, high = (float(v) for v in row["95 % CI"].split(" to "))
+            # Two numeric columns: float() of each cell, no text to split.
+            low, high = float(row["95 % CI low"]), float(row["95 % CI high"])
             assert low <= float(row["test acc %"]) <= high
+        # A sensible precision: no float32 noise such as 97.64705657958984.
+        assert len(row["test acc %"].split(".")[-1]) <= 2, row["test acc %"]
 
 
 def test_the_page_summary_groups_as_the_cli_does(probed):

@@ -52,9 +52,9 @@ def _report(**changes) -> HealthReport:
             {"image": 3, "given": 0, "suggested": 0, "score": 0.9, "flagged": False},
         ],
         pairs=[
-            {"a": 0, "b": 2, "similarity": 0.99, "exact": False},
-            {"a": 1, "b": 3, "similarity": 0.5, "exact": True},
-            {"a": 0, "b": 1, "similarity": 0.7, "exact": False},
+            {"a": 0, "b": 2, "similarity": 0.99, "exact": False, "photo": 0.97},
+            {"a": 1, "b": 3, "similarity": 0.5, "exact": True, "photo": 1.0},
+            {"a": 0, "b": 1, "similarity": 0.7, "exact": False, "photo": 0.3},
         ],
         duplicate_threshold=0.95,
         threshold_source="given",
@@ -82,6 +82,12 @@ def test_gallery_and_pair_items_follow_the_report():
         (["train/a.jpg", "test/c.jpg"], False, True),
     ]
     assert len(pair_items(report, threshold=0.6, limit=10)) == 3  # the slider lowers the threshold
+    # Close in features, photos differ (SSIM 0.3): a near neighbour, not a copy, never leakage.
+    near = pair_items(report, threshold=0.6, limit=10)[-1]
+    assert near["paths"] == ["train/a.jpg", "train/b.jpg"] and not near["copy"] and not near["leakage"]
+    # The same feature-close pair whose photos differ is not leakage even across parts.
+    differ = replace(report, pairs=[{"a": 0, "b": 2, "similarity": 0.99, "exact": False, "photo": 0.4}])
+    assert [(p["copy"], p["leakage"]) for p in pair_items(differ, threshold=0.95, limit=10)] == [(False, False)]
     with pytest.raises(Exception, match="issue must be"):
         gallery_items(report, "duplicate", limit=1)
 
@@ -140,7 +146,7 @@ def test_extract_then_check_then_exclude_and_undo(tiny_workspace):
     counts = report.counts()
     assert [t.label for t in at.tabs] == [
         f"Label issues ({counts['label issues']})",
-        f"Duplicates and leakage ({counts['duplicate pairs']})",
+        f"Copies and near neighbours ({counts['copies']} + {counts['near neighbours']})",
         f"Outliers ({counts['outliers']})",
         "Compare backbones",
     ]

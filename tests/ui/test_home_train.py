@@ -106,7 +106,8 @@ def test_home_states_the_offline_demos_duration_before_the_click(workspace):
     record_rate(workspace, what="efficientnet_lite0", device=device_label(), images_per_s=1360 / 40)
     record_rate(workspace, what=GENERATE_KEY, device="cpu", images_per_s=1360 / 20)
     after = _duration_captions(at.run())
-    # 20 s drawing + 2 x 40 s of features + 2 runs' overhead (core.probing.experiment.ESTIMATED_RUN_OVERHEAD_S = 5 s each).
+    # 20 s drawing + 2 x 40 s of features + 2 runs' overhead (core.probing.experiment.ESTIMATED_RUN_OVERHEAD_S = 5 s
+    # each).
     assert after == ["Expected duration: about 1 min 50 s here (from extraction rates measured in this workspace)."], (
         after
     )

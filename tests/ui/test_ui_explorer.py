@@ -91,10 +91,24 @@ def test_health_scores_land_on_their_dataset_rows(tmp_path):
 
 def test_default_runs_give_one_map_per_backbone_and_weights():
     # Newest first, as the registry lists them: the offline demo's pair is one backbone under two weights.
+    # The rule: the best on validation of each (backbone, weights), for the MAX_PANELS trained last.
+    def run(run_id, backbone, weights, valid):
+        return {
+            "id": run_id,
+            "backbone": backbone,
+            "weights": weights,
+            "status": "completed",
+            "shots": None,
+            "test_acc": 50.0,
+            "metrics": {"valid_acc": valid},
+            "confusion": [[1, 0], [0, 1]],
+        }
+
     runs = [
-        {"id": 4, "backbone": "efficientnet_lite0", "weights": "random"},
-        {"id": 3, "backbone": "efficientnet_lite0", "weights": "pretrained"},
-        {"id": 2, "backbone": "efficientnet_lite0", "weights": "random"},
-        {"id": 1, "backbone": "resnet50", "weights": "random"},
+        run(5, "efficientnet_lite0", "random", 40.0),
+        run(4, "efficientnet_lite0", "random", 70.0),
+        run(3, "efficientnet_lite0", "pretrained", 90.0),
+        run(2, "efficientnet_lite0", "random", 60.0),
+        run(1, "resnet50", "random", 99.0),
     ]
-    assert [run["id"] for run in explorer.default_runs(runs)] == [3, 4]
+    assert [r["id"] for r in explorer.default_runs(runs)] == [3, 4]

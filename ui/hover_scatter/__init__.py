@@ -1,27 +1,31 @@
-"""Scatter panels whose points show their photo on hover: a Streamlit custom component drawn on a canvas.
+"""Scatter panels whose points show their photo on hover: a Streamlit custom component drawn by plotly.js.
 
 Why a custom component: Plotly hover labels cannot show images and Streamlit gives Python no hover
 events, so the figure is drawn in the browser and hover is handled there, with no server round trip.
-Why not plotly.js in it (it was until issue 14): the maps need markers, hover, click, box and lasso
-selection, zoom, pan, a legend and a colour bar, and even plotly.js's 1.6 MB gl2d bundle cost a new tab
-0.26 s to evaluate plus 0.3-0.4 s to draw two 1,360-point panels (Chromium, idle 2-core machine), which
-kept the Explorer at 1.7-1.8 s to a settled page against a 1.5 s goal. ``frontend/hover_scatter.js``
-(~46 kB, no dependency) draws those panels in a few milliseconds and redraws 100,000 points in ~30 ms (each
-marker style rendered once, then stamped per point into one pixel buffer), and finds the hovered point
-through a grid index over the data.
-Clicks and box/lasso selections come back to Python as row ids; the rows the page passes back as
-``selected_rows`` stay ringed in every panel.
+plotly.js draws the maps (its gl2d bundle, ``frontend/plotly-gl2d.min.js``: scatter and scattergl only, 1.6 MB
+against the full bundle's 4.8 MB, MIT licence beside it, served by this dashboard's own server, never a CDN): markers,
+zoom, pan, box and lasso selection, the legend, the colour bar, and its own ``selected``/``unselected`` marker
+styles that grey what a box or lasso leaves out (in every panel, not only the one drawn on).
+``frontend/hover_scatter.js`` adds the photo tooltip, a ring on the hovered photo in every panel, one legend and one
+set of tools for all panels, and, from ``GRID_HOVER_FROM`` points, hover and click found through a grid index over
+the data rather than Plotly's hover, which visits every point on each mouse move (``python -m bench --only maps``
+measures both at 100,000 points). The bundle loads ``async``, once per map frame (the browser caches it), so the
+titles and tools paint while it evaluates.
+
+Clicks and box/lasso selections come back to Python as plain ``{event, rows, seq}`` messages
+(``event_from_value``); the rows the page passes back as ``selected_rows`` are ringed in every panel (a click) or,
+with ``dim_unselected``, drawn in Plotly's selected style with the rest greyed (a box or lasso).
 
 Why Streamlit's v1 component API (``declare_component(path=...)``): its static folder is served
-over HTTP, so the script and the thumbnail sheets are ordinary files the browser
+over HTTP, so the bundle and the thumbnail sheets are ordinary files the browser
 fetches once per page load (gzip-compressed, ``Cache-Control: public``), never re-sent with the
 data. The v2 API (``st.components.v2.component``) serves files only from an ``asset_dir`` declared
 in the ``pyproject.toml`` of an *installed* package; this repository is run from a checkout, so v2
 could only inline the script into every rerun.
 
-Served folder: ``<workspace>/thumbnails/hover_scatter/`` holds copies of ``frontend/`` (Streamlit refuses
-symlinks that leave the folder) and ``sprites/<key>/`` with
-the sheets from ``core.maps.thumbnails.build_sprite_sheets``.
+Served folder: ``<workspace>/thumbnails/hover_scatter/`` holds the served page, a copy of the plotly.js bundle
+(Streamlit refuses symlinks that leave the folder) and ``sprites/<key>/`` with the sheets from
+``core.maps.thumbnails.build_sprite_sheets``.
 
 Payload design (numbers measured with ``tests/ui/test_hover_scatter.py`` and a real browser):
 
@@ -30,42 +34,31 @@ Payload design (numbers measured with ``tests/ui/test_hover_scatter.py`` and a r
   (same JSON) as a hash reference on later reruns, and the frontend skips redrawing when the
   digest is unchanged, so zoom, hidden classes and loaded sheets survive reruns.
 - The selection (``selected_rows``, a few bytes a row) is an argument of its own, outside the spec
-  and its digest: a new selection restyles only the ring trace of each panel, keeping zoom. Streamlit
+  and its digest: a new selection restyles the panels (Plotly.restyle), keeping zoom. Streamlit
   sends a component's arguments as one element, so a rerun whose selection changed re-sends the
   spec too (0.1 MB at 1,360 points); an unchanged selection costs nothing.
 - Thumbnails are WebP sprite sheets of 16 x 16 cells (96 px cells up to 4,096 images, 64 px
   above), fetched as files, never inlined: ~1.8 kB a photo at 96 px, ~0.9 kB at 64 px. Sheets
   are prefetched in order, four at a time, until ``DEFAULT_PREFETCH_BYTES`` (8 MB) is spent; the rest load when a
   point on them is first hovered (the text shows at once, the photo as soon as its sheet arrives).
-  1,360 photos (~2.4 MB) are all prefetched; 20,000 (79 sheets, ~18 MB) are not, so a big map
-  costs the browser only what the user hovers.
 - Uploaded images (not in any sheet) travel inline as small data URLs (``ThumbnailSource.with_images``).
 - From ``BACKGROUND_FROM`` (20,000) images the map does not wait for the sheets: ``planned_thumbnails``
   gives their names and layout at once, a job builds them, and the browser fetches a hovered point's
-  sheet when first needed (asking again every few seconds while it is not written yet). So a
-  100,000-image map costs the browser the coordinates, the texts and only the sheets it hovers.
-- A trace may carry per-point ``values`` (scores) drawn on the panel's ``ColourBar`` (in 64 shades).
-  Panel titles are HTML above each plot, beside its tools (zoom, pan, box, lasso, reset), so nothing
-  covers them; the wheel zooms, a double click shows the whole map again.
-
-Measured in headless Chromium (demo app, Synthetic Flowers photos): 1,360 points: 0.11 MB over the
-websocket for the first run plus a click and a selection rerun, 1.6 MB of sheets; 20,000 points:
-1.6 MB websocket, 8.6 MB of the 13.9 MB of sheets fetched. Hover latency at 100,000 points: ``python -m
-bench --only maps`` (README, Performance).
+  sheet when first needed (asking again every few seconds while it is not written yet).
+- A trace may carry per-point ``values`` (scores, e.g. neighbour agreement) coloured on the panel's ``ColourBar``
+  (Plotly's colour scale and colour bar).
 
 Browser tests: the component is an iframe titled ``FRAME_TITLE``. Inside it ``window.hoverScatter``
 offers ``ready`` (true once all panels are drawn), ``pointClientPosition(panel, row)`` (the row's
 point in iframe viewport pixels, or null when hidden or zoomed out), ``tooltip()`` (visible, row,
-className, fileName, prediction, thumbState "ok"/"loading"/..., box), ``rings()``,
-``selectedMarks()`` (per panel, ``{row, x, y}`` of each ring drawn for ``selected_rows``, in data units),
-``sheetStates()``, ``rows(panel)``, ``isolatedRows(panel, px=8)`` (rows with no other visible point
-within ``px``: the *closest* point within 20 px is hovered, so only these are sure to be the one
-hovered), ``view(panel)`` (the data range shown, ``{x0, x1, y0, y1}``), ``hidden()`` (legend names
-toggled off), ``mode`` ("zoom", "pan", "select" or "lasso": what a drag does), ``renderer``
-("canvas"), ``latencies()`` (per hover: handler time and input-event-to-tooltip time in ms) and
-``drawTimes()`` (per canvas redraw: panel, points and ms). To
-hover row 7 of the first panel with Playwright
-(take 7 from ``isolatedRows(0)`` when points crowd)::
+className, fileName, prediction, verdict, split, thumbState "ok"/"loading"/..., box), ``rings()``,
+``selectedMarks()`` (per panel, ``{row, x, y}`` of each selected row), ``selection(panel)`` (the rows Plotly
+draws selected and those it greys, read from the plot's own ``selectedpoints``), ``sheetStates()``,
+``rows(panel)``, ``isolatedRows(panel, px=8)`` (rows with no other visible point within ``px``), ``view(panel)``
+(the data range shown, ``{x0, x1, y0, y1}``), ``hidden()`` (legend names toggled off), ``legendNames()``,
+``mode`` ("zoom", "pan", "select" or "lasso": what a drag does), ``renderer``, ``latencies()`` (per hover: handler
+time and input-event-to-tooltip time in ms) and ``drawTimes()``. To hover row 7 of the first panel with
+Playwright (take 7 from ``isolatedRows(0)`` when points crowd)::
 
     inner = next(f for f in page.frames if f"/component/{FRAME_TITLE}/" in f.url)
     inner.wait_for_function("window.hoverScatter && window.hoverScatter.ready")
@@ -91,7 +84,6 @@ from PIL import Image
 from core.base.fileio import atomic_write_bytes
 from core.base.progress import ProgressCallback
 from core.base.workspace import Workspace
-from core.maps.projection import selection_to_rows
 from core.maps.thumbnails import SpriteSheets, build_sprite_sheets, planned_sprite_sheets, thumbnail_data_url
 
 # declare_component prefixes the calling module, and the iframe's title is that full name.
@@ -103,6 +95,9 @@ _FRONTEND = Path(__file__).parent / "frontend"
 # the iframe instead of three, ~50 ms sooner to a drawn map in a new tab (the iframe shares the page's busy main
 # thread, and each extra request waited its turn there). The repository keeps them apart, to be read and tested.
 _SOURCES = ("index.html", "hover_scatter.css", "hover_scatter.js")
+# plotly.js's gl2d bundle (scatter + scattergl), served as its own file so the browser caches it (and its compiled
+# code) across page loads; copied into the served folder beside the page.
+PLOTLY_BUNDLE = "plotly-gl2d.min.js"
 _STYLESHEET_TAG = '<link rel="stylesheet" href="hover_scatter.css">'
 _SCRIPT_TAG = '<script src="hover_scatter.js" defer></script>'
 _WEB_FOLDER = "hover_scatter"
@@ -125,8 +120,11 @@ _WEBP_BYTES_PER_PIXEL = 0.22
 # map's units: a t-SNE spans ~100, the PCA of random-weight features ~0.001 (a fixed two decimals made that one
 # point at the origin).
 _COORDINATE_STEPS = 10_000
-# The colour scales the frontend knows (their stops are in hover_scatter.js, COLOUR_SCALES).
-COLOUR_SCALES = ("Viridis",)
+# Plotly's colour scales a ColourBar may name: perceptually uniform and readable by colour-blind users.
+COLOUR_SCALES = ("Viridis", "Cividis")
+# From this many points (all panels together) the frontend finds the hovered point through its grid index instead of
+# Plotly's hover, which visits every point of every trace on each mouse move (bench/maps.py measures both).
+GRID_HOVER_FROM = 20_000
 
 
 @dataclass(frozen=True)
@@ -171,6 +169,8 @@ class HoverText:
     class_names: Sequence[str]
     file_names: Sequence[str]
     predictions: Sequence[str | None] | None = None  # None: no run chosen; an entry None: not predicted
+    verdicts: Sequence[str | None] | None = None  # per row "right", "wrong" (or per run when runs differ); None: none
+    splits: Sequence[str | None] | None = None  # per row its part of the split ("train", "val", "test"); None: none
 
 
 @dataclass(frozen=True)
@@ -312,24 +312,30 @@ def _colour_bar_spec(panel: Panel, *, where: str) -> dict | None:
 
 
 def _text_spec(hover_text: HoverText) -> dict:
-    """Per-row texts with class and prediction names stored once each (they repeat thousands of times)."""
+    """Per-row texts with class, prediction, verdict and split names stored once each (they repeat thousands of
+    times); -1 where a row has none."""
     n_rows = len(hover_text.class_names)
-    if len(hover_text.file_names) != n_rows or (
-        hover_text.predictions is not None and len(hover_text.predictions) != n_rows
-    ):
-        raise ValueError("HoverText: class_names, file_names and predictions must have one entry per row.")
+    optional = {"predictions": hover_text.predictions, "verdicts": hover_text.verdicts, "splits": hover_text.splits}
+    if len(hover_text.file_names) != n_rows or any(v is not None and len(v) != n_rows for v in optional.values()):
+        raise ValueError(
+            "HoverText: class_names, file_names, predictions, verdicts and splits must have one entry per row."
+        )
     strings: dict[str, int] = {}
     classes = [strings.setdefault(str(name), len(strings)) for name in hover_text.class_names]
-    predictions = (
-        None
-        if hover_text.predictions is None
-        else [-1 if name is None else strings.setdefault(str(name), len(strings)) for name in hover_text.predictions]
-    )
+
+    def indices(values):
+        if values is None:
+            return None
+        return [-1 if value is None else strings.setdefault(str(value), len(strings)) for value in values]
+
+    predictions, verdicts, splits = (indices(values) for values in optional.values())
     return {
-        "strings": list(strings),
+        "strings": list(strings),  # after every name above was added
         "cls": classes,
         "file": [str(name) for name in hover_text.file_names],
         "pred": predictions,
+        "verdict": verdicts,
+        "split": splits,
     }
 
 
@@ -355,9 +361,11 @@ def build_spec(
     thumbnails: ThumbnailSource,
     height: int = 560,
     prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
+    grid_hover_from: int = GRID_HOVER_FROM,
 ) -> dict:
     """The JSON-ready description the frontend draws (pure; ``hover_scatter`` sends it).
 
+    ``grid_hover_from``: from this many points (all panels) hover uses the frontend's grid index, not Plotly's.
     Raises ``ValueError`` naming the panel and trace when lengths or row ids do not match.
     """
     if not panels:
@@ -367,6 +375,7 @@ def build_spec(
     n_rows = len(hover_text.class_names)
     return {
         "height": int(height),
+        "gridHoverFrom": int(grid_hover_from),
         "panels": [
             {
                 "title": str(panel.title),
@@ -406,15 +415,25 @@ def selected_spec(spec: dict, selected_rows: Sequence[int]) -> list[int]:
     return rows.tolist()
 
 
+EVENTS = ("hover", "click", "select")
+
+
 def event_from_value(value: dict | None) -> dict | None:
-    """The component's raw value -> ``{"event": "click" | "select", "rows": [...], "seq": int}``.
+    """The component's raw value ``{"event": "hover" | "click" | "select", "rows": [row ids], "seq": int}``,
+    checked: ``{"event", "rows", "seq"}`` with rows as Python ints, first-seen order, each once; None before any.
 
     ``seq`` changes with every user action; the value persists across reruns, so a page that
-    acts on an event should remember the last ``seq`` it handled.
+    acts on an event should remember the last ``seq`` it handled. A value of another shape (an old frontend
+    still open in a tab) raises ``ValueError`` naming what was wrong.
     """
     if not value:
         return None
-    return {"event": value["event"], "rows": selection_to_rows(value["points"]), "seq": value["seq"]}
+    if not isinstance(value, Mapping) or value.get("event") not in EVENTS:
+        raise ValueError(f"event must be one of {list(EVENTS)}; got {value!r:.200}.")
+    rows = value.get("rows")
+    if not isinstance(rows, list) or not all(isinstance(row, int) and not isinstance(row, bool) for row in rows):
+        raise ValueError(f"rows must be a list of integer row ids; got {rows!r:.200}.")
+    return {"event": value["event"], "rows": list(dict.fromkeys(rows)), "seq": value.get("seq")}
 
 
 def served_page() -> str:
@@ -435,21 +454,25 @@ _checked: dict[Path, tuple[int, ...]] = {}
 
 
 def _sync_frontend(root: Path) -> None:
-    """Write the served page (``served_page``) into the served folder when missing or different.
+    """Write the served page (``served_page``) and the plotly.js bundle into the served folder when missing or
+    different.
 
     Compared by content, not by date: a workspace copied with ``cp -r`` from an older install has newer dates.
     """
-    sources = tuple((_FRONTEND / name).stat().st_mtime_ns for name in _SOURCES)
+    sources = tuple((_FRONTEND / name).stat().st_mtime_ns for name in (*_SOURCES, PLOTLY_BUNDLE))
     if _checked.get(root) == sources:
         return
-    page = served_page().encode("utf-8")
-    target = root / "index.html"
-    try:
-        current = target.read_bytes() == page
-    except FileNotFoundError:
-        current = False
-    if not current:
-        atomic_write_bytes(target, page)
+    for name, content in (
+        ("index.html", served_page().encode("utf-8")),
+        (PLOTLY_BUNDLE, (_FRONTEND / PLOTLY_BUNDLE).read_bytes()),
+    ):
+        target = root / name
+        try:
+            current = target.read_bytes() == content
+        except FileNotFoundError:
+            current = False
+        if not current:
+            atomic_write_bytes(target, content)
     _checked[root] = sources
 
 
@@ -458,7 +481,16 @@ def last_event(key: str) -> dict | None:
     before the component is drawn, so a page can pass the selection it implies as ``selected_rows``."""
     import streamlit as st
 
-    return event_from_value(st.session_state.get(key))
+    return _event_or_none(st.session_state.get(key))
+
+
+def _event_or_none(value) -> dict | None:
+    # A malformed value can only come from a stale frontend (a tab opened before an upgrade): no event, not a
+    # traceback on the page; the next click or selection sends the current shape.
+    try:
+        return event_from_value(value)
+    except ValueError:
+        return None
 
 
 def hover_scatter(
@@ -468,6 +500,8 @@ def hover_scatter(
     thumbnails: ThumbnailSource,
     height: int = 560,
     selected_rows: Sequence[int] = (),
+    dim_unselected: bool = False,
+    grid_hover_from: int = GRID_HOVER_FROM,
     key: str,
 ) -> dict | None:
     """Draw ``panels`` side by side; hovering a point shows its photo, class, file and prediction.
@@ -489,6 +523,11 @@ def hover_scatter(
     selected_rows : sequence of int
         Row ids to ring in every panel that shows them, e.g. the last click or selection
         (``last_event``); each must be on some panel. Changing them keeps zoom and hidden classes.
+    dim_unselected : bool
+        True (a box or lasso selection): every panel draws ``selected_rows`` in Plotly's selected style and greys the
+        rest; False (a click): they are ringed.
+    grid_hover_from : int
+        From this many points hover uses the frontend's grid index instead of Plotly's (``GRID_HOVER_FROM``).
     key : str
         Streamlit widget key; required so reruns keep the same component (and its zoom).
 
@@ -500,9 +539,13 @@ def hover_scatter(
     """
     from streamlit.components.v1 import declare_component
 
-    spec = build_spec(panels, hover_text=hover_text, thumbnails=thumbnails, height=height)
+    spec = build_spec(
+        panels, hover_text=hover_text, thumbnails=thumbnails, height=height, grid_hover_from=grid_hover_from
+    )
     _sync_frontend(thumbnails.web_root)
     component = declare_component(_COMPONENT_NAME, path=str(thumbnails.web_root))
     selected = selected_spec(spec, selected_rows)
-    value = component(spec=spec, digest=spec_digest(spec), selected=selected, key=key, default=None)
-    return event_from_value(value)
+    value = component(
+        spec=spec, digest=spec_digest(spec), selected=selected, dim=bool(dim_unselected), key=key, default=None
+    )
+    return _event_or_none(value)

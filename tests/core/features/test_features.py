@@ -20,6 +20,7 @@ from core.backbones.registry import build_backbone
 from core.base.errors import FlowerProbeError
 from core.base.workspace import Workspace
 from core.data.datasets import load_dataset
+from core.features import extract as features_module
 from core.features.extract import (
     CacheEntry,
     ShardedCache,
@@ -28,7 +29,6 @@ from core.features.extract import (
     prepare_model,
     read_features,
 )
-from core.features import extract as features_module
 from core.jobs.runner import JobRunner
 
 REPO = Path(__file__).resolve().parents[3]
@@ -215,7 +215,7 @@ def test_killed_sharded_extraction_resumes_with_only_the_missing_shards(
     assert not list(entry.folder.glob("shard-*"))  # joined into one file per variant
 
 
-def test_cancel_stops_a_running_extraction_within_two_seconds(workspace, tiny_synthetic_folder):
+def test_cancel_stops_a_running_extraction_within_one_batch(workspace, tiny_synthetic_folder):
     dataset = _mini_dataset(workspace, tiny_synthetic_folder, per_class=4, classes=4)
     runner = JobRunner()
 
@@ -239,13 +239,13 @@ def test_cancel_stops_a_running_extraction_within_two_seconds(workspace, tiny_sy
         time.sleep(0.01)
     else:
         pytest.fail("the extraction never reported progress")
-    cancelled_at = time.monotonic()
+    done_at_cancel = runner.get(job.id).stage.done
     runner.cancel(job.id)
     finished = runner.wait(job.id, timeout_s=60)
-    stopped_after = time.monotonic() - cancelled_at
     assert finished.status == "cancelled"
-    assert stopped_after < 2.0, f"took {stopped_after:.2f} s to stop"
-    assert finished.stage.done < len(dataset.image_paths)  # it stopped mid-way, inside one 64-image batch
+    # It stops at the next progress report: within the batch that was running (timings live in bench/, not here).
+    assert finished.stage.done <= done_at_cancel + 64
+    assert finished.stage.done < len(dataset.image_paths)  # it stopped mid-way
 
 
 def test_extraction_job_caches_the_features_later_steps_read(workspace, tiny_synthetic_folder, monkeypatch):

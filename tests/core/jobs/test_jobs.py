@@ -215,8 +215,8 @@ def test_presets_are_what_the_cli_defaults_to():
         and args.dataset == REFERENCE.dataset
         and args.split == REFERENCE.split
     )
-    assert (args.head, args.epochs, args.lr, args.batch_size, args.seed) == (
-        HEAD_DEFAULTS.head,
+    assert (args.head_architecture, args.epochs, args.lr, args.head_batch_size, args.seed) == (
+        HEAD_DEFAULTS.architecture,
         HEAD_DEFAULTS.epochs,
         HEAD_DEFAULTS.lr,
         HEAD_DEFAULTS.batch_size,

@@ -75,12 +75,12 @@ def test_run_is_reproducible_from_its_seed_and_recorded(populated_copy):
 
 
 def test_failure_midway_is_recorded_as_failed_not_success(populated_copy, monkeypatch):
-    import core.probing.experiment as experiment
+    import core.probing.probes as probes  # run_experiment trains the reference head through probes.mlp_probe
 
     def explode(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(experiment, "train_head", explode)
+    monkeypatch.setattr(probes, "train_head", explode)
     with pytest.raises(RuntimeError):
         run_experiment(ExperimentConfig(dataset="synthetic", backbone="efficientnet_lite0"), workspace=populated_copy)
     run = RunRegistry(populated_copy.registry_path).list_runs()[0]

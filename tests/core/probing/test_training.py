@@ -26,7 +26,7 @@ def test_reference_head_shape_and_output_is_logits():
     out = head(torch.randn(8, 384))
     # Logits, not probabilities: unbounded, negative somewhere, rows do not sum to one.
     assert (out < 0).any() and not torch.allclose(out.sum(dim=1), torch.ones(8))
-    assert isinstance(build_head(HeadConfig(head="linear"), feature_dim=10, num_classes=3), torch.nn.Linear)
+    assert isinstance(build_head(HeadConfig(architecture="linear"), feature_dim=10, num_classes=3), torch.nn.Linear)
 
 
 def test_loss_is_cross_entropy_on_logits_not_floored():

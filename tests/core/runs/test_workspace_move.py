@@ -31,7 +31,8 @@ UNREADABLE = "(unreadable)"  # what the galleries add to the caption of a photo 
 
 
 def _make_legacy(root: Path, run: dict) -> None:
-    """Rewrite ``run`` in the registry at ``root`` as the code before ``core.runs.files`` recorded it: absolute paths."""
+    """Rewrite ``run`` in the registry at ``root`` as the code before ``core.runs.files`` recorded it: absolute paths.
+    """
     ws = Workspace(root=root, data_root=root / "datasets")
     images = dataset_folder(run["dataset_key"], ws)
     with sqlite3.connect(root / "runs.sqlite") as conn:

@@ -1,0 +1,1 @@
+"""The cost of a backbone, measured on this machine: speed, latency, memory, parameters, FLOPs, sizes."""

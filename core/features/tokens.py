@@ -1,0 +1,365 @@
+"""Patch tokens and per-block features in the feature cache: extracted on request, read shard-wise, never whole.
+
+Two more kinds of cache entry beside ``core.features.extract``'s pooled variants, in the same sharded,
+resumable format (``ShardedCache``: atomic shards, a manifest, a lock, joined into one ``.npy`` at the end):
+
+- **tokens** (``extract_tokens``; ``python -m core extract --tokens``): every image's final-block patch tokens
+  in fp16, ``(N, tokens, dim)`` (``core.backbones.tokens.token_layout``: class and register tokens left out and
+  recorded as such in the manifest; CNNs: the last feature map's positions). The size, N x tokens x dim x 2
+  bytes, is said before extracting, and the extraction is refused with the figure when the disk lacks it.
+  Shards are sized in bytes (``TOKEN_SHARD_BYTES``), so memory holds one shard whatever the model; the joined
+  file is always opened memory-mapped (``TokenCache``), and probes read it a batch of rows at a time.
+- **layers** (``extract_layers``): one pooled feature per block (``core.backbones.tokens.layer_forward``), every
+  block from one forward pass, for layer-wise probing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.backbones.resolved import ResolvedBackbone, resolve_backbone
+from core.backbones.tokens import TokenLayout, layer_forward, layer_names, token_forward, token_layout
+from core.base.errors import FlowerProbeError, MissingFileError
+from core.base.progress import ProgressCallback, RateMeter, report
+from core.base.workspace import Workspace
+from core.data.datasets import Dataset
+from core.features.extract import (
+    CacheEntry,
+    FeatureSet,
+    ShardedCache,
+    _autocast,
+    _cache_key,
+    _heartbeat,
+    cached_extraction,
+    device_name,
+    feature_loader,
+    prepare_model,
+    select_device,
+    select_precision,
+)
+
+TOKENS = "tokens"
+# Bytes of tokens per shard: one shard is held in memory while it is filled (ViT-S/14: 682 images a shard).
+TOKEN_SHARD_BYTES = 128 << 20
+# Forward passes run by this module, counted so tests can show a cached entry is reused with none.
+FORWARDS = {"tokens": 0, "layers": 0}
+
+
+def _gb(n_bytes: float) -> str:
+    return f"{n_bytes / 1e9:.2f} GB" if n_bytes >= 1e8 else f"{n_bytes / 1e6:.1f} MB"
+
+
+def size_text(layout: TokenLayout, images: int) -> str:
+    """'1360 x 256 x 384 x 2 bytes = 267.4 MB'."""
+    return f"{images} x {layout.tokens} x {layout.dim} x 2 bytes = {_gb(layout.bytes_for(images))}"
+
+
+@dataclass(frozen=True)
+class TokenCache:
+    """A complete token entry, memory-mapped: ``tokens`` (N_ok, T, dim) fp16 for the dataset ``rows`` (N_ok,)."""
+
+    tokens: np.ndarray
+    rows: np.ndarray
+    folder: Path
+    layout: TokenLayout
+    manifest: dict
+    from_cache: bool = True
+
+    def positions(self, dataset_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions into ``tokens`` of the given dataset rows that decoded, and those rows."""
+        position = np.full(int(max(self.rows.max(initial=-1), dataset_rows.max(initial=-1))) + 1, -1, np.int64)
+        position[self.rows] = np.arange(len(self.rows))
+        kept = dataset_rows[position[dataset_rows] >= 0]
+        return position[kept], kept
+
+
+@dataclass(frozen=True)
+class _TokenEntry(CacheEntry):
+    """A cache entry of tokens or layers: ``read`` memory-maps instead of loading; the manifest records ``layout``."""
+
+    layout: dict | None = None  # TokenLayout as a dict (what the tokens are, what was left out); None for layers
+
+    def open(self, *, shard_size: int) -> ShardedCache:
+        cache = super().open(shard_size=shard_size)
+        if self.layout is not None:
+            cache.identity = {**cache.identity, "layout": self.layout}
+            cache.manifest.setdefault("layout", self.layout)
+        return cache
+
+    def read(self, variant: str) -> FeatureSet | None:
+        manifest = ShardedCache.read_manifest(self.folder)
+        if manifest is None or not manifest.get("complete"):
+            return None
+        files = manifest["files"]
+        features = (
+            np.load(self.folder / files[variant], mmap_mode="r", allow_pickle=False)
+            if files
+            else np.zeros((0, 0), np.float32)
+        )
+        rows = np.load(self.folder / files["rows"], allow_pickle=False) if files else np.zeros(0, np.int64)
+        return FeatureSet(
+            features=features,
+            rows=rows,
+            skipped=tuple((str(p), str(r)) for p, r in manifest["skipped"]),
+            backbone=manifest["backbone"],
+            weights_tag=manifest["weights_tag"],
+            precision=manifest["precision"],
+            device=manifest["device"],
+            seconds=manifest["seconds"],
+            from_cache=True,
+            cache_path=self.folder,
+            variant=variant,
+        )
+
+
+def _entry(
+    dataset: Dataset,
+    backbone: ResolvedBackbone,
+    *,
+    kind: str,
+    variants: tuple[str, ...],
+    workspace: Workspace,
+    precision: str,
+    layout: TokenLayout | None = None,
+) -> _TokenEntry:
+    """The entry of ``kind`` ("tokens" or "layers") of a located ``backbone``: its own key, beside the features'."""
+    tag = backbone.weights_tag
+    key = _cache_key(dataset.key, dataset.fingerprint, backbone, tag, precision, [kind, *variants])
+    stem = f"{dataset.key.replace('/', '_').replace(':', '-')}-{backbone.name}".replace(":", "-")
+    return _TokenEntry(
+        dataset=dataset,
+        backbone=backbone.name,
+        weights_tag=tag,
+        precision=precision,
+        variants=variants,
+        folder=workspace.features_dir / f"{stem}-{kind}-{key}",
+        legacy_path=workspace.features_dir / f"{stem}-{kind}-{key}.none",  # never written: no single-file form
+        resolved=backbone,
+        layout=dataclasses.asdict(layout) if layout is not None else None,
+    )
+
+
+def _filler(entry: _TokenEntry, *, make_forward, workspace, weights, device, batch_size, counter: str, to_numpy):
+    """Fill missing shards: one model, batches that never straddle shards, one ``model(x)`` per batch."""
+
+    def fill(cache: ShardedCache, missing: list[int], progress: ProgressCallback | None) -> str:
+        if not missing:
+            return cache.manifest.get("device", device_name(device))
+        paths = entry.dataset.image_paths
+        model = entry.resolved.build(workspace=workspace, progress=progress)
+        model = prepare_model(model, device=device, precision=entry.precision, in_place=True)
+        weights_dtype = next(model.parameters()).dtype
+        layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+        batches = [
+            list(rows[s : s + batch_size])
+            for i in missing
+            for rows in [cache.shard_rows(i)]
+            for s in range(0, len(rows), batch_size)
+        ]
+        loader = feature_loader(paths, entry.resolved, device=device, num_workers=0, batches=batches)
+        done = len(paths) - sum(len(cache.shard_rows(i)) for i in missing)
+        meter, start_done = RateMeter(), done
+        pending: dict[str, list] = {"features": [], "rows": [], "skipped": [], "seen": 0}
+        started = time.perf_counter()
+
+        def tell() -> None:
+            rate = meter.rate(done - start_done)
+            report(progress, "features", done, len(paths), rate=rate, message=f"{entry.variants[0]}: {rate:.1f} img/s")
+
+        with torch.inference_mode(), make_forward(model) as forward, _heartbeat(model, tell):
+            for images, batch_rows, errors in loader:
+                ok = torch.tensor([not e for e in errors], dtype=torch.bool)
+                rows = batch_rows[ok].numpy().astype(np.int64)
+                if ok.any():
+                    with _autocast(device, entry.precision, weights_dtype):
+                        FORWARDS[counter] += 1
+                        out = forward(images[ok].to(device, dtype=weights_dtype, memory_format=layout))
+                    pending["features"].append(to_numpy(out))
+                pending["rows"].append(rows)
+                pending["skipped"].extend((str(paths[int(r)]), e) for r, e in zip(batch_rows, errors) if e)
+                pending["seen"] += len(batch_rows)
+                done += len(batch_rows)
+                tell()
+                index = int(batch_rows[0]) // cache.shard_size
+                if pending["seen"] == len(cache.shard_rows(index)):
+                    arrays = {
+                        v: np.concatenate([f[v] for f in pending["features"]])
+                        for v in entry.variants
+                        if pending["features"]
+                    }
+                    cache.write_shard(
+                        index,
+                        arrays,
+                        np.concatenate(pending["rows"]),
+                        pending["skipped"],
+                        seconds=time.perf_counter() - started,
+                    )
+                    pending = {"features": [], "rows": [], "skipped": [], "seen": 0}
+                    started = time.perf_counter()
+        return device_name(device)
+
+    return fill
+
+
+def _check_positive(**values) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or value < 1:
+            raise FlowerProbeError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def token_entry(
+    dataset: Dataset, backbone: str, *, workspace: Workspace, weights: str = "pretrained", precision: str = "auto",
+    device: str = "auto",
+) -> tuple[_TokenEntry, TokenLayout]:
+    """Where ``backbone``'s tokens of ``dataset`` are (or would be) cached, and their layout."""
+    resolved = resolve_backbone(backbone, weights=weights).located(workspace=workspace)
+    layout = token_layout(resolved.name)
+    chosen = select_precision(select_device(device), precision, backbone=resolved.name)
+    entry = _entry(dataset, resolved, kind=TOKENS, variants=(TOKENS,), workspace=workspace, precision=chosen, layout=layout)
+    return entry, layout
+
+
+def open_tokens(entry: _TokenEntry, layout: TokenLayout) -> TokenCache | None:
+    """The complete token entry memory-mapped, or None when it is not (completely) extracted."""
+    cached = entry.read(TOKENS)
+    if cached is None:
+        return None
+    manifest = ShardedCache.read_manifest(entry.folder)
+    return TokenCache(cached.features, cached.rows, entry.folder, layout, manifest)
+
+
+def check_disk(folder: Path, *, needed: int, what: str) -> None:
+    """Refuse (FlowerProbeError naming ``tokens``) when the disk holding ``folder`` has less than ``needed`` free."""
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise FlowerProbeError(
+            f"tokens need {what} on disk ({_gb(needed)} while the shards are joined), but {probe} has only "
+            f"{_gb(free)} free; free space or extract fewer images."
+        )
+
+
+def extract_tokens(
+    dataset: Dataset,
+    backbone: str,
+    *,
+    workspace: Workspace,
+    weights: str = "pretrained",
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 32,
+    shard_bytes: int = TOKEN_SHARD_BYTES,
+    progress: ProgressCallback | None = None,
+) -> TokenCache:
+    """``backbone``'s final patch tokens of every image of ``dataset`` (fp16), from the cache or extracted now.
+
+    Says the size (N x tokens x dim x 2 bytes) through ``progress`` before extracting, and refuses with that
+    figure when the disk lacks it (twice it: the shards and the joined file exist together for a moment).
+
+    Returns
+    -------
+    TokenCache
+        ``tokens`` of shape (n_ok, tokens, dim), fp16, memory-mapped; ``rows`` the dataset rows that decoded.
+    """
+    _check_positive(batch_size=batch_size, shard_bytes=shard_bytes)
+    dataset.compute_fingerprint(progress=progress)
+    entry, layout = token_entry(
+        dataset, backbone, workspace=workspace, weights=weights, precision=precision, device=device
+    )
+    hit = open_tokens(entry, layout)
+    if hit is not None:
+        report(progress, "features", 1, 1, message=f"tokens from cache ({size_text(layout, len(hit.rows))})")
+        return hit
+    n = len(dataset.image_paths)
+    check_disk(entry.folder, needed=2 * layout.bytes_for(n), what=size_text(layout, n))
+    report(progress, "features", 0, n, message=f"extracting tokens: {size_text(layout, n)} ({', '.join(layout.excluded)} left out)")
+    shard_size = max(1, shard_bytes // max(1, layout.bytes_for(1)))
+    torch_device = select_device(device)
+
+    def to_numpy(out: torch.Tensor) -> dict[str, np.ndarray]:
+        return {TOKENS: out.to(torch.float16).cpu().numpy()}
+
+    fill = _filler(
+        entry, make_forward=token_forward, workspace=workspace, weights=weights, device=torch_device,
+        batch_size=batch_size, counter="tokens", to_numpy=to_numpy,
+    )
+    cached_extraction(entry, TOKENS, fill=fill, shard_size=shard_size, progress=progress)
+    return dataclasses.replace(open_tokens(entry, layout), from_cache=False)
+
+
+def require_tokens(
+    dataset: Dataset, backbone: str, *, workspace: Workspace, weights: str, precision: str, device: str, spec: str
+) -> TokenCache:
+    """The cached tokens the ``attentive`` protocol needs, or a FlowerProbeError saying how to extract them."""
+    entry, layout = token_entry(dataset, backbone, workspace=workspace, weights=weights, precision=precision, device=device)
+    hit = open_tokens(entry, layout)
+    if hit is None:
+        raise FlowerProbeError(
+            f"protocols: 'attentive' needs the patch tokens of {spec} on {dataset.name} in the cache, and there are "
+            f"none yet; extract them first (once; {size_text(layout, len(dataset.image_paths))}): python -m core extract "
+            f"--dataset {dataset.key} --backbone {spec.split('@')[0]} --weights {weights} --tokens "
+            "(or tick 'Patch tokens' on the Train page)."
+        )
+    return hit
+
+
+# ----------------------------------------------------------------------------------------------- layers
+
+
+def extract_layers(
+    dataset: Dataset,
+    backbone: str,
+    *,
+    workspace: Workspace,
+    weights: str = "pretrained",
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 64,
+    progress: ProgressCallback | None = None,
+) -> dict[str, FeatureSet]:
+    """Pooled features of every layer of ``backbone`` (``layer_names``) from one forward pass per batch, cached.
+
+    Returns ``{layer: FeatureSet}`` with features of shape (n_ok, layer dim), float32.
+    """
+    _check_positive(batch_size=batch_size)
+    resolved = resolve_backbone(backbone, weights=weights).located(workspace=workspace, progress=progress)
+    names = layer_names(resolved.name)
+    torch_device = select_device(device)
+    chosen = select_precision(torch_device, precision, backbone=resolved.name)
+    dataset.compute_fingerprint(progress=progress)
+    entry = _entry(dataset, resolved, kind="layers", variants=names, workspace=workspace, precision=chosen)
+
+    def to_numpy(out: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        return {k: v.float().cpu().numpy() for k, v in out.items()}
+
+    fill = _filler(
+        entry, make_forward=layer_forward, workspace=workspace, weights=weights, device=torch_device,
+        batch_size=batch_size, counter="layers", to_numpy=to_numpy,
+    )
+    first = cached_extraction(entry, names[0], fill=fill, shard_size=4096, progress=progress)
+    sets = {names[0]: first}
+    for name in names[1:]:
+        sets[name] = dataclasses.replace(entry.read(name), from_cache=first.from_cache)
+    return sets
+
+
+def read_token_cache(folder: str | Path) -> TokenCache:
+    """A token entry by folder (a run's ``tokens_path``), memory-mapped; MissingFileError when deleted."""
+    folder = Path(folder)
+    manifest = ShardedCache.read_manifest(folder)
+    if manifest is None or not manifest.get("complete") or "layout" not in manifest:
+        raise MissingFileError(f"Cached tokens {folder} are missing; extract them again (python -m core extract --tokens).")
+    layout = manifest["layout"]
+    layout = TokenLayout(layout["kind"], layout["tokens"], layout["dim"], tuple(layout["grid"]), tuple(layout["excluded"]))
+    tokens = np.load(folder / manifest["files"][TOKENS], mmap_mode="r", allow_pickle=False)
+    rows = np.load(folder / manifest["files"]["rows"], allow_pickle=False)
+    return TokenCache(tokens, rows, folder, layout, manifest)
