@@ -57,7 +57,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_section(name: str, context: Context, arguments: argparse.Namespace):
-    from . import browser_pages, demo, extraction, gpu, heads, maps, pages, probes, reference, roofline, scale, tsne
+    from . import (
+        agreement,
+        attentive,
+        browser_pages,
+        cost,
+        demo,
+        extraction,
+        gpu,
+        heads,
+        maps,
+        onnx,
+        pages,
+        probes,
+        reference,
+        roofline,
+        scale,
+        tsne,
+    )
 
     modules = {
         "roofline": roofline,
@@ -71,6 +88,10 @@ def _run_section(name: str, context: Context, arguments: argparse.Namespace):
         "probes": probes,
         "maps": maps,
         "scale": scale,
+        "cost": cost,
+        "agreement": agreement,
+        "onnx": onnx,
+        "attentive": attentive,
         "gpu": gpu,
     }
     if name == "reference":

@@ -32,6 +32,10 @@ SECTIONS = (
     "browser",
     "demo",
     "scale",
+    "cost",
+    "agreement",
+    "onnx",
+    "attentive",
     "gpu",
 )
 # Sections run only when named with --only: "gpu" needs an NVIDIA GPU to mean anything (bench/gpu_check.sh runs it).

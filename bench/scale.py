@@ -94,17 +94,19 @@ def low_res_hook() -> None:
     """Lower every backbone's input size to ``$FLOWER_PROBE_BENCH_LOW_RES`` px in this process (bench only)."""
     import dataclasses
 
-    import core.backbones.registry
+    import core.backbones.resolved
     import core.features.extract
 
     size = int(os.environ[LOW_RES_ENV])
-    real = core.backbones.registry.get_config
+    real = core.backbones.resolved.resolve_backbone
 
-    def low(name: str):
-        return dataclasses.replace(real(name), input_size=size, resize=size)
+    def low(spec, **kwargs):
+        # Only the preprocessing shrinks (as before: the resolved record's config); the model is built as usual.
+        resolved = real(spec, **kwargs)
+        return dataclasses.replace(resolved, config=dataclasses.replace(resolved.config, input_size=size, resize=size))
 
-    core.backbones.registry.get_config = low
-    core.features.extract.get_config = low
+    core.backbones.resolved.resolve_backbone = low
+    core.features.extract.resolve_backbone = low
 
 
 def _child(job: dict) -> dict:

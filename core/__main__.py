@@ -27,12 +27,13 @@ from core.base.progress import ProgressEvent, format_duration
 from core.base.workspace import Workspace
 from core.data.datasets import DEFAULT_SPLIT, list_datasets, prepare_dataset
 from core.features.extract import DEVICES, PRECISIONS
+from core.features.runtime import RUNTIME_HELP, RUNTIMES
 from core.health.checks import HealthConfig
 from core.maps.projection import MAP_METHODS, MapParams
 from core.probing.experiment import WEIGHTS_SEPARATOR, parse_backbone, run_comparison
 from core.probing.heads import HEAD_ARCHITECTURES, HeadConfig
 from core.probing.presets import HEAD_DEFAULTS, REFERENCE
-from core.probing.probes import PROTOCOLS
+from core.probing.probes import ALL_PROTOCOLS, PROTOCOLS
 from core.probing.suite import DEFAULT_SEEDS, fewshot_table, parse_shots, protocols_table, result_rows, run_probe_suite
 from core.probing.summary import summarise_runs
 from core.runs.naming import run_name
@@ -151,6 +152,7 @@ def _cmd_compare(args: argparse.Namespace, workspace: Workspace) -> None:
         random_weights_for=tuple(args.random_weights_for),
         device=args.device,
         precision=args.precision,
+        runtime=args.runtime,
         workspace=workspace,
         progress=ConsoleProgress(ignore=("probe",)),
         on_run_start=on_run_start,
@@ -160,7 +162,85 @@ def _cmd_compare(args: argparse.Namespace, workspace: Workspace) -> None:
     print(f"\nRecorded runs {', '.join(str(r['id']) for r in records)} in {workspace.registry_path}")
 
 
+def _probe_layers(args: argparse.Namespace, workspace: Workspace) -> None:
+    """``probe --layers``: the cheap protocols on every chosen block's pooled features, one forward pass."""
+    from core.probing.layers import LAYER_PROTOCOLS, run_layer_probes
+
+    asked = [p.strip() for p in args.protocols.split(",")] if args.protocols_given else list(LAYER_PROTOCOLS)
+    records = run_layer_probes(
+        dataset=args.dataset,
+        backbones=with_weights_overrides(args.backbones, parse_weights_overrides(args.weights)),
+        random_weights_for=tuple(args.random_weights_for),
+        layers=args.layers,
+        protocols=asked,
+        split=args.split,
+        device=args.device,
+        precision=args.precision,
+        workspace=workspace,
+        progress=ConsoleProgress(),
+    )
+    print("Layer-wise: test top-1 % on the whole training part [95 % bootstrap interval], per block")
+    print(protocols_table(records))
+    print(f"\nRecorded {len(records)} runs in {workspace.registry_path}")
+
+
+def _probe_zero_shot(args: argparse.Namespace, workspace: Workspace, *, check_only: bool) -> list[dict]:
+    """``probe --protocols ...,zeroshot``: each backbone's CLIP text tower on the dataset's class names."""
+    from core.probing.experiment import backbone_choices
+    from core.probing.zeroshot import check_prompts, clip_source, load_prompts, run_zero_shot
+    from core.runs.registry import RunRegistry
+
+    choices = backbone_choices(
+        with_weights_overrides(args.backbones, parse_weights_overrides(args.weights)), tuple(args.random_weights_for)
+    )
+    for choice in choices:
+        clip_source(choice.backbone)
+    dataset = prepare_dataset(args.dataset, workspace, progress=ConsoleProgress())
+    prompts = load_prompts(workspace, dataset)
+    check_prompts(prompts.class_names, prompts.templates, num_classes=dataset.num_classes)
+    if check_only:
+        return []
+    registry = RunRegistry(workspace.registry_path)
+    return [
+        run_zero_shot(
+            dataset=dataset,
+            backbone=choice.backbone,
+            weights=choice.weights,
+            split=args.split,
+            workspace=workspace,
+            registry=registry,
+            progress=ConsoleProgress(),
+        )
+        for choice in choices
+    ]
+
+
+def _print_zero_shot(records: list[dict]) -> None:
+    from core.runs.naming import weights_name
+
+    print("\nZero-shot (class names and prompt templates, no labelled image): test top-1 % [95 % interval]")
+    for run in records:
+        low, high = run["metrics"]["test_acc_ci"]
+        templates = run["metrics"]["hyperparameter"]["value"]
+        print(
+            f"  {run['backbone']} ({weights_name(run['weights'])}): {run['test_acc']:.1f} [{low:.1f}, {high:.1f}]"
+            f"  ({templates} templates; run {run['id']})"
+        )
+
+
 def _cmd_probe(args: argparse.Namespace, workspace: Workspace) -> None:
+    args.protocols_given = args.protocols is not None
+    args.protocols = args.protocols or ",".join(PROTOCOLS)
+    if args.layers:
+        _probe_layers(args, workspace)
+        return
+    zero_shot = "zeroshot" in [p.strip() for p in args.protocols.split(",")]
+    if zero_shot:  # refused before anything runs: a backbone without a text tower, bad class names
+        _probe_zero_shot(args, workspace, check_only=True)
+        args.protocols = ",".join(p.strip() for p in args.protocols.split(",") if p.strip() != "zeroshot")
+        if not args.protocols:
+            _print_zero_shot(_probe_zero_shot(args, workspace, check_only=False))
+            return
     features = [v.strip() for v in args.features.split(",")] if args.features else None
     new_runs: list[dict] = []  # recorded by this command; a resumed suite's others were recorded before
     records = run_probe_suite(
@@ -174,6 +254,7 @@ def _cmd_probe(args: argparse.Namespace, workspace: Workspace) -> None:
         split=args.split,
         device=args.device,
         precision=args.precision,
+        runtime=args.runtime,
         workspace=workspace,
         progress=ConsoleProgress(),
         on_run=new_runs.append,
@@ -186,6 +267,8 @@ def _cmd_probe(args: argparse.Namespace, workspace: Workspace) -> None:
     if args.json:
         atomic_write_bytes(args.json, json.dumps({"results": result_rows(records)}, indent=1).encode("utf-8"))
         print(f"\nWrote {args.json}")
+    if zero_shot:
+        _print_zero_shot(_probe_zero_shot(args, workspace, check_only=False))
     earlier = len(records) - len(new_runs)
     resumed = f", resuming it: {earlier} were recorded before" if earlier else ""
     print(
@@ -254,7 +337,9 @@ def _cmd_datasets(args: argparse.Namespace, workspace: Workspace) -> None:
 
 
 def _cmd_health(args: argparse.Namespace, workspace: Workspace) -> None:
+    from core.backbones.resolved import resolve_backbone
     from core.base.csv_export import csv_text
+    from core.base.errors import MissingFileError
     from core.health.checks import (  # only this command needs them
         CSV_COLUMNS,
         dataset_health,
@@ -262,20 +347,77 @@ def _cmd_health(args: argparse.Namespace, workspace: Workspace) -> None:
     )
 
     config = HealthConfig(split=args.split, folds=args.folds, duplicate_threshold=args.duplicate_threshold)
-    report = dataset_health(
-        args.dataset,
-        args.backbone,
-        workspace=workspace,
-        weights=args.weights,
-        variant=args.features,
-        config=config,
-        extract=args.extract,
-        progress=ConsoleProgress(),
-    )
+    backbone = resolve_backbone(args.backbone, weights=args.weights)  # looked up once, passed down
+    options = dict(workspace=workspace, variant=args.features, config=config)
+    try:
+        report = dataset_health(args.dataset, backbone, extract=False, progress=ConsoleProgress(), **options)
+    except MissingFileError:
+        if args.no_extract:
+            raise
+        # As `probe` and `compare` do: extract what is missing, but say what it costs first.
+        print(_extraction_cost(args.dataset, args.backbone, workspace), flush=True)
+        report = dataset_health(args.dataset, backbone, extract=True, progress=ConsoleProgress(), **options)
     print(report_text(report, top=args.top))
     if args.csv:
         atomic_write_bytes(args.csv, csv_text(report.flagged_rows(), columns=CSV_COLUMNS).encode("utf-8"))
         print(f"\nWrote {len(report.flagged_rows())} flagged row(s) to {args.csv}")
+
+
+def _extraction_cost(dataset_key: str, backbone: str, workspace: Workspace) -> str:
+    """``No cached ... features: extracting them first, N images, about T here (measured|estimated rate).``"""
+    from core.data.datasets import load_dataset
+    from core.features.extract import device_name, select_device
+    from core.features.rates import measured_rates
+    from core.probing.experiment import ESTIMATED_CPU_IMAGES_PER_S, ESTIMATED_UNKNOWN_IMAGES_PER_S
+
+    n_images = len(load_dataset(dataset_key, workspace).image_paths)
+    rate = measured_rates(workspace).get(backbone, {}).get(device_name(select_device("auto")))
+    basis = "at the rate measured in this workspace" if rate else "an estimate from a plain 2-core CPU's rate"
+    rate = rate or ESTIMATED_CPU_IMAGES_PER_S.get(backbone, ESTIMATED_UNKNOWN_IMAGES_PER_S)
+    return (
+        f"No cached {backbone} features for {dataset_key}: extracting them first, {n_images} images, about "
+        f"{format_duration(n_images / rate)} here ({basis}); later checks reuse them. --no-extract refuses instead."
+    )
+
+
+def _cmd_agree(args: argparse.Namespace, workspace: Workspace) -> None:
+    from core.agreement.report import agreement_report
+    from core.probing.stats import comparison_sentence, paired_comparison
+
+    if len(args.backbones) != 2:
+        raise FlowerProbeError(f"backbones must name exactly two feature sets, got {len(args.backbones)}.")
+    variants = [args.features_a, args.features_b]
+
+    report = agreement_report(
+        args.dataset,
+        *args.backbones,
+        workspace=workspace,
+        k=args.k,
+        variant_a=variants[0],
+        variant_b=variants[1],
+        split=args.split,
+        extract=not args.no_extract,
+        progress=ConsoleProgress(),
+        # Said before a forward pass over every image, with what it costs here.
+        before_extract=lambda name: print(_extraction_cost(args.dataset, name, workspace), flush=True),
+    )
+    pair = report.pair
+    print(
+        f"{pair.dataset_name}: A = {pair.source_a.describe()}, B = {pair.source_b.describe()}, {pair.n_images:,} images"
+    )
+    for sentence in report.sentences():
+        print(f"- {sentence}")
+    if report.errors is None:
+        print(
+            "- No error consistency: no completed run of each on this dataset to compare mistakes (python -m core "
+            f"compare --dataset {args.dataset} --backbones {' '.join(args.backbones)} makes them)."
+        )
+    else:
+        comparison = paired_comparison(report.correct_a, report.correct_b)
+        print(f"- {comparison_sentence(comparison, name_a='A', name_b='B')}.")
+    if args.json:
+        atomic_write_bytes(args.json, json.dumps(report.to_dict(), indent=1).encode("utf-8"))
+        print(f"Wrote {args.json}")
 
 
 def with_weights_overrides(backbones: list[str], overrides: dict[str, str]) -> list[str]:
@@ -321,8 +463,76 @@ def _cmd_runs(args: argparse.Namespace, workspace: Workspace) -> None:
             print(f"    warning: {warning.text}")
 
 
+def _cmd_predict_bundle(args: argparse.Namespace) -> None:
+    from core.bundle.run import Bundle  # only this command needs it
+
+    predictions = Bundle(args.bundle).classify([(path, path) for path in args.images])
+    if args.json:
+        print(json.dumps([p.to_dict() for p in predictions], indent=2, ensure_ascii=False))
+    else:
+        for prediction in predictions:
+            print(prediction.name)
+            if prediction.error:
+                print(f"  error: {prediction.error}")
+            for rank, (class_name, probability) in enumerate(prediction.top, start=1):
+                print(f"  {rank}. {class_name:<30} {probability:.4f}")
+    if all(p.error for p in predictions):
+        raise FlowerProbeError(f"None of the {len(predictions)} image(s) could be classified; the reasons are above.")
+
+
+def _cmd_export(args: argparse.Namespace, workspace: Workspace) -> None:
+    from core.bundle.export import export_bundle  # only this command needs it
+
+    result = export_bundle(args.run, workspace=workspace, out=args.out, force=args.force, progress=ConsoleProgress())
+    worst = max(p["max_abs"] for p in result.parity)
+    print(
+        f"Wrote {result.folder} ({result.exporter} exporter) in {result.seconds:.1f} s. Parity with predict at batch "
+        f"sizes {', '.join(str(p['batch']) for p in result.parity)}: probabilities within {worst:.1e}, same top-1. "
+        f"onnxruntime here: {result.cost['latency_ms_batch1']} ms for one image, "
+        f"{result.cost['images_per_s_batch32']} images/s at batch 32."
+    )
+
+
+def _predict_attentive(args: argparse.Namespace, workspace: Workspace) -> bool:
+    """``predict --run`` of an attentive run: its saved head on each photo's patch tokens, and where it looked."""
+    from core.runs.registry import RunRegistry
+
+    run = RunRegistry(workspace.registry_path).get_run(args.run) if args.run is not None else None
+    if not run or run.get("protocol") != "attentive":
+        return False
+    from core.predict.attention import attention_views
+
+    views = attention_views(run, [(path, path) for path in args.images], workspace=workspace, progress=None)
+    rows = [
+        {
+            "name": v.name,
+            "predicted": v.predicted,
+            "confidence": v.confidence / 100,
+            "attention_grid": list(v.weights.shape),
+            "peak_attention_vs_uniform": v.peak_share,
+        }
+        for v in views
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+    else:
+        for row in rows:
+            print(
+                f"{row['name']}: {row['predicted']} ({row['confidence']:.4f}); attention over "
+                f"{row['attention_grid'][0]} x {row['attention_grid'][1]} patches, "
+                f"peak {row['peak_attention_vs_uniform']:.1f}x uniform"
+            )
+    return True
+
+
 def _cmd_predict(args: argparse.Namespace, workspace: Workspace) -> None:
     from core.predict.classify import Predictor  # only this command needs it
+
+    if args.bundle:
+        _cmd_predict_bundle(args)
+        return
+    if _predict_attentive(args, workspace):
+        return
 
     predictor = Predictor.from_run(
         args.run, workspace=workspace, device=args.device, progress=ConsoleProgress(), extract_missing=True
@@ -344,14 +554,14 @@ def _cmd_predict(args: argparse.Namespace, workspace: Workspace) -> None:
 
 
 def _cmd_map(args: argparse.Namespace, workspace: Workspace) -> None:
+    from core.backbones.resolved import resolve_backbone
     from core.data.datasets import load_dataset
     from core.features.extract import extract_features
     from core.maps.projection import cached_map, map_png
 
+    backbone = resolve_backbone(args.backbone, weights=args.weights)  # looked up once, passed down
     dataset = load_dataset(args.dataset, workspace)
-    features = extract_features(
-        dataset, args.backbone, workspace=workspace, weights=args.weights, progress=ConsoleProgress()
-    )
+    features = extract_features(dataset, backbone, workspace=workspace, progress=ConsoleProgress())
     params = MapParams(perplexity=args.perplexity, n_neighbors=args.n_neighbors, min_dist=args.min_dist)
     feature_map = cached_map(
         features.features,
@@ -372,12 +582,12 @@ def _cmd_map(args: argparse.Namespace, workspace: Workspace) -> None:
 def _cmd_patches(args: argparse.Namespace, workspace: Workspace) -> None:
     from pathlib import Path
 
+    from core.backbones.resolved import resolve_backbone
     from core.maps.patches import patch_grids, patch_views, png_bytes, sign_note, view_sheet
 
     grids = patch_grids(
         [(Path(path).name, path) for path in args.images],
-        backbone=args.backbone,
-        weights=args.weights,
+        backbone=resolve_backbone(args.backbone, weights=args.weights),  # looked up once, passed down
         workspace=workspace,
         progress=ConsoleProgress(),
     )
@@ -390,14 +600,14 @@ def _cmd_patches(args: argparse.Namespace, workspace: Workspace) -> None:
 
 
 def _cmd_extract(args: argparse.Namespace, workspace: Workspace) -> None:
-    from core.backbones.variants import check_variant
+    from core.backbones.resolved import resolve_backbone
     from core.features.extract import extract_features, read_features
 
-    variants = [check_variant(args.backbone, v) for v in (args.features or [None])]
+    backbone = resolve_backbone(args.backbone, weights=args.weights)  # looked up once, passed down
+    variants = [backbone.check_variant(v) for v in (args.features or [None])]
     dataset = prepare_dataset(args.dataset, workspace, progress=ConsoleProgress())
     common = {
         "workspace": workspace,
-        "weights": args.weights,
         "precision": args.precision,
         "batch_size": args.batch_size,
         "progress": ConsoleProgress(),
@@ -407,16 +617,24 @@ def _cmd_extract(args: argparse.Namespace, workspace: Workspace) -> None:
         from core.features.ray_engine import extract_features_ray
 
         result = extract_features_ray(
-            dataset, args.backbone, address=args.ray_address, num_gpus_per_worker=args.num_gpus_per_worker, **common
+            dataset,
+            backbone,
+            address=args.ray_address,
+            num_gpus_per_worker=args.num_gpus_per_worker,
+            runtime=args.runtime,
+            **common,
         )
     else:
-        result = extract_features(dataset, args.backbone, device=args.device, **common)
+        result = extract_features(dataset, backbone, device=args.device, runtime=args.runtime, **common)
     how = (
         "read from the cache"
         if result.from_cache
         else f"computed in {result.seconds:.1f} s ({result.images_per_second:.1f} images/s)"
     )
-    print(f"{dataset.name} · {args.backbone}: {len(result.rows)} images, {how}, {result.precision} on {result.device}")
+    print(
+        f"{dataset.name} · {args.backbone}: {len(result.rows)} images, {how}, {result.precision} on {result.device} "
+        f"({result.runtime})"
+    )
     for variant in variants:  # every variant came from the same pass: the others are read, not computed
         features = result if variant == result.variant else read_features(result.cache_path, variant=variant)
         print(f"  {variant}: {features.features.shape[1]}-d")
@@ -425,6 +643,33 @@ def _cmd_extract(args: argparse.Namespace, workspace: Workspace) -> None:
             f"Skipped {len(result.skipped)} unreadable image(s), first: {result.skipped[0][0]}: {result.skipped[0][1]}"
         )
     print(f"Cache: {result.cache_path}")
+    if args.tokens:
+        _extract_tokens(args, workspace, dataset, backbone)
+
+
+def _extract_tokens(args: argparse.Namespace, workspace: Workspace, dataset, backbone) -> None:
+    """``extract --tokens``: final patch tokens too (fp16), after saying their size; refused if the disk is short."""
+    from core.features.tokens import extract_tokens, size_text, token_entry
+
+    if args.engine != "local":
+        raise FlowerProbeError("engine must be local for --tokens (the Ray engine writes pooled features only).")
+    _, layout = token_entry(dataset, backbone, workspace=workspace, precision=args.precision, device=args.device)
+    print(
+        f"Patch tokens: {size_text(layout, len(dataset.image_paths))} on disk ({layout.kind}, "
+        f"{layout.grid[0]} x {layout.grid[1]}; left out: {', '.join(layout.excluded)})",
+        flush=True,
+    )
+    cache = extract_tokens(
+        dataset,
+        backbone,
+        workspace=workspace,
+        device=args.device,
+        precision=args.precision,
+        progress=ConsoleProgress(),
+    )
+    how = "read from the cache" if cache.from_cache else "extracted now"
+    print(f"  tokens: {cache.tokens.shape[0]} x {cache.tokens.shape[1]} x {cache.tokens.shape[2]} fp16, {how}")
+    print(f"Token cache: {cache.folder}")
 
 
 def _backbone_spec(text: str) -> str:
@@ -474,6 +719,7 @@ def _experiment_options() -> argparse.ArgumentParser:
     )
     shared.add_argument("--device", default=DEVICES[0], choices=DEVICES)
     shared.add_argument("--precision", default=PRECISIONS[0], choices=PRECISIONS)
+    shared.add_argument("--runtime", default=None, choices=RUNTIMES, help=RUNTIME_HELP)
     return shared
 
 
@@ -520,7 +766,18 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[experiment],
         help="probe frozen features the field's ways (mlp, linear, logreg, k-NN, NCM), few-shot, with intervals",
     )
-    probe.add_argument("--protocols", default=",".join(PROTOCOLS), help=f"comma-separated, from {', '.join(PROTOCOLS)}")
+    probe.add_argument(
+        "--protocols",
+        default=None,
+        help=f"comma-separated, from {', '.join(ALL_PROTOCOLS)} (default {','.join(PROTOCOLS)}; attentive needs "
+        "extract --tokens first; zeroshot a CLIP backbone; with --layers: knn, logreg, ncm)",
+    )
+    probe.add_argument(
+        "--layers",
+        default=None,
+        metavar="all|N,M,...",
+        help="layer-wise probing: the pooled features of these blocks (1-based; -1 the last) with k-NN, logreg, NCM",
+    )
     probe.add_argument(
         "--features",
         default="",
@@ -573,11 +830,24 @@ def build_parser() -> argparse.ArgumentParser:
     cost.set_defaults(handler=_cmd_cost)
 
     predict = sub.add_parser("predict", help="classify images with a trained run (the Classify page's prediction)")
-    predict.add_argument("--run", type=int, required=True, metavar="ID", help="a completed run's id (see `runs`)")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=int, metavar="ID", help="a completed run's id (see `runs`)")
+    source.add_argument(
+        "--bundle", metavar="DIR", help="a folder written by `export`: run its model.onnx with onnxruntime"
+    )
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files: JPEG, PNG, WebP, HEIC, ...")
     predict.add_argument("--json", action="store_true", help="print the predictions as JSON")
     predict.add_argument("--device", default=DEVICES[0], choices=DEVICES)
     predict.set_defaults(handler=_cmd_predict)
+
+    export = sub.add_parser(
+        "export",
+        help="write a run as a deployable folder: model.onnx (backbone + head), preprocessing, labels, model card",
+    )
+    export.add_argument("--run", type=int, required=True, metavar="ID", help="a completed mlp/linear/logreg run")
+    export.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
+    export.add_argument("--force", action="store_true", help="replace DIR even if it holds files")
+    export.set_defaults(handler=_cmd_export)
 
     map_ = sub.add_parser("map", help="write a static t-SNE, UMAP or PCA map of a backbone's features as a PNG")
     map_.add_argument("--dataset", required=True, help="oxford17, synthetic, or folder:<name under the data root>")
@@ -626,6 +896,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     extract.add_argument("--device", default=DEVICES[0], choices=DEVICES, help="local engine")
     extract.add_argument("--precision", default=PRECISIONS[0], choices=PRECISIONS)
+    extract.add_argument("--runtime", default=None, choices=RUNTIMES, help=RUNTIME_HELP + "; Ray: CPU actors")
+    extract.add_argument(
+        "--tokens",
+        action="store_true",
+        help="also cache the final patch tokens (fp16, N x tokens x dim x 2 bytes, said first) for the attentive probe",
+    )
     extract.set_defaults(handler=_cmd_extract)
 
     health = sub.add_parser(
@@ -652,8 +928,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument("--top", type=int, default=5, help="candidates printed per issue type")
     health.add_argument("--csv", default=None, metavar="PATH", help="write one row per flagged image")
-    health.add_argument("--extract", action="store_true", help="extract the features first when they are not cached")
+    health.add_argument(
+        "--extract", action="store_true", help="(the default) extract the features first when they are not cached"
+    )
+    health.add_argument(
+        "--no-extract", action="store_true", help="refuse instead of extracting features that are not cached"
+    )
     health.set_defaults(handler=_cmd_health)
+
+    agree = sub.add_parser(
+        "agree", help="how much two backbones' features agree: neighbours, CKA, and their runs' shared mistakes"
+    )
+    agree.add_argument("--dataset", required=True, help="oxford17, synthetic, or folder:<name under the data root>")
+    agree.add_argument(
+        "--backbones",
+        nargs=2,
+        required=True,
+        type=_backbone_spec,
+        metavar="NAME[@random]",
+        help="two feature sets: NAME, NAME@random or NAME@<checkpoint path> (efficientnet_lite0 "
+        "efficientnet_lite0@random: what does pretraining change?)",
+    )
+    agree.add_argument("--k", type=int, default=10, help="nearest neighbours per image (cosine), fewer than the images")
+    agree.add_argument("--features-a", default=None, metavar="VARIANT", help="A's feature variant (default: its own)")
+    agree.add_argument("--features-b", default=None, metavar="VARIANT", help="B's feature variant (default: its own)")
+    agree.add_argument(
+        "--split",
+        default=None,
+        help="the split of the runs whose mistakes are compared (default: the newest both have)",
+    )
+    agree.add_argument("--json", metavar="PATH", help="also write the measures as JSON")
+    agree.add_argument(
+        "--no-extract", action="store_true", help="refuse instead of extracting features that are not cached"
+    )
+    agree.set_defaults(handler=_cmd_agree)
     return parser
 
 

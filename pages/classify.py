@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import classify
+from ui import bundle, classify, lanes
 from ui.auth import require_access
-from ui.state import user_errors
+from ui.state import list_runs, user_errors
 
 require_access()  # first: no Streamlit mode runs this page past the access gate
 
@@ -25,6 +25,12 @@ st.caption(
 with user_errors():
     runs = classify.choose_runs()
     predictors = classify.load_predictors(runs) if runs else None
+    if predictors:
+        bundle.download_models(runs, key="classify")
     items = classify.choose_images(predictors[0]) if predictors else []
     if items:
         classify.show_results(predictors, items)
+        # Where an attentive probe (patch tokens) looks in these photos, when there is one (issue 25).
+        lanes.show_attention(
+            [(name, source) for _, name, source in items], list_runs(status="completed"), key="classify"
+        )

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import patches
+from ui import lanes, patches
 from ui.auth import require_access
-from ui.state import user_errors
+from ui.state import list_runs, user_errors
 
 require_access()  # first: no Streamlit mode runs this page past the access gate
 
@@ -25,4 +25,6 @@ with user_errors():
     inputs = patches.choose_inputs()
     job = patches.patch_job(inputs) if inputs is not None else None
     if job is not None:
-        patches.show_views(job)
+        patches.show_views(job, inputs)
+    if inputs is not None:  # an attentive run's attention over the same photos (issue 25)
+        lanes.show_attention(inputs.images, list_runs(status="completed"), key="patches")

@@ -9,6 +9,9 @@ import pytest
 
 # Two cores: keep torch from oversubscribing when pytest and DataLoader workers share them.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Feature extraction on PyTorch unless a test studies runtimes (tests/core/features/test_runtime.py passes its own):
+# the engine's "auto" would export an ONNX graph and time both runtimes in every session that extracts.
+os.environ.setdefault("FLOWER_PROBE_RUNTIME", "torch")
 
 from core.base.workspace import Workspace  # noqa: E402
 

@@ -23,9 +23,10 @@ from core.base.workspace import Workspace
 from core.data.images import SUPPORTED_UPLOAD_TYPES
 from core.features.extract import extract_features
 from core.jobs.runner import progress_job
-from core.maps.projection import MAP_METHODS, MIN_MAP_POINTS, FeatureMap, MapParams, cached_map
+from core.maps.projection import MAP_METHODS, MIN_MAP_POINTS, FeatureMap, MapParams, cached_map, fit_map_params
 from core.predict.classify import (
     DEFAULT_RUN_RULE,
+    MEMORY_PROTOCOLS,
     FeaturesMissingError,
     Prediction,
     Predictor,
@@ -34,7 +35,7 @@ from core.predict.classify import (
 )
 from core.runs.naming import run_name
 from ui.charts import placed_map_figure, top_classes_figure
-from ui.jobs import job_card
+from ui.jobs import job_card, live_jobs
 from ui.labels import dataset_label
 from ui.state import job_runner, list_runs, show_run_warnings, workspace
 from ui.widgets import photo_grid
@@ -74,7 +75,7 @@ def _predictor(_workspace: Workspace, workspace_key: str, run_id: int, weights_t
 def _run_map(workspace_key: str, run_id: int, weights_tag: str, method: str, _features: np.ndarray) -> FeatureMap:
     n_points = len(_features)
     # The methods' defaults, shrunk for tiny training sets (each needs neighbours to exist).
-    params = MapParams(perplexity=min(30.0, (n_points - 1) / 3), n_neighbors=min(15, n_points - 1))
+    params, _ = fit_map_params(method, MapParams(), n_points)
     return cached_map(_features, method=method, params=params, cache_dir=workspace().features_dir / "maps")
 
 
@@ -91,7 +92,8 @@ def choice_label(run: dict) -> str:
 
 
 def classifiable(runs: list[dict]) -> list[dict]:
-    """Completed runs with a trained head (probes such as k-NN have none) on the backbone's default features.
+    """Completed runs that can classify on the backbone's default features: a trained head, or k-NN / NCM on the
+    whole training part (they predict from the run's cached training features).
 
     ``Predictor`` computes an upload's features with the backbone's own forward, i.e. its default variant; a head
     trained on another variant (patch mean, last 4 CLS tokens) expects features this page does not compute.
@@ -101,7 +103,7 @@ def classifiable(runs: list[dict]) -> list[dict]:
         for run in runs
         if run["status"] == "completed"
         and run["test_acc"] is not None
-        and run.get("head_path")
+        and (run.get("head_path") or (run.get("protocol") in MEMORY_PROTOCOLS and run.get("shots") is None))
         and run.get("features") in (None, default_variant(run["backbone"]))
     ]
 
@@ -129,6 +131,8 @@ def batch_rows(names: list[str], per_run: list[tuple[Predictor, list[Prediction]
 def _confidence_kind(predictor: Predictor) -> str:
     if predictor.calibrated:
         return f"calibrated (temperature {predictor.temperature:.3g} fitted on validation)"
+    if predictor.run.get("protocol") == "knn":
+        return "k-NN vote share, not a probability"
     return "uncalibrated softmax"
 
 
@@ -200,9 +204,13 @@ def _queue_extraction(run: dict, missing: FeaturesMissingError) -> None:
     """Queue (once) the extraction of a run's missing training features, and show its job."""
     runner = job_runner()
     title = _EXTRACTION_TITLE.format(run_id=run["id"])
-    job = next((j for j in runner.jobs() if j.title == title and (j.active or j.status == "failed")), None)
+    job = next(
+        (j for j in runner.find(kinds=("features",), key=str(run["id"])) if j.active or j.status == "failed"), None
+    )
     if job is None:
-        job = runner.submit(title, progress_job(extract_features, **missing.extraction))
+        job = runner.submit(
+            title, progress_job(extract_features, **missing.extraction), kind="features", key=str(run["id"])
+        )
     st.info(
         markdown_text(
             f"{missing} Their extraction is queued as job {job.id} (progress below and in the sidebar); "
@@ -210,7 +218,8 @@ def _queue_extraction(run: dict, missing: FeaturesMissingError) -> None:
         ),
         icon=":material/schedule:",
     )
-    job_card(job)
+    # Live while it runs (ui.jobs.live_jobs); the page reruns when it ends and classifies with the run.
+    live_jobs(lambda: job_card(job_runner().get(job.id)), busy=lambda: job_runner().get(job.id).active, refresh_s=1.0)
 
 
 def load_predictors(runs: list[dict]) -> list[Predictor] | None:

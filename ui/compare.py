@@ -21,13 +21,14 @@ from core.backbones.variants import default_variant
 from core.base.csv_export import csv_text, iso_time
 from core.base.text import markdown_text
 from core.probing.pretraining import pretraining_sentence
-from core.probing.probes import PROTOCOLS
+from core.probing.probes import ALL_PROTOCOLS
 from core.probing.stats import comparison_sentence, paired_comparison
 from core.probing.suite import fewshot_points
 from core.probing.summary import summarise_runs
 from core.runs.naming import protocol_name, run_name, weights_name
 from core.runs.sanity import DEFAULT_RULE_PER_SPLIT
 from core.runs.sanity import default_runs as sanity_default_runs
+from ui import choose, lanes
 from ui.charts import confusion_figure, curves_figure, fewshot_figure, per_class_figure
 from ui.labels import dataset_label, head_label
 from ui.state import (
@@ -49,7 +50,18 @@ GALLERY_ANCHOR = "cell-gallery"
 # The page's parts, shown as the user picks them. It opens on the tables and text only: each chart is a Plotly
 # figure, and five of them with their galleries kept a new tab busy for 3.1 s in Chromium on an idle 2-core machine
 # (python -m bench --only browser), where the overview alone settles in about a third of that.
-VIEWS = ("Overview", "Few-shot curves", "Training curves", "Confusion matrices", "Per-class accuracy", "Misclassified")
+VIEWS = (
+    "Overview",
+    "Accuracy vs cost",
+    "Calibration",
+    "Few-shot curves",
+    "Training curves",
+    "Confusion matrices",
+    "Per-class accuracy",
+    "Misclassified",
+    "Agreement",
+    "Layer-wise",
+)
 DEFAULT_VIEWS = ("Overview",)
 VIEWS_KEY = "compare_views"
 # The runs table's visible columns (the CSV has them all): they fit a wide page at 1,400 px (looked at in Chromium;
@@ -62,6 +74,8 @@ SHOWN_COLUMNS = [
     "top-5 %",
     "test loss",
     "chosen",
+    "ECE %",
+    "ms / image",
     "finished",
 ]
 
@@ -148,6 +162,8 @@ def runs_table(runs: list[dict]) -> pd.DataFrame:
             "seed": [r["seed"] for r in runs],
             "skipped files": [len(r["skipped"] or []) for r in runs],
             "finished": [iso_time(r["finished_at"]) for r in runs],
+            # What the backbone costs on this machine (core.cost) and how calibrated the run is (ui.choose).
+            **choose.cost_columns(runs, choose.costs()),
         }
     )
 
@@ -199,9 +215,9 @@ def protocols_frame(runs: list[dict]) -> pd.DataFrame:
         )
         row[run["protocol"]] = cell
     frame = pd.DataFrame(list(rows.values()))
-    return frame.reindex(columns=["backbone", "weights", "features", *(p for p in PROTOCOLS if p in protocols)]).fillna(
-        ""
-    )
+    return frame.reindex(
+        columns=["backbone", "weights", "features", *(p for p in ALL_PROTOCOLS if p in protocols)]
+    ).fillna("")
 
 
 def fewshot_plot_points(few_shot: list[dict], full: list[dict]) -> list[dict]:
@@ -361,6 +377,10 @@ def show_runs_table(table: pd.DataFrame, runs: list[dict]) -> None:
             "test acc %": number(format="%.1f"),
             "top-5 %": number(format="%.1f"),
             "test loss": number(format="%.4f"),
+            "ECE %": number(format="%.1f", help="expected calibration error on the test part, as trained (15 bins)"),
+            "ms / image": number(
+                format="%.1f", help="the backbone's model-only time per image on this machine (python -m core cost)"
+            ),
         },
     )
     summary = split_summary(runs)
@@ -443,10 +463,14 @@ def show_fewshot(few_shot: list[dict], full: list[dict]) -> None:
         "Test accuracy against labelled training images per class, mean over the random draws with a ± 1 std band; "
         "the validation part stays whole at every level. The last point of each line is the whole training part."
     )
-    st.plotly_chart(
-        fewshot_figure(fewshot_plot_points(few_shot, full), n_classes=len(few_shot[0]["class_names"])),
-        config={"displayModeBar": False},
-    )
+    lines = lanes.zero_shot_lines(few_shot)  # zero-shot runs (0 labelled images): a horizontal line each
+    curves = [run for run in few_shot if run["protocol"] != "zeroshot"]
+    points = fewshot_plot_points(curves, full) if curves else []
+    figure = fewshot_figure(points, n_classes=len(few_shot[0]["class_names"]))
+    lanes.add_zero_shot_lines(figure, lines, list(dict.fromkeys(p["colour_key"] for p in points)))
+    st.plotly_chart(figure, config={"displayModeBar": False})
+    for sentence in lanes.crossing_text(points, lines):
+        st.markdown(markdown_text(sentence))
 
 
 def show_paired(runs: list[dict], predictions: dict[int, pd.DataFrame]) -> None:
@@ -458,7 +482,10 @@ def show_paired(runs: list[dict], predictions: dict[int, pd.DataFrame]) -> None:
     ids = list(by_id)
     a = columns[0].selectbox("Run A", ids, index=0, format_func=lambda i: run_name(by_id[i]), key="paired_a")
     b = columns[1].selectbox("Run B", ids, index=1, format_func=lambda i: run_name(by_id[i]), key="paired_b")
-    st.markdown(markdown_text(paired_text(by_id[a], by_id[b], predictions[a], predictions[b])))
+    sentence = paired_text(by_id[a], by_id[b], predictions[a], predictions[b])
+    if "cannot be paired" not in sentence and a != b:
+        sentence += choose.speed_clause(by_id[a], by_id[b], choose.costs())
+    st.markdown(markdown_text(sentence))
     st.caption(
         "On the same test images: the accuracy difference with a 95 % paired-bootstrap interval, "
         "and McNemar's exact test on the images exactly one of the two runs got right."

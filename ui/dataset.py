@@ -15,13 +15,15 @@ from core.base.text import markdown_text
 from core.data.datasets import OXFORD17_KEY, Dataset, DatasetEntry, dataset_summary, list_datasets, prepare_dataset
 from core.data.exclusions import can_undo, excluded_images, include_images, undo_exclusions
 from core.jobs.runner import progress_job
-from ui.jobs import any_job_active, job_card
+from ui.jobs import any_job_active, job_card, live_jobs
 from ui.labels import dataset_label
+from ui.lanes import show_prompt_editor
 from ui.launch import files_to_fetch, missing_files_markdown
 from ui.state import cached_dataset, job_runner, user_errors, workspace
 from ui.widgets import bar_table, photo_grid
 
 PREPARE_TITLE = "Prepare {name}"
+PREPARE_KINDS = ("prepare",)  # core.jobs.runner.JOB_KINDS: the jobs this page watches
 THUMB_PX = 96
 MAX_CLASSES_SHOWN = 20  # sample rows shown at once; more classes are picked from a list
 CLASSES_PER_ROW = 2  # six 96 px photos fill half of a wide page
@@ -44,13 +46,18 @@ def entry_label(entries: dict[str, DatasetEntry], key: str) -> str:
 
 
 def prepare(key: str, name: str) -> None:
-    job_runner().submit(PREPARE_TITLE.format(name=name), progress_job(prepare_dataset, key=key, workspace=workspace()))
+    job_runner().submit(
+        PREPARE_TITLE.format(name=name),
+        progress_job(prepare_dataset, key=key, workspace=workspace()),
+        kind="prepare",
+        key=key,
+    )
 
 
-def watch_jobs(prefixes: tuple[str, ...], *, state_key: str, shown: int = 3) -> None:
-    """Cards of the newest jobs whose titles start with ``prefixes``; when one this session watched finishes, the
-    whole page reruns to show its result. Call it from a ``st.fragment(run_every=...)``."""
-    jobs = [job for job in job_runner().jobs() if job.title.startswith(prefixes)][:shown]
+def watch_jobs(kinds: tuple[str, ...], *, state_key: str, shown: int = 3) -> None:
+    """Cards of the newest jobs of ``kinds`` (``core.jobs.runner.JOB_KINDS``); when one this session watched
+    finishes, the whole page reruns to show its result. Call it from ``ui.jobs.live_jobs``."""
+    jobs = job_runner().find(kinds=kinds)[:shown]
     watched = st.session_state.setdefault(state_key, set())
     finished = {job.id for job in jobs if not job.active} & watched
     watched.difference_update(finished)
@@ -61,10 +68,13 @@ def watch_jobs(prefixes: tuple[str, ...], *, state_key: str, shown: int = 3) -> 
         st.rerun(scope="app")
 
 
-@st.fragment(run_every=1.0)
 def preparation_jobs() -> None:
     """Live progress of dataset preparation; when one finishes, the page shows the dataset."""
-    watch_jobs((PREPARE_TITLE.format(name=""),), state_key="dataset_watched_jobs")
+    live_jobs(
+        lambda: watch_jobs(PREPARE_KINDS, state_key="dataset_watched_jobs"),
+        busy=lambda: any_job_active(PREPARE_KINDS),
+        refresh_s=1.0,
+    )
 
 
 def choose(requested: str | None) -> tuple[str, DatasetEntry | None]:
@@ -144,7 +154,7 @@ def load(choice: str) -> Dataset | None:
 
 
 def overview(dataset: Dataset) -> None:
-    if any_job_active((PREPARE_TITLE.format(name=""),)):
+    if any_job_active(PREPARE_KINDS):
         preparation_jobs()
     if dataset.synthetic:
         st.badge("Synthetic data", icon=":material/auto_awesome:", color="orange")
@@ -263,3 +273,4 @@ def dataset_page(requested: str | None) -> None:
     sample_photos(dataset)
     st.subheader("Excluded images")
     excluded_section(dataset.key)
+    show_prompt_editor(dataset)  # the zero-shot lane's class names and templates (ui.lanes)

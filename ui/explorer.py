@@ -11,15 +11,23 @@ tooltips, sprite sheets). Colour by: true class, predicted class or correct / in
 run (any protocol: every run records per-image test predictions), or any per-image score
 (``ImageScore``: a run's prediction confidence, and the data-health scores of ``core.health.checks`` where
 that module offers them), on a colour bar.
+
+Two maps are linked: either can be coloured by each photo's neighbour agreement between the two runs' feature
+spaces (``core.agreement.measures.neighbour_agreement``, a fixed 0..1 colour bar), "only where they disagree"
+keeps the photos whose two neighbourhoods share fewer than a chosen share (drawn where the whole map placed
+them), and a box or lasso on one map greys every other photo on both (plotly.js's ``unselected`` style; a click
+rings instead). A selection gets a per-class summary and CSV exports (``core.base.csv_export``); the tooltip
+says each photo's prediction, right or wrong, and its part of the split.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from core.agreement.measures import DEFAULT_K as DEFAULT_AGREEMENT_K
@@ -30,7 +38,7 @@ from core.base.text import markdown_text
 from core.data.datasets import Dataset
 from core.data.exclusions import relative_path
 from core.features.extract import FeatureSet, read_features
-from core.jobs.runner import progress_job
+from core.jobs.runner import Job, progress_job
 from core.maps.projection import (
     MAP_METHODS,
     MIN_MAP_POINTS,
@@ -38,6 +46,7 @@ from core.maps.projection import (
     MapParams,
     cached_map,
     cosine_neighbours,
+    fit_map_params,
 )
 from core.runs.naming import run_name
 from core.runs.sanity import DEFAULT_RULE
@@ -54,7 +63,7 @@ from ui.hover_scatter import (
     planned_thumbnails,
     prepare_thumbnails,
 )
-from ui.jobs import stage_text
+from ui.jobs import live_jobs, stage_text
 from ui.labels import dataset_label
 from ui.state import (
     cached_dataset,
@@ -398,23 +407,6 @@ def panel_traces(
     return traces
 
 
-def effective_params(method: str, params: MapParams, n_points: int) -> tuple[MapParams, str]:
-    """``params`` shrunk to what ``n_points`` allows, and a note saying so.
-
-    The limits are perplexity <= (n-1)/3 and n_neighbors <= n-1.
-    """
-    if method == "tsne" and params.perplexity > (n_points - 1) / 3:
-        lowered = float((n_points - 1) / 3)
-        return replace(
-            params, perplexity=lowered
-        ), f" (perplexity lowered from {params.perplexity:g} for {n_points} points)"
-    if method == "umap" and params.n_neighbors > n_points - 1:
-        return replace(
-            params, n_neighbors=n_points - 1
-        ), f" (neighbours lowered from {params.n_neighbors} for {n_points} points)"
-    return params, ""
-
-
 # ----------------------------------------------------------------------------------------------- cached data
 
 
@@ -444,52 +436,143 @@ def _maps_dir():
     return workspace().features_dir / "maps"
 
 
+# ----------------------------------------------------------------------------------------------- long work as jobs
+# A map's fit (t-SNE: seconds to minutes) and the data-health checks run in the job runner (core.jobs.runner), never
+# in the page's thread, as the sprite sheets do: the page looks the result up (memory, then disk), queues a job when it
+# is not there, shows the job's progress bar, and draws the result on the rerun that follows the job's end.
+
+JOB_REFRESH_S = 1.0  # the progress bar of a map or health job: as often as the job cards on the Train page
+_PENDING_KEY = "explorer_pending_jobs"  # what this session queued: work key -> job id (a failed job is not resubmitted)
+
+
+class _NotReady(Exception):
+    """Raised inside a cached lookup when the result is not computed yet, so that Streamlit caches nothing."""
+
+
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _map(
+def _ready_map(
     path: str, stamp: tuple[int, int], rows_digest: str, method: str, params: MapParams, _features: np.ndarray
 ) -> FeatureMap:
-    """``cached_map`` of ``_features`` (the features of some rows of file ``path``); the key leaves the array out,
-    so a rerun does not even hash the features."""
-    # Created inside the cached function so that a cache hit replays it (ending empty) instead of
-    # referring to an element of an earlier run.
-    bar = st.progress(0.0, text=f"{MAP_METHODS[method]} of {len(_features):,} points…")
-    feature_map = cached_map(
-        _features,
-        method=method,
-        params=params,
-        cache_dir=_maps_dir(),
-        progress=lambda event: bar.progress(event.fraction, text=stage_text(event)),
-    )
-    bar.empty()
-    return feature_map
+    """``cached_map`` of ``_features`` (the features of some rows of file ``path``) if it was made; the key leaves the
+    array out, so a rerun does not even hash the features. ``_NotReady`` (cached by nothing) until it was made."""
+    found = cached_map(_features, method=method, params=params, cache_dir=_maps_dir(), compute=False)
+    if found is None:
+        raise _NotReady
+    return found
 
 
-@st.cache_resource(show_spinner="Data health: label issues and outliers from the cached features…", max_entries=8)
-def _health(
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _ready_health(
     workspace_key: str, dataset_key: str, fingerprint: str, backbone: str, weights: str, variant: str | None, split: str
 ):
-    from core.health.checks import HealthConfig, dataset_health
+    """The health report (``core.health.checks.dataset_health``, from its disk cache) if computed; ``_NotReady``
+    until then. Features are never extracted here."""
+    from core.health.checks import dataset_health
 
-    # Cached on disk by core.health.checks too (a second server process reads the report); features are never extracted
-    # here.
-    return dataset_health(
-        dataset_key, backbone, workspace=workspace(), weights=weights, variant=variant, config=HealthConfig(split=split)
+    report = dataset_health(dataset_key, backbone, compute=False, **_health_options(weights, variant, split))
+    if report is None:
+        raise _NotReady
+    return report
+
+
+def _health_options(weights: str, variant: str | None, split: str) -> dict:
+    from core.health.checks import HealthConfig
+
+    return {"workspace": workspace(), "weights": weights, "variant": variant, "config": HealthConfig(split=split)}
+
+
+def _job_for(work: tuple, title: str, make_target, *, kind: str) -> Job:
+    """The job computing ``work`` (a hashable key): the one this session queued, an active one of ``kind`` for the
+    same work (another session's), or a new one queued now with the target ``make_target()`` builds."""
+    pending = st.session_state.setdefault(_PENDING_KEY, {})
+    runner = job_runner()
+    if work in pending:
+        try:
+            return runner.get(pending[work])
+        except FlowerProbeError:  # the runner was restarted
+            pending.pop(work)
+    job = next(iter(runner.find(kinds=(kind,), key=repr(work), active=True)), None)
+    if job is None:
+        job = runner.submit(title, make_target(), kind=kind, key=repr(work))
+    pending[work] = job.id
+    return job
+
+
+def _forget(work: tuple) -> None:
+    st.session_state.setdefault(_PENDING_KEY, {}).pop(work, None)
+
+
+def _job_bars(job_ids: list[int]) -> None:
+    """A progress bar per job, with the job's latest stage; a failed one says why and offers to try again."""
+    runner = job_runner()
+    for job_id in job_ids:
+        job = runner.get(job_id)
+        if job.active:
+            fraction = job.stage.fraction if job.stage is not None and job.status != "queued" else 0.0
+            what = stage_text(job.stage) if job.stage is not None and job.status != "queued" else job.status
+            st.progress(fraction, text=markdown_text(f"{job.title}: {what}"))
+        elif job.status in ("failed", "cancelled"):
+            st.warning(markdown_text(f"{job.title}: {job.status}. {job.error or ''}"), icon=":material/error:")
+        else:  # completed, yet its result is not where the page looks (a full disk, a cleared cache)
+            st.warning(
+                markdown_text(f"{job.title}: finished, but its result is not in the cache."), icon=":material/error:"
+            )
+
+
+def _show_pending(jobs: dict[tuple, Job]) -> None:
+    """Progress bars of ``jobs`` (work key -> job) that rerun every ``JOB_REFRESH_S`` while any is active; when the last
+    ends the page reruns and draws what they made. A failed or cancelled job can be queued again."""
+    ids = [job.id for job in jobs.values()]
+    live_jobs(
+        lambda: _job_bars(ids), busy=lambda: any(job_runner().get(i).active for i in ids), refresh_s=JOB_REFRESH_S
     )
+    ended = {work: job for work, job in jobs.items() if not job_runner().get(job.id).active}
+    if ended and st.button("Try again", key=f"explorer-retry-{min(j.id for j in ended.values())}"):
+        for work in ended:
+            _forget(work)
+        st.rerun()
 
 
-def _health_scores(dataset: Dataset, run: dict) -> list[ImageScore]:
-    """The data-health scores of ``run``'s features, or none (said on the page) when they cannot be computed."""
-    ws = workspace()
+def _map_or_job(
+    run: dict, rows: np.ndarray, method: str, params: MapParams, features: np.ndarray
+) -> tuple[FeatureMap | None, tuple, Job | None]:
+    """``run``'s map of ``rows`` if made, else the job making it (queued now if needed): (map, work key, job)."""
+    path = _features_file(run)
+    stamp, digest = _file_stamp(path), _rows_digest(rows)
+    work = ("map", path, stamp, digest, method, params)
     try:
-        report = _health(
-            f"{ws.root}|{ws.data_root}",
-            dataset.key,
-            dataset.fingerprint,
-            run["backbone"],
-            run["weights"],
-            run.get("features"),
-            run["split"],
+        return _ready_map(path, stamp, digest, method, params, features), work, None
+    except _NotReady:
+        pass
+    title = f"{MAP_METHODS[method]} map of {run_name(run)} ({len(rows):,} images, {params.describe(method)})"
+    job = _job_for(
+        work,
+        title,
+        lambda: progress_job(cached_map, features=features, method=method, params=params, cache_dir=_maps_dir()),
+        kind="map",
+    )
+    return None, work, job
+
+
+def _health_scores(dataset: Dataset, run: dict) -> list[ImageScore] | None:
+    """The data-health scores of ``run``'s features; None while a job computes them (its progress bar is shown), or
+    none (said on the page) when they cannot be computed."""
+    from core.health.checks import dataset_health
+
+    ws = workspace()
+    key = (dataset.key, dataset.fingerprint, run["backbone"], run["weights"], run.get("features"), run["split"])
+    try:
+        report = _ready_health(f"{ws.root}|{ws.data_root}", *key)
+    except _NotReady:
+        options = _health_options(run["weights"], run.get("features"), run["split"])
+        job = _job_for(
+            ("health", *key),
+            f"Data health of {dataset.name} ({run['backbone']} features)",
+            lambda: progress_job(dataset_health, dataset_key=dataset.key, backbone=run["backbone"], **options),
+            kind="health",
         )
+        _show_pending({("health", *key): job})
+        return None
     except FlowerProbeError as exc:
         st.info(markdown_text(f"No data-health scores: {exc}"), icon=":material/info:")
         return []
@@ -509,9 +592,13 @@ def _thumbnails(dataset: Dataset):
     if len(dataset.image_paths) >= BACKGROUND_FROM:
         source, ready = planned_thumbnails(dataset.image_paths, workspace=workspace())
         title = f"Thumbnails of {dataset.name}"
-        if not ready and not any(job.title == title and job.active for job in job_runner().jobs()):
+        key = f"thumbnails:{dataset.key}:{dataset.fingerprint}"
+        if not ready and not job_runner().find(kinds=("map",), key=key, active=True):
             job_runner().submit(
-                title, progress_job(prepare_thumbnails, paths=dataset.image_paths, workspace=workspace())
+                title,
+                progress_job(prepare_thumbnails, paths=dataset.image_paths, workspace=workspace()),
+                kind="map",
+                key=key,
             )
         if not ready:
             st.caption(
@@ -722,10 +809,10 @@ def _colour_controls(column, dataset: Dataset, runs: list[dict], on_dataset: dic
     if st.session_state.get("explorer_colour") == HEALTH_MODE or str(
         st.session_state.get("explorer_colour")
     ).startswith("score:health:"):
-        health = _health_scores(dataset, runs[0])
-        scores |= {score.key: score for score in health}
-        modes |= {f"score:{score.key}": score.name for score in health}
-        if st.session_state.get("explorer_colour") == HEALTH_MODE:  # chosen just now: show its first score
+        health = _health_scores(dataset, runs[0])  # None while a job computes them: the mode stays chosen till then
+        scores |= {score.key: score for score in health or []}
+        modes |= {f"score:{score.key}": score.name for score in health or []}
+        if st.session_state.get("explorer_colour") == HEALTH_MODE and health is not None:  # ready: its first score
             st.session_state["explorer_colour"] = f"score:{health[0].key}" if health else "class"
     if st.session_state.get("explorer_colour") not in modes:  # e.g. "predicted" chosen, then train images
         st.session_state["explorer_colour"] = "class"
@@ -737,6 +824,8 @@ def _colour_controls(column, dataset: Dataset, runs: list[dict], on_dataset: dic
         help="Predictions and scores need test images: runs predict only those.",
     )
     score = scores[colour.removeprefix("score:")] if colour.startswith("score:") else None
+    if colour == HEALTH_MODE:  # its scores are still being computed (a job): the maps show the classes meanwhile
+        colour = "class"
     return ("score" if score else colour), colour_runs, predictions, score
 
 
@@ -941,7 +1030,8 @@ def _selection_tables(view: View, selected: list[int]) -> None:
     summary = selection_summary(
         selected, labels=dataset.labels, class_names=dataset.class_names, on_map=view.rows, per_run=per_run
     )
-    st.dataframe(summary, hide_index=True, key="explorer-selection-summary")
+    with st.container(key="explorer-selection-summary"):  # an HTML table: 17 rows need no data-grid scripts
+        st.table(pd.DataFrame(summary).set_index("class"))
     runs = ", ".join(f"#{run['id']} = {run_name(run)}" for run in {r["id"]: r for r in view.colour_runs}.values())
     st.caption(
         markdown_text(
@@ -988,13 +1078,14 @@ def _selection_tables(view: View, selected: list[int]) -> None:
 def show_view(view: View) -> None:
     """Compute (or reuse) the maps, draw them with photo-on-hover, then the gallery of what a click or lasso picked."""
     dataset, rows = view.dataset, view.rows
-    params, lowered = effective_params(view.method, view.params, len(rows))
+    params, lowered = fit_map_params(view.method, view.params, len(rows))
     features = [feature_set.select(rows)[0] for feature_set in view.feature_sets]
-    digest = _rows_digest(rows)
-    maps = [
-        _map(_features_file(run), _file_stamp(_features_file(run)), digest, view.method, params, matrix)
-        for run, matrix in zip(view.runs, features)
-    ]
+    made = [_map_or_job(run, rows, view.method, params, matrix) for run, matrix in zip(view.runs, features)]
+    pending = {work: job for _, work, job in made if job is not None}
+    if pending:  # computed by jobs; this page draws the maps on the rerun after the last one ends
+        _show_pending(pending)
+        return
+    maps = [feature_map for feature_map, _, _ in made]
     hover_text = HoverText(
         class_names=[dataset.class_names[label] for label in dataset.labels],
         file_names=[path.name for path in dataset.image_paths],
@@ -1031,7 +1122,8 @@ def show_view(view: View) -> None:
     st.caption(
         f"{len(rows):,} images · {MAP_METHODS[view.method]} of the cached features, "
         f"{params.describe(view.method)}{lowered}. "
-        "Hover a point for its photo; click one, or box/lasso-select several (tools at the top right), for a gallery; "
+        "Hover a point for its photo; click one, or box/lasso-select several (tools beside the first map's title), "
+        "for a gallery, a per-class summary and a CSV (a box or lasso greys the other photos on every map); "
         "click a legend entry to hide a class, double-click to show only it."
     )
     if selected:

@@ -32,13 +32,15 @@ from core.health.checks import (
 )
 from core.jobs.runner import extraction_job, progress_job
 from core.probing.experiment import BackboneChoice, parse_backbone
+from core.runs.sanity import cache_feature_stats, collapsed_text
 from ui.dataset import undo_exclusion_button, watch_jobs
 from ui.jobs import any_job_active, live_jobs
 from ui.state import job_runner, thumbnail, user_errors, workspace
 
 THUMB_PX = 128
 PER_ROW = 6
-JOB_PREFIXES = ("Health check: ", "Features for health: ")
+TITLE_PREFIXES = {"health": "Health check: ", "health-features": "Features for health: "}  # for people to read
+JOB_KINDS = tuple(TITLE_PREFIXES)  # core.jobs.runner.JOB_KINDS: the jobs this page watches
 
 
 @dataclass(frozen=True)
@@ -88,17 +90,19 @@ def lookup(choice: HealthChoice) -> tuple[HealthReport | None, bool]:
 def queue_extraction(choice: HealthChoice) -> None:
     backbone = choice.choice
     job_runner().submit(
-        choice.title(JOB_PREFIXES[1]),
+        choice.title(TITLE_PREFIXES["health-features"]),
         extraction_job(
             dataset=choice.dataset, backbone=backbone.backbone, workspace=workspace(), weights=backbone.weights
         ),
+        kind="health-features",
+        key=choice.title(""),
     )
 
 
 def queue_check(choice: HealthChoice) -> None:
     backbone = choice.choice
     job_runner().submit(
-        choice.title(JOB_PREFIXES[0]),
+        choice.title(TITLE_PREFIXES["health"]),
         progress_job(
             dataset_health,
             dataset_key=choice.dataset,
@@ -108,6 +112,8 @@ def queue_check(choice: HealthChoice) -> None:
             variant=choice.variant,
             config=HealthConfig(),
         ),
+        kind="health",
+        key=choice.title(""),
     )
 
 
@@ -209,8 +215,8 @@ def form() -> HealthChoice | None:
 def health_jobs() -> None:
     """This page's jobs, redrawn every second while one runs; when one finishes, the page shows its result."""
     live_jobs(
-        lambda: watch_jobs(JOB_PREFIXES, state_key="health_watched_jobs"),
-        busy=lambda: any_job_active(JOB_PREFIXES),
+        lambda: watch_jobs(JOB_KINDS, state_key="health_watched_jobs"),
+        busy=lambda: any_job_active(JOB_KINDS),
         refresh_s=1.0,
     )
 
@@ -275,6 +281,15 @@ def show_report(report: HealthReport, dataset_root) -> None:
             + (f" · {len(report.skipped)} skipped (excluded or unreadable)" if report.skipped else "")
         )
     )
+    # Collapsed features (random-weight EfficientNet-Lite0's have a mean norm of ~2e-7) make every check unreliable.
+    collapsed = collapsed_text(
+        cache_feature_stats(workspace().features_dir / report.features_file, variant=report.variant)
+        if report.features_file
+        else None,
+        who=f"{report.backbone} ({'random weights' if report.weights == 'random' else report.weights})",
+    )
+    if collapsed:
+        st.warning(markdown_text(collapsed), icon=":material/warning:")
     # Down to the lowest stored candidate (pairs below it were never kept), and never a slider of zero width.
     floor = min(report.candidate_floor, report.duplicate_threshold, 0.99)
     threshold = st.slider(

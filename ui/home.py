@@ -35,7 +35,9 @@ def launch(preset: ComparisonPreset) -> None:
     """Queue ``preset`` in the job runner (a button callback: the message shows next to the button on the rerun)."""
     with user_errors():
         estimate = expected_duration(dataset=preset.dataset, backbones=list(preset.backbones), split=preset.split)
-        job = job_runner().submit(preset.title, preset_job(preset, workspace=workspace()))
+        job = job_runner().submit(
+            preset.title, preset_job(preset, workspace=workspace()), kind="comparison", key=preset.title
+        )
         st.session_state[LAUNCHED_KEY] = job.id
         if estimate is not None:
             st.session_state[f"{LAUNCHED_KEY}-estimate-{job.id}"] = estimate.seconds
@@ -181,7 +183,7 @@ def ready_made_comparisons() -> None:
 
 def _preset_jobs() -> list:
     titles = {preset.title for preset in (REFERENCE, OFFLINE_DEMO, OFFLINE_DEMO_RANDOM_RESNET)}
-    return [job for job in job_runner().jobs() if job.title in titles]
+    return [job for job in job_runner().find(kinds=("comparison",)) if job.key in titles]
 
 
 def _demo_progress() -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pandas as pd
 import streamlit as st
 
-from core.base.progress import ProgressEvent, format_duration
+from core.base.progress import STAGES, ProgressEvent, format_duration
 from core.base.text import markdown_text
 from core.jobs.runner import Job
 from ui.auth import access_controls
@@ -19,9 +19,9 @@ IDLE_REFRESH_S = 15.0
 SIDEBAR_REFRESH_S = 2.0  # a progress bar per running job; the job's own page shows it every second
 
 
-def any_job_active(prefixes: tuple[str, ...] = ("",)) -> bool:
-    """Whether a job whose title starts with one of ``prefixes`` is queued or running."""
-    return any(job.active and job.title.startswith(prefixes) for job in job_runner().jobs())
+def any_job_active(kinds: tuple[str, ...] = ()) -> bool:
+    """Whether a job of one of ``kinds`` (``core.jobs.runner.JOB_KINDS``; any kind when empty) is queued or running."""
+    return bool(job_runner().find(kinds=kinds, active=True))
 
 
 def live_jobs(view: Callable[[], None], *, busy: Callable[[], bool], refresh_s: float) -> None:
@@ -68,22 +68,11 @@ _JOB_ICONS = {
     "failed": ":material/error:",
     "cancelled": ":material/cancel:",
 }
-_STAGE_NAMES = {
-    "download": "Downloading",
-    "extract": "Extracting",
-    "weights": "Checking weights",
-    "features": "Feature extraction",
-    "generate": "Generating images",
-    "listing": "Listing images",
-    "fingerprint": "Fingerprinting files",
-    "thumbnails": "Thumbnails",
-    "tsne": "t-SNE",
-}
 
 
 def stage_text(event: ProgressEvent) -> str:
     """One line for a progress bar: what, how far, how fast."""
-    name = _STAGE_NAMES.get(event.stage, event.stage)
+    name = STAGES.get(event.stage, event.stage)
     if event.stage == "download":
         return f"{name}: {event.message} ({event.fraction:.0%})"
     left = (
@@ -91,13 +80,11 @@ def stage_text(event: ProgressEvent) -> str:
         if event.seconds_left is not None and event.done < event.total
         else ""
     )
+    if event.from_cache:
+        return f"{name}: from cache"
     if event.stage == "features":
         rate = f" · {event.rate:.1f} images/s" if event.rate else ""
-        return (
-            f"{name}: {event.done}/{event.total} images{rate}{left}"
-            if event.message != "features from cache"
-            else f"{name}: from cache"
-        )
+        return f"{name}: {event.done}/{event.total} images{rate}{left}"
     return f"{name}: {event.message or f'{event.done}/{event.total}'}{left}"
 
 
@@ -122,6 +109,55 @@ def _job_curves(epochs: list[dict]):
     for epoch in epochs:
         curves.setdefault(epoch["run"], []).append(epoch)
     return curves_figure(curves)
+
+
+def report_lines(job: Job) -> list[str]:
+    """What a finished job did, from its report (``core.jobs.history``): runs recorded, failed (with the reason),
+    cancelled, interrupted; plain text, one line each, nothing for a job that made no runs."""
+    report = job.report or {}
+    lines = []
+    if report.get("recorded"):
+        lines.append(f"Recorded {len(report['recorded'])} run(s): {', '.join(f'#{i}' for i in report['recorded'])}.")
+    for run_id, reason in report.get("failed", []):
+        lines.append(f"Run #{run_id} failed: {reason}")
+    if report.get("cancelled"):
+        lines.append(f"Cancelled run(s): {', '.join(f'#{i}' for i in report['cancelled'])} (not recorded).")
+    if report.get("interrupted"):
+        lines.append(f"Interrupted run(s): {', '.join(f'#{i}' for i in report['interrupted'])}.")
+    return lines
+
+
+def compare_link(job: Job) -> str | None:
+    """The Compare page's address showing the job's recorded runs (``?dataset=...&runs=...``); None without runs."""
+    report = job.report or {}
+    recorded = report.get("recorded") or job.run_ids
+    if not recorded:
+        return None
+    datasets = report.get("datasets") or []
+    dataset = f"dataset={datasets[0]}&" if len(datasets) == 1 else ""
+    return f"/compare?{dataset}runs={','.join(str(i) for i in recorded)}"
+
+
+def job_outcome(job: Job) -> None:
+    """How a finished job ended, what it recorded and failed, a link to Compare with those runs, and Retry."""
+    lines = report_lines(job)
+    body = "  \n".join(markdown_text(line) for line in lines)
+    if job.status == "failed":
+        st.error(markdown_text(job.error or "failed") + (f"  \n{body}" if body else ""), icon=":material/error:")
+    elif job.status == "cancelled":
+        st.warning(markdown_text(job.error or "Cancelled.") + (f"  \n{body}" if body else ""), icon=":material/cancel:")
+    elif body:
+        st.success(body, icon=":material/check_circle:")
+    elif job.run_ids:
+        st.success(f"Finished: run(s) {', '.join(f'#{i}' for i in job.run_ids)}.", icon=":material/check_circle:")
+    link = compare_link(job)
+    row = st.container(horizontal=True)
+    if link:
+        row.link_button("Compare these runs", link, icon=":material/compare_arrows:")
+    if job_runner().can_retry(job.id):
+        row.button(
+            "Retry", key=f"retry-job-{job.id}", icon=":material/replay:", on_click=job_runner().retry, args=(job.id,)
+        )
 
 
 def job_card(job: Job) -> None:
@@ -151,13 +187,8 @@ def job_card(job: Job) -> None:
                 on_click=job_runner().cancel,
                 args=(job.id,),
             )
-        elif job.status == "failed":
-            st.error(markdown_text(job.error or "failed"), icon=":material/error:")
-        elif job.status == "cancelled":
-            st.warning(markdown_text(job.error or "Cancelled."), icon=":material/cancel:")
-        elif job.run_ids:
-            st.success(f"Finished: run(s) {', '.join(f'#{i}' for i in job.run_ids)}.", icon=":material/check_circle:")
-            st.page_link("pages/compare.py", label="Compare the runs", icon=":material/compare_arrows:")
+        else:
+            job_outcome(job)
         if job.epochs:
             if job.active:
                 st.plotly_chart(_job_curves(job.epochs), key=f"job-curves-{job.id}", config={"displayModeBar": False})

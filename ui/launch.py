@@ -57,12 +57,24 @@ def missing_files_markdown(missing: list[dict]) -> str:
 
 
 def _cached_features(dataset: str) -> set[tuple[str, str]]:
-    """(backbone, weights) pairs with a completed run on ``dataset`` whose feature cache is still on disk."""
+    """(backbone, weights) pairs with a completed run on ``dataset`` as it is now whose feature cache is still on disk.
+
+    "As it is now": the run's dataset fingerprint must be the dataset's today. Excluding an image (or adding photos)
+    changes the fingerprint, the next run extracts again, and an estimate that counted the old cache said "about 10 s,
+    reuses 2 cached feature sets" before a 25 s extraction per backbone.
+    """
+    try:
+        fingerprint = cached_dataset(dataset).fingerprint
+    except FlowerProbeError:
+        return set()  # not prepared (or unreadable): nothing of it is cached
     # exists, not is_file: a cache is a folder of shards (core.features.extract), older ones a single .npz file.
     return {
         (run["backbone"], run["weights"])
         for run in list_runs(status="completed")
-        if run["dataset_key"] == dataset and (path := run_files(run).features) is not None and path.exists()
+        if run["dataset_key"] == dataset
+        and run["dataset_fingerprint"] == fingerprint
+        and (path := run_files(run).features) is not None
+        and path.exists()
     }
 
 

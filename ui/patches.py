@@ -12,13 +12,13 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from core.backbones.registry import list_backbones
+from core.backbones.registry import list_backbones, local_weights
 from core.base.text import markdown_text
 from core.data.datasets import list_datasets
 from core.data.images import SUPPORTED_UPLOAD_TYPES
 from core.jobs.runner import progress_job
-from core.maps.patches import DEFAULT_THRESHOLD, MIN_PATCHES, patch_grids, patch_views, sign_note
-from ui.jobs import job_card
+from core.maps.patches import MIN_PATCHES, otsu_threshold, patch_grids, patch_pca, patch_views, sign_note
+from ui.jobs import job_card, live_jobs
 from ui.labels import dataset_label
 from ui.state import cached_dataset, job_runner, workspace
 
@@ -35,17 +35,30 @@ class PatchInputs:
     images: list[tuple[str, object]]  # (name, source): dataset files (cached) or upload bytes
     key: tuple  # identifies the inputs: a new key means a new job
 
+    def describe(self) -> str:
+        """``dinov2_vits14 (pretrained), 3 photo(s)``: the job's title and the views' caption say it."""
+        return f"{self.backbone} ({self.weights}), {len(self.images)} photo(s)"
+
+
+def default_backbone(names: list[str]) -> str:
+    """``DEFAULT_BACKBONE`` when its pretrained weights are here, else the first backbone whose weights are (offline:
+    EfficientNet-Lite0, shipped in a pip package), else ``DEFAULT_BACKBONE`` (the page then warns)."""
+    here = [name for name in names if local_weights(name, workspace=workspace()) is not None]
+    return DEFAULT_BACKBONE if DEFAULT_BACKBONE in here or not here else here[0]
+
 
 def choose_inputs() -> PatchInputs | None:
     """Backbone, weights and photos (dataset images and uploads); None after saying what is missing."""
     left, right = st.columns(2)
     names = list_backbones()
+    default = default_backbone(names)
     backbone = left.selectbox(
         "Backbone",
         names,
-        index=names.index(DEFAULT_BACKBONE),
+        index=names.index(default),
         key="patches_backbone",
-        help="ViTs (DINOv2, timm ViTs) give patch tokens; CNNs their last feature map, a coarser grid.",
+        help="ViTs (DINOv2, timm ViTs) give patch tokens; CNNs their last feature map, a coarser grid. "
+        f"Chosen at first: {DEFAULT_BACKBONE} when its weights are here, else the first backbone whose are.",
     )
     weights = left.radio(
         "Weights",
@@ -54,6 +67,15 @@ def choose_inputs() -> PatchInputs | None:
         key="patches_weights",
         help="Random weights show what the architecture alone does: the contrast with pretrained is the point.",
     )
+    if weights == "pretrained" and local_weights(backbone, workspace=workspace()) is None:
+        # As Train warns: the job would try to download them, which fails on an offline machine.
+        st.warning(
+            f"The pretrained weights of {markdown_text(backbone)} are not in this workspace yet: computing downloads "
+            "them first, which needs internet access. Offline, choose a backbone whose weights are here "
+            f"({markdown_text(', '.join(n for n in names if local_weights(n, workspace=workspace())) or 'none')}) "
+            "or random weights.",
+            icon=":material/cloud_off:",
+        )
     prepared = {
         entry.key: dataset_label(entry.name, "synthetic" in entry.key)
         for entry in list_datasets(workspace())
@@ -114,7 +136,7 @@ def patch_job(inputs: PatchInputs):
             st.caption("Runs in the background job queue (one model forward per photo not computed before).")
             return None
         job = runner.submit(
-            f"{JOB_TITLE}: {inputs.backbone} ({inputs.weights}), {len(inputs.images)} photo(s)",
+            f"{JOB_TITLE}: {inputs.describe()}",
             progress_job(
                 patch_grids,
                 images=inputs.images,
@@ -122,6 +144,8 @@ def patch_job(inputs: PatchInputs):
                 weights=inputs.weights,
                 workspace=workspace(),
             ),
+            kind="patches",
+            key=repr(inputs.key),
         )
         st.session_state[_JOB_KEY] = (inputs.key, job.id)
     if job.status == "completed":
@@ -130,16 +154,12 @@ def patch_job(inputs: PatchInputs):
     return None
 
 
-@st.fragment(run_every=1.0)
 def _wait(job_id: int) -> None:
-    """The job's card, refreshed every second; the page reruns once the job has finished."""
-    job = next(j for j in job_runner().jobs() if j.id == job_id)
-    job_card(job)
-    if job.status == "completed":
-        st.rerun()
+    """The job's card, refreshed every second (``ui.jobs.live_jobs``); the page reruns once the job has finished."""
+    live_jobs(lambda: job_card(job_runner().get(job_id)), busy=lambda: job_runner().get(job_id).active, refresh_s=1.0)
 
 
-def show_views(job) -> None:
+def show_views(job, inputs: PatchInputs) -> None:
     """Each photo beside its first-component heat map, its foreground and the RGB of three components."""
     grids = job.result
     rows, cols = grids[0].grid
@@ -150,15 +170,20 @@ def show_views(job) -> None:
             icon=":material/info:",
         )
         return
+    automatic = round(otsu_threshold(patch_pca(grids)), 2)
+    if st.session_state.get("patches_threshold_for") != inputs.key:  # new photos or backbone: start at their Otsu
+        st.session_state["patches_threshold_for"] = inputs.key
+        st.session_state["patches_threshold"] = automatic
     threshold = st.slider(
         "Foreground threshold",
         0.0,
         1.0,
-        DEFAULT_THRESHOLD,
-        step=0.05,
+        step=0.01,
         key="patches_threshold",
-        help="Patches whose first component (scaled to 0-1 over all photos) is above this are foreground.",
+        help="Patches whose first component (scaled to 0-1 over all photos) is above this are foreground. It starts "
+        f"at the automatic threshold, {automatic:g} (Otsu's method on the first component of every patch).",
     )
+    st.caption(f"Automatic threshold (Otsu on the first component): {automatic:g}. Move the slider to change it.")
     views, pca = patch_views(grids, threshold=threshold)
     what = (
         "patch tokens"
@@ -167,7 +192,7 @@ def show_views(job) -> None:
     )
     st.caption(
         markdown_text(
-            f"{job.title.split(': ', 1)[-1]}: {what}, {rows} x {cols} = {rows * cols} patches per photo; "
+            f"{inputs.describe()}: {what}, {rows} x {cols} = {rows * cols} patches per photo; "
             f"one PCA over the {total} patches of the {len(grids)} photos. {sign_note(pca)}"
         )
     )

@@ -13,8 +13,9 @@ from core.backbones.variants import available_variants
 from core.data.datasets import DEFAULT_SPLIT
 from core.jobs.runner import probe_job
 from core.probing.experiment import parse_backbone
-from core.probing.probes import PROTOCOLS
+from core.probing.probes import PROTOCOLS, TOKEN_PROTOCOLS
 from core.probing.suite import ALL, DEFAULT_SEEDS, plan_suite
+from ui import lanes
 from ui.state import job_runner, user_errors, workspace
 
 PROTOCOL_LABELS = {
@@ -23,6 +24,7 @@ PROTOCOL_LABELS = {
     "logreg": "Logistic regression, 15 C values",
     "knn": "Weighted k-NN",
     "ncm": "Nearest class mean",
+    "attentive": "Attentive probe on patch tokens (CAPI head, lr x wd grid)",
 }
 SHOTS_OPTIONS = ["1", "2", "4", "8", "16", "all"]  # images per class; "all" = the whole training part
 
@@ -51,8 +53,14 @@ def probe_section(choice) -> None:
             "images per class, over several random draws; the validation part stays whole at every level."
         )
         protocols = st.multiselect(
-            "Protocols", PROTOCOLS, default=list(PROTOCOLS), format_func=PROTOCOL_LABELS.get, key="probe_protocols"
+            "Protocols",
+            [*PROTOCOLS, *TOKEN_PROTOCOLS],
+            default=list(PROTOCOLS),
+            format_func=PROTOCOL_LABELS.get,
+            key="probe_protocols",
         )
+        with user_errors():
+            tokens = lanes.tokens_option(choice, protocols)
         with user_errors():
             options = variant_options(choice.backbones) if choice.backbones else []
             features = st.multiselect(
@@ -82,16 +90,22 @@ def probe_section(choice) -> None:
                     "seeds": seeds,
                 }
                 plan = plan_suite(**kwargs)  # refuses bad choices here, with the message, before anything is queued
+                target = probe_job(
+                    dataset=choice.dataset,
+                    split=split,
+                    device=choice.device,
+                    precision=choice.precision,
+                    runtime=choice.runtime,
+                    workspace=workspace(),
+                    **kwargs,
+                )
+                if tokens:  # the patch tokens first, in the same job (said and checked against the disk there)
+                    target = lanes.tokens_then(target, choice=choice, workspace=workspace())
                 job = job_runner().submit(
                     f"Probe suite ({plan.runs} runs) on {choice.dataset_name}",
-                    probe_job(
-                        dataset=choice.dataset,
-                        split=split,
-                        device=choice.device,
-                        precision=choice.precision,
-                        workspace=workspace(),
-                        **kwargs,
-                    ),
+                    target,
+                    kind="probe",
+                    key=choice.dataset,
                 )
                 st.success(
                     f"Queued as job {job.id}: {plan.runs} runs; its progress is below.", icon=":material/rocket_launch:"

@@ -37,8 +37,9 @@ def workspace() -> Workspace:
 
 @st.cache_resource(show_spinner=False)
 def job_runner() -> JobRunner:
-    # The counter file keeps job ids growing across server restarts, as run ids do.
-    return JobRunner(counter_path=workspace().root / JOB_COUNTER_FILENAME)
+    # The counter file keeps job ids growing across server restarts, as run ids do; the registry keeps each job's
+    # history and report (core.jobs.history), so past jobs still say what they did after a restart.
+    return JobRunner(counter_path=workspace().root / JOB_COUNTER_FILENAME, registry_path=workspace().registry_path)
 
 
 @st.cache_resource(show_spinner=False)
@@ -148,7 +149,10 @@ def _load_dataset(key: str, root: str, data_root: str, stamp: tuple) -> Dataset:
 
 
 def cached_dataset(key: str) -> Dataset:
-    """``core.data.datasets.load_dataset``, re-read when a folder under the data root changes. Raises FlowerProbeError."""
+    """``core.data.datasets.load_dataset``, re-read when a folder under the data root changes.
+
+    Raises FlowerProbeError.
+    """
     ws = workspace()
     # Depth 3 reaches <data root>/<dataset>/<train|val|test>/<class>, the deepest layout a dataset has.
     # The exclusions file's stamp too: excluding an image changes the dataset (core.data.exclusions).

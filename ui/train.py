@@ -19,6 +19,7 @@ import streamlit as st
 from core.backbones.registry import get_config, list_backbones, parse_weights_overrides
 from core.data.datasets import DEFAULT_SPLIT, OXFORD17_KEY, list_datasets
 from core.features.extract import DEVICES, PRECISIONS
+from core.features.runtime import RUNTIMES
 from core.jobs.runner import comparison_job
 from core.probing.experiment import WEIGHTS_SEPARATOR, BackboneChoice, parse_backbone
 from core.probing.heads import HEAD_ARCHITECTURES, HeadConfig
@@ -44,6 +45,7 @@ class TrainForm:
     head: dict  # HeadConfig's fields, validated when the job is built
     device: str
     precision: str
+    runtime: str = "auto"  # CPU feature runtime (core.features.runtime.RUNTIMES)
 
     @property
     def title(self) -> str:
@@ -158,6 +160,14 @@ def form() -> TrainForm:
             key="train_precision",
             help="auto: mixed precision on GPU, bf16 on CPUs with native bf16.",
         )
+        runtime = columns[1].selectbox(
+            "CPU runtime",
+            RUNTIMES,
+            key="train_runtime",
+            help="How features are computed on a CPU. auto: PyTorch and onnxruntime are timed once per backbone on "
+            "this machine and the faster is kept (the figures go into the workspace's measured rates); onnxruntime "
+            "computes fp32 and falls back to PyTorch, saying why, when a backbone does not export. GPUs use PyTorch.",
+        )
         head["hidden_dim"] = int(
             columns[2].number_input(
                 "Hidden units (MLP)", min_value=1, max_value=8192, value=HEAD_DEFAULTS.hidden_dim, key="train_hidden"
@@ -203,6 +213,7 @@ def form() -> TrainForm:
         head=head,
         device=device,
         precision=precision,
+        runtime=runtime,
     )
 
 
@@ -233,8 +244,11 @@ def launch_section(choice: TrainForm) -> None:
                     head=HeadConfig(**choice.head),
                     device=choice.device,
                     precision=choice.precision,
+                    runtime=choice.runtime,
                     workspace=workspace(),
                 ),
+                kind="comparison",
+                key=choice.title,
             )
             st.success(f"Queued as job {job.id}; its progress is below.", icon=":material/rocket_launch:")
     if not choice.backbones:

@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from scipy import stats
-from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import normalize
 
 from core.base.errors import FlowerProbeError
@@ -32,6 +31,8 @@ DEFAULT_K = 10  # platonic-rep's default, and DINOv2's smallest k-NN k
 CONFIDENCE = 0.95
 # Resamples per interval, as core.probing.stats: the interval's ends move by well under a point between seeds.
 N_RESAMPLES = 2000
+# Similarities held at once by the neighbour search: 16M float32 = 64 MB (838 query rows at 20,000 images).
+BLOCK_ELEMENTS = 1 << 24
 CKA_ESTIMATOR = "linear kernel, unbiased HSIC (Song et al. 2012)"
 
 
@@ -98,10 +99,19 @@ def nearest_neighbours(features: np.ndarray, *, k: int = DEFAULT_K) -> np.ndarra
     x = _features(features, "features")
     _check_k(k, len(x))
     unit = normalize(x.astype(np.float32, copy=False))
-    # On unit vectors Euclidean order is cosine order, and scikit-learn's brute Euclidean search is its fast path
-    # (chunked GEMM ArgKmin, memory bounded by sklearn's working_memory): no n x n matrix at 20,000 images.
-    index = NearestNeighbors(n_neighbors=int(k), algorithm="brute", metric="euclidean").fit(unit)
-    return index.kneighbors(return_distance=False).astype(np.int64)  # no query: each image's own row is left out
+    n, k = len(unit), int(k)
+    neighbours = np.empty((n, k), dtype=np.int64)
+    # A blocked matmul rather than scikit-learn's NearestNeighbors (brute, Euclidean on unit vectors): 3x faster at
+    # 1,360 images on 2 cores (0.3 s against 1.0 s, measured side by side), with the same bounded memory.
+    block = max(1, BLOCK_ELEMENTS // n)
+    for start in range(0, n, block):
+        similarity = unit[start : start + block] @ unit.T  # (block, n)
+        rows = np.arange(len(similarity))
+        similarity[rows, rows + start] = -np.inf  # never its own neighbour, even among exact duplicates
+        top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(similarity, top, axis=1), axis=1, kind="stable")
+        neighbours[start : start + block] = np.take_along_axis(top, order, axis=1)
+    return neighbours
 
 
 def shared_neighbours(neighbours_a: np.ndarray, neighbours_b: np.ndarray) -> np.ndarray:
@@ -425,17 +435,20 @@ def feature_agreement(
 # ----------------------------------------------------------------------------------------------- in words
 
 
-def _percent(value: float) -> str:
-    return f"{value * 100:.0f} %" if value * 100 >= 9.5 or value == 0 else f"{value * 100:.1f} %"
+def _percent(value: float, *, decimals: int | None = None) -> str:
+    """``41 %``; one decimal below 9.5 % (``0.7 %``), where whole points would say 1 % or 0 %."""
+    decimals = (0 if value * 100 >= 9.5 or value == 0 else 1) if decimals is None else decimals
+    return f"{value * 100:.{decimals}f} %"
 
 
 def neighbour_sentence(agreement: FeatureAgreement) -> str:
     """``Their neighbourhoods agree on 41 % of neighbours (95 % CI 39 to 43 %; ...)`` (plain text)."""
     low, high = agreement.mutual_knn_interval
+    decimals = 0 if high * 100 >= 9.5 else 1
     return (
-        f"Their neighbourhoods agree on {_percent(agreement.mutual_knn)} of neighbours "
-        f"({CONFIDENCE * 100:.0f} % CI {low * 100:.0f} to {high * 100:.0f} %; each image's {agreement.k} nearest "
-        f"by cosine among {agreement.n_images:,} images; two unrelated spaces would share "
+        f"Their neighbourhoods agree on {_percent(agreement.mutual_knn, decimals=decimals)} of neighbours "
+        f"({CONFIDENCE * 100:.0f} % CI {low * 100:.{decimals}f} to {_percent(high, decimals=decimals)}; each image's "
+        f"{agreement.k} nearest by cosine among {agreement.n_images:,} images; two unrelated spaces would share "
         f"{_percent(agreement.chance)})."
     )
 
@@ -464,8 +477,9 @@ def kappa_sentence(consistency: ErrorConsistency) -> str:
         head = f"They make the same mistakes {how}, kappa {c.kappa:.2f}"
         if c.interval:
             head += f" ({CONFIDENCE * 100:.0f} % CI {low:.2f} to {high:.2f})"
+    agree = c.both_right + c.both_wrong
     return (
-        f"{head}: on {c.n_images:,} test images both were wrong on {c.both_wrong:,} and both right on "
-        f"{c.both_right:,}, where independent runs with these accuracies would agree on {_percent(c.expected)} "
-        f"of images, not {_percent(c.observed)}."
+        f"{head}: they agree on {agree:,} of {c.n_images:,} test images ({_percent(c.observed)}; both right on "
+        f"{c.both_right:,}, both wrong on {c.both_wrong:,}), where two independent runs with these accuracies would "
+        f"agree on {_percent(c.expected)}."
     )

@@ -203,10 +203,7 @@ def layer_forward(model: nn.Module) -> Iterator[Callable[[torch.Tensor], dict[st
     """
     names = model_layers(model)
     kept: dict[int, torch.Tensor] = {}
-    if is_token_vit(model):
-        modules = list(model.blocks)
-    else:
-        modules = _stages(model)
+    modules = list(model.blocks) if is_token_vit(model) else _stages(model)
     handles = [
         module.register_forward_hook(lambda _m, _i, out, k=k: kept.__setitem__(k, out))
         for k, module in enumerate(modules)

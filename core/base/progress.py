@@ -12,15 +12,34 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+# The stages events name (``ProgressEvent.stage``) and what a person reads for each (job cards, the sidebar). A step
+# of a new kind adds its name here.
+STAGES = {
+    "download": "Downloading",
+    "extract": "Extracting",
+    "weights": "Checking weights",
+    "features": "Feature extraction",
+    "generate": "Generating images",
+    "listing": "Listing images",
+    "fingerprint": "Fingerprinting files",
+    "thumbnails": "Thumbnails",
+    "tsne": "t-SNE",
+    "map": "Map",
+    "health": "Data health",
+    "train": "Training",  # one event per epoch, with its metrics
+    "probe": "Probe runs",  # one event per run of a probe suite
+}
+
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    stage: str  # "download", "extract", "features", "train", "tsne", ...
+    stage: str  # a name of STAGES: "download", "features", "train", "tsne", ...
     done: int
     total: int
     message: str = ""
     rate: float | None = None  # items per second, when meaningful (images/s for features)
     metrics: dict = field(default_factory=dict)  # per-epoch numbers during training
+    from_cache: bool = False  # the step's result was read from a cache: nothing was computed (and no rate measured)
 
     @property
     def fraction(self) -> float:

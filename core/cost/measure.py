@@ -23,6 +23,8 @@ a backbone is measured once; ``remeasure`` measures again.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import io
 import json
 import os
@@ -31,8 +33,9 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -52,8 +55,9 @@ from core.features.rates import rate_entries
 COSTS_FILENAME = "backbone-costs.json"
 DEFAULT_BATCH_SIZE = 64  # core.probing.experiment.ExperimentConfig.feature_batch_size: extraction's batch
 DEFAULT_BUDGET_S = 30.0  # per backbone, building included
-LATENCY_REPEATS = 20  # at most; at least MIN_LATENCY_REPEATS, within a fifth of the budget
-MIN_LATENCY_REPEATS = 5
+LATENCY_REPEATS = 20  # at most; at least MIN_LATENCY_REPEATS, within a sixth of the budget
+MIN_LATENCY_REPEATS = 3
+DECODE_SAMPLE = 16  # JPEGs decoded and preprocessed to time a batch's decoding (scaled to the batch)
 # The CPU features that decide a forward's speed on a CPU (AVX-512 BF16 and AMX make bf16 fast).
 CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
 BUSY_LOAD_PER_CORE = 0.5  # a 1-minute load average above half the cores: other work competed for the CPU
@@ -67,7 +71,7 @@ def cpu_model_and_flags() -> tuple[str, list[str]]:
     """The CPU's model name and which of ``CPU_FLAGS`` it has (from /proc/cpuinfo; empty elsewhere)."""
     model, flags = platform.processor() or platform.machine(), set()
     try:
-        for line in open("/proc/cpuinfo", encoding="utf-8").read().splitlines():  # noqa: SIM115 (read whole)
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
                 model = line.split(":", 1)[1].strip()
             elif line.startswith("flags") and not flags:
@@ -126,6 +130,17 @@ def _timed(model: torch.nn.Module, batch: torch.Tensor, device: torch.device) ->
         model(batch)
     _sync(device)
     return time.perf_counter() - started
+
+
+def _release_freed_memory() -> None:
+    """Hand memory freed earlier (a previous backbone's tensors) back to the OS, so an RSS rise is this forward's.
+
+    glibc keeps freed heap memory in the process (RSS does not fall), and a forward reusing it would look free;
+    ``malloc_trim(0)`` returns it. A no-op where there is no glibc.
+    """
+    gc.collect()
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class _PeakRss:
@@ -200,6 +215,7 @@ class BackboneCost:
     load_after: list[float]
     busy: str | None  # busy_note, None when the machine was quiet enough
     runtime: str  # what ran the forward
+    stage_seconds: dict  # wall time of each step: build_s, flops_s, latency_s, batches_s, decode_s
     seconds: float  # the measurement's own wall time
     measured_at: float  # unix time
 
@@ -341,6 +357,7 @@ def _measure(
     steps = 5
     report(progress, "cost", 0, steps, message=f"{backbone}: building")
     model, _ = build_backbone(backbone, weights=weights, workspace=workspace)
+    stages = {"build_s": time.perf_counter() - started}
     parameters = count_parameters(model)
     model = prepare_model(model, device=device, precision=precision, in_place=True)
     dtype = next(model.parameters()).dtype
@@ -365,14 +382,15 @@ def _measure(
         feature_dim = int(output.reshape(1, -1).shape[1])
 
         report(progress, "cost", 2, steps, message=f"{backbone}: latency of one image")
-        _timed(model, one, device)  # second warm-up
+        stages["flops_s"] = time.perf_counter() - started - stages["build_s"]
         latencies = []
-        latency_deadline = time.perf_counter() + budget_s / 5
+        latency_deadline = time.perf_counter() + budget_s / 6
         while len(latencies) < LATENCY_REPEATS and (
             len(latencies) < MIN_LATENCY_REPEATS or time.perf_counter() < latency_deadline
         ):
             latencies.append(_timed(model, one, device))
 
+        stages["latency_s"] = sum(latencies)
         report(progress, "cost", 3, steps, message=f"{backbone}: {batch_size} images a batch")
         batch = images(batch_size)
         if device.type == "cuda":
@@ -383,6 +401,7 @@ def _measure(
             peak = torch.cuda.max_memory_allocated(device)
             memory_kind = "torch.cuda.max_memory_allocated"
         else:
+            _release_freed_memory()
             rss = _PeakRss()
             memory_before = rss.before
             with rss.watch():
@@ -392,6 +411,7 @@ def _measure(
             peak = rss.peak
             memory_kind = "process RSS (psutil, sampled every 1 ms)"
     batch_seconds = warm if warm is not None else cold
+    stages["batches_s"] = cold + (warm or 0.0)
     del batch
 
     report(progress, "cost", 4, steps, message=f"{backbone}: end to end")
@@ -405,14 +425,16 @@ def _measure(
     else:
         jpeg, transform = _example_jpeg(), make_transform(config)
         decode_started = time.perf_counter()
-        for _ in range(batch_size):
+        for _ in range(min(DECODE_SAMPLE, batch_size)):
             transform(load_image(jpeg, draft_size=config.resize))
-        decode_seconds = time.perf_counter() - decode_started
-        end_to_end = batch_size / (decode_seconds + batch_seconds)
+        per_image = (time.perf_counter() - decode_started) / min(DECODE_SAMPLE, batch_size)
+        stages["decode_s"] = per_image * min(DECODE_SAMPLE, batch_size)
+        end_to_end = batch_size / (per_image * batch_size + batch_seconds)
         source_kind = "decode+forward"
         end_to_end_note = (
-            f"decoding and preprocessing {batch_size} 500x375 JPEGs ({decode_seconds:.2f} s) then the model's batch, "
-            f"in sequence in one process; an extraction overlaps them with loader workers"
+            f"decoding and preprocessing 500x375 JPEGs ({per_image * 1000:.0f} ms each, timed on "
+            f"{min(DECODE_SAMPLE, batch_size)}) then the model's batch, in sequence in one process; an extraction "
+            f"overlaps them with loader workers"
         )
     report(progress, "cost", steps, steps, message=f"{backbone}: done")
     cpu, cpu_flags = cpu_model_and_flags()
@@ -447,13 +469,14 @@ def _measure(
         load_after=load_average(),
         busy=busy_note(load_before, cores),
         runtime=f"PyTorch {torch.__version__} (eager)",
+        stage_seconds={k: round(v, 3) for k, v in stages.items()},
         seconds=time.perf_counter() - started,
         measured_at=time.time(),
     )
 
 
 def measure_costs(
-    specs: list[tuple[str, str]],
+    specs: list[tuple[str, str]] | list[tuple[str, str, str]],
     *,
     workspace: Workspace,
     device: str = "auto",
@@ -462,21 +485,23 @@ def measure_costs(
     remeasure: bool = False,
     progress: ProgressCallback | None = None,
 ) -> list[tuple[str, str, BackboneCost | None, bool, str | None]]:
-    """``measure_cost`` for each (backbone, weights); one that cannot be built here does not stop the others.
+    """``measure_cost`` for each (backbone, weights) or (backbone, weights, precision) (that precision instead of
+    ``precision``: the Compare page measures each backbone at its runs' precision); one that cannot be built here
+    does not stop the others.
 
     Returns
     -------
     list of (backbone, weights, cost or None, reused, error message or None), in order.
     """
     results = []
-    for backbone, weights in specs:
+    for backbone, weights, *own_precision in specs:
         try:
             cost, reused = measure_cost(
                 backbone,
                 weights=weights,
                 workspace=workspace,
                 device=device,
-                precision=precision,
+                precision=own_precision[0] if own_precision else precision,
                 batch_size=batch_size,
                 remeasure=remeasure,
                 progress=progress,

@@ -23,6 +23,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import platform
 import time
@@ -44,6 +45,20 @@ from core.base.progress import ProgressCallback, RateMeter, report
 from core.base.workspace import Workspace
 from core.data.datasets import Dataset
 from core.data.images import load_image
+from core.features.runtime import (
+    RuntimeChoice,
+    check_runtime,
+    choice_key,
+    cpu_flags,
+    default_runtime,
+    iter_onnx_batches,
+    measure_runtimes,
+    record_choice,
+    recorded_choice,
+    threaded_batches,
+)
+from core.onnx.backbone import backbone_graph
+from core.onnx.export import OnnxUnavailableError
 
 # Bump when the extraction itself changes (token choice, resizing code): old caches then miss.
 # Version 1 is the single-file .npz cache (default variant only), still read; version 2 the sharded folder.
@@ -56,6 +71,10 @@ DEFAULT_SHARD_SIZE = 4096
 # memory an extraction ends with does not grow with the dataset; Oxford 17's largest variant is 17 MB.
 MMAP_ABOVE_BYTES = 64 << 20
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# The exporter of the feature engine's graphs (core.onnx.export.EXPORTERS): "auto" is the dynamo exporter, the
+# TorchScript one where dynamo fails.
+ENGINE_EXPORTER = "auto"
+
 DEVICES = ("auto", "cuda", "mps", "cpu")
 
 
@@ -137,6 +156,8 @@ class FeatureSet:
     from_cache: bool = False
     cache_path: Path | None = field(default=None, compare=False)
     variant: str | None = None  # the core.backbones.variants name of these features; None only for hand-made sets
+    # What computed them: "torch" or "onnxruntime" (core.features.runtime); caches written before runtimes: "torch".
+    runtime: str = "torch"
 
     @property
     def images_per_second(self) -> float:
@@ -418,6 +439,7 @@ def _read_sharded(folder: Path, variant: str | None) -> FeatureSet | None:
         from_cache=True,
         cache_path=folder,
         variant=variant,
+        runtime=manifest.get("runtime", "torch"),
     )
 
 
@@ -625,15 +647,16 @@ class CacheEntry:
     def of(
         cls,
         dataset: Dataset,
-        backbone: ResolvedBackbone,
+        backbone: ResolvedBackbone | str,
         *,
         workspace: Workspace,
         precision: str,
         weights_tag: str | None = None,
         progress: ProgressCallback | None = None,
     ) -> CacheEntry:
-        """The entry of ``backbone`` on ``dataset``; ``weights_tag`` defaults to the located backbone's
-        (``backbone.located(...)``), the tag its model is built with."""
+        """The entry of ``backbone`` (the resolved record; a name is resolved here) on ``dataset``; ``weights_tag``
+        defaults to the located record's (``backbone.located(...)``), the tag its model is built with."""
+        backbone = resolve_backbone(backbone)
         if weights_tag is None:
             weights_tag = backbone.weights_tag
         fingerprint = dataset.compute_fingerprint(progress=progress)  # stats every file: once for both names
@@ -698,7 +721,7 @@ def cached_extraction(
             lock.enter_context(_exclusive(entry.folder.with_name(entry.folder.name + ".lock")))
             cached = entry.read(variant)  # another process's, made meanwhile
         if cached is not None:
-            report(progress, "features", n, n, message="features from cache")
+            report(progress, "features", n, n, message="features from cache", from_cache=True)
             return cached
         cache = entry.open(shard_size=shard_size)
         device = fill(cache, cache.missing_shards(), progress)
@@ -720,14 +743,19 @@ def _local_filler(
     device: torch.device,
     batch_size: int,
     num_workers: int | None,
+    choice: RuntimeChoice | None = None,
+    model: Callable[[], torch.nn.Module] | None = None,
 ) -> ShardFiller:
-    """Fill missing shards in this process: one model, one loader over the missing rows in shard order."""
+    """Fill missing shards in this process: one model, one loader over the missing rows in shard order.
+
+    ``choice`` (``choose_runtime``'s) says which runtime computes them, PyTorch when None; ``model`` returns the
+    backbone's model when the caller built one already (the runtime choice did).
+    """
 
     def fill(cache: ShardedCache, missing: list[int], progress: ProgressCallback | None) -> str:
         if not missing:
             return cache.manifest.get("device", device_name(device))
         paths = entry.dataset.image_paths
-        model = entry.resolved.build(workspace=workspace, progress=progress)
         # Batches never straddle two shards, so each shard is written as soon as its last batch is done.
         batches = [
             list(rows[s : s + batch_size])
@@ -735,20 +763,37 @@ def _local_filler(
             for rows in [cache.shard_rows(i)]
             for s in range(0, len(rows), batch_size)
         ]
-        loader = feature_loader(paths, entry.resolved, device=device, num_workers=num_workers, batches=batches)
         done_before = len(paths) - sum(len(cache.shard_rows(i)) for i in missing)
         pending: dict[str, list] = {"features": [], "rows": [], "skipped": [], "seen": 0}
         started = time.perf_counter()
-        batches_out = iter_feature_batches(
-            model,
-            loader,
-            device=device,
-            precision=entry.precision,
-            total=len(paths),
-            variants=entry.variants,
-            progress=progress,
-            done=done_before,
-        )
+        if choice is not None and choice.runtime == "onnxruntime":
+            cache.manifest["runtime"] = "onnxruntime"
+            # Decode in a thread pool beside onnxruntime's forward: at 150-250 images/s decoding in line would
+            # cost a third of the time (python -m bench --only onnx measures both).
+            images = _DatasetImages(tuple(paths), entry.resolved)
+            batches_out = iter_onnx_batches(
+                choice.graph.session(),
+                choice.graph,
+                threaded_batches(images.__getitem__, batches, workers=num_workers or None),
+                total=len(paths),
+                variants=entry.variants,
+                progress=progress,
+                done=done_before,
+            )
+        else:
+            cache.manifest["runtime"] = "torch"
+            built = model() if model is not None else entry.resolved.build(workspace=workspace, progress=progress)
+            loader = feature_loader(paths, entry.resolved, device=device, num_workers=num_workers, batches=batches)
+            batches_out = iter_feature_batches(
+                built,
+                loader,
+                device=device,
+                precision=entry.precision,
+                total=len(paths),
+                variants=entry.variants,
+                progress=progress,
+                done=done_before,
+            )
         for features, rows, skipped in batches_out:
             index = (rows[0] if len(rows) else skipped[0][0]) // cache.shard_size
             pending["features"].append(features)
@@ -775,6 +820,106 @@ def _local_filler(
     return fill
 
 
+def _say(progress: ProgressCallback | None, line: str) -> None:
+    """One line about the runtime, to the progress callback (pages, the job log) and the log (the CLI)."""
+    logging.getLogger("flower_probe").warning(line)
+    report(progress, "runtime", 1, 1, message=line)
+
+
+def choose_runtime(
+    backbone: ResolvedBackbone,
+    *,
+    workspace: Workspace,
+    device: torch.device,
+    precision: str,
+    runtime: str,
+    model: Callable[[], torch.nn.Module],
+    progress: ProgressCallback | None = None,
+) -> RuntimeChoice:
+    """Which runtime computes ``backbone``'s features on ``device``, at which precision, and why (one line).
+
+    ``runtime`` "torch" is PyTorch; "onnxruntime" is onnxruntime fp32 (CPU only; falls back to PyTorch with the
+    reason when the graph cannot be made or trusted); "auto" measures both the first time per (backbone, weights,
+    input size, CPU) on this workspace (``core.features.runtime.measure_runtimes``) and keeps the faster, with both
+    figures, in the measured-rates file. ``precision`` is the user's preference; onnxruntime computes fp32 only.
+    """
+    runtime = check_runtime(runtime)
+    torch_precision = select_precision(device, precision, backbone=backbone.name)
+    if runtime == "torch":
+        return RuntimeChoice("torch", torch_precision, "runtime torch was asked for")
+    if device.type != "cpu":
+        if runtime == "onnxruntime":
+            raise FlowerProbeError(
+                f"runtime must be 'torch' or 'auto' on device {device.type}: onnxruntime is Flower Probe's CPU engine "
+                f"only (GPU extraction stays on PyTorch); got 'onnxruntime'."
+            )
+        return RuntimeChoice("torch", torch_precision, f"{device.type} extraction runs on PyTorch")
+    if precision not in ("auto", "fp32"):
+        if runtime == "onnxruntime":
+            raise FlowerProbeError(
+                f"precision must be 'auto' or 'fp32' with runtime 'onnxruntime' (it computes fp32 only); got "
+                f"{precision!r}."
+            )
+        return RuntimeChoice("torch", torch_precision, f"precision {precision} runs on PyTorch (onnxruntime is fp32)")
+    try:
+        graph = backbone_graph(backbone, workspace=workspace, model=model, progress=progress, exporter=ENGINE_EXPORTER)
+        graph_session = graph.session()
+    except OnnxUnavailableError as exc:
+        line = f"{backbone.spec}: onnxruntime not used, features from PyTorch: {exc}"
+        _say(progress, line)
+        return RuntimeChoice("torch", torch_precision, line)
+    if graph.rebuilt:
+        _say(progress, f"{backbone.spec}: {graph.rebuilt}")
+    if runtime == "onnxruntime":
+        return RuntimeChoice("onnxruntime", "fp32", "runtime onnxruntime was asked for", graph=graph)
+    threads = torch.get_num_threads()
+    key = choice_key(
+        weights_tag=backbone.weights_tag,
+        input_size=backbone.input_size,
+        torch_precision=torch_precision,
+        threads=threads,
+    )
+    figures = recorded_choice(workspace, backbone.name, key)
+    if figures is None:
+        report(progress, "runtime", 0, 1, message=f"Timing PyTorch and onnxruntime on {backbone.spec} (once)")
+        prepared = prepare_model(model(), device=device, precision=torch_precision)
+
+        def torch_forward(images: torch.Tensor) -> None:
+            batch = [(images, torch.arange(len(images)), [""] * len(images))]
+            for _ in iter_feature_batches(
+                prepared, batch, device=device, precision=torch_precision, total=len(images), variants=graph.variants
+            ):
+                pass
+
+        torch_rate, onnx_rate = measure_runtimes(torch_forward, graph_session, graph)
+        winner = "onnxruntime" if onnx_rate > torch_rate else "torch"
+        figures = {
+            "runtime": winner,
+            "images_per_s": round(max(torch_rate, onnx_rate), 3),
+            "torch_images_per_s": round(torch_rate, 3),
+            "torch_precision": torch_precision,
+            "onnxruntime_images_per_s": round(onnx_rate, 3),
+            "onnx_exporter": graph.exporter,
+            "input_size": backbone.input_size,
+            "weights_tag": backbone.weights_tag,
+            "threads": threads,
+            "cpu_flags": list(cpu_flags()),
+            "load_average": list(os.getloadavg()),
+            "measured_at": time.time(),
+        }
+        record_choice(workspace, backbone.name, key, figures)
+    winner = figures["runtime"]
+    line = (
+        f"{backbone.spec}: {winner} chosen (measured on this CPU: PyTorch {figures['torch_precision']} "
+        f"{figures['torch_images_per_s']:.1f} images/s, onnxruntime fp32 {figures['onnxruntime_images_per_s']:.1f} "
+        f"images/s)"
+    )
+    report(progress, "runtime", 1, 1, message=line)
+    if winner == "onnxruntime":
+        return RuntimeChoice("onnxruntime", "fp32", line, graph=graph, figures=figures)
+    return RuntimeChoice("torch", torch_precision, line, figures=figures)
+
+
 def extract_features(
     dataset: Dataset,
     backbone: ResolvedBackbone | str,
@@ -788,6 +933,7 @@ def extract_features(
     progress: ProgressCallback | None = None,
     variant: str | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
+    runtime: str | None = None,
 ) -> FeatureSet:
     """Features of every image in ``dataset`` from ``backbone``, from the cache when present.
 
@@ -810,12 +956,18 @@ def extract_features(
         so asking for another one later runs no forward.
     shard_size : int
         Images per cache shard, the most a killed extraction recomputes.
+    runtime : str, optional
+        ``"auto"`` (measured on first use, see ``choose_runtime``), ``"torch"`` or ``"onnxruntime"`` (CPU only);
+        None reads ``FLOWER_PROBE_RUNTIME`` (``default_runtime``), "auto" when it is unset.
+        Features already cached at the chosen precision are read whatever runtime made them
+        (``FeatureSet.runtime`` says which).
 
     Returns
     -------
     FeatureSet
         ``features`` of shape (n_ok, feature_dim) for the ``rows`` that decoded; ``skipped`` lists the rest.
     """
+    runtime = check_runtime(default_runtime() if runtime is None else runtime)
     for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
         if not isinstance(value, int) or value < 1:
             raise FlowerProbeError(f"{name} must be a positive integer, got {value!r}.")
@@ -823,9 +975,42 @@ def extract_features(
     variant = backbone.check_variant(variant)
     torch_device = select_device(device)
     chosen_precision = select_precision(torch_device, precision, backbone=backbone.name)
+    if runtime == "onnxruntime" and precision == "auto":
+        chosen_precision = "fp32"  # onnxruntime's only precision: its cache entry is the fp32 one
     backbone = backbone.located(workspace=workspace, progress=progress)
     entry = CacheEntry.of(dataset, backbone, workspace=workspace, precision=chosen_precision, progress=progress)
+    choice, built = None, []
+
+    def model() -> torch.nn.Module:  # built at most once, and only when something needs it
+        if not built:
+            built.append(backbone.build(workspace=workspace, progress=progress))
+        return built[0]
+
+    if runtime != "torch" and torch_device.type == "cpu" and entry.read(variant) is None:
+        # Nothing cached at torch's precision: measure (or recall) which runtime computes them. An auto choice
+        # of onnxruntime moves the entry to fp32, whose cache either runtime may have written (module docstring).
+        choice = choose_runtime(
+            backbone,
+            workspace=workspace,
+            device=torch_device,
+            precision=precision,
+            runtime=runtime,
+            model=model,
+            progress=progress,
+        )
+        if choice.precision != chosen_precision:
+            entry = CacheEntry.of(dataset, backbone, workspace=workspace, precision=choice.precision)
+    elif runtime == "onnxruntime" and torch_device.type != "cpu":  # refused with choose_runtime's message
+        choose_runtime(
+            backbone, workspace=workspace, device=torch_device, precision=precision, runtime=runtime, model=model
+        )
     fill = _local_filler(
-        entry, workspace=workspace, device=torch_device, batch_size=batch_size, num_workers=num_workers
+        entry,
+        workspace=workspace,
+        device=torch_device,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        choice=choice,
+        model=model,
     )
     return cached_extraction(entry, variant, fill=fill, shard_size=shard_size, progress=progress)

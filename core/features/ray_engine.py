@@ -19,8 +19,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from core.backbones.registry import resolve_weights
-from core.backbones.variants import check_variant
+from core.backbones.registry import BackboneConfig
+from core.backbones.resolved import ResolvedBackbone, resolve_backbone
 from core.base.errors import FlowerProbeError
 from core.base.progress import ProgressCallback, RateMeter, report
 from core.base.workspace import Workspace
@@ -32,9 +32,13 @@ from core.features.extract import (
     ShardedCache,
     _DatasetImages,
     cached_extraction,
+    choose_runtime,
     iter_feature_batches,
     select_precision,
 )
+from core.features.runtime import check_runtime, default_runtime
+from core.onnx.backbone import graph_features
+from core.onnx.export import session
 
 INSTALL_HINT = 'pip install "ray[data]>=2.40"'
 # Decode tasks read this many images per task: big enough to amortise a task, small enough to keep memory flat.
@@ -57,11 +61,11 @@ def _ray():
     return ray
 
 
-def _decode(batch: dict[str, np.ndarray], *, backbone: str) -> dict[str, np.ndarray]:
+def _decode(batch: dict[str, np.ndarray], *, config: BackboneConfig) -> dict[str, np.ndarray]:
     """Ray Data task: rows and paths -> preprocessed images (n, 3, H, W) float32, an error text per row ('' if fine)."""
     from pathlib import Path
 
-    images = _DatasetImages(tuple(Path(str(p)) for p in batch["path"]), backbone)  # the local engine's decode
+    images = _DatasetImages(tuple(Path(str(p)) for p in batch["path"]), config)  # the local engine's decode
     decoded = [images[position] for position in range(len(images))]
     return {
         "row": batch["row"].astype(np.int64),
@@ -76,31 +80,36 @@ class _ModelActor:
     def __init__(
         self,
         *,
-        backbone: str,
-        weights: str,
+        backbone: ResolvedBackbone,
         workspace_root: str,
         data_root: str,
         precision: str,
         device: str,
         variants: tuple[str, ...],
+        onnx_path: str | None = None,
     ) -> None:
         from pathlib import Path
 
-        from core.backbones.registry import build_backbone, get_config
-
         workspace = Workspace(root=Path(workspace_root), data_root=Path(data_root))
-        self.model, _ = build_backbone(backbone, weights=weights, workspace=workspace)
+        # onnx_path: the driver chose onnxruntime (CPU actors) and exported the checked graph into the shared
+        # workspace; the actor runs that file, the local engine's CPU runtime, instead of a PyTorch model.
+        self.session = session(onnx_path) if onnx_path else None
+        # The driver's located record: the actor loads the very file the driver resolved (same weights tag).
+        self.model = None if self.session is not None else backbone.build(workspace=workspace)
         self.device = torch.device(device)
         self.precision, self.variants = precision, variants
         # Every output batch carries every variant's column with its width, even a batch where no image decoded:
         # one forward on a blank image learns the widths.
-        size = get_config(backbone).input_size
+        size = backbone.input_size
         self.dims = {
             name: array.shape[1]
             for name, array in self._forward(np.zeros((1, 3, size, size), np.float32), [""]).items()
         }
 
     def _forward(self, images: np.ndarray, errors: list[str]) -> dict[str, np.ndarray]:
+        if self.session is not None:
+            ok = np.asarray([not e for e in errors])
+            return graph_features(self.session, np.ascontiguousarray(images[ok], dtype=np.float32), self.variants)
         rows = torch.arange(len(errors))
         loader = [(torch.from_numpy(np.ascontiguousarray(images)), rows, errors)]
         ((features, _, _),) = iter_feature_batches(
@@ -139,6 +148,7 @@ def _ordered(ray) -> Iterator[None]:
 
 
 def _ray_precision(ray, precision: str, *, backbone: str, num_gpus: float) -> str:
+    """``precision`` resolved for the actors' device (``backbone``: the resolved name, for the fp32-on-CPU list)."""
     """``precision`` resolved for the actors' device: asked of a GPU worker itself when they run on GPUs."""
     if num_gpus <= 0:
         return select_precision(torch.device("cpu"), precision, backbone=backbone)
@@ -148,10 +158,10 @@ def _ray_precision(ray, precision: str, *, backbone: str, num_gpus: float) -> st
 
 def extract_features_ray(
     dataset: Dataset,
-    backbone: str,
+    backbone: ResolvedBackbone | str,
     *,
     workspace: Workspace,
-    weights: str = "pretrained",
+    weights: str | None = None,
     precision: str = "auto",
     batch_size: int = 64,
     num_gpus_per_worker: float = 0.0,
@@ -160,6 +170,7 @@ def extract_features_ray(
     progress: ProgressCallback | None = None,
     variant: str | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
+    runtime: str | None = None,
 ) -> FeatureSet:
     """``core.features.extract.extract_features`` on a Ray cluster: same cache, same result (within float rounding).
 
@@ -173,6 +184,10 @@ def extract_features_ray(
     workers : int, optional
         Model actors; default the cluster's GPUs / ``num_gpus_per_worker``, or 1 on CPUs (the model
         uses every core of its node).
+    runtime : str, optional
+        For CPU actors, as ``extract_features``'s: the driver chooses (``choose_runtime``, measured on the driver's
+        CPU) and, for onnxruntime, exports the graph into the workspace, which the actors load. GPU actors use
+        PyTorch.
     Other parameters as ``extract_features``.
     """
     ray = _ray()
@@ -181,16 +196,29 @@ def extract_features_ray(
             raise FlowerProbeError(f"{name} must be a positive integer, got {value!r}.")
     if num_gpus_per_worker < 0:
         raise FlowerProbeError(f"num_gpus_per_worker must be 0 or more, got {num_gpus_per_worker!r}.")
-    variant = check_variant(backbone, variant)
+    backbone = resolve_backbone(backbone, weights=weights)
+    variant = backbone.check_variant(variant)
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    chosen_precision = _ray_precision(ray, precision, backbone=backbone, num_gpus=num_gpus_per_worker)
-    source = resolve_weights(backbone, weights=weights, workspace=workspace, progress=progress)
-    # Actors load the very file the driver resolved (no second download, the same weights tag).
-    actor_weights = "random" if source.path is None else str(source.path)
-    entry = CacheEntry.of(
-        dataset, backbone, workspace=workspace, weights_tag=source.tag, precision=chosen_precision, progress=progress
-    )
+    chosen_precision = _ray_precision(ray, precision, backbone=backbone.name, num_gpus=num_gpus_per_worker)
+    # Located once here: actors receive the record with its source and load the very file the driver resolved
+    # (no second download, the same weights tag).
+    backbone = backbone.located(workspace=workspace, progress=progress)
+    runtime = check_runtime(default_runtime() if runtime is None else runtime)
+    choice = None
+    if num_gpus_per_worker <= 0 and runtime != "torch":
+        choice = choose_runtime(
+            backbone,
+            workspace=workspace,
+            device=torch.device("cpu"),
+            precision=precision,
+            runtime=runtime,
+            model=lambda: backbone.build(workspace=workspace, progress=progress),
+            progress=progress,
+        )
+        chosen_precision = choice.precision
+    onnx_path = str(choice.graph.path) if choice is not None and choice.runtime == "onnxruntime" else None
+    entry = CacheEntry.of(dataset, backbone, workspace=workspace, precision=chosen_precision, progress=progress)
     if workers is None:
         gpus = ray.cluster_resources().get("GPU", 0)
         workers = max(1, int(gpus // num_gpus_per_worker)) if num_gpus_per_worker > 0 else 1
@@ -200,6 +228,7 @@ def extract_features_ray(
         described = f"Ray ({workers} model actor{'s' if workers > 1 else ''} on {device})"
         if not missing:
             return cache.manifest.get("device", described)
+        cache.manifest["runtime"] = "onnxruntime" if onnx_path else "torch"
         n = len(dataset.image_paths)
         items = [
             {"row": row, "path": str(dataset.image_paths[row])} for index in missing for row in cache.shard_rows(index)
@@ -207,7 +236,7 @@ def extract_features_ray(
         with _ordered(ray):
             pipeline = (
                 ray.data.from_items(items)
-                .map_batches(_decode, batch_size=DECODE_BATCH, num_cpus=1, fn_kwargs={"backbone": backbone})
+                .map_batches(_decode, batch_size=DECODE_BATCH, num_cpus=1, fn_kwargs={"config": backbone.config})
                 .map_batches(
                     _ModelActor,
                     batch_size=batch_size,
@@ -215,12 +244,12 @@ def extract_features_ray(
                     num_gpus=num_gpus_per_worker or None,
                     fn_constructor_kwargs={
                         "backbone": backbone,
-                        "weights": actor_weights,
                         "workspace_root": str(workspace.root),
                         "data_root": str(workspace.data_root),
                         "precision": chosen_precision,
                         "device": device,
                         "variants": entry.variants,
+                        "onnx_path": onnx_path,
                     },
                 )
             )

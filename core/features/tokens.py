@@ -52,6 +52,62 @@ TOKEN_SHARD_BYTES = 128 << 20
 FORWARDS = {"tokens": 0, "layers": 0}
 
 
+@dataclass(frozen=True)
+class TokenPart:
+    """Images of a memory-mapped token cache: ``tokens`` (N_all, T, dim) and ``positions`` (n,) into it.
+
+    Indexing with positions into the part gives a part again (the suite draws few-shot subsets so); nothing is
+    read until ``batch``.
+    """
+
+    tokens: np.ndarray
+    positions: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, index) -> TokenPart:
+        return TokenPart(self.tokens, np.asarray(self.positions)[index])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.positions), *self.tokens.shape[1:])
+
+    def batch(self, index: np.ndarray) -> torch.Tensor:
+        """Tokens of the part's images ``index`` as float32 (len(index), T, dim), read in file order."""
+        wanted = np.asarray(self.positions)[index]
+        order = np.argsort(wanted, kind="stable")
+        block = np.asarray(self.tokens[wanted[order]], dtype=np.float32)
+        out = np.empty_like(block)
+        out[order] = block
+        return torch.from_numpy(out)
+
+
+@dataclass(frozen=True)
+class TokenFeatureSet:
+    """A token entry as the probe suite reads a feature set: ``select`` gives a ``TokenPart`` and the rows kept.
+
+    Carries what a run records of its features (weights tag, precision, device, extraction time, skipped images).
+    """
+
+    cache: TokenCache
+    from_cache: bool = True
+    variant: str = TOKENS
+
+    def __getattr__(self, name: str):
+        if name in ("weights_tag", "precision", "device", "seconds"):
+            return self.cache.manifest[name]
+        if name == "skipped":
+            return tuple((str(p), str(r)) for p, r in self.cache.manifest["skipped"])
+        if name == "cache_path":
+            return self.cache.folder
+        raise AttributeError(name)
+
+    def select(self, dataset_rows: np.ndarray) -> tuple[TokenPart, np.ndarray]:
+        positions, kept = self.cache.positions(dataset_rows)
+        return TokenPart(self.cache.tokens, positions), kept
+
+
 def _gb(n_bytes: float) -> str:
     return f"{n_bytes / 1e9:.2f} GB" if n_bytes >= 1e8 else f"{n_bytes / 1e6:.1f} MB"
 
@@ -215,14 +271,24 @@ def _check_positive(**values) -> None:
 
 
 def token_entry(
-    dataset: Dataset, backbone: str, *, workspace: Workspace, weights: str = "pretrained", precision: str = "auto",
+    dataset: Dataset,
+    backbone: str | ResolvedBackbone,
+    *,
+    workspace: Workspace,
+    weights: str | None = None,
+    precision: str = "auto",
     device: str = "auto",
 ) -> tuple[_TokenEntry, TokenLayout]:
-    """Where ``backbone``'s tokens of ``dataset`` are (or would be) cached, and their layout."""
+    """Where ``backbone``'s tokens of ``dataset`` are (or would be) cached, and their layout.
+
+    ``backbone``: a spec (``NAME[@weights]``) or a resolved record; ``weights`` None: the spec's own.
+    """
     resolved = resolve_backbone(backbone, weights=weights).located(workspace=workspace)
     layout = token_layout(resolved.name)
     chosen = select_precision(select_device(device), precision, backbone=resolved.name)
-    entry = _entry(dataset, resolved, kind=TOKENS, variants=(TOKENS,), workspace=workspace, precision=chosen, layout=layout)
+    entry = _entry(
+        dataset, resolved, kind=TOKENS, variants=(TOKENS,), workspace=workspace, precision=chosen, layout=layout
+    )
     return entry, layout
 
 
@@ -253,7 +319,7 @@ def extract_tokens(
     backbone: str,
     *,
     workspace: Workspace,
-    weights: str = "pretrained",
+    weights: str | None = None,
     device: str = "auto",
     precision: str = "auto",
     batch_size: int = 32,
@@ -277,11 +343,24 @@ def extract_tokens(
     )
     hit = open_tokens(entry, layout)
     if hit is not None:
-        report(progress, "features", 1, 1, message=f"tokens from cache ({size_text(layout, len(hit.rows))})")
+        report(
+            progress,
+            "features",
+            1,
+            1,
+            message=f"tokens from cache ({size_text(layout, len(hit.rows))})",
+            from_cache=True,
+        )
         return hit
     n = len(dataset.image_paths)
     check_disk(entry.folder, needed=2 * layout.bytes_for(n), what=size_text(layout, n))
-    report(progress, "features", 0, n, message=f"extracting tokens: {size_text(layout, n)} ({', '.join(layout.excluded)} left out)")
+    report(
+        progress,
+        "features",
+        0,
+        n,
+        message=f"extracting tokens: {size_text(layout, n)} ({', '.join(layout.excluded)} left out)",
+    )
     shard_size = max(1, shard_bytes // max(1, layout.bytes_for(1)))
     torch_device = select_device(device)
 
@@ -289,25 +368,41 @@ def extract_tokens(
         return {TOKENS: out.to(torch.float16).cpu().numpy()}
 
     fill = _filler(
-        entry, make_forward=token_forward, workspace=workspace, weights=weights, device=torch_device,
-        batch_size=batch_size, counter="tokens", to_numpy=to_numpy,
+        entry,
+        make_forward=token_forward,
+        workspace=workspace,
+        weights=weights,
+        device=torch_device,
+        batch_size=batch_size,
+        counter="tokens",
+        to_numpy=to_numpy,
     )
     cached_extraction(entry, TOKENS, fill=fill, shard_size=shard_size, progress=progress)
     return dataclasses.replace(open_tokens(entry, layout), from_cache=False)
 
 
 def require_tokens(
-    dataset: Dataset, backbone: str, *, workspace: Workspace, weights: str, precision: str, device: str, spec: str
+    dataset: Dataset,
+    backbone: str | ResolvedBackbone,
+    *,
+    workspace: Workspace,
+    weights: str | None = None,
+    precision: str = "auto",
+    device: str = "auto",
 ) -> TokenCache:
     """The cached tokens the ``attentive`` protocol needs, or a FlowerProbeError saying how to extract them."""
-    entry, layout = token_entry(dataset, backbone, workspace=workspace, weights=weights, precision=precision, device=device)
+    entry, layout = token_entry(
+        dataset, backbone, workspace=workspace, weights=weights, precision=precision, device=device
+    )
     hit = open_tokens(entry, layout)
     if hit is None:
+        resolved = entry.resolved
         raise FlowerProbeError(
-            f"protocols: 'attentive' needs the patch tokens of {spec} on {dataset.name} in the cache, and there are "
-            f"none yet; extract them first (once; {size_text(layout, len(dataset.image_paths))}): python -m core extract "
-            f"--dataset {dataset.key} --backbone {spec.split('@')[0]} --weights {weights} --tokens "
-            "(or tick 'Patch tokens' on the Train page)."
+            f"protocols: 'attentive' needs the patch tokens of {resolved.spec} on {dataset.name} in the cache, and "
+            f"there are none yet; extract them first, once ({size_text(layout, len(dataset.image_paths))}): "
+            f"python -m core extract --dataset {dataset.key} --backbone {resolved.name} --weights {resolved.weights} "
+            f"--tokens{'' if precision == 'auto' else ' --precision ' + precision} (or tick 'Patch tokens' on the "
+            "Train page)."
         )
     return hit
 
@@ -320,7 +415,7 @@ def extract_layers(
     backbone: str,
     *,
     workspace: Workspace,
-    weights: str = "pretrained",
+    weights: str | None = None,
     device: str = "auto",
     precision: str = "auto",
     batch_size: int = 64,
@@ -342,8 +437,14 @@ def extract_layers(
         return {k: v.float().cpu().numpy() for k, v in out.items()}
 
     fill = _filler(
-        entry, make_forward=layer_forward, workspace=workspace, weights=weights, device=torch_device,
-        batch_size=batch_size, counter="layers", to_numpy=to_numpy,
+        entry,
+        make_forward=layer_forward,
+        workspace=workspace,
+        weights=weights,
+        device=torch_device,
+        batch_size=batch_size,
+        counter="layers",
+        to_numpy=to_numpy,
     )
     first = cached_extraction(entry, names[0], fill=fill, shard_size=4096, progress=progress)
     sets = {names[0]: first}
@@ -357,9 +458,13 @@ def read_token_cache(folder: str | Path) -> TokenCache:
     folder = Path(folder)
     manifest = ShardedCache.read_manifest(folder)
     if manifest is None or not manifest.get("complete") or "layout" not in manifest:
-        raise MissingFileError(f"Cached tokens {folder} are missing; extract them again (python -m core extract --tokens).")
+        raise MissingFileError(
+            f"Cached tokens {folder} are missing; extract them again (python -m core extract --tokens)."
+        )
     layout = manifest["layout"]
-    layout = TokenLayout(layout["kind"], layout["tokens"], layout["dim"], tuple(layout["grid"]), tuple(layout["excluded"]))
+    layout = TokenLayout(
+        layout["kind"], layout["tokens"], layout["dim"], tuple(layout["grid"]), tuple(layout["excluded"])
+    )
     tokens = np.load(folder / manifest["files"][TOKENS], mmap_mode="r", allow_pickle=False)
     rows = np.load(folder / manifest["files"]["rows"], allow_pickle=False)
     return TokenCache(tokens, rows, folder, layout, manifest)

@@ -29,15 +29,20 @@ import warnings
 from collections import defaultdict
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from core.base.errors import DatasetError, FlowerProbeError, MissingFileError
 from core.base.fileio import atomic_write, file_digest
 from core.base.progress import ProgressCallback, report
+from core.base.vectors import unit_rows
 from core.base.workspace import Workspace
 from core.data.datasets import DEFAULT_SPLIT, SPLIT_PARTS, Dataset, load_dataset
 from core.data.exclusions import apply_exclusions, relative_path
+
+if TYPE_CHECKING:
+    from core.backbones.resolved import ResolvedBackbone
 
 # Bump when an analysis changes: older cached reports then miss.
 HEALTH_FORMAT_VERSION = 2  # 2: pairs carry the photos' SSIM (copies vs near neighbours)
@@ -95,13 +100,6 @@ class HealthConfig:
 
 
 # ----------------------------------------------------------------------------------------------- maths
-
-
-def unit_rows(features: np.ndarray) -> np.ndarray:
-    """``features`` (n, dim) scaled to unit length per row (float32): dot products are then cosine similarities."""
-    x = np.asarray(features, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, np.finfo(np.float32).tiny)
 
 
 def _robust_centre_spread(values: np.ndarray) -> tuple[float, float]:
@@ -551,7 +549,7 @@ def analyse(
 
     started = time.perf_counter()
     report(progress, "health", 1, 3, message="Near-duplicates: nearest neighbours and content hashes")
-    unit = unit_rows(features)
+    unit = unit_rows(features, dtype=np.float32)  # float32: dot products are then cosine similarities
     a, b, similarity, nearest = neighbour_pairs(unit, k=config.neighbours)
     candidates = {(int(x), int(y)): float(s) for x, y, s in zip(a, b, similarity)}
     timings["neighbours_s"] = time.perf_counter() - started
@@ -620,10 +618,10 @@ def analyse(
 
 def cached_features(
     dataset: Dataset,
-    backbone: str,
+    backbone: ResolvedBackbone | str,
     *,
     workspace: Workspace,
-    weights: str = "pretrained",
+    weights: str | None = None,
     variant: str | None = None,
     device: str = "auto",
     precision: str = "auto",
@@ -632,15 +630,16 @@ def cached_features(
     compute.
 
     Resolves the weights and precision exactly as ``extract_features`` does, then reads the cache entry only.
+    ``backbone``: the resolved record (or a spec, resolved here); ``weights`` as ``extract_features`` takes it.
     """
-    from core.backbones.registry import resolve_weights
-    from core.backbones.variants import check_variant
+    from core.backbones.resolved import resolve_backbone
     from core.features.extract import CacheEntry, select_device, select_precision
 
-    variant = check_variant(backbone, variant)
-    chosen_precision = select_precision(select_device(device), precision, backbone=backbone)
-    source = resolve_weights(backbone, weights=weights, workspace=workspace)
-    entry = CacheEntry.of(dataset, backbone, workspace=workspace, weights_tag=source.tag, precision=chosen_precision)
+    backbone = resolve_backbone(backbone, weights=weights)
+    variant = backbone.check_variant(variant)
+    chosen_precision = select_precision(select_device(device), precision, backbone=backbone.name)
+    backbone = backbone.located(workspace=workspace)
+    entry = CacheEntry.of(dataset, backbone, workspace=workspace, precision=chosen_precision)
     return entry.read(variant)
 
 
@@ -654,10 +653,10 @@ def _cache_path(workspace: Workspace, dataset: Dataset, payload: dict):
 
 def dataset_health(
     dataset_key: str,
-    backbone: str,
+    backbone: ResolvedBackbone | str,
     *,
     workspace: Workspace,
-    weights: str = "pretrained",
+    weights: str | None = None,
     variant: str | None = None,
     config: HealthConfig = HealthConfig(),
     device: str = "auto",
@@ -673,7 +672,8 @@ def dataset_health(
     dataset_key : str
         As ``core.data.datasets.load_dataset`` takes it; the dataset must be prepared.
     backbone, weights, variant, device, precision
-        Which cached features (as ``core.features.extract.extract_features`` takes them).
+        Which cached features (as ``core.features.extract.extract_features`` takes them: the resolved backbone,
+        or a spec resolved here once).
     config : HealthConfig
     extract : bool
         Compute the features when they are not cached (minutes) instead of raising ``MissingFileError``.
@@ -687,9 +687,12 @@ def dataset_health(
     DatasetError
         Too few images for the folds, a class with one image, a split without training images.
     """
+    from core.backbones.resolved import resolve_backbone
     from core.features.extract import extract_features
 
     config.validate()
+    resolved = resolve_backbone(backbone, weights=weights).located(workspace=workspace)
+    backbone, weights = resolved.name, resolved.weights
     total_started = time.perf_counter()
     whole = load_dataset(dataset_key, workspace, exclusions=False)
     dataset = apply_exclusions(whole, workspace)
@@ -698,7 +701,7 @@ def dataset_health(
     # made after excluding) serve it too.
     for source in [whole] if dataset is whole else [whole, dataset]:
         features = cached_features(
-            source, backbone, workspace=workspace, weights=weights, variant=variant, device=device, precision=precision
+            source, resolved, workspace=workspace, variant=variant, device=device, precision=precision
         )
         if features is not None:
             break
@@ -714,9 +717,8 @@ def dataset_health(
             )
         features = extract_features(
             whole,
-            backbone,
+            resolved,
             workspace=workspace,
-            weights=weights,
             variant=variant,
             device=device,
             precision=precision,
@@ -737,7 +739,7 @@ def dataset_health(
     }
     path = _cache_path(workspace, dataset, payload)
     if path.exists():
-        report(progress, "health", 1, 1, message="health report from cache")
+        report(progress, "health", 1, 1, message="health report from cache", from_cache=True)
         return HealthReport.from_dict(json.loads(path.read_text(encoding="utf-8")), from_cache=True)
     if not compute:
         return None

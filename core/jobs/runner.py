@@ -13,6 +13,7 @@ the server restarts (run ids, from the registry, never did).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fcntl
 import os
 import queue
@@ -28,11 +29,28 @@ from core.base.errors import CancelledError, FlowerProbeError
 from core.base.fileio import atomic_write_bytes, disk_errors
 from core.base.progress import ProgressEvent
 
+# What sort of work a job is (``Job.kind``): pages find their jobs by kind and key, never by parsing a title.
+JOB_KINDS = (
+    "comparison",  # a comparison (Train, Home's ready-made ones): core.probing.experiment.run_comparison
+    "probe",  # a probe suite (core.probing.suite)
+    "prepare",  # preparing a dataset; key: the dataset key
+    "features",  # extracting a backbone's features; key: what the page asked for (a run, a health choice)
+    "health",  # a health analysis; key: the health choice
+    "health-features",  # the features a health analysis needs; key: the health choice
+    "map",  # a map or its sprite sheets / thumbnails; key: the map's cache key
+    "patches",  # patch features of photos; key: the inputs' key
+    "cost",  # measuring backbones' cost
+    "export",  # exporting a run as a deployable bundle (core.bundle.export); key: the run id
+    "other",  # anything else (scripts, tests)
+)
+
 
 @dataclass
 class Job:
     id: int
-    title: str
+    title: str  # for people: job cards and the sidebar show it; nothing parses it
+    kind: str = "other"  # one of JOB_KINDS
+    key: str = ""  # which work of its kind (a dataset key, a run id, a cache key): the same work, the same key
     status: str = "queued"  # queued -> running -> (cancelling ->) completed, failed or cancelled
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
@@ -43,6 +61,10 @@ class Job:
     run_ids: list[int] = field(default_factory=list)
     result: Any = None
     error: str | None = None
+    # What the job did, once it ended (core.jobs.history.job_report): runs recorded, failed with the reason,
+    # cancelled, interrupted, and their datasets. None while it runs, or without a registry to ask.
+    report: dict | None = None
+    retry_of: int | None = None  # the failed or cancelled job this one runs again
 
     @property
     def active(self) -> bool:
@@ -113,21 +135,43 @@ class JobRunner:
     None counts from 1 in memory.
     """
 
-    def __init__(self, *, counter_path: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, *, counter_path: str | os.PathLike | None = None, registry_path: str | os.PathLike | None = None
+    ) -> None:
         self._lock = threading.Lock()
         self._jobs: dict[int, Job] = {}
         self._cancels: dict[int, threading.Event] = {}
+        self._targets: dict[int, JobTarget] = {}  # kept for retry (this process only: a target is code)
         self._queue: queue.Queue[tuple[Job, JobTarget]] = queue.Queue()
         self._ids = JobIds(counter_path)
+        # registry_path: the workspace's runs database; jobs then report their runs and are kept across restarts.
+        self._registry_path = None if registry_path is None else Path(registry_path)
+        self._history = None
+        if self._registry_path is not None:
+            from core.jobs.history import JobHistory
+
+            self._history = JobHistory(self._registry_path)
+            for row in reversed(self._history.load()):
+                self._jobs[row["id"]] = Job(
+                    **{k: row[k] for k in ("id", "title", "status", "created_at", "started_at", "finished_at")},
+                    error=row["error"],
+                    report=row["report"],
+                )
         self._worker = threading.Thread(target=self._work, name="flower-probe-jobs", daemon=True)
         self._worker.start()
 
-    def submit(self, title: str, target: JobTarget) -> Job:
-        """Queue ``target(context)``; returns a snapshot of the queued job."""
+    def submit(
+        self, title: str, target: JobTarget, *, kind: str = "other", key: str = "", retry_of: int | None = None
+    ) -> Job:
+        """Queue ``target(context)`` as a job of ``kind`` (``JOB_KINDS``) for the work ``key``; returns a snapshot."""
+        if kind not in JOB_KINDS:
+            raise FlowerProbeError(f"kind must be one of {', '.join(JOB_KINDS)}, got {kind!r}.")
         with self._lock:
-            job = Job(id=self._ids.next(), title=title)
+            job = Job(id=self._ids.next(), title=title, kind=kind, key=str(key), retry_of=retry_of)
             self._jobs[job.id] = job
             self._cancels[job.id] = threading.Event()
+            self._targets[job.id] = target
+            self._save(job)
         self._queue.put((job, target))
         return self.get(job.id)
 
@@ -143,6 +187,47 @@ class JobRunner:
             elif job.status == "running":
                 job.status = "cancelling"
 
+    def can_retry(self, job_id: int) -> bool:
+        """A failed or cancelled job of this server process (its work is still known) can run again."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return job is not None and job.status in ("failed", "cancelled") and job_id in self._targets
+
+    def retry(self, job_id: int) -> Job:
+        """Queue a failed or cancelled job's work again as a new job (a probe suite then records only the runs it
+        lacks); ``FlowerProbeError`` when the job cannot be retried (a job from before a restart: start it again)."""
+        if not self.can_retry(job_id):
+            raise FlowerProbeError(
+                f"job_id {job_id} cannot be retried: only a failed or cancelled job of this server can; start the "
+                "work again from its page."
+            )
+        with self._lock:
+            job, target = self._jobs[job_id], self._targets[job_id]
+            title, kind, key = job.title, job.kind, job.key
+        return self.submit(title, target, kind=kind, key=key, retry_of=job_id)
+
+    def _save(self, job: Job) -> None:
+        # Best effort: a job's history is not worth failing the job for (a full disk shows on the next write).
+        if self._history is not None:
+            try:
+                self._history.save(job)
+            except FlowerProbeError:
+                traceback.print_exc()
+
+    def _report(self, job: Job) -> dict | None:
+        if self._registry_path is None or job.started_at is None:
+            return None
+        from core.jobs.history import job_report
+        from core.runs.registry import RunRegistry
+
+        try:
+            return job_report(
+                RunRegistry(self._registry_path), started_at=job.started_at, finished_at=job.finished_at or time.time()
+            )
+        except FlowerProbeError:
+            traceback.print_exc()
+            return None
+
     def get(self, job_id: int) -> Job:
         with self._lock:
             if job_id not in self._jobs:
@@ -153,6 +238,17 @@ class JobRunner:
         """Snapshots of every job of this server process, newest first."""
         with self._lock:
             return [copy.deepcopy(j) for j in sorted(self._jobs.values(), key=lambda j: j.id, reverse=True)]
+
+    def find(self, *, kinds: tuple[str, ...] = (), key: str | None = None, active: bool | None = None) -> list[Job]:
+        """Snapshots of the jobs of ``kinds`` (every kind when empty) for ``key`` (any when None), newest first;
+        ``active`` True keeps queued and running ones, False finished ones, None both."""
+        return [
+            job
+            for job in self.jobs()
+            if (not kinds or job.kind in kinds)
+            and (key is None or job.key == str(key))
+            and (active is None or job.active == active)
+        ]
 
     def wait(self, job_id: int, *, timeout_s: float) -> Job:
         """Block until the job ends (for tests and scripts); raises TimeoutError past ``timeout_s``."""
@@ -169,8 +265,10 @@ class JobRunner:
             job, target = self._queue.get()
             with self._lock:
                 if job.status == "cancelled":
+                    self._save(job)
                     continue
                 job.status, job.started_at = "running", time.time()
+                self._save(job)
             context = JobContext(self, job, self._cancels[job.id])
             status, error, result = "completed", None, None
             try:
@@ -182,8 +280,12 @@ class JobRunner:
             except Exception as exc:  # a bug: keep the worker alive, show the reason, keep the trace in the log
                 status, error = "failed", f"{type(exc).__name__}: {exc}"
                 traceback.print_exc()
+            finished_at = time.time()
+            report = self._report(dataclasses.replace(job, finished_at=finished_at))
             with self._lock:
-                job.status, job.error, job.result, job.finished_at = status, error, result, time.time()
+                job.status, job.error, job.result, job.finished_at = status, error, result, finished_at
+                job.report = report
+                self._save(job)
 
 
 def comparison_job(**comparison_kwargs) -> JobTarget:
@@ -212,27 +314,31 @@ def comparison_job(**comparison_kwargs) -> JobTarget:
 def extraction_job(
     *,
     dataset: str,
-    backbone: str,
+    backbone,
     workspace,
-    weights: str = "pretrained",
+    weights: str | None = None,
     device: str = "auto",
     precision: str = "auto",
 ) -> JobTarget:
     """A job target extracting and caching every feature variant of ``backbone`` for ``dataset`` (a dataset key).
 
     For the Health page and for Classify when a run's features are missing. Returns a summary dict:
-    ``images`` (decoded), ``skipped``, ``from_cache``, ``cache_path``.
+    ``images`` (decoded), ``skipped``, ``from_cache``, ``cache_path``. ``backbone`` is the resolved record
+    (``core.backbones.resolved``) or a spec, resolved here once when the job is made (an unknown name fails then,
+    on the page, not in the job); ``weights`` as ``extract_features`` takes it.
     """
+    from core.backbones.resolved import resolve_backbone
     from core.data.datasets import load_dataset
     from core.features.extract import extract_features
 
+    backbone = resolve_backbone(backbone, weights=weights)
+
     def target(context: JobContext) -> dict:
-        context.set_current(f"{backbone} ({weights}) features of {dataset}")
+        context.set_current(f"{backbone.name} ({backbone.weights}) features of {dataset}")
         result = extract_features(
             load_dataset(dataset, workspace, progress=context.progress),
             backbone,
             workspace=workspace,
-            weights=weights,
             device=device,
             precision=precision,
             progress=context.progress,

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.backbones.registry import build_backbone, get_config, make_transform, resolve_weights
+from core.backbones.resolved import ResolvedBackbone, resolve_backbone
 from core.backbones.variants import model_variants, patch_token_grid
 from core.base.errors import FlowerProbeError
 from core.base.fileio import atomic_write
@@ -113,9 +113,9 @@ def _read_grid(path: Path) -> np.ndarray | None:
 def patch_grids(
     images: list[tuple[str, ImageSource]],
     *,
-    backbone: str,
+    backbone: ResolvedBackbone | str,
     workspace: Workspace,
-    weights: str = "pretrained",
+    weights: str | None = None,
     device: str = "auto",
     progress: ProgressCallback | None = None,
 ) -> list[PatchGrid]:
@@ -125,8 +125,10 @@ def patch_grids(
     ----------
     images : list of (name, source)
         ``source`` is anything ``core.data.images.load_image`` takes; files are cached per content.
-    backbone, weights : str
-        As for ``core.backbones.registry.build_backbone``.
+    backbone : ResolvedBackbone or str
+        The resolved backbone (``core.backbones.resolved.resolve_backbone``), or a spec resolved here once.
+    weights : str, optional
+        ``"pretrained"``, ``"random"`` or a checkpoint path, for a spec without ``@``; None keeps its own.
     progress : ProgressCallback or None
         Receives ``"patches"`` events, ``done`` counting images.
 
@@ -137,11 +139,11 @@ def patch_grids(
     """
     if not images:
         raise FlowerProbeError("images must hold at least one (name, source) pair; got none.")
-    config = get_config(backbone)
-    transform = make_transform(config)
+    resolved = resolve_backbone(backbone, weights=weights).located(workspace=workspace, progress=progress)
+    backbone, config, transform = resolved.name, resolved.config, resolved.transform()
     torch_device = select_device(device)
     precision = select_precision(torch_device, "auto", backbone=backbone)
-    tag = resolve_weights(backbone, weights=weights, workspace=workspace, progress=progress).tag
+    tag = resolved.weights_tag
     model = None
     grids: list[PatchGrid] = []
     report(progress, "patches", 0, len(images), message=f"patch features of {len(images)} image(s)")
@@ -155,7 +157,7 @@ def patch_grids(
         kind_path = path.with_suffix(".kind") if path else None
         if tokens is None or not kind_path.is_file():
             if model is None:
-                built, _ = build_backbone(backbone, weights=weights, workspace=workspace, progress=progress)
+                built = resolved.build(workspace=workspace, progress=progress)
                 model = prepare_model(built.eval(), device=torch_device, precision=precision, in_place=True)
                 kind = _grid_kind(model)
                 weights_dtype = next(model.parameters()).dtype
@@ -242,6 +244,21 @@ def patch_pca(grids: list[PatchGrid]) -> PatchPca:
     )
 
 
+def otsu_threshold(pca: PatchPca) -> float:
+    """The automatic foreground threshold: Otsu's (``skimage.filters.threshold_otsu``) on the scaled first component
+    of every patch of every image, in [0, 1].
+
+    A fixed 0.5 suited DINOv2's first component, not others': EfficientNet-Lite0's put all 49 patches of a photo below
+    it (an empty foreground). Otsu splits the values where the two groups are most apart, whatever the backbone.
+    """
+    from skimage.filters import threshold_otsu
+
+    values = np.concatenate([first.ravel() for first in pca.first])
+    if len(np.unique(values)) < 2:
+        return DEFAULT_THRESHOLD  # one value everywhere: no split to find
+    return float(np.clip(threshold_otsu(values), 0.0, 1.0))
+
+
 def foreground_masks(pca: PatchPca, *, threshold: float) -> list[np.ndarray]:
     """Per image, boolean (rows, cols): patches whose scaled first component is above ``threshold`` (0-1)."""
     if not 0.0 <= threshold <= 1.0:
@@ -272,10 +289,15 @@ def foreground_rgb(grids: list[PatchGrid], masks: list[np.ndarray]) -> list[np.n
 
 
 def _heat_colours(values: np.ndarray) -> np.ndarray:
-    """(rows, cols) in [0, 1] -> (rows, cols, 3) uint8 on Viridis (plotly's stops; no plotting library needed)."""
-    from plotly.colors import hex_to_rgb, sequential
+    """(rows, cols) in [0, 1] -> (rows, cols, 3) uint8 on colorcet's ``bgy`` map.
 
-    stops = np.array([hex_to_rgb(colour) for colour in sequential.Viridis], dtype=np.float64)
+    ``bgy`` (Kovesi's linear_bgy_10_95_c74) is colorcet's perceptually uniform blue-green-yellow map, its
+    counterpart of Viridis (which this used through plotly.colors: the engine imports no plotting library).
+    """
+    import colorcet
+    from PIL import ImageColor
+
+    stops = np.array([ImageColor.getrgb(colour) for colour in colorcet.palette["bgy"]], dtype=np.float64)
     positions = np.linspace(0, 1, len(stops))
     return np.stack([np.interp(values, positions, stops[:, c]) for c in range(3)], axis=-1).round().astype(np.uint8)
 
@@ -291,7 +313,7 @@ class PatchView:
 
     name: str
     crop: Image.Image
-    heat: Image.Image  # first component, Viridis
+    heat: Image.Image  # first component, on colorcet's bgy map (perceptually uniform, like Viridis)
     mask: Image.Image  # the crop with background patches dimmed
     rgb: Image.Image  # foreground patches' first three components as RGB
     foreground: np.ndarray  # (rows, cols) bool

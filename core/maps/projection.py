@@ -9,7 +9,8 @@
   (features, method, parameters) in memory and on disk, so a rerun computes nothing.
 - ``embed_new_points``: places new images (uploads) on an existing t-SNE map without recomputing it.
 - ``cosine_neighbours``: k nearest reference rows by cosine distance (explorer and Classify page).
-- ``selection_to_rows``: turns Plotly point payloads (hover, click, lasso) into global row ids.
+- The map component's events (hover, click, box/lasso selection: ``{event, rows}``) are parsed in
+  ``ui.hover_scatter.event_from_value``: the engine knows no screen shapes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +30,7 @@ import numpy as np
 from core.base.errors import FlowerProbeError
 from core.base.fileio import atomic_write
 from core.base.progress import ProgressCallback, report
+from core.base.vectors import unit_rows
 
 TsneMethod = Literal["auto", "sklearn", "opentsne"]
 
@@ -224,20 +226,24 @@ def tsne_embedding(
     return np.asarray(embedding, dtype=np.float64)
 
 
+def largest_perplexity(n_points: int) -> float:
+    """The largest t-SNE perplexity ``n_points`` allow: each point keeps 3 x perplexity neighbours."""
+    return (n_points - 1) / 3
+
+
+def largest_neighbours(n_points: int) -> int:
+    """The largest UMAP ``n_neighbors`` ``n_points`` allow: every other point."""
+    return n_points - 1
+
+
 def _check_perplexity(perplexity: float, n_points: int) -> None:
-    largest = (n_points - 1) / 3
+    largest = largest_perplexity(n_points)
     if not 0 < perplexity <= largest:
         raise FlowerProbeError(
             f"perplexity must be greater than 0 and at most (points - 1) / 3 = {largest:g} for {n_points} points "
             f"(t-SNE keeps 3 x perplexity neighbours per point); got {perplexity}. Choose a smaller perplexity "
             f"or include more images."
         )
-
-
-def _unit_rows(matrix: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length; all-zero rows stay zero (cosine similarity 0 with everything)."""
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix / np.where(norms > 0, norms, 1.0)
 
 
 def cosine_neighbours(reference, query, *, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -267,8 +273,8 @@ def cosine_neighbours(reference, query, *, k: int) -> tuple[np.ndarray, np.ndarr
     if k < 1:
         raise ValueError(f"k must be at least 1; got {k}.")
     k = min(k, reference_matrix.shape[0])
-    unit_reference = _unit_rows(reference_matrix)
-    unit_query = _unit_rows(query_matrix)
+    unit_reference = unit_rows(reference_matrix)
+    unit_query = unit_rows(query_matrix)
 
     indices = np.empty((len(unit_query), k), dtype=np.int64)
     distances = np.empty((len(unit_query), k), dtype=np.float32)
@@ -318,36 +324,6 @@ def embed_new_points(reference_features, reference_embedding, new_features, *, k
     weights = np.where(same.any(axis=1, keepdims=True), same, 1.0 / np.maximum(distances, _SAME_POINT_DISTANCE))
     weights = weights / weights.sum(axis=1, keepdims=True)
     return np.einsum("mk,mkd->md", weights, positions[indices])
-
-
-def selection_to_rows(points: list[dict]) -> list[int]:
-    """Global row ids of Plotly event points (hover, click, box or lasso selection).
-
-    Each class is its own trace and Plotly numbers points per trace, so ``pointIndex`` is useless
-    across traces; every data point carries its global row id as ``customdata[0]`` instead
-    (a bare number is accepted too). Points without customdata belong to helper traces (hover
-    rings, highlights) and are skipped.
-
-    Parameters
-    ----------
-    points : list of dict
-        Plotly event points, e.g. ``{"curveNumber": 3, "pointIndex": 7, "customdata": [412]}``.
-
-    Returns
-    -------
-    list of int
-        Row ids in first-seen order, duplicates removed (a row can appear in several panels).
-    """
-    rows: dict[int, None] = {}
-    for point in points:
-        custom = point.get("customdata")
-        if custom is None:
-            continue
-        row = custom[0] if isinstance(custom, (list, tuple)) else custom
-        if isinstance(row, bool) or not isinstance(row, (int, float)) or row != int(row) or row < 0:
-            raise ValueError(f"customdata[0] must be a non-negative integer row id; got {row!r} in {point!r}.")
-        rows.setdefault(int(row), None)
-    return list(rows)
 
 
 # ----------------------------------------------------------------------------------------------- map methods
@@ -409,6 +385,21 @@ def check_map_method(method: str) -> str:
     return method
 
 
+def fit_map_params(method: str, params: MapParams, n_points: int) -> tuple[MapParams, str]:
+    """``params`` shrunk to what ``n_points`` allow (``largest_perplexity``, ``largest_neighbours``: the limits
+    ``check_map_params`` enforces), and a note for captions saying so ("" when nothing changed).
+
+    The one rule for small maps: the Explorer's panels, the Classify page's map and whatever else draws one.
+    """
+    if method == "tsne" and params.perplexity > largest_perplexity(n_points):
+        note = f" (perplexity lowered from {params.perplexity:g} for {n_points} points)"
+        return replace(params, perplexity=float(largest_perplexity(n_points))), note
+    if method == "umap" and params.n_neighbors > largest_neighbours(n_points):
+        note = f" (neighbours lowered from {params.n_neighbors} for {n_points} points)"
+        return replace(params, n_neighbors=largest_neighbours(n_points)), note
+    return params, ""
+
+
 def check_map_params(method: str, params: MapParams, n_points: int) -> None:
     """Raise ``FlowerProbeError`` naming the parameter, its allowed range and the value when out of range."""
     check_map_method(method)
@@ -419,9 +410,10 @@ def check_map_params(method: str, params: MapParams, n_points: int) -> None:
     if method == "tsne":
         _check_perplexity(params.perplexity, n_points)
     elif method == "umap":
-        if isinstance(params.n_neighbors, bool) or not 2 <= params.n_neighbors <= n_points - 1:
+        if isinstance(params.n_neighbors, bool) or not 2 <= params.n_neighbors <= largest_neighbours(n_points):
             raise FlowerProbeError(
-                f"n_neighbors must be from 2 to the number of points - 1 ({n_points - 1}) for {n_points} points; "
+                f"n_neighbors must be from 2 to the number of points - 1 ({largest_neighbours(n_points)}) for "
+                f"{n_points} points; "
                 f"got {params.n_neighbors}. Choose fewer neighbours or include more images."
             )
         if not 0.0 <= params.min_dist <= 1.0:  # umap-learn requires min_dist <= spread, 1.0 by default
@@ -637,11 +629,14 @@ def cached_map(
     params: MapParams = MapParams(),
     cache_dir: str | os.PathLike | None,
     progress: ProgressCallback | None = None,
-) -> FeatureMap:
+    compute: bool = True,
+) -> FeatureMap | None:
     """``fit_map``, remembered per (features, method, parameters) in this process and under ``cache_dir``.
 
     A map already made is returned at once (a ``"map"`` event says it came from the cache); with
     ``cache_dir`` None only the in-process copy is kept. Files are ``<cache_dir>/<key>.npz``.
+    ``compute`` False only looks the map up: None when it was not made yet (a page then queues the
+    fit in the job runner rather than running it in its own thread).
     """
     matrix = _as_matrix(features, name="features")
     check_map_params(method, params, matrix.shape[0])
@@ -654,7 +649,9 @@ def cached_map(
     if found is None and path is not None:
         found = _read_map(path, method=method, params=params, reference=matrix)
     if found is not None:
-        report(progress, "map", 2, 2, message=f"{MAP_METHODS[method]} map from cache")
+        report(progress, "map", 2, 2, message=f"{MAP_METHODS[method]} map from cache", from_cache=True)
+    elif not compute:
+        return None
     else:
         found = fit_map(matrix, method=method, params=params, progress=progress)
         if path is not None:

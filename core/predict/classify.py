@@ -26,7 +26,7 @@ from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from core.backbones.registry import build_backbone, get_config, make_transform, resolve_weights
+from core.backbones.resolved import ResolvedBackbone, resolve_backbone
 from core.base.errors import BadImageError, DatasetError, FlowerProbeError, MissingFileError
 from core.base.progress import ProgressCallback
 from core.base.workspace import Workspace
@@ -128,13 +128,75 @@ def _check_run_id(run_id: object) -> int:
 def _head_file(run: dict, workspace: Workspace) -> Path:
     """The run's head file in this workspace (``core.runs.files``: it survives a moved workspace)."""
     path = RunFiles(run, workspace).head
-    if path is None or not path.is_file():
+    if path is None:
+        # A run that never wrote a head (a few-shot point of a curve, a probe on another feature variant): say so,
+        # and which runs can classify, instead of blaming a deletion.
+        raise FlowerProbeError(
+            f"Run {run['id']} keeps no head file: it is a {run.get('protocol') or 'mlp'} run "
+            + (f"with {run['shots']} shots per class" if run.get("shots") is not None else "on other features")
+            + ", recorded for its accuracy only. Runs on the whole training part with the backbone's own features "
+            "can classify: the reference MLP, linear, logistic regression, k-NN and NCM (`python -m core runs`)."
+        )
+    if not path.is_file():
         raise MissingFileError(
-            f"The head of run {run['id']} ({path.name if path else 'no file recorded'}) "
-            f"is not in {workspace.heads_dir}; it was "
+            f"The head of run {run['id']} ({path.name}) is not in {workspace.heads_dir}; it was "
             f"deleted or the workspace is incomplete. Train the run again."
         )
     return path
+
+
+MEMORY_PROTOCOLS = ("knn", "ncm")  # probes that predict from the training features themselves, no head file
+
+
+class _MemoryHead(torch.nn.Module):
+    """k-NN or NCM as a head: (N, feature_dim) features -> (N, num_classes) logits whose softmax is the probe's
+    scores (``core.probing.probes.knn_votes`` / ``ncm_scores``), from the run's cached training features."""
+
+    def __init__(self, protocol: str, train: np.ndarray, labels: np.ndarray, *, num_classes: int, k: int) -> None:
+        super().__init__()
+        self.protocol, self.train, self.labels, self.num_classes, self.k = protocol, train, labels, num_classes, k
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        from core.probing.probes import KNN_TEMPERATURE, knn_votes, ncm_logits
+
+        query = features.detach().cpu().numpy().astype(np.float64)
+        if self.protocol == "ncm":
+            logits = ncm_logits(self.train, self.labels, query, num_classes=self.num_classes)
+        else:
+            votes = knn_votes(
+                self.train, self.labels, query, num_classes=self.num_classes, ks=(self.k,), temperature=KNN_TEMPERATURE
+            )[self.k]
+            logits = np.log(np.clip(votes, 1e-30, None))  # softmax(log votes) = the votes (rows sum to 1)
+        return torch.as_tensor(logits, dtype=torch.float32)
+
+
+def memory_head(run: dict, train_features: np.ndarray, train_labels: np.ndarray) -> torch.nn.Module:
+    """The head of a k-NN or NCM run: its training features and its k (chosen on validation, recorded)."""
+    if run.get("shots") is not None:
+        raise FlowerProbeError(
+            f"Run {run['id']} is a {run['shots']}-shot {run['protocol']} run: it did not record which training images "
+            "it drew, so it cannot classify. Use the same protocol's run on the whole training part."
+        )
+    hyperparameter = (run.get("metrics") or {}).get("hyperparameter") or {}
+    k = int(hyperparameter.get("value") or 0) if run["protocol"] == "knn" else 0
+    if run["protocol"] == "knn" and not 1 <= k <= len(train_features):
+        raise FlowerProbeError(f"Run {run['id']} recorded no usable k ({hyperparameter!r}); run its k-NN probe again.")
+    return _MemoryHead(
+        run["protocol"],
+        np.asarray(train_features, dtype=np.float64),
+        np.asarray(train_labels),
+        num_classes=len(run["class_names"]),
+        k=k,
+    )
+
+
+def _memory_temperature(run: dict) -> float | None:
+    """NCM's temperature, fitted on validation and kept in the run's calibration record (it has no head file);
+    None for k-NN, whose vote shares are not calibrated (``core.probing.calibration.KNN_NOTE``)."""
+    if run.get("protocol") != "ncm":
+        return None
+    temperature = ((run.get("metrics") or {}).get("calibration") or {}).get("temperature")
+    return float(temperature) if temperature else None
 
 
 def _load_head(run: dict, path: Path, *, feature_dim: int) -> torch.nn.Module:
@@ -170,14 +232,19 @@ def head_temperature(path: Path) -> float | None:
     return temperature if temperature is not None and temperature > 0 else None
 
 
-def _check_weights(run: dict, workspace: Workspace, progress: ProgressCallback | None) -> None:
-    source = resolve_weights(run["backbone"], weights=run["weights"], workspace=workspace, progress=progress)
+def _check_weights(
+    run: dict, backbone: ResolvedBackbone, workspace: Workspace, progress: ProgressCallback | None
+) -> ResolvedBackbone:
+    """``backbone`` (the run's) located, refused when its weights are no longer the ones the run was trained with."""
+    backbone = backbone.located(workspace=workspace, progress=progress)
+    source = backbone.source
     if source.tag != run["weights_tag"]:
         raise FlowerProbeError(
             f"Run {run['id']} was trained with {run['backbone']} weights {run['weights_tag']}, but {run['weights']!r} "
             f"now gives {source.tag} ({source.path}): the weights file changed since. Put the original file back, "
             f"or train a new run with the current weights."
         )
+    return backbone
 
 
 def _check_dataset(run: dict, dataset: Dataset) -> None:
@@ -218,11 +285,9 @@ def unfamiliar_threshold(reference_features: np.ndarray) -> float:
     return float(q3 + _FENCE_IQRS * (q3 - q1))
 
 
-def _training_features(run: dict, dataset: Dataset, workspace: Workspace, precision: str):
+def _training_features(run: dict, backbone: ResolvedBackbone, dataset: Dataset, workspace: Workspace, precision: str):
     """The run's cached features: its recorded file, else the cache an extraction of its settings writes now."""
-    entry = CacheEntry.of(
-        dataset, run["backbone"], workspace=workspace, weights_tag=run["weights_tag"], precision=precision
-    )
+    entry = CacheEntry.of(dataset, backbone, workspace=workspace, weights_tag=run["weights_tag"], precision=precision)
     for path in (RunFiles(run, workspace).features, entry.folder):
         if path is None:
             continue
@@ -235,9 +300,8 @@ def _training_features(run: dict, dataset: Dataset, workspace: Workspace, precis
         f"extracted again before it can classify.",
         extraction={
             "dataset": dataset,
-            "backbone": run["backbone"],
+            "backbone": backbone,
             "workspace": workspace,
-            "weights": run["weights"],
             "precision": precision,
             "variant": run.get("features"),
         },
@@ -264,10 +328,14 @@ class Predictor:
         reference_features: np.ndarray,
         reference_rows: np.ndarray,
         temperature: float | None = None,
+        backbone: ResolvedBackbone | None = None,
     ) -> None:
         self.run = run
         # Logits are divided by it before the softmax (temperature scaling fitted on the run's validation part).
         self.temperature = temperature
+        # The backbone's onnxruntime graph when this workspace measured it faster here (``use_onnxruntime``).
+        self.onnx_graph = None
+        self.onnx_session = None
         self.model = model
         self.head = head
         self.device = device
@@ -278,8 +346,10 @@ class Predictor:
         # Computed once per predictor: a k=2 neighbour search over the training features (70 ms at 680 x 2048).
         self.unfamiliar_distance = unfamiliar_threshold(reference_features) if len(reference_features) > 1 else np.inf
         self.class_names: tuple[str, ...] = tuple(run["class_names"])
-        self.config = get_config(run["backbone"])
-        self.transform = make_transform(self.config)
+        # The run's backbone, resolved once (from_run passes its own; a hand-built predictor resolves the run's).
+        self.backbone = backbone or resolve_backbone(run["backbone"], weights=run["weights"])
+        self.config = self.backbone.config
+        self.transform = self.backbone.transform()
 
     @classmethod
     def from_run(
@@ -321,26 +391,31 @@ class Predictor:
             raise FlowerProbeError(
                 f"Run {run['id']} is {run['status']}; only a completed run has a trained head to classify with."
             )
-        _check_weights(run, workspace, progress)
+        backbone = _check_weights(run, resolve_backbone(run["backbone"], weights=run["weights"]), workspace, progress)
         dataset = load_dataset(run["dataset_key"], workspace)
         _check_dataset(run, dataset)
         torch_device = select_device(device)
         # The run's precision, so new images get features the way the head's training images did.
         precision = select_precision(torch_device, run["precision"])
         try:
-            features = _training_features(run, dataset, workspace, precision)
+            features = _training_features(run, backbone, dataset, workspace, precision)
         except FeaturesMissingError as missing:
             if not extract_missing:
                 raise
             features = extract_features(**missing.extraction, device=device, progress=progress)
         reference_features, reference_rows = features.select(dataset.split(run["split"])["train"])
-        head_path = _head_file(run, workspace)
-        head = _load_head(run, head_path, feature_dim=features.features.shape[1])
+        head_path = None
+        if run.get("protocol") in MEMORY_PROTOCOLS:
+            # k-NN and NCM keep no head by design: their "head" is the training features, which are right here.
+            head = memory_head(run, reference_features, dataset.labels[reference_rows])
+        else:
+            head_path = _head_file(run, workspace)
+            head = _load_head(run, head_path, feature_dim=features.features.shape[1])
         if backbone_loader is None:
-            model, _ = build_backbone(run["backbone"], weights=run["weights"], workspace=workspace, progress=progress)
+            model = backbone.build(workspace=workspace, progress=progress)
         else:
             model = backbone_loader(run)
-        return cls(
+        predictor = cls(
             run=run,
             model=prepare_model(model, device=torch_device, precision=precision),
             head=head,
@@ -349,8 +424,11 @@ class Predictor:
             dataset=dataset,
             reference_features=reference_features,
             reference_rows=reference_rows,
-            temperature=head_temperature(head_path),
+            temperature=head_temperature(head_path) if head_path is not None else _memory_temperature(run),
+            backbone=backbone,
         )
+        predictor.use_onnxruntime(workspace)  # the faster CPU runtime, when measured so and already exported here
+        return predictor
 
     @property
     def calibrated(self) -> bool:
@@ -365,6 +443,8 @@ class Predictor:
                 f"calibrated probabilities: the head's logits divided by T = {self.temperature:.2f}, fitted on run "
                 f"{self.run['id']}'s validation part (temperature scaling)"
             )
+        if self.run.get("protocol") == "knn":
+            return f"k-NN vote shares of run {self.run['id']} (the neighbours' weighted votes, not probabilities)"
         return f"uncalibrated probabilities: run {self.run['id']}'s head has no fitted temperature (plain softmax)"
 
     @property
@@ -430,8 +510,41 @@ class Predictor:
                 )
         return results
 
+    def use_onnxruntime(self, workspace: Workspace) -> bool:
+        """Compute features with onnxruntime from now on if that is faithful and faster here; returns whether it is.
+
+        Only on a CPU at fp32 (onnxruntime's one precision, whose features equal PyTorch fp32's within 1e-4 by the
+        graph's check), when the workspace already holds the backbone's checked graph (never exported here: that
+        is long work) and its runtime choice measured onnxruntime faster on this CPU.
+        """
+        from core.features.runtime import prefers_onnxruntime
+        from core.onnx.backbone import existing_graph
+
+        backbone = self.backbone.located(workspace=workspace)
+        if self.device.type != "cpu" or self.precision != "fp32":
+            return False
+        if not prefers_onnxruntime(
+            workspace, backbone.name, weights_tag=backbone.weights_tag, input_size=backbone.input_size
+        ):
+            return False
+        from core.onnx.export import OnnxUnavailableError
+
+        graph = existing_graph(backbone, workspace=workspace)
+        if graph is None:
+            return False
+        try:
+            self.onnx_graph, self.onnx_session = graph, graph.session()
+        except OnnxUnavailableError:
+            return False
+        return True
+
     def features_of(self, batch: torch.Tensor) -> np.ndarray:
         """Backbone features of preprocessed images (N, 3, H, W) -> ndarray of shape (N, feature_dim)."""
+        if self.onnx_session is not None:
+            from core.onnx.backbone import graph_features
+
+            default = self.onnx_graph.variants[0]
+            return graph_features(self.onnx_session, batch.numpy(), (default,))[default]
         # compute_features takes any iterable of (images, rows, errors) batches: one in-memory batch
         # goes through the very forward (device, autocast, dtype) that made the training features.
         features, _, _ = compute_features(

@@ -1,8 +1,10 @@
-"""One experiment run end to end: dataset -> cached features -> head -> run record.
+"""One experiment run end to end: dataset -> cached features -> head -> run record; and comparisons of them.
 
-``run_experiment`` is what the CLI's ``compare`` and the dashboard's Train page both call, so a run
-made from either is the same run. The run is recorded as ``running`` first and completed in one
-transaction; any failure marks it failed (or cancelled, or interrupted) with the reason.
+``run_comparison`` is what the CLI's ``compare``, the Train page and Home's ready-made comparisons call: the
+probe suite (``core.probing.suite``) with the reference head on the whole training part, one group with a status
+that resumes. ``run_experiment`` is one such run on its own, recorded as ``running`` first and completed in one
+transaction; any failure marks it failed (or cancelled, or interrupted) with the reason. Both record through
+``core.probing.record.record_run``, so a run is recorded one way whatever made it.
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from importlib import metadata
 
 import numpy as np
 
 from core import __version__
-from core.backbones.registry import get_config
-from core.backbones.variants import default_variant
+from core.backbones.resolved import WEIGHTS_SEPARATOR, ResolvedBackbone, resolve_backbone, split_spec
 from core.base.errors import CancelledError, FlowerProbeError
 from core.base.progress import ProgressCallback, ProgressEvent
 from core.base.workspace import Workspace
@@ -43,6 +45,9 @@ class ExperimentConfig:
     device: str = "auto"  # CUDA > MPS > CPU
     precision: str = "auto"  # mixed precision where measured fast and faithful
     feature_batch_size: int = 64  # images per backbone forward; fits ViT-S/ResNet-50 on small GPUs
+    # CPU feature runtime (core.features.runtime.RUNTIMES): "auto" measures PyTorch vs onnxruntime once;
+    # None is the engine's default (FLOWER_PROBE_RUNTIME, else "auto").
+    runtime: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,7 +102,8 @@ def run_experiment(
     registry = registry or RunRegistry(workspace.registry_path)
     dataset = dataset or prepare_dataset(config.dataset, workspace, progress=progress)
     parts = dataset.split(config.split)
-    variant = default_variant(config.backbone)
+    backbone = resolve_backbone(config.backbone, weights=config.weights)  # looked up once, passed down
+    variant = backbone.default_variant
     versions = library_versions()
     run_id = registry.create_run(
         dataset_key=dataset.key,
@@ -122,12 +128,12 @@ def run_experiment(
         watched = _RateWatcher(progress, stage="features")
         features = extract_features(
             dataset,
-            config.backbone,
+            backbone,
             workspace=workspace,
-            weights=config.weights,
             device=config.device,
             precision=config.precision,
             batch_size=config.feature_batch_size,
+            runtime=config.runtime,
             progress=watched,
         )
         features_seconds = time.perf_counter() - started
@@ -193,7 +199,8 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-WEIGHTS_SEPARATOR = "@"  # "efficientnet_lite0@random": backbone names never contain it (timm tags neither)
+# WEIGHTS_SEPARATOR ("efficientnet_lite0@random": backbone names never contain it, timm tags neither) lives with
+# the spec grammar in core.backbones.resolved and is re-exported here for the CLI and pages.
 
 
 @dataclass(frozen=True)
@@ -202,6 +209,12 @@ class BackboneChoice:
 
     backbone: str
     weights: str = "pretrained"  # "pretrained", "random" or a checkpoint path
+
+    @cached_property
+    def resolved(self) -> ResolvedBackbone:
+        """This backbone and weights looked up once (``core.backbones.resolved``): what extraction, probes and
+        run records receive; ``UnknownBackboneError`` (closest names) for an unknown name."""
+        return resolve_backbone(self.backbone, weights=self.weights)
 
     @property
     def spec(self) -> str:
@@ -222,10 +235,8 @@ class BackboneChoice:
 
 def parse_backbone(spec: str) -> BackboneChoice:
     """``"resnet50"``: pretrained; ``"resnet50@random"``: random weights; ``"resnet50@/w/r50.pth"``: that file."""
-    name, separator, weights = str(spec).partition(WEIGHTS_SEPARATOR)
-    if not name or (separator and not weights):
-        raise FlowerProbeError(f"backbones must be written NAME, NAME@random or NAME@<checkpoint path>; got {spec!r}.")
-    return BackboneChoice(backbone=name, weights=weights or "pretrained")
+    name, weights = split_spec(spec)
+    return BackboneChoice(backbone=name, weights=weights)
 
 
 def backbone_choices(backbones: list[str], random_weights_for: tuple[str, ...] = ()) -> list[BackboneChoice]:
@@ -239,7 +250,7 @@ def backbone_choices(backbones: list[str], random_weights_for: tuple[str, ...] =
         raise FlowerProbeError("backbones must name at least one backbone.")
     choices = [parse_backbone(spec) for spec in backbones]
     for choice in choices:  # an unknown name fails now, with the closest names, not after the dataset is prepared
-        get_config(choice.backbone)
+        _ = choice.resolved  # resolved once here; the choice carries the record down
     plain = {c.backbone for c in choices if c.weights == "pretrained"}
     unknown_random = set(random_weights_for) - plain
     if unknown_random:
@@ -371,8 +382,11 @@ def run_comparison(
     progress: ProgressCallback | None = None,
     on_run_start: Callable[[ExperimentConfig], None] | None = None,
     on_run: Callable[[dict], None] | None = None,
+    runtime: str | None = None,
 ) -> list[dict]:
     """Run every backbone on every requested split; returns the run records in order.
+
+    ``runtime``: the CPU feature runtime (``core.features.runtime.RUNTIMES``; None: the engine's default).
 
     ``backbones`` are specs as ``parse_backbone`` reads them, so one backbone can run twice with different
     weights (``["efficientnet_lite0", "efficientnet_lite0@random"]``: how much does pretraining matter?).
@@ -396,6 +410,7 @@ def run_comparison(
                     head=head,
                     device=device,
                     precision=precision,
+                    runtime=runtime,
                 )
             )
 
@@ -415,4 +430,5 @@ def run_comparison(
         on_run=on_run,
         on_start=on_start,
         kind="compare",
+        runtime=runtime,
     )

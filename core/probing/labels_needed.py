@@ -230,13 +230,20 @@ def labels_needed(fit: LearningCurveFit, *, target: float) -> LabelsAnswer:
 def curve_points(records: Sequence[dict]) -> dict[tuple, dict[float, list[float]]]:
     """Few-shot runs grouped for fitting: ``{(backbone, weights, features, protocol): {shots: [test_acc, ...]}}``.
 
-    Only runs with a number of shots (the suite's few-shot levels); the whole-training-part runs ("all") hold
-    uneven class counts and are left out of the fit.
+    The suite's few-shot levels, and its run on the whole training part ("all") placed at its mean training images
+    per class (as the few-shot plot places it) when the suite recorded how many it had; other runs on the whole
+    training part (no recorded count) are left out.
     """
     grouped: dict[tuple, dict[float, list[float]]] = {}
     for run in records:
-        if run.get("shots") is None or run.get("test_acc") is None or run.get("status", "completed") != "completed":
+        if run.get("test_acc") is None or run.get("status", "completed") != "completed":
+            continue
+        if run.get("shots") is not None:
+            n = float(run["shots"])
+        elif "train_images" in (run.get("config") or {}) and run.get("class_names"):
+            n = run["config"]["train_images"] / len(run["class_names"])
+        else:
             continue
         key = (run["backbone"], run["weights"], run.get("features"), run["protocol"])
-        grouped.setdefault(key, {}).setdefault(float(run["shots"]), []).append(float(run["test_acc"]))
+        grouped.setdefault(key, {}).setdefault(n, []).append(float(run["test_acc"]))
     return grouped

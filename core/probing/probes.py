@@ -34,11 +34,19 @@ from threadpoolctl import threadpool_limits
 
 from core.base.errors import FlowerProbeError
 from core.base.progress import ProgressCallback
+from core.base.vectors import unit_rows
+from core.probing.attentive import AttentiveConfig, attentive_probe
 from core.probing.calibration import calibration_record
 from core.probing.heads import HeadConfig, build_head, confusion_matrix, per_class_accuracy, train_head
 from core.probing.stats import bootstrap_interval
 
 PROTOCOLS = ("mlp", "linear", "logreg", "knn", "ncm")
+# Protocols on other inputs, asked for by name only (never in the default set): ``attentive`` trains on cached patch
+# tokens (core.probing.attentive; ``extract --tokens`` first), ``zeroshot`` uses a CLIP model's text tower
+# (core.probing.zeroshot).
+TOKEN_PROTOCOLS = ("attentive",)
+ZERO_SHOT_PROTOCOL = "zeroshot"
+ALL_PROTOCOLS = PROTOCOLS + TOKEN_PROTOCOLS + (ZERO_SHOT_PROTOCOL,)
 # The protocol a run of the reference recipe (``mlp_probe``: AdamW, best epoch on validation) is recorded under, per
 # head architecture (``HeadConfig.architecture``): "mlp" is the reference head; a linear layer trained that way
 # (``compare --head-architecture linear``) is not the "linear" probe (SGD over DINOv2's learning rates), so it has
@@ -76,6 +84,7 @@ class ProbeConfig:
     logreg: LogregConfig = field(default_factory=LogregConfig)
     knn_ks: tuple[int, ...] = KNN_KS
     knn_temperature: float = KNN_TEMPERATURE
+    attentive: AttentiveConfig = field(default_factory=AttentiveConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -236,11 +245,6 @@ def check_parts(train: Part, valid: Part, test: Part, *, num_classes: int) -> No
         raise FlowerProbeError(f"the train, valid and test features must have one dimension, got {sorted(dims)}.")
     if len(np.unique(train[1])) < 2:
         raise FlowerProbeError(f"the train part must hold at least two classes, got only class {int(train[1][0])}.")
-
-
-def _l2_normalised(features: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    return features / np.maximum(norms, np.finfo(np.float32).tiny)
 
 
 @contextmanager
@@ -518,7 +522,7 @@ def knn_votes(
 
     The top ``max(ks)`` neighbours are found once; each smaller k uses their prefix.
     """
-    similarity = _l2_normalised(query_features) @ _l2_normalised(train_features).T  # cosine, (n_query, n_train)
+    similarity = unit_rows(query_features) @ unit_rows(train_features).T  # cosine, (n_query, n_train)
     k_max = max(ks)
     neighbours = (
         np.argpartition(-similarity, k_max - 1, axis=1)[:, :k_max]
@@ -599,7 +603,7 @@ def ncm_logits(
     ``ncm_scores`` is their softmax; temperature scaling divides them. A class without training images gets
     -1e4 (distances lie in [0, 4], so its softmax share is exactly 0, as ``ncm_scores`` gives it).
     """
-    train_unit, query_unit = _l2_normalised(train_features), _l2_normalised(query_features)
+    train_unit, query_unit = unit_rows(train_features), unit_rows(query_features)
     present = np.unique(train_labels)
     means = np.stack([train_unit[train_labels == c].mean(axis=0) for c in present])
     logits = np.full((len(query_features), num_classes), -1e4)
@@ -615,7 +619,7 @@ def ncm_scores(
     Distances rank the classes (the nearest mean is the prediction); the softmax only makes rows sum to 1
     and is no calibrated probability. A class without training images gets score 0.
     """
-    train_unit, query_unit = _l2_normalised(train_features), _l2_normalised(query_features)
+    train_unit, query_unit = unit_rows(train_features), unit_rows(query_features)
     present = np.unique(train_labels)
     means = np.stack([train_unit[train_labels == c].mean(axis=0) for c in present])
     distances = ((query_unit[:, None, :] - means[None, :, :]) ** 2).sum(axis=2)
@@ -663,10 +667,10 @@ def recorded_protocol(protocol: str, config: ProbeConfig) -> str:
 
 def check_protocols(protocols: list[str] | tuple[str, ...]) -> list[str]:
     """The protocol names, validated; an unknown one names the allowed ones."""
-    unknown = [p for p in protocols if p not in PROTOCOLS]
+    unknown = [p for p in protocols if p not in ALL_PROTOCOLS]
     if unknown or not protocols:
         raise FlowerProbeError(
-            f"protocols must be among {', '.join(PROTOCOLS)}, got {', '.join(map(str, protocols)) or 'none'}."
+            f"protocols must be among {', '.join(ALL_PROTOCOLS)}, got {', '.join(map(str, protocols)) or 'none'}."
         )
     return list(dict.fromkeys(protocols))
 
@@ -684,6 +688,14 @@ def run_probe(
 ) -> ProbeResult:
     """Run one probe by name with ``seed`` (the training seed of mlp and linear, the bootstrap's seed for all)."""
     check_protocols([protocol])
+    if protocol == "attentive":  # train, valid, test: (core.probing.attentive.TokenPart, labels)
+        return attentive_probe(
+            train, valid, test, num_classes=num_classes, config=config.attentive, seed=seed, progress=progress
+        )
+    if protocol == ZERO_SHOT_PROTOCOL:
+        raise FlowerProbeError(
+            "protocols: 'zeroshot' has no training part; it runs through core.probing.zeroshot.run_zero_shot."
+        )
     if protocol == "mlp":
         head = HeadConfig(**{**config.mlp.to_dict(), "seed": seed})
         return mlp_probe(train, valid, test, num_classes=num_classes, config=head, seed=seed, progress=progress)

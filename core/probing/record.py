@@ -143,6 +143,8 @@ def record_run(
         "timings": {
             "features_s": features_seconds,
             "features_cached": feature_set.from_cache,
+            # Which runtime computed the features (core.features.runtime): "torch" or "onnxruntime".
+            "features_runtime": getattr(feature_set, "runtime", "torch"),
             "extraction_s": feature_set.seconds,
             "train_s": result.seconds,
             "total_s": features_seconds + result.seconds,

@@ -26,12 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.backbones.variants import check_variant, default_variant
+from core.backbones.tokens import token_layout
 from core.base.errors import CancelledError, FlowerProbeError
 from core.base.progress import ProgressCallback, report
 from core.base.workspace import Workspace
 from core.data.datasets import DEFAULT_SPLIT, Dataset, prepare_dataset
 from core.features.extract import extract_features
+from core.features.tokens import TOKENS, TokenFeatureSet, require_tokens
 from core.probing.experiment import (
     GENERATE_KEY,
     BackboneChoice,
@@ -46,6 +47,8 @@ from core.probing.experiment import (
 )
 from core.probing.probes import (
     REFERENCE_PROTOCOLS,
+    TOKEN_PROTOCOLS,
+    ZERO_SHOT_PROTOCOL,
     ProbeConfig,
     ProbeResult,
     check_protocols,
@@ -114,10 +117,20 @@ class SuitePlan:
     levels: tuple[int | None, ...]
     seeds: tuple[int, ...]
 
+    def schedule(self, variant: str) -> list[tuple[int | None, int, str]]:
+        """The (shots, seed, protocol) runs of one variant: ``attentive`` runs on the ``tokens`` pseudo-variant
+        (cached patch tokens), every other protocol on each pooled variant."""
+        protocols = [p for p in self.protocols if (p in TOKEN_PROTOCOLS) == (variant == TOKENS)]
+        return [
+            (level, seed, protocol)
+            for level in self.levels
+            for seed in (self.seeds[:1] if level is ALL else self.seeds)
+            for protocol in protocols
+        ]
+
     @property
     def runs(self) -> int:
-        draws = sum(1 if level is ALL else len(self.seeds) for level in self.levels)
-        return len(self.choices) * len(self.protocols) * draws
+        return sum(len(self.schedule(variant)) for _, variant in self.choices)
 
 
 def plan_suite(
@@ -145,10 +158,16 @@ def plan_suite(
     if not shots:
         raise FlowerProbeError("shots must name at least one level (e.g. all, or 1,4,16,all).")
     protocols = check_protocols(list(protocols))
+    if ZERO_SHOT_PROTOCOL in protocols:
+        raise FlowerProbeError("protocols: 'zeroshot' runs through core.probing.zeroshot (python -m core probe does).")
+    pooled = any(p not in TOKEN_PROTOCOLS for p in protocols)
     pairs = []
     for choice in backbone_choices(list(backbones), tuple(random_weights_for)):
-        for variant in features or [default_variant(choice.backbone)]:
-            pairs.append((choice, check_variant(choice.backbone, variant)))
+        for variant in (features or [choice.resolved.default_variant]) if pooled else []:
+            pairs.append((choice, choice.resolved.check_variant(variant)))
+        if any(p in TOKEN_PROTOCOLS for p in protocols):
+            token_layout(choice.backbone)  # a backbone with neither patch tokens nor a feature map is refused here
+            pairs.append((choice, TOKENS))
     return SuitePlan(choices=tuple(pairs), protocols=tuple(protocols), levels=tuple(shots), seeds=seed_values)
 
 
@@ -202,6 +221,7 @@ def _protocol_settings(protocol: str, config: ProbeConfig) -> dict:
         "logreg": settings["logreg"],
         "knn": {"ks": list(config.knn_ks), "temperature": config.knn_temperature},
         "ncm": {},
+        "attentive": settings["attentive"],
     }[protocol]
 
 
@@ -233,20 +253,18 @@ def _planned_keys(
     planned = []
     for choice, variant in plan.choices:
         for split_id in splits:
-            for level in plan.levels:
-                for seed in plan.seeds[:1] if level is ALL else plan.seeds:
-                    for protocol in plan.protocols:
-                        key = (
-                            dataset.fingerprint,
-                            split_id,
-                            choice.backbone,
-                            choice.weights,
-                            variant,
-                            recorded_protocol(protocol, config),
-                            level,
-                            seed,
-                        )
-                        planned.append((choice, variant, split_id, level, seed, protocol, key))
+            for level, seed, protocol in plan.schedule(variant):
+                key = (
+                    dataset.fingerprint,
+                    split_id,
+                    choice.backbone,
+                    choice.weights,
+                    variant,
+                    recorded_protocol(protocol, config),
+                    level,
+                    seed,
+                )
+                planned.append((choice, variant, split_id, level, seed, protocol, key))
     return planned
 
 
@@ -268,6 +286,7 @@ def run_probe_suite(
     on_run: Callable[[dict], None] | None = None,
     on_start: Callable[[BackboneChoice, str, str], None] | None = None,
     kind: str = "suite",
+    runtime: str | None = None,
 ) -> list[dict]:
     """Run and record the whole suite as one group; returns every run record of the group in the suite's order.
 
@@ -302,6 +321,9 @@ def run_probe_suite(
     for split_id in splits:
         parts = prepared.split(split_id)
         check_shots(prepared.labels[parts["train"]], list(plan.levels), class_names=prepared.class_names)
+    for choice, variant in plan.choices:  # before anything is recorded: attentive needs tokens extracted first
+        if variant == TOKENS:
+            require_tokens(prepared, choice.resolved, workspace=workspace, precision=precision, device=device)
     planned = _planned_keys(prepared, splits, plan, config)
     group_id, resumed = registry.start_group(
         kind=kind,
@@ -347,6 +369,7 @@ def run_probe_suite(
                     config=config,
                     device=device,
                     precision=precision,
+                    runtime=runtime,
                     group_id=group_id,
                     versions=versions,
                     progress=progress,
@@ -396,21 +419,27 @@ def _run_feature_set(
     done: int,
     total: int,
     report_epochs: bool,
+    runtime: str | None = None,
 ) -> int:
     """The runs ``only`` (shots, seed, protocol) of one (backbone, weights, variant, split), each recorded as it ends;
     returns how many runs of the suite are done."""
     started = time.perf_counter()
     watched = _RateWatcher(progress, stage="features")
-    feature_set = extract_features(
-        dataset,
-        choice.backbone,
-        workspace=workspace,
-        weights=choice.weights,
-        device=device,
-        precision=precision,
-        progress=watched,
-        variant=variant,
-    )
+    if variant == TOKENS:  # the attentive probe's patch tokens, memory-mapped: no forward here
+        feature_set = TokenFeatureSet(
+            require_tokens(dataset, choice.resolved, workspace=workspace, precision=precision, device=device)
+        )
+    else:
+        feature_set = extract_features(
+            dataset,
+            choice.resolved,  # resolved once by the plan; nothing below looks the name up again
+            workspace=workspace,
+            device=device,
+            precision=precision,
+            progress=watched,
+            variant=variant,
+            runtime=runtime,
+        )
     features_seconds = time.perf_counter() - started
     if watched.final_rate:  # computed here, not read from the cache
         record_rate(workspace, what=choice.backbone, device=feature_set.device, images_per_s=watched.final_rate)
@@ -449,7 +478,7 @@ def _run_feature_set(
             precision=precision,
             group_id=group_id,
             versions=versions,
-            keep_head=level is ALL and variant == default_variant(choice.backbone),
+            keep_head=level is ALL and variant in (choice.resolved.default_variant, TOKENS),
         )
         done += 1
         shots_text = "all" if level is ALL else f"{level}-shot"

@@ -577,6 +577,16 @@ class RunRegistry:
             rows = conn.execute(f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
         return [_row_to_dict(r) for r in rows]
 
+    def runs_created(self, *, pid: int, host: str, since: float, until: float) -> list[dict]:
+        """Runs process ``pid`` on ``host`` created between ``since`` and ``until`` (Unix times), oldest first: the
+        runs of one job (``core.jobs.history``), since the job runner runs one job at a time."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT * FROM runs WHERE pid=? AND host=? AND created_at>=? AND created_at<=? ORDER BY id",
+                (pid, host, since, until),
+            ).fetchall()
+        return [_row_to_dict(r) for r in rows]
+
     def count_runs(self, *, status: str | None = None, few_shot: bool | None = None) -> int:
         """How many runs there are (``status`` and ``few_shot`` as for ``list_runs``), counted in SQL, no rows read."""
         clauses, params = [] if few_shot is None else ["shots IS NOT NULL" if few_shot else "shots IS NULL"], []

@@ -103,9 +103,28 @@ def run_feature_stats(run: dict, workspace: Workspace) -> dict | None:
     if recorded:
         return recorded
     path = RunFiles(run, workspace).features
-    if path is None or not Path(path).exists():
+    return None if path is None else cache_feature_stats(path, variant=run.get("features"))
+
+
+def collapsed_text(stats: dict | None, *, who: str) -> str | None:
+    """The warning for collapsed features (``feature_stats``'s ``stats`` of ``who``'s features), None when they are
+    not collapsed or unknown."""
+    if stats is None or (stats["mean_norm"] >= TINY_NORM and stats["relative_spread"] >= TINY_SPREAD):
         return None
-    return _cached_stats(str(path), run.get("features"), Path(path).stat().st_mtime)
+    what = (
+        f"nearly zero (mean norm {stats['mean_norm']:.1g})"
+        if stats["mean_norm"] < TINY_NORM
+        else f"nearly the same vector for every photo (relative spread {stats['relative_spread']:.1g})"
+    )
+    return f"The features of {who} are collapsed: {what}. {FIX}"
+
+
+def cache_feature_stats(path: str | Path, *, variant: str | None = None) -> dict | None:
+    """``feature_stats`` of a feature cache (memoised per file and variant), None when it cannot be read."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    return _cached_stats(str(path), variant, path.stat().st_mtime)
 
 
 def run_warnings(run: dict, workspace: Workspace | None = None) -> list[RunWarning]:
@@ -116,14 +135,9 @@ def run_warnings(run: dict, workspace: Workspace | None = None) -> list[RunWarni
     warnings: list[RunWarning] = []
     who = f"{run['backbone']} ({weights_name(run['weights'])})"
     stats = run_feature_stats(run, workspace) if workspace is not None else None
-    collapsed = stats is not None and (stats["mean_norm"] < TINY_NORM or stats["relative_spread"] < TINY_SPREAD)
+    collapsed = collapsed_text(stats, who=who)
     if collapsed:
-        what = (
-            f"nearly zero (mean norm {stats['mean_norm']:.1g})"
-            if stats["mean_norm"] < TINY_NORM
-            else f"nearly the same vector for every photo (relative spread {stats['relative_spread']:.1g})"
-        )
-        warnings.append(RunWarning("collapsed", f"The features of {who} are collapsed: {what}. {FIX}"))
+        warnings.append(RunWarning("collapsed", collapsed))
     if run.get("confusion") is not None and len(run.get("class_names") or []) > 1:
         top, share = predicted_share(run["confusion"])
         if share >= ONE_CLASS_SHARE:

@@ -192,9 +192,23 @@ def test_compare_shows_protocols_fewshot_curves_and_the_paired_comparison(probed
     assert "resnet50 (random weights) · gap · knn" in names and len(names) == 2 * 3
     # Default runs: the newest reference (mlp) run of each backbone and weights, whatever ran after it.
     assert set(at.dataframe[0].value["protocol"]) == {"mlp"}
+    # The overview's paired comparison, and the same sentence beside kappa in the Agreement part.
     paired = [m.value for m in at.markdown if "McNemar" in m.value]
-    assert len(paired) == 1 and re.search(r"beats|tie", paired[0])
+    assert len(paired) == 1 + ("Agreement" in VIEWS) and all(re.search(r"beats|tie", p) for p in paired)
     assert len(at.get("download_button")) == 2
+
+
+def test_compare_shows_calibration_and_offers_to_measure_cost(probed):
+    at = open_compare(["Accuracy vs cost", "Calibration"])
+    assert [s.value for s in at.subheader] == ["Accuracy vs cost", "Calibration"]
+    table = next(frame.value for frame in at.dataframe if "ECE % scaled" in frame.value.columns)
+    # The default runs are reference (mlp) heads: each has a fitted temperature and a reliability diagram.
+    assert len(table) == 2 and table["temperature"].notna().all() and (table["ECE %"] >= 0).all()
+    charts = [json.loads(element.proto.spec) for element in at.get("plotly_chart")]
+    assert len(charts) == 2 and all(c["layout"]["xaxis"]["title"]["text"].startswith("confidence") for c in charts)
+    # No cost measured in this workspace: the view says so and offers the measurement as a job.
+    assert any("Cost not measured yet" in c.value for c in at.caption)
+    assert any(b.label.startswith("Measure the cost of 2 backbone") for b in at.button)
 
 
 def test_the_cell_gallery_scrolls_into_view_after_a_click(probed):

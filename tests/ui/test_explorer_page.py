@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -20,14 +19,11 @@ from core.base.workspace import Workspace
 from core.data.datasets import load_dataset
 from core.runs.registry import RunRegistry
 from tests.helpers.photo_grids import photo_grids
+from ui.navigation import PAGES
 
 ENTRY = Path(__file__).resolve().parents[2] / "dashboard.py"
-# The explorer's st.Page path as the entry script names it (so a renamed pages folder needs no edit here).
-PAGE = next(
-    page
-    for page in re.findall(r'st\.Page\("([^"]+)"', ENTRY.read_text(encoding="utf-8"))
-    if page.endswith("explorer.py")
-)
+# The explorer's page script as the app's navigation lists it (so a renamed pages folder needs no edit here).
+PAGE = next(script for script, _, _ in PAGES if script.endswith("explorer.py"))
 MAP_KEY = "explorer-map"
 RENDER_TIMEOUT_S = 120  # t-SNE of 2 x 136 points on a shared 2-core CPU, the first time
 
@@ -42,6 +38,24 @@ def open_explorer() -> AppTest:
     at.run()
     at.switch_page(PAGE).run()
     assert_no_exception(at)
+    return settle(at)
+
+
+def settle(at: AppTest) -> AppTest:
+    """Wait for the jobs the page queued (maps, data health: the job runner computes them, not the page's thread),
+    then rerun, as the page's live refresh does when the last one ends."""
+    from ui.state import job_runner
+
+    runner = job_runner()
+    for _ in range(3):  # a map's job, then perhaps a health job the next rerun asks for
+        active = [job for job in runner.jobs() if job.active]
+        if not active:
+            break
+        for job in active:
+            finished = runner.wait(job.id, timeout_s=RENDER_TIMEOUT_S)
+            assert finished.status == "completed", (finished.title, finished.error)
+        at.run()
+        assert_no_exception(at)
     return at
 
 
@@ -58,7 +72,7 @@ def spec_of(at: AppTest) -> dict:
 
 def click(at: AppTest, row: int, *, seq: int) -> None:
     """What the component sends when the user clicks the point of dataset row ``row``."""
-    at.session_state[MAP_KEY] = {"event": "click", "points": [{"customdata": [row]}], "seq": seq}
+    at.session_state[MAP_KEY] = {"event": "click", "rows": [row], "seq": seq}
     at.run()
     assert_no_exception(at)
 
@@ -125,7 +139,7 @@ def test_one_run_gives_one_map(populated_workspace):
     runs = at.multiselect[0]
     assert len(runs.value) == 2
     runs.set_value(runs.value[:1]).run()
-    assert_no_exception(at)
+    settle(at)
     assert len(spec_of(at)["panels"]) == 1
 
 
@@ -160,8 +174,7 @@ def test_an_old_event_is_not_handled_again_after_the_view_changes(populated_work
 
     # Only the test images: the selection is cleared, and the component's unchanged value (same
     # seq, repeated on every rerun) must not bring it back.
-    at.selectbox(key="explorer_part").set_value("test").run()
-    assert_no_exception(at)
+    settle(at.selectbox(key="explorer_part").set_value("test").run())
     assert not any(header.startswith("Selected photos") for header in subheaders(at))
 
     click(at, second, seq=2)
@@ -171,7 +184,7 @@ def test_an_old_event_is_not_handled_again_after_the_view_changes(populated_work
 
 def test_a_box_selection_shows_a_gallery_without_neighbours(populated_workspace):
     at = open_explorer()
-    at.session_state[MAP_KEY] = {"event": "select", "points": [{"customdata": [r]} for r in (3, 4, 9)], "seq": 7}
+    at.session_state[MAP_KEY] = {"event": "select", "rows": [3, 4, 9], "seq": 7}
     at.run()
     assert_no_exception(at)
     assert "Selected photos (3)" in subheaders(at)
@@ -181,7 +194,7 @@ def test_a_box_selection_shows_a_gallery_without_neighbours(populated_workspace)
 
 def test_colour_by_correct_or_incorrect_on_test_images(populated_workspace):
     at = open_explorer()
-    at.selectbox(key="explorer_part").set_value("test").run()
+    settle(at.selectbox(key="explorer_part").set_value("test").run())
     at.selectbox(key="explorer_colour").set_value("correct").run()
     assert_no_exception(at)
     spec = spec_of(at)
@@ -195,8 +208,7 @@ def test_colour_by_correct_or_incorrect_on_test_images(populated_workspace):
 
 def test_colour_modes_that_need_predictions_are_offered_only_with_test_images(populated_workspace):
     at = open_explorer()
-    at.selectbox(key="explorer_part").set_value("train").run()
-    assert_no_exception(at)
+    settle(at.selectbox(key="explorer_part").set_value("train").run())
     options = at.selectbox(key="explorer_colour").options
     assert options[0] == "true class" and all(option.startswith("data health") for option in options[1:]), options
 
@@ -230,8 +242,7 @@ def test_pca_map_keeps_the_class_colours_and_is_the_features_pca(populated_works
 
     at = open_explorer()
     tsne = spec_of(at)
-    at.radio(key="explorer_method").set_value("pca").run()
-    assert_no_exception(at)
+    settle(at.radio(key="explorer_method").set_value("pca").run())
     pca = spec_of(at)
     assert all("PCA" in panel["title"] for panel in pca["panels"])
     for before, after in zip(tsne["panels"], pca["panels"]):
@@ -249,7 +260,7 @@ def test_pca_map_keeps_the_class_colours_and_is_the_features_pca(populated_works
 
 def test_colour_by_a_runs_confidence_draws_a_colour_bar(populated_workspace):
     at = open_explorer()
-    at.selectbox(key="explorer_part").set_value("test").run()
+    settle(at.selectbox(key="explorer_part").set_value("test").run())
     other = at.multiselect[0].value[1]  # colour both maps by the second run's predictions
     at.selectbox(key="explorer_colour_run").set_value(other).run()
     at.selectbox(key="explorer_colour").set_value(f"score:confidence:{other}").run()
@@ -275,6 +286,12 @@ def test_colour_by_data_health_scores_of_the_first_maps_features(populated_works
     first = RunRegistry(root / "runs.sqlite").get_run(at.multiselect[0].value[0])
     at.selectbox(key="explorer_colour").set_value("health").run()
     assert_no_exception(at)
+    from ui.state import job_runner
+
+    (job,) = [job for job in job_runner().jobs() if job.active]  # the checks run as a job, not on the page's thread
+    assert job.title.startswith("Data health of ")
+    assert at.selectbox(key="explorer_colour").value == "health", "the mode stays chosen while its job runs"
+    settle(at)
     report = dataset_health(
         "synthetic",
         first["backbone"],
@@ -296,3 +313,31 @@ def test_colour_by_data_health_scores_of_the_first_maps_features(populated_works
     assert {row: value for row, value in zip(scored["rows"], scored["values"])} == {
         row: round(score, 4) for row, score in expected.items() if not math.isnan(score)
     }
+
+
+def test_a_map_not_made_yet_is_computed_by_a_job_with_a_progress_bar(populated_workspace, tmp_path, monkeypatch):
+    from core.maps import projection
+    from ui.state import job_runner
+
+    root = tmp_path / "workspace"  # a copy without the maps the other tests made
+    shutil.copytree(populated_workspace.root, root, ignore=shutil.ignore_patterns("maps"))
+    monkeypatch.setenv("FLOWER_PROBE_WORKSPACE", str(root))
+    monkeypatch.setattr(projection, "_memory", projection.OrderedDict())  # nor any map this process holds
+    before = {job.id for job in job_runner().jobs()}
+
+    def new_jobs() -> list:
+        return [job for job in job_runner().jobs() if job.id not in before]
+
+    at = AppTest.from_file(str(ENTRY), default_timeout=RENDER_TIMEOUT_S)
+    at.run()
+    at.switch_page(PAGE).run()
+    assert_no_exception(at)
+    assert not at.get("component_instance"), "no map before its job made it"
+    assert len(new_jobs()) == 2 and all(job.title.startswith("t-SNE map of ") for job in new_jobs())
+    assert at.get("progress"), "the page shows the jobs' progress"
+    at.run()  # a rerun while they run (or after) queues nothing twice
+    assert len(new_jobs()) == 2
+    settle(at)
+    assert len(spec_of(at)["panels"]) == 2
+    assert len(new_jobs()) == 2 and all(job.status == "completed" for job in new_jobs())
+    assert sorted(p.name for p in (root / "features" / "maps").glob("*.npz")), "the job wrote the maps to disk"

@@ -63,11 +63,16 @@ def test_correct_traces_split_by_the_chosen_predictions():
 
 
 def test_parameters_shrink_to_what_a_small_map_allows_and_say_so():
-    params, note = explorer.effective_params("tsne", MapParams(perplexity=30), 31)
+    from core.maps.projection import check_map_params, fit_map_params  # the one rule the Explorer and Classify use
+
+    params, note = fit_map_params("tsne", MapParams(perplexity=30), 31)
     assert params.perplexity == 10 and "lowered from 30" in note
-    params, note = explorer.effective_params("umap", MapParams(n_neighbors=15), 10)
+    check_map_params("tsne", params, 31)  # what it shrinks to is what the check allows
+    params, note = fit_map_params("umap", MapParams(n_neighbors=15), 10)
     assert params.n_neighbors == 9 and "lowered from 15" in note
-    assert explorer.effective_params("pca", MapParams(perplexity=30), 6) == (MapParams(perplexity=30), "")
+    check_map_params("umap", params, 10)
+    assert fit_map_params("pca", MapParams(perplexity=30), 6) == (MapParams(perplexity=30), "")
+    assert fit_map_params("tsne", MapParams(perplexity=5), 31) == (MapParams(perplexity=5), "")
 
 
 def test_health_scores_land_on_their_dataset_rows(tmp_path):

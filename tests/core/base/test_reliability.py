@@ -187,8 +187,11 @@ def test_two_processes_writing_one_workspace_both_complete_and_share_one_valid_c
     runs = registry.list_runs()
     assert [r["status"] for r in runs] == ["completed", "completed"], outputs
     a, b = runs
-    assert max(a["created_at"], b["created_at"]) < min(a["finished_at"], b["finished_at"]), (
-        "the two runs did not overlap"
+    # Each compare is a group spanning its work (a run is recorded whole when it ends): the two worked at once.
+    first, second = registry.list_groups()
+    assert {first["status"], second["status"]} == {"completed"} and first["id"] != second["id"]
+    assert max(first["created_at"], second["created_at"]) < min(first["finished_at"], second["finished_at"]), (
+        "the two comparisons did not overlap"
     )
     # One computed the features and the other waited for the lock and read them: never both, never half a file.
     assert sorted(r["timings"]["features_cached"] for r in runs) == [False, True]
@@ -222,8 +225,11 @@ def test_cli_killed_during_extraction_then_training_loses_nothing_and_reruns_to_
     assert "Epoch:" not in cli.output, f"killed too late to be during extraction ({line!r}):\n{cli.output}"
     for path in _feature_caches(root):  # an entry is complete or not served (resumable shards are not a cache)
         assert _load_cache(path)["features"].shape[0] == int(FEATURES_LINE.match(line)[2])
-    registry = RunRegistry(root / "runs.sqlite")  # opening it reconciles runs whose process is gone
-    assert [(r["status"], r["test_acc"]) for r in registry.list_runs()] == [("interrupted", None)]
+    registry = RunRegistry(root / "runs.sqlite")  # opening it reconciles groups whose process is gone
+    # compare is a suite: its runs are recorded whole or not at all, and the group says it was interrupted.
+    assert registry.list_runs() == []
+    [group] = registry.list_groups()
+    assert (group["kind"], group["status"], group["recorded"], group["planned"]) == ("compare", "interrupted", 0, 1)
     assert registry.integrity_check() == "ok"
 
     # kill -9 while the head trains: the features are complete by then, the run is not.
@@ -234,11 +240,9 @@ def test_cli_killed_during_extraction_then_training_loses_nothing_and_reruns_to_
     extracted = _load_cache(cache)
     assert _lock_is_free(cache.with_name(cache.name + ".lock"))
     registry = RunRegistry(root / "runs.sqlite")
-    runs = registry.list_runs()
-    assert [r["status"] for r in runs] == ["interrupted", "interrupted"]
-    assert all(registry.epochs(r["id"]) == [] and registry.predictions(r["id"]) == [] for r in runs), (
-        "half a run was recorded"
-    )
+    assert registry.list_runs() == [], "half a run was recorded"
+    # The second CLI took the interrupted group up again (the same comparison) and was interrupted in turn.
+    assert [(g["id"], g["status"]) for g in registry.list_groups()] == [(group["id"], "interrupted")]
     assert _head_files(root) == set()
     assert registry.integrity_check() == "ok"
 
@@ -246,9 +250,9 @@ def test_cli_killed_during_extraction_then_training_loses_nothing_and_reruns_to_
     cli = Cli(root)
     cli.finish()
     registry = RunRegistry(root / "runs.sqlite")
-    latest = registry.list_runs()[0]
+    [latest] = registry.list_runs()
     assert latest["status"] == "completed" and latest["timings"]["features_cached"] is True
-    assert [r["status"] for r in registry.list_runs()[1:]] == ["interrupted", "interrupted"]
+    assert latest["group_id"] == group["id"] and registry.get_group(group["id"])["status"] == "completed"
     reference_root, _ = two_writers
     reference_registry = RunRegistry(reference_root / "runs.sqlite")
     reference = reference_registry.list_runs()[0]

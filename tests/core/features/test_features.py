@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from core.backbones.registry import build_backbone
+from core.backbones.resolved import ResolvedBackbone
 from core.base.errors import FlowerProbeError
 from core.base.workspace import Workspace
 from core.data.datasets import load_dataset
@@ -37,14 +38,14 @@ REPO = Path(__file__).resolve().parents[3]
 def _counting_images(monkeypatch) -> list[int]:
     """Images the backbones built by extraction run forwards on, from now on."""
     seen = [0]
-    real_build = features_module.build_backbone
+    real_build = ResolvedBackbone.build
 
-    def build(*args, **kwargs):
-        model, source = real_build(*args, **kwargs)
+    def build(self, **kwargs):
+        model = real_build(self, **kwargs)
         model.register_forward_hook(lambda _m, inputs, _o: seen.__setitem__(0, seen[0] + len(inputs[0])))
-        return model, source
+        return model
 
-    monkeypatch.setattr(features_module, "build_backbone", build)
+    monkeypatch.setattr(ResolvedBackbone, "build", build)
     return seen
 
 

@@ -81,7 +81,7 @@ def test_ray_engine_matches_the_local_engine_and_compare_reads_it_with_zero_forw
 def test_ray_missing_says_how_to_install(monkeypatch, workspace):
     import builtins
 
-    from core.features.extract import ray_engine as ray_extract
+    from core.features import ray_engine as ray_extract
 
     real_import = builtins.__import__
 

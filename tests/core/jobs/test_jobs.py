@@ -113,7 +113,7 @@ def test_job_ids_do_not_repeat_across_restarts(tmp_path):
 
 
 def test_cancel_stops_a_real_extraction_within_two_seconds(tiny_workspace):
-    """A real comparison in the JobRunner: cancelled while extracting, it stops within 2 s, recorded cancelled."""
+    """A real comparison in the JobRunner: cancelled while extracting, it stops within 2 s, its group cancelled."""
     runner = JobRunner()
     job = runner.submit(
         "cancel me",
@@ -138,8 +138,12 @@ def test_cancel_stops_a_real_extraction_within_two_seconds(tiny_workspace):
     stopped_after = time.monotonic() - asked
     assert finished.status == "cancelled", finished.error
     assert stopped_after < CANCEL_LIMIT_S, f"the job stopped {stopped_after:.2f} s after the cancel"
-    runs = RunRegistry(tiny_workspace.registry_path).list_runs()
-    assert [(r["backbone"], r["weights"], r["status"]) for r in runs] == [("resnet50", "random", "cancelled")]
+    registry = RunRegistry(tiny_workspace.registry_path)
+    # A comparison is a suite: no half run is recorded, and its group says it was cancelled before any run finished.
+    assert registry.list_runs() == []
+    [group] = registry.list_groups()
+    assert (group["kind"], group["status"], group["recorded"], group["planned"]) == ("compare", "cancelled", 0, 1)
+    assert group["config"]["backbones"] == ["resnet50@random"]
 
 
 # ------------------------------------------------------------------------------------------ one backbone, two weights

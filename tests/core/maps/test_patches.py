@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from core.__main__ import main
+from core.backbones.resolved import ResolvedBackbone
 from core.base.errors import FlowerProbeError
 from core.maps import patches
 
@@ -62,7 +63,7 @@ def test_patch_tokens_are_cached_per_image(vit_grids, images, monkeypatch):
     def no_forward(*args, **kwargs):
         raise AssertionError("a cached image must not build the backbone again")
 
-    monkeypatch.setattr(patches, "build_backbone", no_forward)
+    monkeypatch.setattr(ResolvedBackbone, "build", no_forward)
     again = patches.patch_grids([(p.name, p) for p in images], backbone=VIT, weights="random", workspace=ws)
     for first, second in zip(grids, again):
         np.testing.assert_array_equal(first.tokens, second.tokens)
@@ -204,7 +205,9 @@ def test_patches_page_computes_in_the_job_queue_and_the_slider_redraws(tiny_work
     from streamlit.testing.v1 import AppTest
 
     entry = Path(__file__).resolve().parents[3] / "dashboard.py"
-    page = next(p for p in re.findall(r'st\.Page\("([^"]+)"', entry.read_text()) if p.endswith("patches.py"))
+    from ui.navigation import PAGES
+
+    page = next(script for script, _, _ in PAGES if script.endswith("patches.py"))
     at = AppTest.from_file(str(entry), default_timeout=120)
     at.run()
     at.switch_page(page).run()
@@ -223,6 +226,13 @@ def test_patches_page_computes_in_the_job_queue_and_the_slider_redraws(tiny_work
     galleries = list(at.get("image"))
     assert len(galleries) == 3 and all(len(g.captions) == 4 for g in galleries)  # 3 default photos, 4 pictures each
     counts = [m.value for m in at.markdown if "patches foreground" in m.value]
+    # The slider starts at Otsu's threshold of the first component, and every photo keeps some foreground there
+    # (0.5 gave "0 of 49 patches foreground" with EfficientNet-Lite0).
+    from core.maps.patches import otsu_threshold, patch_pca
+
+    grids = job_runner().get(job_id).result
+    assert at.slider(key="patches_threshold").value == pytest.approx(round(otsu_threshold(patch_pca(grids)), 2))
+    assert all(int(re.search(r"(\d+) of 49", c).group(1)) > 0 for c in counts), counts
     at.slider(key="patches_threshold").set_value(0.9).run()
     assert not at.exception, at.exception
     after = [m.value for m in at.markdown if "patches foreground" in m.value]

@@ -7,7 +7,7 @@ import pytest
 
 from core.base.errors import FlowerProbeError
 from core.maps import projection
-from core.maps.projection import cosine_neighbours, embed_new_points, selection_to_rows, tsne_embedding
+from core.maps.projection import cosine_neighbours, embed_new_points, tsne_embedding
 
 
 def _clusters(n_per_cluster: int = 30, n_clusters: int = 4, dim: int = 64, seed: int = 0):
@@ -143,26 +143,6 @@ def test_embed_new_points_lands_among_its_neighbours():
     np.testing.assert_allclose(placed[:, 0], 200.0, atol=5.0)
     with pytest.raises(ValueError, match="reference_embedding"):
         embed_new_points(features, embedding[:-1], new)
-
-
-def test_selection_to_rows_uses_customdata_across_traces():
-    points = [
-        {"curveNumber": 0, "pointIndex": 0, "customdata": [12]},
-        {"curveNumber": 1, "pointIndex": 0, "customdata": [40, "extra"]},  # same pointIndex, other trace
-        {"curveNumber": 3, "pointIndex": 5, "customdata": [3]},
-        {"curveNumber": 0, "pointIndex": 0, "customdata": [12]},  # the same row again (second panel)
-        {"curveNumber": 4, "pointIndex": 1, "customdata": 7},
-        {"curveNumber": 9, "pointIndex": 0},  # a helper trace without row ids
-        {"curveNumber": 2, "pointIndex": 2, "customdata": [40.0]},
-    ]
-    assert selection_to_rows(points) == [12, 40, 3, 7]
-    assert selection_to_rows([]) == []
-
-
-@pytest.mark.parametrize("bad", [["a"], [-1], [1.5], [True]])
-def test_selection_to_rows_rejects_non_row_customdata(bad):
-    with pytest.raises(ValueError, match="row id"):
-        selection_to_rows([{"customdata": bad}])
 
 
 # ----------------------------------------------------------------------------------------------- map methods

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.helpers.image_catalogue import HOSTILE_FILE_NAMES, write_catalogue
 
 from core.__main__ import main
 from core.backbones.registry import WeightsSource
 from core.base.csv_export import csv_text
 from core.base.errors import FlowerProbeError, MissingFileError
+from core.predict import classify as predict_module
 from core.predict.classify import (
     NEIGHBOURS,
     TOP_K,
@@ -32,9 +32,10 @@ from core.predict.classify import (
     default_run,
     summary_rows,
 )
-from core.predict import classify as predict_module
+from core.probing.calibration import softmax
 from core.runs.files import RunFiles
 from core.runs.registry import RunRegistry
+from tests.helpers.image_catalogue import HOSTILE_FILE_NAMES, write_catalogue
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -112,10 +113,17 @@ def test_predictions_on_test_images_reproduce_the_stored_ones(populated_workspac
     predictor = Predictor.from_run(run_id, workspace=populated_workspace)
     predictions = predictor.predict([(photo.name, photo) for photo in photos])
     assert [predictor.class_names.index(p.predicted_class) for p in predictions] == [s["predicted"] for s in stored]
-    # Stored probabilities are rounded to 6 decimals; the forward is the same, so they agree to that.
-    np.testing.assert_allclose(
-        np.stack([p.probabilities for p in predictions]), [s["probabilities"] for s in stored], atol=1e-5
+    # The run stores its head's probabilities as trained; predict divides the logits by the temperature fitted on
+    # validation (saved with the head). log p is the logits up to a constant per image, so softmax(T log p) of
+    # predict's probabilities must give the stored ones back (rounded to 6 decimals; the forward is the same).
+    # This direction, not softmax(log(stored) / T): stored probabilities rounded to 0 have lost their logits.
+    assert predictor.calibrated and predictor.temperature == pytest.approx(
+        registry.get_run(run_id)["metrics"]["calibration"]["temperature"]
     )
+    with np.errstate(divide="ignore"):
+        log_calibrated = np.log(np.stack([p.probabilities for p in predictions]).astype(np.float64))
+    as_trained = softmax(log_calibrated * predictor.temperature)
+    np.testing.assert_allclose(as_trained, [s["probabilities"] for s in stored], atol=2e-5)
 
 
 # heavy for -m "not slow" (under 3 min on 2 cores): a CLI subprocess building the backbone again
@@ -158,9 +166,8 @@ def test_cli_fails_when_no_image_classifies(populated_workspace, tmp_path, capsy
 
 def test_changed_weights_are_refused(populated_workspace, monkeypatch):
     run_id = _run_id(populated_workspace, "efficientnet_lite0")
-    monkeypatch.setattr(
-        predict_module,
-        "resolve_weights",
+    monkeypatch.setattr(  # the one weights resolver the run's resolved backbone locates its weights with
+        "core.backbones.resolved.locate_weights",
         lambda *a, **k: WeightsSource("file", Path("/w.pth"), "sha256:0000000000000000"),
     )
     with pytest.raises(FlowerProbeError, match="changed since"):
@@ -271,7 +278,7 @@ def test_missing_training_features_are_said_not_extracted_in_the_caller(populate
     monkeypatch.setattr(predict_module, "extract_features", no_extraction)
     with pytest.raises(FeaturesMissingError, match="no longer cached") as error:
         Predictor.from_run(run_id, workspace=workspace)
-    assert error.value.extraction["backbone"] == "efficientnet_lite0"
+    assert error.value.extraction["backbone"].spec == "efficientnet_lite0"  # the run's backbone, resolved once
     monkeypatch.undo()
     monkeypatch.setenv("FLOWER_PROBE_WORKSPACE", str(moved))
     # What the page queues as a job: afterwards the run classifies from the cache.

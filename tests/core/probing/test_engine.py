@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from core.backbones.resolved import ResolvedBackbone
 from core.data.datasets import load_dataset
-from core.features import extract as features_module
 from core.features.extract import extract_features
 from core.probing.experiment import ExperimentConfig, run_experiment
 from core.probing.heads import HeadConfig
@@ -18,14 +18,14 @@ from core.runs.registry import RunRegistry
 
 def _counting_forwards(monkeypatch) -> list[int]:
     calls = [0]
-    real_build = features_module.build_backbone
+    real_build = ResolvedBackbone.build
 
-    def build(*args, **kwargs):
-        model, source = real_build(*args, **kwargs)
+    def build(self, **kwargs):
+        model = real_build(self, **kwargs)
         model.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
-        return model, source
+        return model
 
-    monkeypatch.setattr(features_module, "build_backbone", build)
+    monkeypatch.setattr(ResolvedBackbone, "build", build)
     return calls
 
 

@@ -97,7 +97,8 @@ def test_standardised_head_separates_features_of_awkward_scale_and_carries_its_s
 
 
 @pytest.mark.parametrize(
-    "field, value", [("epochs", 0), ("lr", -1.0), ("head", "transformer"), ("batch_size", 2.5), ("standardise", "yes")]
+    "field, value",
+    [("epochs", 0), ("lr", -1.0), ("architecture", "transformer"), ("batch_size", 2.5), ("standardise", "yes")],
 )
 def test_head_config_validation_names_the_parameter(field, value):
     with pytest.raises(FlowerProbeError, match=field):

@@ -31,8 +31,7 @@ UNREADABLE = "(unreadable)"  # what the galleries add to the caption of a photo 
 
 
 def _make_legacy(root: Path, run: dict) -> None:
-    """Rewrite ``run`` in the registry at ``root`` as the code before ``core.runs.files`` recorded it: absolute paths.
-    """
+    """Rewrite ``run`` in the registry at ``root`` as the code before ``core.runs.files`` recorded it: absolute paths."""
     ws = Workspace(root=root, data_root=root / "datasets")
     images = dataset_folder(run["dataset_key"], ws)
     with sqlite3.connect(root / "runs.sqlite") as conn:
@@ -135,7 +134,7 @@ def test_every_page_shows_the_photos_from_the_moved_copy(moved):
             assert len(components) == 1, "no map: the runs' features were not found"
             spec = json.loads(components[0].proto.json_args)["spec"]
             assert len(spec["panels"]) == 2, "a run's features were not found"
-            at.session_state["explorer-map"] = {"event": "click", "points": [{"customdata": [0]}], "seq": 1}
+            at.session_state["explorer-map"] = {"event": "click", "rows": [0], "seq": 1}  # the component's plain event
             at.run()
             assert not at.exception and photo_grids(at), "a click shows no photo"
             assert not any(UNREADABLE in c for c in _captions(at)), _captions(at)

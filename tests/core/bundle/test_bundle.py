@@ -1,0 +1,151 @@
+"""The deployable bundle: export + parity gate, the card's example run as written, bad input, hostile names."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from core.base.errors import FlowerProbeError
+from core.base.text import markdown_text
+from core.bundle import export as bundle_export
+from core.bundle.export import FILES, ParityError, export_bundle
+from core.bundle.run import Bundle
+from core.data.images import load_image
+from core.predict.classify import Predictor
+from core.runs.registry import RunRegistry
+
+HOSTILE = "**Bold** <script>alert(1)</script> [link](http://example.com) | `tick`"
+
+
+def _run_id(workspace, backbone: str, protocol: str = "mlp") -> int:
+    runs = RunRegistry(workspace.registry_path).list_runs(status="completed")
+    return next(r["id"] for r in runs if r["backbone"] == backbone and r.get("protocol", "mlp") == protocol)
+
+
+def _test_images(predictor: Predictor, count: int):
+    rows = predictor.dataset.split(predictor.run["split"])["test"][:count]
+    return [predictor.dataset.image_paths[int(r)] for r in rows]
+
+
+def _card_example(folder) -> str:
+    return re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(encoding="utf-8"), re.S).group(1)
+
+
+def _check_bundle(workspace, run_id: int, out, tmp_path) -> None:
+    result = export_bundle(run_id, workspace=workspace, out=out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    assert [p["batch"] for p in result.parity] == [1, 7, 32]
+    assert all(p["max_abs"] <= 1e-4 and p["top1_agree"] == p["images"] for p in result.parity)
+    predictor = Predictor.from_run(run_id, workspace=workspace, device="cpu")
+    assert json.loads((out / "labels.json").read_text(encoding="utf-8")) == list(predictor.class_names)
+    # The card's example, extracted and executed as written, from the bundle's folder, on real photos.
+    script = tmp_path / "classify.py"
+    script.write_text(_card_example(out), encoding="utf-8")
+    bundle = Bundle(out)
+    for path in _test_images(predictor, 3):
+        done = subprocess.run(
+            [sys.executable, str(script), str(path)], cwd=out, capture_output=True, text=True, check=True, timeout=300
+        )
+        answer = json.loads(done.stdout)
+        expected = predictor.predict([(path.name, path)], neighbours=1)[0]
+        if predictor.precision == "fp32":
+            assert answer["class"] == expected.predicted_class
+            assert abs(answer["probability"] - expected.confidence) <= 1e-4
+        # predict --bundle gives the example's answer.
+        (mine,) = bundle.classify([(path.name, path)])
+        assert mine.top[0][0] == answer["class"] and abs(mine.top[0][1] - answer["probability"]) <= 1e-6
+
+
+def test_efficientnet_lite0_mlp_bundle(populated_copy, tmp_path):
+    _check_bundle(populated_copy, _run_id(populated_copy, "efficientnet_lite0"), tmp_path / "bundle", tmp_path)
+
+
+def test_efficientnet_lite0_logreg_bundle(populated_copy, tmp_path):
+    from core.probing.suite import run_probe_suite
+
+    run_probe_suite(
+        dataset="synthetic", backbones=["efficientnet_lite0"], protocols=["logreg"], seeds=1, workspace=populated_copy
+    )
+    run_id = _run_id(populated_copy, "efficientnet_lite0", "logreg")
+    _check_bundle(populated_copy, run_id, tmp_path / "bundle", tmp_path)
+    config = json.loads((tmp_path / "bundle" / "config.json").read_text())
+    assert config["protocol"] == "logreg" and config["head"]["standardise"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["dinov2_vits14@random", "timm:vit_tiny_patch16_384.augreg_in21k_ft_in1k@random"])
+def test_vit_bundles(spec, tiny_workspace, tmp_path):
+    from core.probing.experiment import run_comparison
+    from core.probing.heads import HeadConfig
+
+    (record,) = run_comparison(
+        dataset="synthetic", backbones=[spec], head=HeadConfig(epochs=2), workspace=tiny_workspace, precision="fp32"
+    )
+    _check_bundle(tiny_workspace, record["id"], tmp_path / "bundle", tmp_path)
+    preprocessing = json.loads((tmp_path / "bundle" / "preprocessing.json").read_text())
+    size = 384 if "384" in spec else 224
+    assert preprocessing["input_size"] == [3, size, size]
+
+
+def test_hostile_class_names_stay_data(populated_copy, tmp_path):
+    run_id = _run_id(populated_copy, "efficientnet_lite0")
+    run = RunRegistry(populated_copy.registry_path).get_run(run_id)
+    names = [HOSTILE, *run["class_names"][1:]]
+    with sqlite3.connect(populated_copy.registry_path) as db:
+        db.execute("UPDATE runs SET class_names = ? WHERE id = ?", (json.dumps(names), run_id))
+    out = tmp_path / "bundle"
+    export_bundle(run_id, workspace=populated_copy, out=out)
+    assert json.loads((out / "labels.json").read_text(encoding="utf-8"))[0] == HOSTILE
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert markdown_text(HOSTILE) in card
+    assert "<script>" not in card and "[link](" not in card
+
+
+def test_a_failed_parity_check_leaves_no_bundle(populated_copy, tmp_path, monkeypatch):
+    monkeypatch.setattr(bundle_export, "PARITY_MAX_ABS", -1.0)  # no difference can pass: the gate must fail
+    out = tmp_path / "exports" / "bundle"
+    with pytest.raises(ParityError, match="differ by up to"):
+        export_bundle(_run_id(populated_copy, "efficientnet_lite0"), workspace=populated_copy, out=out)
+    assert not out.exists() and list((tmp_path / "exports").iterdir()) == []
+
+
+def test_a_non_empty_folder_is_refused_without_force(populated_copy, tmp_path):
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FlowerProbeError, match="--force"):
+        export_bundle(_run_id(populated_copy, "efficientnet_lite0"), workspace=populated_copy, out=out)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_knn_runs_are_refused_with_the_size(populated_copy, tmp_path):
+    from core.probing.suite import run_probe_suite
+
+    run_probe_suite(
+        dataset="synthetic", backbones=["efficientnet_lite0"], protocols=["knn"], seeds=1, workspace=populated_copy
+    )
+    with pytest.raises(FlowerProbeError, match=r"knn run: its head is its training features \(\d+ x 1280"):
+        export_bundle(_run_id(populated_copy, "efficientnet_lite0", "knn"), workspace=populated_copy, out=tmp_path)
+
+
+def test_bundle_predict_gives_classify_reasons_for_bad_images(populated_copy, tmp_path):
+    out = tmp_path / "bundle"
+    export_bundle(_run_id(populated_copy, "efficientnet_lite0"), workspace=populated_copy, out=out)
+    corrupt = tmp_path / "broken.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    cmyk = tmp_path / "cmyk.jpg"
+    from PIL import Image
+
+    Image.new("CMYK", (64, 48), (0, 100, 200, 10)).save(cmyk)
+    results = Bundle(out).classify([("broken.jpg", corrupt), ("cmyk.jpg", cmyk)])
+    with pytest.raises(Exception) as refused:
+        load_image(corrupt, name="broken.jpg")
+    assert results[0].error == str(refused.value) and not results[0].top
+    # CMYK is converted to RGB as Classify converts it, then classified.
+    assert results[1].error is None and len(results[1].top) == 5
+    assert 0 < sum(p for _, p in results[1].top) <= 1 + 1e-6
