@@ -254,6 +254,8 @@ def placed_map_figure(
     placed: np.ndarray,
     placed_names: Sequence[str],
     title: str,
+    placed_numbers: Sequence[int] | None = None,
+    unfamiliar: Sequence[bool] | None = None,
 ) -> go.Figure:
     """A run's map of its training images, class colours as on the Explorer, with new images as numbered stars.
 
@@ -264,6 +266,10 @@ def placed_map_figure(
     file_names : sequence of str, length n_train
     placed : ndarray of shape (n_new, 2), where the new images land
     placed_names : sequence of str, length n_new
+    placed_numbers : sequence of int, length n_new, optional
+        The number each new image has in the page's list (default 1..n_new), written on its star.
+    unfamiliar : sequence of bool, length n_new, optional
+        Images that look like no training image: drawn apart, in a column right of the map, as open grey stars.
     """
     colours = class_colours(len(class_names))
     figure = go.Figure()
@@ -282,19 +288,42 @@ def placed_map_figure(
                 hovertext=[html_text(f"{class_name} · {file_names[m]}") for m in members],
             )
         )
-    figure.add_trace(
-        go.Scatter(
-            x=placed[:, 0],
-            y=placed[:, 1],
-            mode="markers+text",
-            name="your images",
-            marker={"symbol": "star", "size": 18, "color": "#111111", "line": {"color": "#ffffff", "width": 1}},
-            text=[str(i + 1) for i in range(len(placed_names))],
-            textposition="top center",
-            hoverinfo="text",
-            hovertext=[html_text(name) for name in placed_names],
+    numbers = list(placed_numbers) if placed_numbers is not None else list(range(1, len(placed_names) + 1))
+    odd = np.asarray(unfamiliar if unfamiliar is not None else [False] * len(placed_names), dtype=bool)
+    placed = np.asarray(placed, dtype=float).copy()
+    if odd.any():
+        # Apart from every cluster: a column right of the map, one above the other, so no reader takes the place a
+        # weighted mean of neighbours gives it (inside some cluster) for a resemblance.
+        low, high = embedding.min(axis=0), embedding.max(axis=0)
+        span = np.maximum(high - low, 1e-9)
+        placed[odd, 0] = high[0] + 0.15 * span[0]
+        placed[odd, 1] = np.linspace(high[1], low[1], int(odd.sum()) + 2)[1:-1]
+    for mask, name, marker in (
+        (~odd, "your images", {"symbol": "star", "size": 18, "color": "#111111"}),
+        (
+            odd,
+            "your images that look like no training image (placed apart)",
+            {"symbol": "star-open", "size": 18, "color": "#888888"},
+        ),
+    ):
+        if not mask.any():
+            continue
+        figure.add_trace(
+            go.Scatter(
+                x=placed[mask, 0],
+                y=placed[mask, 1],
+                mode="markers+text",
+                name=name,
+                marker={
+                    **marker,
+                    "line": {"color": "#ffffff" if marker["color"] == "#111111" else "#888888", "width": 1},
+                },
+                text=[str(n) for n, m in zip(numbers, mask) if m],
+                textposition="top center",
+                hoverinfo="text",
+                hovertext=[html_text(n) for n, m in zip(placed_names, mask) if m],
+            )
         )
-    )
     figure.update_layout(
         # The title sits left and the mode bar right, above the plot, so the toolbar never covers it.
         title={"text": html_text(title), "font": {"size": 14}, "x": 0, "xanchor": "left", "y": 0.98, "yanchor": "top"},

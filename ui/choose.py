@@ -176,12 +176,13 @@ def accuracy_cost_figure(points: Sequence[Mapping], *, axis: str) -> go.Figure:
     front = pareto_front(
         [p["x"] for p in points], [p["accuracy"] for p in points], lower_cost_is_better=lower_is_better
     )
-    if len(front) > 1:
+    if front:  # ringed points, joined by a dotted step line when there are several
         figure.add_scatter(
             x=[points[i]["x"] for i in front],
             y=[points[i]["accuracy"] for i in front],
-            mode="lines",
+            mode="lines+markers" if len(front) > 1 else "markers",
             line=dict(color="grey", dash="dot", shape="hv" if lower_is_better else "vh"),
+            marker=dict(symbol="circle-open", size=22, color="grey", line=dict(width=2)),
             name="Pareto front",
             hoverinfo="skip",
         )
@@ -218,7 +219,8 @@ def reliability_figure(calibration: Mapping, *, title: str) -> go.Figure:
     for column, (when, _) in enumerate(panels, start=1):
         bins = calibration[when]["bins"]
         edges, counts = np.asarray(bins["edges"]), np.asarray(bins["count"], dtype=float)
-        width = (edges[1] - edges[0]) * counts / max(counts.max(), 1)
+        # Width by the bin's share of images (the widest bin fills its bin); at least a tenth, so one image shows.
+        width = (edges[1] - edges[0]) * np.maximum(counts / max(counts.max(), 1), 0.1)
         centres = (edges[:-1] + edges[1:]) / 2
         shown = counts > 0
         figure.add_bar(
@@ -324,8 +326,23 @@ def labels_figure(fit: LearningCurveFit, *, label: str, target: float, n: float 
         customdata=list(fit.draws),
         hovertemplate="%{x:g} images per class: %{y:.1f} % (mean of %{customdata} draws)<extra></extra>",
     )
-    figure.add_hline(y=target, line=dict(color="#EF553B", dash="dash"), annotation_text=f"target {target:g} %")
-    figure.add_vline(x=fit.n_max, line=dict(color="grey", dash="dot"), annotation_text="largest measured")
+    # Lines as traces, not add_hline/add_vline: their annotations land at 10^x on a log axis.
+    figure.add_scatter(
+        x=[grid[0], grid[-1]],
+        y=[target, target],
+        mode="lines",
+        line=dict(color="#EF553B", dash="dash"),
+        name=f"target {target:g} %",
+        hoverinfo="skip",
+    )
+    figure.add_scatter(
+        x=[fit.n_max, fit.n_max],
+        y=[0, 100],
+        mode="lines",
+        line=dict(color="grey", dash="dot"),
+        name=f"largest measured level ({fit.n_max:g} per class)",
+        hoverinfo="skip",
+    )
     if n is not None:
         figure.add_scatter(
             x=[n],
@@ -340,7 +357,7 @@ def labels_figure(fit: LearningCurveFit, *, label: str, target: float, n: float 
         margin=dict(l=10, r=10, t=30, b=10),
         legend=dict(orientation="h", y=-0.22, yanchor="top"),
         xaxis=dict(type="log", title="labelled training images per class (log)"),
-        yaxis=dict(title="test top-1 %"),
+        yaxis=dict(title="test top-1 %", range=[0, 100]),
     )
     return figure
 
@@ -375,8 +392,9 @@ def show_accuracy_cost(runs: list[dict]) -> None:
             markdown_text(
                 f"Each point is a run: test top-1 with its 95 % bootstrap interval against what its backbone costs "
                 f"on {', '.join(devices)} at the run's precision ({COST_AXES[axis or 'ms / image'][2]}; "
-                f"python -m core cost measures it once per backbone, weights, precision and device). The dotted line "
-                f"is the Pareto front: no other run is both cheaper and more accurate. Load average when measured: "
+                f"python -m core cost measures it once per backbone, weights, precision and device). Ringed runs are "
+                f"the Pareto front (a dotted line joins them): no other run is both cheaper and more accurate. "
+                f"Load average when measured: "
                 f"{min(loads):.1f}-{max(loads):.1f}"
                 + (
                     f"; {len(busy)} of {len(points)} measured while other work ran, so slower than on an idle machine."
@@ -420,7 +438,9 @@ def show_calibration(runs: list[dict]) -> None:
         calibration = run["metrics"]["calibration"]
         with columns[index % 2]:
             st.plotly_chart(
-                reliability_figure(calibration, title=f"{run_name(run)} · {calibration['scores']}"),
+                reliability_figure(
+                    calibration, title=f"#{run['id']} {run['backbone']} · {protocol_name(run['protocol'])}"
+                ),
                 config={"displayModeBar": False},
                 key=f"reliability-{run['id']}",
             )
@@ -440,7 +460,8 @@ def show_labels_needed(few_shot: list[dict]) -> None:
             f"1,2,4,8,16 on the Train page)."
         )
         return
-    keys = list(grouped)
+    # The most accurate curve first: the one a user is most likely choosing between.
+    keys = sorted(grouped, key=lambda k: -max(np.mean(v) for v in grouped[k].values()))
     left, right = st.columns([3, 1])
     key = left.selectbox("Curve", keys, format_func=curve_label, key=CURVE_KEY)
     target = right.number_input(

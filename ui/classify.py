@@ -306,6 +306,8 @@ def _batch_table(names: list[str], per_run: list[tuple[Predictor, list[Predictio
 
 
 def _map(predictor: Predictor, predictions: list[Prediction], method: str) -> None:
+    # Numbers as in the list above (an unreadable file keeps its number, so the stars match the list).
+    numbers = [i + 1 for i, p in enumerate(predictions) if p.ok]
     placed = [p for p in predictions if p.ok]
     if not placed or len(predictor.reference_features) < MIN_MAP_POINTS:
         return
@@ -325,10 +327,22 @@ def _map(predictor: Predictor, predictions: list[Prediction], method: str) -> No
             placed=positions,
             placed_names=[p.name for p in placed],
             title=title,
+            placed_numbers=numbers,
+            unfamiliar=[bool(p.unfamiliar) for p in placed],
         ),
         key=f"map-{run['id']}",
     )
-    st.caption(f"★ = your images, placed on the {MAP_METHODS[method]} map by {how}; class colours as on the Explorer.")
+    apart = [str(n) for n, p in zip(numbers, placed) if p.unfamiliar]
+    st.caption(
+        f"★ = your images, numbered as in the list, placed on the {MAP_METHODS[method]} map by {how}; class colours "
+        "as on the Explorer."
+        + (
+            f" Image(s) {', '.join(apart)} look like no training image: they are drawn apart, right of the map "
+            "(open grey stars), since any place inside it would suggest a resemblance that is not there."
+            if apart
+            else ""
+        )
+    )
 
 
 def show_results(predictors: list[Predictor], items: list[tuple[str, str, object]]) -> None:

@@ -374,6 +374,7 @@ def show_runs_table(table: pd.DataFrame, runs: list[dict]) -> None:
         hide_index=True,
         column_order=SHOWN_COLUMNS,
         column_config={
+            "name": st.column_config.TextColumn(width="large"),
             "test acc %": number(format="%.1f"),
             "top-5 %": number(format="%.1f"),
             "test loss": number(format="%.4f"),

@@ -15,6 +15,7 @@ from core.base.text import markdown_text
 from core.data.datasets import OXFORD17_KEY, Dataset, DatasetEntry, dataset_summary, list_datasets, prepare_dataset
 from core.data.exclusions import can_undo, excluded_images, include_images, undo_exclusions
 from core.jobs.runner import progress_job
+from ui.gallery import full_gallery
 from ui.jobs import any_job_active, job_card, live_jobs
 from ui.labels import dataset_label
 from ui.lanes import show_prompt_editor
@@ -271,6 +272,7 @@ def dataset_page(requested: str | None) -> None:
     overview(dataset)
     class_counts(dataset)
     sample_photos(dataset)
+    full_gallery(dataset)  # every photo, paged, by split part and class, click to enlarge (ui.gallery)
     st.subheader("Excluded images")
     excluded_section(dataset.key)
     show_prompt_editor(dataset)  # the zero-shot lane's class names and templates (ui.lanes)

@@ -98,7 +98,11 @@ def workspace_summary() -> None:
         if sentence:
             st.markdown(f"**How much does pretraining matter?** {markdown_text(sentence)}")
         st.markdown(f"**Recent runs** (the {min(RECENT_RUNS, len(completed))} newest on the whole training part)")
-        st.dataframe(recent_runs_frame(completed[:RECENT_RUNS]), hide_index=True)
+        st.dataframe(
+            recent_runs_frame(completed[:RECENT_RUNS]),
+            hide_index=True,
+            column_config={"run": st.column_config.TextColumn(width="large")},
+        )
         show_run_warnings(completed[:RECENT_RUNS])
         st.page_link("pages/compare.py", label="Compare runs", icon=":material/compare_arrows:")
     else:

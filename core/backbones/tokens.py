@@ -60,11 +60,10 @@ def _last_pool(model: nn.Module) -> nn.Module | None:
 
 
 @contextmanager
-def token_forward(model: nn.Module) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
-    """A function mapping images (N, 3, H, W) to tokens (N, tokens, dim) (the model's dtype), one ``model(x)`` each.
-
-    Raises a FlowerProbeError naming ``tokens`` for a model with neither patch tokens nor a feature map.
-    """
+def token_hook(model: nn.Module) -> Iterator[Callable[[], torch.Tensor]]:
+    """While in the block, every ``model(x)`` keeps its final tokens; the function returns the last call's,
+    (N, tokens, dim) in the model's dtype. Raises a FlowerProbeError naming ``tokens`` for a model with neither
+    patch tokens nor a feature map."""
     kept: dict[str, torch.Tensor] = {}
     if is_token_vit(model):
         handle = model.norm.register_forward_hook(lambda _m, _i, out: kept.__setitem__("t", out))
@@ -83,15 +82,22 @@ def token_forward(model: nn.Module) -> Iterator[Callable[[torch.Tensor], torch.T
         def pick(t: torch.Tensor) -> torch.Tensor:
             return t.flatten(2).transpose(1, 2)  # (N, C, H, W) -> (N, H*W, C), positions row by row
 
-    def forward(images: torch.Tensor) -> torch.Tensor:
-        kept.clear()
-        model(images)
-        return pick(kept["t"])
-
     try:
-        yield forward
+        yield lambda: pick(kept["t"])
     finally:
         handle.remove()
+
+
+@contextmanager
+def token_forward(model: nn.Module) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+    """A function mapping images (N, 3, H, W) to tokens (N, tokens, dim) (the model's dtype), one ``model(x)`` each."""
+    with token_hook(model) as last:
+
+        def forward(images: torch.Tensor) -> torch.Tensor:
+            model(images)
+            return last()
+
+        yield forward
 
 
 def layout_of(model: nn.Module, *, input_size: int) -> TokenLayout:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,17 +26,20 @@ import numpy as np
 import torch
 
 from core.backbones.resolved import ResolvedBackbone, resolve_backbone
-from core.backbones.tokens import TokenLayout, layer_forward, layer_names, token_forward, token_layout
+from core.backbones.tokens import TokenLayout, layer_forward, layer_names, token_hook, token_layout
+from core.backbones.variants import variant_forward
 from core.base.errors import FlowerProbeError, MissingFileError
 from core.base.progress import ProgressCallback, RateMeter, report
 from core.base.workspace import Workspace
 from core.data.datasets import Dataset
 from core.features.extract import (
+    DEFAULT_SHARD_SIZE,
     CacheEntry,
     FeatureSet,
     ShardedCache,
     _autocast,
     _cache_key,
+    _exclusive,
     _heartbeat,
     cached_extraction,
     device_name,
@@ -286,8 +290,11 @@ def token_entry(
     resolved = resolve_backbone(backbone, weights=weights).located(workspace=workspace)
     layout = token_layout(resolved.name)
     chosen = select_precision(select_device(device), precision, backbone=resolved.name)
+    # The pooled variants come from the same forward pass (the entry keeps them beside the tokens), so a backbone
+    # whose pooled features are not cached yet gets them from this pass too (``_share_pooled``).
+    variants = (TOKENS, *resolved.variants)
     entry = _entry(
-        dataset, resolved, kind=TOKENS, variants=(TOKENS,), workspace=workspace, precision=chosen, layout=layout
+        dataset, resolved, kind=TOKENS, variants=variants, workspace=workspace, precision=chosen, layout=layout
     )
     return entry, layout
 
@@ -322,7 +329,7 @@ def extract_tokens(
     weights: str | None = None,
     device: str = "auto",
     precision: str = "auto",
-    batch_size: int = 32,
+    batch_size: int = 64,
     shard_bytes: int = TOKEN_SHARD_BYTES,
     progress: ProgressCallback | None = None,
 ) -> TokenCache:
@@ -361,15 +368,32 @@ def extract_tokens(
         n,
         message=f"extracting tokens: {size_text(layout, n)} ({', '.join(layout.excluded)} left out)",
     )
-    shard_size = max(1, shard_bytes // max(1, layout.bytes_for(1)))
+    # A whole number of batches per shard, so the batches are those of the pooled features' own extraction (rows
+    # 0-63, 64-127, ...): the pooled variants shared from this pass are then computed on the very same batches.
+    shard_size = max(batch_size, shard_bytes // max(1, layout.bytes_for(1)) // batch_size * batch_size)
     torch_device = select_device(device)
 
-    def to_numpy(out: torch.Tensor) -> dict[str, np.ndarray]:
-        return {TOKENS: out.to(torch.float16).cpu().numpy()}
+    pooled_variants = entry.variants[1:]
+
+    @contextmanager
+    def tokens_and_pooled(model):
+        # One model(x) per batch: the variants' hooks and the token hook read the same call.
+        with variant_forward(model, pooled_variants) as pooled, token_hook(model) as last:
+
+            def forward(images: torch.Tensor) -> dict[str, torch.Tensor]:
+                out = dict(pooled(images))
+                out[TOKENS] = last()
+                return out
+
+            yield forward
+
+    def to_numpy(out: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        arrays = {v: out[v].float().cpu().numpy().astype(np.float32, copy=False) for v in pooled_variants}
+        return {TOKENS: out[TOKENS].to(torch.float16).cpu().numpy(), **arrays}
 
     fill = _filler(
         entry,
-        make_forward=token_forward,
+        make_forward=tokens_and_pooled,
         workspace=workspace,
         weights=weights,
         device=torch_device,
@@ -378,7 +402,47 @@ def extract_tokens(
         to_numpy=to_numpy,
     )
     cached_extraction(entry, TOKENS, fill=fill, shard_size=shard_size, progress=progress)
+    _share_pooled(entry, workspace=workspace)
     return dataclasses.replace(open_tokens(entry, layout), from_cache=False)
+
+
+def _share_pooled(entry: _TokenEntry, *, workspace: Workspace) -> None:
+    """Write the backbone's pooled-features entry from the token entry's pooled variants, when it has none yet.
+
+    Same model, precision, batches and forward as ``core.features.extract`` runs, so the features are those an
+    extraction of its own would cache; an entry already there, or one with shards of its own under way, is left.
+    """
+    features = CacheEntry.of(entry.dataset, entry.resolved, workspace=workspace, precision=entry.precision)
+    manifest = ShardedCache.read_manifest(entry.folder)
+    if (
+        features.read(features.variants[0]) is not None
+        or not manifest
+        or not manifest.get("complete")
+        or not manifest["files"]
+        or tuple(features.variants) != tuple(entry.variants[1:])
+    ):
+        return
+    features.folder.mkdir(parents=True, exist_ok=True)
+    with _exclusive(features.folder.with_name(features.folder.name + ".lock")):
+        cache = features.open(shard_size=DEFAULT_SHARD_SIZE)
+        if cache.manifest["shards"] or features.read(features.variants[0]) is not None:
+            return
+        files = manifest["files"]
+        rows = np.load(entry.folder / files["rows"], allow_pickle=False)
+        arrays = {v: np.load(entry.folder / files[v], mmap_mode="r", allow_pickle=False) for v in features.variants}
+        row_of = {str(path): row for row, path in enumerate(entry.dataset.image_paths)}
+        skipped = [(path, reason) for path, reason in manifest["skipped"]]
+        for index in range(cache.n_shards):
+            span = cache.shard_rows(index)
+            mask = (rows >= span.start) & (rows < span.stop)
+            cache.write_shard(
+                index,
+                {v: np.asarray(a[mask], dtype=np.float32) for v, a in arrays.items()},
+                rows[mask],
+                [s for s in skipped if span.start <= row_of.get(s[0], -1) < span.stop],
+                seconds=manifest["seconds"] * int(mask.sum()) / max(1, len(rows)),
+            )
+        cache.finish(device=manifest["device"])
 
 
 def require_tokens(

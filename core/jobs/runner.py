@@ -74,6 +74,12 @@ class Job:
 JobTarget = Callable[["JobContext"], Any]
 
 
+def _snapshot(job: Job) -> Job:
+    """A copy of ``job`` that later progress does not change; its ``result`` is shared, not copied: a result may hold
+    what cannot be copied (a map job's FeatureMap keeps its fitted model, with locks), and it no longer changes."""
+    return copy.deepcopy(job, memo={id(job.result): job.result})
+
+
 class JobContext:
     """What a job's function gets: a progress callback that also checks for cancellation."""
 
@@ -232,12 +238,12 @@ class JobRunner:
         with self._lock:
             if job_id not in self._jobs:
                 raise FlowerProbeError(f"There is no job {job_id}.")
-            return copy.deepcopy(self._jobs[job_id])
+            return _snapshot(self._jobs[job_id])
 
     def jobs(self) -> list[Job]:
         """Snapshots of every job of this server process, newest first."""
         with self._lock:
-            return [copy.deepcopy(j) for j in sorted(self._jobs.values(), key=lambda j: j.id, reverse=True)]
+            return [_snapshot(j) for j in sorted(self._jobs.values(), key=lambda j: j.id, reverse=True)]
 
     def find(self, *, kinds: tuple[str, ...] = (), key: str | None = None, active: bool | None = None) -> list[Job]:
         """Snapshots of the jobs of ``kinds`` (every kind when empty) for ``key`` (any when None), newest first;

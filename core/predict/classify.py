@@ -257,9 +257,17 @@ def _check_dataset(run: dict, dataset: Dataset) -> None:
         )
 
 
+_MIN_PREVIEW_PX = 96  # a smaller photo (a 1 x 1 upload) is enlarged to this, pixels kept sharp, so it can be seen
+
+
 def _preview(image: Image.Image) -> Image.Image:
     preview = image.copy()
     preview.thumbnail((_PREVIEW_PX, _PREVIEW_PX), Image.Resampling.LANCZOS)
+    longest = max(preview.size)
+    if longest < _MIN_PREVIEW_PX:
+        scale = _MIN_PREVIEW_PX / longest
+        size = (max(1, round(preview.width * scale)), max(1, round(preview.height * scale)))
+        preview = preview.resize(size, Image.Resampling.NEAREST)  # nearest: a tiny image shows as its own pixels
     return preview
 
 

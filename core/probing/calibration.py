@@ -29,9 +29,11 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 from core.base.errors import FlowerProbeError
 
 N_BINS = 15  # torchmetrics' default and the reference's (probing.md, Calibration)
-# log T is searched in [-4, 4] (T from 0.018 to 55): far wider than any head's fitted temperature (0.5-5 is usual);
-# a bound stops a validation part the head fits perfectly from pushing T towards 0 forever.
-LOG_T_BOUNDS = (-4.0, 4.0)
+# log T is searched in [-10, 10] (T from 4.5e-5 to 22,026): a trained head's temperature is usually 0.5-5, but NCM on
+# collapsed features (distances differing by 1e-4) needs a tiny T, and a head that predicts one class for every image
+# a huge one (the flattest probabilities); the bound stops a validation part the head fits perfectly from pushing T
+# towards 0 forever. A temperature at a bound is recorded with a note saying so.
+LOG_T_BOUNDS = (-10.0, 10.0)
 # What a protocol's scores are, as the pages and the CLI say it.
 SCORE_KINDS = {
     "mlp": "softmax probabilities",
@@ -217,9 +219,14 @@ def calibration_record(
     except FlowerProbeError as exc:
         record["note"] = f"not calibrated: {exc}"
         return record
+    note = f"one temperature fitted on the validation part ({len(valid_labels)} images) by minimising NLL"
+    if min(abs(np.log(temperature) - bound) for bound in LOG_T_BOUNDS) < 1e-3:
+        note += f"; it stopped at the search bound T = {temperature:.3g}: the validation part asks for " + (
+            "flat (uniform) probabilities: the head is confidently wrong" if temperature > 1 else "certainty"
+        )
     record.update(
         temperature=temperature,
         after=scores_report(softmax(test_logits, temperature), test_labels),
-        note=f"one temperature fitted on the validation part ({len(valid_labels)} images) by minimising NLL",
+        note=note,
     )
     return record

@@ -217,13 +217,20 @@ def labels_needed(fit: LearningCurveFit, *, target: float) -> LabelsAnswer:
         )
     else:
         spread = f" (95 % bootstrap interval {max(1, math.ceil(interval[0]))}-{math.ceil(interval[1]):,})"
+    reached = [(s, m) for s, m in zip(fit.shots, fit.means) if m >= target]
+    measured = (
+        f" The measured curve itself already reaches it at {min(reached)[0]:g} per class ({min(reached)[1]:.1f} %): "
+        f"the fit smooths over the levels and is not exact at each."
+        if reached
+        else ""
+    )
     return LabelsAnswer(
         target,
         True,
         n,
         interval,
         extrapolation,
-        f"about {shown:,} labelled images per class for {target:g} %{spread}, {where}.",
+        f"about {shown:,} labelled images per class for {target:g} %{spread}, {where}.{measured}",
     )
 
 

@@ -9,7 +9,8 @@ it for every run, wherever the run appears, with the cause and the fix:
   from the confusion matrix every completed run records (columns are predicted classes);
 - **collapsed features**: the run's cached training features have a mean L2 norm under ``TINY_NORM``, or nearly no
   spread around their mean (total variance under ``TINY_SPREAD`` of the mean squared norm), computed from the
-  run's feature cache (``feature_stats``; memoised per cache file and variant).
+  run's feature cache (``feature_stats``; memoised per cache file and variant). Said of runs whose head reads the
+  features raw (``RAW_PROTOCOLS`` without standardising): for them it is the cause of a failure.
 
 ``default_runs`` is the one rule the pages use to pick runs when the user has not: the best run on validation for
 each backbone and weights (``DEFAULT_RULE`` says so on the page).
@@ -33,6 +34,7 @@ ONE_CLASS_SHARE = 0.9  # "nearly all one class": nine test predictions in ten or
 TINY_NORM = 1e-3  # pretrained backbones' pooled features have norms of order 1-100; random Lite0's are ~2e-7
 TINY_SPREAD = 1e-4  # total variance / mean squared norm: every image maps to (nearly) the same vector
 
+RAW_PROTOCOLS = ("mlp", "linear")  # heads that read the features as they are (unless told to standardise)
 FIX = (
     "Fix: standardise the features (the Train page's 'standardise features') or use logistic regression, which "
     "standardises them; k-NN and NCM compare directions and are not fooled either."
@@ -134,7 +136,11 @@ def run_warnings(run: dict, workspace: Workspace | None = None) -> list[RunWarni
     """
     warnings: list[RunWarning] = []
     who = f"{run['backbone']} ({weights_name(run['weights'])})"
-    stats = run_feature_stats(run, workspace) if workspace is not None else None
+    # Collapsed features only mislead a head that reads them raw (the reference MLP, the linear probe without
+    # standardising); logistic regression standardises and k-NN / NCM compare directions, so their accuracy stands.
+    head = (run.get("config") or {}).get("head") or {}
+    raw = (run.get("protocol") or "mlp") in RAW_PROTOCOLS and not head.get("standardise")
+    stats = run_feature_stats(run, workspace) if workspace is not None and raw else None
     collapsed = collapsed_text(stats, who=who)
     if collapsed:
         warnings.append(RunWarning("collapsed", collapsed))

@@ -161,6 +161,8 @@ def test_another_map_method_redraws_every_panel_inside_its_column(page, server):
     assert len(first) == 2 and all(abs(width - column) <= 1 for width, column in first), first
     page.get_by_text("PCA", exact=True).first.click()  # a new spec: every panel is built and drawn again
     wait_for_app_idle(page, timeout_s=WAIT_S)
+    # The page may show the new map's job first and draw the map in a new frame when it is done.
+    frame = component_frame(page, FRAME_TITLE, timeout_s=WAIT_S)
     frame.wait_for_function("window.hoverScatter && window.hoverScatter.ready", timeout=WAIT_S * 1000)
     redrawn = frame.evaluate(_PANEL_FIT_JS)
     # A panel drawn before the second column existed would keep the whole row's width (twice its own).
@@ -234,11 +236,24 @@ def test_map_tools_box_select_legend_wheel_zoom_and_reset(page, server, populate
     frame.wait_for_function(f"hoverScatter.hidden().length === 1 && hoverScatter.hidden()[0] === {name!r}")
     for panel in range(2):
         assert frame.evaluate(f"{class_rows}.every((row) => hoverScatter.pointClientPosition({panel}, row) === null)")
-    item.dblclick()
-    frame.wait_for_function(f"hoverScatter.hidden().length === {len(dataset.class_names) - 1}")
+    isolated = f"hoverScatter.hidden().length === {len(dataset.class_names) - 1}"
+    for _ in range(3):  # Plotly tells a double click by its handlers' clock: on a machine at load 30 the second
+        item.dblclick()  # press can come late and read as two clicks (no net change): the double click again
+        try:
+            frame.wait_for_function(isolated, timeout=3000)
+            break
+        except Exception:
+            continue
+    frame.wait_for_function(isolated, timeout=TOOLTIP_WAIT_S * 1000)
     assert frame.evaluate(f"hoverScatter.pointClientPosition(0, {class_rows[0]}) !== null")
-    item.dblclick()  # again: every class back
-    frame.wait_for_function("hoverScatter.hidden().length === 0")
+    for _ in range(3):  # again: every class back (retried as above)
+        item.dblclick()
+        try:
+            frame.wait_for_function("hoverScatter.hidden().length === 0", timeout=3000)
+            break
+        except Exception:
+            continue
+    frame.wait_for_function("hoverScatter.hidden().length === 0", timeout=TOOLTIP_WAIT_S * 1000)
 
     # Wheel zoom on the first map narrows only its view; a double click shows it whole again.
     whole, other = frame.evaluate("hoverScatter.view(0)"), frame.evaluate("hoverScatter.view(1)")

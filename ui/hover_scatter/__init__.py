@@ -3,7 +3,8 @@
 Why a custom component: Plotly hover labels cannot show images and Streamlit gives Python no hover
 events, so the figure is drawn in the browser and hover is handled there, with no server round trip.
 plotly.js draws the maps (its gl2d bundle, ``frontend/plotly-gl2d.min.js``: scatter and scattergl only, 1.6 MB
-against the full bundle's 4.8 MB, MIT licence beside it, served by this dashboard's own server, never a CDN): markers,
+against the full bundle's 4.8 MB, MIT licence beside it, served by this dashboard's own server, never a CDN; SVG
+traces below ``WEBGL_FROM`` points, WebGL from there): markers,
 zoom, pan, box and lasso selection, the legend, the colour bar, and its own ``selected``/``unselected`` marker
 styles that grey what a box or lasso leaves out (in every panel, not only the one drawn on).
 ``frontend/hover_scatter.js`` adds the photo tooltip, a ring on the hovered photo in every panel, one legend and one
@@ -125,6 +126,10 @@ COLOUR_SCALES = ("Viridis", "Cividis")
 # From this many points (all panels together) the frontend finds the hovered point through its grid index instead of
 # Plotly's hover, which visits every point of every trace on each mouse move (bench/maps.py measures both).
 GRID_HOVER_FROM = 20_000
+# From this many points (all panels) the traces are WebGL (scattergl); below, SVG (scatter). Two 1,360-point maps in
+# headless Chromium (WebGL in software, SwiftShader; machine at load 40): SVG ready in 2.2-3.5 s, WebGL 3.7-4.6 s (each
+# WebGL plot sets up its context and shaders); SVG grows with every point drawn, so big maps are WebGL.
+WEBGL_FROM = 10_000
 
 
 @dataclass(frozen=True)
@@ -362,6 +367,7 @@ def build_spec(
     height: int = 560,
     prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
     grid_hover_from: int = GRID_HOVER_FROM,
+    webgl_from: int = WEBGL_FROM,
 ) -> dict:
     """The JSON-ready description the frontend draws (pure; ``hover_scatter`` sends it).
 
@@ -376,6 +382,7 @@ def build_spec(
     return {
         "height": int(height),
         "gridHoverFrom": int(grid_hover_from),
+        "webglFrom": int(webgl_from),
         "panels": [
             {
                 "title": str(panel.title),

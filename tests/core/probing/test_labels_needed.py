@@ -35,6 +35,9 @@ def test_labels_needed_answers_within_the_data_and_says_cannot_say_above_the_cei
     assert answer.interval[0] <= answer.n <= answer.interval[1]
     assert "labelled images per class for 85 %" in answer.text and "within the measured levels" in answer.text
 
+    low = labels_needed(fit, target=60.0)  # the 2-per-class level measured about 64 %: the answer says so too
+    assert low.can_say and "already reaches it at 2 per class" in low.text
+
     above = labels_needed(fit, target=fit.a + 1)
     assert not above.can_say and above.n is None and above.text.startswith("cannot say")
     assert f"{fit.a:.1f}" in above.text

@@ -1,6 +1,6 @@
 /*
- * Frontend of ui/hover_scatter: scatter panels drawn by plotly.js (its gl2d bundle, scattergl), a photo tooltip on
- * hover.
+ * Frontend of ui/hover_scatter: scatter panels drawn by plotly.js (its gl2d bundle: SVG scatter traces, WebGL
+ * scattergl from spec.webglFrom points), a photo tooltip on hover.
  *
  * Plotly draws the markers, zooms, pans, selects (box and lasso), keeps the legend and the colour bar, and greys
  * what a selection leaves out with its own `selected`/`unselected` marker styles. This file adds what Plotly
@@ -217,7 +217,7 @@
       scaleShown = scaleShown || showScale;
       panel.traceRows.push(trace.rows);
       return {
-        type: "scattergl",
+        type: state.traceType,
         mode: "markers",
         name: plotlyText(name),
         x: trace.x,
@@ -234,7 +234,7 @@
     panel.ringKey = ringXY(panel).key;
     panel.dimKey = state.dim ? state.selectedKey : "";
     traces.push(Object.assign(ringXY(panel), {
-      type: "scattergl",
+      type: state.traceType,
       mode: "markers",
       hoverinfo: "skip", // not hoverable or selectable: the point under the ring answers
       showlegend: false,
@@ -418,7 +418,9 @@
     state.ready = false;
     delete document.body.dataset.ready;
     state.spec = spec;
-    state.gridHover = spec.panels.reduce((n, panel) => n + panel.traces.reduce((m, trace) => m + trace.rows.length, 0), 0) >= spec.gridHoverFrom;
+    const points = spec.panels.reduce((n, panel) => n + panel.traces.reduce((m, trace) => m + trace.rows.length, 0), 0);
+    state.gridHover = points >= spec.gridHoverFrom;
+    state.traceType = points >= spec.webglFrom ? "scattergl" : "scatter";
     applyTheme(theme);
     hideHover();
     sendToStreamlit("streamlit:setFrameHeight", { height: spec.height });
@@ -918,7 +920,7 @@
       return state.ready;
     },
     get renderer() {
-      return "plotly.js scattergl" + (state.gridHover ? ", grid-indexed hover" : ", Plotly hover");
+      return "plotly.js " + state.traceType + (state.gridHover ? ", grid-indexed hover" : ", Plotly hover");
     },
     get mode() {
       return state.mode;
