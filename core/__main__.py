@@ -456,6 +456,15 @@ def _cmd_backbones(args: argparse.Namespace, workspace: Workspace) -> None:
 
 
 def _cmd_runs(args: argparse.Namespace, workspace: Workspace) -> None:
+    if args.groups:  # each comparison or probe suite: its status and how many of its runs it recorded
+        for group in RunRegistry(workspace.registry_path).list_groups(limit=args.limit):
+            config = group["config"]
+            print(
+                f"group {group['id']} · {group['kind']} · {group['status']} · {group['recorded']}/{group['planned']} "
+                f"runs · {config.get('dataset')} · {' '.join(config.get('backbones', []))}"
+                + (f" · {group['error']}" if group["error"] else "")
+            )
+        return
     for run in RunRegistry(workspace.registry_path).list_runs(limit=args.limit):
         # One name for a run everywhere (core.runs.naming), then what the name leaves out: status and dataset.
         print(f"{run_name(run)} · {run['status']} · {run['dataset_key']}")
@@ -606,6 +615,8 @@ def _cmd_extract(args: argparse.Namespace, workspace: Workspace) -> None:
     backbone = resolve_backbone(args.backbone, weights=args.weights)  # looked up once, passed down
     variants = [backbone.check_variant(v) for v in (args.features or [None])]
     dataset = prepare_dataset(args.dataset, workspace, progress=ConsoleProgress())
+    if args.tokens:  # first: its forward pass caches the pooled variants too, so the extraction below reads them
+        _extract_tokens(args, workspace, dataset, backbone)
     common = {
         "workspace": workspace,
         "precision": args.precision,
@@ -643,8 +654,6 @@ def _cmd_extract(args: argparse.Namespace, workspace: Workspace) -> None:
             f"Skipped {len(result.skipped)} unreadable image(s), first: {result.skipped[0][0]}: {result.skipped[0][1]}"
         )
     print(f"Cache: {result.cache_path}")
-    if args.tokens:
-        _extract_tokens(args, workspace, dataset, backbone)
 
 
 def _extract_tokens(args: argparse.Namespace, workspace: Workspace, dataset, backbone) -> None:
@@ -814,6 +823,9 @@ def build_parser() -> argparse.ArgumentParser:
     backbones.set_defaults(handler=_cmd_backbones)
     runs = sub.add_parser("runs", help="list recorded runs")
     runs.add_argument("--limit", type=int, default=30)
+    runs.add_argument(
+        "--groups", action="store_true", help="list comparisons and probe suites (groups) with their status instead"
+    )
     runs.set_defaults(handler=_cmd_runs)
 
     cost = sub.add_parser(

@@ -322,9 +322,12 @@ def labels_figure(fit: LearningCurveFit, *, label: str, target: float, n: float 
         y=list(fit.means),
         mode="markers",
         marker=dict(size=9, color="black"),
-        name=f"measured: {html_text(label)} (mean of the draws)",
+        name="measured (mean of the draws)",  # the curve's name is above the chart, in the answer and the picker
         customdata=list(fit.draws),
-        hovertemplate="%{x:g} images per class: %{y:.1f} % (mean of %{customdata} draws)<extra></extra>",
+        hovertemplate=(
+            f"{html_text(label)}<br>%{{x:g}} images per class: %{{y:.1f}} % (mean of %{{customdata}} draws)"
+            "<extra></extra>"
+        ),
     )
     # Lines as traces, not add_hline/add_vline: their annotations land at 10^x on a log axis.
     figure.add_scatter(

@@ -142,7 +142,7 @@ def display_rows(rows: list[dict]) -> pd.DataFrame:
     def cell(column: str, value: object) -> str:
         if value is None:
             return ""
-        if column.startswith("confidence"):
+        if column.startswith("confidence") and isinstance(value, (int, float)):  # not "confidence is" (text)
             return f"{value:.1%}"
         if column.startswith("nearest training distance"):
             return f"{value:.3f}"

@@ -6,7 +6,9 @@ scores) are plain functions tested without a page.
 
 Maps come from ``core.maps.projection.cached_map``: t-SNE, UMAP or PCA, each cached per (features,
 method, parameters) in this process and under ``<workspace>/features/maps/``, so a rerun that does
-not change them computes nothing. Dataset rows are the global row ids everywhere (traces,
+not change them computes nothing. A map not made yet, and the data-health scores, are computed by the job
+runner (``core.jobs.runner``), never on the page's thread: the page shows the job's progress bar and draws
+the result on the rerun after the job ends. Dataset rows are the global row ids everywhere (traces,
 tooltips, sprite sheets). Colour by: true class, predicted class or correct / incorrect of a chosen
 run (any protocol: every run records per-image test predictions), or any per-image score
 (``ImageScore``: a run's prediction confidence, and the data-health scores of ``core.health.checks`` where
@@ -1031,8 +1033,8 @@ def _selection_tables(view: View, selected: list[int]) -> None:
         selected, labels=dataset.labels, class_names=dataset.class_names, on_map=view.rows, per_run=per_run
     )
     with st.container(key="explorer-selection-summary"):  # an HTML table: 17 rows need no data-grid scripts
-        st.table(pd.DataFrame(summary).set_index("class"))
-    runs = ", ".join(f"#{run['id']} = {run_name(run)}" for run in {r["id"]: r for r in view.colour_runs}.values())
+        st.table(pd.DataFrame(summary).set_index("class").style.format(precision=1))
+    runs = "; ".join(run_name(run) for run in {r["id"]: r for r in view.colour_runs}.values())
     st.caption(
         markdown_text(
             f"Per class of the {len(selected)} selected photos. Right and wrong count the photos each run predicted "
@@ -1128,12 +1130,12 @@ def show_view(view: View) -> None:
     )
     if selected:
         st.subheader(f"Selected photos ({len(selected)})")
+        _selection_tables(view, selected)  # first: what a lasso caught, at a glance, before its photos
         shown = selected[:GALLERY_LIMIT]
         photo_grid(
             [dataset.image_paths[row] for row in shown], [_photo_caption(dataset, row) for row in shown], size=THUMB_PX
         )
         if len(selected) > GALLERY_LIMIT:
             st.caption(f"Showing the first {GALLERY_LIMIT} of {len(selected)}.")
-        _selection_tables(view, selected)
         if len(selected) == 1:
             _neighbours(view, selected[0], features)

@@ -19,31 +19,12 @@ import streamlit as st
 
 from core.base.text import markdown_text
 
-# (script, title, icon); the first is the default page, at "/".
-PAGES = (
-    ("pages/home.py", "Home", ":material/home:"),
-    ("pages/dataset.py", "Dataset", ":material/photo_library:"),
-    ("pages/train.py", "Train", ":material/model_training:"),
-    ("pages/compare.py", "Compare", ":material/compare_arrows:"),
-    ("pages/explorer.py", "Explorer", ":material/scatter_plot:"),
-    ("pages/classify.py", "Classify", ":material/image_search:"),
-    ("pages/health.py", "Health", ":material/health_and_safety:"),
-    ("pages/patches.py", "Patches", ":material/grid_on:"),
-)
 
-
-def app_pages() -> list:
-    """``st.Page`` of every page, Home the default."""
-    return [
-        st.Page(script, title=title, icon=icon, default=index == 0) for index, (script, title, icon) in enumerate(PAGES)
-    ]
-
-
-def page_menu() -> None:
-    """The menu, in the sidebar: a link to each page."""
+def page_menu(pages: list) -> None:
+    """The menu, in the sidebar: a link to each of ``pages`` (``st.Page``s, as ``st.navigation`` got them)."""
     with st.sidebar:
-        for script, title, icon in PAGES:
-            st.page_link(script, label=title, icon=icon)
+        for page in pages:
+            st.page_link(page)
         st.divider()
 
 
@@ -65,9 +46,9 @@ def requested_unknown_path(pages: list, *, url: str | None, base_path: str = "")
     return None if path in known else path
 
 
-def not_found_page(path: str) -> None:
+def not_found_page(path: str, pages: list) -> None:
     """ "Page not found", the address asked for, and a link to every page."""
     st.title(":material/explore_off: Page not found")
     st.markdown(f"There is no page at “/{markdown_text(path)}” in Flower Probe. The pages are:")
-    for script, title, icon in PAGES:
-        st.page_link(script, label=title, icon=icon)
+    for page in pages:
+        st.page_link(page)

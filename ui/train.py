@@ -1,4 +1,9 @@
-"""The Train page's parts: the experiment form, its launch (with the expected duration), the live job list.
+"""The Train page's parts: the one evaluation form, its launch (with the expected duration), the live job list.
+
+The form holds dataset, split, backbones, then how to evaluate them (``ui.probe_form``: protocols with the
+reference MLP preselected, feature variants, shots, seeds) and the MLP's settings while it is chosen. One Launch
+queues a comparison when the reference MLP runs alone on the whole training part (exactly what
+``python -m core compare`` records), else the probe suite.
 
 The form starts from ``core.probing.presets`` (the reference backbones when their files are here, else the offline
 demo; the head inputs from ``HEAD_DEFAULTS``). Backbones are chosen as specs
@@ -20,13 +25,17 @@ from core.backbones.registry import get_config, list_backbones, parse_weights_ov
 from core.data.datasets import DEFAULT_SPLIT, OXFORD17_KEY, list_datasets
 from core.features.extract import DEVICES, PRECISIONS
 from core.features.runtime import RUNTIMES
-from core.jobs.runner import comparison_job
+from core.jobs.runner import comparison_job, probe_job
 from core.probing.experiment import WEIGHTS_SEPARATOR, BackboneChoice, parse_backbone
 from core.probing.heads import HEAD_ARCHITECTURES, HeadConfig
 from core.probing.presets import HEAD_DEFAULTS, OFFLINE_DEMO, REFERENCE
+from core.probing.probes import ProbeConfig
+from core.probing.suite import plan_suite
+from ui import lanes
 from ui.jobs import any_job_active, job_card, live_jobs
 from ui.labels import format_age
 from ui.launch import duration_text, expected_duration, files_to_fetch, missing_files_markdown
+from ui.probe_form import REFERENCE_PROTOCOL, Evaluation, evaluation_inputs, shots_levels
 from ui.state import device_label, job_runner, list_runs, user_errors, workspace
 
 HEAD_LABELS = {"mlp": "MLP (reference)", "linear": "Linear probe"}
@@ -42,10 +51,16 @@ class TrainForm:
     dataset_name: str
     split: str
     backbones: list[str]  # specs: "resnet50", "resnet50@random"
-    head: dict  # HeadConfig's fields, validated when the job is built
+    head: dict  # HeadConfig's fields, validated when the job is built (empty: the MLP protocol is not chosen)
     device: str
     precision: str
     runtime: str = "auto"  # CPU feature runtime (core.features.runtime.RUNTIMES)
+    evaluation: Evaluation = Evaluation()  # protocols, variants, shots, seeds (the reference MLP alone by default)
+
+    @property
+    def head_config(self) -> HeadConfig:
+        """The reference head: the form's settings with the evaluation's seed (raises on a bad value)."""
+        return HeadConfig(**{**self.head, "seed": self.evaluation.seed})
 
     @property
     def title(self) -> str:
@@ -69,6 +84,52 @@ def default_dataset(entries: dict, reference_ready: bool) -> str:
         (key for key, entry in entries.items() if entry.prepared or key != OXFORD17_KEY or reference_ready),
         OXFORD17_KEY,
     )
+
+
+def head_inputs() -> dict:
+    """The reference MLP's settings (``HeadConfig``'s fields, validated when the job is built), in view while the
+    MLP protocol is chosen; its seed is the evaluation's."""
+    st.markdown("**Reference MLP head**")
+    columns = st.columns(5)
+    return {
+        "architecture": columns[0].selectbox(
+            "Head architecture",
+            HEAD_ARCHITECTURES,
+            index=HEAD_ARCHITECTURES.index(HEAD_DEFAULTS.architecture),
+            format_func=HEAD_LABELS.get,
+            key="train_head",
+            help="MLP: Linear(features, hidden) → ReLU → Linear(hidden, classes), the reference head. "
+            "Linear probe: one Linear layer, trained the same way.",
+        ),
+        "epochs": int(
+            columns[1].number_input(
+                "Epochs", min_value=1, max_value=1000, value=HEAD_DEFAULTS.epochs, key="train_epochs"
+            )
+        ),
+        "lr": float(
+            columns[2].number_input(
+                "Learning rate",
+                min_value=0.0,
+                max_value=1.0,
+                value=HEAD_DEFAULTS.lr,
+                step=1e-4,
+                format="%.4f",
+                key="train_lr",
+            )
+        ),
+        "batch_size": int(
+            columns[3].number_input(
+                "Head batch size", min_value=1, max_value=4096, value=HEAD_DEFAULTS.batch_size, key="train_batch"
+            )
+        ),
+        "standardise": columns[4].toggle(
+            "Standardise features",
+            value=HEAD_DEFAULTS.standardise,
+            key="train_standardise",
+            help="Centre and scale each feature by the training images' mean and std before the head "
+            "(off in the reference protocol). Helps features of awkward scale, such as a random-weight backbone's.",
+        ),
+    }
 
 
 def form() -> TrainForm:
@@ -108,44 +169,8 @@ def form() -> TrainForm:
         "(timm:vit_small_patch14_reg4_dinov2.lvd142m; `python -m core backbones --timm dinov2` lists them).\n\n"
         + "\n".join(f"- {name}: {get_config(name).description}" for name in list_backbones()),
     )
-    columns = st.columns(5)
-    head = {
-        "architecture": columns[0].selectbox(
-            "Head",
-            HEAD_ARCHITECTURES,
-            index=HEAD_ARCHITECTURES.index(HEAD_DEFAULTS.architecture),
-            format_func=HEAD_LABELS.get,
-            key="train_head",
-            help="MLP: Linear(features, hidden) → ReLU → Linear(hidden, classes), the reference head. "
-            "Linear probe: one Linear layer.",
-        ),
-        "epochs": int(
-            columns[1].number_input(
-                "Epochs", min_value=1, max_value=1000, value=HEAD_DEFAULTS.epochs, key="train_epochs"
-            )
-        ),
-        "lr": float(
-            columns[2].number_input(
-                "Learning rate",
-                min_value=0.0,
-                max_value=1.0,
-                value=HEAD_DEFAULTS.lr,
-                step=1e-4,
-                format="%.4f",
-                key="train_lr",
-            )
-        ),
-        "batch_size": int(
-            columns[3].number_input(
-                "Batch size", min_value=1, max_value=4096, value=HEAD_DEFAULTS.batch_size, key="train_batch"
-            )
-        ),
-        "seed": int(
-            columns[4].number_input(
-                "Seed", min_value=0, max_value=2**31 - 1, value=HEAD_DEFAULTS.seed, key="train_seed"
-            )
-        ),
-    }
+    evaluation = evaluation_inputs(dataset=dataset_key, backbones=list(backbones))
+    head = head_inputs() if REFERENCE_PROTOCOL in evaluation.protocols else {}
     with st.expander("Advanced"):
         columns = st.columns(4)
         device = columns[0].selectbox(
@@ -168,28 +193,26 @@ def form() -> TrainForm:
             "this machine and the faster is kept (the figures go into the workspace's measured rates); onnxruntime "
             "computes fp32 and falls back to PyTorch, saying why, when a backbone does not export. GPUs use PyTorch.",
         )
-        head["hidden_dim"] = int(
-            columns[2].number_input(
-                "Hidden units (MLP)", min_value=1, max_value=8192, value=HEAD_DEFAULTS.hidden_dim, key="train_hidden"
+        if head:
+            head["hidden_dim"] = int(
+                columns[2].number_input(
+                    "Hidden units (MLP)",
+                    min_value=1,
+                    max_value=8192,
+                    value=HEAD_DEFAULTS.hidden_dim,
+                    key="train_hidden",
+                )
             )
-        )
-        head["weight_decay"] = float(
-            columns[3].number_input(
-                "Weight decay",
-                min_value=0.0,
-                max_value=10.0,
-                value=HEAD_DEFAULTS.weight_decay,
-                format="%.4f",
-                key="train_wd",
+            head["weight_decay"] = float(
+                columns[3].number_input(
+                    "Weight decay (MLP)",
+                    min_value=0.0,
+                    max_value=10.0,
+                    value=HEAD_DEFAULTS.weight_decay,
+                    format="%.4f",
+                    key="train_wd",
+                )
             )
-        )
-        head["standardise"] = st.toggle(
-            "Standardise features",
-            value=HEAD_DEFAULTS.standardise,
-            key="train_standardise",
-            help="Centre and scale each feature by the training images' mean and std before the head "
-            "(off in the reference protocol). Helps features of awkward scale, such as a random-weight backbone's.",
-        )
         checkpoint = st.text_input(
             "Own checkpoint (NAME=PATH)",
             key="train_checkpoint",
@@ -214,6 +237,7 @@ def form() -> TrainForm:
         device=device,
         precision=precision,
         runtime=runtime,
+        evaluation=evaluation,
     )
 
 
@@ -231,28 +255,57 @@ def launch_section(choice: TrainForm) -> None:
         st.caption(
             duration_text(expected_duration(dataset=choice.dataset, backbones=choice.backbones, split=choice.split))
         )
-    if st.button(
-        "Launch", type="primary", icon=":material/play_arrow:", disabled=not choice.backbones, key="train_launch"
-    ):
+    evaluation = choice.evaluation
+    ready = bool(choice.backbones and evaluation.protocols and evaluation.shots)
+    if not evaluation.is_comparison and choice.split == "all":
+        st.caption(f"With protocols other than the reference MLP alone, the suite runs on one split: {DEFAULT_SPLIT}.")
+    if st.button("Launch", type="primary", icon=":material/play_arrow:", disabled=not ready, key="train_launch"):
         with user_errors():
-            job = job_runner().submit(
-                choice.title,
-                comparison_job(
-                    dataset=choice.dataset,
-                    backbones=choice.backbones,
-                    split=choice.split,
-                    head=HeadConfig(**choice.head),
-                    device=choice.device,
-                    precision=choice.precision,
-                    runtime=choice.runtime,
-                    workspace=workspace(),
-                ),
-                kind="comparison",
-                key=choice.title,
-            )
-            st.success(f"Queued as job {job.id}; its progress is below.", icon=":material/rocket_launch:")
-    if not choice.backbones:
-        st.caption("Choose at least one backbone to launch.")
+            job, runs = _submit(choice)
+            what = f": {runs} runs" if runs is not None else ""
+            st.success(f"Queued as job {job.id}{what}; its progress is below.", icon=":material/rocket_launch:")
+    if not ready:
+        st.caption("Choose at least one backbone, protocol and number of images per class to launch.")
+
+
+def _submit(choice: TrainForm) -> tuple:
+    """Queue the form's evaluation: a comparison when it is the reference MLP alone on the whole training part
+    (what ``python -m core compare`` records), else the probe suite. Returns the job's snapshot and the suite's
+    number of runs (None for a comparison). Bad values raise before anything is queued."""
+    evaluation = choice.evaluation
+    head = choice.head_config if REFERENCE_PROTOCOL in evaluation.protocols else HEAD_DEFAULTS
+    runtime = {"device": choice.device, "precision": choice.precision, "runtime": choice.runtime}
+    if evaluation.is_comparison:
+        target = comparison_job(
+            dataset=choice.dataset,
+            backbones=choice.backbones,
+            split=choice.split,
+            head=head,
+            workspace=workspace(),
+            **runtime,
+        )
+        return job_runner().submit(choice.title, target, kind="comparison", key=choice.title), None
+    suite = {
+        "backbones": choice.backbones,
+        "protocols": list(evaluation.protocols),
+        "features": list(evaluation.features) or None,
+        "shots": shots_levels(list(evaluation.shots)),
+        "seeds": evaluation.seeds,
+    }
+    plan = plan_suite(**suite)  # refuses bad choices here, with the message, before anything is queued
+    split = DEFAULT_SPLIT if choice.split == "all" else choice.split
+    target = probe_job(
+        dataset=choice.dataset, split=split, config=ProbeConfig(mlp=head), workspace=workspace(), **runtime, **suite
+    )
+    if evaluation.tokens:  # the patch tokens first, in the same job (said and checked against the disk there)
+        target = lanes.tokens_then(target, choice=choice, workspace=workspace())
+    job = job_runner().submit(
+        f"Probe suite ({plan.runs} runs) on {choice.dataset_name}, split {split}",
+        target,
+        kind="probe",
+        key=choice.dataset,
+    )
+    return job, plan.runs
 
 
 def job_list() -> None:

@@ -33,7 +33,7 @@ CONFIDENCE = 0.95
 N_RESAMPLES = 2000
 # Similarities held at once by the neighbour search: 16M float32 = 64 MB (838 query rows at 20,000 images).
 BLOCK_ELEMENTS = 1 << 24
-CKA_ESTIMATOR = "linear kernel, unbiased HSIC (Song et al. 2012)"
+CKA_ESTIMATOR = "linear kernel, the unbiased HSIC of Song et al. 2012"
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -456,8 +456,8 @@ def neighbour_sentence(agreement: FeatureAgreement) -> str:
 def cka_sentence(agreement: FeatureAgreement) -> str:
     """``CKA 0.63 (debiased linear CKA: ...)`` (plain text)."""
     return (
-        f"CKA {agreement.cka:.2f} (debiased linear CKA, {CKA_ESTIMATOR}: 1 is the same geometry up to rotation and "
-        "scale, 0 unrelated)."
+        f"CKA {agreement.cka:.2f} (debiased linear CKA with the unbiased HSIC of Song et al. 2012: 1 is the same "
+        "geometry up to rotation and scale, 0 unrelated)."
     )
 
 
@@ -474,9 +474,11 @@ def kappa_sentence(consistency: ErrorConsistency) -> str:
             how = "less often than chance would"
         else:
             how = "about as often as chance would"
-        head = f"They make the same mistakes {how}, kappa {c.kappa:.2f}"
+        # Three decimals where two would print an interval that excludes 0 as "0.00 to 0.01".
+        decimals = 3 if max(abs(low), abs(high)) < 0.05 else 2
+        head = f"They make the same mistakes {how}, kappa {c.kappa:.{decimals}f}"
         if c.interval:
-            head += f" ({CONFIDENCE * 100:.0f} % CI {low:.2f} to {high:.2f})"
+            head += f" ({CONFIDENCE * 100:.0f} % CI {low:.{decimals}f} to {high:.{decimals}f})"
     agree = c.both_right + c.both_wrong
     return (
         f"{head}: they agree on {agree:,} of {c.n_images:,} test images ({_percent(c.observed)}; both right on "

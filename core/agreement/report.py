@@ -46,7 +46,8 @@ class AgreementReport:
         """One plain-text sentence per measure (the runs named in the kappa one), then what was left out."""
         lines = [neighbour_sentence(self.features), cka_sentence(self.features)]
         if self.errors is not None:
-            lines.append(f"Runs {run_name(self.run_a)} and {run_name(self.run_b)}: {kappa_sentence(self.errors)}")
+            sentence = kappa_sentence(self.errors)
+            lines.append(f"Runs {run_name(self.run_a)} and {run_name(self.run_b)}: {sentence[0].lower()}{sentence[1:]}")
         if self.pair.note:
             lines.append(self.pair.note)
         return lines

@@ -3,8 +3,11 @@
 Modelled on timm's ``_registry.py``/``_builder.py``: each name maps to one builder (the architecture,
 randomly initialised, classifier removed), one ``BackboneConfig`` record (feature size, preprocessing the
 weights were trained with, official weights file) and one checkpoint adapter (official key names -> model
-key names). ``resolve_weights`` is the only place that decides where weights come from; ``build_backbone``
-loads them and returns a model that maps normalised images ``(N, 3, H, W)`` to features ``(N, feature_dim)``.
+key names). ``locate_weights`` (``resolve_weights`` by name) is the only place that decides where weights come
+from; ``build_model`` (``build_backbone`` by name) loads them and returns a model that maps normalised images
+``(N, 3, H, W)`` to features ``(N, feature_dim)``. The engine looks a name up once, into
+``core.backbones.resolved.ResolvedBackbone``, and passes that record down; the by-name functions here stay for
+callers at the edge (pages, benchmarks) and resolve the name once each.
 
 Besides the six built-in names, any timm model is a backbone as ``timm:<model name>`` (an architecture with
 its pretrained tag, ``timm:vit_small_patch14_reg4_dinov2.lvd142m``, or a bare architecture meaning its default

@@ -66,7 +66,13 @@ def token_hook(model: nn.Module) -> Iterator[Callable[[], torch.Tensor]]:
     patch tokens nor a feature map."""
     kept: dict[str, torch.Tensor] = {}
     if is_token_vit(model):
-        handle = model.norm.register_forward_hook(lambda _m, _i, out: kept.__setitem__("t", out))
+        # Only the token sequence (N, T, D): the feature variants call model.norm again on single class tokens
+        # (last4) after the forward, which must not replace what the forward kept.
+        def keep(_m, _i, out: torch.Tensor) -> None:
+            if out.ndim == 3:
+                kept["t"] = out
+
+        handle = model.norm.register_forward_hook(keep)
 
         def pick(t: torch.Tensor) -> torch.Tensor:
             return t[:, model.num_prefix_tokens :]

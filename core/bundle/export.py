@@ -389,6 +389,8 @@ def _move_into_place(staging: Path, out: Path) -> None:
     for file in staging.iterdir():  # flush every file before the rename makes them the bundle
         with open(file, "rb+") as handle:
             os.fsync(handle.fileno())
+        file.chmod(0o644)  # temporary files are private (mkstemp's 0600); a bundle is meant to be shared
+    staging.chmod(0o755)
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")

@@ -427,6 +427,7 @@ def _share_pooled(entry: _TokenEntry, *, workspace: Workspace) -> None:
         cache = features.open(shard_size=DEFAULT_SHARD_SIZE)
         if cache.manifest["shards"] or features.read(features.variants[0]) is not None:
             return
+        cache.manifest["runtime"] = "torch"  # the token pass runs PyTorch (the features engine may use onnxruntime)
         files = manifest["files"]
         rows = np.load(entry.folder / files["rows"], allow_pickle=False)
         arrays = {v: np.load(entry.folder / files[v], mmap_mode="r", allow_pickle=False) for v in features.variants}

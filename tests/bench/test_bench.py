@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from bench.common import (
+    ON_REQUEST,
     SECTIONS,
     Target,
     bench_workspace,
@@ -96,10 +97,12 @@ def test_median_ratio_pairs_rounds_instead_of_mixing_bests():
 
 
 def test_parse_sections_keeps_run_order_and_rejects_unknown_names():
-    assert parse_sections(None) == SECTIONS
+    assert parse_sections(None) == tuple(name for name in SECTIONS if name not in ON_REQUEST)
+    assert "gpu" in ON_REQUEST and "gpu" not in parse_sections(None)  # only when named: it needs a GPU to mean much
     assert parse_sections("pages, roofline") == ("roofline", "pages")
+    assert parse_sections("gpu,roofline") == ("roofline", "gpu")
     with pytest.raises(ValueError, match="--only"):
-        parse_sections("roofline,gpu")
+        parse_sections("roofline,gpus")
 
 
 def test_page_paths_reads_the_dashboard_navigation():

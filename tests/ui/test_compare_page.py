@@ -47,9 +47,13 @@ def probed(probe_root, monkeypatch) -> Workspace:
     return Workspace.from_env()
 
 
-def open_compare(views=None) -> AppTest:
-    """The Compare page, showing ``views`` (default: what it opens on, ``ui.compare.DEFAULT_VIEWS``)."""
-    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=TIMEOUT_S).run()
+def open_compare(views=None, runs: list[int] | None = None) -> AppTest:
+    """The Compare page, showing ``views`` (default: what it opens on, ``ui.compare.DEFAULT_VIEWS``); ``runs`` opens
+    it on those runs, as a shared link (``?dataset=synthetic&runs=...``) does."""
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=TIMEOUT_S)
+    if runs:
+        at.query_params.update({"dataset": "synthetic", "runs": ",".join(map(str, runs))})
+    at.run()
     at.switch_page(PAGE).run()
     if views is not None:
         show_views(at, views)
@@ -186,12 +190,19 @@ def test_compare_shows_protocols_fewshot_curves_and_the_paired_comparison(probed
     protocols = next(frame.value for frame in at.dataframe if "knn" in frame.value.columns)
     assert len(protocols) == 2
     charts = [json.loads(element.proto.spec) for element in at.get("plotly_chart")]
-    fewshot = [c for c in charts if c["layout"].get("xaxis", {}).get("type") == "log"]
+    # The few-shot chart is the first with a log x axis ("Labels needed", under it, plots a fitted curve on one too).
+    fewshot = [c for c in charts if c["layout"].get("xaxis", {}).get("type") == "log"][:1]
     assert len(fewshot) == 1
-    names = {trace.get("name") for trace in fewshot[0]["data"] if trace.get("mode") == "lines+markers"}
-    assert "resnet50 (random weights) · gap · knn" in names and len(names) == 2 * 3
-    # Default runs: the newest reference (mlp) run of each backbone and weights, whatever ran after it.
-    assert set(at.dataframe[0].value["protocol"]) == {"mlp"}
+    lines = [trace for trace in fewshot[0]["data"] if trace.get("mode") == "lines+markers"]
+    names = {trace.get("name") for trace in lines}
+    assert "resnet50 · random weights · gap · k-NN" in names and len(names) == 2 * 3
+    # Colour by backbone and weights, line style by protocol: two colours, three dashes.
+    assert len({t["line"]["color"] for t in lines}) == 2 and len({t["line"].get("dash") for t in lines}) == 3
+    # Default runs: core.runs.sanity's rule, the best on validation of each backbone, weights and split.
+    from core.runs.sanity import default_runs
+
+    expected = default_runs(full_runs(probed), per_split=True)
+    assert sorted(at.dataframe[0].value["run"]) == sorted(r["id"] for r in expected)
     # The overview's paired comparison, and the same sentence beside kappa in the Agreement part.
     paired = [m.value for m in at.markdown if "McNemar" in m.value]
     assert len(paired) == 1 + ("Agreement" in VIEWS) and all(re.search(r"beats|tie", p) for p in paired)
@@ -199,7 +210,12 @@ def test_compare_shows_protocols_fewshot_curves_and_the_paired_comparison(probed
 
 
 def test_compare_shows_calibration_and_offers_to_measure_cost(probed):
-    at = open_compare(["Accuracy vs cost", "Calibration"])
+    # The reference (mlp) runs, opened by link: each has a fitted temperature.
+    newest_mlp = {}
+    for run in full_runs(probed):  # newest first
+        if run["protocol"] == "mlp":
+            newest_mlp.setdefault((run["backbone"], run["weights"]), run["id"])
+    at = open_compare(["Accuracy vs cost", "Calibration"], runs=sorted(newest_mlp.values()))
     assert [s.value for s in at.subheader] == ["Accuracy vs cost", "Calibration"]
     table = next(frame.value for frame in at.dataframe if "ECE % scaled" in frame.value.columns)
     # The default runs are reference (mlp) heads: each has a fitted temperature and a reliability diagram.
@@ -235,10 +251,12 @@ def test_the_train_page_launches_a_probe_suite_through_the_job_runner(probe_root
     at.switch_page("pages/train.py").run()
     at.selectbox(key="train_dataset").set_value("synthetic").run()
     at.multiselect(key="train_backbones").set_value(["resnet50@random"]).run()  # its features are cached in the copy
-    at.multiselect(key="probe_protocols").set_value(["knn", "ncm"])
-    at.multiselect(key="probe_shots").set_value(["1", "all"])
-    at.number_input(key="probe_seeds").set_value(2)
-    at.button(key="probe_launch").click().run()
+    at.multiselect(key="train_protocols").set_value(["knn", "ncm"])
+    at.multiselect(key="train_shots").set_value(["1", "all"]).run()  # a few-shot level: draws per level enabled
+    assert at.number_input(key="train_draws").disabled is False
+    assert "train_epochs" not in [n.key for n in at.number_input]  # the MLP's settings only while it is chosen
+    at.number_input(key="train_draws").set_value(2)
+    at.button(key="train_launch").click().run()
     assert not at.exception, [e.message for e in at.exception]
     queued = [s.value for s in at.success if "Queued as job" in s.value]
     assert queued and "6 runs" in queued[0], [e.value for e in at.error]
@@ -251,8 +269,8 @@ def test_the_train_page_launches_a_probe_suite_through_the_job_runner(probe_root
     # A variant one of the backbones does not have (patch tokens of a CNN): refused with the reason, nothing queued.
     jobs = len(job_runner().jobs())
     at.multiselect(key="train_backbones").set_value(["dinov2_vits14@random", "resnet50@random"]).run()
-    at.multiselect(key="probe_features").set_value(["patch_mean"])
-    at.button(key="probe_launch").click().run()
+    at.multiselect(key="train_features").set_value(["patch_mean"])
+    at.button(key="train_launch").click().run()
     assert not at.exception
     assert any(
         "features must be one of gap for resnet50, got 'patch_mean'" in e.value.replace("\\", "") for e in at.error

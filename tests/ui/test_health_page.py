@@ -178,7 +178,8 @@ def _show_hand_made_report() -> None:
 def test_report_renders_pairs_that_share_an_image(workspace):
     at = AppTest.from_function(_show_hand_made_report, default_timeout=TIMEOUT_S).run()
     assert not at.exception, [e.message for e in at.exception]
-    assert [t.label for t in at.tabs][:3] == ["Label issues (1)", "Duplicates and leakage (3)", "Outliers (1)"]
+    # Three feature-close pairs: two whose photos agree (copies), one close in features only (a near neighbour).
+    assert [t.label for t in at.tabs][:3] == ["Label issues (1)", "Copies and near neighbours (2 + 1)", "Outliers (1)"]
     pair_boxes = [c for c in at.checkbox if c.key.startswith("pair-")]
     assert len(pair_boxes) == 6  # image 0 and image 1 each sit in two pairs: one checkbox per pair side
     assert at.get("download_button")

@@ -56,6 +56,8 @@ def test_train_form_title_names_each_backbone_with_its_weights():
 
 
 def test_recent_runs_frame_labels_weights_and_synthetic_data():
+    from core.runs.naming import run_name
+
     run = {
         "id": 7,
         "backbone": "resnet50",
@@ -65,12 +67,17 @@ def test_recent_runs_frame_labels_weights_and_synthetic_data():
         "split": "1",
         "test_acc": 12.5,
         "finished_at": None,
+        "status": "completed",
+        "config": {"head": {"head": "mlp"}},
+        "features": "gap",
+        "protocol": "mlp",
+        "shots": None,
     }
-    frame = recent_runs_frame(
-        [run, {**run, "id": 8, "weights": "pretrained", "dataset_name": "mine", "synthetic": True}]
-    )
-    assert frame["run"].tolist() == [7, 8]
-    assert frame["weights"].tolist() == ["random weights", "pretrained"]
+    runs = [run, {**run, "id": 8, "weights": "pretrained", "dataset_name": "mine", "synthetic": True}]
+    frame = recent_runs_frame(runs)
+    # The one name of a run (core.runs.naming), weights and all.
+    assert frame["run"].tolist() == [run_name(r) for r in runs]
+    assert " · random weights · " in frame["run"][0] and " · pretrained · " in frame["run"][1]
     assert frame["dataset"].tolist() == ["Synthetic Flowers", "mine (synthetic)"]
 
 
@@ -126,8 +133,30 @@ def test_train_defaults_to_one_architecture_pretrained_and_random(workspace):
     at.switch_page("pages/train.py").run()
     assert not at.exception, [e.message for e in at.exception]
     assert at.multiselect(key="train_backbones").value == list(OFFLINE_DEMO.backbones)
+    # One evaluation form: the reference MLP preselected on the whole training part, its settings in view.
+    assert at.multiselect(key="train_protocols").value == ["mlp"]
+    assert at.multiselect(key="train_shots").value == ["all"]
+    assert at.number_input(key="train_draws").disabled  # nothing to draw on the whole training part
     assert at.number_input(key="train_epochs").value == REFERENCE.head.epochs
+    assert at.toggle(key="train_standardise").value is REFERENCE.head.standardise
+    assert [b.label for b in at.button if b.key == "train_launch"] == ["Launch"]  # the one Launch button
     assert len(_duration_captions(at)) == 1
+    # Without the MLP protocol its settings leave the form.
+    at.multiselect(key="train_protocols").set_value(["knn"]).run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert "train_epochs" not in [n.key for n in at.number_input]
+
+
+def test_evaluation_is_a_comparison_only_for_the_reference_mlp_alone_on_every_image():
+    from ui.probe_form import Evaluation
+
+    assert Evaluation().is_comparison and Evaluation().seeds == [REFERENCE.head.seed]
+    assert not Evaluation(protocols=("mlp", "knn")).is_comparison
+    assert not Evaluation(shots=("4", "all")).is_comparison
+    assert not Evaluation(features=("gap",)).is_comparison
+    # Few-shot levels draw `draws` seeds from the first; the whole training part alone runs once.
+    assert Evaluation(shots=("4", "all"), seed=3, draws=2).seeds == [3, 4]
+    assert Evaluation(shots=("all",), seed=3, draws=2).seeds == [3]
 
 
 def test_feature_cache_entries_count_sharded_folders_and_older_files(tmp_path):

@@ -104,3 +104,42 @@ def test_run_feature_pair_uses_the_runs_features(populated_workspace):
         run_dataset({**lite, "dataset_fingerprint": "0" * 16}, ws, name="run_a")
     with pytest.raises(FlowerProbeError, match="run_b must be on the same dataset"):
         run_feature_pair(lite, {**resnet, "dataset_key": "folder:roses", "dataset_name": "roses"}, workspace=ws)
+
+
+def test_runs_with_other_exclusions_are_matched_by_path_and_say_so(populated_workspace, monkeypatch):
+    """Run B as if made after five images were excluded: its cache numbers the 131 others 0..130."""
+    import dataclasses
+
+    from core.agreement import pairs
+    from core.data.exclusions import without_rows
+
+    ws = populated_workspace
+    runs = {run["backbone"]: run for run in RunRegistry(ws.registry_path).list_runs(status="completed", few_shot=False)}
+    lite, resnet = runs["efficientnet_lite0"], runs["resnet50"]
+    whole = load_dataset("synthetic", ws, exclusions=False)
+    drop = np.zeros(len(whole.image_paths), bool)
+    drop[[0, 1, 2, 50, 135]] = True
+    later = without_rows(whole, drop)
+    run_b = {
+        **resnet,
+        "dataset_fingerprint": later.fingerprint,
+        "config": {**resnet["config"], "excluded_images": list(later.excluded)},
+    }
+    real = pairs._run_features
+
+    def features(run, workspace, name):
+        feature_set = real(run, workspace, name)
+        if run is not run_b:
+            return feature_set
+        kept = np.flatnonzero(~drop)
+        return dataclasses.replace(feature_set, features=feature_set.features[kept], rows=np.arange(len(kept)))
+
+    monkeypatch.setattr(pairs, "_run_features", features)
+    pair = run_feature_pair(lite, run_b, workspace=ws)
+    assert pair.n_images == 131 and (pair.only_a, pair.only_b) == (5, 0)
+    assert "5 only in efficientnet_lite0 · pretrained · gap features, 0 only in resnet50" in pair.note
+    assert "the measures use the 131 images both hold" in pair.note
+    # Matched by path: B's row r is the whole dataset's row kept[r], which A numbers as it is.
+    kept = np.flatnonzero(~drop)
+    np.testing.assert_array_equal(kept[pair.rows_b], pair.rows_a)
+    np.testing.assert_array_equal(pair.features_b, real(resnet, ws, "run_b").features[pair.rows_a])

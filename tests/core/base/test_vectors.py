@@ -25,4 +25,4 @@ def test_unit_rows_matches_scikit_learn_and_keeps_zero_rows_zero(dtype):
 def test_unit_rows_converts_when_asked():
     unit = unit_rows([[3, 4], [0, 0]], dtype=np.float32)
     assert unit.dtype == np.float32
-    np.testing.assert_array_equal(unit, [[0.6, 0.8], [0.0, 0.0]])
+    np.testing.assert_array_equal(unit, np.array([[0.6, 0.8], [0.0, 0.0]], dtype=np.float32))

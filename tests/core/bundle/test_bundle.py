@@ -20,6 +20,38 @@ from core.predict.classify import Predictor
 from core.runs.registry import RunRegistry
 
 HOSTILE = "**Bold** <script>alert(1)</script> [link](http://example.com) | `tick`"
+# The graph's exporter in the tests that are not about the exporter: TorchScript exports in a third of dynamo's time.
+FAST = "torchscript"
+
+
+@pytest.fixture(scope="module")
+def lite0_root(tmp_path_factory, tiny_synthetic_folder):
+    """A workspace with one EfficientNet-Lite0 (pretrained, offline) mlp run on tiny Synthetic Flowers."""
+    import shutil
+
+    from core.base.workspace import Workspace
+    from core.data.datasets import synthetic_folder
+    from core.probing.experiment import run_comparison
+    from core.probing.heads import HeadConfig
+
+    root = tmp_path_factory.mktemp("bundle") / "workspace"
+    built = Workspace(root=root, data_root=root / "datasets")
+    shutil.copytree(tiny_synthetic_folder, synthetic_folder(built))
+    run_comparison(dataset="synthetic", backbones=["efficientnet_lite0"], head=HeadConfig(epochs=2), workspace=built)
+    return root
+
+
+@pytest.fixture
+def lite0_workspace(lite0_root, tmp_path, monkeypatch):
+    """A private copy of ``lite0_root`` (tests change its registry)."""
+    import shutil
+
+    from core.base.workspace import Workspace
+
+    root = tmp_path / "workspace"
+    shutil.copytree(lite0_root, root)
+    monkeypatch.setenv("FLOWER_PROBE_WORKSPACE", str(root))
+    return Workspace.from_env()
 
 
 def _run_id(workspace, backbone: str, protocol: str = "mlp") -> int:
@@ -36,8 +68,8 @@ def _card_example(folder) -> str:
     return re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(encoding="utf-8"), re.S).group(1)
 
 
-def _check_bundle(workspace, run_id: int, out, tmp_path) -> None:
-    result = export_bundle(run_id, workspace=workspace, out=out)
+def _check_bundle(workspace, run_id: int, out, tmp_path, *, exporter: str = "auto") -> None:
+    result = export_bundle(run_id, workspace=workspace, out=out, exporter=exporter)
     assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
     assert [p["batch"] for p in result.parity] == [1, 7, 32]
     assert all(p["max_abs"] <= 1e-4 and p["top1_agree"] == p["images"] for p in result.parity)
@@ -61,18 +93,19 @@ def _check_bundle(workspace, run_id: int, out, tmp_path) -> None:
         assert mine.top[0][0] == answer["class"] and abs(mine.top[0][1] - answer["probability"]) <= 1e-6
 
 
-def test_efficientnet_lite0_mlp_bundle(populated_copy, tmp_path):
-    _check_bundle(populated_copy, _run_id(populated_copy, "efficientnet_lite0"), tmp_path / "bundle", tmp_path)
+def test_efficientnet_lite0_mlp_bundle(lite0_workspace, tmp_path):
+    # The default exporter (dynamo, as the CLI and the pages use it).
+    _check_bundle(lite0_workspace, _run_id(lite0_workspace, "efficientnet_lite0"), tmp_path / "bundle", tmp_path)
 
 
-def test_efficientnet_lite0_logreg_bundle(populated_copy, tmp_path):
+def test_efficientnet_lite0_logreg_bundle(lite0_workspace, tmp_path):
     from core.probing.suite import run_probe_suite
 
     run_probe_suite(
-        dataset="synthetic", backbones=["efficientnet_lite0"], protocols=["logreg"], seeds=1, workspace=populated_copy
+        dataset="synthetic", backbones=["efficientnet_lite0"], protocols=["logreg"], seeds=1, workspace=lite0_workspace
     )
-    run_id = _run_id(populated_copy, "efficientnet_lite0", "logreg")
-    _check_bundle(populated_copy, run_id, tmp_path / "bundle", tmp_path)
+    run_id = _run_id(lite0_workspace, "efficientnet_lite0", "logreg")
+    _check_bundle(lite0_workspace, run_id, tmp_path / "bundle", tmp_path, exporter=FAST)
     config = json.loads((tmp_path / "bundle" / "config.json").read_text())
     assert config["protocol"] == "logreg" and config["head"]["standardise"] is True
 
@@ -86,56 +119,58 @@ def test_vit_bundles(spec, tiny_workspace, tmp_path):
     (record,) = run_comparison(
         dataset="synthetic", backbones=[spec], head=HeadConfig(epochs=2), workspace=tiny_workspace, precision="fp32"
     )
-    _check_bundle(tiny_workspace, record["id"], tmp_path / "bundle", tmp_path)
+    _check_bundle(tiny_workspace, record["id"], tmp_path / "bundle", tmp_path, exporter=FAST)
     preprocessing = json.loads((tmp_path / "bundle" / "preprocessing.json").read_text())
     size = 384 if "384" in spec else 224
     assert preprocessing["input_size"] == [3, size, size]
 
 
-def test_hostile_class_names_stay_data(populated_copy, tmp_path):
-    run_id = _run_id(populated_copy, "efficientnet_lite0")
-    run = RunRegistry(populated_copy.registry_path).get_run(run_id)
+def test_hostile_class_names_stay_data(lite0_workspace, tmp_path):
+    run_id = _run_id(lite0_workspace, "efficientnet_lite0")
+    run = RunRegistry(lite0_workspace.registry_path).get_run(run_id)
     names = [HOSTILE, *run["class_names"][1:]]
-    with sqlite3.connect(populated_copy.registry_path) as db:
+    with sqlite3.connect(lite0_workspace.registry_path) as db:
         db.execute("UPDATE runs SET class_names = ? WHERE id = ?", (json.dumps(names), run_id))
     out = tmp_path / "bundle"
-    export_bundle(run_id, workspace=populated_copy, out=out)
+    export_bundle(run_id, workspace=lite0_workspace, out=out, exporter=FAST)
     assert json.loads((out / "labels.json").read_text(encoding="utf-8"))[0] == HOSTILE
     card = (out / "README.md").read_text(encoding="utf-8")
     assert markdown_text(HOSTILE) in card
     assert "<script>" not in card and "[link](" not in card
 
 
-def test_a_failed_parity_check_leaves_no_bundle(populated_copy, tmp_path, monkeypatch):
+def test_a_failed_parity_check_leaves_no_bundle(lite0_workspace, tmp_path, monkeypatch):
     monkeypatch.setattr(bundle_export, "PARITY_MAX_ABS", -1.0)  # no difference can pass: the gate must fail
     out = tmp_path / "exports" / "bundle"
     with pytest.raises(ParityError, match="differ by up to"):
-        export_bundle(_run_id(populated_copy, "efficientnet_lite0"), workspace=populated_copy, out=out)
+        export_bundle(_run_id(lite0_workspace, "efficientnet_lite0"), workspace=lite0_workspace, out=out, exporter=FAST)
     assert not out.exists() and list((tmp_path / "exports").iterdir()) == []
 
 
-def test_a_non_empty_folder_is_refused_without_force(populated_copy, tmp_path):
+def test_a_non_empty_folder_is_refused_without_force(lite0_workspace, tmp_path):
     out = tmp_path / "bundle"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     with pytest.raises(FlowerProbeError, match="--force"):
-        export_bundle(_run_id(populated_copy, "efficientnet_lite0"), workspace=populated_copy, out=out)
+        export_bundle(_run_id(lite0_workspace, "efficientnet_lite0"), workspace=lite0_workspace, out=out)
     assert (out / "notes.txt").read_text() == "mine"
 
 
-def test_knn_runs_are_refused_with_the_size(populated_copy, tmp_path):
+def test_knn_runs_are_refused_with_the_size(lite0_workspace, tmp_path):
     from core.probing.suite import run_probe_suite
 
     run_probe_suite(
-        dataset="synthetic", backbones=["efficientnet_lite0"], protocols=["knn"], seeds=1, workspace=populated_copy
+        dataset="synthetic", backbones=["efficientnet_lite0"], protocols=["knn"], seeds=1, workspace=lite0_workspace
     )
     with pytest.raises(FlowerProbeError, match=r"knn run: its head is its training features \(\d+ x 1280"):
-        export_bundle(_run_id(populated_copy, "efficientnet_lite0", "knn"), workspace=populated_copy, out=tmp_path)
+        export_bundle(
+            _run_id(lite0_workspace, "efficientnet_lite0", "knn"), workspace=lite0_workspace, out=tmp_path / "bundle"
+        )
 
 
-def test_bundle_predict_gives_classify_reasons_for_bad_images(populated_copy, tmp_path):
+def test_bundle_predict_gives_classify_reasons_for_bad_images(lite0_workspace, tmp_path):
     out = tmp_path / "bundle"
-    export_bundle(_run_id(populated_copy, "efficientnet_lite0"), workspace=populated_copy, out=out)
+    export_bundle(_run_id(lite0_workspace, "efficientnet_lite0"), workspace=lite0_workspace, out=out, exporter=FAST)
     corrupt = tmp_path / "broken.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     cmyk = tmp_path / "cmyk.jpg"

@@ -205,9 +205,7 @@ def test_patches_page_computes_in_the_job_queue_and_the_slider_redraws(tiny_work
     from streamlit.testing.v1 import AppTest
 
     entry = Path(__file__).resolve().parents[3] / "dashboard.py"
-    from ui.navigation import PAGES
-
-    page = next(script for script, _, _ in PAGES if script.endswith("patches.py"))
+    page = next(p for p in re.findall(r'st\.Page\("([^"]+)"', entry.read_text()) if p.endswith("patches.py"))
     at = AppTest.from_file(str(entry), default_timeout=120)
     at.run()
     at.switch_page(page).run()

@@ -148,6 +148,15 @@ def test_layer_forward_last_block_is_the_model_output() -> None:
     assert list(layers) == list(model_layers(vit)) and len(layers) == len(vit.blocks)
     torch.testing.assert_close(layers[f"block{len(vit.blocks)}"], plain, rtol=0, atol=0)
     assert not torch.equal(layers["block1"], plain)
+    # Tokens and every pooled variant from one call: the variants' own norm calls (last4) leave the tokens alone.
+    from core.backbones.tokens import token_hook
+    from core.backbones.variants import variant_forward
+
+    with torch.no_grad(), variant_forward(vit, ("cls", "patch_mean", "last4")) as pooled, token_hook(vit) as last:
+        out = pooled(images)
+        tokens = last()
+    assert tokens.shape == (2, 16, vit.embed_dim)
+    torch.testing.assert_close(tokens.float().mean(dim=1), out["patch_mean"], rtol=1e-5, atol=1e-6)
     with pytest.raises(FlowerProbeError, match=r"layers must lie in 1\.\.12 .*has 12 layers"):
         parse_layers("13", backbone="dinov2_vits14")
     assert parse_layers("1,-1", backbone="dinov2_vits14") == ("block1", "block12")
@@ -204,21 +213,28 @@ def test_tokens_are_cached_once_and_the_attentive_suite_runs_no_forward(tiny_wor
         raise AssertionError("the attentive suite built a model")
 
     monkeypatch.setattr(ResolvedBackbone, "build", no_model)
-    config = ProbeConfig(attentive=FAST)
+    config = ProbeConfig(
+        attentive=AttentiveConfig(learning_rates=(1e-2,), weight_decays=(5e-4,), epochs=2, min_steps=4)
+    )
     runs = [
         run_probe_suite(
             dataset="synthetic",
             backbones=["efficientnet_lite0"],
             protocols=["attentive"],
             shots=[2, None],
-            seeds=2,
+            seeds=1,
             config=config,
             workspace=tiny_workspace,
         )
-        for _ in range(2)
+        for _ in range(2)  # the second suite reads the same cached tokens again
     ]
     assert tokens.FORWARDS["tokens"] - before == forwards  # zero forwards after the first extraction
-    assert len(runs[0]) == 3 and {r["features"] for r in runs[0]} == {"tokens"}
+    assert len(runs[0]) == 2 and {r["features"] for r in runs[0]} == {"tokens"}
+    assert [r["test_acc"] for r in runs[1]] == [r["test_acc"] for r in runs[0]]
+    # The same pass cached the pooled features too: the ordinary extraction runs no forward of its own.
+    from core.features.extract import extract_features
+
+    assert extract_features(dataset, "efficientnet_lite0", workspace=tiny_workspace).from_cache
     full = [r for r in runs[0] if r["shots"] is None][0]
     assert full["head_path"]  # the head is saved for predict, Classify and export
     low, high = full["metrics"]["test_acc_ci"]
@@ -322,8 +338,9 @@ def test_zero_shot_run_is_recorded_with_test_metrics(tiny_workspace, clip_hub_ca
     )
     assert run["protocol"] == "zeroshot" and run["shots"] == 0 and run["features"] == "clip"
     test_rows = dataset.split("1")["test"]
-    assert len(run["predictions"]) == len(test_rows)
-    correct = np.mean([p[2] == p[3] for p in run["predictions"]]) * 100
+    predictions = RunRegistry(tiny_workspace.registry_path).predictions(run["id"])
+    assert len(predictions) == len(test_rows)
+    correct = np.mean([p["label"] == p["predicted"] for p in predictions]) * 100
     assert run["test_acc"] == pytest.approx(correct)
     low, high = run["metrics"]["test_acc_ci"]
     assert low <= run["test_acc"] <= high
@@ -344,3 +361,14 @@ def test_zero_shot_bad_input() -> None:
         "ViT-B-32",
         "hf-hub:timm/vit_base_patch32_clip_224.openai",
     )
+
+
+def test_tokens_are_refused_for_a_model_without_patch_tokens_or_a_feature_map() -> None:
+    from core.backbones.tokens import token_forward
+
+    flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    refused = pytest.raises(
+        FlowerProbeError, match="tokens need a backbone with patch tokens .* Sequential has neither"
+    )
+    with refused, token_forward(flat):
+        pass

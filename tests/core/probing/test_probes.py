@@ -187,8 +187,7 @@ def test_linear_probe_picks_the_best_rate_on_validation_and_learns(parts):
 
 
 def test_the_reference_mlp_is_unchanged(parts):
-    """The mlp protocol is core.probing.heads's reference head with the same numbers, to the last bit, on a fixed seed.
-    """
+    """The mlp protocol is core.probing.heads's reference head with the same numbers, to the last bit, on a fixed seed."""
     config = HeadConfig(epochs=4, seed=7)
     reference = train_head(*parts, num_classes=CLASSES, config=config)
     probed = mlp_probe(*parts, num_classes=CLASSES, config=config)
@@ -243,7 +242,9 @@ def test_check_shots_refuses_more_than_any_class_holds_and_an_empty_class():
 
 
 def test_plan_refuses_unknown_protocols_and_missing_variants():
-    with pytest.raises(FlowerProbeError, match="protocols must be among mlp, linear, logreg, knn, ncm, got svm"):
+    with pytest.raises(
+        FlowerProbeError, match="protocols must be among mlp, linear, logreg, knn, ncm, attentive, zeroshot, got svm"
+    ):
         plan_suite(backbones=["resnet50"], protocols=["svm"], features=None, shots=[None], seeds=1)
     with pytest.raises(FlowerProbeError, match="features must be one of gap for resnet50, got 'patch_mean'"):
         plan_suite(backbones=["resnet50"], protocols=["knn"], features=["patch_mean"], shots=[None], seeds=1)

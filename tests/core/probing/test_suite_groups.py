@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from core.__main__ import main
 from core.base.workspace import Workspace
 from core.probing.experiment import ExperimentConfig, run_comparison, run_experiment
 from core.probing.heads import HeadConfig
@@ -53,7 +54,7 @@ class _Stop(KeyboardInterrupt):
     """Ctrl-C after some runs were recorded."""
 
 
-def test_an_interrupted_suite_reads_interrupted_and_resumes_to_the_uninterrupted_runs(populated_copy):
+def test_an_interrupted_suite_reads_interrupted_and_resumes_to_the_uninterrupted_runs(populated_copy, capsys):
     registry = RunRegistry(populated_copy.registry_path)
     before = {r["id"] for r in registry.list_runs()}
     first: list[dict] = []
@@ -68,6 +69,8 @@ def test_an_interrupted_suite_reads_interrupted_and_resumes_to_the_uninterrupted
     [group] = _suite_groups(registry)
     assert (group["status"], group["recorded"], group["planned"]) == ("interrupted", 4, SUITE_RUNS)
     assert {r["group_id"] for r in first} == {group["id"]}
+    assert main(["runs", "--groups"]) == 0  # what a person reads
+    assert f"group {group['id']} · suite · interrupted · 4/{SUITE_RUNS} runs" in capsys.readouterr().out
 
     second: list[dict] = []
     resumed = run_probe_suite(**SUITE, workspace=populated_copy, on_run=second.append)

@@ -31,7 +31,7 @@ UNREADABLE = "(unreadable)"  # what the galleries add to the caption of a photo 
 
 
 def _make_legacy(root: Path, run: dict) -> None:
-    """Rewrite ``run`` in the registry at ``root`` as the code before ``core.runs.files`` recorded it: absolute paths."""
+    """Rewrite ``run`` in the registry at ``root`` as code before ``core.runs.files`` recorded it: absolute paths."""
     ws = Workspace(root=root, data_root=root / "datasets")
     images = dataset_folder(run["dataset_key"], ws)
     with sqlite3.connect(root / "runs.sqlite") as conn:
@@ -130,6 +130,11 @@ def test_every_page_shows_the_photos_from_the_moved_copy(moved):
             files = [f for frame in at.dataframe if "file" in frame.value.columns for f in frame.value["file"]]
             assert files and all(Path(f).is_relative_to(ws.data_root) for f in files), files[:3]
         elif page == "pages/explorer.py":
+            from ui.state import job_runner
+
+            for job in [job for job in job_runner().jobs() if job.active]:  # the maps are made by jobs
+                assert job_runner().wait(job.id, timeout_s=RENDER_TIMEOUT_S).status == "completed", job.title
+            at.run()
             components = at.get("component_instance")
             assert len(components) == 1, "no map: the runs' features were not found"
             spec = json.loads(components[0].proto.json_args)["spec"]
