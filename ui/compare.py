@@ -104,8 +104,13 @@ def _reference(run: dict) -> bool:
 
 
 def default_runs(runs: list[dict]) -> list[dict]:
-    """``core.runs.sanity.DEFAULT_RULE_PER_SPLIT``: the best on validation per backbone, weights and split."""
-    return sanity_default_runs(runs, per_split=True)
+    """``core.runs.sanity.DEFAULT_RULE_PER_SPLIT``: the best on validation per backbone, weights and split.
+
+    Layer-wise runs (features ``layer:<block>``, the Layer-wise view's points) are left out while other runs exist:
+    an inner block is a point on a depth curve, not the backbone's headline feature.
+    """
+    headline = [r for r in runs if not str(r.get("features", "")).startswith(lanes.LAYER_PREFIX)]
+    return sanity_default_runs(headline or runs, per_split=True)
 
 
 # ----------------------------------------------------------------------------------------------- frames

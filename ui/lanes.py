@@ -140,7 +140,7 @@ def layerwise_figure(runs: Sequence[Mapping], *, n_classes: int | None = None) -
             mode="markers+text",
             marker=dict(symbol="star", size=16, color=colour, line=dict(width=1, color="black")),
             text=[f"best: {names[best]}"],
-            textposition="top center",
+            textposition="bottom center" if acc[best] > 90 else "top center",  # inside the 0-100 axis
             showlegend=False,
             hoverinfo="skip",
         )
@@ -234,9 +234,10 @@ def show_attention(images: list[tuple[str, object]], runs: list[dict], *, key: s
     )
     for view in views:
         st.markdown(
-            markdown_text(
-                f"**{view.name}** · predicted {view.predicted} ({view.confidence:.0f} %) · the most-attended patch "
-                f"gets {view.peak_share:.1f}x the uniform weight"
+            f"**{markdown_text(view.name)}** · "
+            + markdown_text(
+                f"predicted {view.predicted} ({view.confidence:.0f} %) · the most-attended patch gets "
+                f"{view.peak_share:.1f}x the uniform weight"
             )
         )
         st.image([view.crop, view.overlay], width=260, caption=["photo (model input)", "attention over the patches"])

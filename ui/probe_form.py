@@ -84,7 +84,7 @@ def evaluation_inputs(*, dataset: str, backbones: list[str]) -> Evaluation:
     )
     with user_errors():
         options = variant_options(backbones) if backbones else []
-    columns = st.columns([3, 3, 1, 1])
+    columns = st.columns([3, 3, 1, 1.3])
     features = columns[0].multiselect(
         "Feature variants",
         options,

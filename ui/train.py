@@ -90,7 +90,7 @@ def head_inputs() -> dict:
     """The reference MLP's settings (``HeadConfig``'s fields, validated when the job is built), in view while the
     MLP protocol is chosen; its seed is the evaluation's."""
     st.markdown("**Reference MLP head**")
-    columns = st.columns(5)
+    columns = st.columns([1.2, 1, 1, 1, 1.3], vertical_alignment="bottom")
     return {
         "architecture": columns[0].selectbox(
             "Head architecture",

@@ -2,8 +2,9 @@
 
 A job used to say only "failed" when one of its runs failed after another was recorded, and its history went with
 the server process. Now, when a job ends, ``JobRunner`` asks the run registry which runs the job made and keeps the
-job and that report in the workspace's SQLite database (table ``jobs`` beside ``runs``); a restarted server lists the
-past jobs again, and a job the server stopped in the middle reads as interrupted.
+job (its kind and key too, so pages still find it) and that report in the workspace's SQLite database (table ``jobs``
+beside ``runs``); a restarted server lists the past jobs again, and a job the server stopped in the middle reads as
+interrupted.
 
 Which runs a job made: the runner's single worker runs one job at a time, so the runs this process created between
 the job's start and its end are exactly the job's (``RunRegistry.runs_created``): no bookkeeping inside the engine.
@@ -34,9 +35,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     report TEXT,
     pid INTEGER,
-    host TEXT
+    host TEXT,
+    kind TEXT NOT NULL DEFAULT 'other',
+    key TEXT NOT NULL DEFAULT ''
 );
 """
+# Columns added after the table first shipped: a database made before them gains them on open (ALTER TABLE ... ADD
+# COLUMN keeps every row; the default is what those older jobs were: kind "other", no key).
+_ADDED_COLUMNS = {"kind": "TEXT NOT NULL DEFAULT 'other'", "key": "TEXT NOT NULL DEFAULT ''"}
 INTERRUPTED = "The server stopped before this job finished (restart or crash); its recorded runs are kept."
 
 
@@ -84,6 +90,14 @@ class JobHistory:
         self.path = Path(path)
         with self._connect() as conn:
             conn.executescript(_SCHEMA)
+            present = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
+            for name, declaration in _ADDED_COLUMNS.items():
+                if name not in present:
+                    try:
+                        conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
+                    except sqlite3.OperationalError as exc:  # another server on this workspace added it just now
+                        if "duplicate column" not in str(exc):
+                            raise
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -101,11 +115,13 @@ class JobHistory:
         """Insert or update ``job`` (a ``core.jobs.runner.Job``) with its ``report``."""
         with self._connect() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO jobs (id, title, status, created_at, started_at, finished_at, error, report,"
-                " pid, host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO jobs (id, title, kind, key, status, created_at, started_at, finished_at, error,"
+                " report, pid, host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.id,
                     job.title,
+                    job.kind,
+                    job.key,
                     job.status,
                     job.created_at,
                     job.started_at,

@@ -160,6 +160,8 @@ class JobRunner:
             for row in reversed(self._history.load()):
                 self._jobs[row["id"]] = Job(
                     **{k: row[k] for k in ("id", "title", "status", "created_at", "started_at", "finished_at")},
+                    kind=row["kind"] if row["kind"] in JOB_KINDS else "other",  # a kind this version no longer has
+                    key=row["key"],
                     error=row["error"],
                     report=row["report"],
                 )

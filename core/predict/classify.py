@@ -46,7 +46,7 @@ from core.probing.heads import HeadConfig, build_head
 from core.probing.probes import TEMPERATURE_KEY
 from core.runs.files import RunFiles
 from core.runs.registry import RunRegistry
-from core.runs.sanity import is_degenerate
+from core.runs.sanity import preference
 
 TOP_K = 5  # classes listed per image: the spec's top-5
 NEIGHBOURS = 6  # nearest training images shown per image: one row of the page's grid
@@ -622,13 +622,7 @@ def default_run(runs: Sequence[dict]) -> dict | None:
     if not completed:
         return None
     latest = max(completed, key=lambda r: (r["created_at"], r["id"]))
-    same_dataset = [r for r in completed if r["dataset_key"] == latest["dataset_key"]]
-
-    def key(run: dict) -> tuple:
-        valid = (run.get("metrics") or {}).get("valid_acc")
-        return (not is_degenerate(run), valid if valid is not None else -1.0, run["id"])
-
-    return max(same_dataset, key=key)
+    return max((r for r in completed if r["dataset_key"] == latest["dataset_key"]), key=preference)
 
 
 def summary_rows(predictions: Sequence[Prediction]) -> list[dict]:

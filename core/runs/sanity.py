@@ -163,6 +163,13 @@ def is_degenerate(run: dict) -> bool:
     return run.get("confusion") is not None and predicted_share(run["confusion"])[1] >= ONE_CLASS_SHARE
 
 
+def preference(run: dict) -> tuple:
+    """How default runs are ranked (higher is preferred): not predicting one class, then validation accuracy, then
+    the newer. Validation, not test: a default chosen by test accuracy would report a figure used to choose it."""
+    valid = (run.get("metrics") or {}).get("valid_acc")
+    return (not is_degenerate(run), valid if valid is not None else -1.0, run["id"])
+
+
 def default_runs(runs: list[dict], *, per_split: bool = False) -> list[dict]:
     """``DEFAULT_RULE``: per (backbone, weights), the completed run on the whole training part with the best
     validation accuracy (ties: the newer); runs predicting one class only when nothing else is there. Ordered by id.
@@ -173,8 +180,7 @@ def default_runs(runs: list[dict], *, per_split: bool = False) -> list[dict]:
     for run in runs:
         if run.get("status", "completed") != "completed" or run.get("shots") is not None or run["test_acc"] is None:
             continue
-        valid = (run.get("metrics") or {}).get("valid_acc")
-        key = (not is_degenerate(run), valid if valid is not None else -1.0, run["id"])
+        key = preference(run)
         group = (run["backbone"], run["weights"], run["split"] if per_split else None)
         if group not in best or key > best[group][0]:
             best[group] = (key, run)

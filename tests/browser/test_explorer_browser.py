@@ -256,7 +256,8 @@ def test_map_tools_box_select_legend_wheel_zoom_and_reset(page, server, populate
     frame.wait_for_function("hoverScatter.hidden().length === 0", timeout=TOOLTIP_WAIT_S * 1000)
 
     # Wheel zoom on the first map narrows only its view; a double click shows it whole again. Where the map is now: the
-    # legend clicks may have scrolled the page.
+    # legend clicks may have scrolled the page, and the map's middle must be in the viewport for the wheel to reach it.
+    page.locator(f'iframe[title="{FRAME_TITLE}"]').evaluate("(frame) => frame.scrollIntoView({block: 'start'})")
     box = page.locator(f'iframe[title="{FRAME_TITLE}"]').bounding_box()
     canvas = plot_area(frame, 0)
     origin_x, origin_y = canvas["x"] - box["x"], canvas["y"] - box["y"]

@@ -60,3 +60,39 @@ def test_a_cancelled_job_reports_the_runs_it_kept(tmp_path):
     job = runner.wait(runner.submit("suite", target).id, timeout_s=30)
     assert job.status == "cancelled"
     assert len(job.report["recorded"]) == 1 and len(job.report["cancelled"]) == 1
+
+
+def test_a_restarted_server_finds_past_jobs_by_kind_and_key(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    runner = JobRunner(counter_path=tmp_path / "jobs.counter", registry_path=path)
+    job = runner.wait(runner.submit("prepare", lambda context: None, kind="prepare", key="synthetic").id, timeout_s=30)
+    assert job.status == "completed"
+
+    restarted = JobRunner(counter_path=tmp_path / "jobs.counter", registry_path=path)
+    kept = restarted.get(job.id)
+    assert (kept.kind, kept.key) == ("prepare", "synthetic")
+    assert [j.id for j in restarted.find(kinds=("prepare",), key="synthetic")] == [job.id]
+
+
+def test_a_job_history_made_before_kind_and_key_opens_and_keeps_its_jobs(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "runs.sqlite"
+    with sqlite3.connect(path) as conn:  # the table as it first shipped: no kind, no key
+        conn.execute(
+            "CREATE TABLE jobs (id INTEGER PRIMARY KEY, title TEXT NOT NULL, status TEXT NOT NULL, created_at REAL NOT "
+            "NULL, started_at REAL, finished_at REAL, error TEXT, report TEXT, pid INTEGER, host TEXT)"
+        )
+        conn.execute("INSERT INTO jobs (id, title, status, created_at) VALUES (3, 'old job', 'completed', 1.0)")
+    conn.close()
+
+    runner = JobRunner(counter_path=tmp_path / "jobs.counter", registry_path=path)
+    old = runner.get(3)
+    assert (old.title, old.status, old.kind, old.key) == ("old job", "completed", "other", "")
+    new = runner.wait(runner.submit("features", lambda context: None, kind="features", key="run 7").id, timeout_s=30)
+    again = JobRunner(counter_path=tmp_path / "jobs.counter", registry_path=path).get(new.id)
+    assert (again.kind, again.key) == ("features", "run 7")
+    with sqlite3.connect(path) as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(jobs)")]
+    conn.close()
+    assert columns.count("kind") == 1 and columns.count("key") == 1

@@ -197,19 +197,26 @@ def test_moved_workspace_works_and_a_missing_head_is_named(populated_workspace, 
         Predictor.from_run(run_id, workspace=workspace)
 
 
-def _record(run_id, dataset, acc, created):
-    return {"id": run_id, "status": "completed", "dataset_key": dataset, "test_acc": acc, "created_at": created}
+def _record(run_id, dataset, acc, created, valid=None):
+    return {
+        "id": run_id,
+        "status": "completed",
+        "dataset_key": dataset,
+        "test_acc": acc,
+        "created_at": created,
+        "metrics": {"valid_acc": valid},
+    }
 
 
-def test_default_run_is_the_best_on_the_most_recent_dataset():
+def test_default_run_is_the_best_on_validation_on_the_most_recent_dataset():
     runs = [
-        _record(1, "oxford17", 99.0, 1.0),
-        _record(2, "synthetic", 40.0, 2.0),
-        _record(3, "synthetic", 70.0, 3.0),
-        _record(4, "synthetic", 55.0, 4.0),
+        _record(1, "oxford17", 99.0, 1.0, valid=99.0),
+        _record(2, "synthetic", 40.0, 2.0, valid=45.0),
+        _record(3, "synthetic", 70.0, 3.0, valid=60.0),  # the best test accuracy, not the best on validation
+        _record(4, "synthetic", 55.0, 4.0, valid=80.0),
         {**_record(5, "synthetic", None, 5.0), "status": "failed"},
     ]
-    assert default_run(runs)["id"] == 3
+    assert default_run(runs)["id"] == 4  # chosen on validation: picking by test would report a test figure it used
     assert default_run([]) is None
 
 
