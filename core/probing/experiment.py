@@ -10,19 +10,18 @@ transaction; any failure marks it failed (or cancelled, or interrupted) with the
 from __future__ import annotations
 
 import platform
-import signal
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from importlib import metadata
 
 import numpy as np
 
 from core import __version__
 from core.backbones.resolved import WEIGHTS_SEPARATOR, ResolvedBackbone, resolve_backbone, split_spec
-from core.base.errors import CancelledError, FlowerProbeError
+from core.base.errors import FlowerProbeError
 from core.base.progress import ProgressCallback, ProgressEvent
 from core.base.workspace import Workspace
 from core.data.datasets import DEFAULT_SPLIT, Dataset, prepare_dataset
@@ -31,7 +30,7 @@ from core.features.rates import RATES_FILENAME, measured_rates, record_rate  # n
 from core.probing.heads import HeadConfig
 from core.probing.presets import HEAD_DEFAULTS
 from core.probing.probes import REFERENCE_PROTOCOLS, mlp_probe
-from core.probing.record import record_run
+from core.probing.record import ending_status, record_run
 from core.runs.registry import RunRegistry
 
 
@@ -78,14 +77,6 @@ def _part(features, dataset: Dataset, rows: np.ndarray) -> tuple[np.ndarray, np.
     return x, dataset.labels[kept], kept
 
 
-class _TerminatedError(Exception):
-    """SIGTERM arrived: the run is recorded as interrupted, not failed."""
-
-
-def _raise_terminated(signum, frame):
-    raise _TerminatedError()
-
-
 def run_experiment(
     config: ExperimentConfig,
     *,
@@ -122,8 +113,7 @@ def run_experiment(
         # Replaced by record_run's config when the run completes; until then, what was asked for.
         config={**config.to_dict(), "excluded_images": list(dataset.excluded)},
     )
-    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated) if _in_main_thread() else None
-    try:
+    with ending_status(partial(registry.end_run, run_id)):
         started = time.perf_counter()
         watched = _RateWatcher(progress, stage="features")
         features = extract_features(
@@ -174,29 +164,7 @@ def run_experiment(
             keep_head=True,
             run_id=run_id,
         )
-    except CancelledError:
-        registry.end_run(run_id, status="cancelled", error="Cancelled by the user.")
-        raise
-    except (KeyboardInterrupt, _TerminatedError):
-        registry.end_run(run_id, status="interrupted", error="Interrupted (Ctrl-C or SIGTERM) before it finished.")
-        raise KeyboardInterrupt from None  # SIGTERM too: callers stop the way they do for Ctrl-C
-    except BaseException as exc:
-        registry.end_run(
-            run_id,
-            status="failed",
-            error=str(exc) if isinstance(exc, FlowerProbeError) else f"{type(exc).__name__}: {exc}",
-        )
-        raise
-    finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
     return registry.get_run(run_id)
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 # WEIGHTS_SEPARATOR ("efficientnet_lite0@random": backbone names never contain it, timm tags neither) lives with

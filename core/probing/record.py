@@ -11,9 +11,15 @@ the backbone and its weights, the feature variant, the protocol, the shots level
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 import numpy as np
 from safetensors.torch import save_file
 
+from core.base.errors import CancelledError, FlowerProbeError
 from core.base.fileio import atomic_write
 from core.base.workspace import Workspace
 from core.data.datasets import Dataset
@@ -22,6 +28,41 @@ from core.runs.files import head_file, stored_path
 from core.runs.registry import RunRegistry
 
 VALIDATION_NOTE = "the whole validation part at every shots level"
+
+
+class TerminatedError(Exception):
+    """SIGTERM arrived: the run or group is recorded as interrupted, not failed."""
+
+
+def _raise_terminated(signum, frame):
+    raise TerminatedError()
+
+
+@contextmanager
+def ending_status(end: Callable[..., None]) -> Iterator[None]:
+    """Record how the work inside ended, through ``end(status=..., error=...)`` (a run's or a group's), and re-raise.
+
+    Cancelled (the job runner's cancel), interrupted (Ctrl-C, or SIGTERM, which reaches the caller as a
+    KeyboardInterrupt so it stops the same way), or failed with the reason (a ``FlowerProbeError``'s own message,
+    else the exception's type and text). A normal end records nothing: the caller marks completion itself. In the
+    main thread SIGTERM is turned into an exception for the duration (signal handlers can only be set there).
+    """
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    try:
+        yield
+    except CancelledError:
+        end(status="cancelled", error="Cancelled by the user.")
+        raise
+    except (KeyboardInterrupt, TerminatedError):
+        end(status="interrupted", error="Interrupted (Ctrl-C or SIGTERM) before it finished.")
+        raise KeyboardInterrupt from None
+    except BaseException as exc:
+        end(status="failed", error=str(exc) if isinstance(exc, FlowerProbeError) else f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
 
 
 def run_key(run: dict) -> tuple:

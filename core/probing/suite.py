@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from core.backbones.tokens import token_layout
-from core.base.errors import CancelledError, FlowerProbeError
+from core.base.errors import FlowerProbeError
 from core.base.progress import ProgressCallback, report
 from core.base.workspace import Workspace
 from core.data.datasets import DEFAULT_SPLIT, Dataset, prepare_dataset
@@ -36,10 +36,7 @@ from core.features.tokens import TOKENS, TokenFeatureSet, require_tokens
 from core.probing.experiment import (
     GENERATE_KEY,
     BackboneChoice,
-    _in_main_thread,
-    _raise_terminated,
     _RateWatcher,
-    _TerminatedError,
     backbone_choices,
     library_versions,
     record_rate,
@@ -55,7 +52,7 @@ from core.probing.probes import (
     recorded_protocol,
     run_probe,
 )
-from core.probing.record import record_run, run_key
+from core.probing.record import ending_status, record_run, run_key
 from core.probing.summary import summarise_runs
 from core.runs.registry import RunRegistry
 
@@ -343,8 +340,7 @@ def run_probe_suite(
     )
     recorded = {run_key(r) for r in registry.group_runs(group_id)} if resumed else set()
     versions = library_versions()
-    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated) if _in_main_thread() else None
-    try:
+    with ending_status(partial(registry.end_group, group_id)):
         done = sum(key in recorded for *_, key in planned)
         for choice, variant in plan.choices:
             for split_id in splits:
@@ -378,22 +374,6 @@ def run_probe_suite(
                     total=len(planned),
                     report_epochs=kind == "compare",  # the reference experiment's printout, epoch by epoch
                 )
-    except CancelledError:
-        registry.end_group(group_id, status="cancelled", error="Cancelled by the user.")
-        raise
-    except (KeyboardInterrupt, _TerminatedError):
-        registry.end_group(group_id, status="interrupted", error="Interrupted (Ctrl-C or SIGTERM) before it finished.")
-        raise KeyboardInterrupt from None  # SIGTERM too: callers stop the way they do for Ctrl-C
-    except BaseException as exc:
-        registry.end_group(
-            group_id,
-            status="failed",
-            error=str(exc) if isinstance(exc, FlowerProbeError) else f"{type(exc).__name__}: {exc}",
-        )
-        raise
-    finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
     registry.end_group(group_id, status="completed")
     order = {key: position for position, (*_, key) in enumerate(planned)}
     return sorted(registry.group_runs(group_id), key=lambda r: order.get(run_key(r), len(order)))

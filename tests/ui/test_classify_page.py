@@ -10,10 +10,10 @@ import re
 from pathlib import Path
 
 import pytest
-from tests.helpers.image_catalogue import HOSTILE_FILE_NAMES, write_catalogue
 from streamlit.testing.v1 import AppTest
 
 from core.runs.registry import RunRegistry
+from tests.helpers.image_catalogue import HOSTILE_FILE_NAMES, write_catalogue
 from tests.helpers.photo_grids import photo_grids
 
 CLASSIFY_PAGE = Path(__file__).resolve().parents[2] / "pages" / "classify.py"

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.models import ResNet50_Weights, resnet50
 
+from core.backbones import registry as backbones
 from core.backbones.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -38,7 +39,6 @@ from core.backbones.registry import (
     parse_weights_overrides,
     resolve_weights,
 )
-from core.backbones import registry as backbones
 from core.base.errors import FlowerProbeError, MissingFileError
 from core.base.workspace import WORKSPACE_ENV, Workspace
 

@@ -187,7 +187,8 @@ def test_linear_probe_picks_the_best_rate_on_validation_and_learns(parts):
 
 
 def test_the_reference_mlp_is_unchanged(parts):
-    """The mlp protocol is core.probing.heads's reference head with the same numbers, to the last bit, on a fixed seed."""
+    """The mlp protocol is the reference head (core.probing.heads) with the same numbers, to the last bit, on a fixed
+    seed."""
     config = HeadConfig(epochs=4, seed=7)
     reference = train_head(*parts, num_classes=CLASSES, config=config)
     probed = mlp_probe(*parts, num_classes=CLASSES, config=config)
