@@ -90,7 +90,9 @@ class ConsoleProgress:
 
 
 def _print_run(record: dict, workspace: Workspace) -> None:
-    print(f"{run_name(record)} | test loss {record['test_loss']:.4f}")
+    # The reference experiment's own line first (unchanged since the first release), then the run's one name.
+    print(f"Test loss: {record['test_loss']:.4f} | test acc: {record['test_acc']:.1f}")
+    print(f"Recorded as {run_name(record)}")
     for warning in run_warnings(record, workspace):
         print(f"Warning: {warning.text}")
     skipped = record.get("skipped") or []

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 from core.probing.heads import head_architecture
-from core.runs.naming import run_name, weights_name
+from core.runs.naming import run_name
 
 
 def format_age(timestamp: float | None) -> str:
@@ -25,11 +25,6 @@ def format_age(timestamp: float | None) -> str:
 # 15 s while none does, so that a job started elsewhere (another tab, the CLI) still shows up. The views used to rerun
 # every 1-2 s whatever happened: every open tab cost the server a rerun a second, and a page load in the browser bench
 # that met one of those reruns settled ~2 s late (python -m bench --only browser, sidebar clicks).
-
-
-def weights_label(weights: str) -> str:
-    """``pretrained``, ``random weights`` or ``checkpoint <file name>``: ``core.runs.naming.weights_name``."""
-    return weights_name(weights)
 
 
 # The one name of a run is core.runs.naming.run_name (every page, CSV and the CLI); run_label is the same function,

@@ -229,11 +229,6 @@ class BackboneCost:
             input_size=self.input_size,
         )
 
-    @property
-    def ms_per_image(self) -> float:
-        """Milliseconds per image at the extraction batch size, model only (1000 / images per second)."""
-        return 1000.0 / self.images_per_s_model
-
     def to_dict(self) -> dict:
         return asdict(self)
 

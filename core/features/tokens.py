@@ -28,7 +28,7 @@ import torch
 from core.backbones.resolved import ResolvedBackbone, resolve_backbone
 from core.backbones.tokens import TokenLayout, layer_forward, layer_names, token_hook, token_layout
 from core.backbones.variants import variant_forward
-from core.base.errors import FlowerProbeError, MissingFileError
+from core.base.errors import FlowerProbeError
 from core.base.progress import ProgressCallback, RateMeter, report
 from core.base.workspace import Workspace
 from core.data.datasets import Dataset
@@ -516,20 +516,3 @@ def extract_layers(
     for name in names[1:]:
         sets[name] = dataclasses.replace(entry.read(name), from_cache=first.from_cache)
     return sets
-
-
-def read_token_cache(folder: str | Path) -> TokenCache:
-    """A token entry by folder (a run's ``tokens_path``), memory-mapped; MissingFileError when deleted."""
-    folder = Path(folder)
-    manifest = ShardedCache.read_manifest(folder)
-    if manifest is None or not manifest.get("complete") or "layout" not in manifest:
-        raise MissingFileError(
-            f"Cached tokens {folder} are missing; extract them again (python -m core extract --tokens)."
-        )
-    layout = manifest["layout"]
-    layout = TokenLayout(
-        layout["kind"], layout["tokens"], layout["dim"], tuple(layout["grid"]), tuple(layout["excluded"])
-    )
-    tokens = np.load(folder / manifest["files"][TOKENS], mmap_mode="r", allow_pickle=False)
-    rows = np.load(folder / manifest["files"]["rows"], allow_pickle=False)
-    return TokenCache(tokens, rows, folder, layout, manifest)

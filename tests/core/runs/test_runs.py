@@ -101,10 +101,18 @@ def test_run_of_a_dead_process_is_marked_interrupted(tmp_path):
 
 
 def _writer(path: str, count: int, start) -> None:
-    registry = RunRegistry(path)
-    start.wait(timeout=120)  # both processes imported and connected: their writes overlap
-    for _ in range(count):
-        _complete(registry, _create(registry), n_predictions=50)
+    try:
+        registry = RunRegistry(path)
+        start.wait(timeout=120)  # both processes imported and connected: their writes overlap
+        for _ in range(count):
+            _complete(registry, _create(registry), n_predictions=50)
+    except BaseException:
+        # A spawned process's traceback is not captured by pytest: keep it beside the database for the assertion.
+        import traceback
+
+        with open(f"{path}.{os.getpid()}.error", "w", encoding="utf-8") as log:
+            traceback.print_exc(file=log)
+        raise
 
 
 # Per writer process; they start together (a barrier), so their transactions contend for the lock from the first.
@@ -123,7 +131,8 @@ def test_concurrent_writers_both_recorded(tmp_path):
         w.start()
     for w in workers:
         w.join(120)
-        assert w.exitcode == 0
+    errors = {log.name: log.read_text() for log in tmp_path.glob("runs.sqlite.*.error")}
+    assert [w.exitcode for w in workers] == [0, 0], errors
     registry = RunRegistry(path)
     runs = registry.list_runs()
     assert len(runs) == 2 * RUNS_PER_WRITER and all(r["status"] == "completed" for r in runs)
