@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -121,7 +122,10 @@ RUNS_PER_WRITER = 5
 
 # heavy for -m "not slow" (under 3 min on 2 cores): two spawned processes; runs in the full suite
 @pytest.mark.slow
-def test_concurrent_writers_both_recorded(tmp_path):
+def test_concurrent_writers_both_recorded(tmp_path, monkeypatch):
+    # A spawned child re-imports the parent's __main__; after an AppTest in the same session that is a page script
+    # Streamlit ran as __main__, which fails outside a server. The writers need nothing from it.
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
     path = str(tmp_path / "runs.sqlite")
     RunRegistry(path)
     ctx = multiprocessing.get_context("spawn")
