@@ -22,7 +22,7 @@ from core.base.errors import FlowerProbeError
 from core.base.text import html_text, markdown_text
 from core.jobs.runner import progress_job
 from core.probing.layers import LAYER_PREFIX, layer_depth
-from core.runs.naming import protocol_name, weights_name
+from core.runs.naming import protocol_name, run_name, weights_name
 from ui.charts import add_chance_line, run_colour
 from ui.jobs import job_card, live_jobs
 from ui.state import job_runner, workspace
@@ -196,10 +196,7 @@ def show_attention(images: list[tuple[str, object]], runs: list[dict], *, key: s
     run_id = st.selectbox(
         "Attentive run",
         list(by_id),
-        format_func=lambda i: (
-            f"run {i} · {by_id[i]['backbone']} · {weights_name(by_id[i]['weights'])} · "
-            f"{by_id[i]['dataset_name']} · {by_id[i]['test_acc']:.1f} % test"
-        ),
+        format_func=lambda i: f"{run_name(by_id[i])} · {by_id[i]['dataset_name']}",
         key=f"{key}_attentive_run",
     )
     run = by_id[run_id]

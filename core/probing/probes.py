@@ -542,6 +542,43 @@ def knn_votes(
     return {k: cumulative[:, k - 1] / cumulative[:, k - 1].sum(axis=1, keepdims=True) for k in ks}
 
 
+def _training_free_result(
+    *,
+    protocol: str,
+    hyperparameter: dict,
+    valid_scores: np.ndarray,
+    scores: np.ndarray,
+    valid,
+    test,
+    logits: tuple[np.ndarray | None, np.ndarray | None],
+    num_classes: int,
+    seed: int,
+    started: float,
+) -> ProbeResult:
+    """The result of a probe that trains nothing (k-NN, NCM): ``scores`` (n_test, num_classes) on the test part,
+    ``valid_scores`` (n_valid, num_classes) for its validation accuracy, ``logits`` (valid, test) for calibration."""
+    labels = np.asarray(test[1])
+    return ProbeResult(
+        protocol=protocol,
+        hyperparameter=hyperparameter,
+        valid_accuracy=_accuracy(valid_scores, np.asarray(valid[1])),
+        scores=scores,
+        predictions=scores.argmax(axis=1),
+        labels=labels,
+        test=test_metrics(scores, labels, num_classes=num_classes, seed=seed),
+        standardised=False,
+        seconds=time.perf_counter() - started,
+        calibration=calibration_record(
+            protocol=protocol,
+            valid_logits=logits[0],
+            valid_labels=np.asarray(valid[1]),
+            test_logits=logits[1],
+            test_scores=scores,
+            test_labels=labels,
+        ),
+    )
+
+
 def knn_probe(
     train: Part,
     valid: Part,
@@ -573,25 +610,17 @@ def knn_probe(
         scores = knn_votes(
             train[0], train_labels, test[0], num_classes=num_classes, ks=(best,), temperature=temperature
         )[best]
-    labels = np.asarray(test[1])
-    return ProbeResult(
+    return _training_free_result(
         protocol="knn",
         hyperparameter={"name": "k", "value": int(best)},
-        valid_accuracy=_accuracy(valid_votes[best], np.asarray(valid[1])),
+        valid_scores=valid_votes[best],
         scores=scores,
-        predictions=scores.argmax(axis=1),
-        labels=labels,
-        test=test_metrics(scores, labels, num_classes=num_classes, seed=seed),
-        standardised=False,
-        seconds=time.perf_counter() - started,
-        calibration=calibration_record(
-            protocol="knn",
-            valid_logits=None,
-            valid_labels=np.asarray(valid[1]),
-            test_logits=None,
-            test_scores=scores,
-            test_labels=labels,
-        ),
+        valid=valid,
+        test=test,
+        logits=(None, None),  # vote shares are not logits: shown as they are, not temperature-scaled
+        num_classes=num_classes,
+        seed=seed,
+        started=started,
     )
 
 
@@ -638,25 +667,17 @@ def ncm_probe(train: Part, valid: Part, test: Part, *, num_classes: int, seed: i
         scores = ncm_scores(train[0], train_labels, test[0], num_classes=num_classes)
         valid_logits = ncm_logits(train[0], train_labels, valid[0], num_classes=num_classes)
         test_logits = ncm_logits(train[0], train_labels, test[0], num_classes=num_classes)
-    labels = np.asarray(test[1])
-    return ProbeResult(
+    return _training_free_result(
         protocol="ncm",
         hyperparameter={"name": None, "value": None},
-        valid_accuracy=_accuracy(valid_scores, np.asarray(valid[1])),
+        valid_scores=valid_scores,
         scores=scores,
-        predictions=scores.argmax(axis=1),
-        labels=labels,
-        test=test_metrics(scores, labels, num_classes=num_classes, seed=seed),
-        standardised=False,
-        seconds=time.perf_counter() - started,
-        calibration=calibration_record(
-            protocol="ncm",
-            valid_logits=valid_logits,
-            valid_labels=np.asarray(valid[1]),
-            test_logits=test_logits,
-            test_scores=scores,
-            test_labels=labels,
-        ),
+        valid=valid,
+        test=test,
+        logits=(valid_logits, test_logits),
+        num_classes=num_classes,
+        seed=seed,
+        started=started,
     )
 
 
