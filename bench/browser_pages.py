@@ -20,7 +20,6 @@ import statistics
 import time
 
 from .common import Context, Target
-from .pages import REPO, page_paths
 
 ROUNDS = 3
 QUIET_S = 0.5  # Streamlit may start a second run (a widget's or component's first value) right after a run
@@ -44,15 +43,6 @@ _SETTLED_JS = """() => {
   }
   return true;
 }"""
-
-
-def url_paths(dashboard_source: str) -> dict[str, str]:
-    """Page file -> the URL path ``st.navigation`` serves it under (the default page at ``""``)."""
-    paths = {}
-    for index, page in enumerate(page_paths(dashboard_source)):
-        stem = page.rsplit("/", 1)[-1].removesuffix(".py")
-        paths[page] = "" if index == 0 else stem
-    return paths
 
 
 class _Pending:
@@ -139,6 +129,7 @@ def run(context: Context) -> tuple[dict, list[Target]]:
     from playwright.sync_api import sync_playwright
 
     from tests.helpers.browser import CHROMIUM, launch_chromium, streamlit_server
+    from ui.navigation import PAGES
 
     if not CHROMIUM.is_file():
         return {"error": f"{CHROMIUM} is missing (apt-get install chromium)"}, []
@@ -152,9 +143,7 @@ def run(context: Context) -> tuple[dict, list[Target]]:
         browser = launch_chromium(playwright)
         try:
             tab_context = browser.new_context(viewport={"width": 1400, "height": 900})
-            paths = url_paths(
-                (REPO / "dashboard.py").read_text(encoding="utf-8")
-            )  # read once: the file may change meanwhile
+            paths = {entry.script: entry.address for entry in PAGES}  # page file -> its URL path ("" for Home)
             for page_file, path in paths.items():
                 url = server.url_for(path)
                 try:

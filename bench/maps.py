@@ -179,6 +179,14 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
+def _spread(values: list[float]) -> dict | None:
+    """Median, 95th percentile and maximum of ``values`` (ms, to 0.1); None when there are none."""
+    if not values:
+        return None
+    figures = {"median": statistics.median(values), "p95": _percentile(values, 0.95), "max": max(values)}
+    return {name: round(value, 1) for name, value in figures.items()}
+
+
 def _cluster_positions(n: int, folder: Path) -> Path:
     """``n`` points in 17 Gaussian clusters in 2-D, saved as the app's map."""
     rng = np.random.default_rng(0)
@@ -281,20 +289,8 @@ def _hover_latency(context: Context, map_path: Path, folder: Path, *, grid: bool
         "points": n_rows,
         "hovered": visited,
         "samples": len(samples),
-        "input_to_tooltip_ms": {
-            "median": round(statistics.median(shown), 1),
-            "p95": round(_percentile(shown, 0.95), 1),
-            "max": round(max(shown), 1),
-        }
-        if shown
-        else None,
-        "input_to_next_frame_ms": {
-            "median": round(statistics.median(frames), 1),
-            "p95": round(_percentile(frames, 0.95), 1),
-            "max": round(max(frames), 1),
-        }
-        if frames
-        else None,
+        "input_to_tooltip_ms": _spread(shown),
+        "input_to_next_frame_ms": _spread(frames),
         "handler_ms_median": round(statistics.median(handler), 2) if handler else None,
         "zoom_redraw_ms": {"median": round(statistics.median(redraws), 1), "max": round(max(redraws), 1)}
         if redraws

@@ -1,7 +1,7 @@
 """Section 6, page render times with streamlit's AppTest, on a workspace populated with real runs.
 
-Each page listed in dashboard.py is rendered through dashboard.py (so the sidebar and ``st.navigation``
-run too, and page links resolve) twice, each time as a new session: "cold" is the first
+Each page of the app's navigation (``ui.navigation.PAGES``) is rendered through dashboard.py (so the sidebar and
+``st.navigation`` run too, and page links resolve) twice, each time as a new session: "cold" is the first
 render in this process (module imports and empty ``st.cache_*``), "warm" the next one, which is what
 a visitor of a running dashboard meets; the target applies to warm. A page file that does not exist
 (yet) is reported as missing, and one that raises as an error, without stopping the bench.
@@ -10,7 +10,6 @@ a visitor of a running dashboard meets; the target applies to warm. A page file 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,11 +18,6 @@ from .common import Context, Target, seconds
 
 REPO = Path(__file__).resolve().parents[1]
 RENDER_TIMEOUT_S = 120  # a generous cap so a slow page is measured instead of cut off
-
-
-def page_paths(dashboard_source: str) -> list[str]:
-    """The page files ``st.Page("pages/x.py", ...)`` names in the dashboard's source, in order."""
-    return re.findall(r"""st\.Page\(\s*["']([^"']+\.py)["']""", dashboard_source)
 
 
 @contextmanager
@@ -64,7 +58,9 @@ def _render(page: str) -> tuple[float, list[str]]:
 
 
 def run(context: Context) -> tuple[dict, list[Target]]:
-    pages = page_paths((REPO / "dashboard.py").read_text(encoding="utf-8"))
+    from ui.navigation import PAGES
+
+    pages = [entry.script for entry in PAGES]
     results: dict = {"completed_runs": _populate(context), "pages": {}}
     targets = []
     with _workspace_env(context.workspace.root):

@@ -40,6 +40,8 @@ from core.runs.naming import run_name
 from core.runs.registry import RunRegistry
 from core.runs.sanity import run_warnings
 
+DATASET_HELP = "oxford17, synthetic, or folder:<name under the data root>"
+
 
 class ConsoleProgress:
     """Prints epochs the way the reference experiment does, and a progress bar for long steps.
@@ -697,9 +699,7 @@ def _experiment_options() -> argparse.ArgumentParser:
     where. Defaults and choices are the engine's own (``REFERENCE``, ``DEFAULT_SPLIT``, ``DEVICES``, ``PRECISIONS``).
     """
     shared = argparse.ArgumentParser(add_help=False)
-    shared.add_argument(
-        "--dataset", default=REFERENCE.dataset, help="oxford17, synthetic, or folder:<name under the data root>"
-    )
+    shared.add_argument("--dataset", default=REFERENCE.dataset, help=DATASET_HELP)
     shared.add_argument(
         "--backbones",
         nargs="+",
@@ -734,13 +734,23 @@ def _experiment_options() -> argparse.ArgumentParser:
     return shared
 
 
+def _backbone_options() -> argparse.ArgumentParser:
+    """The options of the commands that read one backbone's features of a dataset (``map``, ``extract``, ``health``;
+    argparse's parent parser)."""
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--dataset", required=True, help=DATASET_HELP)
+    shared.add_argument("--backbone", required=True, metavar="NAME", help="a name from `backbones`, or timm:<tag>")
+    shared.add_argument("--weights", default="pretrained", help="pretrained, random, or a checkpoint path")
+    return shared
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m core", description="Flower Probe: how good are a frozen backbone's features for my classes?"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    experiment = _experiment_options()
+    experiment, one_backbone = _experiment_options(), _backbone_options()
     compare = sub.add_parser(
         "compare",
         parents=[experiment],
@@ -863,10 +873,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--force", action="store_true", help="replace DIR even if it holds files")
     export.set_defaults(handler=_cmd_export)
 
-    map_ = sub.add_parser("map", help="write a static t-SNE, UMAP or PCA map of a backbone's features as a PNG")
-    map_.add_argument("--dataset", required=True, help="oxford17, synthetic, or folder:<name under the data root>")
-    map_.add_argument("--backbone", required=True, metavar="NAME", help="a name from `backbones`, or timm:<tag>")
-    map_.add_argument("--weights", default="pretrained", help="pretrained, random, or a checkpoint path")
+    map_ = sub.add_parser(
+        "map", parents=[one_backbone], help="write a static t-SNE, UMAP or PCA map of a backbone's features as a PNG"
+    )
     map_.add_argument("--method", default=next(iter(MAP_METHODS)), choices=list(MAP_METHODS))
     map_.add_argument("--perplexity", type=float, default=MapParams.perplexity, help="t-SNE; at most (images - 1) / 3")
     map_.add_argument("--n-neighbors", type=int, default=MapParams.n_neighbors, help="UMAP; from 2 to images - 1")
@@ -887,11 +896,10 @@ def build_parser() -> argparse.ArgumentParser:
     patches.set_defaults(handler=_cmd_patches)
 
     extract = sub.add_parser(
-        "extract", help="extract and cache a backbone's features for a dataset (locally or on Ray)"
+        "extract",
+        parents=[one_backbone],
+        help="extract and cache a backbone's features for a dataset (locally or on Ray)",
     )
-    extract.add_argument("--dataset", required=True, help="oxford17, synthetic, or folder:<name under the data root>")
-    extract.add_argument("--backbone", required=True, metavar="NAME", help="a name from `backbones`, or timm:<tag>")
-    extract.add_argument("--weights", default="pretrained", help="pretrained, random, or a checkpoint path")
     extract.add_argument(
         "--engine", default="local", choices=["local", "ray"], help="ray: a Ray Data job (pip install 'ray[data]')"
     )
@@ -919,11 +927,10 @@ def build_parser() -> argparse.ArgumentParser:
     extract.set_defaults(handler=_cmd_extract)
 
     health = sub.add_parser(
-        "health", help="likely label errors, duplicates and train/test leakage, outliers, from cached features"
+        "health",
+        parents=[one_backbone],
+        help="likely label errors, duplicates and train/test leakage, outliers, from cached features",
     )
-    health.add_argument("--dataset", required=True, help="oxford17, synthetic, or folder:<name under the data root>")
-    health.add_argument("--backbone", required=True, metavar="NAME", help="a name from `backbones`, or timm:<tag>")
-    health.add_argument("--weights", default="pretrained", help="pretrained, random, or a checkpoint path")
     health.add_argument(
         "--features", default=None, metavar="VARIANT", help="a feature variant (default: the backbone's own)"
     )
@@ -953,7 +960,7 @@ def build_parser() -> argparse.ArgumentParser:
     agree = sub.add_parser(
         "agree", help="how much two backbones' features agree: neighbours, CKA, and their runs' shared mistakes"
     )
-    agree.add_argument("--dataset", required=True, help="oxford17, synthetic, or folder:<name under the data root>")
+    agree.add_argument("--dataset", required=True, help=DATASET_HELP)
     agree.add_argument(
         "--backbones",
         nargs=2,

@@ -14,19 +14,19 @@ import streamlit as st
 
 from ui import bundle, choose, compare, compare_agreement, lanes
 from ui.auth import require_access
+from ui.widgets import nothing_to_show
 
 require_access()  # first: no Streamlit mode runs this page past the access gate
 
 st.title(":material/compare_arrows: Compare")
 completed = compare.completed_runs()
 if not completed:
-    st.info(
+    nothing_to_show(
         "No completed runs yet. Launch a comparison on the Train page, or the one-click comparison on Home; "
         "runs appear here as they finish.",
-        icon=":material/info:",
+        ("pages/train.py", "Train", ":material/model_training:"),
+        ("pages/home.py", "Home", ":material/home:"),
     )
-    st.page_link("pages/train.py", label="Train", icon=":material/model_training:")
-    st.page_link("pages/home.py", label="Home", icon=":material/home:")
     st.stop()
 
 picked = compare.choose_runs(completed)

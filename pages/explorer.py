@@ -17,10 +17,6 @@ from ui.state import user_errors
 require_access()  # first: no Streamlit mode runs this page past the access gate
 
 st.title(":material/scatter_plot: Explorer")
-st.caption(
-    "Each backbone's features of every photo, flattened to 2-D: photos the backbone finds alike sit together. "
-    "Tight single-colour clusters mean features that separate the classes."
-)
 with user_errors():
     view = explorer.choose_view()
     if view is not None:

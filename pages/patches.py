@@ -17,10 +17,6 @@ from ui.state import list_runs, user_errors
 require_access()  # first: no Streamlit mode runs this page past the access gate
 
 st.title(":material/grid_on: Patches")
-st.caption(
-    "One PCA over the patch features of the chosen photos: the first component separates object from background, "
-    "the next three, shown as colours, match the object's parts across photos."
-)
 with user_errors():
     inputs = patches.choose_inputs()
     job = patches.patch_job(inputs) if inputs is not None else None

@@ -15,10 +15,6 @@ from ui.train import form, job_list, launch_section, unfinished_runs
 require_access()  # first: no Streamlit mode runs this page past the access gate
 
 st.title(":material/model_training: Train")
-st.caption(
-    "Frozen backbone → cached features → each protocol trained on them → test accuracy. One run per backbone, "
-    "feature variant, protocol, shots level and seed."
-)
 choice = form()
 launch_section(choice)
 st.subheader("Jobs")

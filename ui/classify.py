@@ -33,6 +33,7 @@ from core.predict.classify import (
     default_run,
     summary_rows,
 )
+from core.probing.probes import TOKEN_PROTOCOLS
 from core.runs.naming import run_name
 from ui.charts import placed_map_figure, top_classes_figure
 from ui.jobs import job_card, live_jobs
@@ -93,7 +94,8 @@ def choice_label(run: dict) -> str:
 
 def classifiable(runs: list[dict]) -> list[dict]:
     """Completed runs that can classify on the backbone's default features: a trained head, or k-NN / NCM on the
-    whole training part (they predict from the run's cached training features).
+    whole training part (they predict from the run's cached training features); and attentive runs, whose head
+    reads the backbone's patch tokens from the same forward.
 
     ``Predictor`` computes an upload's features with the backbone's own forward, i.e. its default variant; a head
     trained on another variant (patch mean, last 4 CLS tokens) expects features this page does not compute.
@@ -104,8 +106,19 @@ def classifiable(runs: list[dict]) -> list[dict]:
         if run["status"] == "completed"
         and run["test_acc"] is not None
         and (run.get("head_path") or (run.get("protocol") in MEMORY_PROTOCOLS and run.get("shots") is None))
-        and run.get("features") in (None, default_variant(run["backbone"]))
+        and (run.get("features") in (None, default_variant(run["backbone"])) or run.get("protocol") in TOKEN_PROTOCOLS)
     ]
+
+
+def reference_note(predictor: Predictor) -> str | None:
+    """For an attentive run: what its neighbours and map are measured in, which is not what its head reads."""
+    if not predictor.reads_tokens:
+        return None
+    return (
+        f"The attentive head reads the photo's patch tokens; the nearest training images and the map use "
+        f"{predictor.run['backbone']}'s default pooled features ({predictor.backbone.default_variant}), which the "
+        "head never sees, so they show what the backbone finds alike, not what the head looked at."
+    )
 
 
 def batch_rows(names: list[str], per_run: list[tuple[Predictor, list[Prediction]]]) -> list[dict]:
@@ -283,6 +296,8 @@ def _run_column(predictor: Predictor, prediction: Prediction, key: str) -> None:
         st.warning(markdown_text(unfamiliar_text(prediction, predictor)), icon=":material/help:")
     st.plotly_chart(top_classes_figure(prediction.top), key=key, config={"displayModeBar": False})
     st.markdown("**Nearest training images** (cosine distance)")
+    if note := reference_note(predictor):
+        st.caption(markdown_text(note))
     photo_grid(
         [n.path for n in prediction.neighbours],
         [f"{n.class_name} · {n.distance:.3f}" for n in prediction.neighbours],
@@ -340,6 +355,12 @@ def _map(predictor: Predictor, predictions: list[Prediction], method: str) -> No
             f" Image(s) {', '.join(apart)} look like no training image: they are drawn apart, right of the map "
             "(open grey stars), since any place inside it would suggest a resemblance that is not there."
             if apart
+            else ""
+        )
+        + (
+            f" The map is of {markdown_text(run['backbone'])}'s default pooled features "
+            f"({predictor.backbone.default_variant}), not of the patch tokens the attentive head reads."
+            if predictor.reads_tokens
             else ""
         )
     )

@@ -41,7 +41,7 @@ from ui.state import (
     warnings_of,
     workspace,
 )
-from ui.widgets import photo_grid
+from ui.widgets import choose_dataset, linked_run_ids, photo_grid
 
 THUMB_PX = 112
 GALLERY_LIMIT = 24  # photos per gallery; the full list is in the table and the CSV
@@ -297,19 +297,9 @@ def most_confused_cell(confusion: np.ndarray) -> tuple[int, int]:
 
 def choose_runs(completed: list[dict]) -> tuple[str, list[dict]] | None:
     """Dataset and runs pickers (``?dataset=<key>`` preselects one); returns (dataset key, chosen runs) or None."""
-    datasets: dict[str, str] = {}
-    for run in completed:  # newest first, so the default dataset is that of the newest run
-        datasets.setdefault(run["dataset_key"], dataset_label(run["dataset_name"], run["synthetic"]))
-    requested = st.query_params.get("dataset")
-    dataset_key = st.selectbox(
-        "Dataset",
-        list(datasets),
-        index=list(datasets).index(requested) if requested in datasets else 0,
-        format_func=datasets.get,
-        key="compare_dataset",
-    )
+    dataset_key, from_link = choose_dataset(completed, key="compare_dataset")
     runs = {run["id"]: run for run in completed if run["dataset_key"] == dataset_key}
-    linked = [i for i in _url_ids("runs") if i in runs] if requested == dataset_key else []
+    linked = [i for i in linked_run_ids() if i in runs] if from_link else []
     chosen_ids = st.multiselect(
         "Runs",
         list(runs),
@@ -326,11 +316,6 @@ def choose_runs(completed: list[dict]) -> tuple[str, list[dict]] | None:
         st.info("Choose at least one run.", icon=":material/info:")
         return None
     return dataset_key, [runs[i] for i in chosen_ids]
-
-
-def _url_ids(name: str) -> list[int]:
-    """Run ids from ``?<name>=3,5,8`` (anything else in it ignored)."""
-    return [int(part) for part in st.query_params.get(name, "").split(",") if part.strip().isdigit()]
 
 
 def show_answer(full: list[dict], chosen: list[dict]) -> None:

@@ -16,7 +16,6 @@ import streamlit as st
 from core.agreement.measures import (
     DEFAULT_K,
     ErrorConsistency,
-    FeatureAgreement,
     cka_sentence,
     error_consistency,
     feature_agreement,
@@ -38,8 +37,9 @@ KEYS = ("agreement_a", "agreement_b", "agreement_k")
 @st.cache_data(show_spinner=False, max_entries=32)
 def _feature_measures(
     root: str, id_a: int, created_a: float, id_b: int, created_b: float, k: int, _run_a: dict, _run_b: dict
-) -> tuple[FeatureAgreement, str, str, str] | str:
-    """(measures, A's features, B's features, note on left-out images), or the reason there are none (plain text).
+) -> tuple[list[str], str, str, str] | str:
+    """(the measures' sentences, A's features, B's features, note on left-out images), or the reason there are none;
+    all plain text.
 
     Keyed by the workspace, the two runs (id and creation time: a completed run's features never change) and k."""
     try:
@@ -47,10 +47,11 @@ def _feature_measures(
         measures = feature_agreement(pair.features_a, pair.features_b, k=k)
     except FlowerProbeError as exc:
         return str(exc)
-    return measures, pair.source_a.describe(), pair.source_b.describe(), pair.note
+    sentences = [neighbour_sentence(measures), cka_sentence(measures)]
+    return sentences, pair.source_a.describe(), pair.source_b.describe(), pair.note
 
 
-def feature_measures(run_a: dict, run_b: dict, *, k: int) -> tuple[FeatureAgreement, str, str, str] | str:
+def feature_measures(run_a: dict, run_b: dict, *, k: int) -> tuple[list[str], str, str, str] | str:
     """``_feature_measures`` of two runs (cached)."""
     return _feature_measures(
         str(workspace().root), run_a["id"], run_a["created_at"], run_b["id"], run_b["created_at"], k, run_a, run_b
@@ -140,15 +141,13 @@ def show_agreement(runs: list[dict], predictions: dict[int, pd.DataFrame]) -> No
     columns = st.columns([5, 5, 2])
     id_a = columns[0].selectbox("Run A", ids, index=0, format_func=lambda i: run_name(by_id[i]), key=KEYS[0])
     id_b = columns[1].selectbox("Run B", ids, index=1, format_func=lambda i: run_name(by_id[i]), key=KEYS[1])
-    k = int(
-        columns[2].number_input(
-            "Neighbours (k)",
-            min_value=1,
-            max_value=200,
-            value=DEFAULT_K,
-            key=KEYS[2],
-            help="Each image's k nearest other images by cosine similarity, in each run's feature space.",
-        )
+    k = columns[2].number_input(  # an int: its bounds and start are ints
+        "Neighbours (k)",
+        min_value=1,
+        max_value=200,
+        value=DEFAULT_K,
+        key=KEYS[2],
+        help="Each image's k nearest other images by cosine similarity, in each run's feature space.",
     )
     if id_a == id_b:
         st.info("Choose two different runs.", icon=":material/info:")
@@ -161,8 +160,8 @@ def show_agreement(runs: list[dict], predictions: dict[int, pd.DataFrame]) -> No
     if isinstance(measured, str):
         st.caption(markdown_text(measured))
     else:
-        measures, source_a, source_b, note = measured
-        st.markdown(f"- {markdown_text(neighbour_sentence(measures))}\n- {markdown_text(cka_sentence(measures))}")
+        sentences, source_a, source_b, note = measured
+        st.markdown("\n".join(f"- {markdown_text(sentence)}" for sentence in sentences))
         st.caption(
             markdown_text(
                 f"A: {source_a} (run #{id_a}); B: {source_b} (run #{id_b}); every image of "

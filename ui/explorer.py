@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -66,7 +66,6 @@ from ui.hover_scatter import (
     prepare_thumbnails,
 )
 from ui.jobs import live_jobs, stage_text
-from ui.labels import dataset_label
 from ui.state import (
     cached_dataset,
     job_runner,
@@ -76,7 +75,7 @@ from ui.state import (
     show_run_warnings,
     workspace,
 )
-from ui.widgets import photo_grid
+from ui.widgets import choose_dataset, choose_map_method, linked_run_ids, nothing_to_show, photo_grid
 
 MAX_PANELS = 2  # two maps side by side still leave each one wide enough to read clusters
 PARTS = {"all": "all images", "train": "train", "val": "validation", "test": "test"}
@@ -347,6 +346,12 @@ def panel_traces(
     colour_by : {"class", "predicted", "correct", "score"}
     score : ndarray of shape (n_points,), NaN where not scored (for "score")
     """
+
+    def trace(members: np.ndarray, name: str, colour: str, **extra) -> Trace:
+        """The points at positions ``members`` as one legend entry; ``extra``: Trace's optional fields, per point."""
+        at = embedding[members]
+        return Trace(name=name, x=at[:, 0], y=at[:, 1], rows=rows[members], colour=colour, **extra)
+
     if colour_by == "score":
         if score is None or len(score) != len(rows):
             raise ValueError(
@@ -356,28 +361,10 @@ def panel_traces(
         scored = np.isfinite(score)
         traces = []
         if (~scored).any():  # grey, drawn first so scored points sit on top
-            members = np.flatnonzero(~scored)
-            traces.append(
-                Trace(
-                    name=NOT_SCORED,
-                    x=embedding[members, 0],
-                    y=embedding[members, 1],
-                    rows=rows[members],
-                    colour=UNPREDICTED_COLOUR,
-                )
-            )
+            traces.append(trace(np.flatnonzero(~scored), NOT_SCORED, UNPREDICTED_COLOUR))
         if scored.any():
             members = np.flatnonzero(scored)
-            traces.append(
-                Trace(
-                    name="score",
-                    x=embedding[members, 0],
-                    y=embedding[members, 1],
-                    rows=rows[members],
-                    colour=UNPREDICTED_COLOUR,
-                    values=score[members],
-                )
-            )
+            traces.append(trace(members, "score", UNPREDICTED_COLOUR, values=score[members]))
         return traces
     colours = class_colours(len(class_names))
     if colour_by == "class":
@@ -396,16 +383,7 @@ def panel_traces(
         if len(members) == 0:
             continue
         correct = None if colour_by != "correct" else (predicted[members] == labels[members]) | (predicted[members] < 0)
-        traces.append(
-            Trace(
-                name=name,
-                x=embedding[members, 0],
-                y=embedding[members, 1],
-                rows=rows[members],
-                colour=colour,
-                correct=correct,
-            )
-        )
+        traces.append(trace(members, name, colour, correct=correct))
     return traces
 
 
@@ -633,6 +611,21 @@ def _predictions(run: dict) -> dict[int, tuple[int, float]]:
 
 
 @dataclass(frozen=True)
+class Colouring:
+    """How the maps are coloured: by what, with whose predictions, and the score when it is a score."""
+
+    by: str  # "class", "predicted", "correct" or "score"
+    runs: list[dict]  # per panel: the run whose predictions colour it
+    predictions: dict[int, dict[int, tuple[int, float]]]  # run id -> row -> (class, confidence)
+    score: ImageScore | None = None
+
+    @property
+    def per_run(self) -> dict[int, dict[int, tuple[int, float]]]:
+        """The predictions of the runs that colour the panels, by run id (a run colouring both panels once)."""
+        return {run["id"]: self.predictions[run["id"]] for run in self.runs}
+
+
+@dataclass(frozen=True)
 class View:
     """Everything the controls chose: what ``show_view`` draws."""
 
@@ -643,10 +636,7 @@ class View:
     rows: np.ndarray  # shape (n_points,): dataset rows on the maps, ascending
     method: str  # key of MAP_METHODS
     params: MapParams
-    colour_by: str  # "class", "predicted", "correct" or "score"
-    predictions: dict[int, dict[int, tuple[int, float]]]  # run id -> row -> (class, confidence)
-    colour_runs: list[dict]  # per panel: the run whose predictions colour it
-    score: ImageScore | None
+    colouring: Colouring
     k: int  # neighbours shown for a single photo
     agreement: np.ndarray | None = None  # shape (n_points,): neighbour agreement of the two runs' features; 1 run: None
     agreement_k: int = DEFAULT_AGREEMENT_K  # neighbours compared per photo for ``agreement``
@@ -654,34 +644,20 @@ class View:
 
 
 def _choose_runs(runs: list[dict]) -> tuple[str, list[dict], dict[int, dict]]:
-    datasets: dict[str, str] = {}
-    for run in runs:  # newest first, so the default dataset is that of the newest run
-        datasets.setdefault(run["dataset_key"], dataset_label(run["dataset_name"], run["synthetic"]))
-    requested = st.query_params.get("dataset")
-    dataset_key = st.selectbox(
-        "Dataset",
-        list(datasets),
-        index=list(datasets).index(requested) if requested in datasets else 0,
-        format_func=datasets.get,
-        key="explorer_dataset",
-    )
+    dataset_key, from_link = choose_dataset(runs, key="explorer_dataset")
     on_dataset = {run["id"]: run for run in runs if run["dataset_key"] == dataset_key}
-    linked = [
-        int(i) for i in st.query_params.get("runs", "").split(",") if i.strip().isdigit() and int(i) in on_dataset
-    ][:MAX_PANELS]
+    linked = [i for i in linked_run_ids() if i in on_dataset][:MAX_PANELS] if from_link else []
     chosen = st.multiselect(
         "Runs (one map each, side by side)",
         list(on_dataset),
-        default=linked
-        if requested == dataset_key and linked
-        else [r["id"] for r in default_runs(list(on_dataset.values()))],
+        default=linked or [r["id"] for r in default_runs(list(on_dataset.values()))],
         format_func=lambda i: run_name(on_dataset[i]),
         max_selections=MAX_PANELS,
         key=f"explorer_runs_{dataset_key}",
     )
     st.caption(
         "Chosen by the link you opened."
-        if requested == dataset_key and linked
+        if linked
         else f"Chosen at first: {DEFAULT_RULE}, for the {MAX_PANELS} backbones trained last."
     )
     # The view in the URL, so a teammate opening the address sees the same maps.
@@ -700,13 +676,12 @@ def _runs_to_show() -> tuple[Dataset, list[dict], dict[int, dict]] | None:
     runs = [run for run in completed if _file_stamp(_features_file(run))]
     if not runs:
         missing = len(completed) - len(runs)
-        st.info(
+        nothing_to_show(
             "No run with cached features yet. Train a head on the Train page (or the one-click comparison on Home): "
             "the features it extracts are what this page maps."
             + (f" ({missing} completed run(s) lost their cached features file.)" if missing else ""),
-            icon=":material/info:",
+            ("pages/train.py", "Go to Train", ":material/model_training:"),
         )
-        st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
         return None
     dataset_key, chosen, on_dataset = _choose_runs(runs)
     if not chosen:
@@ -727,12 +702,23 @@ def _runs_to_show() -> tuple[Dataset, list[dict], dict[int, dict]] | None:
     return (dataset, chosen, on_dataset) if chosen else None
 
 
+# The map settings' sliders, each greyed out while another method is chosen: MapParams field -> (the method it tunes,
+# label, lowest, highest, start, step, widget key). A value has the type of its slider's numbers (int or float).
+_MAP_SLIDERS = {
+    "perplexity": ("tsne", "Perplexity (t-SNE)", 5, 100, 30, 5, "explorer_perplexity"),
+    "n_neighbors": ("umap", "Neighbours (UMAP)", 2, 100, 15, 1, "explorer_neighbors"),
+    "min_dist": ("umap", "Min distance (UMAP)", 0.0, 1.0, 0.1, 0.05, "explorer_min_dist"),
+}
+_MAP_SLIDER_HELP = {
+    "perplexity": "Roughly how many neighbours each point keeps close; larger values show more global structure.",
+    "n_neighbors": "UMAP's local neighbourhood: small values keep fine detail, large ones global layout.",
+    "min_dist": "How tightly UMAP packs points of a cluster.",
+}
+
+
 def _method_controls(column) -> tuple[str, MapParams]:
-    method = column.radio(
-        "Map",
-        list(MAP_METHODS),
-        format_func=MAP_METHODS.get,
-        horizontal=True,
+    method = choose_map_method(
+        column,
         key="explorer_method",
         help="t-SNE keeps neighbourhoods but distorts global distances; PCA is linear and instant; "
         "UMAP sits between and scales further.",
@@ -745,45 +731,25 @@ def _method_controls(column) -> tuple[str, MapParams]:
             disabled=method == "pca",
             help="Denoises the features and speeds up t-SNE and UMAP; turn off to map the raw features.",
         )
-        perplexity = st.slider(
-            "Perplexity (t-SNE)",
-            5,
-            100,
-            30,
-            step=5,
-            key="explorer_perplexity",
-            disabled=method != "tsne",
-            help="Roughly how many neighbours each point keeps close; larger values show more global structure.",
-        )
-        n_neighbors = st.slider(
-            "Neighbours (UMAP)",
-            2,
-            100,
-            15,
-            key="explorer_neighbors",
-            disabled=method != "umap",
-            help="UMAP's local neighbourhood: small values keep fine detail, large ones global layout.",
-        )
-        min_dist = st.slider(
-            "Min distance (UMAP)",
-            0.0,
-            1.0,
-            0.1,
-            step=0.05,
-            key="explorer_min_dist",
-            disabled=method != "umap",
-            help="How tightly UMAP packs points of a cluster.",
-        )
-    params = MapParams(
-        perplexity=float(perplexity),
-        n_neighbors=int(n_neighbors),
-        min_dist=float(min_dist),
-        pca_components=PCA_COMPONENTS if pca else None,
-    )
-    return method, params
+        settings = {
+            field: st.slider(
+                label,
+                low,
+                high,
+                start,
+                step=step,
+                key=key,
+                disabled=method != tunes,
+                help=_MAP_SLIDER_HELP[field],
+            )
+            for field, (tunes, label, low, high, start, step, key) in _MAP_SLIDERS.items()
+        }
+    return method, MapParams(**settings, pca_components=PCA_COMPONENTS if pca else None)
 
 
-def _colour_controls(column, dataset: Dataset, runs: list[dict], on_dataset: dict[int, dict], rows: np.ndarray):
+def _colour_controls(
+    column, dataset: Dataset, runs: list[dict], on_dataset: dict[int, dict], rows: np.ndarray
+) -> Colouring:
     sources = [OWN_RUN] + [i for i in on_dataset]
     source = column.selectbox(
         "Predictions of",
@@ -828,11 +794,16 @@ def _colour_controls(column, dataset: Dataset, runs: list[dict], on_dataset: dic
     score = scores[colour.removeprefix("score:")] if colour.startswith("score:") else None
     if colour == HEALTH_MODE:  # its scores are still being computed (a job): the maps show the classes meanwhile
         colour = "class"
-    return ("score" if score else colour), colour_runs, predictions, score
+    return Colouring(by="score" if score else colour, runs=colour_runs, predictions=predictions, score=score)
 
 
 def choose_view() -> View | None:
-    """Draw the Explorer's inputs and return what they chose, or None after saying why there is nothing to map."""
+    """Draw what the maps show and the Explorer's inputs; return what they chose, or None after saying why there is
+    nothing to map."""
+    st.caption(
+        "Each backbone's features of every photo, flattened to 2-D: photos the backbone finds alike sit together. "
+        "Tight single-colour clusters mean features that separate the classes."
+    )
     shown = _runs_to_show()
     if shown is None:
         return None
@@ -849,7 +820,7 @@ def choose_view() -> View | None:
     part_rows = np.arange(len(dataset.image_paths)) if part == "all" else dataset.split(runs[0]["split"])[part]
     rows = common_rows(feature_sets, part_rows)
     method, params = _method_controls(columns[1])
-    colour_by, colour_runs, predictions, score = _colour_controls(columns[2], dataset, runs, on_dataset, rows)
+    colouring = _colour_controls(columns[2], dataset, runs, on_dataset, rows)
     k = columns[3].number_input(
         "Neighbours (k)", 1, 32, 8, key="explorer_k", help="Nearest neighbours shown for a clicked photo."
     )
@@ -862,7 +833,7 @@ def choose_view() -> View | None:
     agreement, agreement_k, disagree_below = None, DEFAULT_AGREEMENT_K, None
     if len(runs) == 2:
         agreement_k, disagree_below = _agreement_controls(len(rows))
-        if colour_by == AGREEMENT_MODE or disagree_below is not None:
+        if colouring.by == AGREEMENT_MODE or disagree_below is not None:
             agreement = _agreement(
                 tuple(_features_file(run) for run in runs),
                 tuple(_file_stamp(_features_file(run)) for run in runs),
@@ -870,15 +841,10 @@ def choose_view() -> View | None:
                 agreement_k,
                 _features=tuple(feature_set.select(rows)[0] for feature_set in feature_sets),
             )
-        if colour_by == AGREEMENT_MODE:
-            colour_by = "score"
-            score = agreement_score(
-                agreement,
-                rows,
-                n_rows=len(dataset.image_paths),
-                k=agreement_k,
-                names=(f"#{runs[0]['id']}", f"#{runs[1]['id']}"),
-            )
+        if colouring.by == AGREEMENT_MODE:
+            names = (f"#{runs[0]['id']}", f"#{runs[1]['id']}")
+            score = agreement_score(agreement, rows, n_rows=len(dataset.image_paths), k=agreement_k, names=names)
+            colouring = replace(colouring, by="score", score=score)
     return View(
         dataset=dataset,
         runs=runs,
@@ -887,11 +853,8 @@ def choose_view() -> View | None:
         rows=rows,
         method=method,
         params=params,
-        colour_by=colour_by,
-        predictions=predictions,
-        colour_runs=colour_runs,
-        score=score,
-        k=int(k),
+        colouring=colouring,
+        k=k,
         agreement=agreement,
         agreement_k=agreement_k,
         disagree_below=disagree_below,
@@ -946,33 +909,27 @@ def build_panels(view: View, maps: list[FeatureMap]) -> list[Panel]:
     With ``view.disagree_below`` only the photos whose two neighbourhoods agree less are drawn, where the whole
     map placed them (``shown_rows``).
     """
-    dataset, keep = view.dataset, shown_mask(view)
+    dataset, keep, colouring = view.dataset, shown_mask(view), view.colouring
     rows = view.rows[keep]
+    # The panels show the same photos: their classes, score and colour bar are the same in each.
     labels = dataset.labels[rows]
+    score = colouring.score.values[rows] if colouring.score is not None else None
+    bar = None
+    if score is not None:
+        low, high = colouring.score.bounds or score_range(score)
+        bar = ColourBar(title=colouring.score.name, low=low, high=high)
     panels = []
-    for run, feature_map, colour_run in zip(view.runs, maps, view.colour_runs):
-        predicted = predicted_classes(view.predictions[colour_run["id"]], rows)
-        score = view.score.values[rows] if view.score is not None else None
-        bar = None
-        if score is not None:
-            low, high = view.score.bounds or score_range(score)
-            bar = ColourBar(title=view.score.name, low=low, high=high)
-        title = f"{run_name(run)} · {feature_map.label}"
-        panels.append(
-            Panel(
-                title=title,
-                colour_bar=bar,
-                traces=panel_traces(
-                    feature_map.embedding[keep],
-                    rows,
-                    labels=labels,
-                    predicted=predicted,
-                    class_names=dataset.class_names,
-                    colour_by=view.colour_by,
-                    score=score,
-                ),
-            )
+    for run, feature_map, colour_run in zip(view.runs, maps, colouring.runs):
+        traces = panel_traces(
+            feature_map.embedding[keep],
+            rows,
+            labels=labels,
+            predicted=predicted_classes(colouring.predictions[colour_run["id"]], rows),
+            class_names=dataset.class_names,
+            colour_by=colouring.by,
+            score=score,
         )
+        panels.append(Panel(title=f"{run_name(run)} · {feature_map.label}", colour_bar=bar, traces=traces))
     return panels
 
 
@@ -1028,13 +985,13 @@ def _selection(event: dict | None, view_key: tuple) -> tuple[list[int], bool]:
 def _selection_tables(view: View, selected: list[int]) -> None:
     """Per-class summary of the selection, and its CSV exports (the summary, and one row per photo)."""
     dataset = view.dataset
-    per_run = {run["id"]: view.predictions[run["id"]] for run in view.colour_runs}
+    per_run = view.colouring.per_run
     summary = selection_summary(
         selected, labels=dataset.labels, class_names=dataset.class_names, on_map=view.rows, per_run=per_run
     )
     with st.container(key="explorer-selection-summary"):  # an HTML table: 17 rows need no data-grid scripts
         st.table(pd.DataFrame(summary).set_index("class").style.format(precision=1))
-    runs = "; ".join(run_name(run) for run in {r["id"]: r for r in view.colour_runs}.values())
+    runs = "; ".join(run_name(run) for run in {r["id"]: r for r in view.colouring.runs}.values())
     st.caption(
         markdown_text(
             f"Per class of the {len(selected)} selected photos. Right and wrong count the photos each run predicted "
@@ -1058,23 +1015,12 @@ def _selection_tables(view: View, selected: list[int]) -> None:
                 view.agreement[np.searchsorted(view.rows, row)]
             )
         photos.append(entry)
-    columns = st.columns(2)
-    columns[0].download_button(
-        "Download the summary (CSV)",
-        csv_text(summary),
-        file_name="selection-summary.csv",
-        mime="text/csv",
-        on_click="ignore",
-        key="explorer-summary-csv",
+    downloads = (
+        ("Download the summary (CSV)", summary, "selection-summary.csv", "explorer-summary-csv"),
+        ("Download the selected photos (CSV)", photos, "selection-photos.csv", "explorer-photos-csv"),
     )
-    columns[1].download_button(
-        "Download the selected photos (CSV)",
-        csv_text(photos),
-        file_name="selection-photos.csv",
-        mime="text/csv",
-        on_click="ignore",
-        key="explorer-photos-csv",
-    )
+    for column, (label, table, file_name, key) in zip(st.columns(len(downloads)), downloads):
+        column.download_button(label, csv_text(table), file_name=file_name, mime="text/csv", on_click="ignore", key=key)
 
 
 def show_view(view: View) -> None:
@@ -1091,12 +1037,8 @@ def show_view(view: View) -> None:
     hover_text = HoverText(
         class_names=[dataset.class_names[label] for label in dataset.labels],
         file_names=[path.name for path in dataset.image_paths],
-        predictions=prediction_texts(
-            dataset.class_names,
-            {run["id"]: view.predictions[run["id"]] for run in view.colour_runs},
-            len(dataset.image_paths),
-        ),
-        verdicts=verdict_texts(dataset.labels, {run["id"]: view.predictions[run["id"]] for run in view.colour_runs}),
+        predictions=prediction_texts(dataset.class_names, view.colouring.per_run, len(dataset.image_paths)),
+        verdicts=verdict_texts(dataset.labels, view.colouring.per_run),
         splits=split_texts(dataset.split(view.runs[0]["split"]), len(dataset.image_paths)),
     )
     keep = shown_mask(view)

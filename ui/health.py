@@ -117,6 +117,24 @@ def queue_check(choice: HealthChoice) -> None:
     )
 
 
+def offer_next_step(choice: HealthChoice, *, has_features: bool, n_images: int) -> None:
+    """Before there is a report: what comes next and its button; the check itself when the backbone's features of
+    the dataset's ``n_images`` images are cached, else their extraction."""
+    if has_features:
+        st.info(
+            "The features are cached; the check itself takes seconds to a minute.", icon=":material/health_and_safety:"
+        )
+        label, queue, key, icon = "Run the health check", queue_check, "health_run", ":material/play_arrow:"
+    else:
+        st.info(
+            f"No cached features of this backbone for this dataset yet: extracting them is a forward pass over "
+            f"{n_images} images (minutes on a CPU).",
+            icon=":material/memory:",
+        )
+        label, queue, key, icon = "Extract features", queue_extraction, "health_extract", ":material/memory:"
+    st.button(label, type="primary", on_click=queue, args=(choice,), key=key, icon=icon)
+
+
 # ----------------------------------------------------------------------------------------------- pure helpers
 
 
@@ -189,6 +207,11 @@ def comparison_frame(reports: dict[str, HealthReport]) -> pd.DataFrame:
 
 
 def form() -> HealthChoice | None:
+    """Draw what the check finds, then the dataset and backbone pickers; None after saying there is no dataset."""
+    st.caption(
+        "Cached features find the photos whose label disagrees with everything like them, the same photo filed twice "
+        "(worst across train and test) and the photos that look like nothing else."
+    )
     ws = workspace()
     entries = [entry for entry in list_datasets(ws) if entry.prepared]
     if not entries:

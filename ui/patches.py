@@ -48,7 +48,12 @@ def default_backbone(names: list[str]) -> str:
 
 
 def choose_inputs() -> PatchInputs | None:
-    """Backbone, weights and photos (dataset images and uploads); None after saying what is missing."""
+    """What the views show, then the inputs: backbone, weights and photos (dataset images and uploads); None after
+    saying what is missing."""
+    st.caption(
+        "One PCA over the patch features of the chosen photos: the first component separates object from background, "
+        "the next three, shown as colours, match the object's parts across photos."
+    )
     left, right = st.columns(2)
     names = list_backbones()
     default = default_backbone(names)

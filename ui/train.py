@@ -39,6 +39,20 @@ from ui.probe_form import REFERENCE_PROTOCOL, Evaluation, evaluation_inputs, sho
 from ui.state import device_label, job_runner, list_runs, user_errors, workspace
 
 HEAD_LABELS = {"mlp": "MLP (reference)", "linear": "Linear probe"}
+# TrainForm's device, precision and CPU runtime, in the form's Advanced part: (column, label, choices, help; "{here}"
+# is this machine's device). Each widget's key is "train_<field>".
+COMPUTE_INPUTS = {
+    "device": (0, "Device", DEVICES, "auto picks CUDA, then Apple MPS, then CPU. Here: {here}"),
+    "precision": (1, "Precision", PRECISIONS, "auto: mixed precision on GPU, bf16 on CPUs with native bf16."),
+    "runtime": (
+        1,
+        "CPU runtime",
+        RUNTIMES,
+        "How features are computed on a CPU. auto: PyTorch and onnxruntime are timed once per backbone on this "
+        "machine and the faster is kept (the figures go into the workspace's measured rates); onnxruntime computes "
+        "fp32 and falls back to PyTorch, saying why, when a backbone does not export. GPUs use PyTorch.",
+    ),
+}
 JOBS_SHOWN = 10
 JOBS_REFRESH_S = 1.0
 
@@ -101,27 +115,9 @@ def head_inputs() -> dict:
             help="MLP: Linear(features, hidden) → ReLU → Linear(hidden, classes), the reference head. "
             "Linear probe: one Linear layer, trained the same way.",
         ),
-        "epochs": int(
-            columns[1].number_input(
-                "Epochs", min_value=1, max_value=1000, value=HEAD_DEFAULTS.epochs, key="train_epochs"
-            )
-        ),
-        "lr": float(
-            columns[2].number_input(
-                "Learning rate",
-                min_value=0.0,
-                max_value=1.0,
-                value=HEAD_DEFAULTS.lr,
-                step=1e-4,
-                format="%.4f",
-                key="train_lr",
-            )
-        ),
-        "batch_size": int(
-            columns[3].number_input(
-                "Head batch size", min_value=1, max_value=4096, value=HEAD_DEFAULTS.batch_size, key="train_batch"
-            )
-        ),
+        "epochs": _head_number(columns[1], "epochs", "Epochs", (1, 1000), key="train_epochs"),
+        "lr": _head_number(columns[2], "lr", "Learning rate", (0.0, 1.0), step=1e-4, format="%.4f", key="train_lr"),
+        "batch_size": _head_number(columns[3], "batch_size", "Head batch size", (1, 4096), key="train_batch"),
         "standardise": columns[4].toggle(
             "Standardise features",
             value=HEAD_DEFAULTS.standardise,
@@ -132,8 +128,20 @@ def head_inputs() -> dict:
     }
 
 
+def _head_number(column, field: str, label: str, bounds: tuple, *, key: str, **options) -> int | float:
+    """A number input for ``HeadConfig``'s ``field`` within ``bounds`` (lowest, highest), starting at its default in
+    ``HEAD_DEFAULTS``; the value comes back as that default's type (int or float)."""
+    default = getattr(HEAD_DEFAULTS, field)
+    low, high = bounds
+    return type(default)(column.number_input(label, min_value=low, max_value=high, value=default, key=key, **options))
+
+
 def form() -> TrainForm:
-    """Draw the form; returns what it holds now."""
+    """Draw what a launch does, then the form; returns what the form holds now."""
+    st.caption(
+        "Frozen backbone → cached features → each protocol trained on them → test accuracy. One run per backbone, "
+        "feature variant, protocol, shots level and seed."
+    )
     entries = {entry.key: entry for entry in list_datasets(workspace())}
     reference_ready = not files_to_fetch(dataset=REFERENCE.dataset, backbones=list(REFERENCE.backbones))
     dataset_key = st.selectbox(
@@ -173,45 +181,17 @@ def form() -> TrainForm:
     head = head_inputs() if REFERENCE_PROTOCOL in evaluation.protocols else {}
     with st.expander("Advanced"):
         columns = st.columns(4)
-        device = columns[0].selectbox(
-            "Device",
-            DEVICES,
-            key="train_device",
-            help=f"auto picks CUDA, then Apple MPS, then CPU. Here: {device_label()}",
-        )
-        precision = columns[1].selectbox(
-            "Precision",
-            PRECISIONS,
-            key="train_precision",
-            help="auto: mixed precision on GPU, bf16 on CPUs with native bf16.",
-        )
-        runtime = columns[1].selectbox(
-            "CPU runtime",
-            RUNTIMES,
-            key="train_runtime",
-            help="How features are computed on a CPU. auto: PyTorch and onnxruntime are timed once per backbone on "
-            "this machine and the faster is kept (the figures go into the workspace's measured rates); onnxruntime "
-            "computes fp32 and falls back to PyTorch, saying why, when a backbone does not export. GPUs use PyTorch.",
-        )
+        here = device_label()
+        compute = {
+            field: columns[column].selectbox(label, choices, key=f"train_{field}", help=tip.format(here=here))
+            for field, (column, label, choices, tip) in COMPUTE_INPUTS.items()
+        }
         if head:
-            head["hidden_dim"] = int(
-                columns[2].number_input(
-                    "Hidden units (MLP)",
-                    min_value=1,
-                    max_value=8192,
-                    value=HEAD_DEFAULTS.hidden_dim,
-                    key="train_hidden",
-                )
+            head["hidden_dim"] = _head_number(
+                columns[2], "hidden_dim", "Hidden units (MLP)", (1, 8192), key="train_hidden"
             )
-            head["weight_decay"] = float(
-                columns[3].number_input(
-                    "Weight decay (MLP)",
-                    min_value=0.0,
-                    max_value=10.0,
-                    value=HEAD_DEFAULTS.weight_decay,
-                    format="%.4f",
-                    key="train_wd",
-                )
+            head["weight_decay"] = _head_number(
+                columns[3], "weight_decay", "Weight decay (MLP)", (0.0, 10.0), format="%.4f", key="train_wd"
             )
         checkpoint = st.text_input(
             "Own checkpoint (NAME=PATH)",
@@ -234,10 +214,8 @@ def form() -> TrainForm:
         split=split,
         backbones=list(backbones),
         head=head,
-        device=device,
-        precision=precision,
-        runtime=runtime,
         evaluation=evaluation,
+        **compute,
     )
 
 

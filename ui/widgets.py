@@ -1,4 +1,5 @@
-"""Small HTML widgets of our own: photo grids and bar tables, every cell escaped text."""
+"""Small widgets of our own: photo grids and bar tables (HTML, every cell escaped text), and what several pages draw
+alike (the dataset of some runs, the map method, why there is nothing to show yet)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from core.base.text import html_text
+from core.maps.projection import MAP_METHODS
+from ui.labels import dataset_label
 from ui.state import thumbnail
 
 _PHOTO_GRID_STYLE = {
@@ -104,3 +107,38 @@ def photo_grid(paths, captions, *, size: int = 96, container=None) -> list[str]:
     if photos:
         (container or st).html(photo_grid_html(photos, size=size))
     return unreadable
+
+
+def nothing_to_show(text: str, *links: tuple[str, str, str]) -> None:
+    """Why a page has nothing to show yet (``text``, plain), then a link to each page that would change that: each of
+    ``links`` is (page script, label, icon)."""
+    st.info(text, icon=":material/info:")
+    for page, label, icon in links:
+        st.page_link(page, label=label, icon=icon)
+
+
+def choose_dataset(runs: list[dict], *, key: str) -> tuple[str, bool]:
+    """A picker of the datasets ``runs`` (newest first) were trained on, the newest run's first; the address's
+    ``?dataset=<key>`` preselects one. Returns the chosen dataset key, and whether the address chose it."""
+    datasets: dict[str, str] = {}
+    for run in runs:  # newest first, so the default dataset is that of the newest run
+        datasets.setdefault(run["dataset_key"], dataset_label(run["dataset_name"], run["synthetic"]))
+    requested = st.query_params.get("dataset")
+    dataset_key = st.selectbox(
+        "Dataset",
+        list(datasets),
+        index=list(datasets).index(requested) if requested in datasets else 0,
+        format_func=datasets.get,
+        key=key,
+    )
+    return dataset_key, requested == dataset_key
+
+
+def linked_run_ids() -> list[int]:
+    """Run ids from the address's ``?runs=3,5,8`` (anything else in it ignored)."""
+    return [int(part) for part in st.query_params.get("runs", "").split(",") if part.strip().isdigit()]
+
+
+def choose_map_method(container, *, key: str, help: str) -> str:
+    """The map method (a key of ``MAP_METHODS``: t-SNE, UMAP or PCA), as a row of radio buttons in ``container``."""
+    return container.radio("Map", list(MAP_METHODS), format_func=MAP_METHODS.get, horizontal=True, key=key, help=help)

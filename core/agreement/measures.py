@@ -22,15 +22,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy import stats
 from sklearn.preprocessing import normalize
 
+from core.base.bootstrap import CONFIDENCE, N_RESAMPLES, percentile_interval
 from core.base.errors import FlowerProbeError
 
 DEFAULT_K = 10  # platonic-rep's default, and DINOv2's smallest k-NN k
-CONFIDENCE = 0.95
-# Resamples per interval, as core.probing.stats: the interval's ends move by well under a point between seeds.
-N_RESAMPLES = 2000
 # Similarities held at once by the neighbour search: 16M float32 = 64 MB (838 query rows at 20,000 images).
 BLOCK_ELEMENTS = 1 << 24
 CKA_ESTIMATOR = "linear kernel, the unbiased HSIC of Song et al. 2012"
@@ -320,17 +317,9 @@ def error_consistency(
     if n_resamples and observed == 1:  # every resample agrees on every image too
         interval = (1.0, 1.0)
     elif n_resamples:
-        result = stats.bootstrap(
-            (a.astype(float), b.astype(float)),
-            _kappa_statistic,
-            paired=True,
-            vectorized=True,
-            n_resamples=int(n_resamples),
-            confidence_level=CONFIDENCE,
-            method="percentile",
-            rng=np.random.default_rng(seed),
+        interval = percentile_interval(
+            (a.astype(float), b.astype(float)), _kappa_statistic, paired=True, seed=seed, n_resamples=n_resamples
         )
-        interval = (float(result.confidence_interval.low), float(result.confidence_interval.high))
     return ErrorConsistency(
         n_images=len(a),
         accuracy_a=p_a,
@@ -357,16 +346,7 @@ def mean_interval(values: np.ndarray, *, seed: int = 0, n_resamples: int = N_RES
     _check_resampling(seed, n_resamples)
     if np.all(data == data[0]):  # every resample has this mean
         return float(data[0]), float(data[0])
-    result = stats.bootstrap(
-        (data,),
-        np.mean,
-        n_resamples=int(n_resamples),
-        confidence_level=CONFIDENCE,
-        method="percentile",
-        vectorized=True,
-        rng=np.random.default_rng(seed),
-    )
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return percentile_interval((data,), np.mean, seed=seed, n_resamples=n_resamples)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,20 @@ WORKSPACE_ENV = "FLOWER_PROBE_WORKSPACE"
 DATA_ROOT_ENV = "FLOWER_PROBE_DATA_ROOT"
 
 
+class _Folder:
+    """A workspace attribute naming one of its folders, ``<root>/<name>``, made when first asked for."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, workspace: Workspace | None, owner: type | None = None) -> Path | _Folder:
+        if workspace is None:  # looked up on the class (introspection, monkeypatch): the attribute itself
+            return self
+        path = workspace.root / self.name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
 @dataclass(frozen=True)
 class Workspace:
     root: Path
@@ -37,26 +51,11 @@ class Workspace:
         data_root = os.environ.get(DATA_ROOT_ENV)
         return cls(root=root, data_root=Path(data_root).expanduser().resolve() if data_root else root / "datasets")
 
-    def _dir(self, name: str) -> Path:
-        path = self.root / name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    @property
-    def weights_dir(self) -> Path:
-        return self._dir("weights")
-
-    @property
-    def features_dir(self) -> Path:
-        return self._dir("features")
-
-    @property
-    def heads_dir(self) -> Path:
-        return self._dir("heads")
-
-    @property
-    def thumbnails_dir(self) -> Path:
-        return self._dir("thumbnails")
+    # The folders of the layout above, each made on first use.
+    weights_dir = _Folder("weights")
+    features_dir = _Folder("features")
+    heads_dir = _Folder("heads")
+    thumbnails_dir = _Folder("thumbnails")
 
     @property
     def registry_path(self) -> Path:

@@ -5,7 +5,9 @@ The folder (written to a temporary sibling and renamed into place, so a failure 
 - ``model.onnx``: the frozen backbone and the run's head as one graph. Input ``images``: uint8 (N, S, S, 3) RGB
   crops (``core.bundle.preprocess``); scaling to [0, 1] and mean/std are inside. Outputs ``probabilities``
   (N, classes), calibrated when the run's head has a temperature, and ``features`` (N, feature_dim), the backbone's
-  pooled features. Dynamic batch; a ViT's position table is baked at S (no interpolation in the graph).
+  pooled features. An attentive run's head reads the backbone's final patch tokens instead, kept from the same
+  forward by ``core.backbones.tokens.token_hook`` and rounded to fp16 as ``Predictor`` does. Dynamic batch; a
+  ViT's position table is baked at S (no interpolation in the graph).
 - ``preprocessing.json`` (timm's data-config terms), ``labels.json`` (class names in output order),
   ``head.safetensors`` + ``config.json`` (for PyTorch users), ``README.md`` (the model card).
 
@@ -13,7 +15,8 @@ Parity gate: before the folder appears, onnxruntime on ``model.onnx`` and ``core
 (fp32) classify the same real images of the run's dataset at batch sizes 1, 7 and 32; every probability must agree
 within 1e-4 and every top-1 must be the same, or the export fails saying what differed.
 
-k-NN and NCM runs are refused: their "head" is the run's training features (stored in the graph they would make a
+An ``attentive`` run exports like the others (its head on the patch tokens, see ``model.onnx`` above); k-NN and NCM
+runs are refused: their "head" is the run's training features (stored in the graph they would make a
 file of n_train x feature_dim floats), which this exporter does not put in a graph; the message gives the size.
 """
 
@@ -29,10 +32,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
 from core import __version__
+from core.backbones.tokens import token_hook, token_layout
 from core.base.errors import FlowerProbeError
 from core.base.progress import ProgressCallback, report
 from core.base.text import markdown_text
@@ -42,7 +47,8 @@ from core.data.images import load_image
 from core.features.extract import prepare_model
 from core.features.runtime import cpu_flags
 from core.onnx.export import OnnxUnavailableError, export_module, session
-from core.predict.classify import MEMORY_PROTOCOLS, Predictor
+from core.predict.classify import MEMORY_PROTOCOLS, Predictor, tokens_as_cached
+from core.probing.attentive import AttentivePoolHead
 
 PARITY_BATCHES = (1, 7, 32)
 PARITY_MAX_ABS = 1e-4  # probabilities, fp32 (issue 23)
@@ -55,21 +61,55 @@ class ParityError(FlowerProbeError):
     """onnxruntime and Flower Probe's predict disagreed on the export's check images; no bundle was written."""
 
 
-class BundleGraph(nn.Module):
-    """uint8 images (N, S, S, 3) -> (probabilities (N, C), features (N, D)): normalisation, backbone, head, softmax."""
+class _BatchFreeAttentiveHead(AttentivePoolHead):
+    """``AttentivePoolHead`` whose forward reads the batch size as ``tokens.shape[0]``, the same computation.
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, *, mean, std, temperature: float | None) -> None:
+    The saved head's forward takes ``len(tokens)``, a Python int to both exporters, so its graph would only accept
+    the batch size it was traced with; ``shape[0]`` stays the graph's dynamic batch dimension.
+    """
+
+    @classmethod
+    def of(cls, head: AttentivePoolHead) -> _BatchFreeAttentiveHead:
+        copy = cls(head.dim, head.linear.out_features, num_queries=head.num_queries, num_heads=head.num_heads)
+        copy.load_state_dict(head.state_dict())
+        return copy.eval()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        batch = tokens.shape[0]
+        keys, values = self.kv(tokens).chunk(2, dim=-1)
+        query = self._split(self.query[None].expand(batch, -1, -1).to(tokens.dtype))
+        pooled = F.scaled_dot_product_attention(query, self._split(keys), self._split(values))
+        return self.linear(pooled.transpose(1, 2).reshape(batch, self.num_queries * self.dim))
+
+
+class BundleGraph(nn.Module):
+    """uint8 images (N, S, S, 3) -> (probabilities (N, C), features (N, D)): normalisation, backbone, head, softmax.
+
+    With ``reads_tokens`` (an attentive head) the head gets the backbone's patch tokens (N, T, dim) of the same
+    forward, rounded as the token cache holds them, and ``features`` stays the pooled output.
+    """
+
+    def __init__(
+        self, backbone: nn.Module, head: nn.Module, *, mean, std, temperature: float | None, reads_tokens: bool = False
+    ) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         self.temperature = temperature
+        self.reads_tokens = reads_tokens
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # The same operations as torchvision's ToTensor (x / 255) then Normalize ((x - mean) / std).
         pixels = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-        features = self.backbone((pixels - self.mean) / self.std).float()
-        logits = self.head(features)
+        if self.reads_tokens:
+            with token_hook(self.backbone) as last:
+                features = self.backbone((pixels - self.mean) / self.std).float()
+                head_input = tokens_as_cached(last())
+        else:
+            features = self.backbone((pixels - self.mean) / self.std).float()
+            head_input = features
+        logits = self.head(head_input)
         if self.temperature is not None:
             logits = logits / self.temperature
         return torch.softmax(logits, dim=1), features
@@ -104,7 +144,8 @@ def _refuse_memory_protocols(run: dict, predictor: Predictor | None = None) -> N
         size = f" ({n} x {dim} float32 = {n * dim * 4 / 1e6:.1f} MB)" if n else ""
         raise FlowerProbeError(
             f"Run {run['id']} is a {run['protocol']} run: its head is its training features{size}, which the exporter "
-            f"does not store in a graph. Export a run of the mlp, linear or logreg protocol on the same backbone."
+            f"does not store in a graph. Export a run of the mlp, linear, logreg or attentive protocol on the same "
+            f"backbone."
         )
 
 
@@ -208,7 +249,7 @@ def _card(*, run: dict, predictor: Predictor, report_: BundleReport, preprocessi
         "",
         f"- **Backbone**: {name(run['backbone'])} ({name(config.description)}), frozen; weights "
         f"{name(run['weights'])} ({name(run['weights_tag'])}), license {name(config.license)}.",
-        f"- **Features**: {name(run.get('features') or predictor.backbone.default_variant)} ({feature_dim} values).",
+        _features_line(run, predictor, feature_dim),
         f"- **Dataset**: {name(run['dataset_name'])}, fingerprint `{run['dataset_fingerprint']}`, split "
         f"{name(run['split'])}; {len(run['class_names'])} classes (labels.json, in output order): "
         + ", ".join(name(c) for c in run["class_names"])
@@ -281,11 +322,39 @@ def _card(*, run: dict, predictor: Predictor, report_: BundleReport, preprocessi
         "",
         "## For PyTorch users",
         "",
-        "`head.safetensors` holds the head's weights and `config.json` how to build it (Flower Probe's "
-        "`core.probing.heads.build_head`) on the backbone's features.",
+        (
+            "`head.safetensors` holds the attentive head's weights and its `num_heads`; Flower Probe's "
+            "`core.probing.attentive.load_attentive_head` builds it from them, on the backbone's patch tokens "
+            "(batch, tokens, dim)."
+            if predictor.reads_tokens
+            else "`head.safetensors` holds the head's weights and `config.json` how to build it (Flower Probe's "
+            "`core.probing.heads.build_head`) on the backbone's features."
+        ),
         "",
     ]
     return "\n".join(lines)
+
+
+def _features_line(run: dict, predictor: Predictor, feature_dim: int) -> str:
+    """The card's line on what the head reads."""
+    default = markdown_text(predictor.backbone.default_variant)
+    if not predictor.reads_tokens:
+        return f"- **Features**: {markdown_text(run.get('features') or default)} ({feature_dim} values)."
+    layout = token_layout(run["backbone"])
+    return (
+        f"- **Features**: the head reads the final {layout.kind} ({layout.tokens} x {layout.dim}; "
+        f"{', '.join(layout.excluded)} left out), rounded to fp16 as Flower Probe caches them; the `features` output "
+        f"is the pooled {default} ({feature_dim} values)."
+    )
+
+
+def _head_state(predictor: Predictor) -> dict[str, torch.Tensor]:
+    """The head's weights as ``head.safetensors`` holds them: an attentive head's with its ``num_heads`` too, which
+    ``load_attentive_head`` reads (its weights alone do not say how the width is split)."""
+    state = {k: v.contiguous() for k, v in predictor.head.state_dict().items()}
+    if predictor.reads_tokens:
+        state["num_heads"] = torch.tensor(predictor.head.num_heads)
+    return state
 
 
 def export_bundle(
@@ -315,7 +384,7 @@ def export_bundle(
     predictor = Predictor.from_run(run_id, workspace=workspace, device="cpu", progress=progress)
     run = predictor.run
     _refuse_memory_protocols(run, predictor)
-    if run.get("features") not in (None, predictor.backbone.default_variant):
+    if not predictor.reads_tokens and run.get("features") not in (None, predictor.backbone.default_variant):
         raise FlowerProbeError(
             f"Run {run['id']} probes the {run['features']} features, which keep no head; export a run on "
             f"{predictor.backbone.default_variant}."
@@ -328,7 +397,12 @@ def export_bundle(
     config = predictor.config
     preprocessing = preprocessing_record(config)
     graph = BundleGraph(
-        fp32, predictor.head, mean=config.mean, std=config.std, temperature=predictor.temperature
+        fp32,
+        _BatchFreeAttentiveHead.of(predictor.head) if predictor.reads_tokens else predictor.head,
+        mean=config.mean,
+        std=config.std,
+        temperature=predictor.temperature,
+        reads_tokens=predictor.reads_tokens,
     ).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -349,7 +423,7 @@ def export_bundle(
             json.dumps(list(run["class_names"]), indent=1, ensure_ascii=False), encoding="utf-8"
         )
         save_file(
-            {k: v.contiguous() for k, v in predictor.head.state_dict().items()},
+            _head_state(predictor),
             str(staging / "head.safetensors"),
             metadata={"run_id": str(run["id"])},
         )

@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import threading
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,205 +82,18 @@ class FlowerClass:
     skew: float = 0.0
 
 
-_CLASSES: tuple[FlowerClass, ...] = (
-    FlowerClass(
-        "Golden Ray",
-        22,
-        "ray",
-        0.09,
-        (42, 52),
-        (0.85, 1.0),
-        (0.85, 1.0),
-        0.38,
-        (95, 55, 20),
-        "dots",
-        (45, 25, 10),
-        layers=2,
-    ),
-    FlowerClass(
-        "Ivory Daisy", 18, "ray", 0.13, (40, 60), (0.0, 0.08), (0.9, 1.0), 0.22, (240, 195, 40), "dots", (200, 140, 20)
-    ),
-    FlowerClass(
-        "Coral Star",
-        5,
-        "pointed",
-        0.38,
-        (5, 22),
-        (0.7, 0.9),
-        (0.9, 1.0),
-        0.15,
-        (245, 215, 60),
-        "stamens",
-        (250, 240, 170),
-    ),
-    FlowerClass(
-        "Violet Star",
-        5,
-        "pointed",
-        0.38,
-        (265, 285),
-        (0.55, 0.8),
-        (0.7, 0.95),
-        0.14,
-        (250, 240, 200),
-        "stamens",
-        (240, 200, 40),
-    ),
-    FlowerClass(
-        "Rose Heart",
-        5,
-        "notched",
-        0.5,
-        (330, 350),
-        (0.4, 0.65),
-        (0.9, 1.0),
-        0.18,
-        (230, 200, 60),
-        "dots",
-        (170, 120, 30),
-        eye=0.7,
-    ),
-    FlowerClass(
-        "Lilac Heart",
-        4,
-        "notched",
-        0.55,
-        (280, 300),
-        (0.3, 0.5),
-        (0.85, 1.0),
-        0.13,
-        (250, 250, 245),
-        "ring",
-        (240, 200, 50),
-    ),
-    FlowerClass(
-        "Crimson Cup",
-        6,
-        "round",
-        0.45,
-        (350, 368),
-        (0.8, 1.0),
-        (0.65, 0.9),
-        0.2,
-        (30, 22, 28),
-        "dots",
-        (90, 70, 40),
-        eye=0.5,
-    ),
-    FlowerClass(
-        "Butter Cup", 5, "round", 0.45, (48, 58), (0.85, 1.0), (0.9, 1.0), 0.16, (150, 170, 40), "solid", (110, 130, 30)
-    ),
-    FlowerClass(
-        "Azure Spark",
-        8,
-        "pointed",
-        0.3,
-        (210, 228),
-        (0.6, 0.85),
-        (0.75, 0.95),
-        0.14,
-        (245, 215, 50),
-        "solid",
-        (220, 170, 30),
-    ),
-    FlowerClass(
-        "Sky Wheel", 12, "ellipse", 0.22, (195, 212), (0.35, 0.6), (0.9, 1.0), 0.2, (30, 40, 90), "dots", (90, 110, 180)
-    ),
-    FlowerClass(
-        "Tangerine Wheel",
-        12,
-        "ellipse",
-        0.22,
-        (18, 32),
-        (0.8, 1.0),
-        (0.9, 1.0),
-        0.22,
-        (80, 45, 20),
-        "ring",
-        (200, 120, 30),
-    ),
-    FlowerClass(
-        "Snow Trefoil",
-        3,
-        "pointed",
-        0.5,
-        (80, 120),
-        (0.0, 0.1),
-        (0.88, 1.0),
-        0.12,
-        (200, 210, 80),
-        "stamens",
-        (240, 220, 90),
-    ),
-    FlowerClass(
-        "Magenta Burst",
-        30,
-        "ray",
-        0.07,
-        (300, 322),
-        (0.6, 0.85),
-        (0.8, 1.0),
-        0.25,
-        (240, 190, 30),
-        "dots",
-        (190, 120, 20),
-    ),
-    FlowerClass(
-        "Peach Double",
-        8,
-        "ellipse",
-        0.3,
-        (12, 28),
-        (0.35, 0.55),
-        (0.95, 1.0),
-        0.14,
-        (230, 180, 60),
-        "stamens",
-        (250, 230, 150),
-        layers=2,
-    ),
-    FlowerClass(
-        "Lemon Spike",
-        6,
-        "pointed",
-        0.18,
-        (52, 68),
-        (0.7, 0.9),
-        (0.9, 1.0),
-        0.1,
-        (230, 120, 20),
-        "stamens",
-        (150, 60, 10),
-    ),
-    FlowerClass(
-        "Plum Bell",
-        6,
-        "notched",
-        0.45,
-        (268, 284),
-        (0.6, 0.85),
-        (0.4, 0.6),
-        0.15,
-        (240, 210, 60),
-        "solid",
-        (200, 160, 30),
-        eye=0.6,
-    ),
-    FlowerClass(
-        "Scarlet Pinwheel",
-        5,
-        "ellipse",
-        0.3,
-        (355, 370),
-        (0.85, 1.0),
-        (0.85, 1.0),
-        0.12,
-        (245, 245, 235),
-        "solid",
-        (230, 220, 200),
-        skew=0.35,
-    ),
-)
+def _read_classes(path: Path) -> tuple[FlowerClass, ...]:
+    """The ``[[flower]]`` tables of ``path``, TOML lists turned into the record's tuples."""
+    with path.open("rb") as file:
+        tables = tomllib.load(file)["flower"]
+    return tuple(
+        FlowerClass(**{key: tuple(value) if isinstance(value, list) else value for key, value in table.items()})
+        for table in tables
+    )
+
+
+# The species are data, kept beside this file with every field named, so a class reads (and changes) in one place.
+_CLASSES = _read_classes(Path(__file__).with_name("synthetic_classes.toml"))
 
 SYNTHETIC_CLASS_NAMES: tuple[str, ...] = tuple(flower.name for flower in _CLASSES)
 

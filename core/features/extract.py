@@ -28,9 +28,11 @@ import os
 import platform
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -239,7 +241,7 @@ def feature_loader(
     )
 
 
-def _cache_key(
+def cache_key(
     dataset_key: str,
     fingerprint: str,
     backbone: ResolvedBackbone,
@@ -275,9 +277,10 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _load_array(path: Path) -> np.ndarray:
-    """A ``.npy`` file, memory-mapped (read-only) when larger than ``MMAP_ABOVE_BYTES``."""
-    return np.load(path, mmap_mode="r" if path.stat().st_size > MMAP_ABOVE_BYTES else None, allow_pickle=False)
+def _load_array(path: Path, *, memory_map: bool = False) -> np.ndarray:
+    """A ``.npy`` file, memory-mapped (read-only) when ``memory_map`` or when larger than ``MMAP_ABOVE_BYTES``."""
+    mapped = memory_map or path.stat().st_size > MMAP_ABOVE_BYTES
+    return np.load(path, mmap_mode="r" if mapped else None, allow_pickle=False)
 
 
 def _read_legacy_cache(path: Path, *, device_used: str, variant: str | None = None) -> FeatureSet | None:
@@ -412,8 +415,50 @@ class ShardedCache:
             shard.unlink(missing_ok=True)
 
 
-def _read_sharded(folder: Path, variant: str | None) -> FeatureSet | None:
-    """A complete sharded entry's features of ``variant`` (None: the default), or None if it is not complete."""
+class ShardWriter:
+    """Takes a shard's batches in row order and writes the shard once its last row is in (every engine's filler).
+
+    A shard's ``seconds`` run from the writer's making, or from the previous shard written.
+    """
+
+    def __init__(self, cache: ShardedCache, paths: Sequence[Path]) -> None:
+        self.cache = cache
+        self.paths = paths  # the dataset's images, which name the skipped ones
+        self._start_shard()
+
+    def _start_shard(self) -> None:
+        self.features: list[dict[str, np.ndarray]] = []
+        self.rows: list[np.ndarray] = []
+        self.skipped: list[tuple[str, str]] = []
+        self.seen = 0
+        self.started = time.perf_counter()
+
+    def add(self, features: dict[str, np.ndarray], rows: np.ndarray, skipped: Sequence[tuple[int, str]]) -> None:
+        """One batch, all of one shard: ``features`` ``{name: ndarray (len(rows), ...)}`` of the dataset ``rows``
+        (n,) that decoded (empty when none did), and ``(row, reason)`` for each image that did not."""
+        index = int(rows[0] if len(rows) else skipped[0][0]) // self.cache.shard_size
+        self.features.append(features)
+        self.rows.append(rows)
+        self.skipped.extend((str(self.paths[row]), reason) for row, reason in skipped)
+        self.seen += len(rows) + len(skipped)
+        if self.seen < len(self.cache.shard_rows(index)):
+            return
+        names = [name for name in self.cache.identity["variants"] if any(name in f for f in self.features)]
+        self.cache.write_shard(
+            index,
+            {name: np.concatenate([f[name] for f in self.features if name in f]) for name in names},
+            np.concatenate(self.rows),
+            self.skipped,
+            seconds=time.perf_counter() - self.started,
+        )
+        self._start_shard()
+
+
+def _read_sharded(folder: Path, variant: str | None, *, memory_map: bool = False) -> FeatureSet | None:
+    """A complete sharded entry's features of ``variant`` (None: the default), or None if it is not complete.
+
+    ``memory_map``: map the features whatever their size (otherwise only above ``MMAP_ABOVE_BYTES``).
+    """
     manifest = ShardedCache.read_manifest(folder)
     if manifest is None or not manifest.get("complete"):
         return None
@@ -424,7 +469,7 @@ def _read_sharded(folder: Path, variant: str | None) -> FeatureSet | None:
             f"features must be one of {', '.join(variants)} for {manifest['backbone']}, got {variant!r}."
         )
     files = manifest["files"]
-    features = _load_array(folder / files[variant]) if files else np.zeros((0, 0), np.float32)
+    features = _load_array(folder / files[variant], memory_map=memory_map) if files else np.zeros((0, 0), np.float32)
     rows = np.load(folder / files["rows"], allow_pickle=False) if files else np.zeros(0, np.int64)
     skipped = tuple((str(path), str(reason)) for path, reason in manifest["skipped"])
     return FeatureSet(
@@ -552,6 +597,29 @@ def _heartbeat(
 
 
 FeatureBatch = tuple[dict[str, np.ndarray], np.ndarray, list[tuple[int, str]]]
+# What one extraction pass computes, opened on a prepared model for the length of the pass: a function mapping
+# images (n, 3, H, W) to {name: ndarray (n, ...)} from one model(x) call. ``pooled_forward`` is the features';
+# core.features.tokens opens patch tokens beside them, or every block's pooled feature.
+ArrayForward = Callable[[torch.nn.Module], AbstractContextManager[Callable[[torch.Tensor], dict[str, np.ndarray]]]]
+
+
+def float32_arrays(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """``{name: tensor (n, dim)}`` -> ``{name: float32 ndarray (n, dim)}`` on the CPU, whatever dtype computed it."""
+    return {name: tensor.float().cpu().numpy().astype(np.float32, copy=False) for name, tensor in tensors.items()}
+
+
+@contextmanager
+def pooled_forward(
+    model: torch.nn.Module, variants: Sequence[str]
+) -> Iterator[Callable[[torch.Tensor], dict[str, np.ndarray]]]:
+    """The features' ``ArrayForward``: images (n, 3, H, W) -> ``{variant: float32 ndarray (n, dim)}``."""
+    with variant_forward(model, variants) as forward:
+
+        def arrays(images: torch.Tensor) -> dict[str, np.ndarray]:
+            out = forward(images)  # may hold the default variant too when it was not asked for
+            return float32_arrays({name: out[name] for name in variants})
+
+        yield arrays
 
 
 @torch.inference_mode()
@@ -565,6 +633,7 @@ def iter_feature_batches(
     variants: Sequence[str] | None = None,
     progress: ProgressCallback | None = None,
     done: int = 0,
+    forward: ArrayForward | None = None,
 ) -> Iterator[FeatureBatch]:
     """Run ``model`` over ``loader``'s ``(images, rows, errors)`` batches, one forward pass for all ``variants``.
 
@@ -572,10 +641,12 @@ def iter_feature_batches(
     (the dict is empty when no image of the batch decoded). ``variants`` None means the model's default
     only. ``done`` images were finished before (a resumed extraction): progress counts on from there, after
     every batch and every ``HEARTBEAT_SECONDS`` inside one. ``model`` is first prepared in place by ``prepare_model``
-    (pass a model of your own, or one already prepared, as the Classify page's predictor holds).
+    (pass a model of your own, or one already prepared, as the Classify page's predictor holds). ``forward``
+    computes other arrays than the pooled ``variants`` (see ``ArrayForward``); the dict then holds its names.
     """
     model = prepare_model(model, device=device, precision=precision, in_place=True)
-    names = tuple(variants) if variants else model_variants(model)[:1]
+    if forward is None:
+        forward = partial(pooled_forward, variants=tuple(variants) if variants else model_variants(model)[:1])
     weights_dtype = next(model.parameters()).dtype
     layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     meter, start_done = RateMeter(), done
@@ -585,7 +656,7 @@ def iter_feature_batches(
         report(progress, "features", done, total, rate=rate, message=message or f"{rate:.1f} images/s")
 
     with ExitStack() as stack:
-        forward = stack.enter_context(variant_forward(model, names))
+        arrays = stack.enter_context(forward(model))
         if progress is not None:
             stack.enter_context(_heartbeat(model, tell))
         for images, batch_rows, errors in loader:
@@ -594,8 +665,9 @@ def iter_feature_batches(
             features: dict[str, np.ndarray] = {}
             if ok.any():
                 with _autocast(device, precision, weights_dtype):
-                    out = forward(images[ok].to(device, dtype=weights_dtype, memory_format=layout, non_blocking=True))
-                features = {name: out[name].float().cpu().numpy().astype(np.float32, copy=False) for name in names}
+                    features = arrays(
+                        images[ok].to(device, dtype=weights_dtype, memory_format=layout, non_blocking=True)
+                    )
             done += len(batch_rows)
             tell()
             yield features, batch_rows[ok].numpy().astype(np.int64), skipped
@@ -642,6 +714,7 @@ class CacheEntry:
     folder: Path  # the sharded cache
     legacy_path: Path  # the single-file cache of the default variant, from before shards
     resolved: ResolvedBackbone | None = field(default=None, compare=False)  # located: what builds the model
+    memory_map: ClassVar[bool] = False  # read the features memory-mapped whatever their size
 
     @classmethod
     def of(
@@ -662,8 +735,8 @@ class CacheEntry:
         fingerprint = dataset.compute_fingerprint(progress=progress)  # stats every file: once for both names
         variants = backbone.variants
         stem = f"{dataset.key.replace('/', '_').replace(':', '-')}-{backbone.name}"
-        legacy_key = _cache_key(dataset.key, fingerprint, backbone, weights_tag, precision)
-        key = _cache_key(dataset.key, fingerprint, backbone, weights_tag, precision, variants)
+        legacy_key = cache_key(dataset.key, fingerprint, backbone, weights_tag, precision)
+        key = cache_key(dataset.key, fingerprint, backbone, weights_tag, precision, variants)
         return cls(
             dataset=dataset,
             backbone=backbone.name,
@@ -677,7 +750,7 @@ class CacheEntry:
 
     def read(self, variant: str) -> FeatureSet | None:
         """The cached features of ``variant``, or None when they still have to be computed."""
-        cached = _read_sharded(self.folder, variant)
+        cached = _read_sharded(self.folder, variant, memory_map=self.memory_map)
         if cached is None and variant == self.variants[0]:
             cached = _read_legacy_cache(self.legacy_path, device_used="unknown", variant=self.variants[0])
         return cached
@@ -692,6 +765,14 @@ class CacheEntry:
         return ShardedCache(
             self.folder, n_images=len(self.dataset.image_paths), shard_size=shard_size, identity=identity
         )
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the entry's lock, a file beside its folder (made here too): one process writes the entry at a time."""
+        with disk_errors(self.folder):
+            self.folder.mkdir(parents=True, exist_ok=True)
+        with _exclusive(self.folder.with_name(self.folder.name + ".lock")):
+            yield
 
 
 # fill(cache, missing shard indices, progress) computes and writes those shards: the local engine's or Ray's.
@@ -716,9 +797,7 @@ def cached_extraction(
     cached = entry.read(variant)
     with ExitStack() as lock:
         if cached is None:
-            with disk_errors(entry.folder):
-                entry.folder.mkdir(parents=True, exist_ok=True)
-            lock.enter_context(_exclusive(entry.folder.with_name(entry.folder.name + ".lock")))
+            lock.enter_context(entry.locked())
             cached = entry.read(variant)  # another process's, made meanwhile
         if cached is not None:
             report(progress, "features", n, n, message="features from cache", from_cache=True)
@@ -736,7 +815,7 @@ def cached_extraction(
     return dataclasses.replace(entry.read(variant), from_cache=False)  # read back from the joined files, computed now
 
 
-def _local_filler(
+def local_shard_filler(
     entry: CacheEntry,
     *,
     workspace: Workspace,
@@ -745,11 +824,13 @@ def _local_filler(
     num_workers: int | None,
     choice: RuntimeChoice | None = None,
     model: Callable[[], torch.nn.Module] | None = None,
+    forward: ArrayForward | None = None,
 ) -> ShardFiller:
     """Fill missing shards in this process: one model, one loader over the missing rows in shard order.
 
     ``choice`` (``choose_runtime``'s) says which runtime computes them, PyTorch when None; ``model`` returns the
-    backbone's model when the caller built one already (the runtime choice did).
+    backbone's model when the caller built one already (the runtime choice did). ``forward`` (PyTorch only) computes
+    other arrays than ``entry``'s pooled variants, named as its variants: the token and layer entries' own.
     """
 
     def fill(cache: ShardedCache, missing: list[int], progress: ProgressCallback | None) -> str:
@@ -764,8 +845,7 @@ def _local_filler(
             for s in range(0, len(rows), batch_size)
         ]
         done_before = len(paths) - sum(len(cache.shard_rows(i)) for i in missing)
-        pending: dict[str, list] = {"features": [], "rows": [], "skipped": [], "seen": 0}
-        started = time.perf_counter()
+        writer = ShardWriter(cache, paths)
         if choice is not None and choice.runtime == "onnxruntime":
             cache.manifest["runtime"] = "onnxruntime"
             # Decode in a thread pool beside onnxruntime's forward: at 150-250 images/s decoding in line would
@@ -793,28 +873,10 @@ def _local_filler(
                 variants=entry.variants,
                 progress=progress,
                 done=done_before,
+                forward=forward,
             )
         for features, rows, skipped in batches_out:
-            index = (rows[0] if len(rows) else skipped[0][0]) // cache.shard_size
-            pending["features"].append(features)
-            pending["rows"].append(rows)
-            pending["skipped"].extend((str(paths[r]), reason) for r, reason in skipped)
-            pending["seen"] += len(rows) + len(skipped)
-            if pending["seen"] == len(cache.shard_rows(index)):
-                shard_features = {
-                    v: np.concatenate([f[v] for f in pending["features"] if v in f])
-                    for v in entry.variants
-                    if any(v in f for f in pending["features"])
-                }
-                cache.write_shard(
-                    index,
-                    shard_features,
-                    np.concatenate(pending["rows"]),
-                    pending["skipped"],
-                    seconds=time.perf_counter() - started,
-                )
-                pending = {"features": [], "rows": [], "skipped": [], "seen": 0}
-                started = time.perf_counter()
+            writer.add(features, rows, skipped)
         return device_name(device)
 
     return fill
@@ -920,6 +982,13 @@ def choose_runtime(
     return RuntimeChoice("torch", torch_precision, line, figures=figures)
 
 
+def check_positive(**values: object) -> None:
+    """Refuse (FlowerProbeError naming the parameter) any of ``values`` that is not a positive integer."""
+    for name, value in values.items():
+        if not isinstance(value, int) or value < 1:
+            raise FlowerProbeError(f"{name} must be a positive integer, got {value!r}.")
+
+
 def extract_features(
     dataset: Dataset,
     backbone: ResolvedBackbone | str,
@@ -968,9 +1037,7 @@ def extract_features(
         ``features`` of shape (n_ok, feature_dim) for the ``rows`` that decoded; ``skipped`` lists the rest.
     """
     runtime = check_runtime(default_runtime() if runtime is None else runtime)
-    for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
-        if not isinstance(value, int) or value < 1:
-            raise FlowerProbeError(f"{name} must be a positive integer, got {value!r}.")
+    check_positive(batch_size=batch_size, shard_size=shard_size)
     backbone = resolve_backbone(backbone, weights=weights)
     variant = backbone.check_variant(variant)
     torch_device = select_device(device)
@@ -1004,7 +1071,7 @@ def extract_features(
         choose_runtime(
             backbone, workspace=workspace, device=torch_device, precision=precision, runtime=runtime, model=model
         )
-    fill = _local_filler(
+    fill = local_shard_filler(
         entry,
         workspace=workspace,
         device=torch_device,

@@ -12,7 +12,6 @@ dataset and any weights file at the same paths as the driver (a shared file syst
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -28,10 +27,13 @@ from core.data.datasets import Dataset
 from core.features.extract import (
     DEFAULT_SHARD_SIZE,
     CacheEntry,
+    FeatureBatch,
     FeatureSet,
     ShardedCache,
+    ShardWriter,
     _DatasetImages,
     cached_extraction,
+    check_positive,
     choose_runtime,
     iter_feature_batches,
     select_precision,
@@ -191,9 +193,7 @@ def extract_features_ray(
     Other parameters as ``extract_features``.
     """
     ray = _ray()
-    for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
-        if not isinstance(value, int) or value < 1:
-            raise FlowerProbeError(f"{name} must be a positive integer, got {value!r}.")
+    check_positive(batch_size=batch_size, shard_size=shard_size)
     if num_gpus_per_worker < 0:
         raise FlowerProbeError(f"num_gpus_per_worker must be 0 or more, got {num_gpus_per_worker!r}.")
     backbone = resolve_backbone(backbone, weights=weights)
@@ -254,14 +254,10 @@ def extract_features_ray(
                 )
             )
             done = n - len(items)
-            meter, started = RateMeter(), time.perf_counter()
-            shard = _ShardBuffer(cache, entry.variants, dataset)
+            meter, writer = RateMeter(), ShardWriter(cache, dataset.image_paths)
             for batch in pipeline.iter_batches(batch_size=None, batch_format="numpy"):
-                for start, stop, index in shard.split(batch["row"]):
-                    shard.add({key: value[start:stop] for key, value in batch.items()})
-                    if shard.full(index):
-                        shard.write(index, seconds=time.perf_counter() - started)
-                        started = time.perf_counter()
+                for start, stop in _shard_runs(batch["row"], cache.shard_size):
+                    writer.add(*_actor_batch({key: value[start:stop] for key, value in batch.items()}, entry.variants))
                 done += len(batch["row"])
                 report(progress, "features", done, n, rate=meter.rate(done - (n - len(items))), message="Ray engine")
         return described
@@ -269,34 +265,18 @@ def extract_features_ray(
     return cached_extraction(entry, variant, fill=fill, shard_size=shard_size, progress=progress)
 
 
-class _ShardBuffer:
-    """Rows of the shard being received, until it is complete and written."""
+def _shard_runs(rows: np.ndarray, shard_size: int) -> list[tuple[int, int]]:
+    """(start, stop) runs of consecutive ``rows`` (n,) that belong to one shard: the writer takes one at a time."""
+    shards = rows // shard_size
+    edges = [0, *(np.flatnonzero(np.diff(shards)) + 1).tolist(), len(rows)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
 
-    def __init__(self, cache: ShardedCache, variants: tuple[str, ...], dataset: Dataset) -> None:
-        self.cache, self.variants, self.dataset = cache, variants, dataset
-        self.parts: list[dict[str, np.ndarray]] = []
-        self.count = 0
 
-    def split(self, rows: np.ndarray) -> list[tuple[int, int, int]]:
-        """(start, stop, shard) runs of consecutive ``rows`` that belong to one shard."""
-        shards = rows // self.cache.shard_size
-        edges = [0, *(np.flatnonzero(np.diff(shards)) + 1).tolist(), len(rows)]
-        return [(a, b, int(shards[a])) for a, b in zip(edges[:-1], edges[1:], strict=True)]
-
-    def add(self, part: dict[str, np.ndarray]) -> None:
-        self.parts.append(part)
-        self.count += len(part["row"])
-
-    def full(self, index: int) -> bool:
-        return self.count == len(self.cache.shard_rows(index))
-
-    def write(self, index: int, *, seconds: float) -> None:
-        rows = np.concatenate([p["row"] for p in self.parts]).astype(np.int64)
-        errors = [str(e) for p in self.parts for e in p["error"]]
-        ok = np.asarray([not e for e in errors])
-        features = {
-            name: np.concatenate([p[f"features-{k}"] for p in self.parts])[ok] for k, name in enumerate(self.variants)
-        }
-        skipped = [(str(self.dataset.image_paths[r]), e) for r, e in zip(rows, errors, strict=True) if e]
-        self.cache.write_shard(index, features, rows[ok], skipped, seconds=seconds)
-        self.parts, self.count = [], 0
+def _actor_batch(part: dict[str, np.ndarray], variants: tuple[str, ...]) -> FeatureBatch:
+    """The actors' columns (``row``, ``error``, ``features-<k>`` with blank rows where decoding failed) as the
+    local engine's batch: ``({variant: (n_ok, dim)}, rows (n_ok,), [(row, reason)])``."""
+    rows = part["row"].astype(np.int64)
+    errors = [str(e) for e in part["error"]]
+    ok = np.asarray([not e for e in errors])
+    features = {name: part[f"features-{k}"][ok] for k, name in enumerate(variants)}
+    return features, rows[ok], [(int(row), error) for row, error in zip(rows, errors, strict=True) if error]

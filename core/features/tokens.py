@@ -17,19 +17,18 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from core.backbones.resolved import ResolvedBackbone, resolve_backbone
 from core.backbones.tokens import TokenLayout, layer_forward, layer_names, token_hook, token_layout
-from core.backbones.variants import variant_forward
 from core.base.errors import FlowerProbeError
-from core.base.progress import ProgressCallback, RateMeter, report
+from core.base.progress import ProgressCallback, report
 from core.base.workspace import Workspace
 from core.data.datasets import Dataset
 from core.features.extract import (
@@ -37,14 +36,12 @@ from core.features.extract import (
     CacheEntry,
     FeatureSet,
     ShardedCache,
-    _autocast,
-    _cache_key,
-    _exclusive,
-    _heartbeat,
+    cache_key,
     cached_extraction,
-    device_name,
-    feature_loader,
-    prepare_model,
+    check_positive,
+    float32_arrays,
+    local_shard_filler,
+    pooled_forward,
     select_device,
     select_precision,
 )
@@ -145,6 +142,7 @@ class _TokenEntry(CacheEntry):
     """A cache entry of tokens or layers: ``read`` memory-maps instead of loading; the manifest records ``layout``."""
 
     layout: dict | None = None  # TokenLayout as a dict (what the tokens are, what was left out); None for layers
+    memory_map: ClassVar[bool] = True  # probes read tokens a batch of rows at a time, never the whole array
 
     def open(self, *, shard_size: int) -> ShardedCache:
         cache = super().open(shard_size=shard_size)
@@ -153,45 +151,22 @@ class _TokenEntry(CacheEntry):
             cache.manifest.setdefault("layout", self.layout)
         return cache
 
-    def read(self, variant: str) -> FeatureSet | None:
-        manifest = ShardedCache.read_manifest(self.folder)
-        if manifest is None or not manifest.get("complete"):
-            return None
-        files = manifest["files"]
-        features = (
-            np.load(self.folder / files[variant], mmap_mode="r", allow_pickle=False)
-            if files
-            else np.zeros((0, 0), np.float32)
-        )
-        rows = np.load(self.folder / files["rows"], allow_pickle=False) if files else np.zeros(0, np.int64)
-        return FeatureSet(
-            features=features,
-            rows=rows,
-            skipped=tuple((str(p), str(r)) for p, r in manifest["skipped"]),
-            backbone=manifest["backbone"],
-            weights_tag=manifest["weights_tag"],
-            precision=manifest["precision"],
-            device=manifest["device"],
-            seconds=manifest["seconds"],
-            from_cache=True,
-            cache_path=self.folder,
-            variant=variant,
-        )
-
 
 def _entry(
-    dataset: Dataset,
-    backbone: ResolvedBackbone,
-    *,
-    kind: str,
-    variants: tuple[str, ...],
-    workspace: Workspace,
-    precision: str,
-    layout: TokenLayout | None = None,
+    kind: str, dataset: Dataset, backbone: ResolvedBackbone, *, workspace: Workspace, precision: str
 ) -> _TokenEntry:
-    """The entry of ``kind`` ("tokens" or "layers") of a located ``backbone``: its own key, beside the features'."""
+    """The entry of ``kind`` ("tokens" or "layers") of a located ``backbone``: its own key, beside the features'.
+
+    A layers entry holds every block's pooled feature. A tokens entry holds the pooled variants beside the tokens:
+    they come from the same forward pass, so a backbone whose pooled features are not cached yet gets them from this
+    pass too (``_share_pooled``).
+    """
+    if kind == TOKENS:
+        variants, layout = (TOKENS, *backbone.variants), dataclasses.asdict(token_layout(backbone.name))
+    else:
+        variants, layout = layer_names(backbone.name), None
     tag = backbone.weights_tag
-    key = _cache_key(dataset.key, dataset.fingerprint, backbone, tag, precision, [kind, *variants])
+    key = cache_key(dataset.key, dataset.fingerprint, backbone, tag, precision, [kind, *variants])
     stem = f"{dataset.key.replace('/', '_').replace(':', '-')}-{backbone.name}".replace(":", "-")
     return _TokenEntry(
         dataset=dataset,
@@ -202,76 +177,8 @@ def _entry(
         folder=workspace.features_dir / f"{stem}-{kind}-{key}",
         legacy_path=workspace.features_dir / f"{stem}-{kind}-{key}.none",  # never written: no single-file form
         resolved=backbone,
-        layout=dataclasses.asdict(layout) if layout is not None else None,
+        layout=layout,
     )
-
-
-def _filler(entry: _TokenEntry, *, make_forward, workspace, weights, device, batch_size, counter: str, to_numpy):
-    """Fill missing shards: one model, batches that never straddle shards, one ``model(x)`` per batch."""
-
-    def fill(cache: ShardedCache, missing: list[int], progress: ProgressCallback | None) -> str:
-        if not missing:
-            return cache.manifest.get("device", device_name(device))
-        paths = entry.dataset.image_paths
-        model = entry.resolved.build(workspace=workspace, progress=progress)
-        model = prepare_model(model, device=device, precision=entry.precision, in_place=True)
-        weights_dtype = next(model.parameters()).dtype
-        layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
-        batches = [
-            list(rows[s : s + batch_size])
-            for i in missing
-            for rows in [cache.shard_rows(i)]
-            for s in range(0, len(rows), batch_size)
-        ]
-        loader = feature_loader(paths, entry.resolved, device=device, num_workers=0, batches=batches)
-        done = len(paths) - sum(len(cache.shard_rows(i)) for i in missing)
-        meter, start_done = RateMeter(), done
-        pending: dict[str, list] = {"features": [], "rows": [], "skipped": [], "seen": 0}
-        started = time.perf_counter()
-
-        def tell() -> None:
-            rate = meter.rate(done - start_done)
-            report(progress, "features", done, len(paths), rate=rate, message=f"{entry.variants[0]}: {rate:.1f} img/s")
-
-        with torch.inference_mode(), make_forward(model) as forward, _heartbeat(model, tell):
-            for images, batch_rows, errors in loader:
-                ok = torch.tensor([not e for e in errors], dtype=torch.bool)
-                rows = batch_rows[ok].numpy().astype(np.int64)
-                if ok.any():
-                    with _autocast(device, entry.precision, weights_dtype):
-                        FORWARDS[counter] += 1
-                        out = forward(images[ok].to(device, dtype=weights_dtype, memory_format=layout))
-                    pending["features"].append(to_numpy(out))
-                pending["rows"].append(rows)
-                pending["skipped"].extend((str(paths[int(r)]), e) for r, e in zip(batch_rows, errors) if e)
-                pending["seen"] += len(batch_rows)
-                done += len(batch_rows)
-                tell()
-                index = int(batch_rows[0]) // cache.shard_size
-                if pending["seen"] == len(cache.shard_rows(index)):
-                    arrays = {
-                        v: np.concatenate([f[v] for f in pending["features"]])
-                        for v in entry.variants
-                        if pending["features"]
-                    }
-                    cache.write_shard(
-                        index,
-                        arrays,
-                        np.concatenate(pending["rows"]),
-                        pending["skipped"],
-                        seconds=time.perf_counter() - started,
-                    )
-                    pending = {"features": [], "rows": [], "skipped": [], "seen": 0}
-                    started = time.perf_counter()
-        return device_name(device)
-
-    return fill
-
-
-def _check_positive(**values) -> None:
-    for name, value in values.items():
-        if not isinstance(value, int) or value < 1:
-            raise FlowerProbeError(f"{name} must be a positive integer, got {value!r}.")
 
 
 def token_entry(
@@ -279,24 +186,16 @@ def token_entry(
     backbone: str | ResolvedBackbone,
     *,
     workspace: Workspace,
-    weights: str | None = None,
     precision: str = "auto",
     device: str = "auto",
 ) -> tuple[_TokenEntry, TokenLayout]:
     """Where ``backbone``'s tokens of ``dataset`` are (or would be) cached, and their layout.
 
-    ``backbone``: a spec (``NAME[@weights]``) or a resolved record; ``weights`` None: the spec's own.
+    ``backbone``: a resolved record, or a spec (``NAME[@weights]``) resolved here.
     """
-    resolved = resolve_backbone(backbone, weights=weights).located(workspace=workspace)
-    layout = token_layout(resolved.name)
+    resolved = resolve_backbone(backbone).located(workspace=workspace)
     chosen = select_precision(select_device(device), precision, backbone=resolved.name)
-    # The pooled variants come from the same forward pass (the entry keeps them beside the tokens), so a backbone
-    # whose pooled features are not cached yet gets them from this pass too (``_share_pooled``).
-    variants = (TOKENS, *resolved.variants)
-    entry = _entry(
-        dataset, resolved, kind=TOKENS, variants=variants, workspace=workspace, precision=chosen, layout=layout
-    )
-    return entry, layout
+    return _entry(TOKENS, dataset, resolved, workspace=workspace, precision=chosen), token_layout(resolved.name)
 
 
 def open_tokens(entry: _TokenEntry, layout: TokenLayout) -> TokenCache | None:
@@ -323,10 +222,9 @@ def check_disk(folder: Path, *, needed: int, what: str) -> None:
 
 def extract_tokens(
     dataset: Dataset,
-    backbone: str,
+    backbone: str | ResolvedBackbone,
     *,
     workspace: Workspace,
-    weights: str | None = None,
     device: str = "auto",
     precision: str = "auto",
     batch_size: int = 64,
@@ -343,11 +241,9 @@ def extract_tokens(
     TokenCache
         ``tokens`` of shape (n_ok, tokens, dim), fp16, memory-mapped; ``rows`` the dataset rows that decoded.
     """
-    _check_positive(batch_size=batch_size, shard_bytes=shard_bytes)
+    check_positive(batch_size=batch_size, shard_bytes=shard_bytes)
     dataset.compute_fingerprint(progress=progress)
-    entry, layout = token_entry(
-        dataset, backbone, workspace=workspace, weights=weights, precision=precision, device=device
-    )
+    entry, layout = token_entry(dataset, backbone, workspace=workspace, precision=precision, device=device)
     hit = open_tokens(entry, layout)
     if hit is not None:
         report(
@@ -378,28 +274,17 @@ def extract_tokens(
     @contextmanager
     def tokens_and_pooled(model):
         # One model(x) per batch: the variants' hooks and the token hook read the same call.
-        with variant_forward(model, pooled_variants) as pooled, token_hook(model) as last:
+        with pooled_forward(model, pooled_variants) as pooled, token_hook(model) as last:
 
-            def forward(images: torch.Tensor) -> dict[str, torch.Tensor]:
-                out = dict(pooled(images))
-                out[TOKENS] = last()
-                return out
+            def forward(images: torch.Tensor) -> dict[str, np.ndarray]:
+                FORWARDS["tokens"] += 1
+                arrays = pooled(images)
+                return {TOKENS: last().to(torch.float16).cpu().numpy(), **arrays}
 
             yield forward
 
-    def to_numpy(out: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        arrays = {v: out[v].float().cpu().numpy().astype(np.float32, copy=False) for v in pooled_variants}
-        return {TOKENS: out[TOKENS].to(torch.float16).cpu().numpy(), **arrays}
-
-    fill = _filler(
-        entry,
-        make_forward=tokens_and_pooled,
-        workspace=workspace,
-        weights=weights,
-        device=torch_device,
-        batch_size=batch_size,
-        counter="tokens",
-        to_numpy=to_numpy,
+    fill = local_shard_filler(
+        entry, workspace=workspace, device=torch_device, batch_size=batch_size, num_workers=0, forward=tokens_and_pooled
     )
     cached_extraction(entry, TOKENS, fill=fill, shard_size=shard_size, progress=progress)
     _share_pooled(entry, workspace=workspace)
@@ -422,8 +307,7 @@ def _share_pooled(entry: _TokenEntry, *, workspace: Workspace) -> None:
         or tuple(features.variants) != tuple(entry.variants[1:])
     ):
         return
-    features.folder.mkdir(parents=True, exist_ok=True)
-    with _exclusive(features.folder.with_name(features.folder.name + ".lock")):
+    with features.locked():
         cache = features.open(shard_size=DEFAULT_SHARD_SIZE)
         if cache.manifest["shards"] or features.read(features.variants[0]) is not None:
             return
@@ -451,14 +335,11 @@ def require_tokens(
     backbone: str | ResolvedBackbone,
     *,
     workspace: Workspace,
-    weights: str | None = None,
     precision: str = "auto",
     device: str = "auto",
 ) -> TokenCache:
     """The cached tokens the ``attentive`` protocol needs, or a FlowerProbeError saying how to extract them."""
-    entry, layout = token_entry(
-        dataset, backbone, workspace=workspace, weights=weights, precision=precision, device=device
-    )
+    entry, layout = token_entry(dataset, backbone, workspace=workspace, precision=precision, device=device)
     hit = open_tokens(entry, layout)
     if hit is None:
         resolved = entry.resolved
@@ -477,10 +358,9 @@ def require_tokens(
 
 def extract_layers(
     dataset: Dataset,
-    backbone: str,
+    backbone: str | ResolvedBackbone,
     *,
     workspace: Workspace,
-    weights: str | None = None,
     device: str = "auto",
     precision: str = "auto",
     batch_size: int = 64,
@@ -490,26 +370,26 @@ def extract_layers(
 
     Returns ``{layer: FeatureSet}`` with features of shape (n_ok, layer dim), float32.
     """
-    _check_positive(batch_size=batch_size)
-    resolved = resolve_backbone(backbone, weights=weights).located(workspace=workspace, progress=progress)
-    names = layer_names(resolved.name)
+    check_positive(batch_size=batch_size)
+    resolved = resolve_backbone(backbone).located(workspace=workspace, progress=progress)
     torch_device = select_device(device)
     chosen = select_precision(torch_device, precision, backbone=resolved.name)
     dataset.compute_fingerprint(progress=progress)
-    entry = _entry(dataset, resolved, kind="layers", variants=names, workspace=workspace, precision=chosen)
+    entry = _entry("layers", dataset, resolved, workspace=workspace, precision=chosen)
+    names = entry.variants
 
-    def to_numpy(out: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        return {k: v.float().cpu().numpy() for k, v in out.items()}
+    @contextmanager
+    def every_layer(model):
+        with layer_forward(model) as layers:
 
-    fill = _filler(
-        entry,
-        make_forward=layer_forward,
-        workspace=workspace,
-        weights=weights,
-        device=torch_device,
-        batch_size=batch_size,
-        counter="layers",
-        to_numpy=to_numpy,
+            def forward(images: torch.Tensor) -> dict[str, np.ndarray]:
+                FORWARDS["layers"] += 1
+                return float32_arrays(layers(images))
+
+            yield forward
+
+    fill = local_shard_filler(
+        entry, workspace=workspace, device=torch_device, batch_size=batch_size, num_workers=0, forward=every_layer
     )
     first = cached_extraction(entry, names[0], fill=fill, shard_size=4096, progress=progress)
     sets = {names[0]: first}

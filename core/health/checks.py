@@ -1,21 +1,24 @@
 """Data health from a backbone's cached features: likely label errors, near-duplicates and leakage, outliers.
 
-Three checks, all on the features ``core.features.extract`` cached (no forward pass here):
+Three checks, all on the features ``core.features.extract`` cached (no forward pass here), one module each beside
+the helpers they share (``core.health.common``); ``analyse`` here runs them together:
 
-- **label issues**: out-of-sample class probabilities from K-fold cross-validated logistic regression on
-  the training and validation images (the test part stays untouched), handed to cleanlab's confident
+- **label issues** (``core.health.labels``): out-of-sample class probabilities from K-fold cross-validated logistic
+  regression on the training and validation images (the test part stays untouched), handed to cleanlab's confident
   learning (``cleanlab.filter.find_label_issues``, ``cleanlab.rank.get_label_quality_scores``);
-- **copies, near neighbours and leakage**: image pairs whose features have a cosine similarity above a threshold,
-  plus exact byte copies (same SHA-256). A pair is a *copy* only when the photos agree (a byte copy, or SSIM of
-  grey thumbnails >= ``COPY_SSIM``, scikit-image); otherwise it is a *near neighbour* (close in features only). A
-  copy whose two images sit in different parts of the split (train/val/test) is leakage. The default threshold
-  comes from the dataset's own distribution of nearest-neighbour similarities (``auto_duplicate_threshold``), since
-  a random-weight backbone puts every pair near cosine 1 and a pretrained one spreads them out;
-- **outliers**: the cosine distance of each image to its k-th nearest training image, ranked.
+- **copies, near neighbours and leakage** (``core.health.copies``): image pairs whose features have a cosine
+  similarity above a threshold, plus exact byte copies (same SHA-256). A pair is a *copy* only when the photos agree
+  (a byte copy, or SSIM of grey thumbnails >= ``COPY_SSIM``, scikit-image); otherwise it is a *near neighbour*
+  (close in features only). A copy whose two images sit in different parts of the split (train/val/test) is
+  leakage. The default threshold comes from the dataset's own distribution of nearest-neighbour similarities
+  (``auto_duplicate_threshold``), since a random-weight backbone puts every pair near cosine 1 and a pretrained one
+  spreads them out;
+- **outliers** (``core.health.outliers``): the cosine distance of each image to its k-th nearest training image,
+  ranked.
 
 ``dataset_health`` runs them for one (dataset, backbone, weights, variant) and caches the ``HealthReport``
-as one JSON file per input in ``<workspace>/health/`` (written atomically, keyed on the dataset
-fingerprint, the features and every parameter), so a rerun is a file read. Images the user excluded
+(``core.health.report``) as one JSON file per input in ``<workspace>/health/`` (written atomically, keyed on the
+dataset fingerprint, the features and every parameter), so a rerun is a file read. Images the user excluded
 (``core.data.exclusions``) are skipped and listed; the features stay those of the whole dataset, so excluding
 an image never forces a new extraction.
 """
@@ -25,10 +28,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import warnings
-from collections import defaultdict
 from collections.abc import Collection, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,18 +41,54 @@ from core.base.vectors import unit_rows
 from core.base.workspace import Workspace
 from core.data.datasets import DEFAULT_SPLIT, SPLIT_PARTS, Dataset, load_dataset
 from core.data.exclusions import apply_exclusions, relative_path
+from core.health.copies import (
+    COPY_SSIM,
+    PHOTO_SIDE,
+    auto_duplicate_threshold,
+    byte_duplicate_groups,
+    finite_or_none,
+    neighbour_pairs,
+    photo_similarity,
+    photo_thumbnails,
+)
+from core.health.labels import label_issues, out_of_sample_probabilities
+from core.health.outliers import kth_training_distance, outlier_cutoff
+from core.health.report import CSV_COLUMNS, HealthReport, report_text
 
 if TYPE_CHECKING:
     from core.backbones.resolved import ResolvedBackbone
+
+# What callers import from here (the checks' modules are this module's parts): the CLI, ui/ and the tests.
+__all__ = [
+    "COPY_SSIM",
+    "CSV_COLUMNS",
+    "HEALTH_DIRNAME",
+    "HEALTH_FORMAT_VERSION",
+    "ISSUE_TYPES",
+    "PHOTO_SIDE",
+    "HealthConfig",
+    "HealthReport",
+    "analyse",
+    "auto_duplicate_threshold",
+    "byte_duplicate_groups",
+    "cached_features",
+    "compare_health",
+    "dataset_health",
+    "kth_training_distance",
+    "label_issues",
+    "neighbour_pairs",
+    "out_of_sample_probabilities",
+    "photo_similarity",
+    "photo_thumbnails",
+    "planted_scores",
+    "report_text",
+    "unit_rows",
+]
 
 # Bump when an analysis changes: older cached reports then miss.
 HEALTH_FORMAT_VERSION = 2  # 2: pairs carry the photos' SSIM (copies vs near neighbours)
 ISSUE_TYPES = ("label", "duplicate", "outlier")
 HEALTH_DIRNAME = "health"
-# log distances are clipped here: byte copies have distance 0, whose log would swamp the median.
-_MIN_DISTANCE = 1e-6
-# The robust standard deviation of a normal distribution is 1.4826 median absolute deviations.
-_MAD_TO_SD = 1.4826
 
 
 @dataclass(frozen=True)
@@ -97,403 +134,6 @@ class HealthConfig:
         for name, value, ok, allowed in checks:
             if not ok:
                 raise FlowerProbeError(f"{name} must be {allowed}, got {value!r}.")
-
-
-# ----------------------------------------------------------------------------------------------- maths
-
-
-def _robust_centre_spread(values: np.ndarray) -> tuple[float, float]:
-    """Median and MAD-based standard deviation: a handful of duplicates or outliers cannot move them."""
-    centre = float(np.median(values))
-    return centre, _MAD_TO_SD * float(np.median(np.abs(values - centre)))
-
-
-def auto_duplicate_threshold(nearest_similarity: np.ndarray, *, z: float = 3.0) -> float:
-    """A cosine threshold from the dataset's nearest-neighbour similarities (one per image).
-
-    With d = 1 - similarity of each image to its nearest other image, a pair is a near-duplicate when its
-    log d lies more than ``z`` robust standard deviations (MAD) below the median log d: much closer than
-    images of this dataset usually are to their nearest neighbour. On a log scale because d spans orders
-    of magnitude across backbones (0.003 typical for a random-weight EfficientNet-Lite0, 0.15 for the
-    pretrained one on Synthetic Flowers); median and MAD because the duplicates themselves are in the sample.
-    """
-    log_d = np.log(np.clip(1.0 - np.asarray(nearest_similarity, dtype=np.float64), _MIN_DISTANCE, None))
-    centre, spread = _robust_centre_spread(log_d)
-    return float(1.0 - np.exp(centre - z * spread))
-
-
-def neighbour_pairs(unit: np.ndarray, *, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Each image's ``k`` nearest other images (cosine), as unique pairs.
-
-    Parameters
-    ----------
-    unit : ndarray of shape (n, dim)
-        Unit-length features (``unit_rows``).
-
-    Returns
-    -------
-    a, b : ndarray of shape (n_pairs,)
-        Positions with a < b.
-    similarity : ndarray of shape (n_pairs,)
-    nearest : ndarray of shape (n,)
-        Each image's similarity to its nearest other image.
-    """
-    from sklearn.neighbors import NearestNeighbors
-
-    n = len(unit)
-    k = min(k, n - 1)
-    # Brute force: exact, and scikit-learn chunks the distance matrix. Measured at 20,000 x 1,280 (k=5): 29 s of CPU
-    # on the 2-core reference machine (one BLAS pass, 0.5 TFLOP); an approximate index only pays off well beyond that.
-    index = NearestNeighbors(n_neighbors=k + 1, metric="cosine", algorithm="brute").fit(unit)
-    distance, neighbour = index.kneighbors(unit)
-    similarity = 1.0 - distance
-    own = np.arange(n)[:, None]
-    # Drop each image itself, wherever a byte-identical copy put it in its own list.
-    keep = neighbour != own
-    first_other = np.argmax(keep, axis=1)
-    nearest = similarity[np.arange(n), first_other]
-    a = np.broadcast_to(own, neighbour.shape)[keep]
-    b = neighbour[keep]
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
-    pairs, first = np.unique(np.stack([lo, hi], axis=1), axis=0, return_index=True)
-    return pairs[:, 0], pairs[:, 1], similarity[keep][first].astype(np.float64), nearest.astype(np.float64)
-
-
-# Two photos are copies when their pictures agree, not just their features: SSIM (scikit-image) of grey thumbnails
-# PHOTO_SIDE px square at or above COPY_SSIM. A re-saved JPEG or a resized copy scores above 0.95; different photos of
-# one class (other background, other flower count) stay far below, however close a backbone puts their features
-# (Synthetic Flowers gave feature cosines of 0.94 for photos that differ at a glance).
-PHOTO_SIDE = 64
-COPY_SSIM = 0.9
-
-
-def photo_thumbnails(paths: list, *, side: int = PHOTO_SIDE) -> np.ndarray:
-    """Grey ``side`` x ``side`` thumbnails in [0, 1] of image files (the aspect ratio is not kept: a copy resized
-    keeps it anyway); an unreadable file gives a row of NaN.
-
-    Returns
-    -------
-    ndarray of shape (len(paths), side, side), float32
-    """
-    from PIL import Image
-
-    from core.base.errors import BadImageError
-    from core.data.images import load_image
-
-    out = np.full((len(paths), side, side), np.nan, dtype=np.float32)
-    for i, path in enumerate(paths):
-        try:
-            image = load_image(path, draft_size=side).convert("L").resize((side, side), Image.Resampling.BILINEAR)
-        except (BadImageError, OSError):
-            continue
-        out[i] = np.asarray(image, dtype=np.float32) / 255.0
-    return out
-
-
-def photo_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """Structural similarity (``skimage.metrics.structural_similarity``) of two thumbnails of shape (side, side) in
-    [0, 1]; NaN when either is unreadable."""
-    from skimage.metrics import structural_similarity
-
-    if np.isnan(a).any() or np.isnan(b).any():
-        return float("nan")
-    return float(structural_similarity(a, b, data_range=1.0))
-
-
-def _finite_or_none(value: float) -> float | None:
-    return None if not np.isfinite(value) else round(value, 4)  # JSON has no NaN
-
-
-def byte_duplicate_groups(digests: list[str]) -> list[list[int]]:
-    """Positions sharing a content hash, groups of two or more."""
-    groups: dict[str, list[int]] = defaultdict(list)
-    for position, digest in enumerate(digests):
-        groups[digest].append(position)
-    return [members for members in groups.values() if len(members) > 1]
-
-
-def kth_training_distance(unit: np.ndarray, train: np.ndarray, *, k: int) -> np.ndarray:
-    """Cosine distance of every image to its ``k``-th nearest training image other than itself.
-
-    Parameters
-    ----------
-    unit : ndarray of shape (n, dim)
-    train : ndarray of shape (n,), bool
-        Which images are training images.
-
-    Returns
-    -------
-    ndarray of shape (n,)
-    """
-    from sklearn.neighbors import NearestNeighbors
-
-    train_positions = np.flatnonzero(train)
-    k = min(k, len(train_positions) - 1)
-    index = NearestNeighbors(n_neighbors=k + 1, metric="cosine", algorithm="brute").fit(unit[train_positions])
-    distance, neighbour = index.kneighbors(unit)
-    # A training image finds itself among its neighbours: leave that one out (by position, not by distance,
-    # so a byte copy still counts as a neighbour); a non-training image uses its first k.
-    is_self = train_positions[neighbour] == np.arange(len(unit))[:, None]
-    others = np.where(is_self, np.inf, distance)
-    return np.sort(others, axis=1)[:, k - 1]
-
-
-def out_of_sample_probabilities(
-    features: np.ndarray, labels: np.ndarray, *, folds: int, seed: int, regularisation: float
-) -> np.ndarray:
-    """Class probabilities of each image from a logistic regression that never saw it (K-fold cross-validation).
-
-    Parameters
-    ----------
-    features : ndarray of shape (n, dim)
-    labels : ndarray of shape (n,), int in [0, n_classes)
-
-    Returns
-    -------
-    ndarray of shape (n, n_classes)
-    """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
-
-    # Standardised: a random-weight backbone's raw features are nearly parallel vectors of norm ~1,000.
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=regularisation, max_iter=500))
-    # One BLAS/OpenMP thread: these fits are small (a few hundred x 1,280), and threads spinning on a busy
-    # machine made one fit 20 s of CPU instead of 0.26 s (measured: 270 x 1,280, 17 classes, 2 loaded cores).
-    with warnings.catch_warnings(), threadpool_limits(limits=1):
-        # An unconverged fold still ranks images usefully; the warning would only flood the log.
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return cross_val_predict(
-            model,
-            features,
-            labels,
-            cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed),
-            method="predict_proba",
-        )
-
-
-def _check_folds(labels: np.ndarray, class_names: tuple[str, ...], folds: int) -> None:
-    counts = np.bincount(labels, minlength=len(class_names))
-    present = np.flatnonzero(counts)
-    if len(present) < 2:
-        raise DatasetError(
-            f"Label issues need at least two classes with images in the training and validation parts; "
-            f"this dataset has {len(present)}. Add images of other classes."
-        )
-    single = [class_names[c] for c in present if counts[c] == 1]
-    if single:
-        raise DatasetError(
-            f"Class(es) {', '.join(repr(c) for c in single)} have a single image in the training and validation parts: "
-            f"cross-validation cannot hold it out and still learn the class. Add images to them, or exclude them."
-        )
-    small = [(class_names[c], int(counts[c])) for c in present if counts[c] < folds]
-    if small:
-        fewest = min(count for _, count in small)
-        raise DatasetError(
-            f"The dataset is too small for folds={folds}: class(es) "
-            f"{', '.join(f'{name!r} ({count})' for name, count in small)} have fewer training and validation images "
-            f"than folds. Use folds={max(2, fewest)} or fewer (--folds), or add images."
-        )
-
-
-def label_issues(
-    features: np.ndarray,
-    labels: np.ndarray,
-    *,
-    class_names: tuple[str, ...],
-    folds: int,
-    seed: int,
-    regularisation: float,
-) -> dict[str, np.ndarray]:
-    """cleanlab's label issues from out-of-sample probabilities.
-
-    Parameters
-    ----------
-    features : ndarray of shape (n, dim)
-    labels : ndarray of shape (n,), given class indices into ``class_names``
-
-    Returns
-    -------
-    dict of ndarray of shape (n,)
-        ``score`` (cleanlab's self-confidence label quality: low = likely wrong), ``suggested`` (the most probable
-        class, an index into ``class_names``), ``flagged`` (bool: cleanlab's ``find_label_issues``).
-    """
-    from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
-
-    _check_folds(labels, class_names, folds)
-    # cleanlab wants labels 0..K-1 with every class present: renumber the classes that have images here.
-    present, compact = np.unique(labels, return_inverse=True)
-    probabilities = out_of_sample_probabilities(
-        features, compact, folds=folds, seed=seed, regularisation=regularisation
-    )
-    score = get_label_quality_scores(compact, probabilities)
-    flagged = find_label_issues(compact, probabilities, n_jobs=1)  # n_jobs=1: no process pool inside a server thread
-    return {
-        "score": score,
-        "suggested": present[probabilities.argmax(axis=1)],
-        "flagged": np.asarray(flagged, dtype=bool),
-    }
-
-
-# ----------------------------------------------------------------------------------------------- report
-
-
-@dataclass(frozen=True)
-class HealthReport:
-    """One health analysis. Images are numbered by position in ``paths`` (the analysed images).
-
-    label_issues : training and validation images, ``{"image", "given", "suggested", "score", "flagged"}``,
-        lowest score first
-    pairs : duplicate candidates ``{"a", "b", "similarity", "exact"}`` (each image's nearest neighbours and
-        every byte copy)
-    outliers : every image, ``{"image", "score", "flagged"}``, highest distance first
-    """
-
-    dataset_key: str
-    dataset_name: str
-    fingerprint: str  # of the dataset as analysed (exclusions applied)
-    backbone: str
-    weights: str
-    weights_tag: str
-    precision: str
-    variant: str | None
-    features_file: str  # the feature cache's name under <workspace>/features
-    config: dict
-    class_names: list[str]
-    paths: list[str]  # relative to the dataset folder, POSIX
-    parts: list[str]  # "train" / "val" / "test" of each image in config["split"] ("" when in none)
-    labels: list[int]
-    label_issues: list[dict]
-    pairs: list[dict]
-    duplicate_threshold: float
-    threshold_source: str  # how duplicate_threshold was chosen
-    outliers: list[dict]
-    outlier_cutoff: float
-    skipped: list[list[str]]  # [relative path, reason]: excluded by the user, or unreadable
-    timings: dict
-    created_at: float
-    from_cache: bool = field(default=False, compare=False)
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data.pop("from_cache")
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict, *, from_cache: bool = False) -> HealthReport:
-        return cls(**data, from_cache=from_cache)
-
-    def duplicates(self, threshold: float | None = None) -> list[dict]:
-        """Pairs at or above ``threshold`` (default: the report's) and every byte copy: copies first, then near
-        neighbours, most similar first.
-
-        Each pair also carries ``part_a``, ``part_b``, ``photo`` (SSIM of the two photos, ``photo_similarity``),
-        ``copy`` (a byte copy, or photos that agree: SSIM >= ``COPY_SSIM``) and ``leakage`` (a copy whose two
-        images sit in different parts). A pair close in features only is a near neighbour, never leakage.
-        """
-        cut = self.duplicate_threshold if threshold is None else float(threshold)
-        found = []
-        for pair in self.pairs:
-            if pair["exact"] or pair["similarity"] >= cut:
-                part_a, part_b = self.parts[pair["a"]], self.parts[pair["b"]]
-                photo = pair.get("photo")
-                copy = bool(pair["exact"] or (photo is not None and photo >= COPY_SSIM))
-                found.append(
-                    {
-                        **pair,
-                        "photo": photo,
-                        "part_a": part_a,
-                        "part_b": part_b,
-                        "copy": copy,
-                        "leakage": copy and part_a != part_b,
-                    }
-                )
-        return sorted(found, key=lambda p: (not p["exact"], not p["copy"], -p["similarity"]))
-
-    def copies(self, threshold: float | None = None) -> list[dict]:
-        """``duplicates`` whose photos agree (byte copies and SSIM >= ``COPY_SSIM``)."""
-        return [pair for pair in self.duplicates(threshold) if pair["copy"]]
-
-    def flagged_labels(self) -> list[dict]:
-        return [issue for issue in self.label_issues if issue["flagged"]]
-
-    def flagged_outliers(self) -> list[dict]:
-        return [outlier for outlier in self.outliers if outlier["flagged"]]
-
-    def counts(self, threshold: float | None = None) -> dict[str, int]:
-        """How many images or pairs each check flags."""
-        duplicates = self.duplicates(threshold)
-        return {
-            "label issues": len(self.flagged_labels()),
-            "copies": sum(p["copy"] for p in duplicates),
-            "exact copies": sum(p["exact"] for p in duplicates),
-            "leakage pairs": sum(p["leakage"] for p in duplicates),
-            "near neighbours": sum(not p["copy"] for p in duplicates),
-            "outliers": len(self.flagged_outliers()),
-        }
-
-    @property
-    def candidate_floor(self) -> float:
-        """The lowest similarity among the stored candidates: a threshold below it would miss pairs."""
-        return min((p["similarity"] for p in self.pairs), default=1.0)
-
-    def flagged_rows(self, threshold: float | None = None) -> list[dict]:
-        """One row per flagged image (a duplicate pair gives a row for each image), for
-        ``core.base.csv_export.csv_text``.
-        """
-        names = self.class_names
-        rows = []
-        for issue in self.flagged_labels():
-            i = issue["image"]
-            rows.append(
-                {
-                    "path": self.paths[i],
-                    "issue": "label",
-                    "score": round(issue["score"], 6),
-                    "given": names[issue["given"]],
-                    "suggested": names[issue["suggested"]],
-                    "part": self.parts[i],
-                    "partner": "",
-                    "partner_part": "",
-                }
-            )
-        for pair in self.duplicates(threshold):
-            issue = "leakage" if pair["leakage"] else "copy" if pair["copy"] else "near neighbour"
-            for me, other in ((pair["a"], pair["b"]), (pair["b"], pair["a"])):
-                rows.append(
-                    {
-                        "path": self.paths[me],
-                        "issue": issue + (" (exact copy)" if pair["exact"] else ""),
-                        "score": round(pair["similarity"], 6),
-                        "given": names[self.labels[me]],
-                        "suggested": "",
-                        "part": self.parts[me],
-                        "partner": self.paths[other],
-                        "partner_part": self.parts[other],
-                    }
-                )
-        for outlier in self.flagged_outliers():
-            i = outlier["image"]
-            rows.append(
-                {
-                    "path": self.paths[i],
-                    "issue": "outlier",
-                    "score": round(outlier["score"], 6),
-                    "given": names[self.labels[i]],
-                    "suggested": "",
-                    "part": self.parts[i],
-                    "partner": "",
-                    "partner_part": "",
-                }
-            )
-        return rows
-
-
-CSV_COLUMNS = ("path", "issue", "score", "given", "suggested", "part", "partner", "partner_part")
 
 
 def analyse(
@@ -568,7 +208,7 @@ def analyse(
             "b": y,
             "similarity": s,
             "exact": (x, y) in exact,
-            "photo": 1.0 if (x, y) in exact else _finite_or_none(photo_similarity(thumbs[x], thumbs[y])),
+            "photo": 1.0 if (x, y) in exact else finite_or_none(photo_similarity(thumbs[x], thumbs[y])),
         }
         for (x, y), s in sorted(candidates.items())
     ]
@@ -591,8 +231,7 @@ def analyse(
             "outliers need at least two."
         )
     distance = kth_training_distance(unit, train, k=config.outlier_k)
-    centre, spread = _robust_centre_spread(np.log(np.clip(distance, _MIN_DISTANCE, None)))
-    cutoff = float(np.exp(centre + config.outlier_z * spread))
+    cutoff = outlier_cutoff(distance, z=config.outlier_z)
     outliers = [
         {"image": int(i), "score": float(distance[i]), "flagged": bool(distance[i] > cutoff)}
         for i in np.argsort(-distance, kind="stable")
@@ -861,53 +500,3 @@ def compare_health(
             row |= planted_scores(health, planted)
         rows.append(row)
     return rows
-
-
-def report_text(report: HealthReport, *, top: int = 5, threshold: float | None = None) -> str:
-    """What ``python -m core health`` prints: the inputs, counts per issue type and the top candidates of each."""
-    names = report.class_names
-    weights = "" if report.weights == "pretrained" else f" ({report.weights} weights)"
-    counts = report.counts(threshold)
-    cut = report.duplicate_threshold if threshold is None else threshold
-    lines = [
-        f"{report.dataset_name}: {len(report.paths)} images, split {report.config['split']}, "
-        f"{report.backbone}{weights}, features {report.variant or 'default'}, fingerprint {report.fingerprint}"
-        + (" (from cache)" if report.from_cache else ""),
-        f"skipped {len(report.skipped)} image(s) (excluded or unreadable); "
-        f"computed in {report.timings['total_s']:.1f} s",
-        "",
-        *(f"{name:<16} {count:>6}" for name, count in counts.items()),
-        "",
-        f"Label issues (cleanlab, {report.config['folds']}-fold logistic regression on train+val), "
-        "lowest label quality first:",
-        *(
-            f"  {i['score']:.4f}  {report.paths[i['image']]}  "
-            f"given {names[i['given']]!r}, suggested {names[i['suggested']]!r}"
-            + ("" if i["flagged"] else "  (not flagged)")
-            for i in report.label_issues[:top]
-        ),
-        f"Copies (byte copies, or photos whose SSIM >= {COPY_SSIM:g} among pairs at feature cosine >= {cut:.4f}, "
-        f"{report.threshold_source}):",
-        *(
-            f"  SSIM {p['photo']:.3f} cosine {p['similarity']:.4f}  {report.paths[p['a']]} ({p['part_a']})  <->  "
-            f"{report.paths[p['b']]} ({p['part_b']})"
-            + ("  exact copy" if p["exact"] else "")
-            + ("  LEAKAGE" if p["leakage"] else "")
-            for p in report.copies(threshold)[:top]
-        ),
-        "Near neighbours (close in features, but the photos differ: not copies):",
-        *(
-            f"  cosine {p['similarity']:.4f} SSIM "
-            f"{'-' if p['photo'] is None else format(p['photo'], '.3f')}  {report.paths[p['a']]} ({p['part_a']})  "
-            f"<->  {report.paths[p['b']]} ({p['part_b']})"
-            for p in [q for q in report.duplicates(threshold) if not q["copy"]][:top]
-        ),
-        f"Outliers (cosine distance to the {report.config['outlier_k']}-th nearest training image; flagged above "
-        f"{report.outlier_cutoff:.4f}), farthest first:",
-        *(
-            f"  {o['score']:.4f}  {report.paths[o['image']]} ({report.parts[o['image']]})"
-            + ("" if o["flagged"] else "  (not flagged)")
-            for o in report.outliers[:top]
-        ),
-    ]
-    return "\n".join(lines)

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from core.base.fileio import disk_errors
-from core.runs.registry import RunRegistry
+from core.runs.registry import RunRegistry, pid_alive
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -71,15 +71,7 @@ def _alive(pid: int | None, host: str | None) -> bool:
     """Whether the process that ran a job is still there (another server on this workspace may be running it)."""
     if pid is None or host != socket.gethostname():
         return host != socket.gethostname() and host is not None  # another machine's job: not ours to judge
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 class JobHistory:

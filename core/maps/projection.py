@@ -20,7 +20,7 @@ import json
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -439,6 +439,7 @@ def _fit_linear(matrix: np.ndarray, *, components: int, seed: int) -> _Linear:
     return _Linear(mean=pca.mean_.astype(np.float64), components=pca.components_.astype(np.float64))
 
 
+@dataclass(kw_only=True, eq=False, repr=False)  # compared and shown as the object it is: its arrays are large
 class FeatureMap:
     """A 2-D map of reference features that can also place new images on it.
 
@@ -449,23 +450,13 @@ class FeatureMap:
     for every t-SNE map, cached or not).
     """
 
-    def __init__(
-        self,
-        *,
-        method: str,
-        params: MapParams,
-        embedding: np.ndarray,
-        reference: np.ndarray,
-        reducer: _Linear | None = None,
-        model: object | None = None,
-    ) -> None:
-        self.method = method
-        self.params = params
-        self.embedding = embedding
-        self._reference = reference
-        self._reducer = reducer  # the PCA step in front of t-SNE and UMAP, or PCA's own projection
-        self._model = model  # UMAP's fitted model
-        self._lock = threading.Lock()
+    method: str
+    params: MapParams
+    embedding: np.ndarray
+    reference: np.ndarray  # the features the map was made from (n_points, dim)
+    reducer: _Linear | None = None  # the PCA step in front of t-SNE and UMAP, or PCA's own projection
+    model: object | None = None  # UMAP's fitted model
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     @property
     def label(self) -> str:
@@ -484,21 +475,21 @@ class FeatureMap:
         ndarray of shape (n_new, 2)
         """
         matrix = _as_matrix(new_features, name="new_features")
-        if matrix.shape[1] != self._reference.shape[1]:
+        if matrix.shape[1] != self.reference.shape[1]:
             raise FlowerProbeError(
-                f"new_features must have the map's feature dimension {self._reference.shape[1]}; got {matrix.shape[1]}."
+                f"new_features must have the map's feature dimension {self.reference.shape[1]}; got {matrix.shape[1]}."
             )
         if self.method == "tsne":
-            return embed_new_points(self._reference, self.embedding, matrix)
+            return embed_new_points(self.reference, self.embedding, matrix)
         if self.method == "pca":
-            return self._reducer(matrix)
+            return self.reducer(matrix)
         with self._lock:  # umap-learn's transform is not documented as thread-safe; pages share this object
-            if self._model is None:
-                self._model = _fit_umap(self._reduced(self._reference), self.params).model
-            return np.asarray(self._model.transform(self._reduced(matrix)), dtype=np.float64)
+            if self.model is None:
+                self.model = _fit_umap(self._reduced(self.reference), self.params).model
+            return np.asarray(self.model.transform(self._reduced(matrix)), dtype=np.float64)
 
     def _reduced(self, matrix: np.ndarray) -> np.ndarray:
-        return self._reducer(matrix).astype(np.float32) if self._reducer is not None else matrix
+        return self.reducer(matrix).astype(np.float32) if self.reducer is not None else matrix
 
 
 @dataclass(frozen=True)
@@ -615,8 +606,8 @@ def _read_map(path: Path, *, method: str, params: MapParams, reference: np.ndarr
 
 def _write_map(path: Path, feature_map: FeatureMap) -> None:
     arrays = {"embedding": feature_map.embedding}
-    if feature_map._reducer is not None:
-        arrays |= {"mean": feature_map._reducer.mean, "components": feature_map._reducer.components}
+    if feature_map.reducer is not None:
+        arrays |= {"mean": feature_map.reducer.mean, "components": feature_map.reducer.components}
     # a file object stops numpy from appending ".npz" to the temp name
     with atomic_write(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays)

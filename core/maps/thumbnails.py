@@ -18,7 +18,7 @@ import io
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -60,6 +60,10 @@ class SpriteSheets:
         if not 0 <= index < self.n_images:
             raise IndexError(f"index must be in [0, {self.n_images}); got {index}.")
         return sprite_cell(index, columns=self.columns, per_sheet=self.per_sheet)
+
+
+# The manifest holds every field of the record but the directory, where the manifest itself lies.
+_MANIFEST_FIELDS = tuple(f.name for f in fields(SpriteSheets) if f.name != "directory")
 
 
 def sprite_cell(index: int, *, columns: int, per_sheet: int) -> tuple[int, int, int]:
@@ -114,6 +118,7 @@ def thumbnail_data_url(image: Image.Image, *, size: int) -> str:
 def _load_manifest(directory: Path) -> SpriteSheets | None:
     try:
         data = json.loads((directory / _MANIFEST).read_text())
+        saved = {name: data[name] for name in _MANIFEST_FIELDS}
         complete = data["version"] == _FORMAT_VERSION and all(
             (directory / name).is_file() for name in data["sheet_files"]
         )
@@ -121,17 +126,8 @@ def _load_manifest(directory: Path) -> SpriteSheets | None:
         return None
     if not complete:
         return None
-    return SpriteSheets(
-        directory=directory,
-        key=data["key"],
-        n_images=data["n_images"],
-        thumb_px=data["thumb_px"],
-        columns=data["columns"],
-        per_sheet=data["per_sheet"],
-        sheet_files=tuple(data["sheet_files"]),
-        sheet_bytes=tuple(data["sheet_bytes"]),
-        n_placeholders=data["n_placeholders"],
-    )
+    # JSON gives lists where the record holds tuples
+    return SpriteSheets(directory=directory, **{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
 
 
 def planned_sprite_sheets(
@@ -244,17 +240,7 @@ def build_sprite_sheets(
         sheet_bytes=tuple(sheet_bytes),
         n_placeholders=n_placeholders,
     )
-    manifest = {
-        "version": _FORMAT_VERSION,
-        "key": key,
-        "n_images": sheets.n_images,
-        "thumb_px": thumb_px,
-        "columns": columns,
-        "per_sheet": per_sheet,
-        "sheet_files": sheet_files,
-        "sheet_bytes": sheet_bytes,
-        "n_placeholders": n_placeholders,
-    }
+    manifest = {"version": _FORMAT_VERSION, **{name: getattr(sheets, name) for name in _MANIFEST_FIELDS}}
     # The manifest is written last: its presence marks a complete set of sheets.
     atomic_write_bytes(directory / _MANIFEST, json.dumps(manifest).encode())
     report(progress, "thumbnails", len(paths), len(paths), rate=meter.rate(len(paths)))

@@ -94,32 +94,27 @@ def _export_once(
     # The exporters' progress lines, deprecation and tracer chatter are not the user's business.
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
+        # The exporters differ in how the batch dimension is declared, and dynamo has switches of its own.
         if exporter == "dynamo":
-            torch.onnx.export(
-                module,
-                (example,),
-                str(path),
-                input_names=[input_name],
-                output_names=output_names,
-                opset_version=OPSET,
-                dynamo=True,
-                dynamic_shapes=({0: "batch"},),
-                external_data=False,
-                optimize=True,
-                verbose=False,
-                report=False,
-            )
+            options = {
+                "dynamo": True,
+                "dynamic_shapes": ({0: "batch"},),
+                "external_data": False,
+                "optimize": True,
+                "verbose": False,
+                "report": False,
+            }
         else:
-            torch.onnx.export(
-                module,
-                (example,),
-                str(path),
-                input_names=[input_name],
-                output_names=output_names,
-                opset_version=OPSET,
-                dynamo=False,
-                dynamic_axes={name: {0: "batch"} for name in [input_name, *output_names]},
-            )
+            options = {"dynamo": False, "dynamic_axes": {name: {0: "batch"} for name in [input_name, *output_names]}}
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=[input_name],
+            output_names=output_names,
+            opset_version=OPSET,
+            **options,
+        )
 
 
 def export_module(

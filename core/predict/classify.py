@@ -12,11 +12,20 @@ like no training image (``Prediction.unfamiliar``): its nearest training neighbo
 distances, so a confident top class on a foreign photo comes with a warning. Nothing is written
 anywhere; uploads stay in memory. Also here: small pure helpers the page uses on run records and results (default run,
 summary rows; their CSV goes through ``core.base.csv_export.csv_text``).
+
+An ``attentive`` run's head reads the backbone's final patch tokens (``core.probing.attentive``): they are kept
+from the same forward pass by ``core.backbones.tokens.token_hook``, the hook the token cache is filled with, and
+rounded to fp16 as the cache holds them, so a test image gets the probabilities the run recorded for it. Its
+neighbours, its "unfamiliar" fence and the Classify page's map use the backbone's default pooled features (the
+run trained on no pooled features of its own).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +36,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from core.backbones.resolved import ResolvedBackbone, resolve_backbone
+from core.backbones.tokens import token_hook, token_layout
 from core.base.errors import BadImageError, DatasetError, FlowerProbeError, MissingFileError
 from core.base.progress import ProgressCallback
 from core.base.workspace import Workspace
@@ -42,8 +52,9 @@ from core.features.extract import (
     select_precision,
 )
 from core.maps.projection import cosine_neighbours
+from core.probing.attentive import load_attentive_head
 from core.probing.heads import HeadConfig, build_head
-from core.probing.probes import TEMPERATURE_KEY
+from core.probing.probes import TEMPERATURE_KEY, TOKEN_PROTOCOLS
 from core.runs.files import RunFiles
 from core.runs.registry import RunRegistry
 from core.runs.sanity import preference
@@ -135,7 +146,8 @@ def _head_file(run: dict, workspace: Workspace) -> Path:
             f"Run {run['id']} keeps no head file: it is a {run.get('protocol') or 'mlp'} run "
             + (f"with {run['shots']} shots per class" if run.get("shots") is not None else "on other features")
             + ", recorded for its accuracy only. Runs on the whole training part with the backbone's own features "
-            "can classify: the reference MLP, linear, logistic regression, k-NN and NCM (`python -m core runs`)."
+            "can classify: the reference MLP, linear, logistic regression, k-NN and NCM, and attentive runs on its "
+            "patch tokens (`python -m core runs`)."
         )
     if not path.is_file():
         raise MissingFileError(
@@ -200,16 +212,26 @@ def _memory_temperature(run: dict) -> float | None:
 
 
 def _load_head(run: dict, path: Path, *, feature_dim: int) -> torch.nn.Module:
-    head = build_head(
-        HeadConfig.from_dict(run["config"]["head"]), feature_dim=feature_dim, num_classes=len(run["class_names"])
-    )
+    """The run's trained head: an MLP or linear head on ``feature_dim`` pooled features, or an attentive run's
+    attention-pooling head on the backbone's patch tokens."""
     try:
-        head.load_state_dict(load_file(str(path), device="cpu"))
-    except (SafetensorError, RuntimeError, OSError) as exc:
+        state = load_file(str(path), device="cpu")
+        if run.get("protocol") in TOKEN_PROTOCOLS:
+            head = load_attentive_head(state)
+        else:
+            config = HeadConfig.from_dict(run["config"]["head"])
+            head = build_head(config, feature_dim=feature_dim, num_classes=len(run["class_names"]))
+            head.load_state_dict(state)
+    except (SafetensorError, RuntimeError, OSError, KeyError) as exc:
         raise FlowerProbeError(
             f"{path} is not the head run {run['id']} trained (damaged, or made for another backbone or class list): "
             f"{str(exc).splitlines()[0]}. Train the run again."
         ) from exc
+    if run.get("protocol") in TOKEN_PROTOCOLS and head.dim != (tokens_dim := token_layout(run["backbone"]).dim):
+        raise FlowerProbeError(
+            f"{path} is not the head run {run['id']} trained: it reads {head.dim}-d tokens, and {run['backbone']}'s "
+            f"are {tokens_dim}-d. Train the run again."
+        )
     head.eval()
     head.requires_grad_(False)
     return head
@@ -293,14 +315,24 @@ def unfamiliar_threshold(reference_features: np.ndarray) -> float:
     return float(q3 + _FENCE_IQRS * (q3 - q1))
 
 
+def _reference_variant(run: dict, backbone: ResolvedBackbone) -> str | None:
+    """The pooled features a run's neighbours and map use: its own, or the backbone's default for an attentive run
+    (its head reads patch tokens, which are no vector to search)."""
+    return backbone.default_variant if run.get("protocol") in TOKEN_PROTOCOLS else run.get("features")
+
+
 def _training_features(run: dict, backbone: ResolvedBackbone, dataset: Dataset, workspace: Workspace, precision: str):
-    """The run's cached features: its recorded file, else the cache an extraction of its settings writes now."""
+    """The run's cached features: its recorded file, else the cache an extraction of its settings writes now.
+
+    An attentive run's recorded file is its token entry, which keeps the default pooled features of the same pass.
+    """
     entry = CacheEntry.of(dataset, backbone, workspace=workspace, weights_tag=run["weights_tag"], precision=precision)
+    variant = _reference_variant(run, backbone)
     for path in (RunFiles(run, workspace).features, entry.folder):
         if path is None:
             continue
         try:
-            return read_features(path, variant=run.get("features"))
+            return read_features(path, variant=variant)
         except MissingFileError:
             continue
     raise FeaturesMissingError(
@@ -311,9 +343,29 @@ def _training_features(run: dict, backbone: ResolvedBackbone, dataset: Dataset, 
             "backbone": backbone,
             "workspace": workspace,
             "precision": precision,
-            "variant": run.get("features"),
+            "variant": variant,
         },
     )
+
+
+# Forward hooks are per model, not per thread: while a token hook is on a backbone the Classify page shares between
+# sessions, another session's forward would overwrite the tokens it keeps. One lock per model serialises them.
+_MODEL_LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _model_lock(model: torch.nn.Module) -> Iterator[None]:
+    with _LOCKS_LOCK:
+        lock = _MODEL_LOCKS.setdefault(model, threading.RLock())
+    with lock:
+        yield
+
+
+def tokens_as_cached(tokens: torch.Tensor) -> torch.Tensor:
+    """Tokens (N, T, dim) rounded to fp16, as the token cache stores them (what an attentive head trained on), as
+    float32."""
+    return tokens.to(torch.float16).to(torch.float32)
 
 
 class Predictor:
@@ -354,6 +406,8 @@ class Predictor:
         # Computed once per predictor: a k=2 neighbour search over the training features (70 ms at 680 x 2048).
         self.unfamiliar_distance = unfamiliar_threshold(reference_features) if len(reference_features) > 1 else np.inf
         self.class_names: tuple[str, ...] = tuple(run["class_names"])
+        # An attentive head reads the backbone's patch tokens (N, T, dim) instead of its pooled features.
+        self.reads_tokens = run.get("protocol") in TOKEN_PROTOCOLS
         # The run's backbone, resolved once (from_run passes its own; a hand-built predictor resolves the run's).
         self.backbone = backbone or resolve_backbone(run["backbone"], weights=run["weights"])
         self.config = self.backbone.config
@@ -509,8 +563,8 @@ class Predictor:
             previews.append(_preview(image))
             positions.append(position)
         if tensors:
-            features = self.features_of(torch.stack(tensors))
-            probabilities = self.probabilities_of(features)
+            features, head_input = self.head_inputs_of(torch.stack(tensors))
+            probabilities = self.probabilities_of(head_input)
             nearest, distances = cosine_neighbours(self.reference_features, features, k=neighbours)
             for i, position in enumerate(positions):
                 results[position] = self._prediction(
@@ -529,7 +583,8 @@ class Predictor:
         from core.onnx.backbone import existing_graph
 
         backbone = self.backbone.located(workspace=workspace)
-        if self.device.type != "cpu" or self.precision != "fp32":
+        # The backbone's graph outputs pooled features only, not the patch tokens an attentive head reads.
+        if self.device.type != "cpu" or self.precision != "fp32" or self.reads_tokens:
             return False
         if not prefers_onnxruntime(
             workspace, backbone.name, weights_tag=backbone.weights_tag, input_size=backbone.input_size
@@ -555,21 +610,36 @@ class Predictor:
             return graph_features(self.onnx_session, batch.numpy(), (default,))[default]
         # compute_features takes any iterable of (images, rows, errors) batches: one in-memory batch
         # goes through the very forward (device, autocast, dtype) that made the training features.
-        features, _, _ = compute_features(
-            self.model,
-            [(batch, torch.arange(len(batch)), [""] * len(batch))],
-            device=self.device,
-            precision=self.precision,
-            total=len(batch),
-        )
+        with _model_lock(self.model):
+            features, _, _ = compute_features(
+                self.model,
+                [(batch, torch.arange(len(batch)), [""] * len(batch))],
+                device=self.device,
+                precision=self.precision,
+                total=len(batch),
+            )
         return features
 
+    def head_inputs_of(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Preprocessed images (N, 3, H, W) -> (pooled features (N, feature_dim), what the head reads).
+
+        The head reads the pooled features themselves, or for an attentive run the patch tokens (N, T, dim) of the
+        same forward pass, kept by the token cache's own hook and rounded as the cache holds them.
+        """
+        if not self.reads_tokens:
+            features = self.features_of(batch)
+            return features, features
+        with _model_lock(self.model), token_hook(self.model) as last:
+            features = self.features_of(batch)
+            tokens = tokens_as_cached(last()).cpu().numpy()
+        return features, tokens
+
     @torch.inference_mode()
-    def probabilities_of(self, features: np.ndarray) -> np.ndarray:
-        """Softmax of the head's logits (divided by ``temperature`` when the head has one): (N, feature_dim) features
-        -> (N, num_classes) probabilities."""
+    def probabilities_of(self, head_input: np.ndarray) -> np.ndarray:
+        """Softmax of the head's logits (divided by ``temperature`` when the head has one): (N, feature_dim) features,
+        or (N, T, dim) patch tokens for an attentive head -> (N, num_classes) probabilities."""
         # float32 on the CPU, as train_head evaluated the stored test predictions.
-        logits = self.head(torch.as_tensor(np.ascontiguousarray(features), dtype=torch.float32))
+        logits = self.head(torch.as_tensor(np.ascontiguousarray(head_input), dtype=torch.float32))
         if self.temperature is not None:
             logits = logits / self.temperature
         return torch.softmax(logits, dim=1).numpy()

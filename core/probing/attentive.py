@@ -249,7 +249,7 @@ def attentive_probe(
     progress: ProgressCallback | None = None,
 ):
     """Train the grid on ``train``, choose the head on ``valid``, score ``test`` once; a ``ProbeResult``."""
-    from core.probing.probes import ProbeResult, _accuracy, _log_loss, _one_thread, _softmax, test_metrics
+    from core.probing.probes import ProbeResult, _accuracy, _log_loss, _one_thread, _softmax
 
     for name, (part, labels) in (("train", train), ("valid", valid), ("test", test)):
         if not isinstance(part, TokenPart) or len(part) == 0 or len(part) != len(labels):
@@ -300,16 +300,16 @@ def attentive_probe(
                 ]
             ).numpy()
     scores = _softmax(test_logits.astype(np.float64))
-    return ProbeResult(
+    return ProbeResult.from_scores(
+        scores,
+        y_test,
         protocol="attentive",
+        num_classes=num_classes,
+        seed=seed,
+        started=started,
         hyperparameter={"name": "lr, weight decay", "value": [lr, wd]},
         valid_accuracy=best_key[0],
-        scores=scores,
-        predictions=scores.argmax(axis=1),
-        labels=y_test,
-        test=test_metrics(scores, y_test, num_classes=num_classes, seed=seed),
         standardised=False,
-        seconds=time.perf_counter() - started,
         test_loss=_log_loss(scores, y_test),
         head_state=state,
     )

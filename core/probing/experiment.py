@@ -2,22 +2,20 @@
 
 ``run_comparison`` is what the CLI's ``compare``, the Train page and Home's ready-made comparisons call: the
 probe suite (``core.probing.suite``) with the reference head on the whole training part, one group with a status
-that resumes. ``run_experiment`` is one such run on its own, recorded as ``running`` first and completed in one
-transaction; any failure marks it failed (or cancelled, or interrupted) with the reason. Both record through
-``core.probing.record.record_run``, so a run is recorded one way whatever made it.
+that resumes. ``run_experiment`` is one such run on its own (the suite's ``run_feature_set`` with one run), recorded
+as ``running`` first and completed in one transaction; any failure marks it failed (or cancelled, or interrupted)
+with the reason. Both record through ``core.probing.record.record_run``, so a run is recorded one way whatever made
+it.
 """
 
 from __future__ import annotations
 
 import platform
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property, partial
 from importlib import metadata
-
-import numpy as np
 
 from core import __version__
 from core.backbones.resolved import WEIGHTS_SEPARATOR, ResolvedBackbone, resolve_backbone, split_spec
@@ -25,12 +23,11 @@ from core.base.errors import FlowerProbeError
 from core.base.progress import ProgressCallback, ProgressEvent
 from core.base.workspace import Workspace
 from core.data.datasets import DEFAULT_SPLIT, Dataset, prepare_dataset
-from core.features.extract import extract_features
 from core.features.rates import RATES_FILENAME, measured_rates, record_rate  # noqa: F401 (their old home)
 from core.probing.heads import HeadConfig
 from core.probing.presets import HEAD_DEFAULTS
-from core.probing.probes import REFERENCE_PROTOCOLS, mlp_probe
-from core.probing.record import ending_status, record_run
+from core.probing.probes import REFERENCE_PROTOCOLS, ProbeConfig
+from core.probing.record import ending_status
 from core.runs.registry import RunRegistry
 
 
@@ -72,11 +69,6 @@ def splits_to_run(dataset: Dataset, split: str) -> list[str]:
     return [split]
 
 
-def _part(features, dataset: Dataset, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    x, kept = features.select(rows)
-    return x, dataset.labels[kept], kept
-
-
 def run_experiment(
     config: ExperimentConfig,
     *,
@@ -90,11 +82,13 @@ def run_experiment(
 
     ``config.split`` must name one split here (the caller expands "all").
     """
+    from core.probing.suite import ALL, SuitePlan, run_feature_set  # noqa: PLC0415 (the suite imports this module)
+
     registry = registry or RunRegistry(workspace.registry_path)
     dataset = dataset or prepare_dataset(config.dataset, workspace, progress=progress)
-    parts = dataset.split(config.split)
-    backbone = resolve_backbone(config.backbone, weights=config.weights)  # looked up once, passed down
-    variant = backbone.default_variant
+    dataset.split(config.split)  # validates, before anything is recorded
+    choice = BackboneChoice(config.backbone, config.weights)
+    variant = choice.resolved.default_variant  # looked up once, passed down
     versions = library_versions()
     run_id = registry.create_run(
         dataset_key=dataset.key,
@@ -114,54 +108,24 @@ def run_experiment(
         config={**config.to_dict(), "excluded_images": list(dataset.excluded)},
     )
     with ending_status(partial(registry.end_run, run_id)):
-        started = time.perf_counter()
-        watched = _RateWatcher(progress, stage="features")
-        features = extract_features(
-            dataset,
-            backbone,
-            workspace=workspace,
-            device=config.device,
-            precision=config.precision,
-            batch_size=config.feature_batch_size,
-            runtime=config.runtime,
-            progress=watched,
-        )
-        features_seconds = time.perf_counter() - started
-        if watched.final_rate:  # computed here, not read from the cache
-            record_rate(workspace, what=config.backbone, device=features.device, images_per_s=watched.final_rate)
-        train, valid, test = (_part(features, dataset, parts[p]) for p in ("train", "val", "test"))
-        # The reference head as the suite's "mlp" protocol trains it (core.probing.probes.mlp_probe), recorded the
-        # suite's way (core.probing.record.record_run).
-        result = mlp_probe(
-            train[:2],
-            valid[:2],
-            test[:2],
-            num_classes=dataset.num_classes,
-            config=config.head,
-            seed=config.head.seed,
-            progress=progress,
-        )
-        record_run(
+        # The suite's one run of the reference head (protocol "mlp") on the whole training part, completing run_id.
+        run_feature_set(
             registry,
             workspace=workspace,
             dataset=dataset,
-            backbone=config.backbone,
-            weights=config.weights,
+            choice=choice,
             variant=variant,
             split=config.split,
-            shots=None,
-            seed=config.head.seed,
-            result=result,
-            feature_set=features,
-            features_seconds=features_seconds,
-            test_rows=test[2],
-            train_images=len(train[2]),
-            settings=config.head.to_dict(),
+            plan=SuitePlan(choices=((choice, variant),), protocols=("mlp",), levels=(ALL,), seeds=(config.head.seed,)),
+            config=ProbeConfig(mlp=config.head),
             device=config.device,
             precision=config.precision,
+            runtime=config.runtime,
+            feature_batch_size=config.feature_batch_size,
             group_id=group_id,
             versions=versions,
-            keep_head=True,
+            progress=progress,
+            report_epochs=True,
             run_id=run_id,
         )
     return registry.get_run(run_id)
@@ -364,23 +328,13 @@ def run_comparison(
     ``mlp``, ``head``'s architecture and settings) on the whole training part, seed ``head.seed``: one group with
     a status, resumed when the same comparison stopped before its end.
     """
-    from core.probing.probes import ProbeConfig  # noqa: PLC0415 (the suite imports this module)
-    from core.probing.suite import ALL, run_probe_suite  # noqa: PLC0415
+    from core.probing.suite import ALL, run_probe_suite  # noqa: PLC0415 (the suite imports this module)
+
+    asked = ExperimentConfig(dataset=dataset, head=head, device=device, precision=precision, runtime=runtime)
 
     def on_start(choice: BackboneChoice, variant: str, split_id: str) -> None:
-        if on_run_start is not None:
-            on_run_start(
-                ExperimentConfig(
-                    dataset=dataset,
-                    split=split_id,
-                    backbone=choice.backbone,
-                    weights=choice.weights,
-                    head=head,
-                    device=device,
-                    precision=precision,
-                    runtime=runtime,
-                )
-            )
+        if on_run_start is not None:  # the comparison's settings with this run's split, backbone and weights
+            on_run_start(replace(asked, split=split_id, backbone=choice.backbone, weights=choice.weights))
 
     return run_probe_suite(
         dataset=dataset,

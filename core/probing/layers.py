@@ -98,7 +98,6 @@ def run_layer_probes(
                     config=config,
                     seed=0,
                 )
-                settings = config.to_dict()
                 record = record_run(
                     registry,
                     workspace=workspace,
@@ -114,11 +113,7 @@ def run_layer_probes(
                     features_seconds=features_seconds,
                     test_rows=test_rows,
                     train_images=len(train_rows),
-                    settings={
-                        "knn": {"ks": list(config.knn_ks), "temperature": config.knn_temperature},
-                        "logreg": settings["logreg"],
-                        "ncm": {},
-                    }[protocol],
+                    settings=config.settings(protocol),
                     device=device,
                     precision=precision,
                     group_id=None,

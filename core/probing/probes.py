@@ -89,6 +89,14 @@ class ProbeConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def settings(self, protocol: str) -> dict:
+        """The recorded settings of ``protocol`` (a run's ``config["probe"]``)."""
+        if protocol == "knn":
+            return {"ks": list(self.knn_ks), "temperature": self.knn_temperature}
+        if protocol == "ncm":
+            return {}
+        return self.to_dict()[protocol]
+
 
 @dataclass(frozen=True)
 class TestMetrics:
@@ -126,6 +134,60 @@ class ProbeResult:
     # core.probing.calibration.calibration_record of the test part: ECE, NLL, Brier before and after temperature
     # scaling; its "temperature" goes with the head file (None: not fitted, and "note" says why).
     calibration: dict | None = None
+
+    @classmethod
+    def from_scores(
+        cls,
+        scores: np.ndarray,
+        labels: np.ndarray,
+        *,
+        protocol: str,
+        num_classes: int,
+        seed: int,
+        started: float,
+        calibration_inputs: tuple[np.ndarray | None, np.ndarray, np.ndarray | None] | None = None,
+        **fields,
+    ) -> ProbeResult:
+        """The result of a probe that scored the test part itself: predictions, test metrics, seconds and calibration
+        follow from its scores.
+
+        Parameters
+        ----------
+        scores : ndarray of shape (n_test, num_classes)
+            Rows sum to 1 (softmax, or normalised votes).
+        labels : ndarray of shape (n_test,)
+        seed : int
+            The test metrics' bootstrap seed.
+        started : float
+            ``time.perf_counter()`` when the probe began: ``seconds`` counts from there to its test metrics.
+        calibration_inputs : (valid logits, valid labels, test logits), or None
+            For ``core.probing.calibration.calibration_record`` (logits None for k-NN); None: no calibration.
+        fields
+            The rest of ``ProbeResult``'s fields: hyperparameter, valid_accuracy, standardised, ...
+        """
+        test = test_metrics(scores, labels, num_classes=num_classes, seed=seed)
+        seconds = time.perf_counter() - started
+        calibration = None
+        if calibration_inputs is not None:
+            valid_logits, valid_labels, test_logits = calibration_inputs
+            calibration = calibration_record(
+                protocol=protocol,
+                valid_logits=valid_logits,
+                valid_labels=valid_labels,
+                test_logits=test_logits,
+                test_scores=scores,
+                test_labels=labels,
+            )
+        return cls(
+            protocol=protocol,
+            scores=scores,
+            predictions=scores.argmax(axis=1),
+            labels=labels,
+            test=test,
+            seconds=seconds,
+            calibration=calibration,
+            **fields,
+        )
 
     def record_metrics(self) -> dict:
         """What a run record keeps beyond top-1 (the registry's ``metrics``)."""
@@ -412,27 +474,20 @@ def linear_probe(
         "weight": torch.as_tensor(np.ascontiguousarray(weight[best].T)),
         "bias": torch.as_tensor(np.ascontiguousarray(bias[best])),
     }
-    return ProbeResult(
+    return ProbeResult.from_scores(
+        scores,
+        labels,
         protocol="linear",
+        num_classes=num_classes,
+        seed=seed,
+        started=started,
+        calibration_inputs=(valid_logits[best], y_valid, test_logits),
         hyperparameter={"name": "lr", "value": config.learning_rates[best]},
         valid_accuracy=keys[best][0],
-        scores=scores,
-        predictions=scores.argmax(axis=1),
-        labels=labels,
-        test=test_metrics(scores, labels, num_classes=num_classes, seed=seed),
         standardised=False,
-        seconds=time.perf_counter() - started,
         test_loss=_log_loss(scores, labels),
         head_config=HeadConfig(architecture="linear"),
         head_state=head_state,
-        calibration=calibration_record(
-            protocol="linear",
-            valid_logits=valid_logits[best],
-            valid_labels=y_valid,
-            test_logits=test_logits,
-            test_scores=scores,
-            test_labels=labels,
-        ),
     )
 
 
@@ -477,28 +532,25 @@ def logreg_probe(
         "1.weight": torch.as_tensor(weight),
         "1.bias": torch.as_tensor(bias),
     }
-    return ProbeResult(
+    return ProbeResult.from_scores(
+        scores,
+        labels,
         protocol="logreg",
+        num_classes=num_classes,
+        seed=seed,
+        started=started,
+        # The head's own logits (standardised features times its weights): their softmax is predict_proba's.
+        calibration_inputs=(
+            x_valid @ weight.T.astype(np.float64) + bias,
+            y_valid,
+            x_test @ weight.T.astype(np.float64) + bias,
+        ),
         hyperparameter={"name": "C", "value": float(best_model.C)},
         valid_accuracy=best_key[0],
-        scores=scores,
-        predictions=scores.argmax(axis=1),
-        labels=labels,
-        test=test_metrics(scores, labels, num_classes=num_classes, seed=seed),
         standardised=True,
-        seconds=time.perf_counter() - started,
         test_loss=_log_loss(scores, labels),
         head_config=HeadConfig(architecture="linear", standardise=True),
         head_state=head_state,
-        # The head's own logits (standardised features times its weights): their softmax is predict_proba's.
-        calibration=calibration_record(
-            protocol="logreg",
-            valid_logits=x_valid @ weight.T.astype(np.float64) + bias,
-            valid_labels=y_valid,
-            test_logits=x_test @ weight.T.astype(np.float64) + bias,
-            test_scores=scores,
-            test_labels=labels,
-        ),
     )
 
 
@@ -557,25 +609,17 @@ def _training_free_result(
 ) -> ProbeResult:
     """The result of a probe that trains nothing (k-NN, NCM): ``scores`` (n_test, num_classes) on the test part,
     ``valid_scores`` (n_valid, num_classes) for its validation accuracy, ``logits`` (valid, test) for calibration."""
-    labels = np.asarray(test[1])
-    return ProbeResult(
+    return ProbeResult.from_scores(
+        scores,
+        np.asarray(test[1]),
         protocol=protocol,
+        num_classes=num_classes,
+        seed=seed,
+        started=started,
+        calibration_inputs=(logits[0], np.asarray(valid[1]), logits[1]),
         hyperparameter=hyperparameter,
         valid_accuracy=_accuracy(valid_scores, np.asarray(valid[1])),
-        scores=scores,
-        predictions=scores.argmax(axis=1),
-        labels=labels,
-        test=test_metrics(scores, labels, num_classes=num_classes, seed=seed),
         standardised=False,
-        seconds=time.perf_counter() - started,
-        calibration=calibration_record(
-            protocol=protocol,
-            valid_logits=logits[0],
-            valid_labels=np.asarray(valid[1]),
-            test_logits=logits[1],
-            test_scores=scores,
-            test_labels=labels,
-        ),
     )
 
 

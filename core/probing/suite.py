@@ -209,19 +209,6 @@ def probe_grid(
                 )
 
 
-def _protocol_settings(protocol: str, config: ProbeConfig) -> dict:
-    """The recorded settings of ``protocol`` (the run's ``config["probe"]``)."""
-    settings = config.to_dict()
-    return {
-        "mlp": settings["mlp"],
-        "linear": settings["linear"],
-        "logreg": settings["logreg"],
-        "knn": {"ks": list(config.knn_ks), "temperature": config.knn_temperature},
-        "ncm": {},
-        "attentive": settings["attentive"],
-    }[protocol]
-
-
 def suite_key(
     *, dataset: Dataset, splits: list[str], plan: SuitePlan, config: ProbeConfig, device: str, precision: str
 ) -> str:
@@ -353,7 +340,7 @@ def run_probe_suite(
                     continue
                 if on_start is not None:
                     on_start(choice, variant, split_id)
-                done = _run_feature_set(
+                done = run_feature_set(
                     registry,
                     workspace=workspace,
                     dataset=prepared,
@@ -379,7 +366,7 @@ def run_probe_suite(
     return sorted(registry.group_runs(group_id), key=lambda r: order.get(run_key(r), len(order)))
 
 
-def _run_feature_set(
+def run_feature_set(
     registry: RunRegistry,
     *,
     workspace: Workspace,
@@ -388,21 +375,28 @@ def _run_feature_set(
     variant: str,
     split: str,
     plan: SuitePlan,
-    only: set,
     config: ProbeConfig,
     device: str,
     precision: str,
-    group_id: str,
+    group_id: str | None,
     versions: dict,
     progress: ProgressCallback | None,
-    on_run: Callable[[dict], None] | None,
-    done: int,
-    total: int,
     report_epochs: bool,
+    only: set | None = None,
+    on_run: Callable[[dict], None] | None = None,
+    done: int = 0,
+    total: int | None = None,
     runtime: str | None = None,
+    feature_batch_size: int = 64,
+    run_id: int | None = None,
 ) -> int:
-    """The runs ``only`` (shots, seed, protocol) of one (backbone, weights, variant, split), each recorded as it ends;
-    returns how many runs of the suite are done."""
+    """The runs ``only`` (shots, seed, protocol; None: all of ``plan``) of one (backbone, weights, variant, split),
+    each recorded as it ends; returns how many runs of the suite are done (``done`` before, of ``total``: the plan's
+    runs when None).
+
+    ``feature_batch_size``: images per backbone forward when the features are extracted. ``run_id``: a run created
+    ``running`` before the work (``core.probing.experiment.run_experiment``), completed by the plan's one run."""
+    total = plan.runs if total is None else total
     started = time.perf_counter()
     watched = _RateWatcher(progress, stage="features")
     if variant == TOKENS:  # the attentive probe's patch tokens, memory-mapped: no forward here
@@ -419,6 +413,7 @@ def _run_feature_set(
             progress=watched,
             variant=variant,
             runtime=runtime,
+            batch_size=feature_batch_size,
         )
     features_seconds = time.perf_counter() - started
     if watched.final_rate:  # computed here, not read from the cache
@@ -453,12 +448,13 @@ def _run_feature_set(
             features_seconds=features_seconds,
             test_rows=test_rows,
             train_images=train_images,
-            settings=_protocol_settings(_requested_protocol(result.protocol), config),
+            settings=config.settings(_requested_protocol(result.protocol)),
             device=device,
             precision=precision,
             group_id=group_id,
             versions=versions,
             keep_head=level is ALL and variant in (choice.resolved.default_variant, TOKENS),
+            run_id=run_id,
         )
         done += 1
         shots_text = "all" if level is ALL else f"{level}-shot"

@@ -126,7 +126,8 @@ _ADDED_COLUMNS = (
 )
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine still exists (one of another user counts: it cannot be signalled)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -214,55 +215,38 @@ class RunRegistry:
         features: str | None = None,
         shots: int | None = None,
     ) -> int:
-        fields = dict(locals())  # every argument, passed on to the insert shared with record_completed_run
-        del fields["self"]
+        run = dict(locals())  # every argument, passed on to the insert shared with record_completed_run
+        del run["self"]
         with self._transaction() as conn:
-            return self._insert_run(conn, **fields)
+            return self._insert_run(conn, run)
 
     @staticmethod
-    def _insert_run(
-        conn: sqlite3.Connection,
-        *,
-        dataset_key: str,
-        dataset_name: str,
-        dataset_fingerprint: str,
-        synthetic: bool,
-        class_names: list[str],
-        split: str,
-        backbone: str,
-        weights: str,
-        seed: int,
-        config: dict,
-        versions: dict,
-        group_id: str | None,
-        protocol: str,
-        features: str | None,
-        shots: int | None,
-    ) -> int:
+    def _insert_run(conn: sqlite3.Connection, run: dict) -> int:
+        """Insert ``run`` (``create_run``'s arguments by name) as running, made by this process; returns its id."""
         cursor = conn.execute(
             "INSERT INTO runs (group_id, status, created_at, dataset_key, dataset_name, dataset_fingerprint, synthetic,"
             " class_names,"
             " split, backbone, weights, seed, config, versions, pid, host, protocol, features, shots)"
             " VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                group_id,
+                run["group_id"],
                 time.time(),
-                dataset_key,
-                dataset_name,
-                dataset_fingerprint,
-                int(synthetic),
-                json.dumps(class_names),
-                split,
-                backbone,
-                weights,
-                seed,
-                json.dumps(config),
-                json.dumps(versions),
+                run["dataset_key"],
+                run["dataset_name"],
+                run["dataset_fingerprint"],
+                int(run["synthetic"]),
+                json.dumps(run["class_names"]),
+                run["split"],
+                run["backbone"],
+                run["weights"],
+                run["seed"],
+                json.dumps(run["config"]),
+                json.dumps(run["versions"]),
                 os.getpid(),
                 socket.gethostname(),
-                protocol,
-                features,
-                shots,
+                run["protocol"],
+                run["features"],
+                run["shots"],
             ),
         )
         return int(cursor.lastrowid)
@@ -292,32 +276,14 @@ class RunRegistry:
         ``features_path`` and ``head_path`` are relative to the workspace, each prediction's path relative to
         the dataset's folder (``core.runs.files.stored_path``); ``core.runs.files.RunFiles`` finds the files again.
         """
-        fields = dict(locals())  # every argument, passed on to the update shared with record_completed_run
-        del fields["self"], fields["run_id"]
+        result = dict(locals())  # every argument, passed on to the update shared with record_completed_run
+        del result["self"], result["run_id"]
         with self._transaction() as conn:
-            self._complete_run(conn, run_id, **fields)
+            self._complete_run(conn, run_id, result)
 
     @staticmethod
-    def _complete_run(
-        conn: sqlite3.Connection,
-        run_id: int,
-        *,
-        weights_tag: str,
-        device: str,
-        precision: str,
-        timings: dict,
-        best_epoch: int | None,
-        test_acc: float,
-        test_loss: float | None,
-        per_class_acc: list,
-        confusion: np.ndarray,
-        skipped: list,
-        features_path: str,
-        head_path: str | None,
-        epochs: list[dict],
-        predictions: list[tuple[int, str, int, int, float, list[float]]],
-        metrics: dict | None,
-    ) -> None:
+    def _complete_run(conn: sqlite3.Connection, run_id: int, result: dict) -> None:
+        """Complete run ``run_id`` with ``result`` (``complete_run``'s arguments by name), epochs and predictions."""
         conn.execute(
             "UPDATE runs SET status='completed', finished_at=?, weights_tag=?, device=?, precision=?, timings=?,"
             " best_epoch=?,"
@@ -326,33 +292,36 @@ class RunRegistry:
             " error=NULL WHERE id=?",
             (
                 time.time(),
-                weights_tag,
-                device,
-                precision,
-                json.dumps(timings),
-                best_epoch,
-                test_acc,
-                test_loss,
-                json.dumps(per_class_acc),
-                json.dumps(np.asarray(confusion).tolist()),
-                json.dumps(skipped),
-                features_path,
-                head_path,
-                None if metrics is None else json.dumps(metrics),
+                result["weights_tag"],
+                result["device"],
+                result["precision"],
+                json.dumps(result["timings"]),
+                result["best_epoch"],
+                result["test_acc"],
+                result["test_loss"],
+                json.dumps(result["per_class_acc"]),
+                json.dumps(np.asarray(result["confusion"]).tolist()),
+                json.dumps(result["skipped"]),
+                result["features_path"],
+                result["head_path"],
+                None if result["metrics"] is None else json.dumps(result["metrics"]),
                 run_id,
             ),
         )
         conn.executemany(
             "INSERT INTO epochs (run_id, epoch, train_loss, train_acc, valid_loss, valid_acc)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            [(run_id, e["epoch"], e["train_loss"], e["train_acc"], e["valid_loss"], e["valid_acc"]) for e in epochs],
+            [
+                (run_id, e["epoch"], e["train_loss"], e["train_acc"], e["valid_loss"], e["valid_acc"])
+                for e in result["epochs"]
+            ],
         )
         conn.executemany(
             "INSERT INTO predictions (run_id, row, path, label, predicted, confidence, probabilities)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
                 (run_id, row, path, label, predicted, confidence, json.dumps([round(p, 6) for p in probs]))
-                for row, path, label, predicted, confidence, probs in predictions
+                for row, path, label, predicted, confidence, probs in result["predictions"]
             ],
         )
 
@@ -362,11 +331,10 @@ class RunRegistry:
         ``run`` holds ``create_run``'s arguments, ``result`` ``complete_run``'s (``head_path`` aside). ``head(run_id)``,
         when given, writes the head file inside the transaction and returns its stored path: a failure leaves no run.
         """
+        run = {"group_id": None, "protocol": "mlp", "features": None, "shots": None, **run}  # create_run's defaults
         with self._transaction() as conn:
-            run_id = self._insert_run(
-                conn, **{"group_id": None, "protocol": "mlp", "features": None, "shots": None, **run}
-            )
-            self._complete_run(conn, run_id, **{"metrics": None, **result, "head_path": head(run_id) if head else None})
+            run_id = self._insert_run(conn, run)
+            self._complete_run(conn, run_id, {"metrics": None, **result, "head_path": head(run_id) if head else None})
             return run_id
 
     def complete_recorded_run(
@@ -376,7 +344,7 @@ class RunRegistry:
         aside) and its final ``config``, in one transaction; ``head(run_id)`` writes the head file inside it."""
         with self._transaction() as conn:
             conn.execute("UPDATE runs SET config=? WHERE id=?", (json.dumps(config), run_id))
-            self._complete_run(conn, run_id, **{"metrics": None, **result, "head_path": head(run_id) if head else None})
+            self._complete_run(conn, run_id, {"metrics": None, **result, "head_path": head(run_id) if head else None})
 
     def end_run(self, run_id: int, *, status: str, error: str | None = None) -> None:
         """Mark a run that did not complete: failed, cancelled or interrupted."""
@@ -395,12 +363,12 @@ class RunRegistry:
             stale = [
                 r["id"]
                 for r in conn.execute("SELECT id, pid FROM runs WHERE status='running' AND host=?", (host,))
-                if r["pid"] is not None and not _pid_alive(r["pid"])
+                if r["pid"] is not None and not pid_alive(r["pid"])
             ]
             stale_groups = [
                 r["id"]
                 for r in conn.execute("SELECT id, pid FROM run_groups WHERE status='running' AND host=?", (host,))
-                if r["pid"] is not None and not _pid_alive(r["pid"])
+                if r["pid"] is not None and not pid_alive(r["pid"])
             ]
         for group_id in stale_groups:
             self.end_group(

@@ -23,7 +23,6 @@ from bench.common import (
     parse_sections,
 )
 from bench.extraction import spread
-from bench.pages import REPO, page_paths
 
 
 def test_target_met_follows_its_operator_and_is_unknown_without_a_figure():
@@ -103,13 +102,6 @@ def test_parse_sections_keeps_run_order_and_rejects_unknown_names():
     assert parse_sections("gpu,roofline") == ("roofline", "gpu")
     with pytest.raises(ValueError, match="--only"):
         parse_sections("roofline,gpus")
-
-
-def test_page_paths_reads_the_dashboard_navigation():
-    source = 'st.navigation([st.Page("pages/a.py", title="A"), st.Page( \'pages/b.py\', default=True)])'
-    assert page_paths(source) == ["pages/a.py", "pages/b.py"]
-    pages = page_paths((REPO / "dashboard.py").read_text(encoding="utf-8"))
-    assert pages[0].endswith("home.py") and len(pages) == len(set(pages)) >= 6
 
 
 def test_spread_covers_first_to_last_row_evenly():

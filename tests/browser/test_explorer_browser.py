@@ -21,8 +21,8 @@ import pytest
 from core.data.datasets import DEFAULT_SPLIT, load_dataset
 from tests.helpers.browser import (
     artifact_path,
+    chromium_page,
     component_frame,
-    launch_chromium,
     require_chromium,
     streamlit_server,
     wait_for_app_idle,
@@ -58,14 +58,8 @@ def server(chromium, populated_workspace, tmp_path):
 
 @pytest.fixture
 def page(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        try:
-            yield browser.new_page(viewport=VIEWPORT)
-        finally:
-            browser.close()
+    with chromium_page(viewport=VIEWPORT) as page:
+        yield page
 
 
 def open_explorer(page, server):
@@ -187,6 +181,19 @@ def legend_item(frame, name: str):
     return frame.locator("g.legend g.traces", has=text).locator("rect.legendtoggle")
 
 
+def drag_to_select(page, box: dict, points: list[tuple[float, float]], *, steps: int, selected: int) -> None:
+    """Press at the first of ``points`` (the frame's pixels; ``box``: the frame on the page), drag through the others
+    in ``steps`` moves each, release; then wait for the page's gallery of the ``selected`` photos."""
+    (x, y), *rest = points
+    page.mouse.move(box["x"] + x, box["y"] + y)
+    page.mouse.down()
+    for x, y in rest:
+        page.mouse.move(box["x"] + x, box["y"] + y, steps=steps)
+    page.mouse.up()
+    page.get_by_role("heading", name=f"Selected photos ({selected})").wait_for(timeout=WAIT_S * 1000)
+    wait_for_app_idle(page, timeout_s=WAIT_S)
+
+
 def test_map_tools_box_select_legend_wheel_zoom_and_reset(page, server, populated_workspace):
     dataset = load_dataset("synthetic", populated_workspace)
     frame = open_explorer(page, server)
@@ -200,12 +207,7 @@ def test_map_tools_box_select_legend_wheel_zoom_and_reset(page, server, populate
     corners = [origin_x + 10, origin_y + 10, origin_x + canvas["width"] / 3, origin_y + canvas["height"] - 10]
     expected = sorted(frame.evaluate(_ROWS_IN_BOX_JS, corners))
     assert 0 < len(expected) < len(dataset.image_paths), len(expected)
-    page.mouse.move(box["x"] + corners[0], box["y"] + corners[1])
-    page.mouse.down()
-    page.mouse.move(box["x"] + corners[2], box["y"] + corners[3], steps=8)
-    page.mouse.up()
-    page.get_by_role("heading", name=f"Selected photos ({len(expected)})").wait_for(timeout=WAIT_S * 1000)
-    wait_for_app_idle(page, timeout_s=WAIT_S)
+    drag_to_select(page, box, [corners[:2], corners[2:]], steps=8, selected=len(expected))
     marks = frame.evaluate("hoverScatter.selectedMarks()")
     assert sorted(mark["row"] for mark in marks[0]) == expected, "the rings are the rows inside the box"
 
@@ -215,13 +217,8 @@ def test_map_tools_box_select_legend_wheel_zoom_and_reset(page, server, populate
     top, bottom = origin_y + 10, origin_y + canvas["height"] - 10
     lassoed = sorted(frame.evaluate(_ROWS_IN_BOX_JS, [left, top, right, bottom]))
     assert lassoed and lassoed != expected
-    page.mouse.move(box["x"] + left, box["y"] + top)
-    page.mouse.down()
-    for x, y in ((right, top), (right, bottom), (left, bottom), (left, top + 1)):
-        page.mouse.move(box["x"] + x, box["y"] + y, steps=6)
-    page.mouse.up()
-    page.get_by_role("heading", name=f"Selected photos ({len(lassoed)})").wait_for(timeout=WAIT_S * 1000)
-    wait_for_app_idle(page, timeout_s=WAIT_S)
+    outline = [(left, top), (right, top), (right, bottom), (left, bottom), (left, top + 1)]  # closed, clockwise
+    drag_to_select(page, box, outline, steps=6, selected=len(lassoed))
     frame.wait_for_function(  # a wait, not an assert: the heading's count alone could match the box's
         f"JSON.stringify(hoverScatter.selectedMarks()[0].map((mark) => mark.row).sort((a, b) => a - b)) === "
         f"'{lassoed}'.replaceAll(' ', '')",
@@ -296,13 +293,8 @@ def test_a_lasso_on_the_left_map_greys_the_right_maps_other_photos(page, server,
     assert 0 < len(lassoed) < len(dataset.image_paths), len(lassoed)
 
     frame.get_by_role("button", name="lasso", exact=True).click()
-    page.mouse.move(box["x"] + left, box["y"] + top)
-    page.mouse.down()
-    for x, y in ((right, top), (right, bottom), (left, bottom), (left, top + 1)):
-        page.mouse.move(box["x"] + x, box["y"] + y, steps=6)
-    page.mouse.up()
-    page.get_by_role("heading", name=f"Selected photos ({len(lassoed)})").wait_for(timeout=WAIT_S * 1000)
-    wait_for_app_idle(page, timeout_s=WAIT_S)
+    outline = [(left, top), (right, top), (right, bottom), (left, bottom), (left, top + 1)]  # closed, clockwise
+    drag_to_select(page, box, outline, steps=6, selected=len(lassoed))
 
     # The right map: Plotly draws exactly the lassoed photos selected, every other photo in its grey unselected style.
     rows_of_traces = frame.evaluate(

@@ -9,21 +9,20 @@ The favicon itself is checked to be served here (or inlined).
 
 from __future__ import annotations
 
-import re
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.helpers.browser import REPO, launch_chromium, require_chromium, streamlit_server, wait_for_app_idle
+from tests.helpers.browser import launch_chromium, require_chromium, streamlit_server, wait_for_app_idle
+from ui.navigation import PAGES
 
 LOCAL_SCHEMES = ("data", "blob", "about")
 PAGE_TIMEOUT_S = 120
 
 
 def _page_paths() -> list[str]:
-    """URL paths of every page in dashboard.py's navigation: the default page at "", the others by file name."""
-    files = re.findall(r'st\.Page\("([^"]+)\.py"', (REPO / "dashboard.py").read_text(encoding="utf-8"))
-    return ["" if index == 0 else name.rsplit("/", 1)[-1] for index, name in enumerate(files)]
+    """URL paths of every page in the app's navigation (``ui.navigation.PAGES``): the default page at ""."""
+    return [entry.address for entry in PAGES]
 
 
 @pytest.mark.slow

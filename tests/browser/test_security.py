@@ -26,8 +26,6 @@ from core.base.errors import FlowerProbeError, UnsafePathError
 from core.base.workspace import Workspace
 from core.data.datasets import load_dataset
 from core.predict.classify import Predictor
-from core.probing.experiment import ExperimentConfig, run_experiment
-from core.probing.heads import HeadConfig
 from core.runs.registry import RunRegistry
 from tests.helpers.browser import wait_for_app_idle
 from tests.helpers.image_catalogue import HOSTILE_FILE_NAMES
@@ -41,6 +39,7 @@ from tests.helpers.live_server import (
     page_file,
     wait_rendered,
 )
+from tests.helpers.workspaces import IMAGES_PER_CLASS, folder_dataset_run
 
 PASSWORD = "correct horse battery staple"
 CONFIG = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
@@ -317,7 +316,6 @@ def test_head_file_with_a_pickle_payload_is_refused_not_run(tmp_path, populated_
 XSS_FLAG = '<img src=x onerror="window.__xss=1">'
 NEWLINE_NAME = "first line\nsecond <b>line<\u2215b>"  # "/" would make a subfolder
 HOSTILE_CLASSES = [*HOSTILE_FILE_NAMES, XSS_FLAG, NEWLINE_NAME]
-IMAGES_PER_CLASS = 3  # the fewest a folder class may have: one each for train, val and test
 XSS_PROBE = "() => window.__xss"
 JS_LINKS = (
     "() => [...document.querySelectorAll('a[href]')]"
@@ -337,17 +335,7 @@ def _hostile_file(label: int, index: int) -> str:
 def hostile_root(tmp_path_factory) -> Path:
     """A workspace whose one dataset has hostile class and file names, and a completed run on it."""
     root = tmp_path_factory.mktemp("hostile") / "workspace"
-    ws = Workspace(root=root, data_root=root / "datasets")
-    for label, name in enumerate(HOSTILE_CLASSES):
-        (ws.data_root / "hostile" / name).mkdir(parents=True)
-        for index in range(IMAGES_PER_CLASS):
-            colour = (30 * label % 256, 80 * index % 256, 120)
-            Image.new("RGB", (48, 48), colour).save(ws.data_root / "hostile" / name / _hostile_file(label, index))
-    run = run_experiment(
-        ExperimentConfig(dataset="folder:hostile", backbone="efficientnet_lite0", head=HeadConfig(epochs=2)),
-        workspace=ws,
-    )
-    assert run["status"] == "completed" and sorted(run["class_names"]) == sorted(HOSTILE_CLASSES)
+    folder_dataset_run(root, "hostile", HOSTILE_CLASSES, _hostile_file, epochs=2)
     return root
 
 

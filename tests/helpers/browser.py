@@ -2,8 +2,7 @@
 
 Typical use in a test module (mark such tests ``@pytest.mark.slow``)::
 
-    from playwright.sync_api import sync_playwright
-    from tests.helpers.browser import launch_chromium, require_chromium, streamlit_server, wait_for_app_idle
+    from tests.helpers.browser import chromium_page, require_chromium, streamlit_server, wait_for_app_idle
 
     @pytest.fixture
     def server(populated_workspace, tmp_path):
@@ -12,9 +11,7 @@ Typical use in a test module (mark such tests ``@pytest.mark.slow``)::
             yield running  # stopped when the test ends, passed or failed
 
     def test_something(server):
-        with sync_playwright() as playwright:
-            browser = launch_chromium(playwright)
-            page = browser.new_page()
+        with chromium_page() as page:  # the browser closes when the block ends, passed or failed
             page.goto(server.url_for("explorer"))
             wait_for_app_idle(page, timeout_s=60)
 
@@ -200,6 +197,20 @@ def launch_chromium(playwright, *, extra_args: tuple[str, ...] = (), **options):
     ``extra_args`` are added to ``CHROMIUM_ARGS``; ``options`` go to ``playwright.chromium.launch``.
     """
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=[*CHROMIUM_ARGS, *extra_args], **options)
+
+
+@contextlib.contextmanager
+def chromium_page(**page_options) -> Iterator:
+    """A new page of ``launch_chromium``'s browser, which closes on exit, passed or failed; ``page_options`` go to
+    ``browser.new_page`` (``viewport=...``)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            yield browser.new_page(**page_options)
+        finally:
+            browser.close()
 
 
 def wait_for_app_idle(page, *, timeout_s: float, quiet_s: float = 0.5) -> None:

@@ -11,7 +11,6 @@ and are re-exported here for the tests that import them from this module.
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ __all__ = [
 ]
 
 BUILD_MARK = "[live-server] build_backbone "
-# Pages as dashboard.py names them: (URL path, text of the page's title).
+# Pages as ui.navigation.PAGES names them: (URL path, text of the page's title).
 PAGES = {
     "home": ("", "Flower Probe"),
     "dataset": ("dataset", "Dataset"),
@@ -57,9 +56,11 @@ PAGES = {
 
 
 def page_file(name: str) -> Path:
-    """The script of page ``name`` (``"dataset"``), wherever dashboard.py's ``st.Page`` calls say it lives."""
-    scripts = re.findall(r'st\.Page\(\s*"([^"]+\.py)"', (REPO / "dashboard.py").read_text())
-    return next(REPO / script for script in scripts if Path(script).stem == name)
+    """The script of page ``name`` (``"dataset"``), wherever the app's page table (``ui.navigation.PAGES``) says it
+    lives."""
+    from ui.navigation import PAGES as APP_PAGES
+
+    return next(REPO / entry.script for entry in APP_PAGES if Path(entry.script).stem == name)
 
 
 # Imported before the app, so every ``from .backbones import build_backbone`` binds the counting wrapper.

@@ -202,3 +202,35 @@ def test_missing_training_features_queue_an_extraction_job(app, populated_root, 
     info = " ".join(_as_rendered(i.value) for i in app.info)
     assert "no longer cached" in info and "queued as job" in info
     assert not app.file_uploader, "nothing to classify with until the job has finished"
+
+
+def test_an_attentive_run_is_offered_and_classifies(app, tiny_synthetic_folder, tmp_path, monkeypatch):
+    import json
+
+    import numpy as np
+
+    from core.base.workspace import Workspace
+    from core.predict.classify import Predictor
+    from tests.helpers.attentive_runs import build_attentive_workspace
+
+    root = tmp_path / "workspace"
+    run_id = build_attentive_workspace(root, tiny_synthetic_folder)
+    monkeypatch.setenv("FLOWER_PROBE_WORKSPACE", str(root))
+    monkeypatch.delenv("FLOWER_PROBE_DATA_ROOT", raising=False)
+    app.run()
+    assert not app.exception and not app.error
+    assert app.selectbox[0].value == run_id and "attentive" in app.selectbox[0].options[0]
+    app.multiselect[0].set_value([app.multiselect[0].options[0]]).run()
+    assert not app.exception and not app.error
+    # Its top classes are Predictor's (the head on the photo's patch tokens), with its neighbours and map.
+    predictor = Predictor.from_run(run_id, workspace=Workspace.from_env(), device="cpu")
+    row = int(app.multiselect[0].value[0])
+    photo = predictor.dataset.image_paths[row]
+    (expected,) = predictor.predict([(photo.name, photo)])
+    bars = json.loads(app.get("plotly_chart")[0].proto.spec)["data"][0]
+    assert bars["y"][::-1] == [name for name, _ in expected.top]
+    np.testing.assert_allclose(bars["x"][::-1], [probability for _, probability in expected.top], atol=1e-6)
+    assert len(app.get("plotly_chart")) == 1 + 1 and len(photo_grids(app)) == 1
+    captions = [_as_rendered(c.value) for c in app.caption]
+    assert any(c.startswith("The attentive head reads the photo's patch tokens") for c in captions)
+    assert any("not of the patch tokens the attentive head reads" in c for c in captions)

@@ -17,6 +17,7 @@ from core.base.workspace import Workspace
 from core.probing.suite import run_probe_suite
 from core.probing.summary import summarise_runs
 from core.runs.registry import RunRegistry
+from tests.helpers.workspaces import use_workspace
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = "pages/compare.py"
@@ -42,9 +43,7 @@ def probe_root(populated_root, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def probed(probe_root, monkeypatch) -> Workspace:
-    monkeypatch.setenv("FLOWER_PROBE_WORKSPACE", str(probe_root))
-    monkeypatch.delenv("FLOWER_PROBE_DATA_ROOT", raising=False)
-    return Workspace.from_env()
+    return use_workspace(monkeypatch, probe_root)
 
 
 def open_compare(views=None, runs: list[int] | None = None) -> AppTest:
@@ -244,8 +243,7 @@ def test_the_train_page_launches_a_probe_suite_through_the_job_runner(probe_root
 
     root = tmp_path / "workspace"
     shutil.copytree(probe_root, root)
-    monkeypatch.setenv("FLOWER_PROBE_WORKSPACE", str(root))
-    monkeypatch.delenv("FLOWER_PROBE_DATA_ROOT", raising=False)
+    use_workspace(monkeypatch, root)
     before = len(RunRegistry(root / "runs.sqlite").list_runs()) if (root / "runs.sqlite").exists() else None
     at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=TIMEOUT_S).run()
     at.switch_page("pages/train.py").run()

@@ -9,63 +9,18 @@ by plotly.js: tests/browser/test_explorer_browser.py checks it in Chromium.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
-from streamlit.testing.v1 import AppTest
 
 from core.base.errors import FlowerProbeError
 from core.data.datasets import load_dataset
 from core.features.extract import read_features
 from core.runs.files import RunFiles
 from core.runs.registry import RunRegistry
+from tests.helpers.explorer_page import MAP_KEY, assert_no_exception, open_explorer, settle, spec_of, subheaders
 from ui import explorer
-
-ENTRY = Path(__file__).resolve().parents[2] / "dashboard.py"
-PAGE = "pages/explorer.py"
-RENDER_TIMEOUT_S = 120  # t-SNE of 2 x 136 points on a shared 2-core CPU, the first time
-
-
-def open_explorer() -> AppTest:
-    at = AppTest.from_file(str(ENTRY), default_timeout=RENDER_TIMEOUT_S)
-    at.run()
-    at.switch_page(PAGE).run()
-    assert_no_exception(at)
-    return settle(at)
-
-
-def settle(at: AppTest) -> AppTest:
-    """Wait for the jobs the page queued (maps: the job runner computes them), then rerun, as the live refresh does."""
-    from ui.state import job_runner
-
-    runner = job_runner()
-    for _ in range(3):
-        active = [job for job in runner.jobs() if job.active]
-        if not active:
-            break
-        for job in active:
-            finished = runner.wait(job.id, timeout_s=RENDER_TIMEOUT_S)
-            assert finished.status == "completed", (finished.title, finished.error)
-        at.run()
-        assert_no_exception(at)
-    return at
-
-
-def assert_no_exception(at: AppTest) -> None:
-    assert not at.exception, [e.message for e in at.exception]
-
-
-def spec_of(at: AppTest) -> dict:
-    """The hover component's spec as the browser receives it."""
-    components = at.get("component_instance")
-    assert len(components) == 1, f"expected one hover map, got {len(components)}"
-    return json.loads(components[0].proto.json_args)["spec"]
-
-
-def subheaders(at: AppTest) -> list[str]:
-    return [element.value for element in at.subheader]
 
 
 @pytest.fixture(autouse=True)
@@ -144,9 +99,6 @@ def test_colour_by_neighbour_agreement_and_only_where_they_disagree(populated_wo
     shown = sorted(row for trace in spec_of(at)["panels"][0]["traces"] for row in trace["rows"])
     assert shown == rows[expected < 0.5].tolist()
     assert any("Only where they disagree" in caption.value for caption in at.caption)
-
-
-MAP_KEY = "explorer-map"
 
 
 def test_a_lasso_greys_the_rest_and_a_click_rings(populated_workspace):

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -19,59 +17,13 @@ from streamlit.testing.v1 import AppTest
 from core.base.workspace import Workspace
 from core.data.datasets import load_dataset
 from core.runs.registry import RunRegistry
+from tests.helpers.explorer_page import MAP_KEY, assert_no_exception, open_explorer, settle, spec_of, subheaders
 from tests.helpers.photo_grids import photo_grids
-
-ENTRY = Path(__file__).resolve().parents[2] / "dashboard.py"
-# The explorer's st.Page path as the entry script names it (so a renamed pages folder needs no edit here).
-PAGE = next(
-    page
-    for page in re.findall(r'st\.Page\("([^"]+)"', ENTRY.read_text(encoding="utf-8"))
-    if page.endswith("explorer.py")
-)
-MAP_KEY = "explorer-map"
-RENDER_TIMEOUT_S = 120  # t-SNE of 2 x 136 points on a shared 2-core CPU, the first time
 
 
 @pytest.fixture(autouse=True)
 def _no_password(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FLOWER_PROBE_PASSWORD", raising=False)
-
-
-def open_explorer() -> AppTest:
-    at = AppTest.from_file(str(ENTRY), default_timeout=RENDER_TIMEOUT_S)
-    at.run()
-    at.switch_page(PAGE).run()
-    assert_no_exception(at)
-    return settle(at)
-
-
-def settle(at: AppTest) -> AppTest:
-    """Wait for the jobs the page queued (maps, data health: the job runner computes them, not the page's thread),
-    then rerun, as the page's live refresh does when the last one ends."""
-    from ui.state import job_runner
-
-    runner = job_runner()
-    for _ in range(3):  # a map's job, then perhaps a health job the next rerun asks for
-        active = [job for job in runner.jobs() if job.active]
-        if not active:
-            break
-        for job in active:
-            finished = runner.wait(job.id, timeout_s=RENDER_TIMEOUT_S)
-            assert finished.status == "completed", (finished.title, finished.error)
-        at.run()
-        assert_no_exception(at)
-    return at
-
-
-def assert_no_exception(at: AppTest) -> None:
-    assert not at.exception, [e.message for e in at.exception]
-
-
-def spec_of(at: AppTest) -> dict:
-    """The hover component's spec as the browser receives it."""
-    components = at.get("component_instance")
-    assert len(components) == 1, f"expected one hover map, got {len(components)}"
-    return json.loads(components[0].proto.json_args)["spec"]
 
 
 def click(at: AppTest, row: int, *, seq: int) -> None:
@@ -84,10 +36,6 @@ def click(at: AppTest, row: int, *, seq: int) -> None:
 def galleries(at: AppTest) -> list[list[str]]:
     """The page's photo galleries, each as its captions as shown (``tests.helpers.photo_grids``)."""
     return photo_grids(at)
-
-
-def subheaders(at: AppTest) -> list[str]:
-    return [str(element.value) for element in at.subheader]
 
 
 def test_empty_workspace_explains_and_links_to_train(workspace):
@@ -335,10 +283,7 @@ def test_a_map_not_made_yet_is_computed_by_a_job_with_a_progress_bar(populated_w
     def new_jobs() -> list:
         return [job for job in job_runner().jobs() if job.id not in before]
 
-    at = AppTest.from_file(str(ENTRY), default_timeout=RENDER_TIMEOUT_S)
-    at.run()
-    at.switch_page(PAGE).run()
-    assert_no_exception(at)
+    at = open_explorer(wait_for_jobs=False)
     assert not at.get("component_instance"), "no map before its job made it"
     assert len(new_jobs()) == 2 and all(job.title.startswith("t-SNE map of ") for job in new_jobs())
     assert at.get("progress"), "the page shows the jobs' progress"

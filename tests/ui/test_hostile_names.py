@@ -23,17 +23,16 @@ import re
 from pathlib import Path
 
 import pytest
-from PIL import Image
 from streamlit.delta_generator import DeltaGenerator
 from streamlit.testing.v1 import AppTest
 
 from core.base.csv_export import FORMULA_PREFIXES
 from core.base.workspace import Workspace
-from core.probing.experiment import ExperimentConfig, run_experiment
-from core.probing.heads import HeadConfig
 from tests.helpers.bar_tables import bar_tables
 from tests.helpers.image_catalogue import HOSTILE_FILE_NAMES
 from tests.helpers.photo_grids import photo_grids
+from tests.helpers.workspaces import folder_dataset_run, use_workspace
+from ui.navigation import PAGES
 
 REPO = Path(__file__).resolve().parents[2]
 RENDER_TIMEOUT_S = 120
@@ -42,7 +41,6 @@ DIRECTIVE_NAMES = [":red[x] $x$"]
 CLASSES = [*HOSTILE_FILE_NAMES, *FORMULA_NAMES, *DIRECTIVE_NAMES]
 DATASET_NAME = "=1+1 **ds** <img src=x onerror=alert(2)>"
 DATASET_KEY = f"folder:{DATASET_NAME}"
-IMAGES_PER_CLASS = 3  # the fewest a folder class may have: one each for train, val and test
 UNREADABLE = "broken.jpg"
 # Markup that must never reach Streamlit's Markdown unescaped (a backslash before "<" makes it text).
 RAW_MARKUP = re.compile(r"(?<!\\)<(img|script|b>)|\*\*bold\*\*|\*\*ds\*\*|:red\[|\$x\$|\]\(javascript")
@@ -55,27 +53,13 @@ def _file_name(label: int, index: int) -> str:
 @pytest.fixture(scope="module")
 def hostile_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("hostile-names") / "workspace"
-    ws = Workspace(root=root, data_root=root / "datasets")
-    for label, name in enumerate(CLASSES):
-        folder = ws.data_root / DATASET_NAME / name
-        folder.mkdir(parents=True)
-        for index in range(IMAGES_PER_CLASS):
-            Image.new("RGB", (48, 48), (40 * label % 256, 90 * index % 256, 120)).save(
-                folder / _file_name(label, index)
-            )
-    (ws.data_root / DATASET_NAME / CLASSES[0] / UNREADABLE).write_bytes(b"not a jpeg at all")
-    run = run_experiment(
-        ExperimentConfig(dataset=DATASET_KEY, backbone="efficientnet_lite0", head=HeadConfig(epochs=1)), workspace=ws
-    )
-    assert run["status"] == "completed" and sorted(run["class_names"]) == sorted(CLASSES)
+    folder_dataset_run(root, DATASET_NAME, CLASSES, _file_name, epochs=1, unreadable=UNREADABLE)
     return root
 
 
 @pytest.fixture
 def hostile_workspace(hostile_root, monkeypatch) -> Workspace:
-    monkeypatch.setenv("FLOWER_PROBE_WORKSPACE", str(hostile_root))
-    monkeypatch.delenv("FLOWER_PROBE_DATA_ROOT", raising=False)
-    return Workspace.from_env()
+    return use_workspace(monkeypatch, hostile_root)
 
 
 @pytest.fixture
@@ -96,10 +80,6 @@ def downloads(monkeypatch) -> list[tuple[str, str]]:
         streamlit, "download_button", lambda *args, **kwargs: recording(streamlit._main, *args, **kwargs)
     )
     return captured
-
-
-def _pages() -> list[str]:
-    return re.findall(r'st\.Page\("([^"]+)"', (REPO / "dashboard.py").read_text(encoding="utf-8"))
 
 
 def _unescaped(markdown: str) -> str:
@@ -164,7 +144,7 @@ def _open(page: str) -> AppTest:
     return at
 
 
-@pytest.mark.parametrize("page", _pages())
+@pytest.mark.parametrize("page", [entry.script for entry in PAGES])
 def test_hostile_names_are_text_in_every_label_and_safe_in_every_csv(page, hostile_workspace, downloads):
     if page.endswith("train.py"):  # a job titled with the dataset's name, as a launch from this page makes
         from ui.state import job_runner

@@ -13,7 +13,9 @@ REQUESTED_TOP_LEVEL = ["README.md", "requirements.txt", "dashboard.py", "core", 
 
 
 def _navigation_pages() -> list[str]:
-    return re.findall(r'st\.Page\(\s*"([^"]+\.py)"', (ROOT / "dashboard.py").read_text())
+    from ui.navigation import NOT_FOUND, PAGES
+
+    return [page.script for page in (*PAGES, NOT_FOUND)]
 
 
 def test_the_requested_top_level_exists():

@@ -34,13 +34,17 @@ def entry_script() -> Path:
     return ROOT / "dashboard.py"
 
 
-def all_pages(entry: Path) -> list[str]:
-    return re.findall(r'st\.Page\("([^"]+)"', entry.read_text(encoding="utf-8"))
+def all_pages() -> list[str]:
+    """The page scripts the entry file routes over (``ui.navigation``'s menu and not-found page), as AppTest's
+    switch_page takes them."""
+    from ui.navigation import NOT_FOUND, PAGES
+
+    return [page.script for page in (*PAGES, NOT_FOUND)]
 
 
 def test_the_navigation_lists_every_page_file_once(entry_script):
     # The page tests below render what the navigation lists; this makes that every page of pages/.
-    listed = all_pages(entry_script)
+    listed = all_pages()
     assert len(listed) == len(set(listed)), f"a page is listed twice: {listed}"
     assert sorted(listed) == sorted(
         f"pages/{path.name}" for path in (ROOT / "pages").glob("*.py") if path.name != "__init__.py"
@@ -91,7 +95,7 @@ def plotly_specs(at: AppTest) -> list[str]:
 
 def test_every_page_renders_with_an_empty_workspace(workspace, entry_script):
     at = AppTest.from_file(str(entry_script), default_timeout=RENDER_TIMEOUT_S).run()
-    for page in all_pages(entry_script):
+    for page in all_pages():
         at.switch_page(page).run()
         assert not at.exception, f"{page}: {[e.message for e in at.exception]}"
         if page == "pages/home.py":
@@ -123,7 +127,7 @@ def test_every_page_renders_with_an_empty_workspace(workspace, entry_script):
 
 def test_every_page_renders_with_a_populated_workspace(populated_workspace, entry_script):
     at = AppTest.from_file(str(entry_script), default_timeout=RENDER_TIMEOUT_S)
-    for index, page in enumerate(all_pages(entry_script)):
+    for index, page in enumerate(all_pages()):
         # Twice: cold (caches empty), then warm (what a user sees on every click; its timings are bench/pages.py's).
         for render in range(2):
             (at if index == 0 and not render else at.switch_page(page)).run()  # the first run opens the default page

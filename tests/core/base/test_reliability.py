@@ -13,20 +13,15 @@ import contextlib
 import errno
 import fcntl
 import os
-import queue
 import re
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 from PIL import Image
 
@@ -39,93 +34,16 @@ from core.probing.experiment import ExperimentConfig, run_experiment
 from core.probing.heads import HeadConfig
 from core.runs.files import RunFiles
 from core.runs.registry import RunRegistry
+from tests.helpers.cli_process import Cli
 from tests.helpers.image_catalogue import write_catalogue
 
-REPO = Path(__file__).resolve().parents[3]
 BACKBONE = "efficientnet_lite0"  # pretrained weights ship with a pip package: works offline
 EPOCHS = 30  # enough epochs to kill the CLI between its first "Epoch:" line and the end; seconds on a CPU
-COMPARE = [
-    sys.executable,
-    "-m",
-    "core",
-    "compare",
-    "--dataset",
-    "synthetic",
-    "--backbones",
-    BACKBONE,
-    "--epochs",
-    str(EPOCHS),
-]
+COMPARE = ["compare", "--dataset", "synthetic", "--backbones", BACKBONE, "--epochs", str(EPOCHS)]
 FEATURES_LINE = re.compile(r"^\s*features \[[#.]*\] (\d+)/(\d+)")
-PROCESS_TIMEOUT_S = 420  # a whole CLI run on a loaded 2-core machine stays well under this
 
 
 # ----------------------------------------------------------------------------------------------------------- helpers
-
-
-class Cli:
-    """``python -m core compare`` in a subprocess, its stdout and stderr read line by line as they come."""
-
-    def __init__(self, workspace_root: Path) -> None:
-        env = {**os.environ, "FLOWER_PROBE_WORKSPACE": str(workspace_root), "PYTHONUNBUFFERED": "1"}
-        env.pop("FLOWER_PROBE_DATA_ROOT", None)
-        self.process = subprocess.Popen(
-            COMPARE,
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-        )
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-            self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_for(self, predicate: Callable[[str], bool], *, timeout_s: float = PROCESS_TIMEOUT_S) -> str:
-        """The first output line satisfying ``predicate``; fails if the process ends or time runs out first."""
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = self._queue.get(timeout=left)
-            except queue.Empty:
-                break
-            if line is None:
-                pytest.fail(f"the CLI ended (exit {self.process.wait()}) before the awaited line:\n{self.output}")
-            if predicate(line):
-                return line
-        self.process.kill()
-        pytest.fail(f"no awaited line within {timeout_s} s:\n{self.output}")
-
-    def kill_9(self) -> None:
-        """SIGKILL the CLI itself (not its children, as a user's kill -9 would) and check no child outlives it."""
-        children = psutil.Process(self.process.pid).children(recursive=True)
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(30)
-        # DataLoader workers notice their parent is gone within seconds; until then they hold the cache lock.
-        _, alive = psutil.wait_procs(children, timeout=60)
-        assert not alive, f"children outlived the killed CLI: {alive}"
-
-    def finish(self, *, timeout_s: float = PROCESS_TIMEOUT_S) -> str:
-        try:
-            code = self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            pytest.fail(f"the CLI did not finish within {timeout_s} s:\n{self.output}")
-        self._reader.join(10)  # the last lines
-        assert code == 0, f"the CLI failed with exit {code}:\n{self.output}"
-        return self.output
 
 
 def _tiny_workspace_root(root: Path, tiny_synthetic_folder: Path) -> Path:
@@ -176,7 +94,7 @@ def _numbers(registry: RunRegistry, run: dict) -> dict:
 def two_writers(tmp_path_factory, tiny_synthetic_folder) -> tuple[Path, list[str]]:
     """Two CLIs started together on one fresh workspace, asking for the same missing features."""
     root = _tiny_workspace_root(tmp_path_factory.mktemp("two-writers") / "workspace", tiny_synthetic_folder)
-    clis = [Cli(root), Cli(root)]
+    clis = [Cli(COMPARE, workspace_root=root), Cli(COMPARE, workspace_root=root)]
     return root, [cli.finish() for cli in clis]
 
 
@@ -219,7 +137,7 @@ def test_cli_killed_during_extraction_then_training_loses_nothing_and_reruns_to_
     root = _tiny_workspace_root(tmp_path / "workspace", tiny_synthetic_folder)
 
     # kill -9 while features are being computed: after the first batch's progress line, before the last.
-    cli = Cli(root)
+    cli = Cli(COMPARE, workspace_root=root)
     line = cli.wait_for(lambda text: bool((m := FEATURES_LINE.match(text)) and int(m[1]) < int(m[2])))
     cli.kill_9()
     assert "Epoch:" not in cli.output, f"killed too late to be during extraction ({line!r}):\n{cli.output}"
@@ -233,7 +151,7 @@ def test_cli_killed_during_extraction_then_training_loses_nothing_and_reruns_to_
     assert registry.integrity_check() == "ok"
 
     # kill -9 while the head trains: the features are complete by then, the run is not.
-    cli = Cli(root)
+    cli = Cli(COMPARE, workspace_root=root)
     cli.wait_for(lambda text: text.startswith("Epoch: 1 "))
     cli.kill_9()
     [cache] = _feature_caches(root)
@@ -247,7 +165,7 @@ def test_cli_killed_during_extraction_then_training_loses_nothing_and_reruns_to_
     assert registry.integrity_check() == "ok"
 
     # The same command again completes, from the cache the killed run left, with an uninterrupted run's numbers.
-    cli = Cli(root)
+    cli = Cli(COMPARE, workspace_root=root)
     cli.finish()
     registry = RunRegistry(root / "runs.sqlite")
     [latest] = registry.list_runs()

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from core.base.errors import FlowerProbeError
@@ -184,3 +185,38 @@ def test_bundle_predict_gives_classify_reasons_for_bad_images(lite0_workspace, t
     # CMYK is converted to RGB as Classify converts it, then classified.
     assert results[1].error is None and len(results[1].top) == 5
     assert 0 < sum(p for _, p in results[1].top) <= 1 + 1e-6
+
+
+def test_an_attentive_run_exports_its_head_on_the_patch_tokens(tiny_synthetic_folder, tmp_path):
+    from safetensors.torch import load_file
+
+    from core.base.workspace import Workspace
+    from core.bundle.export import PARITY_MAX_ABS
+    from core.bundle.preprocess import crop_pixels
+    from core.probing.attentive import load_attentive_head
+    from core.runs.files import RunFiles
+    from tests.helpers.attentive_runs import build_attentive_workspace
+
+    root = tmp_path / "workspace"
+    run_id = build_attentive_workspace(root, tiny_synthetic_folder)
+    workspace = Workspace(root=root, data_root=root / "datasets")
+    out = tmp_path / "bundle"
+    _check_bundle(workspace, run_id, out, tmp_path)  # the default exporter, as the CLI and the pages use it
+    # onnxruntime's probabilities are predict's (the head on the fp16-rounded patch tokens) on the test images.
+    predictor = Predictor.from_run(run_id, workspace=workspace, device="cpu")
+    paths = _test_images(predictor, 8)
+    bundle = Bundle(out)
+    pre = bundle.preprocessing
+    pixels = np.stack([crop_pixels(load_image(path, draft_size=pre["resize"]), pre) for path in paths])
+    predictions = predictor.predict([(path.name, path) for path in paths], neighbours=1)
+    expected = np.stack([prediction.probabilities for prediction in predictions])
+    assert np.abs(bundle.probabilities(pixels) - expected).max() <= PARITY_MAX_ABS
+    # The PyTorch files rebuild the run's own head.
+    config = json.loads((out / "config.json").read_text())
+    assert config["protocol"] == "attentive" and config["features"] == "tokens"
+    saved, trained = (
+        load_attentive_head(load_file(str(path))).state_dict()
+        for path in (out / "head.safetensors", RunFiles(predictor.run, workspace).head)
+    )
+    assert saved.keys() == trained.keys() and all((saved[k] == trained[k]).all() for k in saved)
+    assert "the head reads the final feature map (49 x 1280" in (out / "README.md").read_text(encoding="utf-8")

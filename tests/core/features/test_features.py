@@ -20,7 +20,7 @@ from core.backbones.registry import build_backbone
 from core.backbones.resolved import ResolvedBackbone
 from core.base.errors import FlowerProbeError
 from core.base.workspace import Workspace
-from core.data.datasets import load_dataset
+from core.data.datasets import Dataset, load_dataset
 from core.features import extract as features_module
 from core.features.extract import (
     CacheEntry,
@@ -57,6 +57,14 @@ def _mini_dataset(workspace: Workspace, source: Path, *, per_class: int, classes
         for photo in sorted(class_dir.iterdir())[:per_class]:
             shutil.copy2(photo, target / photo.name)
     return load_dataset(f"folder:{name}", workspace)
+
+
+def _mini_copy(workspace: Workspace, root: Path) -> tuple[Workspace, Dataset]:
+    """A new workspace at ``root`` whose data root holds a copy of ``workspace``'s mini dataset (same files and
+    mtimes, so the same fingerprint), with an empty feature cache."""
+    copy = Workspace(root=root, data_root=root / "datasets")
+    shutil.copytree(workspace.data_root / "mini", copy.data_root / "mini", copy_function=shutil.copy2)
+    return copy, load_dataset("folder:mini", copy)
 
 
 def _model_output(dataset, backbone: str, precision: str) -> np.ndarray:
@@ -200,16 +208,9 @@ def test_killed_sharded_extraction_resumes_with_only_the_missing_shards(
     )
     assert seen[0] == len(dataset.image_paths) - 4 * finished  # only the missing shards were computed
 
-    fresh_root = tmp_path / "fresh"
-    fresh = Workspace(root=fresh_root, data_root=fresh_root / "datasets")
-    shutil.copytree(workspace.data_root / "mini", fresh.data_root / "mini", copy_function=shutil.copy2)
+    fresh, fresh_dataset = _mini_copy(workspace, tmp_path / "fresh")
     uninterrupted = extract_features(
-        load_dataset("folder:mini", fresh),
-        "efficientnet_lite0",
-        workspace=fresh,
-        weights="random",
-        num_workers=0,
-        shard_size=4,
+        fresh_dataset, "efficientnet_lite0", workspace=fresh, weights="random", num_workers=0, shard_size=4
     )
     assert np.array_equal(resumed.features, uninterrupted.features)
     np.testing.assert_array_equal(resumed.rows, uninterrupted.rows)

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
 from core.__main__ import main
-from core.base.workspace import Workspace
-from core.data.datasets import load_dataset
 from core.features.extract import extract_features
-from tests.core.features.test_features import _counting_images, _mini_dataset
+from tests.core.features.test_features import _counting_images, _mini_copy, _mini_dataset
 
 
 @pytest.mark.slow
@@ -40,11 +36,9 @@ def test_ray_engine_matches_the_local_engine_and_compare_reads_it_with_zero_forw
     finally:
         ray.shutdown()
 
-    local_root = tmp_path / "local"
-    local_workspace = Workspace(root=local_root, data_root=local_root / "datasets")
-    shutil.copytree(workspace.data_root / "mini", local_workspace.data_root / "mini", copy_function=shutil.copy2)
+    local_workspace, local_dataset = _mini_copy(workspace, tmp_path / "local")
     local = extract_features(
-        load_dataset("folder:mini", local_workspace),
+        local_dataset,
         "efficientnet_lite0",
         workspace=local_workspace,
         weights="random",

@@ -7,15 +7,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from core.backbones.resolved import ResolvedBackbone, resolve_backbone
 from core.backbones.variants import variant_forward
 from core.data.datasets import load_synthetic
 from core.features import extract
-from core.features.extract import _DatasetImages, extract_features
+from core.features.extract import FeatureSet, _DatasetImages, extract_features
 from core.features.runtime import RATES_FILENAME, RUNTIME_KEY_PREFIX
 from core.onnx.backbone import backbone_graph, graph_features
+from tests.helpers.tiny_models import UnexportableCnn
 
 # Real images, few of them: the equality is checked per image, and exports are the slow part.
 N_IMAGES = 6
@@ -85,28 +85,22 @@ def test_the_auto_choice_is_measured_once_and_recorded(tiny_workspace, monkeypat
     assert torch_features.from_cache and torch_features.runtime == "onnxruntime"
 
 
-class _UnexportableCnn(nn.Module):
-    """A CNN-like backbone whose pooling uses aten::cummax, which no ONNX exporter handles."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 8, 3, stride=4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cummax(self.conv(x).mean(dim=(2, 3)), dim=1).values
+def _extract_saying_runtime(workspace, spec: str, runtime: str) -> tuple[FeatureSet, list[str]]:
+    """``extract_features`` on the synthetic set, and the lines it said about the runtime."""
+    lines = []
+    features = extract_features(
+        load_synthetic(workspace),
+        spec,
+        workspace=workspace,
+        runtime=runtime,
+        progress=lambda event: lines.append(event.message) if event.stage == "runtime" else None,
+    )
+    return features, lines
 
 
 def test_an_unexportable_backbone_falls_back_to_torch_with_the_operator_named(tiny_workspace, monkeypatch):
-    monkeypatch.setattr(ResolvedBackbone, "build", lambda self, **kwargs: _UnexportableCnn().eval())
-    lines = []
-    features = extract_features(
-        load_synthetic(tiny_workspace),
-        "resnet50@random",
-        workspace=tiny_workspace,
-        runtime="onnxruntime",
-        progress=lambda event: lines.append(event.message) if event.stage == "runtime" else None,
-    )
+    monkeypatch.setattr(ResolvedBackbone, "build", lambda self, **kwargs: UnexportableCnn().eval())
+    features, lines = _extract_saying_runtime(tiny_workspace, "resnet50@random", "onnxruntime")
     assert features.runtime == "torch" and features.features.shape[1] == 8
     (line,) = lines
     assert "cummax" in line and "PyTorch" in line and "\n" not in line
@@ -117,13 +111,6 @@ def test_an_old_onnxruntime_falls_back_to_torch(tiny_workspace, monkeypatch):
     import onnxruntime
 
     monkeypatch.setattr(onnxruntime, "__version__", "1.10.0")
-    lines = []
-    features = extract_features(
-        load_synthetic(tiny_workspace),
-        "efficientnet_lite0",
-        workspace=tiny_workspace,
-        runtime="auto",
-        progress=lambda event: lines.append(event.message) if event.stage == "runtime" else None,
-    )
+    features, lines = _extract_saying_runtime(tiny_workspace, "efficientnet_lite0", "auto")
     assert features.runtime == "torch"
     assert len(lines) == 1 and "too old" in lines[0]

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -157,55 +159,32 @@ def test_cli_patches_writes_one_png_per_image(images, workspace, tmp_path, capsy
     assert "7 x 7 grid" in capsys.readouterr().out
 
 
+def _map_command(method: str, out: Path, *options: str) -> list[str]:
+    """``python -m core map``'s arguments: the synthetic set through efficientnet_lite0 by ``method``, to ``out``."""
+    features = ["--dataset", "synthetic", "--backbone", "efficientnet_lite0"]
+    return ["map", *features, "--method", method, *options, "--out", str(out)]
+
+
 @pytest.mark.slow  # extracts the tiny dataset's features first (~50 s on a shared 2-core CPU)
 def test_cli_map_writes_a_png_for_each_method(tiny_workspace, tmp_path):
     for method in ("pca", "tsne"):
         out = tmp_path / f"{method}.png"
-        argv = [
-            "map",
-            "--dataset",
-            "synthetic",
-            "--backbone",
-            "efficientnet_lite0",
-            "--method",
-            method,
-            "--perplexity",
-            "10",
-            "--out",
-            str(out),
-        ]
-        assert main(argv) == 0 and _is_png(out)
+        assert main(_map_command(method, out, "--perplexity", "10")) == 0 and _is_png(out)
         with Image.open(out) as image:
             assert image.size == (1600, 1000)
     # out of range: the message names the parameter, its range and the value
-    assert (
-        main(
-            [
-                "map",
-                "--dataset",
-                "synthetic",
-                "--backbone",
-                "efficientnet_lite0",
-                "--method",
-                "umap",
-                "--n-neighbors",
-                "500",
-                "--out",
-                str(tmp_path / "u.png"),
-            ]
-        )
-        == 2
-    )
+    assert main(_map_command("umap", tmp_path / "u.png", "--n-neighbors", "500")) == 2
 
 
 def test_patches_page_computes_in_the_job_queue_and_the_slider_redraws(tiny_workspace):
     import re
-    from pathlib import Path
 
     from streamlit.testing.v1 import AppTest
 
+    from ui.navigation import PAGES
+
     entry = Path(__file__).resolve().parents[3] / "dashboard.py"
-    page = next(p for p in re.findall(r'st\.Page\("([^"]+)"', entry.read_text()) if p.endswith("patches.py"))
+    page = next(page.script for page in PAGES if page.script.endswith("patches.py"))
     at = AppTest.from_file(str(entry), default_timeout=120)
     at.run()
     at.switch_page(page).run()

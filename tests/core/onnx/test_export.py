@@ -7,46 +7,23 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from core.base.fileio import file_digest
 from core.onnx.backbone import backbone_graph, graph_features
 from core.onnx.export import OnnxUnavailableError, compare_outputs, export_module
-
-
-class _Cummax(nn.Module):
-    """A linear layer then a running maximum: aten::cummax has no ONNX equivalent (neither exporter has one)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(4, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cummax(self.linear(x), dim=1).values
-
-
-class _TinyCnn(nn.Module):
-    """Stands in for a backbone: images (N, 3, S, S) -> pooled features (N, 8)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 8, 3, stride=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x).relu().mean(dim=(2, 3))
+from tests.helpers.tiny_models import TinyCnn, UnexportableCnn
 
 
 def test_an_unexportable_operator_is_named_and_leaves_no_file(tmp_path):
     target = tmp_path / "cummax.onnx"
     with pytest.raises(OnnxUnavailableError, match="operator cummax"):
-        export_module(_Cummax(), torch.randn(2, 4), target, input_name="x", output_names=["y"])
+        export_module(UnexportableCnn(), torch.randn(2, 3, 8, 8), target, input_name="x", output_names=["y"])
     assert list(tmp_path.iterdir()) == []
 
 
 def test_export_refuses_a_batch_of_one(tmp_path):
     with pytest.raises(Exception, match="batch of at least 2"):
-        export_module(_TinyCnn(), torch.randn(1, 3, 8, 8), tmp_path / "x.onnx", input_name="x", output_names=["y"])
+        export_module(TinyCnn(), torch.randn(1, 3, 8, 8), tmp_path / "x.onnx", input_name="x", output_names=["y"])
 
 
 def test_compare_outputs_flags_a_difference_beyond_tolerance():
@@ -56,19 +33,19 @@ def test_compare_outputs_flags_a_difference_beyond_tolerance():
 
 
 def test_a_damaged_cached_graph_is_rebuilt_not_trusted(workspace):
-    graph = backbone_graph("resnet50@random", workspace=workspace, model=_TinyCnn, exporter="torchscript")
+    graph = backbone_graph("resnet50@random", workspace=workspace, model=TinyCnn, exporter="torchscript")
     assert graph.rebuilt is None and graph.check["gap"]["ok"]
-    again = backbone_graph("resnet50@random", workspace=workspace, model=_TinyCnn, exporter="torchscript")
+    again = backbone_graph("resnet50@random", workspace=workspace, model=TinyCnn, exporter="torchscript")
     assert again.path == graph.path and again.rebuilt is None  # reused as it is
     data = bytearray(graph.path.read_bytes())
     data[-20:] = b"\x00" * 20  # the tail of the weights: still a loadable protobuf, wrong numbers
     graph.path.write_bytes(bytes(data))
-    rebuilt = backbone_graph("resnet50@random", workspace=workspace, model=_TinyCnn, exporter="torchscript")
+    rebuilt = backbone_graph("resnet50@random", workspace=workspace, model=TinyCnn, exporter="torchscript")
     assert "SHA-256" in rebuilt.rebuilt
     record = json.loads(graph.path.with_suffix(".json").read_text())
     assert record["sha256"] == file_digest(rebuilt.path)
     images = torch.randn(5, 3, 224, 224)
     with torch.inference_mode():
-        expected = _TinyCnn().eval()(images).numpy()
+        expected = TinyCnn().eval()(images).numpy()
     got = graph_features(rebuilt.session(), images.numpy(), ("gap",))["gap"]
     np.testing.assert_allclose(got, expected, atol=1e-5)

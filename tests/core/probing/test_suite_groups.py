@@ -8,15 +8,7 @@ Flowers): seconds each.
 
 from __future__ import annotations
 
-import os
-import queue
 import re
-import signal
-import subprocess
-import sys
-import threading
-import time
-from pathlib import Path
 
 import pytest
 
@@ -28,8 +20,8 @@ from core.probing.record import run_key
 from core.probing.suite import ALL, run_probe_suite
 from core.runs.files import RunFiles, head_file
 from core.runs.registry import RunRegistry
+from tests.helpers.cli_process import Cli
 
-REPO = Path(__file__).resolve().parents[3]
 SUITE = {
     "dataset": "synthetic",
     "backbones": ["efficientnet_lite0"],
@@ -177,57 +169,18 @@ def test_runs_recorded_before_the_names_changed_still_read(populated_copy):
 
 PROBE_LINE = re.compile(r"^\s*probe \[[#.]*\] (\d+)/(\d+)")
 CLI_SUITE = [
+    "probe",
     *("--dataset", "synthetic", "--backbones", "efficientnet_lite0", "--protocols", "linear,knn,ncm"),
     *("--shots", "1,2,all", "--seeds", "3"),
 ]
 CLI_RUNS = 3 * (2 * 3 + 1)
-PROCESS_TIMEOUT_S = 300
 
 
-def _probe_cli(root: Path) -> subprocess.Popen:
-    env = {**os.environ, "FLOWER_PROBE_WORKSPACE": str(root), "PYTHONUNBUFFERED": "1"}
-    env.pop("FLOWER_PROBE_DATA_ROOT", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "core", "probe", *CLI_SUITE],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-    )
-
-
-def _kill_after_first_recorded_run(process: subprocess.Popen) -> str:
+def _kill_after_first_recorded_run(cli: Cli) -> str:
     """SIGKILL the CLI at its first "probe k/n" line with 0 < k < n (k runs recorded); returns that line."""
-    lines: queue.Queue[str | None] = queue.Queue()
-    output: list[str] = []
-
-    def read() -> None:
-        for line in process.stdout:
-            output.append(line)
-            lines.put(line.rstrip("\n"))
-        lines.put(None)
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + PROCESS_TIMEOUT_S
-    while time.monotonic() < deadline:
-        line = lines.get(timeout=max(deadline - time.monotonic(), 0.1))
-        if line is None:
-            break
-        match = PROBE_LINE.match(line)
-        if match and 0 < int(match[1]) < int(match[2]):
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(30)
-            return line
-    process.kill()
-    pytest.fail("the suite ended or hung before a run was recorded:\n" + "".join(output))
-
-
-def _finish(process: subprocess.Popen) -> str:
-    output, _ = process.communicate(timeout=PROCESS_TIMEOUT_S)
-    assert process.returncode == 0, output
-    return output
+    line = cli.wait_for(lambda text: bool((m := PROBE_LINE.match(text)) and 0 < int(m[1]) < int(m[2])))
+    cli.kill_9()
+    return line
 
 
 @pytest.mark.slow  # three CLI suites of 21 runs: about a minute on a busy 2-core machine
@@ -236,7 +189,7 @@ def test_probe_suite_killed_with_kill_9_resumes_to_exactly_the_uninterrupted_run
     registry = RunRegistry(Workspace(root=root, data_root=root / "datasets").registry_path)
     before = {r["id"] for r in registry.list_runs()}
 
-    line = _kill_after_first_recorded_run(_probe_cli(root))
+    line = _kill_after_first_recorded_run(Cli(CLI_SUITE, workspace_root=root))
     killed = RunRegistry(registry.path)  # a reader after the kill finds the group's process gone
     [group] = _suite_groups(killed)
     assert group["status"] == "interrupted", group
@@ -244,7 +197,7 @@ def test_probe_suite_killed_with_kill_9_resumes_to_exactly_the_uninterrupted_run
     recorded_then = {r["id"]: run_key(r) for r in killed.group_runs(group["id"])}
     assert all(r["status"] == "completed" for r in killed.list_runs() if r["id"] not in before)
 
-    output = _finish(_probe_cli(root))
+    output = Cli(CLI_SUITE, workspace_root=root).finish()
     assert f"resuming it: {group['recorded']} were recorded before" in output, output
     assert f"Recorded {CLI_RUNS - group['recorded']} runs (group {group['id']}" in output, output
     group = killed.get_group(group["id"])
@@ -255,7 +208,7 @@ def test_probe_suite_killed_with_kill_9_resumes_to_exactly_the_uninterrupted_run
     assert len([r for r in killed.list_runs() if r["id"] not in before]) == CLI_RUNS
 
     # The same command again: a new group (the other completed), uninterrupted, with the same runs and numbers.
-    _finish(_probe_cli(root))
+    Cli(CLI_SUITE, workspace_root=root).finish()
     [uninterrupted, _] = _suite_groups(killed)
     assert uninterrupted["id"] != group["id"] and uninterrupted["status"] == "completed"
     assert _outcomes(killed.group_runs(uninterrupted["id"])) == _outcomes(resumed)

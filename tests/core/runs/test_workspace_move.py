@@ -9,7 +9,6 @@ before any page opens, so a photo, a feature file or a head can only come from t
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -23,9 +22,10 @@ from core.predict.classify import Predictor
 from core.runs.files import RunFiles, stored_path
 from core.runs.registry import RunRegistry
 from tests.helpers.photo_grids import photo_grids
+from ui.navigation import PAGES as MENU
 
 ENTRY = Path(__file__).resolve().parents[3] / "dashboard.py"
-PAGES = re.findall(r'st\.Page\("([^"]+)"', ENTRY.read_text(encoding="utf-8"))
+PAGES = [entry.script for entry in MENU]  # the dashboard's menu (dashboard.py draws ui.navigation.PAGES)
 RENDER_TIMEOUT_S = 120  # cold caches: t-SNE and thumbnails of the moved copy, on a shared 2-core CPU
 UNREADABLE = "(unreadable)"  # what the galleries add to the caption of a photo they could not open
 
