@@ -506,36 +506,17 @@ def _cmd_export(args: argparse.Namespace, workspace: Workspace) -> None:
     )
 
 
-def _predict_attentive(args: argparse.Namespace, workspace: Workspace) -> bool:
-    """``predict --run`` of an attentive run: its saved head on each photo's patch tokens, and where it looked."""
-    from core.runs.registry import RunRegistry
-
-    run = RunRegistry(workspace.registry_path).get_run(args.run) if args.run is not None else None
-    if not run or run.get("protocol") != "attentive":
-        return False
+def _attention_summaries(predictor, images: list[str], workspace: Workspace) -> dict[str, dict]:
+    """For an attentive run, where its head looked on each photo (``core.predict.attention``), by photo name."""
+    if not predictor.reads_tokens:
+        return {}
     from core.predict.attention import attention_views
 
-    views = attention_views(run, [(path, path) for path in args.images], workspace=workspace, progress=None)
-    rows = [
-        {
-            "name": v.name,
-            "predicted": v.predicted,
-            "confidence": v.confidence / 100,
-            "attention_grid": list(v.weights.shape),
-            "peak_attention_vs_uniform": v.peak_share,
-        }
+    views = attention_views(predictor.run, [(path, path) for path in images], workspace=workspace, progress=None)
+    return {
+        v.name: {"attention_grid": list(v.weights.shape), "peak_attention_vs_uniform": round(v.peak_share, 3)}
         for v in views
-    ]
-    if args.json:
-        print(json.dumps(rows, indent=2, ensure_ascii=False))
-    else:
-        for row in rows:
-            print(
-                f"{row['name']}: {row['predicted']} ({row['confidence']:.4f}); attention over "
-                f"{row['attention_grid'][0]} x {row['attention_grid'][1]} patches, "
-                f"peak {row['peak_attention_vs_uniform']:.1f}x uniform"
-            )
-    return True
+    }
 
 
 def _cmd_predict(args: argparse.Namespace, workspace: Workspace) -> None:
@@ -544,16 +525,16 @@ def _cmd_predict(args: argparse.Namespace, workspace: Workspace) -> None:
     if args.bundle:
         _cmd_predict_bundle(args)
         return
-    if _predict_attentive(args, workspace):
-        return
-
     predictor = Predictor.from_run(
         args.run, workspace=workspace, device=args.device, progress=ConsoleProgress(), extract_missing=True
     )  # a command line may take its time; a page queues a job
     predictions = predictor.predict([(path, path) for path in args.images])
+    ok_images = [path for path, prediction in zip(args.images, predictions, strict=True) if prediction.ok]
+    attention = _attention_summaries(predictor, ok_images, workspace)
     if args.json:
         print(f"Probabilities: {predictor.probabilities_note}.", file=sys.stderr)  # stdout stays one JSON document
-        print(json.dumps([p.to_dict() for p in predictions], indent=2, ensure_ascii=False))
+        rows = [{**p.to_dict(), **attention.get(p.name, {})} for p in predictions]
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
     else:
         print(f"Probabilities: {predictor.probabilities_note}.")
         for prediction in predictions:
@@ -562,6 +543,10 @@ def _cmd_predict(args: argparse.Namespace, workspace: Workspace) -> None:
                 print(f"  error: {prediction.error}")
             for rank, (class_name, probability) in enumerate(prediction.top, start=1):
                 print(f"  {rank}. {class_name:<30} {probability:.4f}")
+            if prediction.name in attention:
+                rows, cols = attention[prediction.name]["attention_grid"]
+                peak = attention[prediction.name]["peak_attention_vs_uniform"]
+                print(f"  attention over {rows} x {cols} patches, the most-attended one {peak:.1f}x the uniform weight")
     if not any(p.ok for p in predictions):
         raise FlowerProbeError(f"None of the {len(predictions)} image(s) could be classified; the reasons are above.")
 

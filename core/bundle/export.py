@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
@@ -48,7 +47,6 @@ from core.features.extract import prepare_model
 from core.features.runtime import cpu_flags
 from core.onnx.export import OnnxUnavailableError, export_module, session
 from core.predict.classify import MEMORY_PROTOCOLS, Predictor, tokens_as_cached
-from core.probing.attentive import AttentivePoolHead
 
 PARITY_BATCHES = (1, 7, 32)
 PARITY_MAX_ABS = 1e-4  # probabilities, fp32 (issue 23)
@@ -59,27 +57,6 @@ FILES = ("model.onnx", "preprocessing.json", "labels.json", "head.safetensors", 
 
 class ParityError(FlowerProbeError):
     """onnxruntime and Flower Probe's predict disagreed on the export's check images; no bundle was written."""
-
-
-class _BatchFreeAttentiveHead(AttentivePoolHead):
-    """``AttentivePoolHead`` whose forward reads the batch size as ``tokens.shape[0]``, the same computation.
-
-    The saved head's forward takes ``len(tokens)``, a Python int to both exporters, so its graph would only accept
-    the batch size it was traced with; ``shape[0]`` stays the graph's dynamic batch dimension.
-    """
-
-    @classmethod
-    def of(cls, head: AttentivePoolHead) -> _BatchFreeAttentiveHead:
-        copy = cls(head.dim, head.linear.out_features, num_queries=head.num_queries, num_heads=head.num_heads)
-        copy.load_state_dict(head.state_dict())
-        return copy.eval()
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        batch = tokens.shape[0]
-        keys, values = self.kv(tokens).chunk(2, dim=-1)
-        query = self._split(self.query[None].expand(batch, -1, -1).to(tokens.dtype))
-        pooled = F.scaled_dot_product_attention(query, self._split(keys), self._split(values))
-        return self.linear(pooled.transpose(1, 2).reshape(batch, self.num_queries * self.dim))
 
 
 class BundleGraph(nn.Module):
@@ -398,7 +375,7 @@ def export_bundle(
     preprocessing = preprocessing_record(config)
     graph = BundleGraph(
         fp32,
-        _BatchFreeAttentiveHead.of(predictor.head) if predictor.reads_tokens else predictor.head,
+        predictor.head,
         mean=config.mean,
         std=config.std,
         temperature=predictor.temperature,

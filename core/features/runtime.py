@@ -3,8 +3,9 @@
 On a CPU the winner depends on the model and the CPU (issue 22, measured on a 2-core AVX-512-BF16 EPYC:
 EfficientNet-Lite0 4.3x faster in onnxruntime fp32 than in the engine's torch fp32 path; DINOv2 ViT-S/14 1.8x
 faster in torch bf16 than in onnxruntime fp32), so ``runtime="auto"`` runs a short micro-benchmark the first time a
-(backbone, weights, input size, CPU) meets it and keeps the verdict, with both figures and the CPU's flags, in the
-workspace's measured-rates file (``RATES_FILENAME``, the file Home's estimates read). GPUs stay on PyTorch.
+(backbone, input size, CPU) meets it, whatever its weights, and keeps the verdict, with both figures and the CPU's
+flags, in the workspace's measured-rates file (``RATES_FILENAME``, the file Home's estimates read).
+GPUs stay on PyTorch.
 
 onnxruntime only ever computes fp32, and its graph is only used after its features matched PyTorch fp32's within
 1e-4 absolute and cosine 0.99999 (``core.onnx.backbone``), so an fp32 feature cache is shared by both runtimes: a
@@ -95,10 +96,14 @@ class RuntimeChoice:
     figures: dict = field(default_factory=dict)
 
 
-def choice_key(*, weights_tag: str, input_size: int, torch_precision: str, threads: int) -> str:
-    """The rates file's key of one measured choice: weights, input size, torch's precision, threads, CPU flags."""
+def choice_key(*, input_size: int, torch_precision: str, threads: int) -> str:
+    """The rates file's key of one measured choice: input size, torch's precision, threads, CPU flags.
+
+    Not the weights: the speed is the architecture's, so one measurement serves every weights of a backbone (the
+    offline demo's pretrained and random EfficientNet-Lite0 share one).
+    """
     flags = "+".join(cpu_flags()) or "unknown-cpu"
-    return f"{weights_tag}|{input_size}px|torch-{torch_precision}|{threads}threads|{flags}"
+    return f"{input_size}px|torch-{torch_precision}|{threads}threads|{flags}"
 
 
 def _read_rates(workspace: Workspace) -> dict:
@@ -215,13 +220,13 @@ def iter_onnx_batches(
         yield features, batch_rows[ok].numpy().astype(np.int64), skipped
 
 
-def prefers_onnxruntime(workspace: Workspace, backbone: str, *, weights_tag: str, input_size: int) -> bool:
-    """Whether this workspace measured onnxruntime faster for ``backbone`` with these weights and input size on this
-    CPU and thread count (a ``choose_runtime`` record, whatever PyTorch precision it was measured against)."""
+def prefers_onnxruntime(workspace: Workspace, backbone: str, *, input_size: int) -> bool:
+    """Whether this workspace measured onnxruntime faster for ``backbone`` at this input size on this CPU and thread
+    count (a ``choose_runtime`` record, whatever PyTorch precision it was measured against)."""
     entries = _read_rates(workspace).get(RUNTIME_KEY_PREFIX + backbone, {})
     threads, flags = f"|{torch.get_num_threads()}threads|", "|" + ("+".join(cpu_flags()) or "unknown-cpu")
     return any(
-        key.startswith(f"{weights_tag}|{input_size}px|")
+        key.startswith(f"{input_size}px|")
         and threads in key
         and key.endswith(flags)
         and isinstance(entry, dict)

@@ -586,9 +586,7 @@ class Predictor:
         # The backbone's graph outputs pooled features only, not the patch tokens an attentive head reads.
         if self.device.type != "cpu" or self.precision != "fp32" or self.reads_tokens:
             return False
-        if not prefers_onnxruntime(
-            workspace, backbone.name, weights_tag=backbone.weights_tag, input_size=backbone.input_size
-        ):
+        if not prefers_onnxruntime(workspace, backbone.name, input_size=backbone.input_size):
             return False
         from core.onnx.export import OnnxUnavailableError
 

@@ -90,15 +90,18 @@ class AttentivePoolHead(nn.Module):
     def attention(self, tokens: torch.Tensor) -> torch.Tensor:
         """Attention weights (N, queries, heads, T); they sum to 1 over the T tokens."""
         keys = self._split(self.kv(tokens)[..., : self.dim])  # (N, H, T, dh)
-        query = self._split(self.query[None].expand(len(tokens), -1, -1))  # (N, H, Q, dh)
+        query = self._split(self.query[None].expand(tokens.shape[0], -1, -1))  # (N, H, Q, dh)
         scores = query @ keys.transpose(-1, -2) / math.sqrt(self.dim // self.num_heads)  # (N, H, Q, T)
         return scores.softmax(dim=-1).transpose(1, 2)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        # tokens.shape[0], not len(tokens): both ONNX exporters keep the former as the graph's batch dimension and
+        # bake the latter in as the traced batch size (core.bundle exports this head).
+        batch = tokens.shape[0]
         keys, values = self.kv(tokens).chunk(2, dim=-1)
-        query = self._split(self.query[None].expand(len(tokens), -1, -1).to(tokens.dtype))
+        query = self._split(self.query[None].expand(batch, -1, -1).to(tokens.dtype))
         pooled = F.scaled_dot_product_attention(query, self._split(keys), self._split(values))  # (N, H, Q, dh)
-        return self.linear(pooled.transpose(1, 2).reshape(len(tokens), self.num_queries * self.dim))
+        return self.linear(pooled.transpose(1, 2).reshape(batch, self.num_queries * self.dim))
 
 
 def load_attentive_head(state: dict[str, torch.Tensor]) -> AttentivePoolHead:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -113,6 +114,7 @@ class SuitePlan:
     protocols: tuple[str, ...]
     levels: tuple[int | None, ...]
     seeds: tuple[int, ...]
+    notes: tuple[str, ...] = ()  # requested feature variants a backbone lacks, and what it runs instead
 
     def schedule(self, variant: str) -> list[tuple[int | None, int, str]]:
         """The (shots, seed, protocol) runs of one variant: ``attentive`` runs on the ``tokens`` pseudo-variant
@@ -158,14 +160,41 @@ def plan_suite(
     if ZERO_SHOT_PROTOCOL in protocols:
         raise FlowerProbeError("protocols: 'zeroshot' runs through core.probing.zeroshot (python -m core probe does).")
     pooled = any(p not in TOKEN_PROTOCOLS for p in protocols)
-    pairs = []
-    for choice in backbone_choices(list(backbones), tuple(random_weights_for)):
-        for variant in (features or [choice.resolved.default_variant]) if pooled else []:
-            pairs.append((choice, choice.resolved.check_variant(variant)))
+    pairs, notes = [], []
+    choices = backbone_choices(list(backbones), tuple(random_weights_for))
+    for variant in features or []:  # a variant none of the backbones gives is a mistake, not a mix of kinds
+        if not any(variant in choice.resolved.variants for choice in choices):
+            choices[0].resolved.check_variant(variant)
+    for choice in choices:
+        variants, note = _variants_of(choice.resolved, features) if pooled else ([], None)
+        pairs.extend((choice, variant) for variant in variants)
+        notes.extend([note] if note else [])
         if any(p in TOKEN_PROTOCOLS for p in protocols):
             token_layout(choice.backbone)  # a backbone with neither patch tokens nor a feature map is refused here
             pairs.append((choice, TOKENS))
-    return SuitePlan(choices=tuple(pairs), protocols=tuple(protocols), levels=tuple(shots), seeds=seed_values)
+    return SuitePlan(
+        choices=tuple(pairs), protocols=tuple(protocols), levels=tuple(shots), seeds=seed_values, notes=tuple(notes)
+    )
+
+
+def _variants_of(backbone, features: Sequence[str] | None) -> tuple[list[str], str | None]:
+    """The requested ``features`` ``backbone`` gives, and a note when it lacks some.
+
+    One list of variants serves backbones of both kinds (``--features cls,patch_mean`` for a ViT beside a CNN):
+    each probes those it has; one that has none of them probes its own default variant, said in the note.
+    """
+    if not features:
+        return [backbone.default_variant], None
+    given = [variant for variant in features if variant in backbone.variants]
+    lacking = [variant for variant in features if variant not in backbone.variants]
+    if not lacking:
+        return given, None
+    instead = given or [backbone.default_variant]
+    note = (
+        f"{backbone.spec}: no {', '.join(lacking)} features (it gives {', '.join(backbone.variants)}); "
+        f"probing {', '.join(instead)}" + ("" if given else " instead")
+    )
+    return instead, note
 
 
 def probe_grid(
@@ -296,6 +325,9 @@ def run_probe_suite(
         shots=list(shots),
         seeds=seeds,
     )
+    for note in plan.notes:  # to the CLI (the log) and to the page's job log (the progress events)
+        logging.getLogger("flower_probe").warning(note)
+        report(progress, "probe", 0, len(plan.choices), message=note)
     registry = RunRegistry(workspace.registry_path)
     watched = _RateWatcher(progress, stage=GENERATE_KEY)
     prepared = prepare_dataset(dataset, workspace, progress=watched)

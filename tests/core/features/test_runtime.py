@@ -83,6 +83,11 @@ def test_the_auto_choice_is_measured_once_and_recorded(tiny_workspace, monkeypat
     )
     # The fp32 cache is shared by both runtimes: torch reads onnxruntime's.
     assert torch_features.from_cache and torch_features.runtime == "onnxruntime"
+    # Other weights of the same architecture (the offline demo's random Lite0) reuse the measurement: the speed is
+    # the architecture's; their own graph is exported and checked, their own features extracted.
+    random = extract_features(dataset, "efficientnet_lite0@random", workspace=tiny_workspace, runtime="auto")
+    assert timings == ["efficientnet_lite0"] and random.runtime == "onnxruntime"
+    assert not random.from_cache and not np.allclose(random.features, again.features)
 
 
 def _extract_saying_runtime(workspace, spec: str, runtime: str) -> tuple[FeatureSet, list[str]]:

@@ -258,6 +258,30 @@ def test_plan_refuses_unknown_protocols_and_missing_variants():
     assert [variant for _, variant in plan.choices] == ["cls", "gap"]
 
 
+def test_plan_gives_each_backbone_the_requested_variants_it_has():
+    # ``probe --features cls,patch_mean`` for a ViT beside a CNN: the ViT probes both, the CNN (neither) its gap.
+    plan = plan_suite(
+        backbones=["dinov2_vits14", "resnet50"],
+        protocols=["knn"],
+        features=["cls", "patch_mean"],
+        shots=[None],
+        seeds=1,
+    )
+    assert [(choice.spec, variant) for choice, variant in plan.choices] == [
+        ("dinov2_vits14", "cls"),
+        ("dinov2_vits14", "patch_mean"),
+        ("resnet50", "gap"),
+    ]
+    assert plan.notes == ("resnet50: no cls, patch_mean features (it gives gap); probing gap instead",)
+    both = plan_suite(
+        backbones=["dinov2_vits14", "resnet50"], protocols=["knn"], features=["cls", "gap"], shots=[None], seeds=1
+    )
+    assert [variant for _, variant in both.choices] == ["cls", "gap"]
+    assert len(both.notes) == 2  # each lacks one of the two
+    with pytest.raises(FlowerProbeError, match="features must be one of gap for resnet50, got 'last4'"):
+        plan_suite(backbones=["resnet50"], protocols=["knn"], features=["last4"], shots=[None], seeds=1)
+
+
 # ----------------------------------------------------------------------------------------------- the suite, recorded
 
 
