@@ -263,14 +263,3 @@ def test_the_train_page_launches_a_probe_suite_through_the_job_runner(probe_root
     assert len(job.run_ids) == 2 * (2 + 1)
     registry = RunRegistry(Workspace.from_env().registry_path)
     assert before is None or len(registry.list_runs()) == before + 6
-
-    # A variant none of the backbones has (patch tokens of a CNN): refused with the reason, nothing queued.
-    jobs = len(job_runner().jobs())
-    at.multiselect(key="train_backbones").set_value(["resnet50@random"]).run()
-    at.multiselect(key="train_features").set_value(["patch_mean"])
-    at.button(key="train_launch").click().run()
-    assert not at.exception
-    assert any(
-        "features must be one of gap for resnet50, got 'patch_mean'" in e.value.replace("\\", "") for e in at.error
-    )
-    assert len(job_runner().jobs()) == jobs
