@@ -24,6 +24,10 @@ import sys
 import threading
 from urllib.parse import quote
 
+from starlette.datastructures import Headers
+from starlette.responses import RedirectResponse
+from streamlit import config
+
 from ui.navigation import NOT_FOUND, PAGE_ADDRESSES
 
 _lock = threading.Lock()
@@ -86,10 +90,6 @@ class UnknownAddressToNotFound:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
-            from starlette.datastructures import Headers
-            from starlette.responses import RedirectResponse
-            from streamlit import config
-
             target = not_found_redirect(
                 scope["path"],
                 base_path=config.get_option("server.baseUrlPath") or "",
