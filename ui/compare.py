@@ -125,7 +125,11 @@ def _chosen(run: dict) -> str:
     hyperparameter = (run.get("metrics") or {}).get("hyperparameter")
     if not hyperparameter:
         return f"epoch {run['best_epoch']}" if run["best_epoch"] else ""
-    return "" if hyperparameter["name"] is None else f"{hyperparameter['name']} {hyperparameter['value']:g}"
+    if hyperparameter["name"] is None:
+        return ""
+    # One value (an lr, a k, a C) or one per name (attentive: "lr, weight decay" -> [0.003, 0.0005]).
+    values = hyperparameter["value"] if isinstance(hyperparameter["value"], list) else [hyperparameter["value"]]
+    return f"{hyperparameter['name']} {', '.join(f'{value:g}' for value in values)}"
 
 
 def _rounded(value: float | None, digits: int) -> float | None:

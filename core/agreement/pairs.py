@@ -276,6 +276,7 @@ class _Subset:
 
 
 def _run_features(run: dict, workspace: Workspace, name: str):
+    from core.backbones.variants import TOKENS
     from core.features.extract import read_features
     from core.runs.files import RunFiles
 
@@ -283,7 +284,9 @@ def _run_features(run: dict, workspace: Workspace, name: str):
     if path is None:
         raise MissingFileError(f"{name}: run #{run['id']} recorded no features (it did not complete).")
     try:
-        return read_features(path, variant=run.get("features"))
+        # An attentive run's entry holds patch tokens; its features here are the pooled ones kept beside them.
+        variant = None if run.get("features") == TOKENS else run.get("features")
+        return read_features(path, variant=variant)
     except MissingFileError as exc:
         raise MissingFileError(f"{name}: run #{run['id']}'s {exc}") from exc
 

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 VIT_VARIANTS = ("cls", "patch_mean", "cls+patch_mean", "last4")
 CNN_VARIANTS = ("gap",)
 VARIANTS = VIT_VARIANTS + CNN_VARIANTS
+# The pseudo-variant a token cache entry stores its patch tokens under, (n_images, tokens, dim): no pooled vector.
+TOKENS = "tokens"
 # DINOv2's linear eval concatenates the class tokens of this many last blocks (n_last_blocks=4).
 LAST_BLOCKS = 4
 

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 
 from core.backbones.registry import BackboneConfig, make_transform
 from core.backbones.resolved import ResolvedBackbone, resolve_backbone
-from core.backbones.variants import available_variants, model_variants, variant_forward
+from core.backbones.variants import TOKENS, available_variants, model_variants, variant_forward
 from core.base.errors import BadImageError, FlowerProbeError, MissingFileError
 from core.base.fileio import atomic_write, atomic_write_bytes, disk_errors
 from core.base.progress import ProgressCallback, RateMeter, report
@@ -464,7 +464,14 @@ def _read_sharded(folder: Path, variant: str | None, *, memory_map: bool = False
     if manifest is None or not manifest.get("complete"):
         return None
     variants = manifest["variants"]
-    variant = variants[0] if variant is None else variant
+    if variant is None:  # the default: the first pooled variant (a token entry also keeps its backbone's default)
+        pooled = [name for name in variants if name != TOKENS]
+        if not pooled:
+            raise FlowerProbeError(
+                f"The cache {folder.name} holds patch tokens only, no pooled features (n_images, dim) to map or "
+                f"search; extract the backbone's features (python -m core extract) for them."
+            )
+        variant = pooled[0]
     if variant not in variants:
         raise FlowerProbeError(
             f"features must be one of {', '.join(variants)} for {manifest['backbone']}, got {variant!r}."

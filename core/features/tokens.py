@@ -27,6 +27,7 @@ import torch
 
 from core.backbones.resolved import ResolvedBackbone, resolve_backbone
 from core.backbones.tokens import TokenLayout, layer_forward, layer_names, token_hook, token_layout
+from core.backbones.variants import TOKENS
 from core.base.errors import FlowerProbeError
 from core.base.progress import ProgressCallback, report
 from core.base.workspace import Workspace
@@ -46,7 +47,6 @@ from core.features.extract import (
     select_precision,
 )
 
-TOKENS = "tokens"
 # Bytes of tokens per shard: one shard is held in memory while it is filled (ViT-S/14: 682 images a shard).
 TOKEN_SHARD_BYTES = 128 << 20
 # Forward passes run by this module, counted so tests can show a cached entry is reused with none.

@@ -263,3 +263,12 @@ def test_the_train_page_launches_a_probe_suite_through_the_job_runner(probe_root
     assert len(job.run_ids) == 2 * (2 + 1)
     registry = RunRegistry(Workspace.from_env().registry_path)
     assert before is None or len(registry.list_runs()) == before + 6
+
+
+def test_the_chosen_hyperparameter_reads_one_value_or_one_per_name():
+    from ui.compare import _chosen
+
+    assert _chosen({"metrics": {"hyperparameter": {"name": "lr", "value": 0.05}}, "best_epoch": None}) == "lr 0.05"
+    attentive = {"name": "lr, weight decay", "value": [0.003, 0.0005]}
+    assert _chosen({"metrics": {"hyperparameter": attentive}, "best_epoch": None}) == "lr, weight decay 0.003, 0.0005"
+    assert _chosen({"metrics": {}, "best_epoch": 5}) == "epoch 5"

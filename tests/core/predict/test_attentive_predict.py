@@ -109,3 +109,17 @@ def test_a_head_for_other_tokens_is_refused_by_name(attentive):
     save_file({**state, **narrow, "linear.weight": torch.zeros(state["linear.weight"].shape[0], 64)}, str(path))
     with pytest.raises(FlowerProbeError, match=r"not the head run .* reads 64-d tokens, and \S+ are 1280-d"):
         Predictor.from_run(run["id"], workspace=workspace, device="cpu")
+
+
+def test_an_attentive_runs_features_read_as_one_pooled_vector_per_image(attentive):
+    # Explorer, Agreement and the other readers of a run's features want (n_images, dim): an attentive run's entry
+    # holds patch tokens first, and its default read is the pooled features kept beside them (Lite0's gap).
+    from core.agreement.pairs import _run_features
+    from core.features.extract import read_features
+
+    workspace, run = attentive
+    path = RunFiles(run, workspace).features
+    pooled = read_features(path)
+    assert pooled.variant == "gap" and pooled.features.ndim == 2
+    assert read_features(path, variant="tokens").features.ndim == 3  # asked for by name, the tokens themselves
+    np.testing.assert_array_equal(_run_features(run, workspace, "run_a").features, pooled.features)
