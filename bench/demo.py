@@ -4,28 +4,44 @@ A fresh workspace (nothing generated, nothing cached), the real server (``stream
 ``tests.helpers.browser`` starts it) and Debian's Chromium: Home is opened, the duration it promises before the click
 is read, "Run the offline demo" is clicked, and the clock runs until the registry holds both completed runs
 (the job lives in the server process: generating Synthetic Flowers, extracting EfficientNet-Lite0 features
-with pretrained and with random weights, training both heads). Each run's own timings come from its record.
-One cold run is the figure (a second would find everything cached); the load average is kept beside it.
+with pretrained and with random weights, training both heads), and on until the page shows the finished job (the
+field's protocols on the same features: linear, logistic regression, k-NN, NCM) with its "Compare these runs" link.
+Each run's own timings come from its record. One cold run is the figure (a second would find everything cached); the
+load average is kept beside it. The clock watches the registry through one read-only connection, a few cheap
+queries a second: opening a ``RunRegistry`` per poll (schema, migration and reconcile transactions, each fsynced)
+cost the measured machine ~8 s of CPU per run, a fifth of what the demo itself needs.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import sqlite3
 import time
 
 from .common import Context, Target, load_average
 
-GOAL_S = 90.0  # issue 14: the offline demo's click-to-result on this 2-core CPU, idle
+GOAL_S = 30.0  # issue 22 (issue 14 asked for 90): the offline demo's click-to-result on a 2-core AVX-512 CPU, idle
 TIMEOUT_S = 1_200.0  # a loaded machine may need many times the goal; never wait forever
 BUTTON = "Run the offline demo"
+FINISHED_LINK = "Compare these runs"  # ui.jobs.job_outcome's link, drawn when the job has ended
 
 
-def _runs(registry_path, status: str) -> list[dict]:
-    """The fresh workspace's runs in ``status``; none before the job has created its registry."""
-    from core.runs.registry import RunRegistry
+def _count_runs(connection: sqlite3.Connection | None, status: str) -> int:
+    """How many of the fresh workspace's runs are in ``status``; none before the job has created its registry."""
+    if connection is None:
+        return 0
+    try:
+        return connection.execute("SELECT COUNT(*) FROM runs WHERE status=?", (status,)).fetchone()[0]
+    except sqlite3.OperationalError:  # the job is creating the schema right now
+        return 0
 
-    return RunRegistry(registry_path).list_runs(status=status) if registry_path.is_file() else []
+
+def _read_only(registry_path) -> sqlite3.Connection | None:
+    if not registry_path.is_file():
+        return None
+    return sqlite3.connect(f"file:{registry_path}?mode=ro", uri=True, timeout=5, isolation_level=None)
 
 
 def run(context: Context) -> tuple[dict, list[Target]]:
@@ -57,37 +73,52 @@ def run(context: Context) -> tuple[dict, list[Target]]:
             results["promised_before_click"] = promise
             page.get_by_role("button", name=BUTTON).click()
             clicked = time.perf_counter()
-            while len(_runs(registry_path, "completed")) < 2 and time.perf_counter() - clicked < TIMEOUT_S:
-                if _runs(registry_path, "failed"):
+            connection, heads_done = None, False
+            while time.perf_counter() - clicked < TIMEOUT_S and not _count_runs(connection, "failed"):
+                connection = connection or _read_only(registry_path)
+                if heads_done := _count_runs(connection, "completed") >= 2:
                     break
                 time.sleep(0.25)
             click_to_result = time.perf_counter() - clicked
+            job_done = None
+            if heads_done:  # then the rest of the job, as the page shows its end
+                left_ms = max(1.0, TIMEOUT_S - click_to_result) * 1e3
+                page.get_by_role("link", name=FINISHED_LINK).wait_for(timeout=left_ms)
+                job_done = time.perf_counter() - clicked
         finally:
             browser.close()
-    runs = _runs(registry_path, "completed")
+    with sqlite3.connect(f"file:{registry_path}?mode=ro", uri=True) as connection:
+        connection.row_factory = sqlite3.Row
+        runs = connection.execute("SELECT * FROM runs WHERE status='completed' ORDER BY id").fetchall()
+        results["failed_runs"] = [r["id"] for r in connection.execute("SELECT id FROM runs WHERE status='failed'")]
     results["load_average_after"] = load_average()
-    results["failed_runs"] = [r["id"] for r in _runs(registry_path, "failed")]
-    results["click_to_result_s"] = click_to_result if len(runs) == 2 else None
+    results["click_to_result_s"] = click_to_result if heads_done else None
+    results["click_to_job_done_s"] = job_done
     results["runs"] = [
         {
             "backbone": r["backbone"],
             "weights": r["weights"],
+            "protocol": r["protocol"],
             "test_acc": r["test_acc"],
-            "n_images": r.get("n_images"),
-            "timings": r.get("timings"),
+            "timings": json.loads(r["timings"] or "null"),
         }
         for r in runs
     ]
     context.log(
-        f"  demo: click to result {click_to_result:.1f} s ({len(runs)} runs completed), promised: {promise!r}; "
-        f"load {results['load_average_before']} -> {results['load_average_after']}"
+        f"  demo: click to both reference runs {click_to_result:.1f} s, to the finished job "
+        f"{job_done if job_done is None else round(job_done, 1)} s ({len(runs)} runs completed), promised: "
+        f"{promise!r}; load {results['load_average_before']} -> {results['load_average_after']}"
     )
-    target = Target(
-        "Offline demo, click to result (fresh workspace)",
-        results["click_to_result_s"],
-        "<",
-        GOAL_S,
-        "s",
-        f"load {results['load_average_before'][0]:.1f} -> {results['load_average_after'][0]:.1f}",
-    )
-    return results, [target]
+    load = f"load {results['load_average_before'][0]:.1f} -> {results['load_average_after'][0]:.1f}"
+    targets = [
+        Target(
+            "Offline demo, click to both reference runs (fresh workspace)",
+            results["click_to_result_s"],
+            "<",
+            GOAL_S,
+            "s",
+            load,
+        ),
+        Target("Offline demo, click to the finished job (all protocols)", job_done, "<", GOAL_S, "s", load),
+    ]
+    return results, targets

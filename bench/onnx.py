@@ -94,13 +94,14 @@ def _model_section(spec: str, weights: str, context: Context, dataset) -> dict:
     rows = np.linspace(0, len(dataset.image_paths) - 1, n).round().astype(int).tolist()
     images = _DatasetImages(tuple(dataset.image_paths), backbone)
     batches = [rows[i : i + 32] for i in range(0, n, 32)]
+    image_shape = (3, backbone.input_size, backbone.input_size)
 
     def inline():
         for row in rows:
             images[row]
 
     def pooled():
-        for _ in threaded_batches(images.__getitem__, batches):
+        for _ in threaded_batches(images.__getitem__, batches, image_shape=image_shape):
             pass
 
     def decode_jpeg_only():
@@ -119,7 +120,7 @@ def _model_section(spec: str, weights: str, context: Context, dataset) -> dict:
             pass
 
     def onnx_end_to_end():
-        loader = threaded_batches(images.__getitem__, batches)
+        loader = threaded_batches(images.__getitem__, batches, image_shape=image_shape)
         for _ in iter_onnx_batches(session, graph, loader, total=n, variants=graph.variants):
             pass
 

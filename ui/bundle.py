@@ -78,7 +78,7 @@ def download_model(run: dict, *, key: str) -> None:
             )
     if active is not None:
         job_id = active.id
-        live_jobs(lambda: job_card(runner.get(job_id)), busy=lambda: runner.get(job_id).active, refresh_s=1.0)
+        live_jobs(lambda: job_card(runner.get(job_id)), busy=lambda: runner.get(job_id).active)
     elif jobs and jobs[0].status == "failed":
         job_card(jobs[0])
 

@@ -232,7 +232,7 @@ def _queue_extraction(run: dict, missing: FeaturesMissingError) -> None:
         icon=":material/schedule:",
     )
     # Live while it runs (ui.jobs.live_jobs); the page reruns when it ends and classifies with the run.
-    live_jobs(lambda: job_card(job_runner().get(job.id)), busy=lambda: job_runner().get(job.id).active, refresh_s=1.0)
+    live_jobs(lambda: job_card(job_runner().get(job.id)), busy=lambda: job_runner().get(job.id).active)
 
 
 def load_predictors(runs: list[dict]) -> list[Predictor] | None:

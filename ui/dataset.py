@@ -74,7 +74,6 @@ def preparation_jobs() -> None:
     live_jobs(
         lambda: watch_jobs(PREPARE_KINDS, state_key="dataset_watched_jobs"),
         busy=lambda: any_job_active(PREPARE_KINDS),
-        refresh_s=1.0,
     )
 
 

@@ -421,7 +421,6 @@ def _maps_dir():
 # in the page's thread, as the sprite sheets do: the page looks the result up (memory, then disk), queues a job when it
 # is not there, shows the job's progress bar, and draws the result on the rerun that follows the job's end.
 
-JOB_REFRESH_S = 1.0  # the progress bar of a map or health job: as often as the job cards on the Train page
 _PENDING_KEY = "explorer_pending_jobs"  # what this session queued: work key -> job id (a failed job is not resubmitted)
 
 
@@ -500,12 +499,10 @@ def _job_bars(job_ids: list[int]) -> None:
 
 
 def _show_pending(jobs: dict[tuple, Job]) -> None:
-    """Progress bars of ``jobs`` (work key -> job) that rerun every ``JOB_REFRESH_S`` while any is active; when the last
-    ends the page reruns and draws what they made. A failed or cancelled job can be queued again."""
+    """Progress bars of ``jobs`` (work key -> job) that rerun every ``ui.jobs.JOB_REFRESH_S`` while any is active;
+    when the last ends the page reruns and draws what they made. A failed or cancelled job can be queued again."""
     ids = [job.id for job in jobs.values()]
-    live_jobs(
-        lambda: _job_bars(ids), busy=lambda: any(job_runner().get(i).active for i in ids), refresh_s=JOB_REFRESH_S
-    )
+    live_jobs(lambda: _job_bars(ids), busy=lambda: any(job_runner().get(i).active for i in ids))
     ended = {work: job for work, job in jobs.items() if not job_runner().get(job.id).active}
     if ended and st.button("Try again", key=f"explorer-retry-{min(j.id for j in ended.values())}"):
         for work in ended:

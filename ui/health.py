@@ -236,11 +236,10 @@ def form() -> HealthChoice | None:
 
 
 def health_jobs() -> None:
-    """This page's jobs, redrawn every second while one runs; when one finishes, the page shows its result."""
+    """This page's jobs, redrawn while one runs; when one finishes, the page shows its result."""
     live_jobs(
         lambda: watch_jobs(JOB_KINDS, state_key="health_watched_jobs"),
         busy=lambda: any_job_active(JOB_KINDS),
-        refresh_s=1.0,
     )
 
 

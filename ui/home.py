@@ -217,4 +217,4 @@ def launched_feedback() -> None:
     redrawn live while it runs."""
     from ui.jobs import live_jobs
 
-    live_jobs(_demo_progress, busy=lambda: any(job.active for job in _preset_jobs()), refresh_s=1.0)
+    live_jobs(_demo_progress, busy=lambda: any(job.active for job in _preset_jobs()))

@@ -15,8 +15,16 @@ from ui.charts import curves_figure
 from ui.labels import format_age
 from ui.state import device_label, job_runner, workspace
 
+# How often a live view of jobs redraws itself while none of its jobs runs: so that a job started elsewhere (another
+# tab, the CLI) still shows up. The views used to rerun every 1-2 s whatever happened: every open tab cost the server a
+# rerun a second, and a page load in the browser bench that met one of those reruns settled ~2 s late.
 IDLE_REFRESH_S = 15.0
-SIDEBAR_REFRESH_S = 2.0  # a progress bar per running job; the job's own page shows it every second
+# How often a page redraws the jobs it shows while one runs. Each redraw reruns the view on the server and re-renders it
+# in the browser, both taking CPU from the job: on the 2-core reference CPU with the browser on the same machine, Home
+# redrawing the offline demo's card every second (the sidebar every 2 s) made the demo 34-39 s from click to result,
+# against 26 s with the page closed (bench/README.md, session 8). A progress bar's time left is as useful every 2 s.
+JOB_REFRESH_S = 2.0
+SIDEBAR_REFRESH_S = 5.0  # a progress bar per running job, on every page; the job's own page redraws it more often
 
 
 def any_job_active(kinds: tuple[str, ...] = ()) -> bool:
@@ -24,7 +32,7 @@ def any_job_active(kinds: tuple[str, ...] = ()) -> bool:
     return bool(job_runner().find(kinds=kinds, active=True))
 
 
-def live_jobs(view: Callable[[], None], *, busy: Callable[[], bool], refresh_s: float) -> None:
+def live_jobs(view: Callable[[], None], *, busy: Callable[[], bool], refresh_s: float = JOB_REFRESH_S) -> None:
     """Draw ``view`` in a fragment that reruns every ``refresh_s`` while ``busy()``, else every ``IDLE_REFRESH_S``.
 
     A fragment's interval is set when the page draws it, so when ``busy()`` changes in one of the fragment's own
@@ -85,6 +93,8 @@ def stage_text(event: ProgressEvent) -> str:
     if event.stage == "features":
         rate = f" · {event.rate:.1f} images/s" if event.rate else ""
         return f"{name}: {event.done}/{event.total} images{rate}{left}"
+    if event.stage == "train":
+        return f"{name}: epoch {event.done}/{event.total}"
     return f"{name}: {event.message or f'{event.done}/{event.total}'}{left}"
 
 
@@ -190,9 +200,13 @@ def job_card(job: Job) -> None:
         else:
             job_outcome(job)
         if job.epochs:
-            if job.active:
+            if job.active and job.stage is not None and job.stage.stage == "train":
                 st.plotly_chart(_job_curves(job.epochs), key=f"job-curves-{job.id}", config={"displayModeBar": False})
                 st.dataframe(epochs_frame(job.epochs), hide_index=True, height=min(400, 38 + 35 * len(job.epochs)))
+            elif job.active:
+                # Live curves only while a head trains: redrawn at every refresh through a whole extraction they cost
+                # the browser a plotly.js load and a redraw each time, CPU the extraction needs on a small machine.
+                st.caption(f"{len(job.epochs)} epochs so far: their curves show while a head trains and at the end.")
             else:
                 with st.expander(f"Per-epoch metrics ({len(job.epochs)} epochs)"):
                     st.dataframe(epochs_frame(job.epochs), hide_index=True)

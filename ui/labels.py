@@ -21,12 +21,6 @@ def format_age(timestamp: float | None) -> str:
     return "just now"
 
 
-# How often a live view of jobs redraws itself: every second or two while one of its jobs runs (progress moves), every
-# 15 s while none does, so that a job started elsewhere (another tab, the CLI) still shows up. The views used to rerun
-# every 1-2 s whatever happened: every open tab cost the server a rerun a second, and a page load in the browser bench
-# that met one of those reruns settled ~2 s late (python -m bench --only browser, sidebar clicks).
-
-
 # The one name of a run is core.runs.naming.run_name (every page, CSV and the CLI); run_label is the same function,
 # kept under its old name for modules not yet moved over.
 run_label = run_name

@@ -218,7 +218,7 @@ def show_attention(images: list[tuple[str, object]], runs: list[dict], *, key: s
         )
         st.session_state[f"{key}_{_ATTENTION_JOB}"] = (inputs_key, job.id)
     if job.status != "completed":
-        live_jobs(lambda: job_card(runner.get(job.id)), busy=lambda: runner.get(job.id).active, refresh_s=1.0)
+        live_jobs(lambda: job_card(runner.get(job.id)), busy=lambda: runner.get(job.id).active)
         return
     views = job.result
     rows, cols = views[0].weights.shape

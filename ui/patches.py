@@ -160,8 +160,8 @@ def patch_job(inputs: PatchInputs):
 
 
 def _wait(job_id: int) -> None:
-    """The job's card, refreshed every second (``ui.jobs.live_jobs``); the page reruns once the job has finished."""
-    live_jobs(lambda: job_card(job_runner().get(job_id)), busy=lambda: job_runner().get(job_id).active, refresh_s=1.0)
+    """The job's card, refreshed while it runs (``ui.jobs.live_jobs``); the page reruns once the job has finished."""
+    live_jobs(lambda: job_card(job_runner().get(job_id)), busy=lambda: job_runner().get(job_id).active)
 
 
 def show_views(job, inputs: PatchInputs) -> None:

@@ -9,7 +9,7 @@ The form starts from ``core.probing.presets`` (the reference backbones when thei
 demo; the head inputs from ``HEAD_DEFAULTS``). Backbones are chosen as specs
 (``core.probing.experiment.parse_backbone``):
 each built-in pretrained and with random weights, so the same architecture can run both ways in one
-comparison. The job list is a fragment that reruns itself every second while a job runs (every 15 s otherwise,
+comparison. The job list is a fragment that reruns itself every few seconds while a job runs (every 15 s otherwise,
 ``ui.jobs.live_jobs``); it only reads snapshots from the job runner and draws light elements, so the form above
 stays live while jobs run.
 """
@@ -54,7 +54,6 @@ COMPUTE_INPUTS = {
     ),
 }
 JOBS_SHOWN = 10
-JOBS_REFRESH_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -287,9 +286,9 @@ def _submit(choice: TrainForm) -> tuple:
 
 
 def job_list() -> None:
-    """The server's jobs, newest first, redrawn on their own every second while one runs (the form above is not
+    """The server's jobs, newest first, redrawn on their own while one runs (the form above is not
     rerun; ``ui.jobs.live_jobs``)."""
-    live_jobs(_job_cards, busy=any_job_active, refresh_s=JOBS_REFRESH_S)
+    live_jobs(_job_cards, busy=any_job_active)
 
 
 def _job_cards() -> None:

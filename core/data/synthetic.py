@@ -25,10 +25,15 @@ import colorsys
 import io
 import json
 import os
+import queue
 import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import tomllib
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,10 +57,13 @@ _MIN_IMAGES_PER_CLASS = 4  # the smallest count that leaves every split at least
 _MAX_IMAGES_PER_CLASS = 10_000  # file names keep a fixed width of at most 4 digits
 _MIN_IMAGE_SIZE = 32  # below this the petals are a few pixels and the classes meaningless
 _MAX_IMAGE_SIZE = 2048  # the 2x drawing canvas stays under 50 MB
-# Threads, not processes: PIL and numpy release the GIL for blurring, resampling, JPEG encoding and
-# the lighting maths, so two threads use both cores of the reference machine without re-importing
-# ``__main__`` in child processes (which unguarded scripts do not survive) or forking a threaded dashboard.
-_DEFAULT_WORKERS = 2
+# Drawing is mostly Python holding the GIL (polygons, colours, small numpy calls): two threads drew 1,360 images
+# in 10.0 s against 12.3 s for one on the 2-core reference CPU, two processes in ~6.5 s. The processes are plain
+# ``python -m core.data.synthetic`` children, not a multiprocessing pool: its spawned and forkserver workers
+# re-import the parent's ``__main__`` (inside the dashboard a page script, which must not run again), and forking
+# the threaded dashboard is unsafe.
+_MAX_WORKERS = 8  # beyond this the disk and the parent's bookkeeping, not drawing, set the pace
+_IMAGES_PER_WORKER = 100  # a child costs ~0.25 s to start (numpy, Pillow): small sets draw in this process
 
 
 @dataclass(frozen=True)
@@ -367,9 +375,7 @@ def render_flower_image(*, class_index: int, index: int, seed: int = 0, image_si
     return _apply_lighting(image, rng)
 
 
-def _render_jpeg(task: tuple[int, int, int, int]) -> bytes:
-    """Pool worker: ``(seed, class_index, index, image_size)`` -> JPEG bytes."""
-    seed, class_index, index, image_size = task
+def _render_jpeg(*, seed: int, class_index: int, index: int, image_size: int) -> bytes:
     image = render_flower_image(class_index=class_index, index=index, seed=seed, image_size=image_size)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=_JPEG_QUALITY)
@@ -396,6 +402,125 @@ def _image_path(root: Path, class_index: int, index: int, images_per_class: int)
     name = SYNTHETIC_CLASS_NAMES[class_index]
     digits = max(3, len(str(images_per_class - 1)))
     return root / _split_of(index, images_per_class) / name / f"{class_slug(name)}_{index:0{digits}d}.jpg"
+
+
+# ---------------------------------------------------------------------------------------------
+# Drawing the files: in this process, or in child processes each drawing every k-th image.
+
+
+def _draw_file(root: Path, *, seed: int, class_index: int, index: int, images_per_class: int, image_size: int) -> None:
+    jpeg = _render_jpeg(seed=seed, class_index=class_index, index=index, image_size=image_size)
+    _image_path(root, class_index, index, images_per_class).write_bytes(jpeg)
+
+
+def _images(images_per_class: int) -> list[tuple[int, int]]:
+    """Every ``(class_index, index)`` of the dataset, in the order images are drawn."""
+    return [(c, i) for c in range(len(_CLASSES)) for i in range(images_per_class)]
+
+
+def default_workers(n_images: int) -> int:
+    """Processes drawing ``n_images``: one per core this process may use, fewer for small sets (1: no child)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, _MAX_WORKERS, n_images // _IMAGES_PER_WORKER))
+
+
+_CHILD_MODULE = "core.data.synthetic"  # run as ``python -m`` by _draw_in_children; its ``__main__`` block draws
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]  # on the child's path, wherever the dashboard was started
+
+
+def _child_failure(errors, returncode: int) -> Exception:
+    """The exception a child's last stderr line describes: its ``OSError`` (a full disk, ...) or a DatasetError."""
+    errors.seek(0)
+    lines = errors.read().decode("utf-8", "replace").strip().splitlines()
+    try:
+        described = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        described = {}
+    if isinstance(described, dict) and "errno" in described:
+        return OSError(described["errno"], described["strerror"], described["filename"])
+    return DatasetError(
+        f"a process drawing Synthetic Flowers stopped (exit code {returncode}): {lines[-1] if lines else 'no message'}"
+    )
+
+
+def _relay(stream, finished: queue.SimpleQueue) -> None:
+    """Put one item on ``finished`` per image a child reports (a line each), then None when it exits."""
+    with stream:
+        for _line in stream:
+            finished.put(True)
+    finished.put(None)
+
+
+def _draw_in_children(
+    root: Path, *, seed: int, images_per_class: int, image_size: int, workers: int, on_image: Callable[[], None]
+) -> None:
+    """Draw every image under ``root`` in ``workers`` child processes; ``on_image()`` after each one.
+
+    An exception from ``on_image`` (a cancel) kills the children; a child's failure is raised here.
+    """
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(_PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",  # each child is one core's worth of drawing; numpy's few matrix products stay on it
+        "OPENBLAS_NUM_THREADS": "1",
+    }
+    finished: queue.SimpleQueue = queue.SimpleQueue()
+    children: list[tuple[subprocess.Popen, object]] = []
+    with ExitStack() as stack:
+        stack.callback(_stop, children)  # on any way out: no child outlives the call
+        for first in range(workers):
+            errors = stack.enter_context(tempfile.TemporaryFile())  # a file: a long traceback never blocks the child
+            arguments = [root, seed, images_per_class, image_size, first, workers]
+            child = subprocess.Popen(
+                [sys.executable, "-m", _CHILD_MODULE, *map(str, arguments)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                env=env,
+            )
+            children.append((child, errors))
+            threading.Thread(target=_relay, args=(child.stdout, finished), daemon=True).start()
+        drawn, exited = 0, 0
+        while exited < workers:
+            if finished.get() is not None:
+                drawn += 1
+                on_image()
+                continue
+            exited += 1
+            for child, errors in children:
+                if child.poll() not in (None, 0):
+                    raise _child_failure(errors, child.returncode)
+        if drawn != len(_images(images_per_class)):
+            raise DatasetError(f"the processes drawing Synthetic Flowers drew {drawn} images, not all of them")
+
+
+def _stop(children: list[tuple[subprocess.Popen, object]]) -> None:
+    """Kill the children still drawing (a cancel, an error) and reap them all."""
+    for child, _errors in children:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+
+
+def _child_main(arguments: list[str]) -> None:
+    """``python -m core.data.synthetic ROOT SEED IMAGES_PER_CLASS IMAGE_SIZE FIRST STEP``: draw every STEP-th image
+    from FIRST into the folders under ROOT (the parent made them), writing a line to stdout after each."""
+    root, (seed, images_per_class, image_size, first, step) = Path(arguments[0]), map(int, arguments[1:])
+    try:
+        for class_index, index in _images(images_per_class)[first::step]:
+            _draw_file(
+                root,
+                seed=seed,
+                class_index=class_index,
+                index=index,
+                images_per_class=images_per_class,
+                image_size=image_size,
+            )
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+    except OSError as exc:  # the parent rebuilds it, so a full disk reads the same as in one process
+        sys.stderr.write(json.dumps({"errno": exc.errno, "strerror": exc.strerror, "filename": exc.filename}) + "\n")
+        sys.exit(1)
 
 
 def _check_replaceable(destination: Path) -> None:
@@ -446,7 +571,8 @@ def generate_synthetic_flowers(
     image_size : int
         Side of the square images in pixels.
     workers : int or None
-        Threads drawing images (``None``: 2). The output does not depend on it.
+        Processes drawing images (``None``: ``default_workers``, one per core for large sets; 1 draws in this
+        process). The output does not depend on it.
     progress : ProgressCallback or None
         Receives ``"generate"`` events, one per image.
 
@@ -464,31 +590,30 @@ def generate_synthetic_flowers(
         return destination
     _check_replaceable(destination)
 
-    tasks = [(seed, c, i, image_size) for c in range(len(_CLASSES)) for i in range(images_per_class)]
+    total = len(_CLASSES) * images_per_class
+    workers = workers or default_workers(total)
     token = f"{os.getpid()}-{threading.get_ident()}"  # unique per caller: two dashboard sessions may race
     staging = destination.parent / f".{destination.name}.tmp-{token}"
-    meter = RateMeter()
-    report(progress, "generate", 0, len(tasks), message=f"Drawing {len(tasks)} synthetic flower images")
+    meter, drawn = RateMeter(), [0]
+
+    def on_image() -> None:
+        drawn[0] += 1
+        report(progress, "generate", drawn[0], total, message=f"{drawn[0]}/{total} images", rate=meter.rate(drawn[0]))
+
+    report(progress, "generate", 0, total, message=f"Drawing {total} synthetic flower images")
     try:
         with disk_errors(destination):
             shutil.rmtree(staging, ignore_errors=True)
             for split in SPLITS:
                 for name in SYNTHETIC_CLASS_NAMES:
                     (staging / split / name).mkdir(parents=True)
-            pool = ThreadPoolExecutor(workers or _DEFAULT_WORKERS, thread_name_prefix="synthetic-flowers")
-            try:
-                for done, (task, jpeg) in enumerate(zip(tasks, pool.map(_render_jpeg, tasks)), start=1):
-                    _image_path(staging, task[1], task[2], images_per_class).write_bytes(jpeg)
-                    report(
-                        progress,
-                        "generate",
-                        done,
-                        len(tasks),
-                        message=f"{done}/{len(tasks)} images",
-                        rate=meter.rate(done),
-                    )
-            finally:
-                pool.shutdown(cancel_futures=True)  # a cancel from ``progress`` stops after the images in flight
+            sizes = {"seed": seed, "images_per_class": images_per_class, "image_size": image_size}
+            if workers == 1:
+                for class_index, index in _images(images_per_class):
+                    _draw_file(staging, class_index=class_index, index=index, **sizes)
+                    on_image()
+            else:
+                _draw_in_children(staging, workers=workers, on_image=on_image, **sizes)
             with atomic_write(staging / MANIFEST_NAME) as tmp:
                 tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
             if _read_manifest(destination) != manifest:  # another process may have finished the same dataset meanwhile
@@ -497,3 +622,7 @@ def generate_synthetic_flowers(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return destination
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1:])

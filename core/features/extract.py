@@ -862,7 +862,12 @@ def local_shard_filler(
             batches_out = iter_onnx_batches(
                 choice.graph.session(),
                 choice.graph,
-                threaded_batches(images.__getitem__, batches, workers=num_workers or None),
+                threaded_batches(
+                    images.__getitem__,
+                    batches,
+                    image_shape=(3, entry.resolved.input_size, entry.resolved.input_size),
+                    workers=num_workers or None,
+                ),
                 total=len(paths),
                 variants=entry.variants,
                 progress=progress,

@@ -164,16 +164,25 @@ def threaded_batches(
     load: Callable[[int], tuple[torch.Tensor, int, str]],
     batches: Sequence[Sequence[int]],
     *,
+    image_shape: tuple[int, ...],
     workers: int | None = None,
     ahead: int = 2,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
-    """Batches ``(images (n, 3, S, S), rows (n,), errors)`` decoded by a thread pool, ``ahead`` batches in advance.
+    """Batches ``(images (n, *image_shape), rows (n,), errors)`` decoded by a thread pool, ``ahead`` batches in advance.
 
     ``load(row)`` is ``core.features.extract``'s per-image decode + preprocessing (``(tensor, row, error)``).
     Threads, not processes: Pillow's JPEG decode and resize release the GIL, so they run beside the forward
-    (onnxruntime's and PyTorch's kernels release it too) with no pickling and no worker start-up.
+    (onnxruntime's and PyTorch's kernels release it too) with no pickling and no worker start-up. Each thread also
+    copies its image into the batch's tensor: stacking 64 images in the consuming thread cost as much as a tenth of
+    onnxruntime's forward there, time in which the forward waits (``python -m bench --only onnx``).
     """
     workers = workers or max(1, min(4, os.cpu_count() or 1))
+
+    def load_into(images: torch.Tensor, slot: int, row: int) -> tuple[int, str]:
+        tensor, row, error = load(row)
+        images[slot].copy_(tensor)
+        return row, error
+
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         pending = []
         queue = iter(batches)
@@ -181,18 +190,18 @@ def threaded_batches(
         def submit() -> None:
             rows = next(queue, None)
             if rows is not None:
-                pending.append([pool.submit(load, int(row)) for row in rows])
+                images = torch.empty((len(rows), *image_shape), dtype=torch.float32)
+                pending.append(
+                    (images, [pool.submit(load_into, images, slot, int(row)) for slot, row in enumerate(rows)])
+                )
 
         for _ in range(ahead):
             submit()
         while pending:
-            items = [future.result() for future in pending.pop(0)]
+            images, futures = pending.pop(0)
+            items = [future.result() for future in futures]
             submit()
-            yield (
-                torch.stack([item[0] for item in items]),
-                torch.tensor([item[1] for item in items], dtype=torch.long),
-                [item[2] for item in items],
-            )
+            yield images, torch.tensor([item[0] for item in items], dtype=torch.long), [item[1] for item in items]
 
 
 def iter_onnx_batches(
@@ -212,7 +221,8 @@ def iter_onnx_batches(
         skipped = [(int(r), e) for r, e in zip(batch_rows, errors, strict=True) if e]
         features: dict[str, np.ndarray] = {}
         if ok.any():
-            out = graph_features(graph_session, images[ok].numpy(), graph.variants)
+            kept = images if ok.all() else images[ok]  # masking copies the whole batch: only when an image failed
+            out = graph_features(graph_session, kept.numpy(), graph.variants)
             features = {name: out[name] for name in variants}
         done += len(batch_rows)
         rate = meter.rate(done - start_done)

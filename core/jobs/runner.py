@@ -55,7 +55,7 @@ class Job:
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
-    stage: ProgressEvent | None = None  # the latest non-training progress event
+    stage: ProgressEvent | None = None  # the latest progress event (a "train" one while a head trains)
     current: str = ""  # what is running now, e.g. "resnet50, split 1"
     epochs: list[dict] = field(default_factory=list)  # per-epoch metrics as they arrive, tagged with `current`
     run_ids: list[int] = field(default_factory=list)
@@ -94,8 +94,7 @@ class JobContext:
         with self._runner._lock:
             if event.stage == "train":
                 self._job.epochs.append({"run": self._job.current, **event.metrics})
-            else:
-                self._job.stage = event
+            self._job.stage = event
 
     def set_current(self, description: str) -> None:
         with self._runner._lock:

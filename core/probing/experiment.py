@@ -204,19 +204,22 @@ def backbone_choices(backbones: list[str], random_weights_for: tuple[str, ...] =
 # ----------------------------------------------------------------------------------------------- duration estimates
 
 # Before this workspace has measured a backbone: conservative CPU rates (images/s end to end), about half of what
-# `python -m bench` measured on a 2-core AVX-512 CPU (bench/results/cpu-2core.json), because a plain AVX2 CPU ran
-# 2-3x slower (issue 14). Labelled as estimates wherever shown; a GPU is faster, so they only overstate there.
+# `python -m bench` measured on a 2-core AVX-512 CPU with the engine's chosen runtime (bench/README.md:
+# EfficientNet-Lite0 160-210 on onnxruntime, ResNet-50 46-51 and ViT-S/14 23-26 on PyTorch bf16), because a plain AVX2
+# CPU ran 2-3x slower (issue 14). Labelled as estimates wherever shown; a GPU is faster, so they only overstate there.
 ESTIMATED_CPU_IMAGES_PER_S = {
-    "dinov2_vits14": 8.0,
+    "dinov2_vits14": 12.0,
     "dinov2_vitb14": 3.0,
     "dinov2_vitl14": 1.0,
     "dinov2_vitg14": 0.3,
-    "resnet50": 10.0,
-    "efficientnet_lite0": 15.0,
+    "resnet50": 20.0,
+    "efficientnet_lite0": 80.0,
 }
 ESTIMATED_UNKNOWN_IMAGES_PER_S = 2.0  # a backbone not listed above: assume a large one
 GENERATE_KEY = "generate"  # the rates file's entry for drawing Synthetic Flowers (CPU only, any device)
-ESTIMATED_GENERATE_IMAGES_PER_S = 30.0  # 1,360 images took ~33 s on a 2-core AVX2 CPU (issue 14)
+# Two drawing processes made 1,360 images in 6.4 s (210 images/s) on the 2-core AVX-512 CPU; drawing is Python and
+# Pillow, not vector maths, so an AVX2 CPU of the same clock draws about as fast: half of it, for slower clocks.
+ESTIMATED_GENERATE_IMAGES_PER_S = 100.0
 ESTIMATED_RUN_OVERHEAD_S = 5.0  # per run: building the backbone, training a head for 5 epochs, recording
 
 

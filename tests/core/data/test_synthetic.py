@@ -5,8 +5,11 @@ Small images (4 per class, 64 px) keep every generation well under a second.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +24,9 @@ from core.data.synthetic import (
     SPLITS,
     SYNTHETIC_CLASS_NAMES,
     FlowerClass,
+    _child_failure,  # the parent's reading of a drawing process's last words
     class_slug,
+    default_workers,
     generate_synthetic_flowers,
     render_flower_image,
     split_sizes,
@@ -96,9 +101,68 @@ def test_images_decode_as_rgb_jpegs_of_the_requested_size(small_dataset):
             assert np.asarray(image).std() > 10, f"{path} is nearly blank"
 
 
-def test_same_seed_gives_identical_bytes_whatever_the_thread_count(tmp_path, small_dataset):
-    again = generate_synthetic_flowers(tmp_path / "again", seed=0, workers=1, **SMALL)
-    assert _files(again) == _files(small_dataset)
+def test_same_seed_gives_identical_bytes_whatever_the_process_count(tmp_path, small_dataset):
+    # small_dataset is drawn in this process (default_workers gives 1 for 68 images); 2 and 3 child processes each
+    # draw every 2nd or 3rd image: the same bytes.
+    assert default_workers(17 * SMALL["images_per_class"]) == 1
+    for workers in (2, 3):
+        again = generate_synthetic_flowers(tmp_path / f"again-{workers}", seed=0, workers=workers, **SMALL)
+        assert _files(again) == _files(small_dataset)
+
+
+def test_large_sets_are_drawn_by_one_process_per_core(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert [default_workers(n) for n in (68, 199, 1360, 100_000)] == [1, 1, 2, 2]
+
+
+def test_cancelling_stops_the_drawing_processes(tmp_path):
+    children = []
+
+    def cancel_midway(event):
+        if event.done == 20:
+            children.extend(_drawing_children())
+            raise CancelledError("cancelled by the user")
+
+    with pytest.raises(CancelledError):
+        generate_synthetic_flowers(tmp_path / DEFAULT_DIRNAME, progress=cancel_midway, workers=2, **SMALL)
+    assert list(tmp_path.iterdir()) == [], "no dataset and no staging folder may remain"
+    assert children, "the images were not drawn by child processes"
+    assert [pid for pid in children if Path(f"/proc/{pid}").exists()] == [], "a drawing process outlived the call"
+
+
+def _drawing_children() -> list[int]:
+    """This process's children running the drawing module (Linux: /proc)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+            command = (status.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(os.getpid()) and "core.data.synthetic" in command:
+            found.append(int(status.parent.name))
+    return found
+
+
+def test_a_failing_drawing_process_is_reported_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr("core.data.synthetic._CHILD_MODULE", "core.data.no_such_module")
+    stopped = r"a process drawing Synthetic Flowers stopped \(exit code 1\): .*no_such_module"
+    with pytest.raises(DatasetError, match=stopped):
+        generate_synthetic_flowers(tmp_path / DEFAULT_DIRNAME, workers=2, **SMALL)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_in_a_drawing_process_reads_as_in_this_process():
+    full = {"errno": errno.ENOSPC, "strerror": "No space left", "filename": "x.jpg"}
+    with tempfile.TemporaryFile() as errors:
+        errors.write(b"some warning\n" + json.dumps(full).encode())
+        failure = _child_failure(errors, 1)
+        assert isinstance(failure, OSError) and failure.errno == errno.ENOSPC and failure.filename == "x.jpg"
+        errors.seek(0)
+        errors.truncate()
+        errors.write(b"Traceback ...\nZeroDivisionError: division by zero\n")
+        assert str(_child_failure(errors, 1)).endswith("(exit code 1): ZeroDivisionError: division by zero")
 
 
 def test_different_seed_gives_different_images(tmp_path, small_dataset):
