@@ -188,6 +188,10 @@ def job_card(job: Job) -> None:
                 st.caption(f"Now: {markdown_text(job.current)}")
             if job.status in ("running", "cancelling") and job.stage is not None:
                 st.progress(job.stage.fraction, text=markdown_text(stage_text(job.stage)))
+            if job.run_ids:  # results land run by run: each can be looked at while the rest of the job runs
+                row = st.container(horizontal=True, vertical_alignment="center")
+                row.caption(f"Recorded so far: {', '.join(f'#{i}' for i in job.run_ids)}")
+                row.link_button("Compare the runs so far", compare_link(job), icon=":material/compare_arrows:")
             cancelling = job.status == "cancelling"
             st.button(
                 "Cancelling…" if cancelling else "Cancel",

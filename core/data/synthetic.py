@@ -425,7 +425,7 @@ def default_workers(n_images: int) -> int:
 
 
 _CHILD_MODULE = "core.data.synthetic"  # run as ``python -m`` by _draw_in_children; its ``__main__`` block draws
-_PROJECT_ROOT = Path(__file__).resolve().parents[2]  # on the child's path, wherever the dashboard was started
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the child's working folder, wherever the dashboard was started
 
 
 def _child_failure(errors, returncode: int) -> Exception:
@@ -460,7 +460,6 @@ def _draw_in_children(
     """
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(_PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
         "OMP_NUM_THREADS": "1",  # each child is one core's worth of drawing; numpy's few matrix products stay on it
         "OPENBLAS_NUM_THREADS": "1",
     }
@@ -470,13 +469,14 @@ def _draw_in_children(
         stack.callback(_stop, children)  # on any way out: no child outlives the call
         for first in range(workers):
             errors = stack.enter_context(tempfile.TemporaryFile())  # a file: a long traceback never blocks the child
-            arguments = [root, seed, images_per_class, image_size, first, workers]
+            arguments = [root.resolve(), seed, images_per_class, image_size, first, workers]
             child = subprocess.Popen(
                 [sys.executable, "-m", _CHILD_MODULE, *map(str, arguments)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=errors,
                 env=env,
+                cwd=_PROJECT_ROOT,  # ``-m`` looks in the working folder first: this project's ``core``, not another
             )
             children.append((child, errors))
             threading.Thread(target=_relay, args=(child.stdout, finished), daemon=True).start()

@@ -22,9 +22,11 @@ interval of top-1). Accuracies are in percent.
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
@@ -507,11 +509,19 @@ def logreg_probe(
     x_train, x_valid, x_test = (scaler.transform(p[0]) for p in (train, valid, test))
     y_valid = np.asarray(valid[1])
     best_key, best_model = None, None
+
+    def fit(c: float) -> LogisticRegression:
+        return LogisticRegression(C=c, solver="lbfgs", max_iter=config.max_iter).fit(x_train, train[1])
+
     with _one_thread(), warnings.catch_warnings():
         # The weakest regularisation of the grid may stop at max_iter; validation judges the result.
         warnings.simplefilter("ignore", ConvergenceWarning)
-        for c in config.c_grid:
-            model = LogisticRegression(C=c, solver="lbfgs", max_iter=config.max_iter).fit(x_train, train[1])
+        # The grid's fits are independent: one per core, each on one BLAS thread (set above for the whole process), so
+        # the numbers are those of fitting them one after the other. 2 threads on 2 cores: 2.4 -> 1.8 s for the
+        # offline demo's two backbones (the fits' Python between BLAS calls holds the GIL, hence not 2x).
+        with ThreadPoolExecutor(max_workers=min(len(config.c_grid), os.cpu_count() or 1)) as pool:
+            models = list(pool.map(fit, config.c_grid))
+        for model in models:  # in grid order: ties go to the stronger regularisation, as before
             probabilities = _expand_classes(model.predict_proba(x_valid), model.classes_, num_classes)
             key = (_accuracy(probabilities, y_valid), -_log_loss(probabilities, y_valid))
             if best_key is None or key > best_key:

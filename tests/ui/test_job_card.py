@@ -14,7 +14,7 @@ from core.base.text import markdown_text
 TIMEOUT_S = 60
 
 
-def _card(stage: str, status: str) -> None:
+def _card(stage: str, status: str, run_ids: tuple[int, ...] = ()) -> None:
     import time
 
     from core.base.progress import ProgressEvent
@@ -28,11 +28,12 @@ def _card(stage: str, status: str) -> None:
     ]
     event = ProgressEvent(stage=stage, done=3 if stage == "train" else 200, total=5 if stage == "train" else 1360)
     job = Job(id=7, title="Demo", kind="comparison", status=status, started_at=time.time(), stage=event, epochs=epochs)
+    job.run_ids.extend(run_ids)
     job_card(job)
 
 
-def _render(stage: str, status: str) -> AppTest:
-    at = AppTest.from_function(_card, args=(stage, status), default_timeout=TIMEOUT_S).run()
+def _render(stage: str, status: str, run_ids: tuple[int, ...] = ()) -> AppTest:
+    at = AppTest.from_function(_card, args=(stage, status, run_ids), default_timeout=TIMEOUT_S).run()
     assert not at.exception, [e.message for e in at.exception]
     return at
 
@@ -55,3 +56,11 @@ def test_a_finished_job_keeps_its_epochs_in_an_expander(workspace):
     at = _render("features", "completed")
     assert not at.get("plotly_chart")
     assert [e.label for e in at.expander] == ["Per-epoch metrics (3 epochs)"] and len(at.dataframe) == 1
+
+
+def test_runs_recorded_so_far_can_be_compared_while_the_job_runs(workspace):
+    assert not [c for c in _render("features", "running").caption if c.value.startswith("Recorded so far")]
+    at = _render("probe", "running", run_ids=(4, 5))
+    assert [c.value for c in at.caption if c.value.startswith("Recorded so far")] == ["Recorded so far: #4, #5"]
+    links = [e.proto for e in at.get("link_button")]
+    assert [(link.label, link.url) for link in links] == [("Compare the runs so far", "/compare?runs=4,5")]

@@ -110,6 +110,12 @@ def test_same_seed_gives_identical_bytes_whatever_the_process_count(tmp_path, sm
         assert _files(again) == _files(small_dataset)
 
 
+def test_drawing_processes_write_where_a_relative_destination_points(tmp_path, monkeypatch, small_dataset):
+    monkeypatch.chdir(tmp_path)  # the children run in the project's folder: a relative path must still land here
+    generate_synthetic_flowers(Path("relative") / DEFAULT_DIRNAME, seed=0, workers=2, **SMALL)
+    assert _files(tmp_path / "relative" / DEFAULT_DIRNAME) == _files(small_dataset)
+
+
 def test_large_sets_are_drawn_by_one_process_per_core(monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1}, raising=False)
     monkeypatch.setattr("os.cpu_count", lambda: 2)
