@@ -19,7 +19,7 @@ from ui.jobs import IDLE_REFRESH_S
 pytestmark = pytest.mark.slow
 
 QUIET_WATCH_S = 5.0  # several of the old 1-2 s timers' reruns; far from the idle refresh (IDLE_REFRESH_S)
-JOB_EPOCHS = 300  # two heads on cached features: long enough to watch the card move, a minute at most here
+JOB_EPOCHS = 1000  # the most the page allows: two heads on cached features, several of the card's redraws long
 WAIT_S = 240  # a shared 2-core machine
 
 # Counts the app's script runs (full or fragment) from now on, in window.__runs.
@@ -61,16 +61,17 @@ def test_idle_pages_stay_quiet_and_a_job_card_lives_until_it_finishes(tmp_path, 
             job_id = int(re.search(r"Queued as job (\d+)", page.get_by_text("Queued as job").inner_text()).group(1))
             card = page.get_by_text(re.compile(rf"Job {job_id}: .* · (queued|running|completed)"))
 
-            # While it runs, the card's progress text changes with no user action (the fragment reruns itself).
+            # While it runs, the card's progress text changes with no user action (the fragment reruns itself every
+            # ui.jobs.JOB_REFRESH_S): two different texts, the second drawn by a redraw nobody asked for.
             seen: set[str] = set()
             deadline = time.monotonic() + WAIT_S
-            while time.monotonic() < deadline and len(seen) < 3:
+            while time.monotonic() < deadline and len(seen) < 2:
                 if "· completed" in card.first.inner_text():
                     break
                 bars = page.locator('[data-testid="stProgress"]').all_inner_texts()
                 seen.update(text for text in bars if text)
                 page.wait_for_timeout(250)
-            assert len(seen) >= 3, f"the running job's progress did not move on its own: {seen}"
+            assert len(seen) >= 2, f"the running job's progress did not move on its own: {seen}"
 
             # When it finishes, the page shows so without a click, then goes quiet again.
             page.get_by_text(re.compile(rf"Job {job_id}: .* · completed")).first.wait_for(timeout=WAIT_S * 1000)
