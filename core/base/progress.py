@@ -28,6 +28,12 @@ STAGES = {
     "health": "Data health",
     "train": "Training",  # one event per epoch, with its metrics
     "probe": "Probe runs",  # one event per run of a probe suite
+    "attentive": "Attentive probe grid",
+    "onnx": "ONNX export",  # the feature engine's graph, once per weights and input size
+    "runtime": "Runtime",  # timing PyTorch against onnxruntime once, and the choice
+    "export": "Bundle export",
+    "cost": "Measuring the cost",
+    "patches": "Patch features",
 }
 
 

@@ -3,7 +3,9 @@ step's result came from a cache."""
 
 from __future__ import annotations
 
+import re
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +83,12 @@ def test_the_cli_reads_its_defaults_and_choices_from_the_engine():
     assert (
         (old.head_architecture, old.head_batch_size) == (new.head_architecture, new.head_batch_size) == ("linear", 16)
     )
+
+
+def test_every_stage_the_engine_reports_has_a_name_for_people():
+    """Job cards and the sidebar show ``STAGES[event.stage]``; a missing one showed its raw key ("onnx: ...")."""
+    root = Path(__file__).resolve().parents[3] / "core"
+    calls = re.compile(r'report\(\s*\w*progress\w*,\s*"([a-z_]+)"')
+    used = {stage for path in root.rglob("*.py") for stage in calls.findall(path.read_text(encoding="utf-8"))}
+    assert {"features", "onnx", "runtime"} <= used, used  # the pattern still finds the engine's calls
+    assert sorted(used - set(STAGES)) == []
