@@ -443,12 +443,15 @@ def _child_failure(errors, returncode: int) -> Exception:
     )
 
 
-def _relay(stream, finished: queue.SimpleQueue) -> None:
-    """Put one item on ``finished`` per image a child reports (a line each), then None when it exits."""
+_DRAWN = -1  # what _relay puts on the queue per image; at the end it puts the child's index
+
+
+def _relay(stream, finished: queue.SimpleQueue, child_index: int) -> None:
+    """Put ``_DRAWN`` on ``finished`` per image a child reports (a line each), then ``child_index`` when it is done."""
     with stream:
         for _line in stream:
-            finished.put(True)
-    finished.put(None)
+            finished.put(_DRAWN)
+    finished.put(child_index)
 
 
 def _draw_in_children(
@@ -478,18 +481,19 @@ def _draw_in_children(
                 env=env,
                 cwd=_PROJECT_ROOT,  # ``-m`` looks in the working folder first: this project's ``core``, not another
             )
+            threading.Thread(target=_relay, args=(child.stdout, finished, len(children)), daemon=True).start()
             children.append((child, errors))
-            threading.Thread(target=_relay, args=(child.stdout, finished), daemon=True).start()
         drawn, exited = 0, 0
         while exited < workers:
-            if finished.get() is not None:
+            item = finished.get()
+            if item == _DRAWN:
                 drawn += 1
                 on_image()
                 continue
             exited += 1
-            for child, errors in children:
-                if child.poll() not in (None, 0):
-                    raise _child_failure(errors, child.returncode)
+            child, errors = children[item]
+            if child.wait() != 0:  # its output has ended: it is exiting, or has
+                raise _child_failure(errors, child.returncode)
         if drawn != len(_images(images_per_class)):
             raise DatasetError(f"the processes drawing Synthetic Flowers drew {drawn} images, not all of them")
 
