@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers.browser import require_chromium, wait_for_app_idle
 from tests.helpers.live_server import PAGES, launch_chromium, live_server, wait_rendered
-from ui.jobs import IDLE_REFRESH_S
+from ui.jobs import IDLE_REFRESH_S, SIDEBAR_REFRESH_S
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ _COUNT_RUNS_JS = """() => {
 
 def test_idle_pages_stay_quiet_and_a_job_card_lives_until_it_finishes(tmp_path, populated_root):
     require_chromium()
-    assert QUIET_WATCH_S < IDLE_REFRESH_S
+    assert QUIET_WATCH_S < IDLE_REFRESH_S and SIDEBAR_REFRESH_S + 1.0 < IDLE_REFRESH_S
     root = tmp_path / "workspace"
     shutil.copytree(populated_root, root)
     from playwright.sync_api import sync_playwright
@@ -75,10 +75,11 @@ def test_idle_pages_stay_quiet_and_a_job_card_lives_until_it_finishes(tmp_path, 
 
             # When it finishes, the page shows so without a click, then goes quiet again.
             page.get_by_text(re.compile(rf"Job {job_id}: .* · completed")).first.wait_for(timeout=WAIT_S * 1000)
-            # The page's one rerun on the change (the fragment's interval changes with it) ends, then 2 s of quiet; on
-            # a loaded machine that rerun can outlast a fixed wait. A page still rerunning every second never gets
-            # there and fails here.
-            wait_for_app_idle(page, timeout_s=WAIT_S, quiet_s=2.0)
+            # The page's one rerun on the change (the fragment's interval changes with it) ends, then quiet for longer
+            # than the slowest live timer (the sidebar's), so a redraw that timer set while the job ran has come and
+            # gone; on a loaded machine that rerun can outlast a fixed wait. A page still rerunning on a timer never
+            # gets there and fails here.
+            wait_for_app_idle(page, timeout_s=WAIT_S, quiet_s=SIDEBAR_REFRESH_S + 1.0)
             page.evaluate(_COUNT_RUNS_JS)
             page.wait_for_timeout(QUIET_WATCH_S * 1000)
             assert page.evaluate("window.__runs") == 0, "the page kept rerunning after the job finished"
